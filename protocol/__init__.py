@@ -1,0 +1,5 @@
+"""What both parties share: public schema, feature encoding, expert architecture, canonical JSON, errors.
+
+`protocol` sits at the bottom of the dependency graph: it imports neither `client_party` nor
+`provider_party`, so that each party can be deployed without the other's code.
+"""

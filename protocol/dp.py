@@ -1,0 +1,268 @@
+"""Differential-privacy statements and accounting that both parties compute the same way.
+
+A `DPStatement` is what a client claims about how its expert was trained: the DP-SGD parameters
+(noise multiplier, Poisson sampling rate, number of optimizer steps, clipping norm), the accountant,
+the resulting (ε, δ) and a coarse training-set size bucket (the exact size is not revealed). The
+provider never trusts the claimed ε: `verify_statement` recomputes it from the parameters with
+Opacus' accountant and rejects a claim that does not match.
+
+JSON form (`to_dict`): every field, plus `"format": "llamdex.dp-statement/v1"`; for mechanism
+"none" the ε (infinite in memory) is written as `null`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, fields
+from typing import Any
+
+from protocol.errors import BudgetError
+
+DP_FORMAT = "llamdex.dp-statement/v1"
+MECHANISMS = ("dp-sgd", "none")
+ACCOUNTANTS = ("rdp", "prv")
+
+
+class DPStatementError(BudgetError):
+    """A DP statement is malformed; the message names the field, the rule and the value."""
+
+
+# --- dataset size buckets ---------------------------------------------------------------------
+
+# Bucket edges: 1, 2, 4, ..., 512, then 1k, 2k, 4k, ... (powers of two times a thousand), so a
+# bucket spans at most a factor of two and reads as round numbers.
+def _edges(limit: int) -> list[int]:
+    edges = [2**k for k in range(10)]  # 1 .. 512
+    e = 1000
+    while edges[-1] <= limit:
+        edges.append(e)
+        e *= 2
+    return edges
+
+
+def _fmt_count(n: int) -> str:
+    if n >= 1_000_000 and n % 1_000_000 == 0:
+        return f"{n // 1_000_000}M"
+    if n >= 1000 and n % 1000 == 0:
+        return f"{n // 1000}k"
+    return str(n)
+
+
+def _parse_count(s: str) -> int:
+    m = re.fullmatch(r"(\d+)([kM]?)", s)
+    if not m:
+        raise ValueError(s)
+    return int(m.group(1)) * {"": 1, "k": 1000, "M": 1_000_000}[m.group(2)]
+
+
+def size_bucket(n: int) -> str:
+    """Coarse label of a training-set size, e.g. 1047 -> "1k-2k", 300 -> "256-512" (lower bound inclusive)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"dataset size must be a positive integer, got {n!r}")
+    edges = _edges(n)
+    for lo, hi in zip(edges, edges[1:]):
+        if lo <= n < hi:
+            return f"{_fmt_count(lo)}-{_fmt_count(hi)}"
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def bucket_bounds(bucket: str) -> tuple[int, int]:
+    """(lower inclusive, upper exclusive) sizes of a bucket made by `size_bucket`."""
+    try:
+        lo_s, hi_s = bucket.split("-")
+        lo, hi = _parse_count(lo_s), _parse_count(hi_s)
+    except (ValueError, AttributeError):
+        raise DPStatementError(f"dp statement: dataset_size_bucket {bucket!r} is not of the form 'LO-HI' (e.g. '1k-2k')") from None
+    if size_bucket(lo) != bucket:
+        raise DPStatementError(f"dp statement: dataset_size_bucket {bucket!r} is not a standard bucket (expected {size_bucket(lo)!r})")
+    return lo, hi
+
+
+# --- accounting --------------------------------------------------------------------------------
+
+
+def _make_accountant(accountant: str):
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    if accountant == "rdp":
+        return RDPAccountant()
+    if accountant == "prv":
+        return PRVAccountant()
+    raise DPStatementError(f"accountant {accountant!r} is not supported; use one of {list(ACCOUNTANTS)}")
+
+
+def compute_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp") -> float:
+    """ε of `steps` Poisson-subsampled Gaussian steps, as Opacus' accountant computes it.
+
+    Same defaults as Opacus' `PrivacyEngine.get_epsilon` (RDP: default orders; PRV: eps_error 0.01),
+    so a client's training-time ε and a provider's recomputation agree exactly.
+    """
+    _check_positive_finite("noise_multiplier", noise_multiplier)
+    if not (isinstance(sample_rate, (int, float)) and 0 < sample_rate <= 1):
+        raise DPStatementError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise DPStatementError(f"steps must be a positive integer, got {steps!r}")
+    if not (isinstance(delta, (int, float)) and 0 < delta < 1):
+        raise DPStatementError(f"delta must be in (0, 1), got {delta!r}")
+    acc = _make_accountant(accountant)
+    acc.history = [(float(noise_multiplier), float(sample_rate), int(steps))]
+    return float(acc.get_epsilon(delta=float(delta)))
+
+
+def _check_positive_finite(name: str, v: Any) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise DPStatementError(f"{name} must be a positive finite number, got {v!r}")
+
+
+# --- the statement -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DPStatement:
+    """How an expert was trained, privacy-wise. Validated on construction.
+
+    mechanism "dp-sgd": noise_multiplier > 0, sample_rate in (0, 1], steps >= 1, max_grad_norm > 0,
+      finite ε > 0, δ in (0, 1).
+    mechanism "none" (no privacy): noise_multiplier 0, ε = inf, δ = 0; sample_rate, steps and
+      max_grad_norm (0 = no clipping) only describe the training run.
+    """
+
+    mechanism: str
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    max_grad_norm: float
+    accountant: str
+    epsilon: float
+    delta: float
+    dataset_size_bucket: str
+
+    def __post_init__(self) -> None:
+        for name in ("noise_multiplier", "sample_rate", "max_grad_norm", "epsilon", "delta"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise DPStatementError(f"dp statement: {name!r} must be a number, got {v!r}")
+            object.__setattr__(self, name, float(v))
+        self._validate()
+
+    def _validate(self) -> None:
+        def bad(field: str, rule: str) -> DPStatementError:
+            return DPStatementError(f"dp statement: {field!r} {rule}, got {getattr(self, field)!r}")
+
+        if self.mechanism not in MECHANISMS:
+            raise bad("mechanism", f"must be one of {list(MECHANISMS)}")
+        if self.accountant not in ACCOUNTANTS:
+            raise bad("accountant", f"must be one of {list(ACCOUNTANTS)}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
+            raise bad("steps", "must be a non-negative integer")
+        if not 0 < self.sample_rate <= 1:
+            raise bad("sample_rate", "must be in (0, 1]")
+        if not isinstance(self.dataset_size_bucket, str):
+            raise bad("dataset_size_bucket", "must be a string such as '1k-2k'")
+        bucket_bounds(self.dataset_size_bucket)
+        if self.mechanism == "dp-sgd":
+            if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0):
+                raise bad("noise_multiplier", "must be a positive finite number for dp-sgd")
+            if self.steps < 1:
+                raise bad("steps", "must be at least 1 for dp-sgd")
+            if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+                raise bad("max_grad_norm", "must be a positive finite number for dp-sgd")
+            if not (math.isfinite(self.epsilon) and self.epsilon > 0):
+                raise bad("epsilon", "must be a positive finite number for dp-sgd")
+            if not 0 < self.delta < 1:
+                raise bad("delta", "must be in (0, 1) for dp-sgd")
+        else:
+            if self.noise_multiplier != 0:
+                raise bad("noise_multiplier", "must be 0 for mechanism 'none'")
+            if self.epsilon != math.inf:
+                raise bad("epsilon", "must be infinite (JSON null) for mechanism 'none'")
+            if self.delta != 0:
+                raise bad("delta", "must be 0 for mechanism 'none'")
+            if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
+                raise bad("max_grad_norm", "must be a finite number >= 0 (0: no clipping)")
+
+    @property
+    def is_private(self) -> bool:
+        return self.mechanism == "dp-sgd"
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"format": DP_FORMAT}
+        for f in fields(self):
+            d[f.name] = getattr(self, f.name)
+        if self.mechanism == "none":
+            d["epsilon"] = None
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "DPStatement":
+        """Parses the JSON form strictly: every field present, no unknown key, types checked."""
+        if not isinstance(data, dict):
+            raise DPStatementError("dp statement must be a JSON object")
+        names = [f.name for f in fields(cls)]
+        unknown = set(data) - set(names) - {"format"}
+        if unknown:
+            raise DPStatementError(f"dp statement: unknown keys {sorted(unknown)}; allowed: {sorted(names + ['format'])}")
+        missing = [n for n in names if n not in data]
+        if missing:
+            raise DPStatementError(f"dp statement: missing fields {missing}")
+        fmt = data.get("format", DP_FORMAT)
+        if fmt != DP_FORMAT:
+            raise DPStatementError(f"dp statement: 'format' is {fmt!r}; this version reads {DP_FORMAT!r}")
+        values = {n: data[n] for n in names}
+        for n in ("mechanism", "accountant", "dataset_size_bucket"):
+            if not isinstance(values[n], str):
+                raise DPStatementError(f"dp statement: {n!r} must be a string, got {values[n]!r}")
+        if values["epsilon"] is None:
+            if values["mechanism"] != "none":
+                raise DPStatementError("dp statement: 'epsilon' is null (infinite), which only mechanism 'none' may claim")
+            values["epsilon"] = math.inf
+        elif values["mechanism"] == "none":
+            raise DPStatementError(f"dp statement: 'epsilon' must be null for mechanism 'none', got {values['epsilon']!r}")
+        return cls(**values)
+
+
+def no_privacy_statement(*, sample_rate: float, steps: int, dataset_size: int, max_grad_norm: float = 0.0, accountant: str = "rdp") -> DPStatement:
+    """The statement of an expert trained without DP (ε = ∞)."""
+    return DPStatement(
+        mechanism="none", noise_multiplier=0.0, sample_rate=sample_rate, steps=steps,
+        max_grad_norm=max_grad_norm, accountant=accountant, epsilon=math.inf, delta=0.0,
+        dataset_size_bucket=size_bucket(dataset_size),
+    )
+
+
+def recompute(statement: DPStatement) -> float:
+    """ε recomputed from the statement's parameters (inf for mechanism 'none')."""
+    if statement.mechanism == "none":
+        return math.inf
+    return compute_epsilon(statement.noise_multiplier, statement.sample_rate, statement.steps, statement.delta, statement.accountant)
+
+
+def verify_statement(stmt: DPStatement, rel_tol: float = 1e-3) -> float:
+    """Recomputes ε and returns it; raises `BudgetError` unless the claim matches.
+
+    Rejects: a non-finite claimed ε for dp-sgd, a claimed ε that differs from the recomputed one
+    by more than `rel_tol` (relative), and a δ that is not below 1/(smallest size of the bucket),
+    since δ must be below 1/n for the guarantee to mean anything.
+    """
+    if not isinstance(stmt, DPStatement):
+        raise DPStatementError(f"expected a DPStatement, got {type(stmt).__name__}")
+    stmt._validate()  # a statement altered after construction is checked again
+    if stmt.mechanism == "none":
+        return math.inf
+    if not math.isfinite(stmt.epsilon):
+        raise BudgetError(f"dp statement claims a non-finite epsilon {stmt.epsilon!r} for dp-sgd")
+    lo, _ = bucket_bounds(stmt.dataset_size_bucket)
+    if stmt.delta >= 1.0 / lo:
+        raise BudgetError(
+            f"dp statement: delta {stmt.delta:g} is not below 1/n for a training set of {stmt.dataset_size_bucket} records "
+            f"(must be < {1.0 / lo:g}); train with a smaller target delta"
+        )
+    eps = recompute(stmt)
+    if not math.isclose(stmt.epsilon, eps, rel_tol=rel_tol):
+        raise BudgetError(
+            f"dp statement claims epsilon {stmt.epsilon:.6g}, but its parameters (noise_multiplier {stmt.noise_multiplier:g}, "
+            f"sample_rate {stmt.sample_rate:g}, steps {stmt.steps}, delta {stmt.delta:g}, {stmt.accountant} accountant) "
+            f"give {eps:.6g}"
+        )
+    return eps

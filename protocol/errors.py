@@ -1,0 +1,81 @@
+"""Errors that name the input, the rule it broke and the fix, shared by both parties."""
+
+from __future__ import annotations
+
+
+class LlamdexError(Exception):
+    """Base class of every error the project raises on purpose."""
+
+
+class SchemaError(LlamdexError, ValueError):
+    """A public schema is malformed; the message names the column and the problem."""
+
+
+class DataValidationError(LlamdexError, ValueError):
+    """A table violates its schema; `problems` lists (row, column, message) triples."""
+
+    def __init__(self, message: str, problems: list[tuple[object, str, str]] | None = None):
+        super().__init__(message)
+        self.problems = problems or []
+
+
+class SpecError(LlamdexError, ValueError):
+    """An expert architecture spec or its tensors do not match."""
+
+
+class BudgetError(LlamdexError, ValueError):
+    """A differential-privacy target cannot be met or was exceeded."""
+
+
+class CodedError(LlamdexError, ValueError):
+    """An error with a stable machine-readable `code`, the `file` (or item) it concerns and the `rule` broken.
+
+    The gRPC layer maps `code` to a status; the message is for people.
+    """
+
+    def __init__(self, code: str, message: str, *, file: str | None = None, rule: str | None = None):
+        super().__init__(f"[{code}] {message}")
+        self.code = code
+        self.file = file
+        self.rule = rule
+
+
+class KeyMaterialError(CodedError):
+    """A key file is missing, malformed, of an unsupported type/curve, or has unsafe permissions."""
+
+
+class SignatureError(CodedError):
+    """A DSSE envelope is malformed or its signature does not verify (codes: MALFORMED_ENVELOPE,
+    PAYLOAD_TYPE_MISMATCH, NO_SIGNATURES, UNTRUSTED_KEY, BAD_SIGNATURE)."""
+
+
+class ArtifactError(CodedError):
+    """An expert artifact failed verification; `code` names the rule (e.g. DIGEST_MISMATCH)."""
+
+
+class ArtifactLayoutError(ArtifactError):
+    """The folder/tar layout is unsafe: SYMLINK, PATH_TRAVERSAL, FORBIDDEN_FILE, NOT_REGULAR_FILE,
+    MISSING_FILE, FILE_TOO_LARGE, DUPLICATE_ENTRY, NOT_A_DIRECTORY, DEST_NOT_EMPTY."""
+
+
+class ArtifactSignatureError(ArtifactError):
+    """The signature file is malformed or does not verify: BAD_BUNDLE, UNTRUSTED_KEY, BAD_SIGNATURE,
+    BAD_STATEMENT, UNSUPPORTED_SERIALIZATION."""
+
+
+class ArtifactIntegrityError(ArtifactError):
+    """Files do not match the signed statement: DIGEST_MISMATCH, SIZE_MISMATCH, UNLISTED_FILE, MISSING_FILE."""
+
+
+class ArtifactContentError(ArtifactError):
+    """Signed files are inconsistent or invalid: SPEC_INVALID, SCHEMA_INVALID, SPEC_MISMATCH,
+    TENSOR_MISMATCH, DP_INVALID."""
+
+
+class ReceiptError(CodedError):
+    """A privacy receipt is malformed, badly signed or breaks its hash chain (codes: BAD_SIGNATURE,
+    BAD_RECEIPT, ARITHMETIC, SEQUENCE_GAP, CHAIN_BROKEN)."""
+
+
+class LedgerError(CodedError):
+    """The provider ledger refused an operation or is inconsistent."""

@@ -1,0 +1,253 @@
+"""The public schema of a client's table: the only thing the provider learns about the data.
+
+A schema names each feature column (type, range or categories, a description and paraphrases used
+by the question verbalizer) and the label (classes and the words the LLM answers with). It is
+public by definition, travels inside every artifact, and is identified by a stable digest.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from protocol.canonical import digest_json
+from protocol.errors import SchemaError
+
+SCHEMA_FORMAT = "llamdex.schema/v1"
+COLUMN_TYPES = ("int", "float", "category", "bool")
+_COLUMN_KEYS = {"name", "type", "description", "min", "max", "categories", "aliases", "unit", "nullable", "sensitive", "decimals"}
+_LABEL_KEYS = {"name", "classes", "verbalizers", "question", "description"}
+_SCHEMA_KEYS = {"format", "name", "version", "description", "subject", "columns", "label"}
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """One feature column. Numeric ranges come from public knowledge, never from the data."""
+
+    name: str
+    type: str
+    description: str
+    min: float | None = None
+    max: float | None = None
+    categories: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    unit: str | None = None
+    nullable: bool = False
+    sensitive: bool = False
+    decimals: int | None = None
+
+    @property
+    def is_numeric(self) -> bool:
+        return self.type in ("int", "float")
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        """Category levels of a categorical or boolean column ('no'/'yes' for bool)."""
+        if self.type == "bool":
+            return ("no", "yes")
+        return self.categories
+
+    @property
+    def phrases(self) -> tuple[str, ...]:
+        """The column's description-friendly names: its aliases, or its name with underscores as spaces."""
+        return self.aliases or (self.name.replace("_", " "),)
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """The prediction target: classes in data and the verbalizer word the LLM answers with for each."""
+
+    name: str
+    classes: tuple[str, ...]
+    verbalizers: tuple[str, ...]
+    question: str
+    description: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass(frozen=True)
+class PublicSchema:
+    name: str
+    version: str
+    description: str
+    subject: str
+    columns: tuple[ColumnSpec, ...]
+    label: LabelSpec
+    format: str = SCHEMA_FORMAT
+    _digest: str = field(default="", repr=False, compare=False)
+
+    def column(self, name: str) -> ColumnSpec:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(f"schema {self.name!r} has no column {name!r}; columns: {[c.name for c in self.columns]}")
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def sensitive_columns(self) -> list[str]:
+        return [c.name for c in self.columns if c.sensitive]
+
+    def to_dict(self) -> dict[str, Any]:
+        cols = []
+        for c in self.columns:
+            d: dict[str, Any] = {"name": c.name, "type": c.type, "description": c.description}
+            if c.is_numeric:
+                d["min"], d["max"] = c.min, c.max
+                if c.decimals is not None:
+                    d["decimals"] = c.decimals
+            if c.type == "category":
+                d["categories"] = list(c.categories)
+            if c.aliases:
+                d["aliases"] = list(c.aliases)
+            if c.unit:
+                d["unit"] = c.unit
+            d["nullable"] = c.nullable
+            d["sensitive"] = c.sensitive
+            cols.append(d)
+        lab = asdict(self.label)
+        lab["classes"], lab["verbalizers"] = list(self.label.classes), list(self.label.verbalizers)
+        return {
+            "format": self.format,
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "subject": self.subject,
+            "columns": cols,
+            "label": lab,
+        }
+
+    @property
+    def digest(self) -> str:
+        """`sha256:` digest of the canonical JSON; equal schemas share connectors."""
+        return digest_json(self.to_dict())
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json(), encoding="utf-8")
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "PublicSchema":
+        return _parse_schema(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PublicSchema":
+        p = Path(path)
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise SchemaError(f"schema file {p} does not exist") from None
+        except json.JSONDecodeError as e:
+            raise SchemaError(f"schema file {p} is not valid JSON: {e}") from None
+        return _parse_schema(data, where=str(p))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "PublicSchema":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SchemaError(f"schema is not valid JSON: {e}") from None
+        return _parse_schema(data)
+
+
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise SchemaError(msg)
+
+
+def _str_list(value: Any, what: str) -> tuple[str, ...]:
+    _need(isinstance(value, list) and all(isinstance(v, str) and v for v in value), f"{what} must be a list of non-empty strings")
+    return tuple(value)
+
+
+def _parse_column(d: Any, i: int) -> ColumnSpec:
+    _need(isinstance(d, dict), f"columns[{i}] must be an object")
+    name = d.get("name")
+    _need(isinstance(name, str) and name.strip() != "", f"columns[{i}]: 'name' must be a non-empty string")
+    where = f"column {name!r}"
+    unknown = set(d) - _COLUMN_KEYS
+    _need(not unknown, f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(_COLUMN_KEYS)}")
+    typ = d.get("type")
+    _need(typ in COLUMN_TYPES, f"{where}: 'type' is {typ!r}; use one of {list(COLUMN_TYPES)}")
+    desc = d.get("description", "")
+    _need(isinstance(desc, str) and desc.strip() != "", f"{where}: 'description' must be a non-empty string (the verbalizer and users read it)")
+    lo, hi, cats, decimals = d.get("min"), d.get("max"), (), d.get("decimals")
+    if typ in ("int", "float"):
+        for k, v in (("min", lo), ("max", hi)):
+            _need(isinstance(v, (int, float)) and not isinstance(v, bool), f"{where}: numeric column needs a number '{k}' (got {v!r}); ranges come from public knowledge, not from the data")
+        _need(lo < hi, f"{where}: 'min' ({lo}) must be below 'max' ({hi})")
+        _need("categories" not in d, f"{where}: a {typ} column has no 'categories'")
+        if decimals is not None:
+            _need(isinstance(decimals, int) and 0 <= decimals <= 6, f"{where}: 'decimals' must be an integer 0..6")
+    else:
+        _need(lo is None and hi is None, f"{where}: a {typ} column has no 'min'/'max'")
+        if typ == "category":
+            cats = _str_list(d.get("categories"), f"{where}: 'categories'")
+            _need(len(cats) >= 2, f"{where}: needs at least 2 categories, got {len(cats)}")
+            _need(len(set(cats)) == len(cats), f"{where}: duplicate categories {[c for c in cats if cats.count(c) > 1]}")
+        else:
+            _need("categories" not in d, f"{where}: a bool column has implicit levels no/yes; remove 'categories'")
+    aliases = _str_list(d.get("aliases", []), f"{where}: 'aliases'")
+    unit = d.get("unit")
+    _need(unit is None or isinstance(unit, str), f"{where}: 'unit' must be a string")
+    for k in ("nullable", "sensitive"):
+        _need(isinstance(d.get(k, False), bool), f"{where}: '{k}' must be true or false")
+    return ColumnSpec(
+        name=name, type=typ, description=desc,
+        min=float(lo) if lo is not None else None, max=float(hi) if hi is not None else None,
+        categories=cats, aliases=aliases, unit=unit,
+        nullable=d.get("nullable", False), sensitive=d.get("sensitive", False), decimals=decimals,
+    )
+
+
+def _parse_label(d: Any, column_names: set[str]) -> LabelSpec:
+    _need(isinstance(d, dict), "'label' must be an object")
+    unknown = set(d) - _LABEL_KEYS
+    _need(not unknown, f"label: unknown keys {sorted(unknown)}; allowed: {sorted(_LABEL_KEYS)}")
+    name = d.get("name")
+    _need(isinstance(name, str) and name != "", "label: 'name' must be a non-empty string")
+    _need(name not in column_names, f"label {name!r} is also listed as a feature column; remove it from 'columns'")
+    classes = _str_list(d.get("classes"), f"label {name!r}: 'classes'")
+    verbs = _str_list(d.get("verbalizers"), f"label {name!r}: 'verbalizers'")
+    _need(len(classes) >= 2, f"label {name!r}: needs at least 2 classes")
+    _need(len(set(classes)) == len(classes), f"label {name!r}: duplicate classes")
+    _need(len(verbs) == len(classes), f"label {name!r}: {len(verbs)} verbalizers for {len(classes)} classes; give one answer word per class")
+    _need(len({v.lower() for v in verbs}) == len(verbs), f"label {name!r}: verbalizers must differ (case-insensitively)")
+    q = d.get("question")
+    _need(isinstance(q, str) and q.strip().endswith("?"), f"label {name!r}: 'question' must be a question ending in '?'")
+    return LabelSpec(name=name, classes=classes, verbalizers=verbs, question=q, description=d.get("description", ""))
+
+
+def _parse_schema(data: Any, where: str = "schema") -> PublicSchema:
+    try:
+        _need(isinstance(data, dict), f"{where}: top level must be a JSON object")
+        unknown = set(data) - _SCHEMA_KEYS
+        _need(not unknown, f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(_SCHEMA_KEYS)}")
+        fmt = data.get("format", SCHEMA_FORMAT)
+        _need(fmt == SCHEMA_FORMAT, f"{where}: 'format' is {fmt!r}; this version reads {SCHEMA_FORMAT!r}")
+        for k in ("name", "version", "description", "subject"):
+            _need(isinstance(data.get(k), str) and data[k].strip() != "", f"{where}: '{k}' must be a non-empty string")
+        cols_raw = data.get("columns")
+        _need(isinstance(cols_raw, list) and len(cols_raw) > 0, f"{where}: 'columns' must be a non-empty list")
+        cols = tuple(_parse_column(c, i) for i, c in enumerate(cols_raw))
+        names = [c.name for c in cols]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        _need(not dup, f"{where}: duplicate column names {dup}")
+        label = _parse_label(data.get("label"), set(names))
+    except SchemaError as e:
+        if str(e).startswith(where):
+            raise
+        raise SchemaError(f"{where}: {e}") from None
+    return PublicSchema(
+        name=data["name"], version=data["version"], description=data["description"],
+        subject=data["subject"], columns=cols, label=label, format=fmt,
+    )

@@ -1,0 +1,1 @@
+"""The LLM provider: frozen base LLM, connector training from public schemas, multi-tenant inference."""

@@ -1,0 +1,93 @@
+"""Token layout of a Llamdex query: the chat prompt, the reserved expert slots, the answer position.
+
+A query is `prefix + slots + suffix`, where `prefix` ends with the user's question and the answer
+instruction, `slots` are `num_tokens` placeholder positions, and `suffix` opens the assistant turn;
+the answer is read at the last position. Sequences are left-padded so the slots and the answer
+position sit at the same offsets from the end in every row of a batch. The plain base-LLM query is
+the same without the slots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from protocol.schema import PublicSchema
+from protocol.verbalizer import answer_instruction
+
+
+@dataclass
+class QueryBatch:
+    input_ids: torch.Tensor  # (B, L)
+    attention_mask: torch.Tensor  # (B, L) 1 for real tokens
+    position_ids: torch.Tensor  # (B, L) positions that ignore left padding
+    question_mask: torch.Tensor  # (B, L) bool: prefix positions the expert encoder may read
+    num_slots: int
+    suffix_len: int
+
+    @property
+    def slot_slice(self) -> slice:
+        end = self.input_ids.shape[1] - self.suffix_len
+        return slice(end - self.num_slots, end)
+
+    def to(self, device: torch.device | str) -> "QueryBatch":
+        return QueryBatch(self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device),
+                          self.question_mask.to(device), self.num_slots, self.suffix_len)
+
+
+class PromptBuilder:
+    """Tokenizes questions for one schema and one tokenizer."""
+
+    def __init__(self, tokenizer, schema: PublicSchema):
+        self.tokenizer = tokenizer
+        self.schema = schema
+        self.instruction = answer_instruction(schema)
+        marker = "\u2063QUESTION\u2063"
+        text = self._template(marker)
+        cut = text.index(marker) + len(marker)
+        self._head_text, self._tail_text = text[: text.index(marker)], text[cut:]
+        self.suffix_ids = self._encode(self._tail_text)
+        self.pad_id = tokenizer.pad_token_id
+        self.slot_id = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else self.pad_id
+        self.verbalizer_ids = self._verbalizer_ids()
+
+    def _template(self, content: str) -> str:
+        tok = self.tokenizer
+        if getattr(tok, "chat_template", None):
+            return tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+        return f"{content}\nAnswer:"
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _verbalizer_ids(self) -> list[int]:
+        """First token of each verbalizer as it would start the assistant's answer; must be distinct."""
+        ids = []
+        for word in self.schema.label.verbalizers:
+            toks = self._encode(self._tail_text + word)[len(self.suffix_ids):] or self._encode(word)
+            ids.append(toks[0])
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"verbalizers {self.schema.label.verbalizers} share a first token under this tokenizer; choose distinct words")
+        return ids
+
+    def prefix_ids(self, question: str) -> list[int]:
+        return self._encode(self._head_text + question.strip() + "\n" + self.instruction)
+
+    def batch(self, questions: list[str], num_slots: int) -> QueryBatch:
+        """Left-padded batch; `num_slots=0` gives the plain base-LLM query."""
+        rows, qlens = [], []
+        for q in questions:
+            p = self.prefix_ids(q)
+            rows.append(p + [self.slot_id] * num_slots + self.suffix_ids)
+            qlens.append(len(p))
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        qmask = torch.zeros((len(rows), width), dtype=torch.bool)
+        for i, (r, ql) in enumerate(zip(rows, qlens)):
+            ids[i, width - len(r):] = torch.tensor(r)
+            mask[i, width - len(r):] = 1
+            qmask[i, width - len(r): width - len(r) + ql] = True
+        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        return QueryBatch(ids, mask, pos, qmask, num_slots, len(self.suffix_ids))

@@ -1,0 +1,100 @@
+"""The core Llamdex pipeline in one process: client trains experts, provider trains connectors, evaluate.
+
+This is what `llamdex demo --in-process` and the accuracy benchmark run. The client side only
+touches `client_party`, the provider side only `provider_party`; what crosses between them is
+exactly what the protocol carries: the public schema and the expert (spec + tensors).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from client_party.datasets import encode_table, load_table, split_table
+from client_party.expert_training import TrainConfig, train_expert
+from protocol.expert_spec import load_expert_state
+from provider_party.base_llm import EMBEDDED, load_base_llm
+from provider_party.connector_store import ConnectorStore
+from provider_party.connector_training import Preset
+from simulations.evaluation import evaluate, scores
+
+
+def eps_key(eps: float | None) -> str:
+    return "no-dp" if eps is None else f"eps={eps:g}"
+
+
+@dataclass
+class PipelineResult:
+    dataset: str
+    rows: list[dict[str, Any]]
+    extraction: dict[str, dict]
+    connector_metrics: dict[str, Any]
+    connectors_trained_now: bool
+    dp: dict[str, dict]
+    timings: dict[str, float] = field(default_factory=dict)
+    n_train: int = 0
+    n_test: int = 0
+
+
+def run_pipeline(dataset: str = "titanic", epsilons: tuple[float | None, ...] = (None, 1.0, 4.0), *, preset: Preset | str = "default",
+                 seed: int = 0, max_test: int | None = None, max_train: int | None = None, base_model: str = EMBEDDED,
+                 connectors_root=None, retrain: bool = False, progress: bool = True, log=print) -> PipelineResult:
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    df, schema = load_table(dataset)
+    train, test = split_table(df, schema, test_size=0.2, seed=seed)
+    if max_train is not None and len(train) > max_train:
+        train, _ = split_table(train, schema, test_size=1 - max_train / len(train), seed=seed)
+    if max_test is not None and len(test) > max_test:
+        test, _ = split_table(test, schema, test_size=1 - max_test / len(test), seed=seed)
+    log(f"[client] {dataset}: {len(train)} training and {len(test)} held-out records (schema {schema.digest[:19]}…)")
+
+    # Client: train the experts (the data never leaves this block).
+    x_train, y_train = encode_table(train, schema)
+    experts, dp = {}, {}
+    for eps in epsilons:
+        cfg = TrainConfig(seed=seed) if eps is None else TrainConfig.private(eps, seed=seed)
+        t = time.perf_counter()
+        trained = train_expert(x_train, y_train, schema, cfg, progress=progress)
+        timings[f"expert_{eps_key(eps)}_s"] = time.perf_counter() - t
+        # What the provider receives: the spec and the tensors, rebuilt without client code.
+        experts[eps_key(eps)] = load_expert_state(trained.spec, {k: v.clone() for k, v in trained.model.state_dict().items()})
+        dp[eps_key(eps)] = trained.dp.to_dict()
+        if eps is not None:
+            log(f"[client] DP-SGD expert: target ε={eps:g}, achieved ε={trained.dp.epsilon:.3f} at δ={trained.dp.delta:.2e} "
+                f"(σ={trained.dp.noise_multiplier:.3f}, q={trained.dp.sample_rate:.4f}, {trained.dp.steps} steps)")
+    timings["client_s"] = time.perf_counter() - t0
+
+    # Provider: base LLM + connectors for this schema (trained from the schema alone, or reused).
+    t = time.perf_counter()
+    base = load_base_llm(base_model)
+    model, trained_now = ConnectorStore(connectors_root).get_or_train(base, schema, preset, seed=seed, progress=progress, retrain=retrain)
+    timings["connectors_s"] = time.perf_counter() - t
+    log(f"[provider] connectors for {base.model_id} × {schema.name}: {'trained' if trained_now else 'reused'} "
+        f"(inject layer k={model.config.inject_layer}, encoder layer j={model.config.encoder_layer}, {model.config.num_tokens} slots)")
+
+    t = time.perf_counter()
+    result = evaluate(model, test, experts, seed=seed, progress=progress)
+    timings["evaluate_s"] = time.perf_counter() - t
+    rows = [{"dataset": dataset, "method": "base_llm", "epsilon": None, **scores(result.y_true, result.base_pred), "n_test": len(test), "seed": seed}]
+    for eps in epsilons:
+        key = eps_key(eps)
+        rows.append({"dataset": dataset, "method": "expert", "epsilon": eps, **scores(result.y_true, result.expert_pred[key]), "n_test": len(test), "seed": seed})
+        row = {"dataset": dataset, "method": "llamdex", "epsilon": eps, **scores(result.y_true, result.llamdex_pred[key]), "n_test": len(test), "seed": seed}
+        row["agreement_with_expert"] = float((result.llamdex_pred[key] == result.expert_pred[key]).mean())
+        rows.append(row)
+    majority = np.bincount(result.y_true).argmax()
+    rows.append({"dataset": dataset, "method": "majority_class", "epsilon": None, **scores(result.y_true, np.full_like(result.y_true, majority)), "n_test": len(test), "seed": seed})
+    return PipelineResult(dataset, rows, result.extraction, model.config.metrics, trained_now, dp, timings, len(train), len(test))
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| dataset | method | ε | accuracy | balanced acc. | macro F1 | n_test |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        eps = "–" if r["epsilon"] is None else f"{r['epsilon']:g}"
+        lines.append(f"| {r['dataset']} | {r['method']} | {eps} | {r['accuracy']:.3f} | {r['balanced_accuracy']:.3f} | {r['macro_f1']:.3f} | {r['n_test']} |")
+    return "\n".join(lines)
