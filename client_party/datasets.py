@@ -197,7 +197,11 @@ def _read_file(p: Path) -> pd.DataFrame:
 
 
 def validate_table(df: pd.DataFrame, schema: PublicSchema) -> list[Problem]:
-    """Every violation of `schema` in `df` (rows by 0-based position); an empty list if it is valid."""
+    """Every violation of `schema` in `df`, ordered by row then column; an empty list if it is valid.
+
+    Rows are 0-based positions in `df` (not its index labels); a missing column comes first with
+    row None.
+    """
     return _check_table(df, schema)[1]
 
 
@@ -217,6 +221,8 @@ def _check_table(raw: pd.DataFrame, schema: PublicSchema) -> tuple[pd.DataFrame,
         problems.append(Problem(None, lab.name, "label column is missing from the table", "missing_column"))
     else:
         out[lab.name] = _convert_label(lab.name, list(lab.classes), raw[lab.name].to_numpy(dtype=object), problems)
+    order = {name: i for i, name in enumerate(schema.feature_names + [lab.name])}
+    problems.sort(key=lambda p: (-1 if p.row is None else p.row, order[p.column]))
     n = len(raw)
     frame = pd.DataFrame({k: pd.Series(v, dtype=v.dtype) for k, v in out.items()}, index=pd.RangeIndex(n))
     return frame, problems

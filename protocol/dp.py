@@ -30,36 +30,34 @@ class DPStatementError(BudgetError):
 
 # --- dataset size buckets ---------------------------------------------------------------------
 
-# Bucket edges: 1, 2, 4, ..., 512, then 1k, 2k, 4k, ... (powers of two times a thousand), so a
-# bucket spans at most a factor of two and reads as round numbers.
+# Bucket edges: 1, 2, 4, ..., 512, then 1k, 2k, ..., 512k, then 1M, 2M, ... (powers of two times a
+# power of a thousand), so a bucket spans at most a factor of two and reads as round numbers.
+_SCALES = ((1, ""), (1000, "k"), (1_000_000, "M"), (1_000_000_000, "G"))
+
+
 def _edges(limit: int) -> list[int]:
-    edges = [2**k for k in range(10)]  # 1 .. 512
-    e = 1000
-    while edges[-1] <= limit:
-        edges.append(e)
-        e *= 2
-    return edges
+    edges = [2**k * scale for scale, _ in _SCALES for k in range(10)]
+    return [e for e in edges if e <= limit] + [e for e in edges if e > limit][:1]
 
 
 def _fmt_count(n: int) -> str:
-    if n >= 1_000_000 and n % 1_000_000 == 0:
-        return f"{n // 1_000_000}M"
-    if n >= 1000 and n % 1000 == 0:
-        return f"{n // 1000}k"
-    return str(n)
+    for scale, suffix in reversed(_SCALES):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale}{suffix}"
+    return str(n)  # pragma: no cover
 
 
 def _parse_count(s: str) -> int:
-    m = re.fullmatch(r"(\d+)([kM]?)", s)
+    m = re.fullmatch(r"(\d+)([kMG]?)", s)
     if not m:
         raise ValueError(s)
-    return int(m.group(1)) * {"": 1, "k": 1000, "M": 1_000_000}[m.group(2)]
+    return int(m.group(1)) * dict((sfx, scale) for scale, sfx in _SCALES)[m.group(2)]
 
 
 def size_bucket(n: int) -> str:
     """Coarse label of a training-set size, e.g. 1047 -> "1k-2k", 300 -> "256-512" (lower bound inclusive)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"dataset size must be a positive integer, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n < 512_000_000_000:
+        raise ValueError(f"dataset size must be a positive integer below 512G, got {n!r}")
     edges = _edges(n)
     for lo, hi in zip(edges, edges[1:]):
         if lo <= n < hi:

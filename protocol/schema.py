@@ -8,6 +8,7 @@ public by definition, travels inside every artifact, and is identified by a stab
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,7 +184,7 @@ def _parse_column(d: Any, i: int) -> ColumnSpec:
     lo, hi, cats, decimals = d.get("min"), d.get("max"), (), d.get("decimals")
     if typ in ("int", "float"):
         for k, v in (("min", lo), ("max", hi)):
-            _need(isinstance(v, (int, float)) and not isinstance(v, bool), f"{where}: numeric column needs a number '{k}' (got {v!r}); ranges come from public knowledge, not from the data")
+            _need(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), f"{where}: numeric column needs a finite number '{k}' (got {v!r}); ranges come from public knowledge, not from the data")
         _need(lo < hi, f"{where}: 'min' ({lo}) must be below 'max' ({hi})")
         _need("categories" not in d, f"{where}: a {typ} column has no 'categories'")
         if decimals is not None:

@@ -46,7 +46,7 @@ class Preset:
     decoder_epochs: int = 3
     encoder_layer: int = 8
     inject_candidates: tuple[int, ...] = (18, 24)
-    num_tokens: int = 8
+    num_tokens: int = 4
     batch_size: int = 16
     encoder_lr: float = 2e-3
     decoder_lr: float = 1e-3

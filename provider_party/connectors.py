@@ -30,7 +30,7 @@ class ConnectorConfig:
     schema_digest: str
     hidden_size: int
     num_layers: int
-    num_tokens: int = 8
+    num_tokens: int = 4
     encoder_layer: int = 8
     inject_layer: int = 20
     encoder_dim: int = 256

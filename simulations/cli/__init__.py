@@ -1,0 +1,1 @@
+"""The `llamdex` command line: one verb per module, each registering its own sub-parser."""

@@ -1,0 +1,54 @@
+"""Entry point of the `llamdex` command: builds the parser from one module per verb."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Each module defines `register(subparsers)` and sets `func` on its parser(s).
+VERB_MODULES = [
+    "simulations.cli.demo",
+    "simulations.cli.client",
+    "simulations.cli.provider",
+    "simulations.cli.bench",
+]
+
+DESCRIPTION = """\
+Llamdex: customize a frozen LLM with a client's privately trained expert model, without the data.
+
+Roles:
+  client     the data owner: trains an expert on its table (optionally with DP-SGD) and uploads it
+  provider   the LLM service: trains connectors from the public schema, serves questions
+Tools:
+  demo       the whole pipeline on the embedded defaults (start here)
+  bench      accuracy and latency benchmarks written to docs/results/
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llamdex", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in VERB_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
