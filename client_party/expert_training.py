@@ -102,13 +102,18 @@ def train_expert(x: np.ndarray, y: np.ndarray, schema: PublicSchema, config: Tra
     x_t, y_t = _check_inputs(x, y, schema)
     n = len(x_t)
     spec = ExpertSpec(input_dim=FeatureEncoder(schema).dim, num_classes=schema.label.num_classes, schema_digest=schema.digest)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        model = build_expert(spec)
-        if config.is_private:
-            trained, dp, history = _train_private(model, x_t, y_t, config, progress)
-        else:
-            trained, dp, history = _train_plain(model, x_t, y_t, config, progress)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 400-200 MLP gains nothing from intra-op threads, and loses badly on a busy machine
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            model = build_expert(spec)
+            if config.is_private:
+                trained, dp, history = _train_private(model, x_t, y_t, config, progress)
+            else:
+                trained, dp, history = _train_plain(model, x_t, y_t, config, progress)
+    finally:
+        torch.set_num_threads(threads)
     clean = build_expert(spec)
     clean.load_state_dict({k: v.detach().clone() for k, v in trained.state_dict().items()})
     clean.eval()

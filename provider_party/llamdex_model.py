@@ -38,13 +38,27 @@ class Answer:
     expert_probs: torch.Tensor | None  # (B, C) what the expert said (None for the base LLM)
 
 
+_LOCKS_GUARD = threading.Lock()
+
+
+def _base_lock(base: BaseLLM) -> threading.Lock:
+    """One lock per loaded base model, shared by every FrozenLM built on it."""
+    with _LOCKS_GUARD:
+        lock = base.__dict__.get("_forward_lock")
+        if lock is None:
+            lock = base.__dict__["_forward_lock"] = threading.Lock()
+        return lock
+
+
 class FrozenLM:
     """Split access to a frozen causal LM: run it up to a layer, or from a layer to the read-out."""
 
     def __init__(self, base: BaseLLM):
         self.base = base
         self.inner = base.model.model
-        self.lock = threading.Lock()  # hooks and layer swaps are per-model state
+        # Hooks and layer swaps change the shared base model, so every FrozenLM over the same base
+        # (one per schema, plus connector training) takes the same lock for each forward pass.
+        self.lock = _base_lock(base)
 
     def readout(self, last_hidden: torch.Tensor, token_ids: list[int]) -> torch.Tensor:
         head = self.base.model.get_output_embeddings()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("client", help="data owner: train an expert on a private table", description=__doc__)
+    p = sub.add_parser("client", help="data owner: train, sign and upload experts; customize; ask; keep receipts", description=__doc__)
     csub = p.add_subparsers(dest="client_command", metavar="ACTION")
     t = csub.add_parser(
         "train",
@@ -27,7 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--epochs", type=int, default=None)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", type=Path, required=True, help="output folder")
+    t.add_argument("--key", type=Path, default=None, help="sign the output folder as an artifact with this key (model.sig, OpenSSF model-signing format)")
     t.set_defaults(func=_train)
+    from simulations.cli.client_protocol import register_actions
+
+    register_actions(csub)
     p.set_defaults(func=lambda a: p.print_help() or 2)
 
 
@@ -51,6 +55,11 @@ def _train(args: argparse.Namespace) -> int:
     save_expert(trained.model, args.out)
     schema.save(args.out / "schema.json")
     (args.out / "dp.json").write_text(json.dumps(trained.dp.to_dict(), indent=2, sort_keys=True) + "\n")
+    if getattr(args, "key", None):
+        from protocol.artifact import sign_artifact
+        from protocol.keys import load_private_key
+
+        sign_artifact(args.out, load_private_key(args.key))
     eps = "no DP" if args.epsilon is None else f"ε={trained.dp.epsilon:.3f}, δ={trained.dp.delta:.2e}"
     print(f"expert saved to {args.out} ({eps}); held-out accuracy {acc:.3f} on {len(test)} records")
     return 0

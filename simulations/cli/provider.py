@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("provider", help="LLM provider: train connectors for a public schema", description=__doc__)
+    p = sub.add_parser("provider", help="LLM provider: serve the protocol; train connectors for a public schema", description=__doc__)
     psub = p.add_subparsers(dest="provider_command", metavar="ACTION")
     c = psub.add_parser(
         "connectors",
@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--retrain", action="store_true", help="train even if connectors for this schema exist")
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(func=_connectors)
+    from simulations.cli.provider_serve import register_serve
+
+    register_serve(psub)
     p.set_defaults(func=lambda a: p.print_help() or 2)
 
 

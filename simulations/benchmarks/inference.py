@@ -1,0 +1,92 @@
+"""Inference cost: a Llamdex query against the same question to the base LLM, side by side.
+
+Run: `python -m simulations.benchmarks.inference` (or `make bench`). For each batch size the two
+calls alternate on the same real held-out questions (order flipped every repetition, so drift on a
+noisy machine hits both), and the medians and their ratio are written to
+docs/results/inference.json and the `inference` section of docs/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from simulations.benchmarks.results_md import RESULTS_DIR, environment, results_md_path, update_section, write_json
+from simulations.cli.common import set_threads
+
+
+def measure(dataset: str, batch_sizes: tuple[int, ...], reps: int, preset: str, connectors: Path | None, seed: int = 0) -> dict:
+    from client_party.datasets import encode_table, load_table, split_table
+    from client_party.expert_training import TrainConfig, train_expert
+    from provider_party.base_llm import load_base_llm
+    from provider_party.connector_store import ConnectorStore
+    from simulations.evaluation import test_questions
+
+    df, schema = load_table(dataset)
+    train, test = split_table(df, schema, seed=seed)
+    expert = train_expert(*encode_table(train, schema), schema, TrainConfig(seed=seed)).model
+    base = load_base_llm()
+    model, _ = ConnectorStore(connectors).get_or_train(base, schema, preset, seed=seed)
+    questions = test_questions(model, test, seed)
+    n_base = float(np.mean([model.batch([q], with_slots=False).input_ids.shape[1] for q in questions[:200]]))
+    n_ll = float(np.mean([model.batch([q]).input_ids.shape[1] for q in questions[:200]]))
+    out = {"dataset": dataset, "num_tokens": model.config.num_tokens, "inject_layer": model.config.inject_layer,
+           "encoder_layer": model.config.encoder_layer, "mean_prompt_tokens_base": n_base, "mean_prompt_tokens_llamdex": n_ll, "batches": []}
+    rng = np.random.default_rng(seed)
+    for bs in batch_sizes:
+        t_base, t_ll = [], []
+        n_reps = reps if bs == 1 else max(5, reps // 3)
+        with torch.inference_mode():
+            model.answer_base(questions[:bs]), model.answer(questions[:bs], expert)  # warm-up
+            for r in range(n_reps):
+                qs = [questions[i] for i in rng.choice(len(questions), size=bs, replace=False)]
+                calls = [("base", lambda: model.answer_base(qs)), ("llamdex", lambda: model.answer(qs, expert))]
+                for name, fn in (calls if r % 2 == 0 else calls[::-1]):
+                    t = time.perf_counter()
+                    fn()
+                    (t_base if name == "base" else t_ll).append(time.perf_counter() - t)
+        mb, ml = float(np.median(t_base)), float(np.median(t_ll))
+        out["batches"].append({"batch_size": bs, "reps": n_reps, "median_base_s": mb, "median_llamdex_s": ml, "ratio": ml / mb,
+                               "p90_base_s": float(np.percentile(t_base, 90)), "p90_llamdex_s": float(np.percentile(t_ll, 90))})
+        print(f"{dataset} batch {bs}: base {mb * 1000:.1f} ms, Llamdex {ml * 1000:.1f} ms, ratio {ml / mb:.3f}", flush=True)
+    return out
+
+
+def markdown(payload: dict) -> str:
+    lines = ["## Inference cost (issue: Llamdex core)", "",
+             f"Command: `{payload['command']}` ({payload['environment']['cpu_count']} CPU cores, torch threads {payload['environment']['torch_threads']}, {payload['environment']['date']}). "
+             "Medians over alternating calls on the same real held-out questions; one forward pass per Llamdex query.", "",
+             "| dataset | batch | base LLM (ms) | Llamdex (ms) | ratio | tokens base → Llamdex |", "|---|---|---|---|---|---|"]
+    for d in payload["results"]:
+        for b in d["batches"]:
+            lines.append(f"| {d['dataset']} | {b['batch_size']} | {b['median_base_s'] * 1000:.1f} | {b['median_llamdex_s'] * 1000:.1f} | {b['ratio']:.3f} | "
+                         f"{d['mean_prompt_tokens_base']:.0f} → {d['mean_prompt_tokens_llamdex']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m simulations.benchmarks.inference", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", default="titanic,default,credit,churn")
+    ap.add_argument("--batch-sizes", default="1,16")
+    ap.add_argument("--reps", type=int, default=30, help="repetitions per batch size (batch 16 uses a third)")
+    ap.add_argument("--preset", default="default", choices=["default", "quick"], help="preset used only if no connectors are stored yet")
+    ap.add_argument("--connectors", type=Path, default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    args = ap.parse_args(argv)
+    set_threads(args.threads)
+    sizes = tuple(int(s) for s in args.batch_sizes.split(","))
+    payload = {"command": "python -m simulations.benchmarks.inference " + " ".join(argv or []), "environment": environment(), "results": []}
+    for ds in [d.strip() for d in args.datasets.split(",") if d.strip()]:
+        payload["results"].append(measure(ds, sizes, args.reps, args.preset, args.connectors))
+        write_json("inference.json", payload, args.results_dir)
+    update_section("inference", markdown(payload), results_md_path(args.results_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

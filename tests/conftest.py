@@ -1,0 +1,58 @@
+"""Shared fixtures: the embedded base LLM and one tiny connector set, trained once per session."""
+
+from __future__ import annotations
+
+import pytest
+
+TINY = dict(n_synthetic=600, encoder_questions=32, decoder_questions=16, val_questions=8, encoder_epochs=2,
+            decoder_epochs=1, inject_candidates=(22, 26), surrogate_epochs=2)
+
+
+def weights_digest(model) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def tiny_preset():
+    from provider_party.connector_training import Preset
+
+    return Preset("tiny", **TINY)
+
+
+@pytest.fixture(scope="session")
+def base_llm():
+    from provider_party.base_llm import load_base_llm
+
+    return load_base_llm()
+
+
+@pytest.fixture(scope="session")
+def titanic_schema():
+    from client_party.datasets import load_schema
+
+    return load_schema("titanic")
+
+
+@pytest.fixture(scope="session")
+def tiny_connectors(base_llm, titanic_schema, tiny_preset):
+    """Connectors trained on a handful of synthetic questions; enough to exercise every code path."""
+    from provider_party.connector_training import train_connectors
+
+    before = weights_digest(base_llm.model)
+    trained = train_connectors(base_llm, titanic_schema, tiny_preset, seed=0, progress=False)
+    trained.base_weights_before = before  # checked by test_base_weights_bit_identical_after_connector_training
+    return trained
+
+
+@pytest.fixture(scope="session")
+def tiny_model(base_llm, titanic_schema, tiny_connectors):
+    from provider_party.llamdex_model import LlamdexModel
+
+    t = tiny_connectors
+    return LlamdexModel(base_llm, titanic_schema, t.config, t.encoder, t.decoder)
