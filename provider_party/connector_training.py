@@ -39,13 +39,13 @@ class Preset:
 
     name: str
     n_synthetic: int = 10_000
-    encoder_questions: int = 2400
-    decoder_questions: int = 480
-    val_questions: int = 160
-    encoder_epochs: int = 12
-    decoder_epochs: int = 3
+    encoder_questions: int = 1600
+    decoder_questions: int = 320
+    val_questions: int = 128
+    encoder_epochs: int = 10
+    decoder_epochs: int = 2
     encoder_layer: int = 8
-    inject_candidates: tuple[int, ...] = (18, 24)
+    inject_candidates: tuple[int, ...] = (20, 24)
     num_tokens: int = 4
     batch_size: int = 16
     encoder_lr: float = 2e-3

@@ -21,7 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--dataset", default="titanic", help="titanic (default), default, credit or churn")
     p.add_argument("--epsilon", type=float, default=1.0, help="DP target ε of the client's expert (default 1)")
-    p.add_argument("--preset", choices=["default", "quick"], default="default", help="connector-training preset (default: default)")
+    p.add_argument("--preset", choices=["default", "quick"], default="quick",
+                   help="connector-training preset when no connectors are stored for the schema yet (default: quick, ~5 min; "
+                   "'default' is what the benchmarks use)")
+    p.add_argument("--quick", dest="preset", action="store_const", const="quick", help="same as --preset quick")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-test", type=int, default=None, help="evaluate on at most this many held-out records")
     p.add_argument("--run-dir", type=Path, default=None, help="folder for the run's files (default runs/demo-<time>)")
