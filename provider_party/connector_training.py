@@ -146,10 +146,13 @@ def train_connectors(
     # Stage 1: cache layer-j states of the question prefix, then fit the encoder.
     t0 = time.perf_counter()
 
-    def cache_layer_j(idx: np.ndarray, desc: str) -> list[tuple]:
+    def cache_layer_j(idx: np.ndarray, desc: str, start: float = 0.0, span: float = 0.0) -> list[tuple]:
         out = []
         order = idx[_length_sorted([questions[i] for i in idx], probe)]
-        for chunk in tqdm(_chunks(len(order), p.batch_size), desc=desc, disable=not progress, leave=False):
+        chunks = _chunks(len(order), p.batch_size)
+        for ci, chunk in enumerate(tqdm(chunks, desc=desc, disable=not progress, leave=False)):
+            if span:
+                report(desc, start + span * ci / len(chunks))
             ids = order[chunk]
             batch = probe.batch([questions[i] for i in ids], with_slots=False)
             h = base_lm.lower(batch, [p.encoder_layer])[p.encoder_layer]
@@ -158,7 +161,7 @@ def train_connectors(
 
     base_lm = probe.lm
     with torch.no_grad():
-        enc_cache = cache_layer_j(enc_idx, "encoder cache")
+        enc_cache = cache_layer_j(enc_idx, "encoder cache", 0.0, 0.25)
         report("encoder cache", 0.25)
         enc_val_cache = cache_layer_j(enc_val_idx, "encoder val cache")
     timings["encoder_cache_s"] = time.perf_counter() - t0
@@ -189,10 +192,13 @@ def train_connectors(
     # Stage 2: cache layer-k inputs for each candidate k, then fit one decoder per candidate.
     t0 = time.perf_counter()
 
-    def cache_layer_k(idx: np.ndarray, desc: str) -> list[tuple]:
+    def cache_layer_k(idx: np.ndarray, desc: str, start: float = 0.0, span: float = 0.0) -> list[tuple]:
         out = []
         order = idx[_length_sorted([questions[i] for i in idx], probe)]
-        for chunk in tqdm(_chunks(len(order), p.batch_size), desc=desc, disable=not progress, leave=False):
+        chunks = _chunks(len(order), p.batch_size)
+        for ci, chunk in enumerate(tqdm(chunks, desc=desc, disable=not progress, leave=False)):
+            if span:
+                report(desc, start + span * ci / len(chunks))
             ids = order[chunk]
             batch = probe.batch([questions[i] for i in ids], with_slots=True)
             hs = base_lm.lower(batch, list(candidates))
@@ -201,7 +207,7 @@ def train_connectors(
         return out
 
     with torch.no_grad():
-        dec_cache = cache_layer_k(dec_idx, "decoder cache")
+        dec_cache = cache_layer_k(dec_idx, "decoder cache", 0.5, 0.1)
         report("decoder cache", 0.6)
         dec_val_cache = cache_layer_k(dec_val_idx, "decoder val cache")
     timings["decoder_cache_s"] = time.perf_counter() - t0

@@ -12,11 +12,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="run the whole pipeline on the embedded defaults (start here)",
-        description="The client trains a DP expert (ε=1) on TitanicSurvival; the provider trains connectors for the "
-        "public schema from synthetic data only, plugs the expert into the frozen SmolLM2-135M-Instruct and answers the "
-        "client's held-out records asked as plain-language questions. Prints accuracy (base LLM, expert, Llamdex) and "
-        "latencies; everything of the run lands in --run-dir.",
-        epilog="examples:\n  llamdex demo\n  llamdex demo --dataset default --epsilon 4 --preset quick",
+        description="Starts the provider and the client as two processes talking gRPC over mutual TLS on loopback. "
+        "The client trains a DP expert (ε=1) on TitanicSurvival, signs and uploads it and shows the provider's privacy "
+        "receipt; the provider trains connectors for the public schema from synthetic data only (progress bar), plugs "
+        "the expert into the frozen SmolLM2-135M-Instruct, and the client asks its held-out records as plain-language "
+        "questions through Ask. Prints the accuracy table (base LLM, expert, Llamdex) and the receipt chain; every file "
+        "of the run (keys, certificates, configs, logs, ledger, receipts, connectors) lands in --run-dir.\n\n"
+        "--in-process runs the same pipeline in one process instead (no services), and adds a latency comparison.",
+        epilog="examples:\n  llamdex demo\n  llamdex demo --dataset default --epsilon 4\n  llamdex demo --in-process --preset default",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--dataset", default="titanic", help="titanic (default), default, credit or churn")
@@ -28,12 +31,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-test", type=int, default=None, help="evaluate on at most this many held-out records")
     p.add_argument("--run-dir", type=Path, default=None, help="folder for the run's files (default runs/demo-<time>)")
-    p.add_argument("--connectors", type=Path, default=None, help="connector store (default $LLAMDEX_HOME/connectors)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--connectors", type=Path, default=None, help="connector store to reuse across runs (default: the run folder for the two-party demo, $LLAMDEX_HOME/connectors in-process)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores; --in-process only)")
+    p.add_argument("--in-process", action="store_true", help="run client and provider code in one process, without gRPC")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.in_process:
+        from simulations.two_party_demo import run_two_party_demo
+
+        run_dir = args.run_dir or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+        return run_two_party_demo(run_dir, args.epsilon, args.preset, args.dataset, args.seed,
+                                  max_questions=args.max_test or 0, connectors_root=args.connectors)
+    return run_in_process(args)
+
+
+def run_in_process(args: argparse.Namespace) -> int:
     from simulations.benchmarks.inference import measure
     from simulations.cli.common import set_threads
     from simulations.pipeline import format_table, run_pipeline

@@ -1,0 +1,346 @@
+"""The data owner's side: train, sign and hand over experts, follow customization, evaluate, keep receipts.
+
+`ClientParty` does the work (the CLI verbs use it directly); `ClientServicer` exposes it as
+`llamdex.v1.ClientService`, so the provider or an orchestrator can *ask* the client to train and hand
+over an expert under a stated DP budget, and deliver receipts and job results. The client decides:
+a request above its own `max_epsilon`, for a dataset it does not offer, or from a caller it does
+not allow is refused. The private table never leaves this process; what leaves is the signed
+artifact (expert weights, spec, public schema, DP statement) and the questions of `Evaluate`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from client_party.config import ClientConfig
+from protocol.keys import fingerprint
+from protocol.rpc.llamdex.v1 import client_pb2, client_pb2_grpc, common_pb2
+from protocol.rpc_errors import RpcError, guard, guard_stream
+from protocol.tls import add_port, peer_identity
+from protocol.wire import JOB_STATE_NAMES, receipt_envelope, receipt_message
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = "llamdex.v1.ClientService"
+
+
+@dataclass
+class TrainedArtifact:
+    folder: Path
+    artifact_digest: str
+    dataset_id: str
+    seed: int
+    dp: Any
+    heldout_accuracy: float
+    n_train: int
+    n_test: int
+    seconds: float
+
+
+class ClientParty:
+    """The client's work, shared by the CLI and the ClientService."""
+
+    def __init__(self, config: ClientConfig):
+        self.config = config
+        self.workspace = Path(config.workspace)
+        (self.workspace / "artifacts").mkdir(parents=True, exist_ok=True)
+        (self.workspace / "jobs").mkdir(parents=True, exist_ok=True)
+        self.key = config.signing_key()
+        self.store = config.receipt_store()
+        self._provider = None
+        self._lock = threading.Lock()
+
+    @property
+    def index_path(self) -> Path:
+        return self.workspace / "artifacts.json"
+
+    def index(self) -> dict[str, dict]:
+        return json.loads(self.index_path.read_text()) if self.index_path.is_file() else {}
+
+    def _remember(self, digest: str, info: dict) -> None:
+        with self._lock:
+            idx = self.index()
+            idx[digest] = {**idx.get(digest, {}), **info}
+            tmp = self.index_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(idx, indent=2, sort_keys=True) + "\n")
+            tmp.replace(self.index_path)
+
+    def provider(self) -> Any:
+        with self._lock:
+            if self._provider is None:
+                self._provider = self.config.provider_client()
+            return self._provider
+
+    def latest(self, digest: str = "") -> tuple[str, dict]:
+        idx = self.index()
+        if digest:
+            if digest not in idx:
+                raise RpcError("EXPERT_NOT_FOUND", f"this client has no artifact {digest}", rule="own artifacts")
+            return digest, idx[digest]
+        uploaded = sorted(((v.get("uploaded_at", ""), k) for k, v in idx.items() if v.get("uploaded_at")))
+        if not uploaded:
+            raise RpcError("EXPERT_NOT_FOUND", "no expert of this client was uploaded yet; train and upload one first", rule="upload first")
+        d = uploaded[-1][1]
+        return d, idx[d]
+
+    # --- train -------------------------------------------------------------------------------------------
+    def check_policy(self, dataset_id: str, max_epsilon: float | None) -> None:
+        from client_party.datasets import DATASETS
+
+        offered = self.config.datasets or tuple(DATASETS)
+        if dataset_id not in offered:
+            raise RpcError("UNKNOWN_DATASET", f"this client offers datasets {list(offered)}, not {dataset_id!r}", rule="offered datasets")
+        if max_epsilon is None or not (math.isfinite(max_epsilon) and max_epsilon > 0):
+            raise RpcError("POLICY_REFUSED", f"an expert is handed over only under a finite DP budget (max_epsilon > 0), got {max_epsilon!r}",
+                           rule="DP required")
+        if max_epsilon > self.config.max_epsilon:
+            raise RpcError("POLICY_REFUSED", f"max_epsilon {max_epsilon:g} exceeds this client's policy of {self.config.max_epsilon:g} per expert",
+                           rule="client max_epsilon")
+
+    def train(self, dataset_id: str, epsilon: float | None, *, delta: float | None = None, epochs: int | None = None, seed: int = 0,
+              progress: bool = False) -> TrainedArtifact:
+        """Trains (DP-SGD when `epsilon` is given) on the training split, writes and signs the artifact."""
+        from dataclasses import replace
+
+        from client_party.datasets import encode_table, load_table, split_table
+        from client_party.expert_training import TrainConfig, predict_proba, train_expert
+        from protocol.artifact import write_artifact
+
+        t0 = time.perf_counter()
+        df, schema = load_table(dataset_id)
+        train, test = split_table(df, schema, test_size=0.2, seed=seed)
+        cfg = TrainConfig(seed=seed) if epsilon is None else TrainConfig.private(epsilon, seed=seed, target_delta=delta)
+        if epochs:
+            cfg = replace(cfg, epochs=epochs)
+        x, y = encode_table(train, schema)
+        trained = train_expert(x, y, schema, cfg, progress=progress)
+        xt, yt = encode_table(test, schema)
+        acc = float((predict_proba(trained.model, xt).argmax(1) == yt).mean())
+        name = f"{self.config.client_id}-{dataset_id}-{time.strftime('%Y%m%dT%H%M%S')}-{int(time.time() * 1000) % 1000:03d}"
+        folder = self.workspace / "artifacts" / name
+        write_artifact(folder, trained.model, schema, trained.dp, self.key, model_name=name)
+        from protocol.artifact import ArtifactVerifier
+
+        digest = ArtifactVerifier([self.key.public_key()]).verify(folder).digest  # what the provider will name it
+        self._remember(digest, {"folder": str(folder), "dataset_id": dataset_id, "seed": seed, "epsilon": trained.dp.epsilon if trained.dp.is_private else None,
+                                "heldout_accuracy": acc, "n_train": len(train), "n_test": len(test)})
+        return TrainedArtifact(folder, digest, dataset_id, seed, trained.dp, acc, len(train), len(test), time.perf_counter() - t0)
+
+    def upload(self, folder: Path, dataset_id: str, seed: int | None = None) -> Any:
+        result = self.provider().upload(folder, dataset_id, artifact_name=_artifact_name(dataset_id), chunk_bytes=self.config.chunk_bytes)
+        info = {"folder": str(folder), "dataset_id": dataset_id, "uploaded_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "receipt_id": result.receipt.receipt_id, "upload_id": result.upload_id}
+        if seed is not None:
+            info["seed"] = seed
+        self._remember(result.artifact_digest, info)
+        return result
+
+    # --- customize and evaluate -----------------------------------------------------------------------
+    def customize(self, digest: str = "", preset: str = "") -> Iterator[Any]:
+        """Asks the provider to customize for an expert and yields the job's events (JobEvent messages)."""
+        digest, _ = self.latest(digest)
+        pc = self.provider()
+        job = pc.customize(digest, preset)
+        last = None
+        for ev in pc.watch_job(job.job_id):
+            last = ev
+            yield ev
+        if last is not None and last.HasField("result"):
+            self.save_job_result(last.result)
+
+    def save_job_result(self, result: common_pb2.JobResult, source: str = "watched") -> Path:
+        """Keeps a job result: `watched` (followed with WatchJob) or `delivered` (pushed by the provider)."""
+        from google.protobuf.json_format import MessageToDict
+
+        p = self.workspace / "jobs" / f"{result.job_id}.{source}.json"
+        p.write_text(json.dumps(MessageToDict(result, preserving_proto_field_name=True), indent=2, sort_keys=True) + "\n")
+        return p
+
+    def heldout_questions(self, info: dict, max_questions: int = 0) -> tuple[list[str], Any, Any, Any]:
+        """The client's held-out records (the split it trained without) as questions, with labels and features."""
+        from client_party.datasets import encode_table, load_table, split_table
+        from protocol.verbalizer import Verbalizer
+
+        df, schema = load_table(info["dataset_id"])
+        _, test = split_table(df, schema, test_size=0.2, seed=int(info.get("seed", 0)))
+        if max_questions and len(test) > max_questions:
+            test = test.iloc[:max_questions]
+        questions = Verbalizer(schema, seed=10_000 + int(info.get("seed", 0))).questions(test[schema.feature_names].to_dict("records"))
+        x, y = encode_table(test, schema)
+        return questions, x, y, schema
+
+    def evaluate(self, digest: str = "", max_questions: int = 0, batch_size: int = 16, include_base: bool = True,
+                 on_batch: Any = None) -> dict[str, Any]:
+        """Asks the held-out questions through the provider's Ask and scores them here (labels never leave)."""
+        import numpy as np
+
+        from client_party.expert_training import predict_proba
+        from protocol.artifact import ArtifactVerifier
+        from protocol.expert_spec import load_expert_state
+
+        digest, info = self.latest(digest)
+        questions, x, y, schema = self.heldout_questions(info, max_questions)
+        pc = self.provider()
+        t0 = time.perf_counter()
+        answers, calls = [], 0
+        for s in range(0, len(questions), batch_size or 16):
+            answers += pc.ask(questions[s:s + (batch_size or 16)], artifact_digest=digest, include_base=include_base, batch_size=batch_size or 16)
+            calls += 1
+            if on_batch is not None:
+                on_batch(len(answers), len(questions))
+        ask_s = time.perf_counter() - t0
+        llamdex = np.array([a.class_index for a in answers])
+        verified = ArtifactVerifier([self.key.public_key()]).verify(info["folder"])
+        expert = load_expert_state(verified.spec, verified.load_tensors())
+        expert_pred = predict_proba(expert, x).argmax(1)
+        eps = verified.dp.epsilon if verified.dp.is_private else None
+        rows = []
+        if include_base:
+            rows.append(_score_row("base_llm", None, y, np.array([int(np.argmax(a.base_probs)) for a in answers])))
+        rows.append(_score_row("expert", eps, y, expert_pred))
+        rows.append(_score_row("llamdex", eps, y, llamdex))
+        rows.append(_score_row("majority_class", None, y, np.full_like(y, np.bincount(y).argmax())))
+        return {"dataset_id": info["dataset_id"], "artifact_digest": digest, "rows": rows, "ask_seconds": ask_s, "ask_calls": calls,
+                "agreement_with_expert": float((llamdex == expert_pred).mean()), "n_test": int(len(y))}
+
+
+def _artifact_name(dataset_id: str) -> str:
+    return f"expert-{dataset_id}"[:64]
+
+
+def _score_row(method: str, eps: float | None, y: Any, pred: Any) -> dict[str, Any]:
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+    return {"method": method, "epsilon": eps, "accuracy": float(accuracy_score(y, pred)),
+            "balanced_accuracy": float(balanced_accuracy_score(y, pred)), "macro_f1": float(f1_score(y, pred, average="macro")), "n_test": int(len(y))}
+
+
+def format_scores(dataset: str, rows: list[dict[str, Any]]) -> str:
+    lines = ["| dataset | method | ε | accuracy | balanced acc. | macro F1 | n_test |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        eps = "–" if r.get("epsilon") is None else f"{r['epsilon']:.3g}"
+        lines.append(f"| {dataset} | {r['method']} | {eps} | {r['accuracy']:.3f} | {r['balanced_accuracy']:.3f} | {r['macro_f1']:.3f} | {r['n_test']} |")
+    return "\n".join(lines)
+
+
+class ClientServicer(client_pb2_grpc.ClientServiceServicer):
+    def __init__(self, party: ClientParty):
+        self.party = party
+        self.config = party.config
+
+    def _caller(self, context: Any, allowed: tuple[str, ...] | None = None) -> str:
+        who = peer_identity(context, plaintext=self.config.plaintext)
+        if not who:
+            raise RpcError("NO_IDENTITY", "the call carries no identity: connect with a certificate from the shared CA", rule="mutual TLS")
+        allowed = allowed or self.config.allowed_callers
+        if who not in allowed:
+            raise RpcError("CALLER_NOT_ALLOWED", f"{who!r} may not call this client; allowed: {list(allowed)}", rule="allowed_callers")
+        return who
+
+    @guard
+    def Hello(self, request, context):
+        who = self._caller(context)
+        from client_party.datasets import DATASETS
+
+        return client_pb2.ClientHelloResponse(client_id=self.config.client_id, key_fingerprint=fingerprint(self.party.key),
+                                              datasets=list(self.config.datasets or DATASETS), max_epsilon=self.config.max_epsilon,
+                                              provider_address=self.config.provider_address, caller=who)
+
+    @guard
+    def TrainExpert(self, request, context):
+        self._caller(context)
+        self.party.check_policy(request.dataset_id, request.max_epsilon)
+        art = self.party.train(request.dataset_id, request.max_epsilon, delta=request.delta or None, epochs=request.epochs or None, seed=request.seed)
+        out = client_pb2.TrainExpertResponse(artifact_digest=art.artifact_digest, dp_statement_json=json.dumps(art.dp.to_dict(), sort_keys=True),
+                                             artifact_bytes=sum(f.stat().st_size for f in art.folder.iterdir()),
+                                             expert_heldout_accuracy=art.heldout_accuracy, n_train=art.n_train, n_test=art.n_test,
+                                             train_seconds=art.seconds)
+        if request.upload:
+            t = time.perf_counter()
+            res = self.party.upload(art.folder, art.dataset_id)
+            out.receipt.CopyFrom(receipt_message(res.receipt_envelope))
+            out.upload_seconds = time.perf_counter() - t
+        return out
+
+    @guard_stream
+    def Customize(self, request, context):
+        self._caller(context)
+        yield from self.party.customize(request.artifact_digest, request.preset)
+
+    @guard
+    def Evaluate(self, request, context):
+        self._caller(context)
+        ev = self.party.evaluate(request.artifact_digest, request.max_questions, request.batch_size or 16, request.include_base)
+        out = client_pb2.EvaluateResponse(dataset_id=ev["dataset_id"], ask_seconds=ev["ask_seconds"], ask_calls=ev["ask_calls"],
+                                          agreement_with_expert=ev["agreement_with_expert"])
+        for r in ev["rows"]:
+            out.rows.add(method=r["method"], has_epsilon=r["epsilon"] is not None, epsilon=r["epsilon"] or 0.0, accuracy=r["accuracy"],
+                         balanced_accuracy=r["balanced_accuracy"], macro_f1=r["macro_f1"], n_test=r["n_test"])
+        return out
+
+    @guard
+    def DeliverReceipt(self, request, context):
+        self._caller(context)
+        stored, r = self.party.store.add(receipt_envelope(request.receipt))
+        return client_pb2.DeliverReceiptResponse(stored=stored, sequence=r.sequence)
+
+    @guard
+    def DeliverJobResult(self, request, context):
+        self._caller(context)
+        if request.result.client_id and request.result.client_id != self.config.client_id:
+            raise RpcError("BAD_REQUEST", f"job result for {request.result.client_id!r}, this is {self.config.client_id!r}")
+        p = self.party.save_job_result(request.result, "delivered")
+        log.info("job %s %s (result in %s)", request.result.job_id, JOB_STATE_NAMES.get(request.result.state, "?"), p)
+        return client_pb2.DeliverJobResultResponse()
+
+    @guard
+    def ListReceipts(self, request, context):
+        self._caller(context)
+        out = client_pb2.ListReceiptsResponse(provider_key_fingerprint=fingerprint(self.party.store.provider_key))
+        self.party.store.verify()
+        for env in self.party.store.envelopes():
+            out.receipts.append(receipt_message(env))
+        return out
+
+
+class ClientServer:
+    """The client's gRPC server: ClientService plus gRPC health checking, mutual TLS by default."""
+
+    def __init__(self, config: ClientConfig, party: ClientParty | None = None):
+        self.config = config
+        self.party = party or ClientParty(config)
+        self.server = grpc.server(ThreadPoolExecutor(max_workers=8, thread_name_prefix="llamdex-client"),
+                                  options=[("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 8 << 20)])
+        client_pb2_grpc.add_ClientServiceServicer_to_server(ClientServicer(self.party), self.server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.port = add_port(self.server, config.listen, config.tls, plaintext=config.plaintext)
+        self.address = f"{config.listen.rsplit(':', 1)[0]}:{self.port}"
+
+    def start(self) -> "ClientServer":
+        self.server.start()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.config.port_file:
+            tmp = Path(str(self.config.port_file) + ".tmp")
+            tmp.write_text(self.address + "\n")
+            tmp.replace(self.config.port_file)
+        log.info("client %s serving on %s", self.config.client_id, self.address)
+        return self
+
+    def stop(self, grace: float = 2.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait(grace + 1)
+
+
+__all__ = ["ClientParty", "ClientServer", "ClientServicer", "TrainedArtifact", "format_scores"]

@@ -1,0 +1,119 @@
+"""One table from error codes (`CodedError.code`) to gRPC status codes, used by both services.
+
+Every refusal carries the status, a message that names the input, the rule and the fix, and the
+machine-readable code in the trailing metadata `llamdex-error-code` (read it with `error_code`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Callable
+
+import grpc
+
+from protocol.errors import CodedError, LlamdexError
+
+log = logging.getLogger(__name__)
+ERROR_CODE_METADATA = "llamdex-error-code"
+S = grpc.StatusCode
+
+STATUS_BY_CODE: dict[str, grpc.StatusCode] = {
+    # who is calling
+    "UNREGISTERED_CLIENT": S.PERMISSION_DENIED, "NO_IDENTITY": S.UNAUTHENTICATED, "CALLER_NOT_ALLOWED": S.PERMISSION_DENIED,
+    "MISSING_SIGNATURE": S.UNAUTHENTICATED, "BAD_REQUEST_SIGNATURE": S.UNAUTHENTICATED, "STALE_REQUEST": S.UNAUTHENTICATED,
+    "REPLAYED_REQUEST": S.UNAUTHENTICATED, "IDENTITY_MISMATCH": S.PERMISSION_DENIED, "RATE_LIMITED": S.RESOURCE_EXHAUSTED,
+    # the upload stream
+    "BAD_REQUEST": S.INVALID_ARGUMENT, "ARTIFACT_TOO_LARGE": S.RESOURCE_EXHAUSTED, "CHUNK_TOO_LARGE": S.RESOURCE_EXHAUSTED,
+    "TOO_MANY_UPLOADS": S.RESOURCE_EXHAUSTED, "OFFSET_MISMATCH": S.FAILED_PRECONDITION, "PAST_END": S.OUT_OF_RANGE,
+    "CHUNK_DIGEST_MISMATCH": S.DATA_LOSS, "ARTIFACT_SHA256_MISMATCH": S.DATA_LOSS, "UPLOAD_MISMATCH": S.FAILED_PRECONDITION,
+    "UPLOAD_BUSY": S.ABORTED, "UPLOAD_FAILED": S.FAILED_PRECONDITION, "UPLOAD_NOT_FOUND": S.NOT_FOUND,
+    "ARTIFACT_EXISTS": S.ALREADY_EXISTS,
+    # artifact verification (protocol.artifact codes)
+    "BAD_ARCHIVE": S.INVALID_ARGUMENT, "SYMLINK": S.INVALID_ARGUMENT, "PATH_TRAVERSAL": S.INVALID_ARGUMENT,
+    "FORBIDDEN_FILE": S.INVALID_ARGUMENT, "NOT_REGULAR_FILE": S.INVALID_ARGUMENT, "MISSING_FILE": S.INVALID_ARGUMENT,
+    "FILE_TOO_LARGE": S.RESOURCE_EXHAUSTED, "DUPLICATE_ENTRY": S.INVALID_ARGUMENT, "NOT_A_DIRECTORY": S.INVALID_ARGUMENT,
+    "DEST_NOT_EMPTY": S.INTERNAL,
+    "BAD_BUNDLE": S.INVALID_ARGUMENT, "UNTRUSTED_KEY": S.PERMISSION_DENIED, "BAD_SIGNATURE": S.INVALID_ARGUMENT,
+    "BAD_STATEMENT": S.INVALID_ARGUMENT, "UNSUPPORTED_SERIALIZATION": S.INVALID_ARGUMENT,
+    "DIGEST_MISMATCH": S.INVALID_ARGUMENT, "SIZE_MISMATCH": S.INVALID_ARGUMENT, "UNLISTED_FILE": S.INVALID_ARGUMENT,
+    "SPEC_INVALID": S.INVALID_ARGUMENT, "SCHEMA_INVALID": S.INVALID_ARGUMENT, "SPEC_MISMATCH": S.INVALID_ARGUMENT,
+    "TENSOR_MISMATCH": S.INVALID_ARGUMENT, "DP_INVALID": S.INVALID_ARGUMENT,
+    # privacy
+    "DP_MISMATCH": S.INVALID_ARGUMENT, "BUDGET_EXCEEDED": S.RESOURCE_EXHAUSTED, "POLICY_REFUSED": S.FAILED_PRECONDITION,
+    # receipts (client side)
+    "BAD_RECEIPT": S.INVALID_ARGUMENT, "CHAIN_BROKEN": S.FAILED_PRECONDITION, "SEQUENCE_GAP": S.FAILED_PRECONDITION,
+    "ARITHMETIC": S.INVALID_ARGUMENT,
+    # jobs, questions, ledger
+    "EXPERT_NOT_FOUND": S.NOT_FOUND, "JOB_NOT_FOUND": S.NOT_FOUND, "NOT_CUSTOMIZED": S.FAILED_PRECONDITION,
+    "QUEUE_FULL": S.RESOURCE_EXHAUSTED, "BAD_PAGE_TOKEN": S.INVALID_ARGUMENT, "BAD_PAGE_SIZE": S.INVALID_ARGUMENT,
+    "NOTHING_TO_FORGET": S.NOT_FOUND, "NOT_FOUND": S.NOT_FOUND, "UNKNOWN_DATASET": S.NOT_FOUND,
+    "PROVIDER_ERROR": S.UNAVAILABLE,
+}
+
+
+class RpcError(CodedError):
+    """A refusal raised inside a handler; `guard` turns it into the mapped gRPC status."""
+
+
+def status_for(err: CodedError) -> grpc.StatusCode:
+    return STATUS_BY_CODE.get(err.code, S.INVALID_ARGUMENT)
+
+
+def abort(context: Any, err: CodedError) -> None:
+    """Ends the call with the mapped status, the message and the code in trailing metadata (raises)."""
+    context.set_trailing_metadata(((ERROR_CODE_METADATA, err.code),))
+    context.abort(status_for(err), str(err))
+
+
+def guard(handler: Callable) -> Callable:
+    """Decorator for servicer methods: CodedError → its status; other LlamdexError → INVALID_ARGUMENT;
+    anything else → INTERNAL (logged, no details leak)."""
+    @functools.wraps(handler)
+    def wrapper(self, request, context):
+        try:
+            return handler(self, request, context)
+        except CodedError as e:
+            abort(context, e)
+        except LlamdexError as e:
+            abort(context, CodedError("BAD_REQUEST", str(e)))
+        except grpc.RpcError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            if getattr(context, "_llamdex_aborted", False):
+                raise
+            log.exception("internal error in %s", handler.__name__)
+            context.set_trailing_metadata(((ERROR_CODE_METADATA, "INTERNAL"),))
+            context.abort(S.INTERNAL, f"internal error ({type(e).__name__}); see the server log")
+    return wrapper
+
+
+def guard_stream(handler: Callable) -> Callable:
+    """`guard` for server-streaming handlers (generators)."""
+    @functools.wraps(handler)
+    def wrapper(self, request, context):
+        try:
+            yield from handler(self, request, context)
+        except CodedError as e:
+            abort(context, e)
+        except LlamdexError as e:
+            abort(context, CodedError("BAD_REQUEST", str(e)))
+        except Exception as e:  # noqa: BLE001
+            log.exception("internal error in %s", handler.__name__)
+            context.set_trailing_metadata(((ERROR_CODE_METADATA, "INTERNAL"),))
+            context.abort(S.INTERNAL, f"internal error ({type(e).__name__}); see the server log")
+    return wrapper
+
+
+def error_code(err: grpc.RpcError) -> str | None:
+    """The `llamdex-error-code` of a failed call (None if the server sent none)."""
+    try:
+        for k, v in err.trailing_metadata() or ():
+            if k == ERROR_CODE_METADATA:
+                return v
+    except Exception:  # noqa: BLE001
+        return None
+    return None
+
+
+__all__ = ["ERROR_CODE_METADATA", "RpcError", "STATUS_BY_CODE", "abort", "error_code", "guard", "guard_stream", "status_for"]

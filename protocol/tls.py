@@ -1,0 +1,256 @@
+"""Mutual TLS for the two services: a small CA, party certificates, and gRPC credentials.
+
+`llamdex certs` calls `make_certs`: one CA (ECDSA P-256, self-signed) and, per party, a key and a
+certificate whose subject common name is the party's id (`provider`, a client id such as `alice`,
+`orchestrator`) and whose subjectAltName lists the host names and IP addresses it serves on. Every
+party certificate carries both TLS usages (serverAuth and clientAuth): the client also runs a
+service, and the provider calls it back.
+
+A gRPC peer's identity is the common name of its verified certificate (`peer_identity`).
+Plaintext is allowed only on loopback and only when asked for (`open_channel(..., plaintext=True)`,
+`add_port(..., plaintext=True)`); anything else raises `TransportError`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from protocol.errors import CodedError
+from protocol.keys import generate_private_key, load_private_key, save_private_key
+
+CA_NAME = "Llamdex CA"
+DEFAULT_DAYS = 365
+LOOPBACK_NAMES = ("localhost",)
+IDENTITY_METADATA = "x-llamdex-client-id"   # plaintext (loopback) mode only: the caller's claimed id
+
+
+class TransportError(CodedError):
+    """A transport setting is unsafe or incomplete (codes: PLAINTEXT_NOT_LOOPBACK, TLS_FILES_MISSING, BAD_ADDRESS)."""
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files of one party: the CA certificate it trusts, its certificate and its private key."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def in_folder(cls, folder: str | os.PathLike, name: str) -> "TLSFiles":
+        """The layout `make_certs` writes: ca.pem, <name>.pem, <name>.key."""
+        folder = Path(folder)
+        return cls(folder / "ca.pem", folder / f"{name}.pem", folder / f"{name}.key")
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        missing = [str(p) for p in (self.ca, self.cert, self.key) if not Path(p).is_file()]
+        if missing:
+            raise TransportError("TLS_FILES_MISSING", f"TLS files not found: {missing}; create them with `llamdex certs`", rule="mutual TLS")
+        key = load_private_key(self.key)  # refuses a key readable by group/others
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        return Path(self.ca).read_bytes(), Path(self.cert).read_bytes(), key_pem
+
+    def identity(self) -> str:
+        """The common name of this party's own certificate."""
+        return common_name(x509.load_pem_x509_certificate(Path(self.cert).read_bytes()))
+
+
+def common_name(cert: x509.Certificate) -> str:
+    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else ""
+
+
+# --- certificates ---------------------------------------------------------------------------------
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+def _write_cert(cert: x509.Certificate, path: Path) -> Path:
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    os.chmod(path, 0o644)
+    return path
+
+
+def create_ca(folder: str | os.PathLike, name: str = CA_NAME, days: int = DEFAULT_DAYS, *, overwrite: bool = False) -> tuple[Path, Path]:
+    """Writes ca.pem and ca.key (0600) into `folder`; returns both paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    key = generate_private_key()
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name), x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Llamdex")])
+    now = _now()
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - _dt.timedelta(minutes=5))
+        .not_valid_after(now + _dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_path = save_private_key(key, folder / "ca.key", overwrite=overwrite)
+    return _write_cert(cert, folder / "ca.pem"), key_path
+
+
+def _san(hosts: Iterable[str]) -> x509.SubjectAlternativeName:
+    names: list[x509.GeneralName] = []
+    for h in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            names.append(x509.DNSName(h))
+    return x509.SubjectAlternativeName(names)
+
+
+def issue_cert(ca_cert_path: str | os.PathLike, ca_key_path: str | os.PathLike, name: str, hosts: Sequence[str],
+               folder: str | os.PathLike, days: int = DEFAULT_DAYS, *, overwrite: bool = False) -> tuple[Path, Path]:
+    """Writes <name>.pem and <name>.key (0600): CN=name, SAN=hosts, serverAuth+clientAuth, signed by the CA."""
+    if not name or any(c in name for c in "/\\\0") or name.startswith("."):
+        raise TransportError("BAD_NAME", f"party name {name!r} must be a plain name (it becomes a file name and the certificate CN)")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_cert = x509.load_pem_x509_certificate(Path(ca_cert_path).read_bytes())
+    ca_key = load_private_key(ca_key_path)
+    key = generate_private_key()
+    now = _now()
+    cert = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - _dt.timedelta(minutes=5)).not_valid_after(now + _dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=False, crl_sign=False, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False, key_agreement=True,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(_san(list(hosts) or list(LOOPBACK_NAMES)), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key_path = save_private_key(key, folder / f"{name}.key", overwrite=overwrite)
+    return _write_cert(cert, folder / f"{name}.pem"), key_path
+
+
+def make_certs(folder: str | os.PathLike, parties: dict[str, Sequence[str]], days: int = DEFAULT_DAYS, *, overwrite: bool = False) -> dict[str, TLSFiles]:
+    """A CA (reused when ca.pem/ca.key exist) and one certificate per party: {name: hosts}."""
+    folder = Path(folder)
+    if not ((folder / "ca.pem").is_file() and (folder / "ca.key").is_file()):
+        create_ca(folder, days=days, overwrite=overwrite)
+    out = {}
+    for name, hosts in parties.items():
+        issue_cert(folder / "ca.pem", folder / "ca.key", name, hosts, folder, days, overwrite=overwrite)
+        out[name] = TLSFiles.in_folder(folder, name)
+    return out
+
+
+# --- addresses and transport policy -----------------------------------------------------------------
+
+def split_address(address: str) -> tuple[str, int]:
+    """'host:port' or '[v6]:port' -> (host, port)."""
+    try:
+        if address.startswith("["):
+            host, _, port = address[1:].partition("]:")
+        else:
+            host, _, port = address.rpartition(":")
+        p = int(port)
+        if not host or not 0 <= p <= 65535:
+            raise ValueError
+    except ValueError:
+        raise TransportError("BAD_ADDRESS", f"address {address!r} is not HOST:PORT", rule="HOST:PORT") from None
+    return host, p
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def require_loopback_for_plaintext(address: str) -> None:
+    host, _ = split_address(address)
+    if not is_loopback(host):
+        raise TransportError("PLAINTEXT_NOT_LOOPBACK", f"plaintext gRPC was asked for on {address!r}, which is not a loopback "
+                             "address; use mutual TLS between hosts (--ca/--cert/--key)", rule="plaintext only on loopback")
+
+
+# --- gRPC credentials ------------------------------------------------------------------------------
+
+def server_credentials(tls: TLSFiles) -> Any:
+    import grpc
+
+    ca, cert, key = tls.read()
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
+
+
+def channel_credentials(tls: TLSFiles) -> Any:
+    import grpc
+
+    ca, cert, key = tls.read()
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
+def add_port(server: Any, address: str, tls: TLSFiles | None, *, plaintext: bool = False) -> int:
+    """Binds `server` to `address` with mutual TLS (or plaintext on loopback when asked); returns the port."""
+    if plaintext:
+        require_loopback_for_plaintext(address)
+        port = server.add_insecure_port(address)
+    else:
+        if tls is None:
+            raise TransportError("TLS_FILES_MISSING", f"no TLS files for {address!r}: give --ca/--cert/--key, or "
+                                 "--plaintext on a loopback address", rule="mutual TLS")
+        port = server.add_secure_port(address, server_credentials(tls))
+    if port == 0:
+        raise TransportError("BAD_ADDRESS", f"could not bind {address!r} (in use, or not an address of this host)")
+    return port
+
+
+def open_channel(address: str, tls: TLSFiles | None, *, plaintext: bool = False, options: Sequence[tuple[str, Any]] = (),
+                 server_name: str | None = None) -> Any:
+    """A gRPC channel to `address`: mutual TLS, or plaintext only on loopback when asked.
+    `server_name` overrides the name checked against the server certificate."""
+    import grpc
+
+    opts = list(options)
+    if plaintext:
+        require_loopback_for_plaintext(address)
+        return grpc.insecure_channel(address, options=opts)
+    if tls is None:
+        raise TransportError("TLS_FILES_MISSING", f"no TLS files to reach {address!r}: give --ca/--cert/--key, or "
+                             "--plaintext for a loopback address", rule="mutual TLS")
+    if server_name:
+        opts.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.secure_channel(address, channel_credentials(tls), options=opts)
+
+
+def peer_identity(context: Any, *, plaintext: bool = False) -> str | None:
+    """The caller's id: its certificate's common name under TLS; under plaintext (loopback only, for
+    development) the `x-llamdex-client-id` metadata, which nothing authenticates."""
+    auth = context.auth_context() or {}
+    cn = auth.get("x509_common_name")
+    if cn:
+        return cn[0].decode("utf-8", "replace")
+    if plaintext:
+        for k, v in context.invocation_metadata() or ():
+            if k == IDENTITY_METADATA:
+                return v
+    return None
+
+
+__all__ = [
+    "IDENTITY_METADATA", "TLSFiles", "TransportError", "add_port", "channel_credentials", "create_ca", "is_loopback",
+    "issue_cert", "make_certs", "open_channel", "peer_identity", "require_loopback_for_plaintext", "server_credentials",
+    "split_address",
+]

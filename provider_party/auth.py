@@ -1,0 +1,110 @@
+"""Who may call the provider: identity from the TLS client certificate, registration, rate limits,
+and signed requests (time + nonce) with a replay cache persisted in SQLite.
+
+The replay cache keeps every nonce accepted within the clock-skew window (and a little longer);
+a request older than the window is refused by its timestamp, so older nonces can be dropped. The
+cache lives in SQLite (WAL, synchronous=FULL), so a restarted provider still refuses a replay.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from protocol.request_auth import RequestAuthError, check_request_signature
+from protocol.rpc_errors import RpcError
+from protocol.tls import peer_identity
+from provider_party.config import ProviderConfig, RegisteredClient
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS nonces (
+    client_id    TEXT NOT NULL,
+    nonce        BLOB NOT NULL,
+    timestamp_ms INTEGER NOT NULL,
+    method       TEXT NOT NULL,
+    PRIMARY KEY (client_id, nonce)
+);
+CREATE INDEX IF NOT EXISTS nonces_by_time ON nonces (timestamp_ms);
+"""
+
+
+class TokenBucket:
+    """Requests per second per client, with a burst of 4 seconds' worth."""
+
+    def __init__(self, rate: float):
+        self.rate, self.burst = float(rate), 4.0 * float(rate)
+        self._state: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._state.get(key, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            if tokens < 1.0:
+                self._state[key] = (tokens, now)
+                return False
+            self._state[key] = (tokens - 1.0, now)
+            return True
+
+
+class Authenticator:
+    def __init__(self, config: ProviderConfig, db_path: str | Path):
+        self.config = config
+        self.db_path = Path(db_path)
+        self.buckets = TokenBucket(config.limits.max_requests_per_second)
+        con = self._connect()
+        try:
+            con.executescript(_SCHEMA)
+        finally:
+            con.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(str(self.db_path), timeout=30.0, isolation_level=None)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=FULL")
+        return con
+
+    def identify(self, context: Any) -> RegisteredClient:
+        """The registered client behind this call (PERMISSION_DENIED / UNAUTHENTICATED otherwise)."""
+        cid = peer_identity(context, plaintext=self.config.plaintext)
+        if not cid:
+            raise RpcError("NO_IDENTITY", "the call carries no client identity: connect with the client certificate "
+                           "issued by the provider's CA (mutual TLS)", rule="mutual TLS")
+        client = self.config.client(cid)
+        if client is None:
+            raise RpcError("UNREGISTERED_CLIENT", f"client {cid!r} is not registered with provider {self.config.provider_id!r}; "
+                           "ask the provider to add it (id and public key) to its [[clients]]", rule="registered clients only")
+        if not self.buckets.take(cid):
+            raise RpcError("RATE_LIMITED", f"client {cid!r} exceeds {self.config.limits.max_requests_per_second:g} requests/s; retry later",
+                           rule="max_requests_per_second")
+        return client
+
+    def check_signed(self, client: RegisteredClient, method: str, auth: Any, body: dict[str, Any]) -> None:
+        """Signature, identity and time window, then the nonce (recorded only when everything else passed)."""
+        max_skew = self.config.limits.signature_max_skew_ms
+        check_request_signature(client.public_key, method, auth, body, caller=client.client_id, max_skew_ms=max_skew)
+        now = int(time.time() * 1000)
+        con = self._connect()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            con.execute("DELETE FROM nonces WHERE timestamp_ms < ?", (now - 2 * max_skew,))
+            con.execute("INSERT INTO nonces (client_id, nonce, timestamp_ms, method) VALUES (?,?,?,?)",
+                        (client.client_id, bytes(auth.nonce), int(auth.timestamp_ms), method))
+            con.execute("COMMIT")
+        except sqlite3.IntegrityError:
+            con.execute("ROLLBACK")
+            raise RequestAuthError("REPLAYED_REQUEST", f"nonce {bytes(auth.nonce).hex()[:16]}… of client {client.client_id!r} was already used; "
+                                   "every signed request needs a fresh nonce (the request was not executed again)", rule="fresh nonce") from None
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        finally:
+            con.close()
+
+
+__all__ = ["Authenticator", "TokenBucket"]

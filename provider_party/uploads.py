@@ -1,0 +1,406 @@
+"""Chunked, resumable expert uploads and their verification, up to the signed receipt.
+
+An upload is named by the client's `upload_id`. Its bytes go to `<root>/parts/<client>/<id>.part`
+(appended in order; the file's length *is* the number of bytes received, so a killed provider
+resumes exactly where the disk stopped); its header (dataset, size, SHA-256) sits in SQLite. When
+all bytes are there, `finalize` checks, in this order, before any tensor is loaded:
+
+  1. the whole tar's SHA-256 against the signed header (ARTIFACT_SHA256_MISMATCH),
+  2. the tar layout: regular files with plain, allowed names only, each within its limit
+     (protocol.artifact.unpack_artifact: PATH_TRAVERSAL, FORBIDDEN_FILE (pickle...), SYMLINK, ...),
+  3. the artifact signature by the client's registered key, then every file digest and size,
+     the spec, the schema, their consistency, the safetensors header, the DP statement
+     (protocol.artifact.ArtifactVerifier),
+  4. ε recomputed from the DP parameters with the provider's own accountant (DP_MISMATCH),
+  5. the dataset's budget under basic composition, charged atomically with the signed receipt
+     (provider_party.ledger: BUDGET_EXCEEDED),
+and only then makes the expert visible (provider_party.experts). A refusal changes no ledger row,
+no budget and no stored expert.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import re
+import shutil
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from protocol.artifact import ArtifactVerifier, unpack_artifact
+from protocol.dp import verify_statement
+from protocol.errors import BudgetError, CodedError
+from protocol.receipts import utc_now_rfc3339
+from protocol.rpc_errors import RpcError
+from provider_party.config import ProviderLimits, RegisteredClient
+from provider_party.experts import ExpertStore
+from provider_party.ledger import Ledger, LedgerEntry
+
+UPLOAD_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
+READ_BLOCK = 8 << 20
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS uploads (
+    upload_id       TEXT PRIMARY KEY,
+    client_id       TEXT NOT NULL,
+    dataset_id      TEXT NOT NULL,
+    artifact_name   TEXT NOT NULL,
+    total_bytes     INTEGER NOT NULL,
+    artifact_sha256 TEXT NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN ('receiving', 'complete', 'failed')),
+    created_at      REAL NOT NULL,
+    updated_at      REAL NOT NULL,
+    artifact_digest TEXT,
+    receipt         TEXT,
+    error           TEXT
+);
+CREATE INDEX IF NOT EXISTS uploads_by_client ON uploads (client_id, state);
+"""
+
+
+@dataclass
+class UploadRecord:
+    upload_id: str
+    client_id: str
+    dataset_id: str
+    artifact_name: str
+    total_bytes: int
+    artifact_sha256: str
+    state: str
+    created_at: float
+    updated_at: float
+    artifact_digest: str | None = None
+    receipt: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class FinalizedUpload:
+    record: UploadRecord
+    entry: LedgerEntry
+    verify_seconds: float
+    checks: list[str] = field(default_factory=list)
+
+
+class UploadSession:
+    """One stream's hold on an upload: appends chunks at the right offset and releases the upload on close.
+
+    `submit` checks a chunk's place and size at once and hands it to a worker thread that checks its
+    SHA-256 and appends it (hashing releases the GIL, so it overlaps with receiving the next chunk);
+    a failure is raised by the next `submit` or by `finish`. Only verified chunks reach the file, in
+    order, so the file's length is always the number of good bytes received."""
+
+    QUEUE = 4
+
+    def __init__(self, manager: "UploadManager", record: UploadRecord, path: Path):
+        self.manager, self.record, self.path = manager, record, path
+        self._f = open(path, "ab", buffering=0)  # unbuffered: the file length is what arrived
+        self.received = self._f.tell()     # bytes verified and written
+        self.accepted = self.received      # bytes accepted for writing (>= received)
+        self._queue: "queue.Queue[tuple[int, bytes, str] | None]" = queue.Queue(maxsize=self.QUEUE)
+        self._error: BaseException | None = None
+        self._worker: threading.Thread | None = None
+
+    def _check_place(self, offset: int, data: bytes, max_chunk: int) -> None:
+        total = self.record.total_bytes
+        if offset != self.accepted:
+            raise RpcError("OFFSET_MISMATCH", f"chunk offset {offset} but {self.accepted} bytes of upload {self.record.upload_id!r} are "
+                           f"stored; send from offset {self.accepted}", rule="contiguous chunks")
+        if not data:
+            raise RpcError("BAD_REQUEST", f"empty chunk at offset {offset}", rule="non-empty chunks")
+        if len(data) > max_chunk:
+            raise RpcError("CHUNK_TOO_LARGE", f"chunk of {len(data)} bytes; the limit is {max_chunk}", rule="max_chunk_bytes")
+        if offset + len(data) > total:
+            raise RpcError("PAST_END", f"chunk [{offset}, {offset + len(data)}) goes past the declared size {total}", rule="total_bytes")
+
+    def _append(self, offset: int, data: bytes, sha256_hex: str) -> None:
+        got = hashlib.sha256(data).hexdigest()
+        if got != sha256_hex:
+            raise RpcError("CHUNK_DIGEST_MISMATCH", f"chunk at offset {offset}: SHA-256 {got[:16]}… != declared {sha256_hex[:16]}…; "
+                           f"the chunk was dropped, resend from offset {offset}", rule="chunk sha256")
+        self._f.write(data)
+        self.received += len(data)
+
+    def write(self, offset: int, data: bytes, sha256_hex: str, max_chunk: int) -> None:
+        """Checks and appends one chunk synchronously."""
+        self._raise_pending()
+        self._check_place(offset, data, max_chunk)
+        self._append(offset, data, sha256_hex)
+        self.accepted = self.received
+
+    def submit(self, offset: int, data: bytes, sha256_hex: str, max_chunk: int) -> None:
+        """Checks a chunk's place now; its digest and the write happen on the worker thread."""
+        self._raise_pending()
+        self._check_place(offset, data, max_chunk)
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._work, name="llamdex-upload-writer", daemon=True)
+            self._worker.start()
+        self.accepted += len(data)
+        while True:
+            try:
+                self._queue.put((offset, data, sha256_hex), timeout=0.5)
+                return
+            except queue.Full:
+                self._raise_pending()
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue   # drop what follows a bad chunk: the client resumes from it
+            try:
+                self._append(*item)
+            except BaseException as e:  # noqa: BLE001 - handed to the stream's thread
+                self._error = e
+
+    def _raise_pending(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def finish(self) -> None:
+        """Waits for queued chunks; raises the first chunk failure."""
+        if self._worker is not None:
+            self._queue.put(None)
+            self._worker.join()
+            self._worker = None
+        self.accepted = self.received
+        self._raise_pending()
+
+    def close(self) -> None:
+        try:
+            if self._worker is not None:
+                self._queue.put(None)
+                self._worker.join()
+            os.fsync(self._f.fileno())
+            self._f.close()
+        finally:
+            self.manager._release(self.record.upload_id)
+
+
+class UploadManager:
+    def __init__(self, root: str | Path, db_path: str | Path, limits: ProviderLimits):
+        self.root = Path(root)
+        self.parts = self.root / "parts"
+        self.parts.mkdir(parents=True, exist_ok=True)
+        self.db_path = Path(db_path)
+        self.limits = limits
+        self._busy: set[str] = set()
+        self._lock = threading.Lock()
+        con = self._connect()
+        try:
+            con.executescript(_SCHEMA)
+        finally:
+            con.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(str(self.db_path), timeout=30.0, isolation_level=None)
+        con.row_factory = sqlite3.Row
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=FULL")
+        return con
+
+    def _exec(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        con = self._connect()
+        try:
+            return con.execute(sql, args).fetchall()
+        finally:
+            con.close()
+
+    def part_path(self, client_id: str, upload_id: str) -> Path:
+        return self.parts / client_id / f"{upload_id}.part"
+
+    def get(self, upload_id: str, client_id: str) -> UploadRecord:
+        rows = self._exec("SELECT * FROM uploads WHERE upload_id=?", (upload_id,))
+        if not rows or rows[0]["client_id"] != client_id:  # another client's upload is not found, not forbidden
+            raise RpcError("UPLOAD_NOT_FOUND", f"no upload {upload_id!r} for client {client_id!r}", rule="own uploads")
+        return UploadRecord(**dict(rows[0]))
+
+    def received_bytes(self, rec: UploadRecord) -> int:
+        p = self.part_path(rec.client_id, rec.upload_id)
+        if rec.state == "complete":
+            return rec.total_bytes
+        return p.stat().st_size if p.exists() else 0
+
+    # --- opening a stream ------------------------------------------------------------------------------
+    def validate_header(self, h: Any) -> None:
+        if not UPLOAD_ID_RE.match(h.upload_id or ""):
+            raise RpcError("BAD_REQUEST", f"upload_id {h.upload_id!r} must be 16..64 of [A-Za-z0-9_-]", rule="upload_id")
+        for name in ("dataset_id", "artifact_name"):
+            if not NAME_RE.match(getattr(h, name) or ""):
+                raise RpcError("BAD_REQUEST", f"{name} {getattr(h, name)!r} must match {NAME_RE.pattern}", rule=name)
+        if not HEX64_RE.match(h.artifact_sha256 or ""):
+            raise RpcError("BAD_REQUEST", "artifact_sha256 must be 64 lowercase hex digits (SHA-256 of the tar)", rule="artifact_sha256")
+        if h.total_bytes <= 0:
+            raise RpcError("BAD_REQUEST", f"total_bytes must be positive, got {h.total_bytes}", rule="total_bytes")
+        if h.total_bytes > self.limits.max_artifact_bytes:
+            raise RpcError("ARTIFACT_TOO_LARGE", f"artifact of {h.total_bytes} bytes exceeds the provider's limit of "
+                           f"{self.limits.max_artifact_bytes} bytes (Hello reports the limits)", rule="max_artifact_bytes")
+        if h.resume_offset < 0 or h.resume_offset > h.total_bytes:
+            raise RpcError("BAD_REQUEST", f"resume_offset {h.resume_offset} outside [0, {h.total_bytes}]", rule="resume_offset")
+
+    def open(self, client: RegisteredClient, h: Any) -> UploadSession | UploadRecord:
+        """A session for appending, or the finished record (complete: idempotent; failed: refused)."""
+        cid = client.client_id
+        with self._lock:
+            if h.upload_id in self._busy:
+                raise RpcError("UPLOAD_BUSY", f"upload {h.upload_id!r} is being written by another stream; wait for it or cancel it",
+                               rule="one stream per upload")
+            rows = self._exec("SELECT * FROM uploads WHERE upload_id=?", (h.upload_id,))
+            now = time.time()
+            if rows:
+                rec = UploadRecord(**dict(rows[0]))
+                if rec.client_id != cid:
+                    raise RpcError("UPLOAD_MISMATCH", f"upload_id {h.upload_id!r} is taken; choose a fresh random id", rule="unique upload_id")
+                if (rec.dataset_id, rec.artifact_name, rec.total_bytes, rec.artifact_sha256) != (h.dataset_id, h.artifact_name, h.total_bytes, h.artifact_sha256):
+                    raise RpcError("UPLOAD_MISMATCH", f"upload {h.upload_id!r} was started for another artifact (dataset, name, size or "
+                                   "SHA-256 differ); start a new upload_id", rule="same artifact on resume")
+                if rec.state == "complete":
+                    return rec
+                if rec.state == "failed":
+                    raise RpcError("UPLOAD_FAILED", f"upload {h.upload_id!r} failed: {rec.error}; start a new upload_id", rule="failed uploads end")
+            else:
+                if h.resume_offset != 0:
+                    raise RpcError("UPLOAD_NOT_FOUND", f"no upload {h.upload_id!r} to resume (it may have expired); start from offset 0",
+                                   rule="resume an existing upload")
+                open_count = self._exec("SELECT COUNT(*) AS n FROM uploads WHERE client_id=? AND state='receiving'", (cid,))[0]["n"]
+                if open_count >= self.limits.max_open_uploads:
+                    raise RpcError("TOO_MANY_UPLOADS", f"client {cid!r} has {open_count} unfinished uploads; the limit is "
+                                   f"{self.limits.max_open_uploads} (finish or let them expire)", rule="max_open_uploads")
+                self._exec("INSERT INTO uploads (upload_id, client_id, dataset_id, artifact_name, total_bytes, artifact_sha256, state, created_at, updated_at) "
+                           "VALUES (?,?,?,?,?,?,'receiving',?,?)", (h.upload_id, cid, h.dataset_id, h.artifact_name, h.total_bytes, h.artifact_sha256, now, now))
+                rec = UploadRecord(h.upload_id, cid, h.dataset_id, h.artifact_name, h.total_bytes, h.artifact_sha256, "receiving", now, now)
+            path = self.part_path(cid, h.upload_id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            received = path.stat().st_size if path.exists() else 0
+            if h.resume_offset != received:
+                raise RpcError("OFFSET_MISMATCH", f"resume_offset {h.resume_offset} but {received} bytes of upload {h.upload_id!r} are "
+                               f"stored; resume from {received} (GetUploadStatus tells)", rule="resume where the provider stopped")
+            self._busy.add(h.upload_id)
+        try:
+            return UploadSession(self, rec, path)
+        except BaseException:
+            self._release(h.upload_id)
+            raise
+
+    def _release(self, upload_id: str) -> None:
+        with self._lock:
+            self._busy.discard(upload_id)
+
+    # --- finishing ---------------------------------------------------------------------------------------
+    def _fail(self, rec: UploadRecord, err: CodedError) -> None:
+        self._exec("UPDATE uploads SET state='failed', error=?, updated_at=? WHERE upload_id=?", (f"[{err.code}] {err}"[:2000], time.time(), rec.upload_id))
+        self.part_path(rec.client_id, rec.upload_id).unlink(missing_ok=True)
+
+    def finalize(self, rec: UploadRecord, client: RegisteredClient, ledger: Ledger, experts: ExpertStore, ledger_lock: threading.Lock) -> FinalizedUpload:
+        with self._lock:
+            if rec.upload_id in self._busy:
+                raise RpcError("UPLOAD_BUSY", f"upload {rec.upload_id!r} is being written by another stream", rule="one stream per upload")
+            self._busy.add(rec.upload_id)
+        try:
+            return self._finalize(rec, client, ledger, experts, ledger_lock)
+        except CodedError as e:
+            if not isinstance(e, RpcError) or e.code not in ("UPLOAD_BUSY",):
+                self._fail(rec, e)
+            raise
+        finally:
+            self._release(rec.upload_id)
+
+    def _finalize(self, rec: UploadRecord, client: RegisteredClient, ledger: Ledger, experts: ExpertStore, ledger_lock: threading.Lock) -> FinalizedUpload:
+        t0 = time.perf_counter()
+        checks: list[str] = []
+        path = self.part_path(rec.client_id, rec.upload_id)
+        with open(path, "rb") as f:
+            data = f.read(rec.total_bytes + 1)
+        if len(data) != rec.total_bytes or hashlib.sha256(data).hexdigest() != rec.artifact_sha256:
+            raise RpcError("ARTIFACT_SHA256_MISMATCH", f"the {len(data)} bytes received do not hash to the signed artifact_sha256 "
+                           f"{rec.artifact_sha256[:16]}…; upload again with a new upload_id", rule="artifact sha256")
+        checks.append("sha256 of the tar")
+        tmp = experts.new_tmp_dir()
+        try:
+            unpack_artifact(data, tmp, max_bytes=self.limits.max_artifact_bytes)
+            checks.append("tar layout (plain names, allowed files, no links, sizes)")
+            verified = ArtifactVerifier([client.public_key]).verify(tmp)
+            checks += ["signature (client's registered key)", "file digests and sizes", "expert spec", "public schema",
+                       "spec/schema/tensor-header consistency", "dp statement"]
+            try:
+                eps = verify_statement(verified.dp)
+            except BudgetError as e:
+                raise RpcError("DP_MISMATCH", f"dp.json: {e}", file="dp.json", rule="epsilon recomputed by the provider") from None
+            checks.append("epsilon recomputed")
+            with ledger_lock:
+                if experts.get(client.client_id, verified.digest) is not None:
+                    raise RpcError("ARTIFACT_EXISTS", f"expert {verified.digest} is already stored for {client.client_id!r}; nothing was charged",
+                                   rule="one copy per artifact")
+                if ledger.budget(client.client_id, rec.dataset_id) is None:
+                    e_b, d_b = client.budget_for(rec.dataset_id)
+                    ledger.set_budget(client.client_id, rec.dataset_id, e_b, d_b)
+                meta = {"artifact_digest": verified.digest, "dataset_id": rec.dataset_id, "schema_digest": verified.schema.digest,
+                        "artifact_name": rec.artifact_name, "upload_id": rec.upload_id, "uploaded_at": utc_now_rfc3339(),
+                        "signer": verified.signer_fingerprint}
+                experts.stage(client.client_id, verified, meta)
+                try:
+                    entry = ledger.append_upload(client.client_id, rec.dataset_id, verified.digest, verified.dp, eps,
+                                                 artifact_name=rec.artifact_name)
+                except BudgetError as e:
+                    experts.discard_staged(client.client_id, verified.digest)
+                    raise RpcError("BUDGET_EXCEEDED", str(e), rule="dataset privacy budget (basic composition)") from None
+                except BaseException:
+                    experts.discard_staged(client.client_id, verified.digest)
+                    raise
+                checks.append("budget charged, receipt signed")
+                _add_receipt_id(experts, client.client_id, verified.digest, entry.receipt_id)
+                experts.promote(client.client_id, verified.digest)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        receipt_json = json.dumps(entry.receipt, sort_keys=True, separators=(",", ":"))
+        self._exec("UPDATE uploads SET state='complete', artifact_digest=?, receipt=?, updated_at=? WHERE upload_id=?",
+                   (verified.digest, receipt_json, time.time(), rec.upload_id))
+        path.unlink(missing_ok=True)
+        rec.state, rec.artifact_digest, rec.receipt = "complete", verified.digest, receipt_json
+        return FinalizedUpload(rec, entry, time.perf_counter() - t0, checks)
+
+    # --- recovery ---------------------------------------------------------------------------------------
+    def recover(self, ledger_receipt_for: Callable[[str, str], tuple[str, dict] | None]) -> dict[str, int]:
+        """At start: an upload whose ledger entry committed but whose row did not is completed from the
+        ledger; unfinished uploads past their TTL are discarded with their bytes."""
+        counts = {"completed": 0, "expired": 0}
+        now = time.time()
+        for r in self._exec("SELECT * FROM uploads WHERE state='receiving'"):
+            rec = UploadRecord(**dict(r))
+            found = ledger_receipt_for(rec.client_id, rec.upload_id)
+            if found is not None:
+                digest, receipt = found
+                self._exec("UPDATE uploads SET state='complete', artifact_digest=?, receipt=?, updated_at=? WHERE upload_id=?",
+                           (digest, json.dumps(receipt, sort_keys=True, separators=(",", ":")), now, rec.upload_id))
+                self.part_path(rec.client_id, rec.upload_id).unlink(missing_ok=True)
+                counts["completed"] += 1
+            elif now - rec.updated_at > self.limits.upload_ttl_s:
+                self._fail(rec, CodedError("UPLOAD_EXPIRED", f"no byte arrived for {self.limits.upload_ttl_s} s"))
+                counts["expired"] += 1
+        return counts
+
+    def touch(self, upload_id: str) -> None:
+        self._exec("UPDATE uploads SET updated_at=? WHERE upload_id=?", (time.time(), upload_id))
+
+
+def _add_receipt_id(experts: ExpertStore, client_id: str, digest: str, receipt_id: str) -> None:
+    from provider_party.experts import META_FILE
+
+    p = experts.staging_dir(client_id, digest) / META_FILE
+    meta = json.loads(p.read_text())
+    meta["receipt_id"] = receipt_id
+    p.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+__all__ = ["FinalizedUpload", "UploadManager", "UploadRecord", "UploadSession", "UPLOAD_ID_RE"]

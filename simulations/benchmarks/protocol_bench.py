@@ -1,0 +1,309 @@
+"""Protocol benchmark: what the two-party protocol costs on top of the bare computation.
+
+    python -m simulations.benchmarks.protocol_bench            # ~3-5 min on 2 cores; writes docs/results/protocol.{json,md}
+    python -m simulations.benchmarks.protocol_bench --quick    # a 20 MB artifact, fewer repetitions (smoke run)
+
+Measured on loopback with mutual TLS, each server in its own process (as deployed):
+1. upload throughput of a ~100 MB signed artifact through `UploadExpert` (1 MiB chunks, per-chunk
+   SHA-256, resumable writes, then the full verification and the signed receipt) against raw gRPC
+   client streaming of the same bytes in the same chunks to a server that only counts them;
+2. verification time per artifact (`ArtifactVerifier.verify`: signature, digests, spec, schema,
+   tensor header, DP statement) for the ~100 MB artifact and for the default expert (400-200);
+3. `Ask` latency through the service against the in-process `LlamdexModel.answer` at batch 1 and 16.
+Results are medians over repetitions; they are figures, not pass/fail tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+MiB = 1 << 20
+RAW_METHOD = "/llamdex.bench.Raw/Push"
+TINY = {"name": "tiny", "n_synthetic": 300, "encoder_questions": 16, "decoder_questions": 8, "val_questions": 8, "encoder_epochs": 1,
+        "decoder_epochs": 1, "inject_candidates": [24], "surrogate_epochs": 1}
+
+
+# --- the raw gRPC baseline --------------------------------------------------------------------------------
+
+def raw_server(address: str, ca: str, cert: str, key: str, port_file: str) -> None:
+    """A server that accepts a client stream of raw byte chunks and answers with the byte count."""
+    from protocol.tls import TLSFiles, add_port
+
+    def push(request_iterator, context):
+        n = 0
+        for chunk in request_iterator:
+            n += len(chunk)
+        return n.to_bytes(8, "big")
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=4), options=[("grpc.max_receive_message_length", 8 * MiB)])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("llamdex.bench.Raw", {
+        "Push": grpc.stream_unary_rpc_method_handler(push)}),))
+    port = add_port(server, address, TLSFiles(Path(ca), Path(cert), Path(key)))
+    server.start()
+    Path(port_file).write_text(f"127.0.0.1:{port}\n")
+    server.wait_for_termination()
+
+
+def raw_push(channel: Any, data: bytes, chunk: int) -> float:
+    call = channel.stream_unary(RAW_METHOD)
+    view = memoryview(data)
+    t = time.perf_counter()
+    n = int.from_bytes(call((bytes(view[i:i + chunk]) for i in range(0, len(data), chunk)), timeout=600), "big")
+    dt = time.perf_counter() - t
+    assert n == len(data), (n, len(data))
+    return dt
+
+
+# --- helpers ------------------------------------------------------------------------------------------------
+
+def big_artifact(folder: Path, key: Any, hidden: tuple[int, ...], seed: int) -> Path:
+    import torch
+
+    from protocol.artifact import write_artifact
+    from protocol.dp import DPStatement, compute_epsilon
+    from protocol.encoding import FeatureEncoder
+    from protocol.expert_spec import ExpertSpec, build_expert
+    from protocol.schema import PublicSchema
+
+    schema = PublicSchema.load(Path(__file__).resolve().parents[2] / "client_party" / "schemas" / "titanic.json")
+    torch.manual_seed(seed)
+    spec = ExpertSpec(input_dim=FeatureEncoder(schema).dim, num_classes=schema.label.num_classes, hidden=hidden, schema_digest=schema.digest)
+    eps = compute_epsilon(1.0, 0.01, 100, 1e-5)
+    dp = DPStatement(mechanism="dp-sgd", noise_multiplier=1.0, sample_rate=0.01, steps=100, max_grad_norm=1.0, accountant="rdp",
+                     epsilon=eps, delta=1e-5, dataset_size_bucket="1k-2k")
+    return write_artifact(folder, build_expert(spec), schema, dp, key)
+
+
+def hidden_for(mb: int) -> tuple[int, ...]:
+    """Hidden sizes whose weights total about `mb` MB (float32)."""
+    if mb >= 90:
+        return (4096, 4096, 2048)          # ~100.7 MB
+    return (2048, 2048)                    # ~16.9 MB ... with the input layer, ~17 MB
+
+
+def med(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+# --- the benchmark ----------------------------------------------------------------------------------------------
+
+def run(out_dir: Path, *, artifact_mb: int = 100, reps: int = 3, ask_reps: int = 10, skip_ask: bool = False, threads: int = 1,
+        log=print) -> dict[str, Any]:
+    import torch
+
+    from client_party.provider_client import ProviderClient
+    from protocol.artifact import ArtifactVerifier, pack_artifact
+    from protocol.keys import load_private_key
+    from protocol.tls import TLSFiles, open_channel
+    from simulations.two_party_demo import RunLayout, free_port, prepare_parties, spawn, stop, wait_healthy, write_provider_config
+
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg(), "python": platform.python_version(), "torch": torch.__version__,
+                                           "grpc": grpc.__version__, "platform": platform.platform()},
+                               "transport": "gRPC over mutual TLS on loopback, servers in separate processes", "chunk_bytes": MiB,
+                               "torch_threads": threads}
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory(prefix="llamdex-bench-") as tmp:
+        layout = RunLayout(Path(tmp))
+        prepare_parties(layout, "alice")
+        alice_key = load_private_key(layout.keys / "alice.key")
+        alice_tls = TLSFiles.in_folder(layout.certs, "alice")
+        orch = TLSFiles.in_folder(layout.certs, "orchestrator")
+        procs = []
+        try:
+            # --- servers
+            p_addr = f"127.0.0.1:{free_port()}"
+            pcfg = write_provider_config(layout.provider / "provider.toml", listen=p_addr, preset=TINY, connectors=str(layout.root / "connectors"),
+                                         clients=[{"id": "alice", "public_key": "../keys/alice.pub", "epsilon_budget": 1000.0}])
+            plog = layout.provider / "provider.log"
+            procs.append(("provider", spawn(["provider", "serve", "--config", str(pcfg), "--no-preload"], plog, threads=threads), plog))
+            rlog, rport = layout.root / "raw.log", layout.root / "raw.addr"
+            import subprocess
+
+            raw = subprocess.Popen([sys.executable, "-m", "simulations.benchmarks.protocol_bench", "--raw-server", "127.0.0.1:0",
+                                    str(orch.ca), str(layout.certs / "provider.pem"), str(layout.certs / "provider.key"), str(rport)],
+                                   stdout=open(rlog, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+            procs.append(("raw", raw, rlog))
+            wait_healthy(p_addr, orch, "llamdex.v1.ProviderService", procs[:1])
+            for _ in range(300):
+                if rport.exists():
+                    break
+                time.sleep(0.1)
+            r_addr = rport.read_text().strip()
+
+            # --- 1. upload throughput vs raw streaming
+            hidden = hidden_for(artifact_mb)
+            log(f"[bench] building {reps} signed artifacts with hidden {hidden} ...")
+            arts = [big_artifact(layout.root / f"big{i}", alice_key, hidden, seed=i) for i in range(reps)]
+            tars = [pack_artifact(a, limits={"expert.safetensors": 512 * MiB}) for a in arts]
+            size = len(tars[0])
+            results["artifact_bytes"] = size
+            opts = [("grpc.max_send_message_length", 8 * MiB), ("grpc.max_receive_message_length", 8 * MiB)]
+            raw_s = []
+            raw_ch = open_channel(r_addr, alice_tls, options=opts)
+            raw_push(raw_ch, tars[0][:8 * MiB], MiB)  # warm-up
+            up_s, verify_server_s = [], []
+            small = big_artifact(layout.root / "small", alice_key, (400, 200), seed=99)
+            with ProviderClient(p_addr, "alice", alice_key, tls=alice_tls, provider_public_key=layout.keys / "provider.pub", timeout_s=600) as pc:
+                pc.hello()
+                small_upload = pc.upload(small, "bench")   # warm-up: first-call imports on both sides
+                for i in range(reps):   # raw and protocol alternate, so both see the same machine load
+                    raw_s.append(raw_push(raw_ch, tars[i], MiB))
+                    t = time.perf_counter()
+                    res = pc.upload(tars[i], "bench", chunk_bytes=MiB)
+                    up_s.append(time.perf_counter() - t)
+                    verify_server_s.append(res.verify_seconds)
+                raw_ch.close()
+                transfer_s = [u - v for u, v in zip(up_s, verify_server_s)]
+                results["upload"] = {
+                    "raw_grpc_MBps": size / med(raw_s) / 1e6, "upload_transfer_MBps": size / med(transfer_s) / 1e6,
+                    "upload_end_to_end_MBps": size / med(up_s) / 1e6,
+                    "ratio_transfer": med(raw_s) / med(transfer_s), "ratio_end_to_end": med(raw_s) / med(up_s),
+                    "raw_s": raw_s, "upload_s": up_s, "server_finalize_s": verify_server_s, "target_ratio": 0.8}
+                log(f"[bench] upload {size / 1e6:.1f} MB: raw gRPC {results['upload']['raw_grpc_MBps']:.0f} MB/s, UploadExpert "
+                    f"{results['upload']['upload_transfer_MBps']:.0f} MB/s streaming ({results['upload']['ratio_transfer']:.2f}×), "
+                    f"{results['upload']['upload_end_to_end_MBps']:.0f} MB/s to the verified receipt ({results['upload']['ratio_end_to_end']:.2f}×)")
+
+                # --- 2. verification time per artifact
+                verifier = ArtifactVerifier([alice_key.public_key()], limits={"expert.safetensors": 512 * MiB})
+                big_v = []
+                for _ in range(reps):
+                    t = time.perf_counter()
+                    verifier.verify(arts[0])
+                    big_v.append(time.perf_counter() - t)
+                small_v = []
+                for _ in range(20):
+                    t = time.perf_counter()
+                    verifier.verify(small)
+                    small_v.append(time.perf_counter() - t)
+                small_bytes = sum(f.stat().st_size for f in small.iterdir())
+                results["verification"] = {"big_bytes": size, "big_s": med(big_v), "big_MBps": size / med(big_v) / 1e6,
+                                           "default_expert_bytes": small_bytes, "default_expert_s": med(small_v),
+                                           "server_finalize_big_s": med(verify_server_s)}
+                log(f"[bench] verify: {med(big_v):.2f} s for {size / 1e6:.0f} MB, {1000 * med(small_v):.1f} ms for the default expert "
+                    f"({small_bytes / 1e3:.0f} kB); server finalize (unpack + verify + ledger) {med(verify_server_s):.2f} s")
+                del tars
+
+                if skip_ask:
+                    return results
+                # --- 3. Ask latency: service vs in-process
+                res = small_upload
+                job = pc.customize(res.artifact_digest)
+                for ev in pc.watch_job(job.job_id, timeout_s=1800):
+                    last = ev
+                assert last.result.error == "", last.result.error
+                questions = heldout_questions(16)
+                ask = {}
+                for b in (1, 16):
+                    qs = questions[:b]
+                    for _ in range(2):
+                        pc.ask_raw(qs, artifact_digest=res.artifact_digest)
+                    lat, server_s = [], []
+                    for _ in range(ask_reps if b == 1 else max(3, ask_reps // 2)):
+                        t = time.perf_counter()
+                        r = pc.ask_raw(qs, artifact_digest=res.artifact_digest)
+                        lat.append(time.perf_counter() - t)
+                        server_s.append(r.seconds)
+                    ask[b] = {"service_s": med(lat), "service_compute_s": med(server_s)}
+            # in-process, with the provider idle (same connectors, same expert)
+            from protocol.expert_spec import load_expert_state
+            from provider_party.base_llm import load_base_llm
+            from provider_party.connector_store import ConnectorStore
+
+            base = load_base_llm()
+            verified = ArtifactVerifier([alice_key.public_key()]).verify(small)
+            expert = load_expert_state(verified.spec, verified.load_tensors())
+            model = ConnectorStore(layout.root / "connectors").load(base, verified.schema)
+            for b in (1, 16):
+                qs = questions[:b]
+                for _ in range(2):
+                    model.answer(qs, expert)
+                lat = []
+                for _ in range(ask_reps if b == 1 else max(3, ask_reps // 2)):
+                    t = time.perf_counter()
+                    model.answer(qs, expert)
+                    lat.append(time.perf_counter() - t)
+                ask[b]["in_process_s"] = med(lat)
+                ask[b]["ratio"] = ask[b]["service_s"] / ask[b]["in_process_s"]
+                ask[b]["overhead_ms"] = 1000 * (ask[b]["service_s"] - ask[b]["in_process_s"])
+                log(f"[bench] Ask batch {b}: service {1000 * ask[b]['service_s']:.0f} ms, in-process {1000 * ask[b]['in_process_s']:.0f} ms "
+                    f"(×{ask[b]['ratio']:.3f}, +{ask[b]['overhead_ms']:.0f} ms)")
+            results["ask"] = {f"batch_{b}": v for b, v in ask.items()}
+        finally:
+            for _, p, _ in procs:
+                stop(p)
+    results["machine"]["loadavg_at_end"] = os.getloadavg()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "protocol.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out_dir / "protocol.md").write_text(markdown(results) + "\n")
+    log(markdown(results))
+    return results
+
+
+def heldout_questions(n: int) -> list[str]:
+    from client_party.datasets import load_table, split_table
+    from protocol.verbalizer import Verbalizer
+
+    df, schema = load_table("titanic")
+    _, test = split_table(df, schema, test_size=0.2, seed=0)
+    return Verbalizer(schema, seed=10_000).questions(test[schema.feature_names].iloc[:n].to_dict("records"))
+
+
+def markdown(r: dict[str, Any]) -> str:
+    u, v, a = r["upload"], r["verification"], r["ask"]
+    mb = r["artifact_bytes"] / 1e6
+    lines = [
+        f"Protocol overheads ({r['transport']}; {r['machine']['cpus']} CPUs shared with other jobs, load average "
+        f"{r['machine']['loadavg_at_start'][0]:.1f} at start; {r['torch_threads']} torch thread(s); medians). "
+        "Command: `python -m simulations.benchmarks.protocol_bench`.",
+        "",
+        "| measure | protocol | baseline | ratio |",
+        "|---|---|---|---|",
+        f"| upload {mb:.0f} MB, streaming (UploadExpert vs raw gRPC stream, 1 MiB chunks) | {u['upload_transfer_MBps']:.0f} MB/s | "
+        f"{u['raw_grpc_MBps']:.0f} MB/s | {u['ratio_transfer']:.2f} (target ≥ {u['target_ratio']}) |",
+        f"| upload {mb:.0f} MB, to the verified receipt | {u['upload_end_to_end_MBps']:.0f} MB/s | {u['raw_grpc_MBps']:.0f} MB/s | {u['ratio_end_to_end']:.2f} |",
+        f"| verification, {mb:.0f} MB artifact (signature, digests, spec, schema, header, DP) | {v['big_s']:.2f} s ({v['big_MBps']:.0f} MB/s) | – | – |",
+        f"| verification, default expert ({v['default_expert_bytes'] / 1e3:.0f} kB) | {1000 * v['default_expert_s']:.1f} ms | – | – |",
+        f"| provider finalize, {mb:.0f} MB (tar SHA-256, safe unpack, verification, ε recomputation, ledger, receipt) | {v['server_finalize_big_s']:.2f} s | – | – |",
+    ]
+    for b in (1, 16):
+        x = a[f"batch_{b}"]
+        lines.append(f"| Ask latency, batch {b} (service vs in-process `answer`) | {1000 * x['service_s']:.0f} ms | {1000 * x['in_process_s']:.0f} ms | "
+                     f"{x['ratio']:.3f} (+{x['overhead_ms']:.0f} ms) |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--raw-server"]:
+        raw_server(*argv[1:6])
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out-dir", type=Path, default=Path("docs/results"))
+    ap.add_argument("--quick", action="store_true", help="a ~17 MB artifact and fewer repetitions (smoke run)")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--skip-ask", action="store_true", help="measure uploads and verification only (nothing is written)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the provider and of the in-process model (default 1: "
+                    "robust on a shared machine, where 2-thread OpenMP stalls when another process holds a core)")
+    a = ap.parse_args(argv)
+    if a.quick:
+        run(a.out_dir, artifact_mb=17, reps=2, ask_reps=4, skip_ask=a.skip_ask, threads=a.threads)
+    else:
+        run(a.out_dir, artifact_mb=100, reps=a.reps, skip_ask=a.skip_ask, threads=a.threads)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

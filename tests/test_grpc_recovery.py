@@ -1,0 +1,163 @@
+"""The provider survives being killed at any point of an upload: the ledger verifies, no half artifact is
+ever visible, and the upload either completes from what the disk holds or is charged exactly once."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import grpc
+import pytest
+
+from protocol.artifact import pack_artifact
+from protocol.request_auth import UPLOAD_METHOD, sign_request, upload_body
+from protocol.rpc.llamdex.v1 import common_pb2, provider_pb2
+from provider_party.ledger import Ledger
+from provider_party.service import ProviderServicer
+from tests._grpc_fixtures import make_artifact, make_parties, provider_client, provider_config
+
+
+class Crash(BaseException):
+    """Stands for the process dying at a given point."""
+
+
+def _write_all(svc: ProviderServicer, client, tar: bytes, upload_id: str):
+    h = SimpleNamespace(upload_id=upload_id, dataset_id="titanic", artifact_name="expert", total_bytes=len(tar),
+                        artifact_sha256=hashlib.sha256(tar).hexdigest(), resume_offset=0)
+    session = svc.uploads.open(client, h)
+    for off in range(0, len(tar), 4096):
+        data = tar[off:off + 4096]
+        session.write(off, data, hashlib.sha256(data).hexdigest(), 1 << 20)
+    session.close()
+    return session.record
+
+
+def _visible(svc: ProviderServicer) -> list[str]:
+    return [e.artifact_digest for e in svc.experts.live()]
+
+
+def test_crash_after_the_ledger_commit_is_completed_at_restart(tmp_path, monkeypatch):
+    p = make_parties(tmp_path)
+    cfg = provider_config(p)
+    svc = ProviderServicer(cfg)
+    alice = cfg.client("alice")
+    tar = pack_artifact(make_artifact(tmp_path / "a", p.keys["alice"]))
+    rec = _write_all(svc, alice, tar, "u" * 20)
+
+    def die(*a, **k):
+        raise Crash()
+    monkeypatch.setattr(svc.experts, "promote", die)
+    with pytest.raises(Crash):
+        svc.uploads.finalize(rec, alice, svc.ledger, svc.experts, svc.ledger_lock)
+    assert svc.ledger.count() == 1 and _visible(svc) == []          # charged, not yet visible
+    monkeypatch.undo()
+    again = ProviderServicer(cfg)                                     # the restarted provider
+    assert again.recovery["promoted"] == 1 and again.recovery["completed"] == 1
+    assert len(_visible(again)) == 1 and again.ledger.verify_chain() == []
+    done = again.uploads.get("u" * 20, "alice")
+    assert done.state == "complete" and done.receipt and done.artifact_digest == _visible(again)[0]
+
+
+def test_crash_before_the_ledger_commit_leaves_nothing_and_the_upload_resumes(tmp_path):
+    p = make_parties(tmp_path)
+    cfg = provider_config(p)
+    svc = ProviderServicer(cfg)
+    alice = cfg.client("alice")
+    tar = pack_artifact(make_artifact(tmp_path / "a", p.keys["alice"]))
+    upload_id = "v" * 20
+    rec = _write_all(svc, alice, tar, upload_id)
+
+    def fault(point):
+        if point == "before_commit":
+            raise Crash()
+    svc.ledger._fault = fault
+    with pytest.raises(Crash):
+        svc.uploads.finalize(rec, alice, svc.ledger, svc.experts, svc.ledger_lock)
+    from provider_party.service import ProviderServer
+
+    server = ProviderServer(cfg).start()                              # restart on the same state
+    try:
+        s = server.servicer
+        assert s.ledger.count() == 0 and _visible(s) == [] and s.ledger.verify_chain() == []
+        assert not any((s.experts.root / "staging").rglob("*")) or s.recovery["discarded"] >= 0
+        with provider_client(p, server.address) as pc:
+            status = pc.upload_status(upload_id)
+            assert (status.state, status.received_bytes) == ("receiving", len(tar))
+            result = pc.upload(tar, "titanic", upload_id=upload_id)   # nothing left to send: the provider finalizes
+        assert result.receipt.sequence == 1 and len(_visible(s)) == 1 and s.ledger.verify_chain() == []
+    finally:
+        server.stop()
+
+
+def _header(p, tar: bytes, upload_id: str, offset: int = 0) -> provider_pb2.UploadHeader:
+    h = provider_pb2.UploadHeader(upload_id=upload_id, dataset_id="titanic", artifact_name="expert", total_bytes=len(tar),
+                                  artifact_sha256=hashlib.sha256(tar).hexdigest(), resume_offset=offset)
+    h.auth.CopyFrom(common_pb2.RequestSignature(**sign_request(p.keys["alice"], "alice", UPLOAD_METHOD, upload_body(h)).to_proto_kwargs()))
+    return h
+
+
+def test_provider_killed_mid_upload_restarts_with_a_sound_ledger_and_no_half_artifact(tmp_path):
+    from simulations.two_party_demo import free_port, spawn, stop, wait_healthy, write_provider_config
+
+    p = make_parties(tmp_path)
+    cfg_path = write_provider_config(tmp_path / "provider" / "provider.toml", listen=f"127.0.0.1:{free_port()}",
+                                     clients=[{"id": "alice", "public_key": "../keys/alice.pub", "epsilon_budget": 10.0}])
+    addr = cfg_path.read_text().split('listen = "')[1].split('"')[0]
+    log = tmp_path / "provider" / "provider.log"
+    argv = ["provider", "serve", "--config", str(cfg_path), "--no-preload"]
+
+    def start():
+        proc = spawn(argv, log, threads=1)
+        wait_healthy(addr, p.tls["orchestrator"], "llamdex.v1.ProviderService", [("provider", proc, log)], timeout_s=90)
+        return proc
+
+    proc = start()
+    try:
+        # one good upload before the crash: it must survive
+        with provider_client(p, addr) as pc:
+            first = pc.upload(make_artifact(tmp_path / "first", p.keys["alice"]), "titanic")
+        tar = pack_artifact(make_artifact(tmp_path / "a", p.keys["alice"], seed=3, hidden=(400, 200)))   # ~350 kB
+        upload_id = secrets.token_urlsafe(24)
+        sent = {"n": 0}
+
+        def slow():
+            yield provider_pb2.UploadRequest(header=_header(p, tar, upload_id))
+            for off in range(0, len(tar), 8192):
+                data = tar[off:off + 8192]
+                yield provider_pb2.UploadRequest(chunk=provider_pb2.UploadChunk(offset=off, data=data, sha256=hashlib.sha256(data).hexdigest()))
+                sent["n"] = off + len(data)
+                if off >= 5 * 8192:
+                    time.sleep(0.05)
+        with provider_client(p, addr) as pc:
+            fut = pc.stub.UploadExpert.future(slow(), timeout=60)
+            deadline = time.monotonic() + 30
+            while sent["n"] < 10 * 8192 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            os.killpg(proc.pid, signal.SIGKILL)                         # no goodbye
+            proc.wait(10)
+            with pytest.raises(grpc.RpcError):
+                fut.result()
+        assert 10 * 8192 <= sent["n"] < len(tar)
+        ledger = Ledger(tmp_path / "provider" / "state" / "ledger.db")
+        assert ledger.verify_chain(p.keys["provider"].public_key()) == [] and ledger.count() == 1
+        live = tmp_path / "provider" / "state" / "experts" / "live" / "alice"
+        assert [d.name for d in live.iterdir()] == [first.artifact_digest.split(":")[1]]
+        proc = start()                                                  # restart on the same state
+        with provider_client(p, addr) as pc:
+            status = pc.upload_status(upload_id)
+            assert status.state == "receiving" and 0 < status.received_bytes <= sent["n"]
+            result = pc.upload(tar, "titanic", upload_id=upload_id, chunk_bytes=8192)
+            assert result.receipt.sequence == 2
+            from protocol.receipts import verify_chain
+
+            assert [r.sequence for r in verify_chain(pc.ledger_receipts(), p.pubs["provider"])] == [1, 2]
+        assert ledger.verify_chain(p.keys["provider"].public_key()) == [] and ledger.count() == 2
+        assert sorted(d.name for d in live.iterdir()) == sorted(x.split(":")[1] for x in (first.artifact_digest, result.artifact_digest))
+    finally:
+        stop(proc)
