@@ -10,7 +10,6 @@ and verification of every receipt the provider returns.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 import time
@@ -29,7 +28,7 @@ from protocol.request_auth import FORGET_METHOD, UPLOAD_METHOD, forget_body, sig
 from protocol.rpc.llamdex.v1 import common_pb2, provider_pb2, provider_pb2_grpc
 from protocol.rpc_errors import error_code
 from protocol.tls import IDENTITY_METADATA, TLSFiles, open_channel
-from protocol.wire import receipt_envelope
+from protocol.wire import preferred_upload_digest, receipt_envelope, upload_digest_hex
 
 log = logging.getLogger(__name__)
 MiB = 1 << 20
@@ -37,8 +36,7 @@ DEFAULT_CHUNK = 1 * MiB
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED)
 
 
-def _sha256_hex(data: Any) -> str:
-    return hashlib.sha256(data).hexdigest()
+_DIGEST_TAG = {"sha256": b"\x1a", "blake3": b"\x22"}   # UploadChunk fields 3 and 4, wire type 2
 
 
 def _varint(n: int) -> bytes:
@@ -53,13 +51,13 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def encode_chunk(offset: int, data: Any, sha256_hex: str) -> bytes:
-    """`UploadRequest(chunk=UploadChunk(offset, data, sha256)).SerializeToString()`, built with one copy of
-    `data` instead of three (the protobuf wire format written by hand; a test checks it byte for byte)."""
-    digest = sha256_hex.encode("ascii")
+def encode_chunk(offset: int, data: Any, digest_hex: str, alg: str = "sha256") -> bytes:
+    """`UploadRequest(chunk=UploadChunk(offset, data, <alg>=digest_hex)).SerializeToString()`, built with one
+    copy of `data` instead of three (the protobuf wire format written by hand; a test checks it byte for byte)."""
+    digest = digest_hex.encode("ascii")
     n = len(data)
     inner_head = (b"\x08" + _varint(offset) if offset else b"") + (b"\x12" + _varint(n) if n else b"")
-    inner_tail = b"\x1a" + _varint(len(digest)) + digest
+    inner_tail = _DIGEST_TAG[alg] + _varint(len(digest)) + digest
     inner_len = len(inner_head) + n + len(inner_tail)
     return b"".join((b"\x12", _varint(inner_len), inner_head, data, inner_tail))
 
@@ -163,56 +161,63 @@ class ProviderClient:
         return r
 
     # --- upload --------------------------------------------------------------------------------------------
-    def _header(self, upload_id: str, dataset_id: str, artifact_name: str, tar: bytes, sha: str, offset: int) -> provider_pb2.UploadHeader:
-        """A fresh, signed header (new time and nonce) for each stream of an upload."""
+    def _header(self, upload_id: str, dataset_id: str, artifact_name: str, tar: bytes, digest: tuple[str, str], offset: int) -> provider_pb2.UploadHeader:
+        """A fresh, signed header (new time and nonce) for each stream of an upload; `digest` = (algorithm, hex) of the tar."""
+        alg, hexd = digest
         h = provider_pb2.UploadHeader(upload_id=upload_id, dataset_id=dataset_id, artifact_name=artifact_name, total_bytes=len(tar),
-                                      artifact_sha256=sha, resume_offset=offset)
+                                      resume_offset=offset, **{f"artifact_{alg}": hexd})
         h.auth.CopyFrom(common_pb2.RequestSignature(**sign_request(self.key, self.client_id, UPLOAD_METHOD, upload_body(h)).to_proto_kwargs()))
         return h
 
     @staticmethod
-    def _messages(header: provider_pb2.UploadHeader, tar: bytes, offset: int, chunk: int, cut: tuple[int, Any] | None) -> Iterator[Any]:
-        """The header, then pre-encoded chunks. Chunk digests are computed one step ahead on a worker
-        thread (hashlib releases the GIL), so hashing overlaps with sending."""
+    def _messages(header: provider_pb2.UploadHeader, tar: bytes, offset: int, chunk: int, cut: tuple[int, Any] | None,
+                  alg: str = "sha256") -> Iterator[Any]:
+        """The header, then pre-encoded chunks. Chunk digests (`alg`) are computed two steps ahead on a
+        worker thread (blake3 and hashlib release the GIL), so hashing overlaps with sending."""
         yield provider_pb2.UploadRequest(header=header)
         view = memoryview(tar)
         starts = list(range(offset, len(tar), chunk))
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamdex-chunk-sha") as pool:
-            pending = [pool.submit(_sha256_hex, view[s:s + chunk]) for s in starts[:2]]
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamdex-chunk-digest") as pool:
+            pending = [pool.submit(upload_digest_hex, alg, view[s:s + chunk]) for s in starts[:2]]
             for i, pos in enumerate(starts):
                 if cut is not None and pos - offset >= cut[0]:
                     cut[1]()      # cancel the call: the stream breaks off mid-upload, as a dropped link would
                     return
                 if i + 2 < len(starts):
                     nxt = starts[i + 2]
-                    pending.append(pool.submit(_sha256_hex, view[nxt:nxt + chunk]))
+                    pending.append(pool.submit(upload_digest_hex, alg, view[nxt:nxt + chunk]))
                 data = view[pos:pos + chunk]
-                yield encode_chunk(pos, data, pending[i].result())
+                yield encode_chunk(pos, data, pending[i].result(), alg)
 
     def upload_status(self, upload_id: str) -> provider_pb2.UploadStatus:
         return self.stub.GetUploadStatus(provider_pb2.GetUploadStatusRequest(upload_id=upload_id), timeout=self.timeout_s, metadata=self.metadata)
 
     def upload(self, artifact: str | Path | bytes, dataset_id: str, *, artifact_name: str = "expert", upload_id: str | None = None,
                chunk_bytes: int = DEFAULT_CHUNK, max_attempts: int = 5, timeout_s: float = 600.0,
-               cut_after_bytes: int | None = None) -> UploadResult:
+               cut_after_bytes: int | None = None, digest: str | None = None) -> UploadResult:
         """Uploads a signed artifact (folder or tar bytes), resuming after a broken stream, and verifies
-        the receipt. `cut_after_bytes` (tests) abandons the first stream after that many bytes."""
+        the receipt. Chunks and the whole tar are named by `digest` ("blake3" or "sha256"; default: the
+        cheapest one the provider announced in Hello, BLAKE3 before Hello). `cut_after_bytes` (tests)
+        abandons the first stream after that many bytes."""
         tar = artifact_tar(artifact)
-        sha = hashlib.sha256(tar).hexdigest()
-        digest = local_artifact_digest(tar)
         t0 = time.perf_counter()
         offset, resp, attempts = 0, None, 0
-        if upload_id:  # resuming a known upload: start where the provider stopped
+        if upload_id:  # resuming a known upload: start where the provider stopped, with the digest it started with
             status = self._status_or_none(upload_id)
             offset = status.received_bytes if status is not None and status.state == "receiving" else 0
+            if status is not None and status.digest and digest is None:
+                digest = status.digest
+        alg = digest or preferred_upload_digest(self._hello.limits.upload_digests if self._hello is not None else None)
+        tar_digest = (alg, upload_digest_hex(alg, tar))
+        digest = local_artifact_digest(tar)
         upload_id = upload_id or secrets.token_urlsafe(24)
         while attempts < max_attempts:
             attempts += 1
-            header = self._header(upload_id, dataset_id, artifact_name, tar, sha, offset)
+            header = self._header(upload_id, dataset_id, artifact_name, tar, tar_digest, offset)
             holder: list[Any] = []
             cut = (cut_after_bytes, lambda: holder[0].cancel()) if (cut_after_bytes is not None and attempts == 1) else None
             try:
-                fut = self._upload_call.future(self._messages(header, tar, offset, chunk_bytes, cut), timeout=timeout_s, metadata=self.metadata)
+                fut = self._upload_call.future(self._messages(header, tar, offset, chunk_bytes, cut, alg), timeout=timeout_s, metadata=self.metadata)
                 holder.append(fut)
                 resp = fut.result()
             except grpc.FutureCancelledError:

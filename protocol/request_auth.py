@@ -9,6 +9,7 @@ The signed bytes are the canonical JSON (protocol.canonical) of
 signed with ECDSA (the key's curve hash, DER) by the client's registered key. `body`:
 
     UploadExpert  {"upload_id", "dataset_id", "artifact_name", "total_bytes", "artifact_sha256", "resume_offset"}
+                  (+ "artifact_blake3" when the header carries the tar's BLAKE3 instead of its SHA-256)
     Forget        {"artifact_digest"}
 
 The method name and the purpose string keep a signature for one call from being replayed as
@@ -54,8 +55,14 @@ class SignedFields:
 
 
 def upload_body(header: Any) -> dict[str, Any]:
-    return {"upload_id": header.upload_id, "dataset_id": header.dataset_id, "artifact_name": header.artifact_name,
+    """The signed body of an UploadHeader. `artifact_blake3` is included only when set, so a SHA-256
+    header signs exactly the same body as before BLAKE3 existed."""
+    body = {"upload_id": header.upload_id, "dataset_id": header.dataset_id, "artifact_name": header.artifact_name,
             "total_bytes": int(header.total_bytes), "artifact_sha256": header.artifact_sha256, "resume_offset": int(header.resume_offset)}
+    b3 = getattr(header, "artifact_blake3", "")
+    if b3:
+        body["artifact_blake3"] = b3
+    return body
 
 
 def forget_body(request: Any) -> dict[str, Any]:

@@ -146,7 +146,8 @@ def train_connectors(
     # Stage 1: cache layer-j states of the question prefix, then fit the encoder.
     t0 = time.perf_counter()
 
-    def cache_layer_j(idx: np.ndarray, desc: str, start: float = 0.0, span: float = 0.0) -> list[tuple]:
+    def cache(idx: np.ndarray, desc: str, make_entry, with_slots: bool, start: float = 0.0, span: float = 0.0) -> list[tuple]:
+        """Runs the frozen lower layers once per question (length-sorted batches) and keeps what training needs."""
         out = []
         order = idx[_length_sorted([questions[i] for i in idx], probe)]
         chunks = _chunks(len(order), p.batch_size)
@@ -154,16 +155,21 @@ def train_connectors(
             if span:
                 report(desc, start + span * ci / len(chunks))
             ids = order[chunk]
-            batch = probe.batch([questions[i] for i in ids], with_slots=False)
-            h = base_lm.lower(batch, [p.encoder_layer])[p.encoder_layer]
-            out.append((h.to(torch.float16), batch.question_mask, _encoder_targets(fe, rows, ids)))
+            out.append(make_entry(ids, probe.batch([questions[i] for i in ids], with_slots=with_slots)))
         return out
+
+    def encoder_entry(ids: np.ndarray, batch: QueryBatch) -> tuple:
+        h = base_lm.lower(batch, [p.encoder_layer])[p.encoder_layer]
+        return h.to(torch.float16), batch.question_mask, _encoder_targets(fe, rows, ids)
+
+    def decoder_entry(ids: np.ndarray, batch: QueryBatch) -> tuple:
+        return base_lm.lower(batch, list(candidates)), batch, surrogate(torch.as_tensor(x_all[ids]))
 
     base_lm = probe.lm
     with torch.no_grad():
-        enc_cache = cache_layer_j(enc_idx, "encoder cache", 0.0, 0.25)
+        enc_cache = cache(enc_idx, "encoder cache", encoder_entry, False, 0.0, 0.25)
         report("encoder cache", 0.25)
-        enc_val_cache = cache_layer_j(enc_val_idx, "encoder val cache")
+        enc_val_cache = cache(enc_val_idx, "encoder val cache", encoder_entry, False)
     timings["encoder_cache_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     opt = torch.optim.AdamW(encoder.parameters(), lr=p.encoder_lr, weight_decay=0.01)
@@ -192,24 +198,10 @@ def train_connectors(
     # Stage 2: cache layer-k inputs for each candidate k, then fit one decoder per candidate.
     t0 = time.perf_counter()
 
-    def cache_layer_k(idx: np.ndarray, desc: str, start: float = 0.0, span: float = 0.0) -> list[tuple]:
-        out = []
-        order = idx[_length_sorted([questions[i] for i in idx], probe)]
-        chunks = _chunks(len(order), p.batch_size)
-        for ci, chunk in enumerate(tqdm(chunks, desc=desc, disable=not progress, leave=False)):
-            if span:
-                report(desc, start + span * ci / len(chunks))
-            ids = order[chunk]
-            batch = probe.batch([questions[i] for i in ids], with_slots=True)
-            hs = base_lm.lower(batch, list(candidates))
-            logits = surrogate(torch.as_tensor(x_all[ids]))
-            out.append((hs, batch, logits))
-        return out
-
     with torch.no_grad():
-        dec_cache = cache_layer_k(dec_idx, "decoder cache", 0.5, 0.1)
+        dec_cache = cache(dec_idx, "decoder cache", decoder_entry, True, 0.5, 0.1)
         report("decoder cache", 0.6)
-        dec_val_cache = cache_layer_k(dec_val_idx, "decoder val cache")
+        dec_val_cache = cache(dec_val_idx, "decoder val cache", decoder_entry, True)
     timings["decoder_cache_s"] = time.perf_counter() - t0
 
     results = {}

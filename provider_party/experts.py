@@ -10,6 +10,12 @@ by one `rename` after its ledger entry committed. `reconcile(ledger)` runs at st
 expert whose upload the ledger recorded is promoted, any other staged or temporary folder is
 removed, and a live expert whose last ledger entry is a deletion is removed, so a crash at any
 point leaves either the whole expert with its receipt or neither.
+
+`ForgetJournal` (table `forgets` of the provider's state.db) notes, before each deletion entry is
+appended to the ledger, what a Forget is about to delete (the expert's schema and base model: the
+ledger does not name them). At start the ledger decides: a noted Forget whose deletion entry
+committed is finished (the connectors its receipt lists as deleted are removed, unless a live expert
+uses them); one whose entry never committed promised nothing and is dropped.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +169,47 @@ class ExpertStore:
                     self._trash(p)
                     counts["removed"] += 1
         return counts
+
+
+class ForgetJournal:
+    """Forgets under way: (client, artifact digest) -> schema digest and base model of its connectors."""
+
+    def __init__(self, db_path: str | Path):
+        self.db_path = Path(db_path)
+        con = self._connect()
+        try:
+            con.execute("CREATE TABLE IF NOT EXISTS forgets (client_id TEXT NOT NULL, artifact_digest TEXT NOT NULL, schema_digest TEXT NOT NULL, "
+                        "base_model_id TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (client_id, artifact_digest))")
+        finally:
+            con.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(str(self.db_path), timeout=30.0, isolation_level=None)
+        con.row_factory = sqlite3.Row
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=FULL")
+        return con
+
+    def note(self, client_id: str, artifact_digest: str, schema_digest: str, base_model_id: str) -> None:
+        con = self._connect()
+        try:
+            con.execute("INSERT OR REPLACE INTO forgets VALUES (?,?,?,?,?)", (client_id, artifact_digest, schema_digest, base_model_id, time.time()))
+        finally:
+            con.close()
+
+    def done(self, client_id: str, artifact_digest: str) -> None:
+        con = self._connect()
+        try:
+            con.execute("DELETE FROM forgets WHERE client_id=? AND artifact_digest=?", (client_id, artifact_digest))
+        finally:
+            con.close()
+
+    def pending(self) -> list[dict[str, Any]]:
+        con = self._connect()
+        try:
+            return [dict(r) for r in con.execute("SELECT * FROM forgets ORDER BY created_at")]
+        finally:
+            con.close()
 
 
 def _fsync_dir(p: Path) -> None:

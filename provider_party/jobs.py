@@ -4,6 +4,12 @@ Training connectors takes minutes of CPU, so it never runs on a gRPC server thre
 submits a job and returns at once, the worker runs it, and any number of `WatchJob` streams
 follow its events (each stream starts from the first event). A job for a (base model, schema)
 that is already queued or running is shared rather than duplicated.
+
+Job records (id, clients, base model, schema digest, state, progress, events, result summary) are kept
+in SQLite (`JobStore`: table `jobs` of the provider's state.db, apart from the hash-chained ledger):
+written at every change of state and at most every `PROGRESS_EVERY_S` during progress, so `WatchJob`
+after a restart replays an old job's events up to its final state. A job that was queued or running
+when the provider stopped is recorded FAILED at the next start, with the reason.
 """
 
 from __future__ import annotations
@@ -11,11 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import sqlite3
 import threading
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from protocol.rpc_errors import RpcError
@@ -24,6 +32,33 @@ log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, SUCCEEDED, FAILED = "QUEUED", "RUNNING", "SUCCEEDED", "FAILED"
 TERMINAL = (SUCCEEDED, FAILED)
+PROGRESS_EVERY_S = 2.0      # progress events are persisted at most this often (state changes always)
+MAX_STORED_EVENTS = 1000    # the oldest events beyond this are dropped from the stored record (the first is kept)
+INTERRUPTED = "the provider stopped while this job was {state}; call Customize again"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id            TEXT PRIMARY KEY,
+    client_id         TEXT NOT NULL,
+    watchers          TEXT NOT NULL,        -- JSON list of the clients sharing the job
+    schema_digest     TEXT NOT NULL,
+    base_model_id     TEXT NOT NULL,
+    preset            TEXT NOT NULL,
+    retrain           INTEGER NOT NULL,
+    state             TEXT NOT NULL CHECK (state IN ('QUEUED', 'RUNNING', 'SUCCEEDED', 'FAILED')),
+    stage             TEXT NOT NULL,
+    fraction          REAL NOT NULL,
+    connectors_reused INTEGER NOT NULL,
+    error             TEXT NOT NULL,
+    metrics_json      TEXT NOT NULL,
+    events            TEXT NOT NULL,        -- JSON list of the events, oldest first
+    created_at        REAL NOT NULL,
+    started           REAL NOT NULL,
+    finished          REAL NOT NULL,
+    updated_at        REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
+"""
 
 
 @dataclass
@@ -52,6 +87,7 @@ class Job:
     started: float = 0.0
     finished: float = 0.0
     watchers: set[str] = field(default_factory=set)   # clients sharing this job
+    created_at: float = field(default_factory=time.time)
 
     @property
     def seconds(self) -> float:
@@ -63,15 +99,85 @@ class Job:
                 "error": self.error, "metrics_json": json.dumps(self.metrics, sort_keys=True, default=str), "seconds": self.seconds}
 
 
+class JobStore:
+    """Job records in SQLite (WAL, synchronous=FULL), one row per job, rewritten as the job moves."""
+
+    def __init__(self, db_path: str | Path):
+        self.db_path = Path(db_path)
+        con = self._connect()
+        try:
+            con.executescript(_SCHEMA)
+        finally:
+            con.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(str(self.db_path), timeout=30.0, isolation_level=None)
+        con.row_factory = sqlite3.Row
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=FULL")
+        return con
+
+    def save(self, job: Job) -> None:
+        last = job.events[-1] if job.events else JobEventRecord(job.state, "", 0.0, "", int(time.time() * 1000))
+        events = job.events if len(job.events) <= MAX_STORED_EVENTS else job.events[:1] + job.events[-(MAX_STORED_EVENTS - 1):]
+        row = (job.job_id, job.client_id, json.dumps(sorted(job.watchers)), job.schema_digest, job.base_model_id, job.preset, int(job.retrain),
+               job.state, last.stage, last.fraction, int(job.connectors_reused), job.error,
+               json.dumps(job.metrics, sort_keys=True, default=str), json.dumps([asdict(e) for e in events]),
+               job.created_at, job.started, job.finished, time.time())
+        con = self._connect()
+        try:
+            con.execute("INSERT OR REPLACE INTO jobs (job_id, client_id, watchers, schema_digest, base_model_id, preset, retrain, state, stage, "
+                        "fraction, connectors_reused, error, metrics_json, events, created_at, started, finished, updated_at) "
+                        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
+        finally:
+            con.close()
+
+    @staticmethod
+    def _job(r: sqlite3.Row) -> Job:
+        job = Job(r["job_id"], r["client_id"], r["schema_digest"], r["base_model_id"], r["preset"], bool(r["retrain"]), None, r["state"],
+                  [JobEventRecord(**e) for e in json.loads(r["events"])], bool(r["connectors_reused"]), r["error"],
+                  json.loads(r["metrics_json"]), r["started"], r["finished"], set(json.loads(r["watchers"])))
+        job.created_at = r["created_at"]
+        return job
+
+    def load(self, job_id: str) -> Job | None:
+        con = self._connect()
+        try:
+            r = con.execute("SELECT * FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        finally:
+            con.close()
+        return self._job(r) if r is not None else None
+
+    def fail_interrupted(self) -> int:
+        """At start: every job still QUEUED or RUNNING was cut off by the stop; it is recorded FAILED with the reason."""
+        con = self._connect()
+        try:
+            rows = con.execute("SELECT * FROM jobs WHERE state IN ('QUEUED', 'RUNNING')").fetchall()
+        finally:
+            con.close()
+        for r in rows:
+            job = self._job(r)
+            job.error = INTERRUPTED.format(state=job.state.lower())
+            job.finished = max(job.started, job.created_at, r["updated_at"])
+            frac = job.events[-1].fraction if job.events else 0.0
+            job.events.append(JobEventRecord(FAILED, "failed", frac, job.error, int(time.time() * 1000)))
+            job.state = FAILED
+            self.save(job)
+        return len(rows)
+
+
 # runner(job, progress(stage, fraction)) -> (connectors_reused, metrics)
 Runner = Callable[[Job, Callable[[str, float], None]], tuple[bool, dict]]
 
 
 class JobManager:
-    def __init__(self, runner: Runner, max_queue: int = 8, on_done: Callable[[Job], None] | None = None):
+    def __init__(self, runner: Runner, max_queue: int = 8, on_done: Callable[[Job], None] | None = None, store: JobStore | None = None):
         self.runner = runner
         self.max_queue = max_queue
         self.on_done = on_done
+        self.store = store
+        self.interrupted = store.fail_interrupted() if store is not None else 0
+        self._saved_at: dict[str, float] = {}
         self.jobs: dict[str, Job] = {}
         self._queue: "queue.Queue[Job | None]" = queue.Queue()
         self._cond = threading.Condition()
@@ -80,21 +186,43 @@ class JobManager:
 
     def _event(self, job: Job, state: str, stage: str, fraction: float, message: str = "") -> None:
         with self._cond:
+            changed = state != job.state or not job.events
             job.state = state
             job.events.append(JobEventRecord(state, stage, max(0.0, min(1.0, float(fraction))), message, int(time.time() * 1000)))
             self._cond.notify_all()
+        self._persist(job, force=changed)
+
+    def _persist(self, job: Job, force: bool) -> None:
+        if self.store is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._saved_at.get(job.job_id, 0.0) < PROGRESS_EVERY_S:
+            return
+        self._saved_at[job.job_id] = now
+        try:
+            with self._cond:  # a consistent copy; SQLite runs outside the lock
+                snap = Job(job.job_id, job.client_id, job.schema_digest, job.base_model_id, job.preset, job.retrain, None, job.state,
+                           list(job.events), job.connectors_reused, job.error, dict(job.metrics), job.started, job.finished,
+                           set(job.watchers), job.created_at)
+            self.store.save(snap)
+        except Exception:  # noqa: BLE001 - the job goes on; its record catches up at the next change
+            log.warning("job %s: could not save its record", job.job_id, exc_info=True)
 
     def submit(self, client_id: str, schema_digest: str, base_model_id: str, preset: str, retrain: bool, payload: Any) -> Job:
         with self._cond:
-            for j in self.jobs.values():
-                if j.state in (QUEUED, RUNNING) and j.schema_digest == schema_digest and j.base_model_id == base_model_id:
-                    j.watchers.add(client_id)
-                    return j
-            pending = sum(1 for j in self.jobs.values() if j.state in (QUEUED, RUNNING))
-            if pending >= self.max_queue:
-                raise RpcError("QUEUE_FULL", f"{pending} connector jobs are pending; the limit is {self.max_queue}; retry later", rule="max_job_queue")
-            job = Job(uuid.uuid4().hex, client_id, schema_digest, base_model_id, preset, retrain, payload, watchers={client_id})
-            self.jobs[job.job_id] = job
+            shared = next((j for j in self.jobs.values() if j.state in (QUEUED, RUNNING) and j.schema_digest == schema_digest
+                           and j.base_model_id == base_model_id), None)
+            if shared is not None:
+                shared.watchers.add(client_id)
+            else:
+                pending = sum(1 for j in self.jobs.values() if j.state in (QUEUED, RUNNING))
+                if pending >= self.max_queue:
+                    raise RpcError("QUEUE_FULL", f"{pending} connector jobs are pending; the limit is {self.max_queue}; retry later", rule="max_job_queue")
+                job = Job(uuid.uuid4().hex, client_id, schema_digest, base_model_id, preset, retrain, payload, watchers={client_id})
+                self.jobs[job.job_id] = job
+        if shared is not None:
+            self._persist(shared, force=True)   # the new watcher may WatchJob it after a restart
+            return shared
         self._event(job, QUEUED, "queued", 0.0, f"connectors for schema {schema_digest[:19]}… on {base_model_id}")
         self._queue.put(job)
         return job
@@ -102,6 +230,15 @@ class JobManager:
     def get(self, job_id: str, client_id: str) -> Job:
         with self._cond:
             job = self.jobs.get(job_id)
+        if job is None and self.store is not None:  # a job of an earlier run of the provider: its final record
+            try:
+                job = self.store.load(job_id)
+            except Exception:  # noqa: BLE001 - treated as unknown
+                log.warning("job %s: could not read its record", job_id, exc_info=True)
+                job = None
+            if job is not None and job.state in TERMINAL:
+                with self._cond:
+                    job = self.jobs.setdefault(job_id, job)
         if job is None or client_id not in job.watchers:
             raise RpcError("JOB_NOT_FOUND", f"no job {job_id!r} for client {client_id!r}", rule="own jobs")
         return job
@@ -150,4 +287,4 @@ class JobManager:
         self._worker.join(timeout=5)
 
 
-__all__ = ["FAILED", "Job", "JobEventRecord", "JobManager", "QUEUED", "RUNNING", "SUCCEEDED"]
+__all__ = ["FAILED", "Job", "JobEventRecord", "JobManager", "JobStore", "QUEUED", "RUNNING", "SUCCEEDED"]

@@ -27,11 +27,11 @@ from protocol.request_auth import FORGET_METHOD, UPLOAD_METHOD, forget_body, upl
 from protocol.rpc.llamdex.v1 import client_pb2, client_pb2_grpc, common_pb2, provider_pb2, provider_pb2_grpc
 from protocol.rpc_errors import RpcError, guard, guard_stream
 from protocol.tls import add_port, open_channel
-from protocol.wire import JOB_STATES, job_result_message, receipt_message
+from protocol.wire import JOB_STATES, UPLOAD_DIGESTS, job_result_message, parse_upload_request, receipt_message
 from provider_party.auth import Authenticator
 from provider_party.config import ProviderConfig, RegisteredClient
-from provider_party.experts import ExpertStore, StoredExpert
-from provider_party.jobs import Job, JobManager
+from provider_party.experts import ExpertStore, ForgetJournal, StoredExpert
+from provider_party.jobs import Job, JobManager, JobStore
 from provider_party.ledger import Ledger
 from provider_party.uploads import UploadManager, UploadRecord
 
@@ -58,6 +58,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         self.auth = Authenticator(config, state / "state.db")
         self.uploads = UploadManager(state / "uploads", state / "state.db", config.limits)
         self.experts = ExpertStore(state / "experts")
+        self.forgets = ForgetJournal(state / "state.db")
         self.ledger_lock = threading.Lock()
         from provider_party.connector_store import ConnectorStore
 
@@ -68,7 +69,10 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         self._expert_cache: "OrderedDict[tuple[str, str], Any]" = OrderedDict()
         self._cache_lock = threading.Lock()
         self.recovery = self._recover()
-        self.jobs = JobManager(self._run_job, config.limits.max_job_queue, on_done=self._deliver_result)
+        self.jobs = JobManager(self._run_job, config.limits.max_job_queue, on_done=self._deliver_result, store=JobStore(state / "state.db"))
+        self.recovery["jobs_failed"] = self.jobs.interrupted
+        if self.jobs.interrupted:
+            log.warning("%d connector job(s) were cut off by the last stop; recorded as FAILED", self.jobs.interrupted)
 
     # --- start-up recovery -----------------------------------------------------------------------------
     def _client_entries(self, client_id: str) -> list[Any]:
@@ -99,9 +103,33 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         if problems:
             raise RuntimeError(f"the ledger at {self.ledger.path} does not verify: {[p.reason for p in problems[:5]]}")
         counts = self.experts.reconcile(self._last_kind)
+        counts.update(self._finish_forgets())
         counts.update(self.uploads.recover(self._receipt_for_upload))
         if any(counts.values()):
             log.warning("recovered after an unclean stop: %s", counts)
+        return counts
+
+    def _finish_forgets(self) -> dict[str, int]:
+        """Forgets cut off between their ledger entry and the deletion of files. The ledger decides: if the
+        deletion entry committed, what its signed receipt lists as deleted is deleted now (the expert by
+        `ExpertStore.reconcile`, the connectors here, unless a live expert uses them); if not, nothing was
+        promised and nothing is deleted."""
+        counts = {"forgets_finished": 0, "forgets_dropped": 0, "connectors_deleted": 0}
+        for f in self.forgets.pending():
+            cid, digest = f["client_id"], f["artifact_digest"]
+            last = None
+            for e in self._client_entries(cid):
+                if e.artifact_digest == digest:
+                    last = e
+            if last is None or last.kind != "deletion":
+                counts["forgets_dropped"] += 1
+            else:
+                deleted = _receipt_predicate(last.receipt).get("deleted") or []
+                in_use = [o for o in self.experts.live() if o.schema_digest == f["schema_digest"]]
+                if "connectors" in deleted and not in_use and self.connectors.delete(f["base_model_id"], f["schema_digest"]):
+                    counts["connectors_deleted"] += 1
+                counts["forgets_finished"] += 1
+            self.forgets.done(cid, digest)
         return counts
 
     # --- base model, connectors, experts ------------------------------------------------------------------
@@ -231,7 +259,8 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
                 max_message_bytes=lim.max_message_bytes, max_artifact_bytes=lim.max_artifact_bytes, max_chunk_bytes=lim.max_chunk_bytes,
                 max_batch_questions=lim.max_batch_questions, max_question_chars=lim.max_question_chars,
                 signature_max_skew_ms=lim.signature_max_skew_ms, upload_ttl_s=lim.upload_ttl_s, max_open_uploads=lim.max_open_uploads,
-                max_page_size=lim.max_page_size, max_requests_per_second=lim.max_requests_per_second, max_job_queue=lim.max_job_queue),
+                max_page_size=lim.max_page_size, max_requests_per_second=lim.max_requests_per_second, max_job_queue=lim.max_job_queue,
+                upload_digests=list(UPLOAD_DIGESTS)),
             provider_public_key_pem=public_key_pem(self.key).decode("ascii"), provider_key_fingerprint=fingerprint(self.key),
             client_id=client.client_id, accountants=list(ACCOUNTANTS))
 
@@ -253,13 +282,17 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
                 if msg.WhichOneof("part") != "chunk":
                     raise RpcError("BAD_REQUEST", "only UploadChunk messages may follow the header", rule="one header")
                 c = msg.chunk
-                session.submit(c.offset, c.data, c.sha256, self.config.limits.max_chunk_bytes)
+                alg = c.WhichOneof("digest")
+                if alg is None:
+                    raise RpcError("BAD_REQUEST", f"chunk at offset {c.offset} carries no digest; set blake3 or sha256", rule="chunk digest")
+                session.submit(c.offset, c.data, getattr(c, alg), self.config.limits.max_chunk_bytes, alg)
             session.finish()
         except grpc.RpcError:
             cut = True  # the client went away; what arrived is kept for a resume
         finally:
             session.close()
-            self.uploads.touch(h.upload_id)
+            if session.received < session.record.total_bytes:
+                self.uploads.touch(h.upload_id)   # unfinished: its TTL counts from the last byte (a complete one is finalized now)
         rec = session.record
         if cut or session.received < rec.total_bytes:
             return provider_pb2.UploadResponse(upload_id=rec.upload_id, complete=False, received_bytes=session.received)
@@ -276,7 +309,8 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         client = self.auth.identify(context)
         rec = self.uploads.get(request.upload_id, client.client_id)
         msg = provider_pb2.UploadStatus(upload_id=rec.upload_id, state=rec.state, received_bytes=self.uploads.received_bytes(rec),
-                                        total_bytes=rec.total_bytes, artifact_digest=rec.artifact_digest or "", error=rec.error or "")
+                                        total_bytes=rec.total_bytes, artifact_digest=rec.artifact_digest or "", error=rec.error or "",
+                                        digest=rec.tar_digest[0])
         if rec.state == "complete" and rec.receipt:
             msg.receipt.CopyFrom(receipt_message(rec.receipt))
         return msg
@@ -367,6 +401,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
                 others = [o for o in self.experts.live() if o.schema_digest == e.schema_digest and (o.client_id, o.artifact_digest) not in doomed]
                 drop_connectors = not others and self.connectors.path_for(base_id, e.schema_digest).exists()
                 what = ["expert"] + (["connectors"] if drop_connectors else [])
+                self.forgets.note(cid, e.artifact_digest, e.schema_digest, base_id)   # what the ledger entry will not name
                 entry = self.ledger.append_deletion(cid, e.artifact_digest, deleted=what, artifact_name=e.artifact_name)
                 self.experts.remove(cid, e.artifact_digest)
                 out.deleted.append(f"expert:{e.artifact_digest}")
@@ -376,15 +411,52 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
                         self._models.pop(e.schema_digest, None)
                 if drop_connectors and self.connectors.delete(base_id, e.schema_digest):
                     out.deleted.append(f"connectors:{e.schema_digest}")
+                self.forgets.done(cid, e.artifact_digest)
                 out.receipts.append(receipt_message(entry.receipt))
                 doomed.discard((cid, e.artifact_digest))
         return out
+
+
+def _receipt_predicate(envelope: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    from protocol.dsse import Envelope
+
+    return json.loads(Envelope.from_dict(envelope).payload).get("predicate", {})
 
 
 def _safe_model_dir(model_id: str) -> str:
     import re
 
     return re.sub(r"[^A-Za-z0-9._@-]+", "_", model_id)[:120]
+
+
+class _CaptureHandlers:
+    """Stands in for a server to read the method handlers the generated registration builds."""
+
+    handlers: dict[str, Any] | None = None
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self.handlers = dict(handlers)
+
+
+def _add_provider_servicer(servicer: ProviderServicer, server: grpc.Server) -> None:
+    """`add_ProviderServiceServicer_to_server`, except that UploadExpert's requests are parsed by
+    `protocol.wire.parse_upload_request`: a chunk's data stays a view of the received message instead of
+    being copied out of it (the same messages on the wire; the header still goes through protobuf)."""
+    cap = _CaptureHandlers()
+    provider_pb2_grpc.add_ProviderServiceServicer_to_server(servicer, cap)
+    if not cap.handlers or "UploadExpert" not in cap.handlers:  # another generated layout: the plain registration
+        provider_pb2_grpc.add_ProviderServiceServicer_to_server(servicer, server)
+        return
+    handlers = cap.handlers
+    handlers["UploadExpert"] = grpc.stream_unary_rpc_method_handler(
+        servicer.UploadExpert, request_deserializer=parse_upload_request, response_serializer=provider_pb2.UploadResponse.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 class ProviderServer:
@@ -397,7 +469,7 @@ class ProviderServer:
         self.server = grpc.server(ThreadPoolExecutor(max_workers=lim.max_workers, thread_name_prefix="llamdex-provider"),
                                   options=[("grpc.max_receive_message_length", lim.max_message_bytes),
                                            ("grpc.max_send_message_length", lim.max_message_bytes)])
-        provider_pb2_grpc.add_ProviderServiceServicer_to_server(self.servicer, self.server)
+        _add_provider_servicer(self.servicer, self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port = add_port(self.server, config.listen, config.tls, plaintext=config.plaintext)

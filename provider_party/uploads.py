@@ -5,7 +5,8 @@ An upload is named by the client's `upload_id`. Its bytes go to `<root>/parts/<c
 resumes exactly where the disk stopped); its header (dataset, size, SHA-256) sits in SQLite. When
 all bytes are there, `finalize` checks, in this order, before any tensor is loaded:
 
-  1. the whole tar's SHA-256 against the signed header (ARTIFACT_SHA256_MISMATCH),
+  1. the whole tar's digest (BLAKE3 or SHA-256, as the signed header chose) against the header
+     (ARTIFACT_SHA256_MISMATCH),
   2. the tar layout: regular files with plain, allowed names only, each within its limit
      (protocol.artifact.unpack_artifact: PATH_TRAVERSAL, FORBIDDEN_FILE (pickle...), SYMLINK, ...),
   3. the artifact signature by the client's registered key, then every file digest and size,
@@ -20,7 +21,6 @@ no budget and no stored expert.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import queue
@@ -38,6 +38,7 @@ from protocol.dp import verify_statement
 from protocol.errors import BudgetError, CodedError
 from protocol.receipts import utc_now_rfc3339
 from protocol.rpc_errors import RpcError
+from protocol.wire import UPLOAD_DIGESTS, upload_digest_hex
 from provider_party.config import ProviderLimits, RegisteredClient
 from provider_party.experts import ExpertStore
 from provider_party.ledger import Ledger, LedgerEntry
@@ -60,7 +61,8 @@ CREATE TABLE IF NOT EXISTS uploads (
     updated_at      REAL NOT NULL,
     artifact_digest TEXT,
     receipt         TEXT,
-    error           TEXT
+    error           TEXT,
+    artifact_blake3 TEXT
 );
 CREATE INDEX IF NOT EXISTS uploads_by_client ON uploads (client_id, state);
 """
@@ -80,6 +82,12 @@ class UploadRecord:
     artifact_digest: str | None = None
     receipt: str | None = None
     error: str | None = None
+    artifact_blake3: str | None = None   # set when the header named the tar by BLAKE3 (artifact_sha256 is then "")
+
+    @property
+    def tar_digest(self) -> tuple[str, str]:
+        """(algorithm, hex) of the whole tar as the signed header declared it."""
+        return ("blake3", self.artifact_blake3) if self.artifact_blake3 else ("sha256", self.artifact_sha256)
 
 
 @dataclass
@@ -94,9 +102,11 @@ class UploadSession:
     """One stream's hold on an upload: appends chunks at the right offset and releases the upload on close.
 
     `submit` checks a chunk's place and size at once and hands it to a worker thread that checks its
-    SHA-256 and appends it (hashing releases the GIL, so it overlaps with receiving the next chunk);
-    a failure is raised by the next `submit` or by `finish`. Only verified chunks reach the file, in
-    order, so the file's length is always the number of good bytes received."""
+    digest (BLAKE3 or SHA-256) and appends it (hashing and writing release the GIL, so they overlap
+    with receiving the next chunk); a failure is raised by the next `submit` or by `finish`. Only
+    verified chunks reach the file, in order, so the file's length is always the number of good bytes
+    received. `close` fsyncs the file when the upload is unfinished (a resume will need those bytes);
+    a complete upload goes straight to `finalize`, which verifies the whole tar and deletes the file."""
 
     QUEUE = 4
 
@@ -105,7 +115,7 @@ class UploadSession:
         self._f = open(path, "ab", buffering=0)  # unbuffered: the file length is what arrived
         self.received = self._f.tell()     # bytes verified and written
         self.accepted = self.received      # bytes accepted for writing (>= received)
-        self._queue: "queue.Queue[tuple[int, bytes, str] | None]" = queue.Queue(maxsize=self.QUEUE)
+        self._queue: "queue.Queue[tuple[int, bytes, str, str] | None]" = queue.Queue(maxsize=self.QUEUE)
         self._error: BaseException | None = None
         self._worker: threading.Thread | None = None
 
@@ -121,32 +131,42 @@ class UploadSession:
         if offset + len(data) > total:
             raise RpcError("PAST_END", f"chunk [{offset}, {offset + len(data)}) goes past the declared size {total}", rule="total_bytes")
 
-    def _append(self, offset: int, data: bytes, sha256_hex: str) -> None:
-        got = hashlib.sha256(data).hexdigest()
-        if got != sha256_hex:
-            raise RpcError("CHUNK_DIGEST_MISMATCH", f"chunk at offset {offset}: SHA-256 {got[:16]}… != declared {sha256_hex[:16]}…; "
-                           f"the chunk was dropped, resend from offset {offset}", rule="chunk sha256")
+    @staticmethod
+    def check_digest_name(alg: str, digest_hex: str) -> None:
+        if alg not in UPLOAD_DIGESTS:
+            raise RpcError("BAD_REQUEST", f"chunk digest {alg!r} is not supported; use one of {list(UPLOAD_DIGESTS)} (Hello: upload_digests)",
+                           rule="chunk digest")
+        if not HEX64_RE.match(digest_hex or ""):
+            raise RpcError("BAD_REQUEST", f"the chunk's {alg} must be 64 lowercase hex digits", rule="chunk digest")
+
+    def _append(self, offset: int, data: bytes, digest_hex: str, alg: str = "sha256") -> None:
+        got = upload_digest_hex(alg, data)
+        if got != digest_hex:
+            raise RpcError("CHUNK_DIGEST_MISMATCH", f"chunk at offset {offset}: {alg} {got[:16]}… != declared {digest_hex[:16]}…; "
+                           f"the chunk was dropped, resend from offset {offset}", rule=f"chunk {alg}")
         self._f.write(data)
         self.received += len(data)
 
-    def write(self, offset: int, data: bytes, sha256_hex: str, max_chunk: int) -> None:
-        """Checks and appends one chunk synchronously."""
+    def write(self, offset: int, data: bytes, digest_hex: str, max_chunk: int, alg: str = "sha256") -> None:
+        """Checks and appends one chunk synchronously (`digest_hex`: hex `alg` digest of `data`)."""
         self._raise_pending()
         self._check_place(offset, data, max_chunk)
-        self._append(offset, data, sha256_hex)
+        self.check_digest_name(alg, digest_hex)
+        self._append(offset, data, digest_hex, alg)
         self.accepted = self.received
 
-    def submit(self, offset: int, data: bytes, sha256_hex: str, max_chunk: int) -> None:
+    def submit(self, offset: int, data: bytes, digest_hex: str, max_chunk: int, alg: str = "sha256") -> None:
         """Checks a chunk's place now; its digest and the write happen on the worker thread."""
         self._raise_pending()
         self._check_place(offset, data, max_chunk)
+        self.check_digest_name(alg, digest_hex)
         if self._worker is None:
             self._worker = threading.Thread(target=self._work, name="llamdex-upload-writer", daemon=True)
             self._worker.start()
         self.accepted += len(data)
         while True:
             try:
-                self._queue.put((offset, data, sha256_hex), timeout=0.5)
+                self._queue.put((offset, data, digest_hex, alg), timeout=0.5)
                 return
             except queue.Full:
                 self._raise_pending()
@@ -181,7 +201,8 @@ class UploadSession:
             if self._worker is not None:
                 self._queue.put(None)
                 self._worker.join()
-            os.fsync(self._f.fileno())
+            if self.received < self.record.total_bytes:
+                os.fsync(self._f.fileno())  # an unfinished upload: a resume after a power loss needs these bytes
             self._f.close()
         finally:
             self.manager._release(self.record.upload_id)
@@ -199,6 +220,9 @@ class UploadManager:
         con = self._connect()
         try:
             con.executescript(_SCHEMA)
+            cols = {r["name"] for r in con.execute("PRAGMA table_info(uploads)")}
+            if "artifact_blake3" not in cols:  # a state.db from before BLAKE3 uploads
+                con.execute("ALTER TABLE uploads ADD COLUMN artifact_blake3 TEXT")
         finally:
             con.close()
 
@@ -238,8 +262,15 @@ class UploadManager:
         for name in ("dataset_id", "artifact_name"):
             if not NAME_RE.match(getattr(h, name) or ""):
                 raise RpcError("BAD_REQUEST", f"{name} {getattr(h, name)!r} must match {NAME_RE.pattern}", rule=name)
-        if not HEX64_RE.match(h.artifact_sha256 or ""):
-            raise RpcError("BAD_REQUEST", "artifact_sha256 must be 64 lowercase hex digits (SHA-256 of the tar)", rule="artifact_sha256")
+        sha, b3 = h.artifact_sha256 or "", getattr(h, "artifact_blake3", "") or ""
+        if bool(sha) == bool(b3):
+            raise RpcError("BAD_REQUEST", "the header must carry exactly one of artifact_sha256 and artifact_blake3 (the whole tar's digest)",
+                           rule="tar digest")
+        if b3 and "blake3" not in UPLOAD_DIGESTS:
+            raise RpcError("BAD_REQUEST", "this provider does not support BLAKE3; send artifact_sha256", rule="tar digest")
+        if not HEX64_RE.match(sha or b3):
+            name = "artifact_sha256" if sha else "artifact_blake3"
+            raise RpcError("BAD_REQUEST", f"{name} must be 64 lowercase hex digits (the digest of the whole tar)", rule=name)
         if h.total_bytes <= 0:
             raise RpcError("BAD_REQUEST", f"total_bytes must be positive, got {h.total_bytes}", rule="total_bytes")
         if h.total_bytes > self.limits.max_artifact_bytes:
@@ -261,7 +292,9 @@ class UploadManager:
                 rec = UploadRecord(**dict(rows[0]))
                 if rec.client_id != cid:
                     raise RpcError("UPLOAD_MISMATCH", f"upload_id {h.upload_id!r} is taken; choose a fresh random id", rule="unique upload_id")
-                if (rec.dataset_id, rec.artifact_name, rec.total_bytes, rec.artifact_sha256) != (h.dataset_id, h.artifact_name, h.total_bytes, h.artifact_sha256):
+                b3 = getattr(h, "artifact_blake3", "") or None
+                if (rec.dataset_id, rec.artifact_name, rec.total_bytes, rec.artifact_sha256, rec.artifact_blake3 or None) != \
+                        (h.dataset_id, h.artifact_name, h.total_bytes, h.artifact_sha256, b3):
                     raise RpcError("UPLOAD_MISMATCH", f"upload {h.upload_id!r} was started for another artifact (dataset, name, size or "
                                    "SHA-256 differ); start a new upload_id", rule="same artifact on resume")
                 if rec.state == "complete":
@@ -276,9 +309,12 @@ class UploadManager:
                 if open_count >= self.limits.max_open_uploads:
                     raise RpcError("TOO_MANY_UPLOADS", f"client {cid!r} has {open_count} unfinished uploads; the limit is "
                                    f"{self.limits.max_open_uploads} (finish or let them expire)", rule="max_open_uploads")
-                self._exec("INSERT INTO uploads (upload_id, client_id, dataset_id, artifact_name, total_bytes, artifact_sha256, state, created_at, updated_at) "
-                           "VALUES (?,?,?,?,?,?,'receiving',?,?)", (h.upload_id, cid, h.dataset_id, h.artifact_name, h.total_bytes, h.artifact_sha256, now, now))
-                rec = UploadRecord(h.upload_id, cid, h.dataset_id, h.artifact_name, h.total_bytes, h.artifact_sha256, "receiving", now, now)
+                b3 = getattr(h, "artifact_blake3", "") or None
+                self._exec("INSERT INTO uploads (upload_id, client_id, dataset_id, artifact_name, total_bytes, artifact_sha256, artifact_blake3, "
+                           "state, created_at, updated_at) VALUES (?,?,?,?,?,?,?,'receiving',?,?)",
+                           (h.upload_id, cid, h.dataset_id, h.artifact_name, h.total_bytes, h.artifact_sha256, b3, now, now))
+                rec = UploadRecord(h.upload_id, cid, h.dataset_id, h.artifact_name, h.total_bytes, h.artifact_sha256, "receiving", now, now,
+                                   artifact_blake3=b3)
             path = self.part_path(cid, h.upload_id)
             path.parent.mkdir(parents=True, exist_ok=True)
             received = path.stat().st_size if path.exists() else 0
@@ -321,10 +357,11 @@ class UploadManager:
         path = self.part_path(rec.client_id, rec.upload_id)
         with open(path, "rb") as f:
             data = f.read(rec.total_bytes + 1)
-        if len(data) != rec.total_bytes or hashlib.sha256(data).hexdigest() != rec.artifact_sha256:
-            raise RpcError("ARTIFACT_SHA256_MISMATCH", f"the {len(data)} bytes received do not hash to the signed artifact_sha256 "
-                           f"{rec.artifact_sha256[:16]}…; upload again with a new upload_id", rule="artifact sha256")
-        checks.append("sha256 of the tar")
+        alg, want = rec.tar_digest
+        if len(data) != rec.total_bytes or upload_digest_hex(alg, data) != want:
+            raise RpcError("ARTIFACT_SHA256_MISMATCH", f"the {len(data)} bytes received do not hash to the signed artifact_{alg} "
+                           f"{want[:16]}…; upload again with a new upload_id", rule=f"artifact {alg}")
+        checks.append(f"{alg} of the tar")
         tmp = experts.new_tmp_dir()
         try:
             unpack_artifact(data, tmp, max_bytes=self.limits.max_artifact_bytes)

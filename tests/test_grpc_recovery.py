@@ -161,3 +161,141 @@ def test_provider_killed_mid_upload_restarts_with_a_sound_ledger_and_no_half_art
         assert sorted(d.name for d in live.iterdir()) == sorted(x.split(":")[1] for x in (first.artifact_digest, result.artifact_digest))
     finally:
         stop(proc)
+
+
+# --- Forget cut off between its ledger entry and the deletion of files ------------------------------------------
+
+class Died(Exception):
+    """The handler stops at this point, as if the process had died there (a gRPC handler may not raise BaseException)."""
+
+
+def _die(*a, **k):
+    raise Died("killed here")
+
+
+def _uploaded_with_connectors(tmp_path, p, server):
+    from tests._grpc_fixtures import titanic_schema
+
+    with provider_client(p, server.address) as pc:
+        res = pc.upload(make_artifact(tmp_path / "a", p.keys["alice"]), "titanic")
+    s = server.servicer
+    conn = s.connectors.path_for(s.base_model_id(), titanic_schema().digest)   # stands for trained connectors
+    conn.mkdir(parents=True)
+    (conn / "connectors.json").write_text("{}\n")
+    return res, conn
+
+
+@pytest.mark.parametrize("point", ["before removing the expert", "before deleting the connectors"])
+def test_forget_cut_off_after_its_ledger_entry_is_finished_at_restart(tmp_path, point):
+    from protocol.receipts import verify_receipt
+    from provider_party.service import ProviderServer
+
+    p = make_parties(tmp_path)
+    cfg = provider_config(p)
+    server = ProviderServer(cfg).start()
+    s = server.servicer
+    try:
+        res, conn = _uploaded_with_connectors(tmp_path, p, server)
+        if point == "before removing the expert":
+            s.experts.remove = _die
+        else:
+            s.connectors.delete = _die
+        with provider_client(p, server.address) as pc:
+            with pytest.raises(grpc.RpcError) as e:
+                pc.forget(res.artifact_digest)
+            assert e.value.code() == grpc.StatusCode.INTERNAL
+    finally:
+        server.stop()
+    entries = s.ledger.entries()[0]
+    assert [e.kind for e in entries] == ["upload", "deletion"]                  # the promise is in the ledger ...
+    assert verify_receipt(entries[1].receipt, p.pubs["provider"]).deleted == ("expert", "connectors")
+    assert conn.exists() and s.forgets.pending()                                # ... the files are not deleted yet
+    assert (_visible(s) == [res.artifact_digest]) == (point == "before removing the expert")
+
+    again = ProviderServicer(cfg)                                               # the restarted provider keeps the promise
+    assert (again.recovery["forgets_finished"], again.recovery["connectors_deleted"]) == (1, 1)
+    assert not conn.exists() and _visible(again) == [] and again.forgets.pending() == []
+    assert again.ledger.verify_chain() == [] and again.ledger.count() == 2
+    third = ProviderServicer(cfg)                                               # and there is nothing left to do
+    assert (third.recovery["forgets_finished"], third.recovery["forgets_dropped"], third.recovery["connectors_deleted"]) == (0, 0, 0)
+
+
+def test_forget_cut_off_before_its_ledger_entry_deletes_nothing_at_restart(tmp_path):
+    from provider_party.service import ProviderServer
+
+    p = make_parties(tmp_path)
+    cfg = provider_config(p)
+    server = ProviderServer(cfg).start()
+    s = server.servicer
+    try:
+        res, conn = _uploaded_with_connectors(tmp_path, p, server)
+
+        def fault(point):
+            if point == "before_commit":
+                raise Died("killed before the deletion entry committed")
+        s.ledger._fault = fault
+        with provider_client(p, server.address) as pc:
+            with pytest.raises(grpc.RpcError):
+                pc.forget(res.artifact_digest)
+    finally:
+        server.stop()
+    assert s.ledger.count() == 1 and s.forgets.pending()                        # noted, never promised
+    again = ProviderServicer(cfg)
+    assert (again.recovery["forgets_dropped"], again.recovery["connectors_deleted"]) == (1, 0)
+    assert conn.exists() and _visible(again) == [res.artifact_digest] and again.forgets.pending() == []
+    assert again.ledger.verify_chain() == [] and again.ledger.count() == 1
+
+
+# --- connector jobs across a restart ---------------------------------------------------------------------------
+
+def _wait(cond, timeout_s=20.0):
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_watchjob_after_a_restart_reports_old_jobs_final_state_and_cut_off_jobs_failed(tmp_path):
+    import json
+    import threading
+
+    from protocol.wire import JOB_STATE_NAMES
+    from provider_party.service import ProviderServer
+
+    p = make_parties(tmp_path)
+    cfg = provider_config(p)
+    svc = ProviderServicer(cfg)
+    release = threading.Event()
+
+    def runner(job, progress):
+        progress("training", 0.5)
+        if job.client_id == "bob":
+            release.wait(60)                                        # still running when the provider "dies"
+        return False, {"accuracy": 0.75}
+    svc.jobs.runner = runner
+    done = svc.jobs.submit("alice", "sha256:" + "a" * 64, "base@1", "", False, None)
+    _wait(lambda: done.state == "SUCCEEDED")
+    cut = svc.jobs.submit("bob", "sha256:" + "b" * 64, "base@1", "", False, None)
+    _wait(lambda: cut.state == "RUNNING")
+
+    server = ProviderServer(cfg).start()                            # the restarted provider, on the same state
+    try:
+        assert server.servicer.recovery["jobs_failed"] == 1
+        with provider_client(p, server.address) as pc:
+            events = list(pc.watch_job(done.job_id, timeout_s=10))
+            assert [JOB_STATE_NAMES[e.state] for e in events][0] == "QUEUED"
+            last = events[-1]
+            assert JOB_STATE_NAMES[last.state] == "SUCCEEDED" and last.fraction == 1.0
+            assert last.result.schema_digest == "sha256:" + "a" * 64 and json.loads(last.result.metrics_json) == {"accuracy": 0.75}
+            assert not last.result.error and last.result.seconds >= 0
+            with pytest.raises(grpc.RpcError) as e:                 # another client's job is not found
+                list(pc.watch_job(cut.job_id, timeout_s=10))
+            assert e.value.code() == grpc.StatusCode.NOT_FOUND
+        with provider_client(p, server.address, "bob") as pc:
+            last = list(pc.watch_job(cut.job_id, timeout_s=10))[-1]
+            assert JOB_STATE_NAMES[last.state] == "FAILED" and "stopped while this job was running" in last.result.error
+            assert last.result.error in last.message
+    finally:
+        release.set()
+        svc.jobs.stop()
+        server.stop()

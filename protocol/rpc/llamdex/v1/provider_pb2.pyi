@@ -14,7 +14,7 @@ class HelloRequest(_message.Message):
     def __init__(self, client_version: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_message_bytes", "max_artifact_bytes", "max_chunk_bytes", "max_batch_questions", "max_question_chars", "signature_max_skew_ms", "upload_ttl_s", "max_open_uploads", "max_page_size", "max_requests_per_second", "max_job_queue")
+    __slots__ = ("max_message_bytes", "max_artifact_bytes", "max_chunk_bytes", "max_batch_questions", "max_question_chars", "signature_max_skew_ms", "upload_ttl_s", "max_open_uploads", "max_page_size", "max_requests_per_second", "max_job_queue", "upload_digests")
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_ARTIFACT_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class Limits(_message.Message):
     MAX_PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_REQUESTS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     MAX_JOB_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_DIGESTS_FIELD_NUMBER: _ClassVar[int]
     max_message_bytes: int
     max_artifact_bytes: int
     max_chunk_bytes: int
@@ -37,7 +38,8 @@ class Limits(_message.Message):
     max_page_size: int
     max_requests_per_second: float
     max_job_queue: int
-    def __init__(self, max_message_bytes: _Optional[int] = ..., max_artifact_bytes: _Optional[int] = ..., max_chunk_bytes: _Optional[int] = ..., max_batch_questions: _Optional[int] = ..., max_question_chars: _Optional[int] = ..., signature_max_skew_ms: _Optional[int] = ..., upload_ttl_s: _Optional[int] = ..., max_open_uploads: _Optional[int] = ..., max_page_size: _Optional[int] = ..., max_requests_per_second: _Optional[float] = ..., max_job_queue: _Optional[int] = ...) -> None: ...
+    upload_digests: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, max_message_bytes: _Optional[int] = ..., max_artifact_bytes: _Optional[int] = ..., max_chunk_bytes: _Optional[int] = ..., max_batch_questions: _Optional[int] = ..., max_question_chars: _Optional[int] = ..., signature_max_skew_ms: _Optional[int] = ..., upload_ttl_s: _Optional[int] = ..., max_open_uploads: _Optional[int] = ..., max_page_size: _Optional[int] = ..., max_requests_per_second: _Optional[float] = ..., max_job_queue: _Optional[int] = ..., upload_digests: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HelloResponse(_message.Message):
     __slots__ = ("protocol_version", "provider_id", "base_model_id", "schemas_ready", "accepts_any_schema", "limits", "provider_public_key_pem", "provider_key_fingerprint", "client_id", "accountants")
@@ -64,12 +66,13 @@ class HelloResponse(_message.Message):
     def __init__(self, protocol_version: _Optional[str] = ..., provider_id: _Optional[str] = ..., base_model_id: _Optional[str] = ..., schemas_ready: _Optional[_Iterable[str]] = ..., accepts_any_schema: _Optional[bool] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., provider_public_key_pem: _Optional[str] = ..., provider_key_fingerprint: _Optional[str] = ..., client_id: _Optional[str] = ..., accountants: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
-    __slots__ = ("upload_id", "dataset_id", "artifact_name", "total_bytes", "artifact_sha256", "resume_offset", "auth")
+    __slots__ = ("upload_id", "dataset_id", "artifact_name", "total_bytes", "artifact_sha256", "artifact_blake3", "resume_offset", "auth")
     UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_NAME_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_BLAKE3_FIELD_NUMBER: _ClassVar[int]
     RESUME_OFFSET_FIELD_NUMBER: _ClassVar[int]
     AUTH_FIELD_NUMBER: _ClassVar[int]
     upload_id: str
@@ -77,19 +80,22 @@ class UploadHeader(_message.Message):
     artifact_name: str
     total_bytes: int
     artifact_sha256: str
+    artifact_blake3: str
     resume_offset: int
     auth: _common_pb2.RequestSignature
-    def __init__(self, upload_id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., artifact_name: _Optional[str] = ..., total_bytes: _Optional[int] = ..., artifact_sha256: _Optional[str] = ..., resume_offset: _Optional[int] = ..., auth: _Optional[_Union[_common_pb2.RequestSignature, _Mapping]] = ...) -> None: ...
+    def __init__(self, upload_id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., artifact_name: _Optional[str] = ..., total_bytes: _Optional[int] = ..., artifact_sha256: _Optional[str] = ..., artifact_blake3: _Optional[str] = ..., resume_offset: _Optional[int] = ..., auth: _Optional[_Union[_common_pb2.RequestSignature, _Mapping]] = ...) -> None: ...
 
 class UploadChunk(_message.Message):
-    __slots__ = ("offset", "data", "sha256")
+    __slots__ = ("offset", "data", "sha256", "blake3")
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    BLAKE3_FIELD_NUMBER: _ClassVar[int]
     offset: int
     data: bytes
     sha256: str
-    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., sha256: _Optional[str] = ...) -> None: ...
+    blake3: str
+    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., sha256: _Optional[str] = ..., blake3: _Optional[str] = ...) -> None: ...
 
 class UploadRequest(_message.Message):
     __slots__ = ("header", "chunk")
@@ -124,7 +130,7 @@ class GetUploadStatusRequest(_message.Message):
     def __init__(self, upload_id: _Optional[str] = ...) -> None: ...
 
 class UploadStatus(_message.Message):
-    __slots__ = ("upload_id", "state", "received_bytes", "total_bytes", "artifact_digest", "receipt", "error")
+    __slots__ = ("upload_id", "state", "received_bytes", "total_bytes", "artifact_digest", "receipt", "error", "digest")
     UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +138,7 @@ class UploadStatus(_message.Message):
     ARTIFACT_DIGEST_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
     upload_id: str
     state: str
     received_bytes: int
@@ -139,7 +146,8 @@ class UploadStatus(_message.Message):
     artifact_digest: str
     receipt: _common_pb2.Receipt
     error: str
-    def __init__(self, upload_id: _Optional[str] = ..., state: _Optional[str] = ..., received_bytes: _Optional[int] = ..., total_bytes: _Optional[int] = ..., artifact_digest: _Optional[str] = ..., receipt: _Optional[_Union[_common_pb2.Receipt, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+    digest: str
+    def __init__(self, upload_id: _Optional[str] = ..., state: _Optional[str] = ..., received_bytes: _Optional[int] = ..., total_bytes: _Optional[int] = ..., artifact_digest: _Optional[str] = ..., receipt: _Optional[_Union[_common_pb2.Receipt, _Mapping]] = ..., error: _Optional[str] = ..., digest: _Optional[str] = ...) -> None: ...
 
 class CustomizeRequest(_message.Message):
     __slots__ = ("artifact_digest", "preset", "retrain")

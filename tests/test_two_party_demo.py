@@ -1,0 +1,71 @@
+"""The main job over the real protocol (`simulations.two_party_demo`): provider and client as separate
+processes on loopback with mutual TLS, the orchestrator driving train → upload → customize → evaluate →
+receipts, with the tiny connector preset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+# the tiny preset of tests/_grpc_fixtures.py, as the inline TOML table the provider config takes
+TINY_PRESET = {"name": "tiny", "n_synthetic": 300, "encoder_questions": 16, "decoder_questions": 8, "val_questions": 8,
+               "encoder_epochs": 1, "decoder_epochs": 1, "inject_candidates": [24], "surrogate_epochs": 1}
+
+
+def _run(run: Path, max_questions: int, include_base: bool) -> tuple[int, list[str]]:
+    from simulations.two_party_demo import run_two_party_demo
+
+    lines: list[str] = []
+    rc = run_two_party_demo(run, preset=TINY_PRESET, max_questions=max_questions, include_base=include_base, log=lines.append)
+    return rc, lines
+
+
+def _check_run(run: Path, rc: int, lines: list[str], n_questions: int) -> dict:
+    from protocol.receipts import verify_chain, verify_receipt
+    from provider_party.ledger import Ledger
+
+    assert rc == 0, "\n".join(lines[-30:])
+    results = json.loads((run / "results.json").read_text())
+    assert "error" not in results, results["error"]
+    assert results["exit_codes"] == {"provider": 0, "client": 0}
+    # the receipt chain: verified under the provider's key, about the uploaded artifact, as the client keeps it
+    provider_pub = run / "keys" / "provider.pub"
+    envs = json.loads((run / "receipts.json").read_text())
+    chain = verify_chain(envs, provider_pub)
+    assert [(r.sequence, r.kind, r.client_id) for r in chain] == [(1, "upload", "alice")]
+    assert chain[0].artifact_digest == results["artifact_digest"] and results["receipt_chain"] == [r.digest for r in chain]
+    upload = verify_receipt(json.loads((run / "receipt-upload.json").read_text()), provider_pub)
+    assert upload.digest == chain[0].digest and upload.epsilon_recomputed <= 1.0 + 1e-9
+    assert Ledger(run / "provider" / "state" / "ledger.db").verify_chain(None) == []
+    # what was asked and scored
+    assert all(r["n_test"] == n_questions for r in results["rows"]) and results["ask_calls"] >= 1
+    assert results["connectors_reused"] is False
+    # the run folder
+    for f in ("certs/ca.pem", "certs/provider.pem", "certs/alice.pem", "certs/orchestrator.pem", "keys/provider.key", "keys/provider.pub",
+              "keys/alice.key", "keys/alice.pub", "provider/provider.toml", "provider/provider.log", "provider/state/ledger.db",
+              "provider/state/state.db", "client/client.toml", "client/client.log", "receipt-upload.json", "receipts.json",
+              "accuracy.md", "results.json"):
+        assert (run / f).is_file(), f
+    live = list((run / "provider" / "state" / "experts" / "live" / "alice").iterdir())
+    assert [d.name for d in live] == [results["artifact_digest"].split(":")[1]]
+    assert list((run / "provider").rglob("connectors.json")), "the connectors of the run are in the run folder"
+    assert "held-out" in "\n".join(lines) and (run / "accuracy.md").read_text().strip()
+    return results
+
+
+@pytest.mark.slow
+def test_two_party_demo_runs_the_main_job_over_grpc(tmp_path):
+    run = tmp_path / "run"
+    rc, lines = _run(run, max_questions=16, include_base=True)
+    results = _check_run(run, rc, lines, 16)
+    assert [r["method"] for r in results["rows"]] == ["base_llm", "expert", "llamdex", "majority_class"]
+
+
+def test_two_party_demo_smoke_few_questions(tmp_path):
+    """The same run, kept short for the default suite (4 questions, no base-LLM pass; ~30-40 s on 2 busy cores)."""
+    run = tmp_path / "run"
+    rc, lines = _run(run, max_questions=4, include_base=False)
+    results = _check_run(run, rc, lines, 4)
+    assert [r["method"] for r in results["rows"]] == ["expert", "llamdex", "majority_class"]
