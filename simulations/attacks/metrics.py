@@ -66,15 +66,16 @@ def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
 
 def epsilon_from_rates(tp: int, n_pos: int, fp: int, n_neg: int, delta: float = 0.0, confidence: float = 0.95) -> float:
     """ε lower bound from one threshold's counts (Jagielski et al. 2020): an (ε, δ)-DP mechanism has
-    TPR <= e^ε FPR + δ and 1 - FPR <= e^ε (1 - TPR) + δ; Clopper–Pearson bounds (each side at
-    `confidence`, so both hold with probability >= 2·confidence − 1) turn the counts into a bound."""
-    tpr_lo, tpr_hi = clopper_pearson(tp, n_pos, confidence)
-    fpr_lo, fpr_hi = clopper_pearson(fp, n_neg, confidence)
+    TPR <= e^ε FPR + δ and 1 - FPR <= e^ε (1 - TPR) + δ. The lower end of TPR's and the upper end
+    of FPR's two-sided Clopper–Pearson interval at `confidence` each hold with probability
+    (1 + confidence)/2, so the bound holds with probability at least `confidence`."""
+    tpr_lo, _ = clopper_pearson(tp, n_pos, confidence)
+    _, fpr_hi = clopper_pearson(fp, n_neg, confidence)
     best = 0.0
     if tpr_lo - delta > 0 and fpr_hi > 0:
         best = max(best, math.log((tpr_lo - delta) / fpr_hi))
-    if (1 - fpr_lo) - delta > 0 and (1 - tpr_hi) > 0:
-        best = max(best, math.log(((1 - fpr_lo) - delta) / (1 - tpr_hi)))
+    if (1 - fpr_hi) - delta > 0 and (1 - tpr_lo) > 0:
+        best = max(best, math.log(((1 - fpr_hi) - delta) / (1 - tpr_lo)))
     return best
 
 

@@ -12,7 +12,10 @@ VERB_MODULES = [
     "simulations.cli.demo",
     "simulations.cli.client",
     "simulations.cli.provider",
+    "simulations.cli.keys",
     "simulations.cli.bench",
+    "simulations.cli.attack",
+    "simulations.cli.audit",
 ]
 
 DESCRIPTION = """\
@@ -24,6 +27,10 @@ Roles:
 Tools:
   demo       the whole pipeline on the embedded defaults (start here)
   bench      accuracy and latency benchmarks written to docs/results/
+  keygen     a signing key pair (artifacts and requests of a client, receipts of the provider)
+  certs      a small CA and the mutual-TLS certificates of the provider, clients and orchestrator
+  attack     privacy attacks on an expert: membership inference, attribute inference, canary audit
+  audit      offline verification of artifacts, receipts and the ledger; every ε recomputed twice
 """
 
 

@@ -1,0 +1,416 @@
+"""Offline audit of what the two parties exchanged: artifacts, receipts, the provider's ledger, and every ε.
+
+Inputs are plain files: artifact folders, receipts (a folder of `*.json` DSSE envelopes, `*.jsonl`
+files with one envelope per line, or single files), and a copy of the ledger's SQLite file. No
+network and no service is needed; the ledger file is copied to a temporary folder before it is
+opened, so the evidence is never modified.
+
+Checks (each failure is one `Finding` naming the record and the rule):
+- **artifact**: `ArtifactVerifier` (layout, signature under the trusted client keys, every digest and
+  size, spec, schema, tensor header, DP statement), then ε (below);
+- **receipt**: provider signature, canonical payload, budget arithmetic of each receipt
+  (`verify_receipt`), then each client's hash chain (`verify_chain`: sequence, previous digest,
+  running spend per dataset), then ε;
+- **ledger**: `Ledger.verify_chain` (row hash chain, every receipt and its agreement with its row,
+  per-client receipt chains, budget arithmetic, budgets table vs the entries), plus: spend within the
+  current budget, and ε of every upload row;
+- **ε, twice**: every DP statement and every receipt's accountant parameters are recomputed with
+  Opacus (`protocol.dp.compute_epsilon`) *and* with Google's `dp-accounting` (RDP accountant for
+  `rdp` claims, PLD accountant for `prv` claims); the claim, the provider's recomputation and both
+  accountants must agree (RDP: relative 1e-3, the two implement the same bound; PRV vs PLD: 3 %,
+  they are different numerical methods) — and the claim must never be *below* the independent value
+  beyond that tolerance;
+- **cross-references**: every audited artifact is named by an upload receipt (and the ledger) whose
+  accountant parameters and claimed ε equal its dp.json (a swapped artifact has no receipt); every
+  receipt given is in the ledger and every ledger receipt of the audited clients is among those given
+  (a removed receipt is noticed even at the end of a chain).
+
+`run_audit(...)` returns an `AuditReport`; `llamdex audit` prints it and exits 1 on any failure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sqlite3
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+RDP_TOLERANCE = 1e-3     # Opacus RDP vs dp-accounting RDP (same bound, same orders)
+PRV_TOLERANCE = 0.03     # Opacus PRV vs dp-accounting PLD (different numerical methods)
+CLAIM_TOLERANCE = 1e-3   # claimed vs recomputed with the same accountant (protocol.dp.verify_statement)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One check on one record. `subject` names the record (artifact folder, receipt, ledger row)."""
+
+    subject: str
+    check: str
+    ok: bool
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"subject": self.subject, "check": self.check, "ok": self.ok, "detail": self.detail}
+
+
+@dataclass
+class AuditReport:
+    findings: list[Finding] = field(default_factory=list)
+    epsilons: list[dict[str, Any]] = field(default_factory=list)   # every ε recomputed, for the report
+
+    @property
+    def ok(self) -> bool:
+        return all(f.ok for f in self.findings)
+
+    @property
+    def failures(self) -> list[Finding]:
+        return [f for f in self.findings if not f.ok]
+
+    def add(self, subject: str, check: str, ok: bool, detail: str) -> None:
+        self.findings.append(Finding(subject, check, ok, detail))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "checks": len(self.findings), "failures": [f.to_dict() for f in self.failures],
+                "findings": [f.to_dict() for f in self.findings], "epsilons": self.epsilons}
+
+    def render(self, verbose: bool = False) -> str:
+        lines = []
+        for f in self.findings:
+            if verbose or not f.ok:
+                lines.append(f"{'ok  ' if f.ok else 'FAIL'} [{f.check}] {f.subject}: {f.detail}")
+        if self.epsilons:
+            lines.append("epsilon (claimed | provider | Opacus | dp-accounting):")
+            for e in self.epsilons:
+                fmt = lambda v: "-" if v is None else ("inf" if v == math.inf else f"{v:.6g}")  # noqa: E731
+                lines.append(f"  {e['subject']}: {fmt(e.get('claimed'))} | {fmt(e.get('provider'))} | {fmt(e.get('opacus'))} | "
+                             f"{fmt(e.get('second'))} ({e.get('second_method', '-')})")
+        n_fail = len(self.failures)
+        lines.append(f"audit {'PASSED' if self.ok else 'FAILED'}: {len(self.findings)} checks, {n_fail} failure(s)")
+        return "\n".join(lines)
+
+
+# --- the second accountant -------------------------------------------------------------------------
+
+
+def second_accountant_epsilon(dp: Any = None, *, noise_multiplier: float | None = None, sample_rate: float | None = None,
+                              steps: int | None = None, delta: float | None = None, accountant: str | None = None) -> float:
+    """ε of `steps` Poisson-subsampled Gaussian steps with Google's dp-accounting: its RDP accountant for
+    an `rdp` claim, its PLD accountant for a `prv` claim. Pass a DPStatement or the parameters."""
+    import dp_accounting
+    from dp_accounting import pld, rdp
+
+    if dp is not None:
+        noise_multiplier, sample_rate, steps = dp.noise_multiplier, dp.sample_rate, dp.steps
+        delta, accountant = dp.delta, dp.accountant
+    if None in (noise_multiplier, sample_rate, steps, delta):
+        raise ValueError("give a DPStatement or noise_multiplier, sample_rate, steps and delta")
+    event = dp_accounting.PoissonSampledDpEvent(float(sample_rate), dp_accounting.GaussianDpEvent(float(noise_multiplier)))
+    if accountant == "prv":
+        acc = pld.PLDAccountant(value_discretization_interval=1e-3)
+    else:
+        acc = rdp.RdpAccountant()
+    acc.compose(event, int(steps))
+    return float(acc.get_epsilon(float(delta)))
+
+
+def second_method(accountant: str) -> str:
+    return "dp-accounting PLD" if accountant == "prv" else "dp-accounting RDP"
+
+
+def _rel(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(b), 1e-12)
+
+
+def check_epsilon(report: AuditReport, subject: str, *, mechanism: str, noise_multiplier: float, sample_rate: float, steps: int,
+                  delta: float, accountant: str, claimed: float, provider: float | None = None) -> None:
+    """Recomputes ε with both accountants and records whether the claim (and the provider's ε) agree."""
+    from protocol.dp import compute_epsilon
+
+    if mechanism == "none":
+        ok = math.isinf(claimed) and (provider is None or math.isinf(provider))
+        report.add(subject, "epsilon", ok, "no DP: ε = ∞" if ok else f"mechanism 'none' but ε claimed {claimed!r}, provider {provider!r}")
+        report.epsilons.append({"subject": subject, "claimed": claimed, "provider": provider, "opacus": math.inf, "second": math.inf,
+                                "second_method": "-"})
+        return
+    try:
+        opacus = compute_epsilon(float(noise_multiplier), float(sample_rate), int(steps), float(delta), accountant)
+        second = second_accountant_epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta,
+                                           accountant=accountant)
+    except Exception as e:  # a malformed parameter is a finding, not a crash
+        report.add(subject, "epsilon", False, f"cannot recompute ε from noise_multiplier {noise_multiplier!r}, sample_rate {sample_rate!r}, "
+                                              f"steps {steps!r}, delta {delta!r}, accountant {accountant!r}: {e}")
+        return
+    tol = PRV_TOLERANCE if accountant == "prv" else RDP_TOLERANCE
+    report.epsilons.append({"subject": subject, "claimed": claimed, "provider": provider, "opacus": opacus, "second": second,
+                            "second_method": second_method(accountant)})
+    params = f"noise {noise_multiplier:g}, q {sample_rate:g}, {steps} steps, δ {delta:g}, {accountant}"
+    problems = []
+    if not math.isfinite(claimed) or _rel(claimed, opacus) > CLAIM_TOLERANCE:
+        problems.append(f"claimed ε {claimed:.6g} but Opacus recomputes {opacus:.6g} from ({params})")
+    if provider is not None and (not math.isfinite(provider) or _rel(provider, opacus) > CLAIM_TOLERANCE):
+        problems.append(f"provider's recomputed ε {provider:.6g} but Opacus gives {opacus:.6g} from ({params})")
+    if _rel(opacus, second) > tol:
+        problems.append(f"Opacus ε {opacus:.6g} and {second_method(accountant)} ε {second:.6g} differ by {_rel(opacus, second):.2%} (> {tol:.1%})")
+    if math.isfinite(claimed) and claimed < second * (1 - tol):
+        problems.append(f"claimed ε {claimed:.6g} is below the independent {second_method(accountant)} value {second:.6g}")
+    report.add(subject, "epsilon", not problems, "; ".join(problems) if problems else
+               f"ε {claimed:.6g} = Opacus {opacus:.6g} ≈ {second_method(accountant)} {second:.6g} ({params})")
+
+
+# --- artifacts -------------------------------------------------------------------------------------
+
+
+def audit_artifact(report: AuditReport, folder: Path, client_keys: Any) -> Any:
+    """Verifies one artifact folder; returns the VerifiedArtifact or None."""
+    from protocol.artifact import ArtifactVerifier
+    from protocol.errors import LlamdexError
+
+    subject = f"artifact {folder}"
+    if client_keys is None:
+        report.add(subject, "signature", False, "no trusted client public key given (--client-key); an artifact cannot be verified without one")
+        return None
+    try:
+        va = ArtifactVerifier(client_keys).verify(folder)
+    except LlamdexError as e:
+        code = getattr(e, "code", type(e).__name__)
+        report.add(subject, "artifact", False, f"{code}: {e}")
+        return None
+    report.add(subject, "artifact", True, f"signature by {va.signer_fingerprint[:23]}…, digests, spec, schema and DP statement verify "
+                                          f"(digest {va.digest})")
+    dp = va.dp
+    check_epsilon(report, subject, mechanism=dp.mechanism, noise_multiplier=dp.noise_multiplier, sample_rate=dp.sample_rate,
+                  steps=dp.steps, delta=dp.delta, accountant=dp.accountant, claimed=dp.epsilon)
+    if dp.is_private:
+        from protocol.dp import bucket_bounds
+
+        lo, _ = bucket_bounds(dp.dataset_size_bucket)
+        report.add(subject, "delta", dp.delta < 1.0 / lo,
+                   f"δ {dp.delta:g} {'<' if dp.delta < 1.0 / lo else '>='} 1/n for a training set of {dp.dataset_size_bucket} records")
+    return va
+
+
+# --- receipts --------------------------------------------------------------------------------------
+
+
+SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
+
+
+def load_receipts(paths: Iterable[str | Path]) -> list[tuple[str, Any]]:
+    """(source, envelope) pairs from folders of *.json / *.jsonl, JSONL files, JSON files (one envelope
+    or a list, as `ReceiptStore.export` writes) and the client's SQLite receipt store (read from a copy)."""
+    out: list[tuple[str, Any]] = []
+    for p in map(Path, paths):
+        files = sorted(q for q in p.iterdir() if q.suffix in (".json", ".jsonl")) if p.is_dir() else [p]
+        for f in files:
+            if f.suffix in SQLITE_SUFFIXES:
+                out.extend(_receipt_store_envelopes(f))
+                continue
+            text = f.read_text(encoding="utf-8")
+            if f.suffix == ".jsonl":
+                for i, line in enumerate(text.splitlines(), 1):
+                    if line.strip():
+                        out.append((f"{f}:{i}", _loads(line)))
+            else:
+                data = _loads(text)
+                items = data if isinstance(data, list) else [data]
+                out.extend((f"{f}" if len(items) == 1 else f"{f}[{i}]", d) for i, d in enumerate(items))
+    return out
+
+
+def _receipt_store_envelopes(path: Path) -> list[tuple[str, Any]]:
+    with tempfile.TemporaryDirectory(prefix="llamdex-audit-") as tmp:
+        con = sqlite3.connect(str(_snapshot(path, Path(tmp))))
+        try:
+            rows = con.execute("SELECT sequence, envelope FROM receipts ORDER BY sequence").fetchall()
+        finally:
+            con.close()
+    return [(f"{path}#sequence={seq}", _loads(env)) for seq, env in rows]
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        return {"__unreadable__": str(e)}
+
+
+def audit_receipts(report: AuditReport, envelopes: Sequence[tuple[str, Any]], provider_key: Any) -> list[Any]:
+    """Verifies each receipt and each client's chain; returns the verified Receipts."""
+    from protocol.errors import ReceiptError
+    from protocol.receipts import verify_chain, verify_receipt
+
+    verified, by_client = [], defaultdict(list)
+    for source, env in envelopes:
+        subject = f"receipt {source}"
+        if isinstance(env, dict) and "__unreadable__" in env:
+            report.add(subject, "receipt", False, f"not JSON: {env['__unreadable__']}")
+            continue
+        if provider_key is None:
+            report.add(subject, "receipt", False, "no provider public key given (--provider-key); receipts cannot be verified")
+            continue
+        try:
+            r = verify_receipt(env, provider_key)
+        except ReceiptError as e:
+            report.add(subject, "receipt", False, f"{e.code}: {e}")
+            continue
+        report.add(f"receipt {r.receipt_id} (client {r.client_id!r}, sequence {r.sequence})", "receipt", True,
+                   f"provider signature and arithmetic verify ({source})")
+        verified.append(r)
+        by_client[r.client_id].append((r, env))
+    for client, items in sorted(by_client.items()):
+        items.sort(key=lambda t: t[0].sequence)
+        seqs = [r.sequence for r, _ in items]
+        dup = sorted({s for s in seqs if seqs.count(s) > 1})
+        if dup:
+            report.add(f"receipts of client {client!r}", "chain", False, f"sequence numbers {dup} appear more than once")
+            continue
+        try:
+            verify_chain([env for _, env in items], provider_key)
+        except ReceiptError as e:
+            report.add(f"receipts of client {client!r}", "chain", False, f"{e.code}: {e}")
+        else:
+            report.add(f"receipts of client {client!r}", "chain", True, f"{len(items)} receipts chain from sequence 1 to {seqs[-1]}")
+    for r in verified:
+        if r.kind != "upload":
+            continue
+        ap = r.accountant_params
+        check_epsilon(report, f"receipt {r.receipt_id} (client {r.client_id!r}, sequence {r.sequence})",
+                      mechanism=ap.get("mechanism", "dp-sgd"), noise_multiplier=ap.get("noise_multiplier"), sample_rate=ap.get("sample_rate"),
+                      steps=ap.get("steps"), delta=r.delta, accountant=r.accountant, claimed=r.epsilon_claimed, provider=r.epsilon_recomputed)
+    return verified
+
+
+# --- ledger ----------------------------------------------------------------------------------------
+
+
+def _snapshot(path: Path, into: Path) -> Path:
+    """Copies the SQLite file and its WAL/SHM companions so the audit never writes to the evidence."""
+    dest = into / path.name
+    shutil.copy2(path, dest)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            shutil.copy2(side, into / (path.name + suffix))
+    return dest
+
+
+def audit_ledger(report: AuditReport, path: Path, provider_key: Any) -> list[dict[str, Any]]:
+    """Verifies the ledger file; returns its rows (as dicts, receipts parsed) for cross-checks."""
+    from protocol.dsse import Envelope
+    from provider_party.ledger import Ledger
+
+    subject = f"ledger {path}"
+    if not path.is_file():
+        report.add(subject, "ledger", False, "file does not exist")
+        return []
+    with tempfile.TemporaryDirectory(prefix="llamdex-audit-") as tmp:
+        copy = _snapshot(path, Path(tmp))
+        try:
+            ledger = Ledger(copy)
+            discrepancies = ledger.verify_chain(provider_key)
+            con = sqlite3.connect(str(copy))
+            con.row_factory = sqlite3.Row
+            rows = [dict(r) for r in con.execute("SELECT * FROM entries ORDER BY seq")]
+            budgets = [dict(r) for r in con.execute("SELECT * FROM budgets")]
+            con.close()
+        except Exception as e:
+            report.add(subject, "ledger", False, f"cannot read the ledger: {type(e).__name__}: {e}")
+            return []
+    if provider_key is None:
+        report.add(subject, "signature", False, "no provider public key given (--provider-key); receipts in the ledger were not verified")
+    for d in discrepancies:
+        report.add(f"ledger {path.name} seq {d.seq}" if d.seq is not None else f"ledger {path.name}", "ledger", False, d.reason)
+    if not discrepancies:
+        report.add(subject, "ledger", True, f"{len(rows)} entries: hash chain, receipts, per-client chains and budget arithmetic verify")
+    spent: dict[tuple[str, str], float] = defaultdict(float)
+    for row in rows:
+        eps = math.inf if row["epsilon"] is None else float(row["epsilon"])
+        if row["kind"] == "upload":
+            spent[(row["client_id"], row["dataset_id"])] += eps
+        try:
+            pred = json.loads(Envelope.from_json(row["receipt"]).payload)["predicate"]
+        except Exception:
+            continue  # verify_chain already reported an unreadable receipt
+        row["_predicate"] = pred
+        if row["kind"] == "upload":
+            ap = pred.get("accountant_params", {})
+            claimed = math.inf if pred.get("epsilon_claimed") is None else float(pred["epsilon_claimed"])
+            check_epsilon(report, f"ledger {path.name} seq {row['seq']}", mechanism=ap.get("mechanism", "dp-sgd"),
+                          noise_multiplier=ap.get("noise_multiplier"), sample_rate=ap.get("sample_rate"), steps=ap.get("steps"),
+                          delta=float(row["delta"]), accountant=pred.get("accountant", "rdp"), claimed=claimed, provider=eps)
+    for b in budgets:
+        key = (b["client_id"], b["dataset_id"])
+        budget = math.inf if b["epsilon_budget"] is None else float(b["epsilon_budget"])
+        total = spent.get(key, 0.0)
+        ok = total <= budget * (1 + 1e-9)
+        report.add(f"ledger {path.name} budget of client {key[0]!r} dataset {key[1]!r}", "budget", ok,
+                   f"uploads charge ε {total:.6g} in total against a budget of {budget:.6g}" + ("" if ok else ": overspent"))
+    return rows
+
+
+# --- cross-references ------------------------------------------------------------------------------
+
+
+def cross_check(report: AuditReport, artifacts: list[Any], receipts: list[Any], ledger_rows: list[dict[str, Any]] | None,
+                receipts_given: bool) -> None:
+    """Artifacts ↔ receipts ↔ ledger."""
+    uploads = [r for r in receipts if r.kind == "upload"]
+    ledger_uploads = [row for row in (ledger_rows or []) if row["kind"] == "upload"]
+    for va in artifacts:
+        subject = f"artifact {va.folder}"
+        named = [r for r in uploads if r.artifact_digest == va.digest]
+        in_ledger = [row for row in ledger_uploads if row["artifact_digest"] == va.digest]
+        if receipts_given:
+            if not named:
+                report.add(subject, "cross-reference", False, f"no upload receipt names its digest {va.digest}: the artifact was swapped or never uploaded")
+            for r in named:
+                ap, dp = r.accountant_params, va.dp
+                diffs = [k for k, a, b in (("mechanism", ap.get("mechanism"), dp.mechanism), ("noise_multiplier", ap.get("noise_multiplier"), dp.noise_multiplier),
+                                           ("sample_rate", ap.get("sample_rate"), dp.sample_rate), ("steps", ap.get("steps"), dp.steps),
+                                           ("max_grad_norm", ap.get("max_grad_norm"), dp.max_grad_norm), ("accountant", r.accountant, dp.accountant),
+                                           ("delta", r.delta, dp.delta), ("epsilon_claimed", r.epsilon_claimed, dp.epsilon)) if a != b]
+                report.add(subject, "cross-reference", not diffs, f"receipt {r.receipt_id} names this artifact" +
+                           (f" but disagrees with its dp.json on {diffs}" if diffs else " with the same DP parameters"))
+        if ledger_rows is not None:
+            report.add(subject, "cross-reference", bool(in_ledger), f"{len(in_ledger)} ledger upload(s) name its digest" if in_ledger
+                       else f"the ledger has no upload of digest {va.digest}: the artifact was swapped or never uploaded")
+    if ledger_rows is not None and receipts_given:
+        ledger_digests = {row["receipt_digest"]: row for row in ledger_rows}
+        given = {r.digest: r for r in receipts}
+        for dig, r in given.items():
+            if dig not in ledger_digests:
+                report.add(f"receipt {r.receipt_id} (client {r.client_id!r}, sequence {r.sequence})", "cross-reference", False,
+                           "this receipt is not in the ledger")
+        clients = {r.client_id for r in receipts}
+        for dig, row in ledger_digests.items():
+            if row["client_id"] in clients and dig not in given:
+                report.add(f"ledger seq {row['seq']} (receipt {row['receipt_id']}, client {row['client_id']!r}, sequence {row['receipt_seq']})",
+                           "cross-reference", False, "the ledger issued this receipt but it is missing from the receipts given")
+
+
+def run_audit(*, artifacts: Sequence[str | Path] = (), receipts: Sequence[str | Path] = (), ledger: str | Path | None = None,
+              client_keys: Any = None, provider_key: Any = None) -> AuditReport:
+    """Audits everything given; see the module docstring for the checks."""
+    from protocol.keys import load_public_key
+
+    report = AuditReport()
+    pkey = load_public_key(provider_key) if provider_key is not None else None
+    ckeys = None
+    if client_keys is not None:
+        ckeys = [load_public_key(k) for k in (client_keys if isinstance(client_keys, (list, tuple)) else [client_keys])]
+    verified = [va for va in (audit_artifact(report, Path(a), ckeys) for a in artifacts) if va is not None]
+    rs = audit_receipts(report, load_receipts(receipts), pkey) if receipts else []
+    rows = audit_ledger(report, Path(ledger), pkey) if ledger is not None else None
+    cross_check(report, verified, rs, rows, receipts_given=bool(receipts))
+    if not report.findings:
+        report.add("audit", "inputs", False, "nothing to audit: give artifact folders, receipts and/or a ledger file")
+    return report
+
+
+__all__ = ["AuditReport", "Finding", "audit_artifact", "audit_ledger", "audit_receipts", "check_epsilon", "cross_check",
+           "load_receipts", "run_audit", "second_accountant_epsilon"]

@@ -1,0 +1,83 @@
+"""`llamdex audit`: offline verification of artifacts, receipts, the ledger, and every ε (twice)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+Verify, offline and from files only, what a client uploaded and what a provider recorded:
+
+  artifacts  signature (OpenSSF model-signing bundle) under the trusted client key(s), every file's
+             digest and size, the architecture spec, the schema, the DP statement;
+  receipts   the provider's signature on each receipt, its budget arithmetic, and each client's
+             hash chain (sequence numbers, previous-receipt digests, running spend);
+  ledger     the SQLite ledger's row hash chain, every receipt in it, budget arithmetic, the budgets
+             table, and that no dataset spent more than its budget (the file is copied, never written);
+  epsilon    every DP statement and receipt recomputed with Opacus AND with Google's dp-accounting
+             (RDP for 'rdp' claims, PLD for 'prv' claims); claims must match both;
+  cross      each artifact is named by an upload receipt and a ledger row with the same DP
+             parameters; receipts given and ledger receipts of the same clients match one to one.
+
+Exit status: 0 when every check passes, 1 on any discrepancy (each FAIL line names the record and
+the rule), 2 on bad usage."""
+
+EPILOG = """\
+examples:
+  # the client's view: its artifact, the receipts it kept, the provider's public key
+  llamdex audit --artifact runs/titanic-eps1 --client-key keys/client.pub \\
+                --receipts runs/receipts/ --provider-key keys/provider.pub
+  # the provider's ledger (a copy of the SQLite file is opened, the original is untouched)
+  llamdex audit --ledger provider/ledger.sqlite --provider-key keys/provider.pub --verbose
+  # everything, with a machine-readable report
+  llamdex audit --artifact a1 --artifact a2 --receipts receipts.jsonl --ledger ledger.sqlite \\
+                --client-key client.pub --provider-key provider.pub --json audit.json
+"""
+
+
+def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--artifact", action="append", type=Path, default=[], metavar="DIR", help="an artifact folder (repeatable)")
+    p.add_argument("--receipts", action="append", type=Path, default=[], metavar="PATH",
+                   help="a folder of receipt *.json / *.jsonl files, a JSONL file, or one receipt JSON (repeatable)")
+    p.add_argument("--ledger", type=Path, metavar="FILE", help="the provider's ledger SQLite file")
+    p.add_argument("--client-key", action="append", type=Path, default=[], metavar="PEM",
+                   help="a trusted client public key for artifact signatures (repeatable)")
+    p.add_argument("--provider-key", type=Path, metavar="PEM", help="the provider's public key for receipts and the ledger")
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the full report as JSON")
+    p.add_argument("--verbose", action="store_true", help="print passing checks too")
+    return p
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("audit", help="verify artifacts, receipts and the ledger offline; recompute every ε twice",
+                       description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    build_parser(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from simulations.audit import run_audit
+
+    if not (args.artifact or args.receipts or args.ledger):
+        print("llamdex audit: give at least one of --artifact, --receipts, --ledger (see --help)", file=sys.stderr)
+        return 2
+    report = run_audit(artifacts=args.artifact, receipts=args.receipts, ledger=args.ledger,
+                       client_keys=args.client_key or None, provider_key=args.provider_key)
+    print(report.render(verbose=args.verbose))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report.to_dict(), indent=2, default=_json_default) + "\n")
+    return 0 if report.ok else 1
+
+
+def _json_default(v):
+    return str(v)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`llamdex audit ARGS` without the top-level parser (tests, scripts)."""
+    p = build_parser(argparse.ArgumentParser(prog="llamdex audit", description=DESCRIPTION, epilog=EPILOG,
+                                             formatter_class=argparse.RawDescriptionHelpFormatter))
+    return run(p.parse_args(argv))
