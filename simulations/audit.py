@@ -17,9 +17,9 @@ Checks (each failure is one `Finding` naming the record and the rule):
 - **ε, twice**: every DP statement and every receipt's accountant parameters are recomputed with
   Opacus (`protocol.dp.compute_epsilon`) *and* with Google's `dp-accounting` (RDP accountant for
   `rdp` claims, PLD accountant for `prv` claims); the claim, the provider's recomputation and both
-  accountants must agree (RDP: relative 1e-3, the two implement the same bound; PRV vs PLD: 3 %,
-  they are different numerical methods) — and the claim must never be *below* the independent value
-  beyond that tolerance;
+  accountants must agree (RDP: 1 %, the two implement the same bound but their numerics differ
+  slightly at some orders; PRV vs PLD: 3 %, they are different numerical methods) — and the claim
+  must never be *below* the independent value beyond that tolerance;
 - **cross-references**: every audited artifact is named by an upload receipt (and the ledger) whose
   accountant parameters and claimed ε equal its dp.json (a swapped artifact has no receipt); every
   receipt given is in the ledger and every ledger receipt of the audited clients is among those given
@@ -40,7 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-RDP_TOLERANCE = 1e-3     # Opacus RDP vs dp-accounting RDP (same bound, same orders)
+RDP_TOLERANCE = 0.01     # Opacus RDP vs dp-accounting RDP: same bound, but dp-accounting drops fractional orders whose
+                         # series fails to converge (ε = 8: 7.991 vs 8.000, 0.11 %), so exact agreement is not guaranteed
 PRV_TOLERANCE = 0.03     # Opacus PRV vs dp-accounting PLD (different numerical methods)
 CLAIM_TOLERANCE = 1e-3   # claimed vs recomputed with the same accountant (protocol.dp.verify_statement)
 

