@@ -8,6 +8,7 @@ Connectors are retrained for every schema so their wall time is measured, not re
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     set_threads(args.threads)
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
-    payload = {"command": "python -m simulations.benchmarks.accuracy " + " ".join(argv or []), "preset": args.preset, "seed": args.seed,
+    payload = {"command": "python -m simulations.benchmarks.accuracy " + " ".join(sys.argv[1:] if argv is None else argv), "preset": args.preset, "seed": args.seed,
                "datasets": datasets, "epsilons": args.epsilons, "environment": environment(), "rows": [], "extraction": {}, "connectors": {}, "dp": {}}
     t0 = time.perf_counter()
     for ds in datasets:

@@ -9,6 +9,7 @@ docs/results/inference.json and the `inference` section of docs/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     set_threads(args.threads)
     sizes = tuple(int(s) for s in args.batch_sizes.split(","))
-    payload = {"command": "python -m simulations.benchmarks.inference " + " ".join(argv or []), "environment": environment(), "results": []}
+    payload = {"command": "python -m simulations.benchmarks.inference " + " ".join(sys.argv[1:] if argv is None else argv), "environment": environment(), "results": []}
     for ds in [d.strip() for d in args.datasets.split(",") if d.strip()]:
         payload["results"].append(measure(ds, sizes, args.reps, args.preset, args.connectors))
         write_json("inference.json", payload, args.results_dir)
