@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from protocol.durable_db import connect_durable
 from protocol.errors import ReceiptError
 from protocol.keys import PublicKey, fingerprint, load_public_key
 from protocol.receipts import GENESIS_DIGEST, Receipt, receipt_digest, verify_chain, verify_receipt
@@ -54,11 +55,7 @@ class ReceiptStore:
             con.close()
 
     def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
-        con.row_factory = sqlite3.Row
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA synchronous=FULL")
-        return con
+        return connect_durable(self.path)
 
     def head(self) -> Receipt | None:
         con = self._connect()

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from protocol.durable_db import connect_durable
 from protocol.request_auth import RequestAuthError, check_request_signature
 from protocol.rpc_errors import RpcError
 from protocol.tls import peer_identity
@@ -63,10 +64,7 @@ class Authenticator:
             con.close()
 
     def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(str(self.db_path), timeout=30.0, isolation_level=None)
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA synchronous=FULL")
-        return con
+        return connect_durable(self.db_path, rows=False)
 
     def identify(self, context: Any) -> RegisteredClient:
         """The registered client behind this call (PERMISSION_DENIED / UNAUTHENTICATED otherwise)."""

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from protocol.artifact import ArtifactVerifier, VerifiedArtifact
+from protocol.durable_db import connect_durable
 
 META_FILE = "provider.json"
 ARTIFACT_SUBDIR = "artifact"
@@ -184,11 +185,7 @@ class ForgetJournal:
             con.close()
 
     def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(str(self.db_path), timeout=30.0, isolation_level=None)
-        con.row_factory = sqlite3.Row
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA synchronous=FULL")
-        return con
+        return connect_durable(self.db_path)
 
     def note(self, client_id: str, artifact_digest: str, schema_digest: str, base_model_id: str) -> None:
         con = self._connect()

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from protocol.durable_db import connect_durable
 from protocol.rpc_errors import RpcError
 
 log = logging.getLogger(__name__)
@@ -111,11 +112,7 @@ class JobStore:
             con.close()
 
     def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(str(self.db_path), timeout=30.0, isolation_level=None)
-        con.row_factory = sqlite3.Row
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA synchronous=FULL")
-        return con
+        return connect_durable(self.db_path)
 
     def save(self, job: Job) -> None:
         last = job.events[-1] if job.events else JobEventRecord(job.state, "", 0.0, "", int(time.time() * 1000))

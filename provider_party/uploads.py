@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 from protocol.artifact import ArtifactVerifier, unpack_artifact
 from protocol.dp import verify_statement
+from protocol.durable_db import connect_durable
 from protocol.errors import BudgetError, CodedError
 from protocol.receipts import utc_now_rfc3339
 from protocol.rpc_errors import RpcError
@@ -227,11 +228,7 @@ class UploadManager:
             con.close()
 
     def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(str(self.db_path), timeout=30.0, isolation_level=None)
-        con.row_factory = sqlite3.Row
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA synchronous=FULL")
-        return con
+        return connect_durable(self.db_path)
 
     def _exec(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         con = self._connect()
