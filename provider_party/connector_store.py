@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 from protocol.schema import PublicSchema
 from provider_party.base_llm import BaseLLM, llamdex_home
 from provider_party.connector_training import Preset, TrainedConnectors, train_connectors
-from provider_party.connectors import load_connectors, save_connectors
+from provider_party.connectors import CONNECTOR_FORMAT, load_connectors, save_connectors
 from provider_party.llamdex_model import LlamdexModel
 
 
@@ -25,7 +26,12 @@ class ConnectorStore:
         return self.root / _safe(base_model_id) / schema_digest.replace("sha256:", "")[:32]
 
     def has(self, base: BaseLLM, schema: PublicSchema) -> bool:
-        return (self.path_for(base.model_id, schema.digest) / "connectors.json").is_file()
+        """A usable set is stored: present and in the current connector format (older sets are retrained)."""
+        meta = self.path_for(base.model_id, schema.digest) / "connectors.json"
+        try:
+            return json.loads(meta.read_text()).get("format") == CONNECTOR_FORMAT
+        except (OSError, ValueError):
+            return False
 
     def load(self, base: BaseLLM, schema: PublicSchema) -> LlamdexModel:
         config, enc, dec, stored_schema = load_connectors(self.path_for(base.model_id, schema.digest))

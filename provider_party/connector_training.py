@@ -39,12 +39,12 @@ class Preset:
 
     name: str
     n_synthetic: int = 10_000
-    encoder_questions: int = 1600
+    encoder_questions: int = 1200
     decoder_questions: int = 320
     val_questions: int = 128
-    encoder_epochs: int = 10
+    encoder_epochs: int = 8
     decoder_epochs: int = 2
-    encoder_layer: int = 8
+    encoder_layer: int = 12
     inject_candidates: tuple[int, ...] = (20, 24)
     num_tokens: int = 4
     batch_size: int = 16
@@ -88,8 +88,8 @@ def evaluate_encoder(encoder: ExpertEncoder, cache: list[tuple], fe: FeatureEnco
     """Numeric MAE in the column's units and categorical accuracy on cached (h, mask, targets)."""
     errs: dict[str, list[float]] = {b.column.name: [] for b in fe.blocks}
     with torch.no_grad():
-        for h, qmask, targets in cache:
-            outs = encoder(h.float(), qmask)
+        for h, qmask, numbers, targets in cache:
+            outs = encoder(h.float(), qmask, numbers)
             for b, o, t in zip(fe.blocks, outs, targets):
                 if b.kind == "numeric":
                     present = t[:, 1] < 0.5
@@ -160,7 +160,7 @@ def train_connectors(
 
     def encoder_entry(ids: np.ndarray, batch: QueryBatch) -> tuple:
         h = base_lm.lower(batch, [p.encoder_layer])[p.encoder_layer]
-        return h.to(torch.float16), batch.question_mask, _encoder_targets(fe, rows, ids)
+        return h.to(torch.float16), batch.question_mask, batch.numbers, _encoder_targets(fe, rows, ids)
 
     def decoder_entry(ids: np.ndarray, batch: QueryBatch) -> tuple:
         return base_lm.lower(batch, list(candidates)), batch, surrogate(torch.as_tensor(x_all[ids]))
@@ -180,8 +180,8 @@ def train_connectors(
     bar = tqdm(total=total_steps, desc="stage 1: encoder", disable=not progress, leave=False)
     for epoch in range(p.encoder_epochs):
         for ci in torch.randperm(len(enc_cache), generator=gen).tolist():
-            h, qmask, targets = enc_cache[ci]
-            loss = encoder.loss(encoder(h.float(), qmask), targets)
+            h, qmask, numbers, targets = enc_cache[ci]
+            loss = encoder.loss(h.float(), qmask, numbers, targets)
             opt.zero_grad()
             loss.backward()
             opt.step()

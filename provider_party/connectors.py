@@ -1,8 +1,8 @@
 """The two connection modules: the expert encoder (question -> features) and decoder (expert output -> slots).
 
 Encoder: per-feature learned attention queries over the frozen LLM's hidden states at layer `j`,
-one small head per column (numeric: value in [0,1] and a missing logit; categorical: levels plus
-missing). Decoder: SwiGLU from the expert's class probabilities to `num_tokens` hidden states,
+one small head per column (categorical: levels plus missing; numeric: a missing logit), and for
+numeric columns a learned pointer onto the number in the question that states the column's value. Decoder: SwiGLU from the expert's class probabilities to `num_tokens` hidden states,
 LayerNorm. Together they are a few MB, saved as safetensors plus a JSON config.
 """
 
@@ -21,7 +21,7 @@ from torch import nn
 from protocol.encoding import FeatureEncoder
 from protocol.schema import PublicSchema
 
-CONNECTOR_FORMAT = "llamdex.connectors/v1"
+CONNECTOR_FORMAT = "llamdex.connectors/v2"  # v2: numeric columns read through a pointer onto stated numbers
 
 
 @dataclass
@@ -31,10 +31,11 @@ class ConnectorConfig:
     hidden_size: int
     num_layers: int
     num_tokens: int = 4
-    encoder_layer: int = 8
+    encoder_layer: int = 12
     inject_layer: int = 20
     encoder_dim: int = 256
     encoder_heads: int = 4
+    encoder_window: int = 12
     decoder_ffn: int = 512
     format: str = CONNECTOR_FORMAT
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -50,23 +51,54 @@ class ConnectorConfig:
 
 
 class ExpertEncoder(nn.Module):
-    """Reads each schema column out of the question's hidden states."""
+    """Reads each schema column out of the question's hidden states.
 
-    def __init__(self, feature_encoder: FeatureEncoder, hidden_size: int, dim: int = 256, heads: int = 4):
+    Categorical columns and every column's "missing" flag come from per-column attention pooling
+    over the layer-`j` states. A numeric column's value comes from a learned pointer: the column's
+    query scores every number the question states (at the number's last token, whose hidden state
+    has seen the field name before it), and the value of the chosen number is taken from the text
+    (`QueryBatch.numbers`), scaled by the column's public range. The small LLM cannot carry a
+    multi-digit number precisely in its hidden states, but it can tell which field a number belongs to.
+    """
+
+    def __init__(self, feature_encoder: FeatureEncoder, hidden_size: int, dim: int = 256, heads: int = 4, window: int = 12):
         super().__init__()
         self.fe = feature_encoder
-        self.heads, self.dh = heads, dim // heads
+        self.window = window
+        self.heads, self.dh, self.dim = heads, dim // heads, dim
         n = len(feature_encoder.blocks)
+        self.numeric = [i for i, b in enumerate(feature_encoder.blocks) if b.kind == "numeric"]
         self.norm = nn.LayerNorm(hidden_size)
         self.key = nn.Linear(hidden_size, dim)
         self.value = nn.Linear(hidden_size, dim)
         self.queries = nn.Parameter(torch.randn(n, heads, self.dh) * 0.02)
         self.column_heads = nn.ModuleList(
-            nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 2 if b.kind == "numeric" else b.num_levels + 1))
+            nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 1 if b.kind == "numeric" else b.num_levels + 1))
             for b in feature_encoder.blocks
         )
+        # A number's key sees the `window` tokens ending at it: the field name usually precedes the value.
+        self.pointer_proj = nn.Linear(hidden_size, dim // 2)
+        self.pointer_key = nn.Sequential(nn.Linear(window * (dim // 2), dim), nn.GELU(), nn.Linear(dim, dim))
+        self.pointer_queries = nn.Parameter(torch.randn(len(self.numeric), dim) * 0.02)
+        cols = [feature_encoder.blocks[i].column for i in self.numeric]
+        self.register_buffer("num_min", torch.tensor([float(c.min) for c in cols]).view(1, -1, 1), persistent=False)
+        self.register_buffer("num_span", torch.tensor([float(c.max - c.min) for c in cols]).view(1, -1, 1), persistent=False)
+        # Half a unit of the coarsest printed precision (the verbalizer may drop one decimal), in [0, 1] units.
+        tol = [0.5 if c.type == "int" or not c.decimals else 0.5 * 10.0 ** -(c.decimals - 1) for c in cols]
+        self.register_buffer("num_tol", (torch.tensor(tol) * 1.001).view(1, -1) / self.num_span.view(1, -1), persistent=False)
 
-    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+    def _pointer(self, x: torch.Tensor, mask: torch.Tensor, numbers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Scores (B, C, T) of each stated number for each numeric column, their scaled values, and which positions hold one."""
+        valid = mask & torch.isfinite(numbers)
+        z = self.pointer_proj(x) * mask[..., None]
+        T = z.shape[1]
+        ctx = torch.cat([F.pad(z, (0, 0, s, 0))[:, :T] for s in range(self.window)], dim=-1)  # z[t], z[t-1], ...
+        scores = torch.einsum("cd,btd->bct", self.pointer_queries, self.pointer_key(ctx)) / math.sqrt(self.dim)
+        scores = scores.masked_fill(~valid[:, None, :], -1e9)
+        values = (torch.nan_to_num(numbers.float())[:, None, :] - self.num_min) / self.num_span
+        return scores, values, valid
+
+    def _forward(self, h: torch.Tensor, mask: torch.Tensor, numbers: torch.Tensor):
         B, T, _ = h.shape
         x = self.norm(h.float())
         k = self.key(x).view(B, T, self.heads, self.dh)
@@ -74,18 +106,43 @@ class ExpertEncoder(nn.Module):
         scores = torch.einsum("fhd,bthd->bfht", self.queries, k) / math.sqrt(self.dh)
         scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
         pooled = torch.einsum("bfht,bthd->bfhd", scores.softmax(-1), v).reshape(B, len(self.column_heads), -1)
-        return [head(pooled[:, i]) for i, head in enumerate(self.column_heads)]
+        heads = [head(pooled[:, i]) for i, head in enumerate(self.column_heads)]
+        ptr_scores, ptr_values, valid = self._pointer(x, mask, numbers)
+        any_valid = valid.any(-1, keepdim=True)
+        if self.training:  # differentiable expectation; the loss also supervises the pointer directly
+            chosen = (ptr_scores.softmax(-1) * ptr_values).sum(-1)
+        else:
+            chosen = ptr_values.gather(-1, ptr_scores.argmax(-1, keepdim=True)).squeeze(-1)
+        chosen = torch.where(any_valid, chosen, torch.full_like(chosen, 0.5))
+        outs = list(heads)
+        for c, i in enumerate(self.numeric):
+            outs[i] = torch.cat([chosen[:, c:c + 1], heads[i]], dim=1)  # [value in [0, 1], missing logit]
+        return outs, ptr_scores, ptr_values, valid
 
-    def loss(self, outs: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
-        """MSE on present numeric values + BCE on their missing flag; CE on categorical levels."""
+    def forward(self, h: torch.Tensor, mask: torch.Tensor, numbers: torch.Tensor) -> list[torch.Tensor]:
+        return self._forward(h, mask, numbers)[0]
+
+    def loss(self, h: torch.Tensor, mask: torch.Tensor, numbers: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
+        """Numeric: cross-entropy of the pointer onto the stated number(s) equal to the true value
+        (MSE of the expected value where none matches) + BCE on the missing flag; categorical: CE."""
+        outs, ptr_scores, ptr_values, valid = self._forward(h, mask, numbers)
         total = 0.0
-        for b, o, t in zip(self.fe.blocks, outs, targets):
-            if b.kind == "numeric":
-                present = t[:, 1] < 0.5
-                mse = F.mse_loss(o[present, 0], t[present, 0]) if present.any() else o.sum() * 0
-                total = total + 10.0 * mse + F.binary_cross_entropy_with_logits(o[:, 1], t[:, 1])
-            else:
-                total = total + F.cross_entropy(o, t)
+        for c, i in enumerate(self.numeric):
+            o, t = outs[i], targets[i]
+            present = t[:, 1] < 0.5
+            match = valid & ((ptr_values[:, c] - t[:, :1]).abs() <= self.num_tol[:, c:c + 1]) & present[:, None]
+            hit = match.any(-1)
+            s = ptr_scores[:, c]
+            if hit.any():
+                ce = torch.logsumexp(s[hit], -1) - torch.logsumexp(s[hit].masked_fill(~match[hit], -1e9), -1)
+                total = total + ce.sum() / max(int(present.sum()), 1)
+            miss = present & ~hit
+            if miss.any():
+                total = total + 10.0 * F.mse_loss(o[miss, 0], t[miss, 0], reduction="sum") / max(int(present.sum()), 1)
+            total = total + F.binary_cross_entropy_with_logits(o[:, 1], t[:, 1])
+        for i, b in enumerate(self.fe.blocks):
+            if b.kind != "numeric":
+                total = total + F.cross_entropy(outs[i], targets[i])
         return total / len(outs)
 
     def to_expert_input(self, outs: list[torch.Tensor]) -> torch.Tensor:
@@ -118,7 +175,7 @@ class ExpertDecoder(nn.Module):
 
 def build_connectors(config: ConnectorConfig, schema: PublicSchema) -> tuple[ExpertEncoder, ExpertDecoder]:
     fe = FeatureEncoder(schema)
-    enc = ExpertEncoder(fe, config.hidden_size, config.encoder_dim, config.encoder_heads)
+    enc = ExpertEncoder(fe, config.hidden_size, config.encoder_dim, config.encoder_heads, config.encoder_window)
     dec = ExpertDecoder(schema.label.num_classes, config.hidden_size, config.num_tokens, config.decoder_ffn)
     return enc, dec
 

@@ -142,7 +142,7 @@ class LlamdexModel(nn.Module):
 
         def after_j(_m, _a, out):
             h = _hidden(out)
-            feats = self.encoder.to_expert_input(self.encoder(h, batch.question_mask))
+            feats = self.encoder.to_expert_input(self.encoder(h, batch.question_mask, batch.numbers))
             state["expert"] = expert(feats.to(next(expert.parameters()).device)).float().softmax(-1).to(h.device)
             state["slots"] = self.decoder(state["expert"]).to(h.dtype)
 
@@ -171,7 +171,7 @@ class LlamdexModel(nn.Module):
         """Raw encoder outputs per column (for extraction-quality reports)."""
         batch = self.batch(questions, with_slots=False)
         h = self.lm.lower(batch, [self.config.encoder_layer])[self.config.encoder_layer]
-        return self.encoder(h, batch.question_mask)
+        return self.encoder(h, batch.question_mask, batch.numbers)
 
     def inject(self, hidden_k: torch.Tensor, batch: QueryBatch, expert_probs: torch.Tensor) -> torch.Tensor:
         """Split path from cached layer-k states (training, benchmarks); equals `answer` (tested)."""

@@ -15,6 +15,7 @@ import torch
 
 from protocol.schema import PublicSchema
 from protocol.verbalizer import answer_instruction
+from provider_party.numbers import number_values
 
 
 @dataclass
@@ -23,6 +24,7 @@ class QueryBatch:
     attention_mask: torch.Tensor  # (B, L) 1 for real tokens
     position_ids: torch.Tensor  # (B, L) positions that ignore left padding
     question_mask: torch.Tensor  # (B, L) bool: prefix positions the expert encoder may read
+    numbers: torch.Tensor  # (B, L) float: value of the number the question states ending at this token, else NaN
     num_slots: int
     suffix_len: int
 
@@ -33,7 +35,7 @@ class QueryBatch:
 
     def to(self, device: torch.device | str) -> "QueryBatch":
         return QueryBatch(self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device),
-                          self.question_mask.to(device), self.num_slots, self.suffix_len)
+                          self.question_mask.to(device), self.numbers.to(device), self.num_slots, self.suffix_len)
 
 
 class PromptBuilder:
@@ -72,22 +74,33 @@ class PromptBuilder:
         return ids
 
     def prefix_ids(self, question: str) -> list[int]:
-        return self._encode(self._head_text + question.strip() + "\n" + self.instruction)
+        return self.prefix(question)[0]
+
+    def prefix(self, question: str) -> tuple[list[int], list[float]]:
+        """Token ids of the prompt up to the answer instruction, and the numbers the question states."""
+        q = question.strip()
+        text = self._head_text + q + "\n" + self.instruction
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        start = len(self._head_text)
+        return enc["input_ids"], number_values(enc["offset_mapping"], text, start, start + len(q))
 
     def batch(self, questions: list[str], num_slots: int) -> QueryBatch:
         """Left-padded batch; `num_slots=0` gives the plain base-LLM query."""
-        rows, qlens = [], []
+        rows, qlens, nums = [], [], []
         for q in questions:
-            p = self.prefix_ids(q)
+            p, values = self.prefix(q)
             rows.append(p + [self.slot_id] * num_slots + self.suffix_ids)
             qlens.append(len(p))
+            nums.append(values)
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         qmask = torch.zeros((len(rows), width), dtype=torch.bool)
-        for i, (r, ql) in enumerate(zip(rows, qlens)):
+        numbers = torch.full((len(rows), width), float("nan"))
+        for i, (r, ql, v) in enumerate(zip(rows, qlens, nums)):
             ids[i, width - len(r):] = torch.tensor(r)
             mask[i, width - len(r):] = 1
             qmask[i, width - len(r): width - len(r) + ql] = True
+            numbers[i, width - len(r): width - len(r) + ql] = torch.tensor(v, dtype=torch.float32)
         pos = (mask.cumsum(1) - 1).clamp(min=0)
-        return QueryBatch(ids, mask, pos, qmask, num_slots, len(self.suffix_ids))
+        return QueryBatch(ids, mask, pos, qmask, numbers, num_slots, len(self.suffix_ids))

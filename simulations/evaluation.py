@@ -61,7 +61,7 @@ def evaluate(model: LlamdexModel, test: pd.DataFrame, experts: dict[str, torch.n
         base_pred[idx] = model.answer_base(qs).probs.argmax(-1).numpy()
         batch = model.batch(qs)
         hs = model.lm.lower(batch, [j, k])
-        feats = model.encoder.to_expert_input(model.encoder(hs[j], batch.question_mask))
+        feats = model.encoder.to_expert_input(model.encoder(hs[j], batch.question_mask, batch.numbers))
         extracted.append((idx, feats.numpy()))
         for name, e in experts.items():
             probs = e(feats).softmax(-1)

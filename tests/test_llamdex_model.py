@@ -36,7 +36,7 @@ def test_one_pass_equals_split_at_layer_k(tiny_model, titanic_schema):
     batch = tiny_model.batch(qs)
     hs = tiny_model.lm.lower(batch, [tiny_model.config.encoder_layer, tiny_model.config.inject_layer])
     with torch.no_grad():
-        feats = tiny_model.encoder.to_expert_input(tiny_model.encoder(hs[tiny_model.config.encoder_layer], batch.question_mask))
+        feats = tiny_model.encoder.to_expert_input(tiny_model.encoder(hs[tiny_model.config.encoder_layer], batch.question_mask, batch.numbers))
         probs = expert(feats).softmax(-1)
         split = tiny_model.inject(hs[tiny_model.config.inject_layer], batch, probs).softmax(-1)
     torch.testing.assert_close(a.probs, split, rtol=1e-5, atol=1e-6)
@@ -132,3 +132,20 @@ def test_slots_come_after_the_question_so_encoder_never_sees_them(tiny_model, ti
     assert not batch.question_mask[:, s].any()
     assert (batch.input_ids[:, s] == tiny_model.prompts.slot_id).all()
     assert batch.question_mask.any(1).all()
+
+
+def test_store_treats_an_older_connector_format_as_absent(tmp_path, tiny_connectors, base_llm, titanic_schema):
+    """A v1 set (regression head for numbers) must be retrained, not loaded into the v2 encoder."""
+    import json
+
+    from provider_party.connector_store import ConnectorStore
+
+    store = ConnectorStore(tmp_path / "store")
+    store.save(base_llm, titanic_schema, tiny_connectors)
+    assert store.has(base_llm, titanic_schema)
+    meta = store.path_for(base_llm.model_id, titanic_schema.digest) / "connectors.json"
+    raw = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**raw, "format": "llamdex.connectors/v1"}))
+    assert not store.has(base_llm, titanic_schema)
+    with pytest.raises(ValueError, match="connector format"):
+        load_connectors(meta.parent)

@@ -193,7 +193,7 @@ class LLMChannel:
             for i, idx in enumerate(chunks):
                 batch = llamdex.batch([questions[t] for t in idx])
                 hs = llamdex.lm.lower(batch, [j, k])
-                feats = llamdex.encoder.to_expert_input(llamdex.encoder(hs[j], batch.question_mask))
+                feats = llamdex.encoder.to_expert_input(llamdex.encoder(hs[j], batch.question_mask, batch.numbers))
                 self._cache.append((idx, batch, hs[k], feats))
                 if progress:
                     print(f"  query seat: encoded {min((i + 1) * batch_size, len(order))}/{len(order)} questions", flush=True)
