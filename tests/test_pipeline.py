@@ -60,3 +60,19 @@ def test_full_benchmark_meets_targets_on_titanic(tmp_path):
         if r["method"] == "llamdex":
             ex = next(e for e in rows if e["method"] == "expert" and e["epsilon"] == r["epsilon"])
             assert r["accuracy"] >= ex["accuracy"] - 0.03
+
+
+def test_latency_measured_on_the_pipelines_own_model(store_with_tiny):
+    """`llamdex demo --in-process` times the model, expert and questions the pipeline built (nothing rebuilt)."""
+    from simulations.benchmarks.inference import measure_model
+    from simulations.evaluation import test_questions
+
+    res = run_pipeline("titanic", (None,), preset="quick", seed=0, max_train=200, max_test=16,
+                       connectors_root=store_with_tiny.root, progress=False, log=lambda *_: None)
+    qs = test_questions(res.model, res.test, 0)
+    assert len(qs) == 16
+    lat = measure_model("titanic", res.model, res.experts["no-dp"], qs, (1, 4), reps=2)
+    assert [b["batch_size"] for b in lat["batches"]] == [1, 4]
+    for b in lat["batches"]:
+        assert b["median_base_s"] > 0 and b["median_llamdex_s"] > 0 and b["ratio"] == b["median_llamdex_s"] / b["median_base_s"]
+    assert lat["mean_prompt_tokens_llamdex"] == lat["mean_prompt_tokens_base"] + res.model.config.num_tokens

@@ -21,6 +21,7 @@ from simulations.cli.common import set_threads
 
 
 def measure(dataset: str, batch_sizes: tuple[int, ...], reps: int, preset: str, connectors: Path | None, seed: int = 0) -> dict:
+    """Builds the table's non-DP expert and the stored (or newly trained) connectors, then times them."""
     from client_party.datasets import encode_table, load_table, split_table
     from client_party.expert_training import TrainConfig, train_expert
     from provider_party.base_llm import load_base_llm
@@ -32,7 +33,11 @@ def measure(dataset: str, batch_sizes: tuple[int, ...], reps: int, preset: str, 
     expert = train_expert(*encode_table(train, schema), schema, TrainConfig(seed=seed)).model
     base = load_base_llm()
     model, _ = ConnectorStore(connectors).get_or_train(base, schema, preset, seed=seed)
-    questions = test_questions(model, test, seed)
+    return measure_model(dataset, model, expert, test_questions(model, test, seed), batch_sizes, reps, seed)
+
+
+def measure_model(dataset: str, model, expert, questions: list[str], batch_sizes: tuple[int, ...], reps: int, seed: int = 0) -> dict:
+    """Median latency of the base LLM and of Llamdex on the same questions, calls alternated."""
     n_base = float(np.mean([model.batch([q], with_slots=False).input_ids.shape[1] for q in questions[:200]]))
     n_ll = float(np.mean([model.batch([q]).input_ids.shape[1] for q in questions[:200]]))
     out = {"dataset": dataset, "num_tokens": model.config.num_tokens, "inject_layer": model.config.inject_layer,
