@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -28,7 +27,7 @@ from protocol.request_auth import FORGET_METHOD, UPLOAD_METHOD, forget_body, sig
 from protocol.rpc.llamdex.v1 import common_pb2, provider_pb2, provider_pb2_grpc
 from protocol.rpc_errors import error_code
 from protocol.tls import IDENTITY_METADATA, TLSFiles, open_channel
-from protocol.wire import preferred_upload_digest, receipt_envelope, upload_digest_hex
+from protocol.wire import preferred_upload_digest, receipt_envelope, upload_digest_hex, upload_digests
 
 log = logging.getLogger(__name__)
 MiB = 1 << 20
@@ -171,23 +170,19 @@ class ProviderClient:
 
     @staticmethod
     def _messages(header: provider_pb2.UploadHeader, tar: bytes, offset: int, chunk: int, cut: tuple[int, Any] | None,
-                  alg: str = "sha256") -> Iterator[Any]:
-        """The header, then pre-encoded chunks. Chunk digests (`alg`) are computed two steps ahead on a
-        worker thread (blake3 and hashlib release the GIL), so hashing overlaps with sending."""
+                  alg: str = "sha256", digests: Sequence[str] | None = None) -> Iterator[Any]:
+        """The header, then pre-encoded chunks. `digests`: the chunks' `alg` digests, computed before the
+        stream (`protocol.wire.upload_digests`, next to the tar's); without them (a resumed stream) each is
+        computed just before its chunk is sent (a helper thread hashing ahead cost more in thread hand-offs
+        than it overlapped)."""
         yield provider_pb2.UploadRequest(header=header)
         view = memoryview(tar)
-        starts = list(range(offset, len(tar), chunk))
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamdex-chunk-digest") as pool:
-            pending = [pool.submit(upload_digest_hex, alg, view[s:s + chunk]) for s in starts[:2]]
-            for i, pos in enumerate(starts):
-                if cut is not None and pos - offset >= cut[0]:
-                    cut[1]()      # cancel the call: the stream breaks off mid-upload, as a dropped link would
-                    return
-                if i + 2 < len(starts):
-                    nxt = starts[i + 2]
-                    pending.append(pool.submit(upload_digest_hex, alg, view[nxt:nxt + chunk]))
-                data = view[pos:pos + chunk]
-                yield encode_chunk(pos, data, pending[i].result(), alg)
+        for i, pos in enumerate(range(offset, len(tar), chunk)):
+            if cut is not None and pos - offset >= cut[0]:
+                cut[1]()      # cancel the call: the stream breaks off mid-upload, as a dropped link would
+                return
+            data = view[pos:pos + chunk]
+            yield encode_chunk(pos, data, digests[i] if digests is not None else upload_digest_hex(alg, data), alg)
 
     def upload_status(self, upload_id: str) -> provider_pb2.UploadStatus:
         return self.stub.GetUploadStatus(provider_pb2.GetUploadStatusRequest(upload_id=upload_id), timeout=self.timeout_s, metadata=self.metadata)
@@ -208,7 +203,8 @@ class ProviderClient:
             if status is not None and status.digest and digest is None:
                 digest = status.digest
         alg = digest or preferred_upload_digest(self._hello.limits.upload_digests if self._hello is not None else None)
-        tar_digest = (alg, upload_digest_hex(alg, tar))
+        tar_hex, chunk_digests = upload_digests(alg, tar, offset, chunk_bytes)   # the first stream's chunks, hashed beside the tar
+        tar_digest, first = (alg, tar_hex), (offset, chunk_digests)
         digest = local_artifact_digest(tar)
         upload_id = upload_id or secrets.token_urlsafe(24)
         while attempts < max_attempts:
@@ -217,7 +213,9 @@ class ProviderClient:
             holder: list[Any] = []
             cut = (cut_after_bytes, lambda: holder[0].cancel()) if (cut_after_bytes is not None and attempts == 1) else None
             try:
-                fut = self._upload_call.future(self._messages(header, tar, offset, chunk_bytes, cut, alg), timeout=timeout_s, metadata=self.metadata)
+                known = first[1] if offset == first[0] else None
+                fut = self._upload_call.future(self._messages(header, tar, offset, chunk_bytes, cut, alg, known), timeout=timeout_s,
+                                               metadata=self.metadata)
                 holder.append(fut)
                 resp = fut.result()
             except grpc.FutureCancelledError:

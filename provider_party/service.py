@@ -33,12 +33,13 @@ from provider_party.config import ProviderConfig, RegisteredClient
 from provider_party.experts import ExpertStore, ForgetJournal, StoredExpert
 from provider_party.jobs import Job, JobManager, JobStore
 from provider_party.ledger import Ledger
-from provider_party.uploads import UploadManager, UploadRecord
+from provider_party.uploads import ReadAhead, UploadManager, UploadRecord
 
 log = logging.getLogger(__name__)
 PROTOCOL_VERSION = "llamdex.v1"
 SERVICE_NAME = "llamdex.v1.ProviderService"
 EXPERT_CACHE = 32
+UPLOAD_READ_AHEAD_BYTES = 16 << 20   # received but not yet checked/written, per upload stream (then flow control)
 
 
 def _next(it: Any) -> Any:
@@ -272,24 +273,32 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
             raise RpcError("BAD_REQUEST", "the first UploadExpert message must be an UploadHeader", rule="header first")
         h = first.header
         self.uploads.validate_header(h)
-        self.auth.check_signed(client, UPLOAD_METHOD, h.auth if h.HasField("auth") else None, upload_body(h))
-        opened = self.uploads.open(client, h)
+        lim = self.config.limits
+        # the chunks are received from here on, also while the signature, the nonce and the upload row are committed
+        chunks = ReadAhead(request_iterator, max_messages=max(2, UPLOAD_READ_AHEAD_BYTES // lim.max_chunk_bytes))
+        try:
+            self.auth.check_signed(client, UPLOAD_METHOD, h.auth if h.HasField("auth") else None, upload_body(h))
+            opened = self.uploads.open(client, h)
+        except BaseException:
+            chunks.stop()   # nothing received for a refused header is used
+            raise
         if isinstance(opened, UploadRecord):  # already complete: the same answer again, nothing charged
+            chunks.stop()
             return self._upload_response(opened, [], 0.0)
         session, cut = opened, False
         try:
-            for msg in request_iterator:
+            for msg in chunks:
                 if msg.WhichOneof("part") != "chunk":
                     raise RpcError("BAD_REQUEST", "only UploadChunk messages may follow the header", rule="one header")
                 c = msg.chunk
                 alg = c.WhichOneof("digest")
                 if alg is None:
                     raise RpcError("BAD_REQUEST", f"chunk at offset {c.offset} carries no digest; set blake3 or sha256", rule="chunk digest")
-                session.submit(c.offset, c.data, getattr(c, alg), self.config.limits.max_chunk_bytes, alg)
-            session.finish()
+                session.write(c.offset, c.data, getattr(c, alg), lim.max_chunk_bytes, alg)
         except grpc.RpcError:
             cut = True  # the client went away; what arrived is kept for a resume
         finally:
+            chunks.stop()
             session.close()
             if session.received < session.record.total_bytes:
                 self.uploads.touch(h.upload_id)   # unfinished: its TTL counts from the last byte (a complete one is finalized now)

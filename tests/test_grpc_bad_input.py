@@ -269,6 +269,22 @@ def test_stale_tampered_unsigned_or_foreign_signed_requests_are_refused(env, tmp
 
 # --- the stream -------------------------------------------------------------------------------------------
 
+def test_chunks_sent_behind_a_refused_header_are_dropped_and_their_reader_ends(env, tmp_path):
+    """The provider receives chunks while it checks the header's signature (read-ahead); a refused header
+    writes none of them, and the thread that received them ends with the call."""
+    tar = pack_artifact(make_artifact(tmp_path / "a", env["p"].keys["alice"], seed=26))
+    stub = env["alice"].stub
+    before = snapshot(env)
+    tampered = _signed_header(env, tar, dataset_id="other")
+    refused(lambda: stub.UploadExpert(_stream(tampered, tar, chunk=16 * 1024), timeout=10), grpc.StatusCode.UNAUTHENTICATED, "BAD_REQUEST_SIGNATURE")
+    assert_unchanged(env, before)
+    assert not (Path(env["svc"].config.state) / "uploads" / "parts" / "alice" / f"{tampered.upload_id}.part").exists()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(t.name == "llamdex-upload-reader" for t in threading.enumerate()):
+        time.sleep(0.05)
+    assert not any(t.name == "llamdex-upload-reader" for t in threading.enumerate())
+
+
 def test_upload_over_the_size_limit_is_resource_exhausted_before_any_byte(env):
     tar = b"x" * 1024
     h = _signed_header(env, tar, total_bytes=2 * MiB + 1)

@@ -119,3 +119,73 @@ def test_zero_copy_chunk_parser_agrees_with_protobuf():
         provider_pb2.UploadRequest.FromString(bad)
     with pytest.raises(Exception):
         parse_upload_request(bad)
+
+
+@pytest.mark.parametrize("alg", ["sha256", "blake3"])
+def test_tar_and_chunk_digests_computed_together_equal_the_single_hashes(alg):
+    """The client hashes the whole tar (helper thread) and the first stream's chunks (its own thread) at once."""
+    from protocol.wire import upload_digest_hex, upload_digests
+
+    d = os.urandom(3 * 4096 + 17)
+    for offset in (0, 5000, len(d)):
+        whole, parts = upload_digests(alg, d, offset, 4096)
+        assert whole == upload_digest_hex(alg, d)
+        assert parts == [upload_digest_hex(alg, d[p:p + 4096]) for p in range(offset, len(d), 4096)]
+    with pytest.raises(ValueError):
+        upload_digests("md5", d, 0, 4096)
+
+
+def _reader_threads() -> list:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "llamdex-upload-reader" and t.is_alive()]
+
+
+def test_read_ahead_yields_in_order_holds_at_most_its_bound_and_passes_on_how_the_stream_ended():
+    import threading
+
+    from provider_party.uploads import ReadAhead
+
+    pulled = []
+
+    def source(n, end=None):
+        for i in range(n):
+            pulled.append(i)
+            yield i
+        if end is not None:
+            raise end
+
+    r = ReadAhead(source(10), max_messages=3)
+    deadline = time.monotonic() + 5
+    while len(pulled) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert len(pulled) == 4              # 3 queued + 1 waiting to be queued: flow control holds the rest back
+    assert list(r) == list(range(10))
+    with pytest.raises(StopIteration):
+        next(r)
+
+    class Gone(grpc.RpcError):
+        pass
+
+    r = ReadAhead(source(2, Gone()), max_messages=8)
+    assert next(r) == 0 and next(r) == 1
+    with pytest.raises(Gone):           # a client that went away: the consumer sees it after the chunks that arrived
+        next(r)
+
+    gate = threading.Event()
+
+    def stalled():
+        yield 0
+        gate.wait(10)
+        yield 1
+        yield 2
+
+    r = ReadAhead(stalled(), max_messages=1)
+    assert next(r) == 0
+    r.stop()                             # what was not consumed is dropped; the thread ends with the stream
+    gate.set()
+    deadline = time.monotonic() + 5
+    while _reader_threads() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _reader_threads()
