@@ -91,10 +91,13 @@ class ExpertEncoder(nn.Module):
         """Scores (B, C, T) of each stated number for each numeric column, their scaled values, and which positions hold one."""
         valid = mask & torch.isfinite(numbers)
         z = self.pointer_proj(x) * mask[..., None]
-        T = z.shape[1]
-        ctx = torch.cat([F.pad(z, (0, 0, s, 0))[:, :T] for s in range(self.window)], dim=-1)  # z[t], z[t-1], ...
-        scores = torch.einsum("cd,btd->bct", self.pointer_queries, self.pointer_key(ctx)) / math.sqrt(self.dim)
-        scores = scores.masked_fill(~valid[:, None, :], -1e9)
+        # Keys only where a number ends (a few positions per question): z[t], z[t-1], ..., z[t-window+1].
+        b_idx, t_idx = valid.nonzero(as_tuple=True)
+        back = t_idx[:, None] - torch.arange(self.window, device=z.device)[None, :]
+        win = z[b_idx[:, None], back.clamp(min=0)] * (back >= 0)[..., None]
+        keys = self.pointer_key(win.reshape(len(b_idx), -1))
+        scores = torch.full((z.shape[0], len(self.numeric), z.shape[1]), -1e9, dtype=z.dtype, device=z.device)
+        scores[b_idx, :, t_idx] = keys @ self.pointer_queries.T / math.sqrt(self.dim)
         values = (torch.nan_to_num(numbers.float())[:, None, :] - self.num_min) / self.num_span
         return scores, values, valid
 
