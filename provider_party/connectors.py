@@ -95,7 +95,7 @@ class ExpertEncoder(nn.Module):
         b_idx, t_idx = valid.nonzero(as_tuple=True)
         back = t_idx[:, None] - torch.arange(self.window, device=z.device)[None, :]
         win = z[b_idx[:, None], back.clamp(min=0)] * (back >= 0)[..., None]
-        keys = self.pointer_key(win.reshape(len(b_idx), -1))
+        keys = self.pointer_key(win.reshape(len(b_idx), self.window * z.shape[-1]))  # N may be 0
         scores = torch.full((z.shape[0], len(self.numeric), z.shape[1]), -1e9, dtype=z.dtype, device=z.device)
         scores[b_idx, :, t_idx] = keys @ self.pointer_queries.T / math.sqrt(self.dim)
         values = (torch.nan_to_num(numbers.float())[:, None, :] - self.num_min) / self.num_span

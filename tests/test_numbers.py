@@ -70,3 +70,24 @@ def test_encoder_reads_a_stated_number_exactly(tiny_model, titanic_schema):
         if b.kind == "numeric":
             raw = b.column.min + float(o[0, 0]) * (b.column.max - b.column.min)
             assert min(abs(raw - 29.5), abs(raw - 3.0)) < 1e-3
+
+
+def test_question_without_any_number_reads_as_missing_or_mid_range(tiny_model):
+    """No stated number anywhere in the batch: the pointer has nothing to score and must not fail."""
+    q = "A female passenger travelling in class 1st; her age is unknown. Did the passenger survive?"
+    outs = tiny_model.extract([q])
+    ans = tiny_model.answer([q], tiny_model_expert(tiny_model))
+    assert torch.isfinite(ans.probs).all()
+    fe = tiny_model.encoder.fe
+    for b, o in zip(fe.blocks, outs):
+        if b.kind == "numeric":
+            assert float(o[0, 0]) == 0.5  # no number to point at: the middle of the public range
+
+
+def tiny_model_expert(model):
+    from protocol.encoding import FeatureEncoder
+    from protocol.expert_spec import ExpertSpec, build_expert
+
+    torch.manual_seed(0)
+    spec = ExpertSpec(input_dim=FeatureEncoder(model.schema).dim, num_classes=2, schema_digest=model.schema.digest)
+    return build_expert(spec).eval()
