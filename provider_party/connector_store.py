@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 from protocol.schema import PublicSchema
 from provider_party.base_llm import BaseLLM, llamdex_home
 from provider_party.connector_training import Preset, TrainedConnectors, train_connectors
-from provider_party.connectors import CONNECTOR_FORMAT, load_connectors, save_connectors
+from provider_party.connectors import load_connectors, read_connector_meta, save_connectors
 from provider_party.llamdex_model import LlamdexModel
 
 
@@ -27,11 +26,11 @@ class ConnectorStore:
 
     def has(self, base: BaseLLM, schema: PublicSchema) -> bool:
         """A usable set is stored: present and in the current connector format (older sets are retrained)."""
-        meta = self.path_for(base.model_id, schema.digest) / "connectors.json"
         try:
-            return json.loads(meta.read_text()).get("format") == CONNECTOR_FORMAT
+            read_connector_meta(self.path_for(base.model_id, schema.digest))
         except (OSError, ValueError):
             return False
+        return True
 
     def load(self, base: BaseLLM, schema: PublicSchema) -> LlamdexModel:
         config, enc, dec, stored_schema = load_connectors(self.path_for(base.model_id, schema.digest))

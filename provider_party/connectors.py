@@ -198,14 +198,19 @@ def save_connectors(folder: str | Path, config: ConnectorConfig, encoder: Expert
     return folder
 
 
+def read_connector_meta(folder: str | Path) -> dict[str, Any]:
+    """The stored `connectors.json`, refused unless it is in the current connector format."""
+    raw = json.loads((Path(folder) / "connectors.json").read_text())
+    if raw.get("format") != CONNECTOR_FORMAT:
+        raise ValueError(f"{folder}: connector format {raw.get('format')!r} is not {CONNECTOR_FORMAT!r}")
+    return raw
+
+
 def load_connectors(folder: str | Path) -> tuple[ConnectorConfig, ExpertEncoder, ExpertDecoder, PublicSchema]:
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    raw = json.loads((folder / "connectors.json").read_text())
-    if raw.get("format") != CONNECTOR_FORMAT:
-        raise ValueError(f"{folder}: connector format {raw.get('format')!r} is not {CONNECTOR_FORMAT!r}")
-    config = ConnectorConfig(**raw)
+    config = ConnectorConfig(**read_connector_meta(folder))
     schema = PublicSchema.load(folder / "schema.json")
     if schema.digest != config.schema_digest:
         raise ValueError(f"{folder}: schema.json digest {schema.digest} does not match connectors.json {config.schema_digest}")

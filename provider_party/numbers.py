@@ -37,15 +37,13 @@ def number_values(offsets: Sequence[tuple[int, int]], text: str, start: int, end
     """
     values = [math.nan] * len(offsets)
     spans = find_numbers(text, start, end)
-    if not spans:
-        return values
     si = 0
     for ti, (a, b) in enumerate(offsets):
         while si < len(spans) and spans[si][1] <= a:
             si += 1
         if si == len(spans):
             break
-        s, e, v = spans[si]
+        _, e, v = spans[si]
         if a < e <= b:  # the token holding the number's last character
             values[ti] = v
     return values

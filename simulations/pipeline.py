@@ -38,10 +38,10 @@ class PipelineResult:
     timings: dict[str, float] = field(default_factory=dict)
     n_train: int = 0
     n_test: int = 0
-    # The in-process objects, for callers that go on to measure (not serialised; the test split is the client's).
+    # The in-process objects, for callers that go on to measure (not serialised).
     model: Any = field(default=None, repr=False)
     experts: dict[str, Any] = field(default_factory=dict, repr=False)
-    test: Any = field(default=None, repr=False)
+    questions: list[str] = field(default_factory=list, repr=False)  # the held-out questions evaluated, in test order
 
 
 def run_pipeline(dataset: str = "titanic", epsilons: tuple[float | None, ...] = (None, 1.0, 4.0), *, preset: Preset | str = "default",
@@ -94,7 +94,7 @@ def run_pipeline(dataset: str = "titanic", epsilons: tuple[float | None, ...] = 
     majority = np.bincount(result.y_true).argmax()
     rows.append({"dataset": dataset, "method": "majority_class", "epsilon": None, **scores(result.y_true, np.full_like(result.y_true, majority)), "n_test": len(test), "seed": seed})
     return PipelineResult(dataset, rows, result.extraction, model.config.metrics, trained_now, dp, timings, len(train), len(test),
-                          model=model, experts=experts, test=test)
+                          model=model, experts=experts, questions=result.questions)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

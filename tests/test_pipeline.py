@@ -65,11 +65,10 @@ def test_full_benchmark_meets_targets_on_titanic(tmp_path):
 def test_latency_measured_on_the_pipelines_own_model(store_with_tiny):
     """`llamdex demo --in-process` times the model, expert and questions the pipeline built (nothing rebuilt)."""
     from simulations.benchmarks.inference import measure_model
-    from simulations.evaluation import test_questions
 
     res = run_pipeline("titanic", (None,), preset="quick", seed=0, max_train=200, max_test=16,
                        connectors_root=store_with_tiny.root, progress=False, log=lambda *_: None)
-    qs = test_questions(res.model, res.test, 0)
+    qs = res.questions
     assert len(qs) == 16
     lat = measure_model("titanic", res.model, res.experts["no-dp"], qs, (1, 4), reps=2)
     assert [b["batch_size"] for b in lat["batches"]] == [1, 4]

@@ -49,7 +49,6 @@ def run(args: argparse.Namespace) -> int:
 
 def run_in_process(args: argparse.Namespace) -> int:
     from simulations.benchmarks.inference import measure_model
-    from simulations.evaluation import test_questions
     from simulations.cli.common import set_threads
     from simulations.pipeline import format_table, run_pipeline
 
@@ -64,7 +63,7 @@ def run_in_process(args: argparse.Namespace) -> int:
     print("\nExpert-encoder extraction on those questions: " + ", ".join(
         f"{c} {'MAE %.2f' % q['mae'] if 'mae' in q else 'acc %.3f' % q['accuracy']}" for c, q in res.extraction.items()))
     # The pipeline's own model, non-DP expert and held-out questions: nothing is loaded or trained twice.
-    lat = measure_model(args.dataset, res.model, res.experts["no-dp"], test_questions(res.model, res.test, args.seed), (1, 16), 10, args.seed)
+    lat = measure_model(args.dataset, res.model, res.experts["no-dp"], res.questions, (1, 16), 10, args.seed)
     print("\nLatency (median, same questions, side by side):")
     for b in lat["batches"]:
         print(f"  batch {b['batch_size']:>2}: base LLM {b['median_base_s'] * 1000:7.1f} ms   Llamdex {b['median_llamdex_s'] * 1000:7.1f} ms   ratio {b['ratio']:.3f}")
