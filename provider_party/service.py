@@ -306,6 +306,8 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         if cut or session.received < rec.total_bytes:
             return provider_pb2.UploadResponse(upload_id=rec.upload_id, complete=False, received_bytes=session.received)
         fin = self.uploads.finalize(rec, client, self.ledger, self.experts, self.ledger_lock)
+        log.info("upload %s from %s accepted: %d bytes, artifact %s, receipt %s; finalize %.3f s wall, %.3f s CPU", rec.upload_id,
+                 client.client_id, rec.total_bytes, fin.record.artifact_digest, fin.entry.receipt_id, fin.verify_seconds, fin.verify_cpu_seconds)
         return self._upload_response(fin.record, fin.checks, fin.verify_seconds)
 
     def _upload_response(self, rec: UploadRecord, checks: list[str], seconds: float) -> provider_pb2.UploadResponse:

@@ -97,6 +97,7 @@ class FinalizedUpload:
     entry: LedgerEntry
     verify_seconds: float
     checks: list[str] = field(default_factory=list)
+    verify_cpu_seconds: float = 0.0   # CPU of the finalizing thread: tells hashing and parsing from waits on the disk
 
 
 class UploadSession:
@@ -370,7 +371,7 @@ class UploadManager:
             self._release(rec.upload_id)
 
     def _finalize(self, rec: UploadRecord, client: RegisteredClient, ledger: Ledger, experts: ExpertStore, ledger_lock: threading.Lock) -> FinalizedUpload:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         checks: list[str] = []
         path = self.part_path(rec.client_id, rec.upload_id)
         with open(path, "rb") as f:
@@ -423,7 +424,7 @@ class UploadManager:
                    (verified.digest, receipt_json, time.time(), rec.upload_id))
         path.unlink(missing_ok=True)
         rec.state, rec.artifact_digest, rec.receipt = "complete", verified.digest, receipt_json
-        return FinalizedUpload(rec, entry, time.perf_counter() - t0, checks)
+        return FinalizedUpload(rec, entry, time.perf_counter() - t0, checks, time.thread_time() - c0)
 
     # --- recovery ---------------------------------------------------------------------------------------
     def recover(self, ledger_receipt_for: Callable[[str, str], tuple[str, dict] | None]) -> dict[str, int]:

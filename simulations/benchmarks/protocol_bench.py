@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -43,19 +44,29 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from tqdm import tqdm
 
 MiB = 1 << 20
 CHUNK = MiB           # chunk size of both the raw stream and UploadExpert (the client's default)
 RAW_METHOD = "/llamdex.bench.Raw/Push"
+RAW_STORE_METHOD = "/llamdex.bench.Raw/PushStore"
 TINY = {"name": "tiny", "n_synthetic": 300, "encoder_questions": 16, "decoder_questions": 8, "val_questions": 8, "encoder_epochs": 1,
         "decoder_epochs": 1, "inject_candidates": [24], "surrogate_epochs": 1}
 
 
-# --- the raw gRPC baseline --------------------------------------------------------------------------------
+# --- the raw gRPC baselines ---------------------------------------------------------------------------------
 
 def raw_server(address: str, ca: str, cert: str, key: str, port_file: str) -> None:
-    """A server that accepts a client stream of raw byte chunks and answers with the byte count."""
+    """The baselines' server (its own process, like the provider): `Push` counts a client stream of raw
+    byte chunks; `PushStore` also appends each chunk to a file, unbuffered, the way the provider appends
+    verified chunks to an upload's part file, and deletes the file at the end. Both answer the byte count.
+
+    `PushStore` is the least any resumable upload must do with the bytes (keep them somewhere a resumed
+    stream can continue from); the gap between it and `UploadExpert` is what the protocol itself adds."""
     from protocol.tls import TLSFiles, add_port
+
+    spool = Path(port_file).parent / "raw-spool"   # the benchmark's folder: the same file system as the provider's part files
+    spool.mkdir(parents=True, exist_ok=True)
 
     def push(request_iterator, context):
         n = 0
@@ -63,23 +74,84 @@ def raw_server(address: str, ca: str, cert: str, key: str, port_file: str) -> No
             n += len(chunk)
         return n.to_bytes(8, "big")
 
+    def push_store(request_iterator, context):
+        path = spool / f"{os.getpid()}-{time.monotonic_ns()}.part"
+        n = 0
+        try:
+            with open(path, "ab", buffering=0) as f:
+                for chunk in request_iterator:
+                    f.write(chunk)
+                    n += len(chunk)
+        finally:
+            path.unlink(missing_ok=True)
+        return n.to_bytes(8, "big")
+
     server = grpc.server(ThreadPoolExecutor(max_workers=4), options=[("grpc.max_receive_message_length", 8 * MiB)])
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("llamdex.bench.Raw", {
-        "Push": grpc.stream_unary_rpc_method_handler(push)}),))
+        "Push": grpc.stream_unary_rpc_method_handler(push), "PushStore": grpc.stream_unary_rpc_method_handler(push_store)}),))
     port = add_port(server, address, TLSFiles(Path(ca), Path(cert), Path(key)))
     server.start()
     Path(port_file).write_text(f"127.0.0.1:{port}\n")
     server.wait_for_termination()
 
 
-def raw_push(channel: Any, data: bytes, chunk: int) -> float:
-    call = channel.stream_unary(RAW_METHOD)
+def raw_push(channel: Any, data: bytes, chunk: int, method: str = RAW_METHOD) -> float:
+    call = channel.stream_unary(method)
     view = memoryview(data)
     t = time.perf_counter()
     n = int.from_bytes(call((bytes(view[i:i + chunk]) for i in range(0, len(data), chunk)), timeout=600), "big")
     dt = time.perf_counter() - t
     assert n == len(data), (n, len(data))
     return dt
+
+
+# --- CPU accounting -------------------------------------------------------------------------------------------
+
+def process_cpu_s(pid: int | None = None) -> float:
+    """CPU seconds (user + system) of a process. This process: `getrusage` (every thread, also finished
+    ones). Another process: the sum of its live threads' run time from /proc/PID/task/*/schedstat (ns; a
+    thread that ended between two readings drops out, e.g. the provider's per-upload read-ahead helper,
+    so a server's figure can only be too low, never too high)."""
+    if pid is None or pid == os.getpid():
+        import resource
+
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass   # the thread ended while we read
+    return total / 1e9
+
+
+def finalize_cpu_s(provider_log: Path, upload_id: str, wait_s: float = 5.0) -> float:
+    """The finalize CPU seconds the provider logged for `upload_id` ("upload ID from ... s CPU")."""
+    pat = re.compile(rf"upload {re.escape(upload_id)} from .* finalize [0-9.]+ s wall, ([0-9.]+) s CPU")
+    deadline = time.monotonic() + wait_s
+    while True:
+        m = pat.search(provider_log.read_text(errors="replace"))
+        if m:
+            return float(m.group(1))
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the provider logged no finalize line for upload {upload_id} in {provider_log}")
+        time.sleep(0.05)
+
+
+class CpuMeter:
+    """CPU seconds spent by the client (this process) and one server process during a block."""
+
+    def __init__(self, server_pid: int):
+        self.server_pid = server_pid
+        self.client_s = self.server_s = 0.0
+
+    def __enter__(self) -> "CpuMeter":
+        self._c, self._s = process_cpu_s(), process_cpu_s(self.server_pid)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.client_s, self.server_s = process_cpu_s() - self._c, process_cpu_s(self.server_pid) - self._s
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
@@ -116,7 +188,7 @@ def med(xs: list[float]) -> float:
 # --- the benchmark ----------------------------------------------------------------------------------------------
 
 def run(out_dir: Path, *, artifact_mb: int = 100, reps: int = 3, ask_reps: int = 10, skip_ask: bool = False, threads: int = 1,
-        log=print) -> dict[str, Any]:
+        log=print, progress: bool = True) -> dict[str, Any]:
     import torch
 
     from client_party.provider_client import ProviderClient
@@ -143,7 +215,7 @@ def run(out_dir: Path, *, artifact_mb: int = 100, reps: int = 3, ask_reps: int =
             pcfg = write_provider_config(layout.provider / "provider.toml", listen=p_addr, preset=TINY, connectors=str(layout.root / "connectors"),
                                          clients=[{"id": "alice", "public_key": "../keys/alice.pub", "epsilon_budget": 1000.0}])
             plog = layout.provider / "provider.log"
-            procs.append(("provider", spawn(["provider", "serve", "--config", str(pcfg), "--no-preload"], plog, threads=threads), plog))
+            procs.append(("provider", spawn(["--log-level", "info", "provider", "serve", "--config", str(pcfg), "--no-preload"], plog, threads=threads), plog))
             rlog, rport = layout.root / "raw.log", layout.root / "raw.addr"
             import subprocess
 
@@ -166,33 +238,54 @@ def run(out_dir: Path, *, artifact_mb: int = 100, reps: int = 3, ask_reps: int =
             size = len(tars[0])
             results["artifact_bytes"] = size
             opts = [("grpc.max_send_message_length", 8 * MiB), ("grpc.max_receive_message_length", 8 * MiB)]
-            raw_s = []
             raw_ch = open_channel(r_addr, alice_tls, options=opts)
             raw_push(raw_ch, tars[0][:8 * MiB], CHUNK)  # warm-up
-            up_s, verify_server_s = [], []
+            raw_push(raw_ch, tars[0][:8 * MiB], CHUNK, RAW_STORE_METHOD)
+            raw_s, store_s, up_s, verify_server_s = [], [], [], []
+            cpu: dict[str, list[tuple[float, float]]] = {"raw": [], "raw_store": [], "upload": []}
             small = big_artifact(layout.root / "small", alice_key, (400, 200), seed=99)
+            provider_pid = procs[0][1].pid
             with ProviderClient(p_addr, "alice", alice_key, tls=alice_tls, provider_public_key=layout.keys / "provider.pub", timeout_s=600) as pc:
                 from protocol.wire import preferred_upload_digest
 
                 results["upload_digest"] = preferred_upload_digest(pc.hello().limits.upload_digests)
                 small_upload = pc.upload(small, "bench")   # warm-up: first-call imports on both sides
-                for i in range(reps):   # raw and protocol alternate, so both see the same machine load
-                    raw_s.append(raw_push(raw_ch, tars[i], CHUNK))
-                    t = time.perf_counter()
-                    res = pc.upload(tars[i], "bench", chunk_bytes=CHUNK)
-                    up_s.append(time.perf_counter() - t)
+                for i in tqdm(range(reps), desc="upload vs raw", unit="rep", disable=not progress):
+                    # the three alternate, so all see the same machine load
+                    with CpuMeter(raw.pid) as m:
+                        raw_s.append(raw_push(raw_ch, tars[i], CHUNK))
+                    cpu["raw"].append((m.client_s, m.server_s))
+                    with CpuMeter(raw.pid) as m:
+                        store_s.append(raw_push(raw_ch, tars[i], CHUNK, RAW_STORE_METHOD))
+                    cpu["raw_store"].append((m.client_s, m.server_s))
+                    with CpuMeter(provider_pid) as m:
+                        t = time.perf_counter()
+                        res = pc.upload(tars[i], "bench", chunk_bytes=CHUNK)
+                        up_s.append(time.perf_counter() - t)
                     verify_server_s.append(res.verify_seconds)
+                    # the provider's CPU while streaming: all of it minus its finalize (the finalizing thread's
+                    # own CPU, from the provider's log line for this upload), which runs after the last byte
+                    cpu["upload"].append((m.client_s, m.server_s - finalize_cpu_s(plog, res.upload_id)))
                 raw_ch.close()
                 transfer_s = [u - v for u, v in zip(up_s, verify_server_s)]
+                per100 = 100e6 / size * 1000   # seconds for `size` bytes -> ms per 100 MB
+                cpu_ms = {k: {"client": med([c for c, _ in v]) * per100, "server": med([s_ for _, s_ in v]) * per100} for k, v in cpu.items()}
+                for v in cpu_ms.values():
+                    v["total"] = v["client"] + v["server"]
                 results["upload"] = {
-                    "raw_grpc_MBps": size / med(raw_s) / 1e6, "upload_transfer_MBps": size / med(transfer_s) / 1e6,
-                    "upload_end_to_end_MBps": size / med(up_s) / 1e6,
+                    "raw_grpc_MBps": size / med(raw_s) / 1e6, "raw_store_MBps": size / med(store_s) / 1e6,
+                    "upload_transfer_MBps": size / med(transfer_s) / 1e6, "upload_end_to_end_MBps": size / med(up_s) / 1e6,
                     "ratio_transfer": med(raw_s) / med(transfer_s), "ratio_end_to_end": med(raw_s) / med(up_s),
                     "ratio_transfer_paired": med([r / t for r, t in zip(raw_s, transfer_s)]),
-                    "raw_s": raw_s, "upload_s": up_s, "server_finalize_s": verify_server_s, "transfer_s": transfer_s, "target_ratio": 0.8}
-                log(f"[bench] upload {size / 1e6:.1f} MB: raw gRPC {results['upload']['raw_grpc_MBps']:.0f} MB/s, UploadExpert "
-                    f"{results['upload']['upload_transfer_MBps']:.0f} MB/s streaming ({results['upload']['ratio_transfer']:.2f}×), "
-                    f"{results['upload']['upload_end_to_end_MBps']:.0f} MB/s to the verified receipt ({results['upload']['ratio_end_to_end']:.2f}×)")
+                    "ratio_transfer_vs_store": med(store_s) / med(transfer_s), "ratio_store_vs_raw": med(raw_s) / med(store_s),
+                    "cpu_ms_per_100MB": cpu_ms, "ratio_cpu": cpu_ms["raw"]["total"] / cpu_ms["upload"]["total"],
+                    "raw_s": raw_s, "raw_store_s": store_s, "upload_s": up_s, "server_finalize_s": verify_server_s, "transfer_s": transfer_s,
+                    "target_ratio": 0.8}
+                u = results["upload"]
+                log(f"[bench] upload {size / 1e6:.1f} MB: raw gRPC {u['raw_grpc_MBps']:.0f} MB/s, raw + store {u['raw_store_MBps']:.0f} MB/s, "
+                    f"UploadExpert {u['upload_transfer_MBps']:.0f} MB/s streaming ({u['ratio_transfer']:.2f}× raw, {u['ratio_transfer_vs_store']:.2f}× "
+                    f"raw + store), {u['upload_end_to_end_MBps']:.0f} MB/s to the verified receipt ({u['ratio_end_to_end']:.2f}×); CPU ms per 100 MB "
+                    + ", ".join(f"{k} {v['client']:.0f}+{v['server']:.0f}" for k, v in cpu_ms.items()))
 
                 # --- 2. verification time per artifact
                 verifier = ArtifactVerifier([alice_key.public_key()], limits={"expert.safetensors": 512 * MiB})
@@ -295,6 +388,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"| upload {mb:.0f} MB, streaming (UploadExpert with {r.get('upload_digest', 'sha256').upper()} chunk + tar digests vs raw gRPC stream, "
         f"{r['chunk_bytes'] / MiB:g} MiB chunks both) | {u['upload_transfer_MBps']:.0f} MB/s | "
         f"{u['raw_grpc_MBps']:.0f} MB/s | {u['ratio_transfer']:.2f} (paired {u.get('ratio_transfer_paired', u['ratio_transfer']):.2f}; target ≥ {u['target_ratio']}) |",
+        *([f"| upload {mb:.0f} MB, streaming, against raw gRPC + storing the bytes (`PushStore`: each chunk appended to a file, as the part file is) | "
+           f"{u['upload_transfer_MBps']:.0f} MB/s | {u['raw_store_MBps']:.0f} MB/s | {u['ratio_transfer_vs_store']:.2f} |"] if "raw_store_MBps" in u else []),
         f"| upload {mb:.0f} MB, to the verified receipt | {u['upload_end_to_end_MBps']:.0f} MB/s | {u['raw_grpc_MBps']:.0f} MB/s | {u['ratio_end_to_end']:.2f} |",
         f"| verification, {mb:.0f} MB artifact (signature, digests, spec, schema, header, DP) | {v['big_s']:.2f} s ({v['big_MBps']:.0f} MB/s) | – | – |",
         f"| verification, default expert ({v['default_expert_bytes'] / 1e3:.0f} kB) | {1000 * v['default_expert_s']:.1f} ms | – | – |",
@@ -304,12 +399,23 @@ def markdown(r: dict[str, Any]) -> str:
         x = a[f"batch_{b}"]
         lines.append(f"| Ask latency, batch {b} (service vs in-process `answer`) | {1000 * x['service_s']:.0f} ms | {1000 * x['in_process_s']:.0f} ms | "
                      f"{x['ratio']:.3f} (+{x['overhead_ms']:.0f} ms) |")
-    lines += ["", f"Upload timing ({len(u['raw_s'])} repetitions, raw and protocol alternating): raw = one client-streaming call of the tar's "
-              "chunks to a server that only counts them; streaming = `ProviderClient.upload` (tar and chunk digests, signed header, "
-              "the provider's header, nonce and upload-row commits, per-chunk digest checks and appends to the part file, the client's "
-              "receipt check) minus the provider's finalize (`verify_seconds`); to the verified receipt = all of `upload`. "
-              f"Per repetition, raw {', '.join(f'{1000 * x:.0f}' for x in u['raw_s'])} ms; streaming "
-              f"{', '.join(f'{1000 * (x - y):.0f}' for x, y in zip(u['upload_s'], u['server_finalize_s']))} ms."]
+    lines += ["", f"Upload timing ({len(u['raw_s'])} repetitions, the three alternating): raw = one client-streaming call of the tar's "
+              "chunks to a server that only counts them; raw + store = the same to a server that appends each chunk to a file; streaming = "
+              "`ProviderClient.upload` (tar and chunk digests, signed header, the provider's header, nonce and upload-row commits, per-chunk "
+              "digest checks and appends to the part file, the client's receipt check) minus the provider's finalize (`verify_seconds`); to "
+              "the verified receipt = all of `upload`. "
+              f"Per repetition, raw {', '.join(f'{1000 * x:.0f}' for x in u['raw_s'])} ms; "
+              + (f"raw + store {', '.join(f'{1000 * x:.0f}' for x in u['raw_store_s'])} ms; " if "raw_store_s" in u else "")
+              + f"streaming {', '.join(f'{1000 * (x - y):.0f}' for x, y in zip(u['upload_s'], u['server_finalize_s']))} ms."]
+    if "cpu_ms_per_100MB" in u:
+        c = u["cpu_ms_per_100MB"]
+        lines += ["", "CPU per 100 MB moved (medians; client = the benchmark process, server = the receiving process's threads; the "
+                  "provider's finalize CPU, from its log, is left out):", "",
+                  "| path | client CPU ms | server CPU ms | total |", "|---|---|---|---|"]
+        for name, key in (("raw gRPC", "raw"), ("raw gRPC + store", "raw_store"), ("UploadExpert (streaming)", "upload")):
+            lines.append(f"| {name} | {c[key]['client']:.0f} | {c[key]['server']:.0f} | {c[key]['total']:.0f} |")
+        lines += ["", f"When both processes are CPU-bound on the same cores, throughput goes as 1 / total CPU: raw/UploadExpert CPU = "
+                  f"{u['ratio_cpu']:.2f}."]
     return "\n".join(lines)
 
 

@@ -36,7 +36,10 @@ Tools:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llamdex", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages (same as --log-level debug)")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="warning",
+                        help="what to log on standard error (default: warning). `info` adds one line per accepted upload "
+                        "(bytes, artifact, receipt, finalize wall and CPU time) and the servers' start-up lines")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in VERB_MODULES:
         importlib.import_module(name).register(sub)
@@ -46,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else getattr(logging, args.log_level.upper()), format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
