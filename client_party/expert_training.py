@@ -100,7 +100,6 @@ def train_expert(x: np.ndarray, y: np.ndarray, schema: PublicSchema, config: Tra
     """Trains an `ExpertMLP` on encoded rows `x` (n, FeatureEncoder(schema).dim) and class indices `y`."""
     config.validate()
     x_t, y_t = _check_inputs(x, y, schema)
-    n = len(x_t)
     spec = ExpertSpec(input_dim=FeatureEncoder(schema).dim, num_classes=schema.label.num_classes, schema_digest=schema.digest)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a 400-200 MLP gains nothing from intra-op threads, and loses badly on a busy machine

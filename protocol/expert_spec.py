@@ -7,7 +7,7 @@ closed list, and the weights load through safetensors (never pickle).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 

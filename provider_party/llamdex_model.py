@@ -12,7 +12,6 @@ benchmarks use to cache the frozen lower layers.
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from client_party.datasets import encode_table, load_table, split_table
 from client_party.expert_training import TrainConfig, train_expert

@@ -120,7 +120,10 @@ def prepare_parties(layout: RunLayout, client_id: str = "alice", hosts: dict[str
     make_certs(layout.certs, {n: hosts.get(n, LOOPBACK_HOSTS) for n in (PROVIDER_ID, client_id, ORCHESTRATOR_ID)})
 
 
-def spawn(argv: list[str], log_path: Path, *, threads: int | None = None, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+def spawn(argv: list[str], log_path: Path, *, threads: int | None = None, extra_env: dict[str, str] | None = None,
+          prefix: list[str] | None = None) -> subprocess.Popen:
+    """`llamdex ARGV` in its own session, output to `log_path`; `prefix` runs it through another command
+    (e.g. `ip netns exec NS`, which execs in place: the process id stays the one returned)."""
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     if threads:
@@ -128,7 +131,7 @@ def spawn(argv: list[str], log_path: Path, *, threads: int | None = None, extra_
     env.update(extra_env or {})
     log_path.parent.mkdir(parents=True, exist_ok=True)
     f = open(log_path, "ab")
-    return subprocess.Popen([sys.executable, "-m", "simulations.cli.main", *argv], stdout=f, stderr=subprocess.STDOUT, env=env,
+    return subprocess.Popen([*(prefix or []), sys.executable, "-m", "simulations.cli.main", *argv], stdout=f, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)
 
 

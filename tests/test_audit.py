@@ -182,7 +182,7 @@ def test_altered_receipt_claim_is_caught(world):
 
 
 def test_budget_overspent_by_editing_the_database_is_caught(world):
-    ledger, schema, trained = world["ledger"], world["schema"], world["trained"]
+    ledger = world["ledger"]
     va = ArtifactVerifier(world["client_key"].public_key()).verify(world["artifacts"][2])
     with pytest.raises(Exception):
         ledger.append_upload(CLIENT, DATASET, va.digest, va.dp)    # 3 × ε ≈ 1 > 2.5: refused

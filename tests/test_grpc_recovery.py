@@ -8,8 +8,6 @@ import os
 import secrets
 import signal
 import time
-from dataclasses import replace
-from pathlib import Path
 from types import SimpleNamespace
 
 import grpc

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,44 +21,16 @@ SCRIPT = ROOT / "scripts" / "two_hosts.sh"
 PROVIDER_IP, CLIENT_IP, PORT = "10.77.0.1", "10.77.0.2", 50051
 
 
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20, check=check)
-
-
 @pytest.fixture
 def namespaces():
-    if shutil.which("ip") is None:
-        pytest.skip("the `ip` command (iproute2) is not installed")
-    if os.geteuid() != 0:
-        pytest.skip("creating network namespaces needs root (CAP_NET_ADMIN)")
-    tag = f"llx{os.getpid() % 100000}"
-    ns_p, ns_c, veth_p, veth_c = f"{tag}p", f"{tag}c", f"{tag}vp", f"{tag}vc"
-    made: list[str] = []
+    from simulations.netns import NetnsUnavailable, host_pair
+
     try:
-        for ns in (ns_p, ns_c):
-            r = _ip("netns", "add", ns, check=False)
-            if r.returncode != 0:
-                pytest.skip(f"cannot create a network namespace here: {r.stderr.strip()}")
-            made.append(ns)
-        r = _ip("link", "add", veth_p, "type", "veth", "peer", "name", veth_c, check=False)
-        if r.returncode != 0:
-            pytest.skip(f"cannot create a veth pair here: {r.stderr.strip()}")
-        _ip("link", "set", veth_p, "netns", ns_p)
-        _ip("link", "set", veth_c, "netns", ns_c)
-        for ns, dev, addr in ((ns_p, veth_p, PROVIDER_IP), (ns_c, veth_c, CLIENT_IP)):
-            _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
-            _ip("-n", ns, "link", "set", dev, "up")
-            _ip("-n", ns, "link", "set", "lo", "up")
-        yield ns_p, ns_c
-    finally:
-        for ns in made:
-            pids = _ip("netns", "pids", ns, check=False).stdout.split()
-            for pid in pids:   # only processes this test started live in these namespaces
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            _ip("netns", "del", ns, check=False)
+        with host_pair() as pair:
+            assert (pair.provider_ip, pair.client_ip) == (PROVIDER_IP, CLIENT_IP)
+            yield pair.provider_ns, pair.client_ns
+    except NetnsUnavailable as e:
+        pytest.skip(str(e))
 
 
 def test_provider_and_client_on_two_hosts_over_mutual_tls(namespaces, tmp_path):
@@ -78,7 +48,7 @@ def test_provider_and_client_on_two_hosts_over_mutual_tls(namespaces, tmp_path):
                                 capture_output=True, text=True, timeout=420)
         log = client.stdout + client.stderr
         assert client.returncode == 0, log[-4000:] + "\n--- provider ---\n" + (tmp_path / "provider.log").read_text(errors="replace")[-3000:]
-        assert f"knows this client as 'alice'" in log and "receipt verified and stored" in log and "chain verified" in log
+        assert "knows this client as 'alice'" in log and "receipt verified and stored" in log and "chain verified" in log
         scores = json.loads((out / "client" / "workspace" / "scores.json").read_text())
         assert {r["method"] for r in scores["rows"]} >= {"expert", "llamdex"} and scores["n_test"] == 8
         receipts = json.loads((out / "client" / "workspace" / "receipts.json").read_text())

@@ -30,7 +30,6 @@ Results are medians over repetitions; they are figures, not pass/fail tests.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -91,7 +90,8 @@ def raw_server(address: str, ca: str, cert: str, key: str, port_file: str) -> No
         "Push": grpc.stream_unary_rpc_method_handler(push), "PushStore": grpc.stream_unary_rpc_method_handler(push_store)}),))
     port = add_port(server, address, TLSFiles(Path(ca), Path(cert), Path(key)))
     server.start()
-    Path(port_file).write_text(f"127.0.0.1:{port}\n")
+    host = address.rsplit(":", 1)[0]
+    Path(port_file).write_text(f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}\n")
     server.wait_for_termination()
 
 
@@ -185,16 +185,150 @@ def med(xs: list[float]) -> float:
     return float(statistics.median(xs))
 
 
+# --- upload measurement (also run inside the client's namespace for the link figure) -----------------------
+
+def make_artifacts(layout: Any, key: Any, artifact_mb: int, reps: int, log=print) -> tuple[list[Path], Path]:
+    """`reps` distinct signed artifacts of about `artifact_mb` MB, and one of the default expert's size (warm-up, Ask)."""
+    hidden = hidden_for(artifact_mb)
+    log(f"[bench] building {reps} signed artifacts with hidden {hidden} ...")
+    arts = [big_artifact(layout.root / f"big{i}", key, hidden, seed=i) for i in range(reps)]
+    return arts, big_artifact(layout.root / "small", key, (400, 200), seed=99)
+
+
+def measure_uploads(pc: Any, raw_address: str, tls: Any, arts: list[Path], *, provider_pid: int, raw_pid: int, provider_log: Path,
+                    log=print, progress: bool = True) -> dict[str, Any]:
+    """Upload throughput and CPU: raw push, raw push + store and UploadExpert of the same tar, alternating
+    (so all three see the same machine load), one distinct artifact per repetition."""
+    from protocol.artifact import pack_artifact
+    from protocol.tls import open_channel
+    from protocol.wire import preferred_upload_digest
+
+    tars = [pack_artifact(a, limits={"expert.safetensors": 512 * MiB}) for a in arts]
+    size = len(tars[0])
+    opts = [("grpc.max_send_message_length", 8 * MiB), ("grpc.max_receive_message_length", 8 * MiB)]
+    raw_ch = open_channel(raw_address, tls, options=opts)
+    raw_push(raw_ch, tars[0][:8 * MiB], CHUNK)  # warm-up
+    raw_push(raw_ch, tars[0][:8 * MiB], CHUNK, RAW_STORE_METHOD)
+    raw_s, store_s, up_s, verify_server_s = [], [], [], []
+    cpu: dict[str, list[tuple[float, float]]] = {"raw": [], "raw_store": [], "upload": []}
+    for i in tqdm(range(len(tars)), desc="upload vs raw", unit="rep", disable=not progress):
+        with CpuMeter(raw_pid) as m:
+            raw_s.append(raw_push(raw_ch, tars[i], CHUNK))
+        cpu["raw"].append((m.client_s, m.server_s))
+        with CpuMeter(raw_pid) as m:
+            store_s.append(raw_push(raw_ch, tars[i], CHUNK, RAW_STORE_METHOD))
+        cpu["raw_store"].append((m.client_s, m.server_s))
+        with CpuMeter(provider_pid) as m:
+            t = time.perf_counter()
+            res = pc.upload(tars[i], "bench", chunk_bytes=CHUNK)
+            up_s.append(time.perf_counter() - t)
+        verify_server_s.append(res.verify_seconds)
+        # the provider's CPU while streaming: all of it minus its finalize (the finalizing thread's own
+        # CPU, from the provider's log line for this upload), which runs after the last byte
+        cpu["upload"].append((m.client_s, m.server_s - finalize_cpu_s(provider_log, res.upload_id)))
+    raw_ch.close()
+    transfer_s = [u - v for u, v in zip(up_s, verify_server_s)]
+    per100 = 100e6 / size * 1000   # seconds for `size` bytes -> ms per 100 MB
+    cpu_ms = {k: {"client": med([c for c, _ in v]) * per100, "server": med([s_ for _, s_ in v]) * per100} for k, v in cpu.items()}
+    for v in cpu_ms.values():
+        v["total"] = v["client"] + v["server"]
+    u = {
+        "raw_grpc_MBps": size / med(raw_s) / 1e6, "raw_store_MBps": size / med(store_s) / 1e6,
+        "upload_transfer_MBps": size / med(transfer_s) / 1e6, "upload_end_to_end_MBps": size / med(up_s) / 1e6,
+        "ratio_transfer": med(raw_s) / med(transfer_s), "ratio_end_to_end": med(raw_s) / med(up_s),
+        "ratio_transfer_paired": med([r / t for r, t in zip(raw_s, transfer_s)]),
+        "ratio_transfer_vs_store": med(store_s) / med(transfer_s), "ratio_store_vs_raw": med(raw_s) / med(store_s),
+        "cpu_ms_per_100MB": cpu_ms, "ratio_cpu": cpu_ms["raw"]["total"] / cpu_ms["upload"]["total"],
+        "raw_s": raw_s, "raw_store_s": store_s, "upload_s": up_s, "server_finalize_s": verify_server_s, "transfer_s": transfer_s,
+        "target_ratio": 0.8}
+    log(f"[bench] upload {size / 1e6:.1f} MB: raw gRPC {u['raw_grpc_MBps']:.0f} MB/s, raw + store {u['raw_store_MBps']:.0f} MB/s, "
+        f"UploadExpert {u['upload_transfer_MBps']:.0f} MB/s streaming ({u['ratio_transfer']:.2f}× raw, {u['ratio_transfer_vs_store']:.2f}× "
+        f"raw + store), {u['upload_end_to_end_MBps']:.0f} MB/s to the verified receipt ({u['ratio_end_to_end']:.2f}×); CPU ms per 100 MB "
+        + ", ".join(f"{k} {v['client']:.0f}+{v['server']:.0f}" for k, v in cpu_ms.items()))
+    return {"artifact_bytes": size, "upload_digest": preferred_upload_digest(pc.hello().limits.upload_digests), "upload": u}
+
+
+# --- the same upload measurement across a shaped link between two network namespaces ------------------------
+
+def run_link(rate_mbit: int, *, artifact_mb: int = 100, reps: int = 5, threads: int = 1, log=print) -> dict[str, Any]:
+    """Upload vs raw streaming between two "hosts" (simulations.netns: two network namespaces, a veth
+    pair shaped to `rate_mbit` on both ends), servers in one namespace, the measuring client in the other."""
+    import subprocess
+
+    from simulations.netns import NetnsUnavailable, host_pair
+    from simulations.two_party_demo import RunLayout, prepare_parties, spawn, stop, write_provider_config
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="llamdex-bench-link-") as tmp, host_pair(f"llb{os.getpid() % 10000}", subnet=78,
+                                                                                          rate_mbit=rate_mbit) as hosts:
+            layout = RunLayout(Path(tmp))
+            prepare_parties(layout, "alice", hosts={"provider": [hosts.provider_ip]})
+            p_addr = f"{hosts.provider_ip}:50061"
+            pcfg = write_provider_config(layout.provider / "provider.toml", listen=p_addr, preset=TINY, connectors=str(layout.root / "connectors"),
+                                         clients=[{"id": "alice", "public_key": "../keys/alice.pub", "epsilon_budget": 1000.0}])
+            plog, rport = layout.provider / "provider.log", layout.root / "raw.addr"
+            provider = spawn(["--log-level", "info", "provider", "serve", "--config", str(pcfg), "--no-preload"], plog, threads=threads,
+                             prefix=hosts.exec_in("provider", []))
+            raw = subprocess.Popen(hosts.exec_in("provider", [sys.executable, "-m", "simulations.benchmarks.protocol_bench", "--raw-server",
+                                                              f"{hosts.provider_ip}:0", str(layout.certs / "ca.pem"), str(layout.certs / "provider.pem"),
+                                                              str(layout.certs / "provider.key"), str(rport)]),
+                                   stdout=open(layout.root / "raw.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                job = {"root": tmp, "p_addr": p_addr, "raw_port_file": str(rport), "provider_pid": provider.pid, "raw_pid": raw.pid,
+                       "provider_log": str(plog), "artifact_mb": artifact_mb, "reps": reps, "out": str(layout.root / "link.json")}
+                child = subprocess.run(hosts.exec_in("client", [sys.executable, "-m", "simulations.benchmarks.protocol_bench", "--link-client",
+                                                                json.dumps(job)]), capture_output=True, text=True, timeout=1800,
+                                       env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+                for line in child.stdout.splitlines():
+                    if line.startswith("[bench]"):
+                        log(line.replace("[bench]", f"[bench] link {rate_mbit} Mbit/s:", 1))
+                if child.returncode != 0:
+                    raise RuntimeError(f"the link client failed ({child.returncode}): {child.stderr[-3000:]}\n--- provider ---\n"
+                                       f"{plog.read_text(errors='replace')[-2000:]}")
+                out = json.loads((layout.root / "link.json").read_text())
+            finally:
+                stop(provider)
+                stop(raw)
+    except NetnsUnavailable as e:
+        log(f"[bench] link run skipped: {e}")
+        return {"rate_mbit": rate_mbit, "skipped": str(e)}
+    return {"rate_mbit": rate_mbit, "topology": "two network namespaces joined by a veth pair, tc tbf on both ends; mutual TLS", **out}
+
+
+def link_client(job: dict[str, Any]) -> None:
+    """The measuring side of `run_link`, inside the client's namespace."""
+    from client_party.provider_client import ProviderClient
+    from protocol.keys import load_private_key
+    from protocol.tls import TLSFiles
+    from simulations.two_party_demo import RunLayout, wait_healthy
+
+    layout = RunLayout(Path(job["root"]))
+    rport = Path(job["raw_port_file"])
+    for _ in range(600):
+        if rport.exists() and rport.read_text().strip():
+            break
+        time.sleep(0.1)
+    tls, orch = TLSFiles.in_folder(layout.certs, "alice"), TLSFiles.in_folder(layout.certs, "orchestrator")
+    wait_healthy(job["p_addr"], orch, "llamdex.v1.ProviderService", [])
+    key = load_private_key(layout.keys / "alice.key")
+    arts, small = make_artifacts(layout, key, job["artifact_mb"], job["reps"])
+    with ProviderClient(job["p_addr"], "alice", key, tls=tls, provider_public_key=layout.keys / "provider.pub", timeout_s=600) as pc:
+        pc.upload(small, "bench")   # warm-up
+        res = measure_uploads(pc, rport.read_text().strip(), tls, arts, provider_pid=job["provider_pid"], raw_pid=job["raw_pid"],
+                              provider_log=Path(job["provider_log"]), progress=False)
+    Path(job["out"]).write_text(json.dumps(res))
+
+
 # --- the benchmark ----------------------------------------------------------------------------------------------
 
 def run(out_dir: Path, *, artifact_mb: int = 100, reps: int = 3, ask_reps: int = 10, skip_ask: bool = False, threads: int = 1,
-        log=print, progress: bool = True) -> dict[str, Any]:
+        link_mbit: int = 1000, log=print, progress: bool = True) -> dict[str, Any]:
     import torch
 
     from client_party.provider_client import ProviderClient
-    from protocol.artifact import ArtifactVerifier, pack_artifact
+    from protocol.artifact import ArtifactVerifier
     from protocol.keys import load_private_key
-    from protocol.tls import TLSFiles, open_channel
+    from protocol.tls import TLSFiles
     from simulations.two_party_demo import RunLayout, free_port, prepare_parties, spawn, stop, wait_healthy, write_provider_config
 
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg(), "python": platform.python_version(), "torch": torch.__version__,
@@ -231,61 +365,12 @@ def run(out_dir: Path, *, artifact_mb: int = 100, reps: int = 3, ask_reps: int =
             r_addr = rport.read_text().strip()
 
             # --- 1. upload throughput vs raw streaming
-            hidden = hidden_for(artifact_mb)
-            log(f"[bench] building {reps} signed artifacts with hidden {hidden} ...")
-            arts = [big_artifact(layout.root / f"big{i}", alice_key, hidden, seed=i) for i in range(reps)]
-            tars = [pack_artifact(a, limits={"expert.safetensors": 512 * MiB}) for a in arts]
-            size = len(tars[0])
-            results["artifact_bytes"] = size
-            opts = [("grpc.max_send_message_length", 8 * MiB), ("grpc.max_receive_message_length", 8 * MiB)]
-            raw_ch = open_channel(r_addr, alice_tls, options=opts)
-            raw_push(raw_ch, tars[0][:8 * MiB], CHUNK)  # warm-up
-            raw_push(raw_ch, tars[0][:8 * MiB], CHUNK, RAW_STORE_METHOD)
-            raw_s, store_s, up_s, verify_server_s = [], [], [], []
-            cpu: dict[str, list[tuple[float, float]]] = {"raw": [], "raw_store": [], "upload": []}
-            small = big_artifact(layout.root / "small", alice_key, (400, 200), seed=99)
-            provider_pid = procs[0][1].pid
+            arts, small = make_artifacts(layout, alice_key, artifact_mb, reps, log)
             with ProviderClient(p_addr, "alice", alice_key, tls=alice_tls, provider_public_key=layout.keys / "provider.pub", timeout_s=600) as pc:
-                from protocol.wire import preferred_upload_digest
-
-                results["upload_digest"] = preferred_upload_digest(pc.hello().limits.upload_digests)
                 small_upload = pc.upload(small, "bench")   # warm-up: first-call imports on both sides
-                for i in tqdm(range(reps), desc="upload vs raw", unit="rep", disable=not progress):
-                    # the three alternate, so all see the same machine load
-                    with CpuMeter(raw.pid) as m:
-                        raw_s.append(raw_push(raw_ch, tars[i], CHUNK))
-                    cpu["raw"].append((m.client_s, m.server_s))
-                    with CpuMeter(raw.pid) as m:
-                        store_s.append(raw_push(raw_ch, tars[i], CHUNK, RAW_STORE_METHOD))
-                    cpu["raw_store"].append((m.client_s, m.server_s))
-                    with CpuMeter(provider_pid) as m:
-                        t = time.perf_counter()
-                        res = pc.upload(tars[i], "bench", chunk_bytes=CHUNK)
-                        up_s.append(time.perf_counter() - t)
-                    verify_server_s.append(res.verify_seconds)
-                    # the provider's CPU while streaming: all of it minus its finalize (the finalizing thread's
-                    # own CPU, from the provider's log line for this upload), which runs after the last byte
-                    cpu["upload"].append((m.client_s, m.server_s - finalize_cpu_s(plog, res.upload_id)))
-                raw_ch.close()
-                transfer_s = [u - v for u, v in zip(up_s, verify_server_s)]
-                per100 = 100e6 / size * 1000   # seconds for `size` bytes -> ms per 100 MB
-                cpu_ms = {k: {"client": med([c for c, _ in v]) * per100, "server": med([s_ for _, s_ in v]) * per100} for k, v in cpu.items()}
-                for v in cpu_ms.values():
-                    v["total"] = v["client"] + v["server"]
-                results["upload"] = {
-                    "raw_grpc_MBps": size / med(raw_s) / 1e6, "raw_store_MBps": size / med(store_s) / 1e6,
-                    "upload_transfer_MBps": size / med(transfer_s) / 1e6, "upload_end_to_end_MBps": size / med(up_s) / 1e6,
-                    "ratio_transfer": med(raw_s) / med(transfer_s), "ratio_end_to_end": med(raw_s) / med(up_s),
-                    "ratio_transfer_paired": med([r / t for r, t in zip(raw_s, transfer_s)]),
-                    "ratio_transfer_vs_store": med(store_s) / med(transfer_s), "ratio_store_vs_raw": med(raw_s) / med(store_s),
-                    "cpu_ms_per_100MB": cpu_ms, "ratio_cpu": cpu_ms["raw"]["total"] / cpu_ms["upload"]["total"],
-                    "raw_s": raw_s, "raw_store_s": store_s, "upload_s": up_s, "server_finalize_s": verify_server_s, "transfer_s": transfer_s,
-                    "target_ratio": 0.8}
-                u = results["upload"]
-                log(f"[bench] upload {size / 1e6:.1f} MB: raw gRPC {u['raw_grpc_MBps']:.0f} MB/s, raw + store {u['raw_store_MBps']:.0f} MB/s, "
-                    f"UploadExpert {u['upload_transfer_MBps']:.0f} MB/s streaming ({u['ratio_transfer']:.2f}× raw, {u['ratio_transfer_vs_store']:.2f}× "
-                    f"raw + store), {u['upload_end_to_end_MBps']:.0f} MB/s to the verified receipt ({u['ratio_end_to_end']:.2f}×); CPU ms per 100 MB "
-                    + ", ".join(f"{k} {v['client']:.0f}+{v['server']:.0f}" for k, v in cpu_ms.items()))
+                results.update(measure_uploads(pc, r_addr, alice_tls, arts, provider_pid=procs[0][1].pid, raw_pid=raw.pid, provider_log=plog,
+                                               log=log, progress=progress))
+                size = results["artifact_bytes"]
 
                 # --- 2. verification time per artifact
                 verifier = ArtifactVerifier([alice_key.public_key()], limits={"expert.safetensors": 512 * MiB})
@@ -302,10 +387,9 @@ def run(out_dir: Path, *, artifact_mb: int = 100, reps: int = 3, ask_reps: int =
                 small_bytes = sum(f.stat().st_size for f in small.iterdir())
                 results["verification"] = {"big_bytes": size, "big_s": med(big_v), "big_MBps": size / med(big_v) / 1e6,
                                            "default_expert_bytes": small_bytes, "default_expert_s": med(small_v),
-                                           "server_finalize_big_s": med(verify_server_s)}
+                                           "server_finalize_big_s": med(results["upload"]["server_finalize_s"])}
                 log(f"[bench] verify: {med(big_v):.2f} s for {size / 1e6:.0f} MB, {1000 * med(small_v):.1f} ms for the default expert "
-                    f"({small_bytes / 1e3:.0f} kB); server finalize (unpack + verify + ledger) {med(verify_server_s):.2f} s")
-                del tars
+                    f"({small_bytes / 1e3:.0f} kB); server finalize (unpack + verify + ledger) {results['verification']['server_finalize_big_s']:.2f} s")
 
                 if skip_ask:
                     return results
@@ -355,6 +439,8 @@ def run(out_dir: Path, *, artifact_mb: int = 100, reps: int = 3, ask_reps: int =
         finally:
             for _, p, _ in procs:
                 stop(p)
+    if link_mbit:
+        results["link"] = run_link(link_mbit, artifact_mb=artifact_mb, reps=reps, threads=threads, log=log)
     results["machine"]["loadavg_at_end"] = os.getloadavg()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "protocol.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -390,6 +476,9 @@ def markdown(r: dict[str, Any]) -> str:
         f"{u['raw_grpc_MBps']:.0f} MB/s | {u['ratio_transfer']:.2f} (paired {u.get('ratio_transfer_paired', u['ratio_transfer']):.2f}; target ≥ {u['target_ratio']}) |",
         *([f"| upload {mb:.0f} MB, streaming, against raw gRPC + storing the bytes (`PushStore`: each chunk appended to a file, as the part file is) | "
            f"{u['upload_transfer_MBps']:.0f} MB/s | {u['raw_store_MBps']:.0f} MB/s | {u['ratio_transfer_vs_store']:.2f} |"] if "raw_store_MBps" in u else []),
+        *([f"| upload {mb:.0f} MB, streaming, over a {lk['rate_mbit'] / 1000:g} Gbit/s link between two hosts (network namespaces, veth, "
+           f"tc tbf) | {lk['upload']['upload_transfer_MBps']:.0f} MB/s | {lk['upload']['raw_grpc_MBps']:.0f} MB/s | {lk['upload']['ratio_transfer']:.2f} "
+           f"(paired {lk['upload']['ratio_transfer_paired']:.2f}) |"] if (lk := r.get("link")) and "upload" in lk else []),
         f"| upload {mb:.0f} MB, to the verified receipt | {u['upload_end_to_end_MBps']:.0f} MB/s | {u['raw_grpc_MBps']:.0f} MB/s | {u['ratio_end_to_end']:.2f} |",
         f"| verification, {mb:.0f} MB artifact (signature, digests, spec, schema, header, DP) | {v['big_s']:.2f} s ({v['big_MBps']:.0f} MB/s) | – | – |",
         f"| verification, default expert ({v['default_expert_bytes'] / 1e3:.0f} kB) | {1000 * v['default_expert_s']:.1f} ms | – | – |",
@@ -424,18 +513,23 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--raw-server"]:
         raw_server(*argv[1:6])
         return 0
+    if argv[:1] == ["--link-client"]:
+        link_client(json.loads(argv[1]))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out-dir", type=Path, default=Path("docs/results"))
     ap.add_argument("--quick", action="store_true", help="a ~17 MB artifact and fewer repetitions (smoke run)")
     ap.add_argument("--reps", type=int, default=5, help="uploads of distinct ~100 MB artifacts, each against a raw push (default 5)")
+    ap.add_argument("--link-mbit", type=int, default=1000, help="also measure uploads across a link of this capacity between two "
+                    "network namespaces (needs root and iproute2; skipped with the reason otherwise; 0: don't; default 1000)")
     ap.add_argument("--skip-ask", action="store_true", help="measure uploads and verification only (nothing is written)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the provider and of the in-process model (default 1: "
                     "robust on a shared machine, where 2-thread OpenMP stalls when another process holds a core)")
     a = ap.parse_args(argv)
     if a.quick:
-        run(a.out_dir, artifact_mb=17, reps=2, ask_reps=4, skip_ask=a.skip_ask, threads=a.threads)
+        run(a.out_dir, artifact_mb=17, reps=2, ask_reps=4, skip_ask=a.skip_ask, threads=a.threads, link_mbit=a.link_mbit)
     else:
-        run(a.out_dir, artifact_mb=100, reps=a.reps, skip_ask=a.skip_ask, threads=a.threads)
+        run(a.out_dir, artifact_mb=100, reps=a.reps, skip_ask=a.skip_ask, threads=a.threads, link_mbit=a.link_mbit)
     return 0
 
 
