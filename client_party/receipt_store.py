@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from protocol.durable_db import connect_durable
+from protocol.durable_db import connect_durable, durable_connection, immediate_transaction, init_schema
 from protocol.errors import ReceiptError
 from protocol.keys import PublicKey, fingerprint, load_public_key
 from protocol.receipts import GENESIS_DIGEST, Receipt, receipt_digest, verify_chain, verify_receipt
@@ -42,17 +42,14 @@ class ReceiptStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.client_id = client_id
         self.provider_key: PublicKey = load_public_key(provider_public_key)
-        con = self._connect()
-        try:
-            con.executescript(_SCHEMA)
+        init_schema(self.path, _SCHEMA)
+        with durable_connection(self.path) as con:
             for k, v in (("client_id", client_id), ("provider_key", fingerprint(self.provider_key))):
                 con.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (k, v))
                 got = con.execute("SELECT value FROM meta WHERE key=?", (k,)).fetchone()[0]
                 if got != v:
                     raise ReceiptError("BAD_RECEIPT", f"receipt store {self.path} belongs to {k} {got!r}, not {v!r}; use another store file",
                                        file=str(self.path), rule="one client, one provider key")
-        finally:
-            con.close()
 
     def _connect(self) -> sqlite3.Connection:
         return connect_durable(self.path)
@@ -71,31 +68,21 @@ class ReceiptStore:
         r = verify_receipt(env, self.provider_key)
         if r.client_id != self.client_id:
             raise ReceiptError("BAD_RECEIPT", f"receipt {r.receipt_id!r} is for client {r.client_id!r}, not {self.client_id!r}", file=r.receipt_id, rule="own receipts")
-        con = self._connect()
-        try:
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                same = con.execute("SELECT digest FROM receipts WHERE sequence=?", (r.sequence,)).fetchone()
-                if same is not None:
-                    con.execute("ROLLBACK")
-                    if same["digest"] == r.digest:
-                        return False, r
-                    raise ReceiptError("CHAIN_BROKEN", f"receipt {r.receipt_id!r} reuses sequence {r.sequence} with different content "
-                                       f"({r.digest} != held {same['digest']}): the provider signed two histories; keep both as evidence",
-                                       file=r.receipt_id, rule="one receipt per sequence")
-                last = con.execute("SELECT sequence, envelope FROM receipts ORDER BY sequence DESC LIMIT 1").fetchone()
-                previous = verify_receipt(json.loads(last["envelope"]), self.provider_key) if last else None
-                verify_chain([env], self.provider_key, previous=previous) if previous else _check_genesis(r)
-                con.execute("INSERT INTO receipts (sequence, digest, receipt_id, kind, dataset_id, artifact_digest, envelope, received_at) "
-                            "VALUES (?,?,?,?,?,?,?,?)", (r.sequence, r.digest, r.receipt_id, r.kind, r.dataset_id, r.artifact_digest,
-                                                          json.dumps(env, sort_keys=True, separators=(",", ":")), time.time()))
-                con.execute("COMMIT")
-            except BaseException:
-                if con.in_transaction:
-                    con.execute("ROLLBACK")
-                raise
-        finally:
-            con.close()
+        with durable_connection(self.path) as con, immediate_transaction(con):
+            same = con.execute("SELECT digest FROM receipts WHERE sequence=?", (r.sequence,)).fetchone()
+            if same is not None:
+                con.execute("ROLLBACK")
+                if same["digest"] == r.digest:
+                    return False, r
+                raise ReceiptError("CHAIN_BROKEN", f"receipt {r.receipt_id!r} reuses sequence {r.sequence} with different content "
+                                   f"({r.digest} != held {same['digest']}): the provider signed two histories; keep both as evidence",
+                                   file=r.receipt_id, rule="one receipt per sequence")
+            last = con.execute("SELECT sequence, envelope FROM receipts ORDER BY sequence DESC LIMIT 1").fetchone()
+            previous = verify_receipt(json.loads(last["envelope"]), self.provider_key) if last else None
+            verify_chain([env], self.provider_key, previous=previous) if previous else _check_genesis(r)
+            con.execute("INSERT INTO receipts (sequence, digest, receipt_id, kind, dataset_id, artifact_digest, envelope, received_at) "
+                        "VALUES (?,?,?,?,?,?,?,?)", (r.sequence, r.digest, r.receipt_id, r.kind, r.dataset_id, r.artifact_digest,
+                                                      json.dumps(env, sort_keys=True, separators=(",", ":")), time.time()))
         return True, r
 
     def add_many(self, envelopes: Iterable[dict[str, Any] | str]) -> int:

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 
 from client_party.config import ClientConfig
 from protocol.keys import fingerprint
 from protocol.rpc.llamdex.v1 import client_pb2, client_pb2_grpc, common_pb2
 from protocol.rpc_errors import RpcError, guard, guard_stream
+from protocol.serving import announce_serving
 from protocol.tls import add_port, peer_identity
 from protocol.wire import JOB_STATE_NAMES, receipt_envelope, receipt_message
 
@@ -329,12 +330,7 @@ class ClientServer:
 
     def start(self) -> "ClientServer":
         self.server.start()
-        for name in ("", SERVICE_NAME):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        if self.config.port_file:
-            tmp = Path(str(self.config.port_file) + ".tmp")
-            tmp.write_text(self.address + "\n")
-            tmp.replace(self.config.port_file)
+        announce_serving(self.health, SERVICE_NAME, self.address, self.config.port_file)
         log.info("client %s serving on %s", self.config.client_id, self.address)
         return self
 

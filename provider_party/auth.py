@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from protocol.durable_db import connect_durable
+from protocol.durable_db import durable_connection, immediate_transaction, init_schema
 from protocol.request_auth import RequestAuthError, check_request_signature
 from protocol.rpc_errors import RpcError
 from protocol.tls import peer_identity
@@ -57,14 +57,7 @@ class Authenticator:
         self.config = config
         self.db_path = Path(db_path)
         self.buckets = TokenBucket(config.limits.max_requests_per_second)
-        con = self._connect()
-        try:
-            con.executescript(_SCHEMA)
-        finally:
-            con.close()
-
-    def _connect(self) -> sqlite3.Connection:
-        return connect_durable(self.db_path, rows=False)
+        init_schema(self.db_path, _SCHEMA)
 
     def identify(self, context: Any) -> RegisteredClient:
         """The registered client behind this call (PERMISSION_DENIED / UNAUTHENTICATED otherwise)."""
@@ -86,23 +79,14 @@ class Authenticator:
         max_skew = self.config.limits.signature_max_skew_ms
         check_request_signature(client.public_key, method, auth, body, caller=client.client_id, max_skew_ms=max_skew)
         now = int(time.time() * 1000)
-        con = self._connect()
-        con.execute("BEGIN IMMEDIATE")
         try:
-            con.execute("DELETE FROM nonces WHERE timestamp_ms < ?", (now - 2 * max_skew,))
-            con.execute("INSERT INTO nonces (client_id, nonce, timestamp_ms, method) VALUES (?,?,?,?)",
-                        (client.client_id, bytes(auth.nonce), int(auth.timestamp_ms), method))
-            con.execute("COMMIT")
-        except sqlite3.IntegrityError:
-            con.execute("ROLLBACK")
+            with durable_connection(self.db_path, rows=False) as con, immediate_transaction(con):
+                con.execute("DELETE FROM nonces WHERE timestamp_ms < ?", (now - 2 * max_skew,))
+                con.execute("INSERT INTO nonces (client_id, nonce, timestamp_ms, method) VALUES (?,?,?,?)",
+                            (client.client_id, bytes(auth.nonce), int(auth.timestamp_ms), method))
+        except sqlite3.IntegrityError:   # rolled back: the nonce is already there
             raise RequestAuthError("REPLAYED_REQUEST", f"nonce {bytes(auth.nonce).hex()[:16]}… of client {client.client_id!r} was already used; "
                                    "every signed request needs a fresh nonce (the request was not executed again)", rule="fresh nonce") from None
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
-        finally:
-            con.close()
 
 
 __all__ = ["Authenticator", "TokenBucket"]

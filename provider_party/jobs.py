@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from protocol.durable_db import connect_durable
+from protocol.durable_db import connect_durable, init_schema
 from protocol.rpc_errors import RpcError
 
 log = logging.getLogger(__name__)
@@ -105,11 +105,7 @@ class JobStore:
 
     def __init__(self, db_path: str | Path):
         self.db_path = Path(db_path)
-        con = self._connect()
-        try:
-            con.executescript(_SCHEMA)
-        finally:
-            con.close()
+        init_schema(self.db_path, _SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
         return connect_durable(self.db_path)

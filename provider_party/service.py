@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 
 from protocol.dp import ACCOUNTANTS
 from protocol.keys import fingerprint, load_private_key, public_key_pem
 from protocol.request_auth import FORGET_METHOD, UPLOAD_METHOD, forget_body, upload_body
 from protocol.rpc.llamdex.v1 import client_pb2, client_pb2_grpc, common_pb2, provider_pb2, provider_pb2_grpc
 from protocol.rpc_errors import RpcError, guard, guard_stream
+from protocol.serving import announce_serving
 from protocol.tls import add_port, open_channel
 from protocol.wire import JOB_STATES, UPLOAD_DIGESTS, job_result_message, parse_upload_request, receipt_message
 from provider_party.auth import Authenticator
@@ -491,12 +492,7 @@ class ProviderServer:
         self.server.start()
         if self.config.preload:
             self.servicer.preload()
-        for name in ("", SERVICE_NAME):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        if self.config.port_file:
-            tmp = Path(str(self.config.port_file) + ".tmp")
-            tmp.write_text(self.address + "\n")
-            tmp.replace(self.config.port_file)
+        announce_serving(self.health, SERVICE_NAME, self.address, self.config.port_file)
         log.info("provider %s serving on %s (%s)", self.config.provider_id, self.address, "plaintext" if self.config.plaintext else "mutual TLS")
         return self
 

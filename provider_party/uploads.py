@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 from protocol.artifact import ArtifactVerifier, unpack_artifact
 from protocol.dp import verify_statement
-from protocol.durable_db import connect_durable
+from protocol.durable_db import connect_durable, durable_connection, init_schema
 from protocol.errors import BudgetError, CodedError
 from protocol.receipts import utc_now_rfc3339
 from protocol.rpc_errors import RpcError
@@ -240,14 +240,11 @@ class UploadManager:
         self.limits = limits
         self._busy: set[str] = set()
         self._lock = threading.Lock()
-        con = self._connect()
-        try:
-            con.executescript(_SCHEMA)
+        init_schema(self.db_path, _SCHEMA)
+        with durable_connection(self.db_path) as con:
             cols = {r["name"] for r in con.execute("PRAGMA table_info(uploads)")}
             if "artifact_blake3" not in cols:  # a state.db from before BLAKE3 uploads
                 con.execute("ALTER TABLE uploads ADD COLUMN artifact_blake3 TEXT")
-        finally:
-            con.close()
 
     def _connect(self) -> sqlite3.Connection:
         return connect_durable(self.db_path)
