@@ -34,7 +34,9 @@ def test_report_files_are_written(tmp_path):
     data = fake_results()
     paths = write_all(data, tmp_path)
     names = sorted(p.name for p in paths)
-    assert names == ["attacks.json", "attacks.md", "roc_credit.png", "tradeoff.png"]
+    assert names == ["RESULTS.md", "attacks.json", "attacks.md", "roc_credit.png", "tradeoff.png"]
+    section = (tmp_path / "RESULTS.md").read_text()   # a folder other than docs/results gets its own RESULTS.md
+    assert "<!-- BEGIN attacks -->" in section and (tmp_path / "attacks.md").read_text().strip() in section
     assert json.loads((tmp_path / "attacks.json").read_text())["tables"]["credit"]["runs"][1]["epsilon_target"] is None
     for png in ("roc_credit.png", "tradeoff.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -198,12 +198,18 @@ def markdown(data: dict[str, Any], image_prefix: str = "results/") -> str:
 
 
 def write_all(data: dict[str, Any], folder: str | Path) -> list[Path]:
-    """attacks.json, attacks.md, roc_<table>.png per table and tradeoff.png into `folder`."""
+    """attacks.json, attacks.md, roc_<table>.png per table and tradeoff.png into `folder`, and the same
+    Markdown as the `attacks` section of RESULTS.md (docs/RESULTS.md for docs/results, else one beside)."""
+    from simulations.benchmarks.results_md import results_md_path, update_section
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = [save_json(data, folder / "attacks.json")]
-    (folder / "attacks.md").write_text(markdown(data), encoding="utf-8")
+    md = markdown(data)
+    (folder / "attacks.md").write_text(md, encoding="utf-8")
     paths.append(folder / "attacks.md")
+    update_section("attacks", md, results_md_path(folder))
+    paths.append(results_md_path(folder))
     for table, t in data["tables"].items():
         paths.append(plot_roc(table, t["runs"], folder / f"roc_{table}.png"))
     paths.append(plot_tradeoff(data, folder / "tradeoff.png"))
