@@ -1,15 +1,18 @@
 """Protocol benchmark: what the two-party protocol costs on top of the bare computation.
 
-    python -m simulations.benchmarks.protocol_bench            # ~3-5 min on 2 cores; writes docs/results/protocol.{json,md}
+    python -m simulations.benchmarks.protocol_bench            # ~2-4 min on 2 cores; writes docs/results/protocol.{json,md}
                                                                # and the `protocol` section of docs/RESULTS.md
     python -m simulations.benchmarks.protocol_bench --quick    # a 17 MB artifact, fewer repetitions (smoke run)
 
 Measured on loopback with mutual TLS, each server in its own process (as deployed):
 1. upload throughput of a ~100 MB signed artifact through `UploadExpert` against raw gRPC client
    streaming of the same bytes in the same 1 MiB chunks (`CHUNK`, both sides) over the same mutual TLS
-   to a server that only counts them. Raw and protocol uploads alternate, so both see the same load.
+   to a server that only counts them. Raw, raw + store and protocol uploads alternate, so all see the
+   same load.
    - raw: the wall time of one client-streaming call, from the first chunk copied out of the tar to
      the server's answer (the byte count).
+   - raw + store: the same to a server that appends each chunk to a file, unbuffered, as the provider
+     appends verified chunks to the part file: the least any resumable upload does with the bytes.
    - upload, end to end: the wall time of `ProviderClient.upload(tar)`: the tar's digest and the first
      stream's chunk digests (BLAKE3 when both sides have it, else SHA-256), the signed header, the
      stream (the provider checks the header's signature, records its nonce and the upload row, checks
@@ -21,6 +24,11 @@ Measured on loopback with mutual TLS, each server in its own process (as deploye
      stays in.
    Ratios are median(raw) / median(upload); `ratio_transfer_paired` is the median of the per-repetition
    ratios (each upload against the raw push just before it), a check on the machine's noise.
+   - CPU per 100 MB of the client (this process) and of the receiving server for each path: with both
+     processes on the same two cores, throughput follows total CPU.
+   - with `--link-mbit N` (default 1000, root only; skipped with the reason otherwise) the same
+     measurement between two network namespaces joined by a veth pair shaped to N Mbit/s
+     (`simulations.netns`): servers in one, the measuring client in the other, as on two hosts.
 2. verification time per artifact (`ArtifactVerifier.verify`: signature, digests, spec, schema,
    tensor header, DP statement) for the ~100 MB artifact and for the default expert (400-200);
 3. `Ask` latency through the service against the in-process `LlamdexModel.answer` at batch 1 and 16.
@@ -519,7 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out-dir", type=Path, default=Path("docs/results"))
     ap.add_argument("--quick", action="store_true", help="a ~17 MB artifact and fewer repetitions (smoke run)")
-    ap.add_argument("--reps", type=int, default=5, help="uploads of distinct ~100 MB artifacts, each against a raw push (default 5)")
+    ap.add_argument("--reps", type=int, default=9, help="uploads of distinct ~100 MB artifacts, each against a raw push and a raw "
+                    "push + store (default 9; the machine is noisy)")
     ap.add_argument("--link-mbit", type=int, default=1000, help="also measure uploads across a link of this capacity between two "
                     "network namespaces (needs root and iproute2; skipped with the reason otherwise; 0: don't; default 1000)")
     ap.add_argument("--skip-ask", action="store_true", help="measure uploads and verification only (nothing is written)")
