@@ -165,6 +165,11 @@ class BudgetStatus:
         return self.epsilon_budget - self.epsilon_spent
 
 
+def _budget_status(row: sqlite3.Row) -> BudgetStatus:
+    return BudgetStatus(row["client_id"], row["dataset_id"], _from_db(row["epsilon_budget"]), _from_db(row["delta_budget"]),
+                        _from_db(row["epsilon_spent"]), float(row["delta_spent"]))
+
+
 @dataclass(frozen=True)
 class Discrepancy:
     seq: int | None      # None: not tied to one row (e.g. the budgets table)
@@ -251,10 +256,13 @@ class Ledger:
     def budget(self, client_id: str, dataset_id: str) -> BudgetStatus | None:
         with self._connect() as con:
             row = con.execute("SELECT * FROM budgets WHERE client_id=? AND dataset_id=?", (client_id, dataset_id)).fetchone()
-        if row is None:
-            return None
-        return BudgetStatus(client_id, dataset_id, _from_db(row["epsilon_budget"]), _from_db(row["delta_budget"]),
-                            _from_db(row["epsilon_spent"]), float(row["delta_spent"]))
+        return None if row is None else _budget_status(row)
+
+    def budgets(self, client_id: str) -> list[BudgetStatus]:
+        """Every dataset budget registered for `client_id`, by dataset id."""
+        with self._connect() as con:
+            rows = con.execute("SELECT * FROM budgets WHERE client_id=? ORDER BY dataset_id", (client_id,)).fetchall()
+        return [_budget_status(r) for r in rows]
 
     def _budget_row(self, con: sqlite3.Connection, client_id: str, dataset_id: str) -> sqlite3.Row:
         row = con.execute("SELECT * FROM budgets WHERE client_id=? AND dataset_id=?", (client_id, dataset_id)).fetchone()

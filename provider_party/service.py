@@ -71,6 +71,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         self._expert_cache: "OrderedDict[tuple[str, str], Any]" = OrderedDict()
         self._cache_lock = threading.Lock()
         self.recovery = self._recover()
+        self.budget_changes = self._apply_configured_budgets()
         self.jobs = JobManager(self._run_job, config.limits.max_job_queue, on_done=self._deliver_result, store=JobStore(state / "state.db"))
         self.recovery["jobs_failed"] = self.jobs.interrupted
         if self.jobs.interrupted:
@@ -110,6 +111,30 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         if any(counts.values()):
             log.warning("recovered after an unclean stop: %s", counts)
         return counts
+
+    def _apply_configured_budgets(self) -> list[str]:
+        """The configuration is where an operator sets budgets, but a dataset's budget enters the ledger at
+        its first upload; a later change of `[[clients]]` budgets is applied here, at start, so that it
+        does not go unnoticed. A budget below what the dataset already spent is not applied: the ledger
+        keeps its budget and the start-up log says so. A change shows in the next receipt's `budget`."""
+        from protocol.errors import BudgetError
+
+        changes = []
+        for client in self.config.clients:
+            for b in self.ledger.budgets(client.client_id):
+                eps, delta = client.budget_for(b.dataset_id)
+                if (eps, delta) == (b.epsilon_budget, b.delta_budget):
+                    continue
+                what = f"budget of client {client.client_id!r} dataset {b.dataset_id!r}: ε {b.epsilon_budget:g} → {eps:g}, δ {b.delta_budget:g} → {delta:g}"
+                try:
+                    self.ledger.set_budget(client.client_id, b.dataset_id, eps, delta)
+                except BudgetError as e:
+                    log.error("configured %s NOT applied: %s; the ledger keeps ε %g, δ %g", what, e, b.epsilon_budget, b.delta_budget)
+                    changes.append(f"refused: {what}")
+                    continue
+                log.warning("configured %s applied (it shows in the next receipt of that dataset)", what)
+                changes.append(f"applied: {what}")
+        return changes
 
     def _finish_forgets(self) -> dict[str, int]:
         """Forgets cut off between their ledger entry and the deletion of files. The ledger decides: if the

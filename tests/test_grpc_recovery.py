@@ -297,3 +297,24 @@ def test_watchjob_after_a_restart_reports_old_jobs_final_state_and_cut_off_jobs_
         release.set()
         svc.jobs.stop()
         server.stop()
+
+
+def test_a_budget_changed_in_the_configuration_applies_at_restart_unless_below_the_spend(tmp_path, caplog):
+    p = make_parties(tmp_path)
+    cfg = provider_config(p, budgets={"alice": 2.0})
+    svc = ProviderServicer(cfg)
+    rec = _write_all(svc, cfg.client("alice"), pack_artifact(make_artifact(tmp_path / "a", p.keys["alice"])), "u" * 20)
+    fin = svc.uploads.finalize(rec, cfg.client("alice"), svc.ledger, svc.experts, svc.ledger_lock)
+    spent = svc.ledger.budget("alice", "titanic").epsilon_spent
+    assert fin.entry.receipt and 0 < spent < 2.0 and svc.budget_changes == []
+
+    raised = ProviderServicer(provider_config(p, budgets={"alice": 3.0}))       # the operator raised it
+    assert raised.ledger.budget("alice", "titanic").epsilon_budget == 3.0
+    assert raised.budget_changes == ["applied: budget of client 'alice' dataset 'titanic': ε 2 → 3, δ inf → inf"]
+
+    with caplog.at_level("ERROR", logger="provider_party.service"):
+        lowered = ProviderServicer(provider_config(p, budgets={"alice": spent / 2}))   # below what was spent: kept
+    b = lowered.ledger.budget("alice", "titanic")
+    assert (b.epsilon_budget, b.epsilon_spent) == (3.0, spent)
+    assert lowered.budget_changes[0].startswith("refused:") and "NOT applied" in caplog.text
+    assert lowered.ledger.verify_chain() == []
