@@ -242,7 +242,7 @@ def run_two_party_demo(run_dir: Path, epsilon: float = 1.0, preset: str | dict =
                       file=sys.stdout) as bar:
                 for ev in client.Customize(client_pb2.ClientCustomizeRequest(artifact_digest=tr.artifact_digest), timeout=3600):
                     bar.n = int(round(100 * ev.fraction))
-                    bar.set_postfix_str(f"{JOB_STATE_NAMES.get(ev.state, '?').lower()}: {ev.stage}"[:60])
+                    bar.set_postfix_str(f"{JOB_STATE_NAMES.get(ev.state, '?').lower()}: {ev.stage}"[:60], refresh=False)
                     bar.refresh()
                     last = ev
             results["customize_s"] = time.perf_counter() - t

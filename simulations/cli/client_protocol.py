@@ -169,7 +169,7 @@ def _customize(args: argparse.Namespace) -> int:
     with tqdm(total=100, desc="customize", unit="%", bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}") as bar:
         for ev in party.customize(args.artifact_digest, args.preset):
             bar.n = int(round(100 * ev.fraction))
-            bar.set_postfix_str(f"{JOB_STATE_NAMES.get(ev.state, '?').lower()}: {ev.stage}")
+            bar.set_postfix_str(f"{JOB_STATE_NAMES.get(ev.state, '?').lower()}: {ev.stage}", refresh=False)
             bar.refresh()
             last = ev
     if last is None or JOB_STATE_NAMES.get(last.state) != "SUCCEEDED":
