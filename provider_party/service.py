@@ -22,6 +22,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
 from protocol.dp import ACCOUNTANTS
+from protocol.errors import BudgetError
 from protocol.keys import fingerprint, load_private_key, public_key_pem
 from protocol.request_auth import FORGET_METHOD, UPLOAD_METHOD, forget_body, upload_body
 from protocol.rpc.llamdex.v1 import client_pb2, client_pb2_grpc, common_pb2, provider_pb2, provider_pb2_grpc
@@ -117,8 +118,6 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         its first upload; a later change of `[[clients]]` budgets is applied here, at start, so that it
         does not go unnoticed. A budget below what the dataset already spent is not applied: the ledger
         keeps its budget and the start-up log says so. A change shows in the next receipt's `budget`."""
-        from protocol.errors import BudgetError
-
         changes = []
         for client in self.config.clients:
             for b in self.ledger.budgets(client.client_id):

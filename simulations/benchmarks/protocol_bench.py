@@ -99,8 +99,39 @@ def raw_server(address: str, ca: str, cert: str, key: str, port_file: str) -> No
     port = add_port(server, address, TLSFiles(Path(ca), Path(cert), Path(key)))
     server.start()
     host = address.rsplit(":", 1)[0]
-    Path(port_file).write_text(f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}\n")
+    tmp = Path(port_file + ".tmp")
+    tmp.write_text(f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}\n")
+    tmp.replace(port_file)   # whoever waits for the file never reads half a line
     server.wait_for_termination()
+
+
+def start_servers(layout: Any, host: str, *, threads: int, prefix: list[str] | None = None) -> tuple[str, Any, Any, Path, Path]:
+    """The provider (`--log-level info`: its per-upload finalize line is read for the CPU figures) and the
+    raw baselines' server, each in its own process listening on `host` (run through `prefix`, e.g. `ip
+    netns exec NS`). Returns (provider address, provider process, raw process, provider log, raw port file)."""
+    import subprocess
+
+    from simulations.two_party_demo import free_port, spawn, write_provider_config
+
+    p_addr = f"{host}:{free_port() if host == '127.0.0.1' else 50061}"   # inside a fresh namespace every port is free
+    pcfg = write_provider_config(layout.provider / "provider.toml", listen=p_addr, preset=TINY, connectors=str(layout.root / "connectors"),
+                                 clients=[{"id": "alice", "public_key": "../keys/alice.pub", "epsilon_budget": 1000.0}])
+    plog, rport = layout.provider / "provider.log", layout.root / "raw.addr"
+    provider = spawn(["--log-level", "info", "provider", "serve", "--config", str(pcfg), "--no-preload"], plog, threads=threads, prefix=prefix)
+    raw = subprocess.Popen([*(prefix or []), sys.executable, "-m", "simulations.benchmarks.protocol_bench", "--raw-server", f"{host}:0",
+                            str(layout.certs / "ca.pem"), str(layout.certs / "provider.pem"), str(layout.certs / "provider.key"), str(rport)],
+                           stdout=open(layout.root / "raw.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    return p_addr, provider, raw, plog, rport
+
+
+def wait_raw_address(port_file: Path, timeout_s: float = 60.0) -> str:
+    """The raw server's address, once it has written its port file."""
+    deadline = time.monotonic() + timeout_s
+    while not port_file.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the raw server wrote no {port_file} in {timeout_s:.0f} s")
+        time.sleep(0.1)
+    return port_file.read_text().strip()
 
 
 def raw_push(channel: Any, data: bytes, chunk: int, method: str = RAW_METHOD) -> float:
@@ -264,23 +295,14 @@ def run_link(rate_mbit: int, *, artifact_mb: int = 100, reps: int = 5, threads: 
     import subprocess
 
     from simulations.netns import NetnsUnavailable, host_pair
-    from simulations.two_party_demo import RunLayout, prepare_parties, spawn, stop, write_provider_config
+    from simulations.two_party_demo import RunLayout, prepare_parties, stop
 
     try:
         with tempfile.TemporaryDirectory(prefix="llamdex-bench-link-") as tmp, host_pair(f"llb{os.getpid() % 10000}", subnet=78,
                                                                                           rate_mbit=rate_mbit) as hosts:
             layout = RunLayout(Path(tmp))
             prepare_parties(layout, "alice", hosts={"provider": [hosts.provider_ip]})
-            p_addr = f"{hosts.provider_ip}:50061"
-            pcfg = write_provider_config(layout.provider / "provider.toml", listen=p_addr, preset=TINY, connectors=str(layout.root / "connectors"),
-                                         clients=[{"id": "alice", "public_key": "../keys/alice.pub", "epsilon_budget": 1000.0}])
-            plog, rport = layout.provider / "provider.log", layout.root / "raw.addr"
-            provider = spawn(["--log-level", "info", "provider", "serve", "--config", str(pcfg), "--no-preload"], plog, threads=threads,
-                             prefix=hosts.exec_in("provider", []))
-            raw = subprocess.Popen(hosts.exec_in("provider", [sys.executable, "-m", "simulations.benchmarks.protocol_bench", "--raw-server",
-                                                              f"{hosts.provider_ip}:0", str(layout.certs / "ca.pem"), str(layout.certs / "provider.pem"),
-                                                              str(layout.certs / "provider.key"), str(rport)]),
-                                   stdout=open(layout.root / "raw.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+            p_addr, provider, raw, plog, rport = start_servers(layout, hosts.provider_ip, threads=threads, prefix=hosts.exec_in("provider", []))
             try:
                 job = {"root": tmp, "p_addr": p_addr, "raw_port_file": str(rport), "provider_pid": provider.pid, "raw_pid": raw.pid,
                        "provider_log": str(plog), "artifact_mb": artifact_mb, "reps": reps, "out": str(layout.root / "link.json")}
@@ -311,18 +333,14 @@ def link_client(job: dict[str, Any]) -> None:
     from simulations.two_party_demo import RunLayout, wait_healthy
 
     layout = RunLayout(Path(job["root"]))
-    rport = Path(job["raw_port_file"])
-    for _ in range(600):
-        if rport.exists() and rport.read_text().strip():
-            break
-        time.sleep(0.1)
+    raw_address = wait_raw_address(Path(job["raw_port_file"]))
     tls, orch = TLSFiles.in_folder(layout.certs, "alice"), TLSFiles.in_folder(layout.certs, "orchestrator")
     wait_healthy(job["p_addr"], orch, "llamdex.v1.ProviderService", [])
     key = load_private_key(layout.keys / "alice.key")
     arts, small = make_artifacts(layout, key, job["artifact_mb"], job["reps"])
     with ProviderClient(job["p_addr"], "alice", key, tls=tls, provider_public_key=layout.keys / "provider.pub", timeout_s=600) as pc:
         pc.upload(small, "bench")   # warm-up
-        res = measure_uploads(pc, rport.read_text().strip(), tls, arts, provider_pid=job["provider_pid"], raw_pid=job["raw_pid"],
+        res = measure_uploads(pc, raw_address, tls, arts, provider_pid=job["provider_pid"], raw_pid=job["raw_pid"],
                               provider_log=Path(job["provider_log"]), progress=False)
     Path(job["out"]).write_text(json.dumps(res))
 
@@ -337,7 +355,7 @@ def run(out_dir: Path, *, artifact_mb: int = 100, reps: int = 3, ask_reps: int =
     from protocol.artifact import ArtifactVerifier
     from protocol.keys import load_private_key
     from protocol.tls import TLSFiles
-    from simulations.two_party_demo import RunLayout, free_port, prepare_parties, spawn, stop, wait_healthy, write_provider_config
+    from simulations.two_party_demo import RunLayout, prepare_parties, stop, wait_healthy
 
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg(), "python": platform.python_version(), "torch": torch.__version__,
                                            "grpc": grpc.__version__, "platform": platform.platform()},
@@ -353,30 +371,16 @@ def run(out_dir: Path, *, artifact_mb: int = 100, reps: int = 3, ask_reps: int =
         procs = []
         try:
             # --- servers
-            p_addr = f"127.0.0.1:{free_port()}"
-            pcfg = write_provider_config(layout.provider / "provider.toml", listen=p_addr, preset=TINY, connectors=str(layout.root / "connectors"),
-                                         clients=[{"id": "alice", "public_key": "../keys/alice.pub", "epsilon_budget": 1000.0}])
-            plog = layout.provider / "provider.log"
-            procs.append(("provider", spawn(["--log-level", "info", "provider", "serve", "--config", str(pcfg), "--no-preload"], plog, threads=threads), plog))
-            rlog, rport = layout.root / "raw.log", layout.root / "raw.addr"
-            import subprocess
-
-            raw = subprocess.Popen([sys.executable, "-m", "simulations.benchmarks.protocol_bench", "--raw-server", "127.0.0.1:0",
-                                    str(orch.ca), str(layout.certs / "provider.pem"), str(layout.certs / "provider.key"), str(rport)],
-                                   stdout=open(rlog, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-            procs.append(("raw", raw, rlog))
+            p_addr, provider, raw, plog, rport = start_servers(layout, "127.0.0.1", threads=threads)
+            procs += [("provider", provider, plog), ("raw", raw, layout.root / "raw.log")]
             wait_healthy(p_addr, orch, "llamdex.v1.ProviderService", procs[:1])
-            for _ in range(300):
-                if rport.exists():
-                    break
-                time.sleep(0.1)
-            r_addr = rport.read_text().strip()
+            r_addr = wait_raw_address(rport)
 
             # --- 1. upload throughput vs raw streaming
             arts, small = make_artifacts(layout, alice_key, artifact_mb, reps, log)
             with ProviderClient(p_addr, "alice", alice_key, tls=alice_tls, provider_public_key=layout.keys / "provider.pub", timeout_s=600) as pc:
                 small_upload = pc.upload(small, "bench")   # warm-up: first-call imports on both sides
-                results.update(measure_uploads(pc, r_addr, alice_tls, arts, provider_pid=procs[0][1].pid, raw_pid=raw.pid, provider_log=plog,
+                results.update(measure_uploads(pc, r_addr, alice_tls, arts, provider_pid=provider.pid, raw_pid=raw.pid, provider_log=plog,
                                                log=log, progress=progress))
                 size = results["artifact_bytes"]
 
