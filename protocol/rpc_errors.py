@@ -80,8 +80,6 @@ def guard(handler: Callable) -> Callable:
         except grpc.RpcError:
             raise
         except Exception as e:  # noqa: BLE001
-            if getattr(context, "_llamdex_aborted", False):
-                raise
             log.exception("internal error in %s", handler.__name__)
             context.set_trailing_metadata(((ERROR_CODE_METADATA, "INTERNAL"),))
             context.abort(S.INTERNAL, f"internal error ({type(e).__name__}); see the server log")

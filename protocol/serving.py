@@ -1,7 +1,9 @@
-"""What both parties' servers do once they listen: tell gRPC health checking and the port file."""
+"""What both parties' servers share: announcing that they serve (health, port file) and running until a signal."""
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,4 +21,14 @@ def announce_serving(health: Any, service_name: str, address: str, port_file: st
         tmp.replace(port_file)
 
 
-__all__ = ["announce_serving"]
+def serve_forever(server: Any) -> None:
+    """Runs until SIGINT/SIGTERM, then stops the server gracefully (both parties' `serve` verbs)."""
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    while not done.wait(0.5):
+        pass
+    server.stop()
+
+
+__all__ = ["announce_serving", "serve_forever"]

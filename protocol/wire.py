@@ -35,15 +35,6 @@ def preferred_upload_digest(accepted: Any = None) -> str:
     return UPLOAD_DIGESTS[0]
 
 
-def upload_hasher(alg: str) -> Any:
-    """A fresh hashlib-style hasher (`update`, `hexdigest`) for an upload digest name."""
-    if alg == "blake3" and _blake3 is not None:
-        return _blake3.blake3()
-    if alg == "sha256":
-        return hashlib.sha256()
-    raise ValueError(f"unsupported upload digest {alg!r}; supported: {list(UPLOAD_DIGESTS)}")
-
-
 def upload_digest_hex(alg: str, data: Any) -> str:
     """Hex digest of `data` (bytes or memoryview); both hashes release the GIL on large buffers."""
     if alg == "blake3" and _blake3 is not None:
@@ -188,4 +179,4 @@ def job_result_message(d: dict[str, Any]) -> common_pb2.JobResult:
 
 
 __all__ = ["ChunkView", "JOB_STATES", "JOB_STATE_NAMES", "UPLOAD_DIGESTS", "job_result_message", "parse_upload_request", "preferred_upload_digest", "receipt_envelope", "receipt_message",
-           "upload_digest_hex", "upload_digests", "upload_hasher"]
+           "upload_digest_hex", "upload_digests"]

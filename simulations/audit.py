@@ -303,7 +303,7 @@ def _snapshot(path: Path, into: Path) -> Path:
 def audit_ledger(report: AuditReport, path: Path, provider_key: Any) -> list[dict[str, Any]]:
     """Verifies the ledger file; returns its rows (as dicts, receipts parsed) for cross-checks."""
     from protocol.dsse import Envelope
-    from provider_party.ledger import Ledger
+    from provider_party.service.ledger import Ledger
 
     subject = f"ledger {path}"
     if not path.is_file():

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from protocol.encoding import FeatureEncoder
 from protocol.verbalizer import Verbalizer
-from provider_party.llamdex_model import LlamdexModel
+from provider_party.model.llamdex_model import LlamdexModel
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:

@@ -16,9 +16,9 @@ import numpy as np
 from client_party.datasets import encode_table, load_table, split_table
 from client_party.expert_training import TrainConfig, train_expert
 from protocol.expert_spec import load_expert_state
-from provider_party.base_llm import EMBEDDED, load_base_llm
-from provider_party.connector_store import ConnectorStore
-from provider_party.connector_training import Preset
+from provider_party.model.base_llm import EMBEDDED, load_base_llm
+from provider_party.model.connector_store import ConnectorStore
+from provider_party.model.connector_training import Preset
 from simulations.evaluation import evaluate, scores
 
 

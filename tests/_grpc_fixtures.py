@@ -21,7 +21,7 @@ TITANIC = ROOT / "client_party" / "schemas" / "titanic.json"
 
 
 def tiny_preset():
-    from provider_party.connector_training import Preset
+    from provider_party.model.connector_training import Preset
 
     return Preset("tiny", n_synthetic=300, encoder_questions=16, decoder_questions=8, val_questions=8, encoder_epochs=1,
                   decoder_epochs=1, inject_candidates=(24,), surrogate_epochs=1)
@@ -65,7 +65,7 @@ def make_parties(root: Path, names=("provider", "alice", "bob", "mallory", "orch
 
 def provider_config(p: Parties, *, clients=("alice", "bob"), budgets: dict[str, float] | None = None,
                     dataset_budgets: dict[str, dict[str, float]] | None = None, callbacks: dict[str, str] | None = None, **kw: Any):
-    from provider_party.config import ProviderConfig, RegisteredClient
+    from provider_party.service.config import ProviderConfig, RegisteredClient
 
     budgets, dataset_budgets, callbacks = budgets or {}, dataset_budgets or {}, callbacks or {}
     regs = tuple(RegisteredClient(c, p.keys[c].public_key(), epsilon_budget=budgets.get(c, 4.0), budgets=dataset_budgets.get(c, {}),

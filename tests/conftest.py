@@ -20,14 +20,14 @@ def weights_digest(model) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_preset():
-    from provider_party.connector_training import Preset
+    from provider_party.model.connector_training import Preset
 
     return Preset("tiny", **TINY)
 
 
 @pytest.fixture(scope="session")
 def base_llm():
-    from provider_party.base_llm import load_base_llm
+    from provider_party.model.base_llm import load_base_llm
 
     return load_base_llm()
 
@@ -42,7 +42,7 @@ def titanic_schema():
 @pytest.fixture(scope="session")
 def tiny_connectors(base_llm, titanic_schema, tiny_preset):
     """Connectors trained on a handful of synthetic questions; enough to exercise every code path."""
-    from provider_party.connector_training import train_connectors
+    from provider_party.model.connector_training import train_connectors
 
     before = weights_digest(base_llm.model)
     trained = train_connectors(base_llm, titanic_schema, tiny_preset, seed=0, progress=False)
@@ -52,7 +52,26 @@ def tiny_connectors(base_llm, titanic_schema, tiny_preset):
 
 @pytest.fixture(scope="session")
 def tiny_model(base_llm, titanic_schema, tiny_connectors):
-    from provider_party.llamdex_model import LlamdexModel
+    from provider_party.model.llamdex_model import LlamdexModel
 
     t = tiny_connectors
     return LlamdexModel(base_llm, titanic_schema, t.config, t.encoder, t.decoder)
+
+
+@pytest.fixture(scope="session")
+def default_schema():
+    from client_party.datasets import load_schema
+
+    return load_schema("default")
+
+
+@pytest.fixture(scope="session")
+def tiny_default_model(base_llm, default_schema, tiny_preset):
+    """A second schema's tiny connectors (ISLR Default: a boolean and two numbers), for mixed-tenant batches."""
+    from dataclasses import replace
+
+    from provider_party.model.connector_training import train_connectors
+    from provider_party.model.llamdex_model import LlamdexModel
+
+    t = train_connectors(base_llm, default_schema, replace(tiny_preset, inject_candidates=(20,)), seed=1, progress=False)
+    return LlamdexModel(base_llm, default_schema, t.config, t.encoder, t.decoder)

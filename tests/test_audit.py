@@ -17,7 +17,7 @@ from protocol.artifact import ArtifactVerifier, write_artifact
 from protocol.dp import compute_epsilon
 from protocol.keys import generate_private_key
 from protocol.receipts import issue_receipt
-from provider_party.ledger import Ledger
+from provider_party.service.ledger import Ledger
 from simulations.audit import run_audit, second_accountant_epsilon
 
 CLIENT, DATASET = "client-a", "titanic-train"

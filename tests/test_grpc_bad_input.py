@@ -25,8 +25,8 @@ from protocol.artifact import SIGNATURE_FILE, pack_artifact, sign_artifact
 from protocol.request_auth import FORGET_METHOD, UPLOAD_METHOD, forget_body, sign_request, upload_body
 from protocol.rpc.llamdex.v1 import common_pb2, provider_pb2
 from protocol.rpc_errors import error_code
-from provider_party.config import ProviderLimits
-from provider_party.service import ProviderServer
+from provider_party.service.config import ProviderLimits
+from provider_party.service.server import ProviderServer
 
 MiB = 1 << 20
 
@@ -40,7 +40,7 @@ def env(tmp_path_factory):
                                                   dataset_budgets={"alice": {"budgettest": 3.0}}, limits=limits)).start()
     alice = provider_client(parties, server.address, "alice")
     good = alice.upload(make_artifact(root / "good", parties.keys["alice"]), "titanic")
-    yield {"root": root, "p": parties, "server": server, "svc": server.servicer, "alice": alice, "good": good}
+    yield {"root": root, "p": parties, "server": server, "svc": server.servicer.party, "alice": alice, "good": good}
     alice.close()
     server.stop()
 
@@ -431,7 +431,7 @@ def test_ledger_pages_hold_only_the_callers_entries_in_order(env):
 
 
 def test_rate_limit_is_a_token_bucket_per_client():
-    from provider_party.auth import TokenBucket
+    from provider_party.service.auth import TokenBucket
 
     bucket = TokenBucket(rate=1.0)   # burst of 4
     assert [bucket.take("alice") for _ in range(5)] == [True] * 4 + [False]

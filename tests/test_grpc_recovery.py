@@ -16,8 +16,8 @@ import pytest
 from protocol.artifact import pack_artifact
 from protocol.request_auth import UPLOAD_METHOD, sign_request, upload_body
 from protocol.rpc.llamdex.v1 import common_pb2, provider_pb2
-from provider_party.ledger import Ledger
-from provider_party.service import ProviderServicer
+from provider_party.service.ledger import Ledger
+from provider_party.service.core import ProviderParty
 from tests._grpc_fixtures import make_artifact, make_parties, provider_client, provider_config
 
 
@@ -43,7 +43,7 @@ def _visible(svc: ProviderServicer) -> list[str]:
 def test_crash_after_the_ledger_commit_is_completed_at_restart(tmp_path, monkeypatch):
     p = make_parties(tmp_path)
     cfg = provider_config(p)
-    svc = ProviderServicer(cfg)
+    svc = ProviderParty(cfg)
     alice = cfg.client("alice")
     tar = pack_artifact(make_artifact(tmp_path / "a", p.keys["alice"]))
     rec = _write_all(svc, alice, tar, "u" * 20)
@@ -55,7 +55,7 @@ def test_crash_after_the_ledger_commit_is_completed_at_restart(tmp_path, monkeyp
         svc.uploads.finalize(rec, alice, svc.ledger, svc.experts, svc.ledger_lock)
     assert svc.ledger.count() == 1 and _visible(svc) == []          # charged, not yet visible
     monkeypatch.undo()
-    again = ProviderServicer(cfg)                                     # the restarted provider
+    again = ProviderParty(cfg)                                     # the restarted provider
     assert again.recovery["promoted"] == 1 and again.recovery["completed"] == 1
     assert len(_visible(again)) == 1 and again.ledger.verify_chain() == []
     done = again.uploads.get("u" * 20, "alice")
@@ -65,7 +65,7 @@ def test_crash_after_the_ledger_commit_is_completed_at_restart(tmp_path, monkeyp
 def test_crash_before_the_ledger_commit_leaves_nothing_and_the_upload_resumes(tmp_path):
     p = make_parties(tmp_path)
     cfg = provider_config(p)
-    svc = ProviderServicer(cfg)
+    svc = ProviderParty(cfg)
     alice = cfg.client("alice")
     tar = pack_artifact(make_artifact(tmp_path / "a", p.keys["alice"]))
     upload_id = "v" * 20
@@ -77,11 +77,11 @@ def test_crash_before_the_ledger_commit_leaves_nothing_and_the_upload_resumes(tm
     svc.ledger._fault = fault
     with pytest.raises(Crash):
         svc.uploads.finalize(rec, alice, svc.ledger, svc.experts, svc.ledger_lock)
-    from provider_party.service import ProviderServer
+    from provider_party.service.server import ProviderServer
 
     server = ProviderServer(cfg).start()                              # restart on the same state
     try:
-        s = server.servicer
+        s = server.servicer.party
         assert s.ledger.count() == 0 and _visible(s) == [] and s.ledger.verify_chain() == []
         assert not any((s.experts.root / "staging").rglob("*")) or s.recovery["discarded"] >= 0
         with provider_client(p, server.address) as pc:
@@ -176,7 +176,7 @@ def _uploaded_with_connectors(tmp_path, p, server):
 
     with provider_client(p, server.address) as pc:
         res = pc.upload(make_artifact(tmp_path / "a", p.keys["alice"]), "titanic")
-    s = server.servicer
+    s = server.servicer.party
     conn = s.connectors.path_for(s.base_model_id(), titanic_schema().digest)   # stands for trained connectors
     conn.mkdir(parents=True)
     (conn / "connectors.json").write_text("{}\n")
@@ -186,12 +186,12 @@ def _uploaded_with_connectors(tmp_path, p, server):
 @pytest.mark.parametrize("point", ["before removing the expert", "before deleting the connectors"])
 def test_forget_cut_off_after_its_ledger_entry_is_finished_at_restart(tmp_path, point):
     from protocol.receipts import verify_receipt
-    from provider_party.service import ProviderServer
+    from provider_party.service.server import ProviderServer
 
     p = make_parties(tmp_path)
     cfg = provider_config(p)
     server = ProviderServer(cfg).start()
-    s = server.servicer
+    s = server.servicer.party
     try:
         res, conn = _uploaded_with_connectors(tmp_path, p, server)
         if point == "before removing the expert":
@@ -210,21 +210,21 @@ def test_forget_cut_off_after_its_ledger_entry_is_finished_at_restart(tmp_path, 
     assert conn.exists() and s.forgets.pending()                                # ... the files are not deleted yet
     assert (_visible(s) == [res.artifact_digest]) == (point == "before removing the expert")
 
-    again = ProviderServicer(cfg)                                               # the restarted provider keeps the promise
+    again = ProviderParty(cfg)                                               # the restarted provider keeps the promise
     assert (again.recovery["forgets_finished"], again.recovery["connectors_deleted"]) == (1, 1)
     assert not conn.exists() and _visible(again) == [] and again.forgets.pending() == []
     assert again.ledger.verify_chain() == [] and again.ledger.count() == 2
-    third = ProviderServicer(cfg)                                               # and there is nothing left to do
+    third = ProviderParty(cfg)                                               # and there is nothing left to do
     assert (third.recovery["forgets_finished"], third.recovery["forgets_dropped"], third.recovery["connectors_deleted"]) == (0, 0, 0)
 
 
 def test_forget_cut_off_before_its_ledger_entry_deletes_nothing_at_restart(tmp_path):
-    from provider_party.service import ProviderServer
+    from provider_party.service.server import ProviderServer
 
     p = make_parties(tmp_path)
     cfg = provider_config(p)
     server = ProviderServer(cfg).start()
-    s = server.servicer
+    s = server.servicer.party
     try:
         res, conn = _uploaded_with_connectors(tmp_path, p, server)
 
@@ -238,7 +238,7 @@ def test_forget_cut_off_before_its_ledger_entry_deletes_nothing_at_restart(tmp_p
     finally:
         server.stop()
     assert s.ledger.count() == 1 and s.forgets.pending()                        # noted, never promised
-    again = ProviderServicer(cfg)
+    again = ProviderParty(cfg)
     assert (again.recovery["forgets_dropped"], again.recovery["connectors_deleted"]) == (1, 0)
     assert conn.exists() and _visible(again) == [res.artifact_digest] and again.forgets.pending() == []
     assert again.ledger.verify_chain() == [] and again.ledger.count() == 1
@@ -258,11 +258,11 @@ def test_watchjob_after_a_restart_reports_old_jobs_final_state_and_cut_off_jobs_
     import threading
 
     from protocol.wire import JOB_STATE_NAMES
-    from provider_party.service import ProviderServer
+    from provider_party.service.server import ProviderServer
 
     p = make_parties(tmp_path)
     cfg = provider_config(p)
-    svc = ProviderServicer(cfg)
+    svc = ProviderParty(cfg)
     release = threading.Event()
 
     def runner(job, progress):
@@ -278,7 +278,7 @@ def test_watchjob_after_a_restart_reports_old_jobs_final_state_and_cut_off_jobs_
 
     server = ProviderServer(cfg).start()                            # the restarted provider, on the same state
     try:
-        assert server.servicer.recovery["jobs_failed"] == 1
+        assert server.servicer.party.recovery["jobs_failed"] == 1
         with provider_client(p, server.address) as pc:
             events = list(pc.watch_job(done.job_id, timeout_s=10))
             assert [JOB_STATE_NAMES[e.state] for e in events][0] == "QUEUED"
@@ -302,18 +302,18 @@ def test_watchjob_after_a_restart_reports_old_jobs_final_state_and_cut_off_jobs_
 def test_a_budget_changed_in_the_configuration_applies_at_restart_unless_below_the_spend(tmp_path, caplog):
     p = make_parties(tmp_path)
     cfg = provider_config(p, budgets={"alice": 2.0})
-    svc = ProviderServicer(cfg)
+    svc = ProviderParty(cfg)
     rec = _write_all(svc, cfg.client("alice"), pack_artifact(make_artifact(tmp_path / "a", p.keys["alice"])), "u" * 20)
     fin = svc.uploads.finalize(rec, cfg.client("alice"), svc.ledger, svc.experts, svc.ledger_lock)
     spent = svc.ledger.budget("alice", "titanic").epsilon_spent
     assert fin.entry.receipt and 0 < spent < 2.0 and svc.budget_changes == []
 
-    raised = ProviderServicer(provider_config(p, budgets={"alice": 3.0}))       # the operator raised it
+    raised = ProviderParty(provider_config(p, budgets={"alice": 3.0}))       # the operator raised it
     assert raised.ledger.budget("alice", "titanic").epsilon_budget == 3.0
     assert raised.budget_changes == ["applied: budget of client 'alice' dataset 'titanic': ε 2 → 3, δ inf → inf"]
 
-    with caplog.at_level("ERROR", logger="provider_party.service"):
-        lowered = ProviderServicer(provider_config(p, budgets={"alice": spent / 2}))   # below what was spent: kept
+    with caplog.at_level("ERROR", logger="provider_party.service.core"):
+        lowered = ProviderParty(provider_config(p, budgets={"alice": spent / 2}))   # below what was spent: kept
     b = lowered.ledger.budget("alice", "titanic")
     assert (b.epsilon_budget, b.epsilon_spent) == (3.0, spent)
     assert lowered.budget_changes[0].startswith("refused:") and "NOT applied" in caplog.text

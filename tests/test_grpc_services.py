@@ -18,7 +18,7 @@ from protocol.rpc.llamdex.v1 import client_pb2, client_pb2_grpc, common_pb2
 from protocol.rpc_errors import error_code
 from protocol.tls import open_channel
 from protocol.wire import receipt_envelope, receipt_message
-from provider_party.service import ProviderServer
+from provider_party.service.server import ProviderServer
 from simulations.two_party_demo import free_port
 
 
@@ -72,7 +72,7 @@ def test_train_and_hand_over_returns_a_receipt_the_client_verified_and_kept(worl
     assert dp["mechanism"] == "dp-sgd" and dp["epsilon"] <= 1.0 and abs(r.epsilon_recomputed - dp["epsilon"]) < 1e-6
     held = world["orch"].ListReceipts(client_pb2.ListReceiptsRequest(), timeout=30)
     assert [x.digest for x in held.receipts] == [r.digest]
-    assert world["provider"].servicer.ledger.verify_chain() == []
+    assert world["provider"].servicer.party.ledger.verify_chain() == []
     world["state"]["digest"] = resp.artifact_digest
 
 
@@ -100,7 +100,7 @@ def test_ask_single_and_batched_equals_the_in_process_model(world):
 
     from protocol.artifact import ArtifactVerifier
     from protocol.expert_spec import load_expert_state
-    from provider_party.connector_store import ConnectorStore
+    from provider_party.model.connector_store import ConnectorStore
 
     p, digest = world["p"], world["state"]["digest"]
     questions = ["A woman of 29 travelled in first class. Did she survive?",
@@ -111,7 +111,7 @@ def test_ask_single_and_batched_equals_the_in_process_model(world):
         single = pc.ask(questions[:1], artifact_digest=digest)
         batch = pc.ask_raw(questions, artifact_digest=digest, include_base=True)
     assert len(single) == 1 and len(batch.answers) == 4 and list(batch.verbalizers)
-    svc = world["provider"].servicer
+    svc = world["provider"].servicer.party
     folder = world["client"].party.index()[digest]["folder"]
     verified = ArtifactVerifier([p.keys["alice"].public_key()]).verify(folder)
     expert = load_expert_state(verified.spec, verified.load_tensors())
@@ -144,7 +144,7 @@ def test_delivered_receipts_are_verified_before_they_are_kept(world):
 
 def test_forget_deletes_expert_and_connectors_with_a_signed_deletion_receipt(world):
     p, digest = world["p"], world["state"]["digest"]
-    svc = world["provider"].servicer
+    svc = world["provider"].servicer.party
     store = world["client"].party.store
     with provider_client(p, world["provider"].address, store=store) as pc:
         receipts, deleted = pc.forget(digest)

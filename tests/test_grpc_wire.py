@@ -144,7 +144,7 @@ def _reader_threads() -> list:
 def test_read_ahead_yields_in_order_holds_at_most_its_bound_and_passes_on_how_the_stream_ended():
     import threading
 
-    from provider_party.uploads import ReadAhead
+    from provider_party.service.uploads import ReadAhead
 
     pulled = []
 

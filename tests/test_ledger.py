@@ -18,7 +18,7 @@ from protocol.dp import DPStatement
 from protocol.errors import BudgetError, LedgerError
 from protocol.keys import generate_private_key, save_private_key
 from protocol.receipts import GENESIS_DIGEST, verify_chain as verify_receipt_chain, verify_receipt
-from provider_party.ledger import Ledger
+from provider_party.service.ledger import Ledger
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -202,7 +202,7 @@ _WORKER = textwrap.dedent("""
     import os, sys
     from protocol.dp import DPStatement
     from protocol.keys import load_private_key
-    from provider_party.ledger import Ledger
+    from provider_party.service.ledger import Ledger
     db, keyfile, client, n, crash_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
     lg = Ledger(db, load_private_key(keyfile))
     if crash_at != "-":

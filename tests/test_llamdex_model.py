@@ -8,9 +8,9 @@ import torch
 from protocol.encoding import FeatureEncoder
 from protocol.expert_spec import ExpertSpec, build_expert
 from protocol.verbalizer import Verbalizer
-from provider_party.connectors import load_connectors, save_connectors
-from provider_party.llamdex_model import LlamdexModel
-from provider_party.synthesis import synthesize
+from provider_party.model.connectors import load_connectors, save_connectors
+from provider_party.model.llamdex_model import LlamdexModel
+from provider_party.model.synthesis import synthesize
 from tests.conftest import weights_digest
 
 
@@ -137,7 +137,7 @@ def test_store_treats_an_older_connector_format_as_absent(tmp_path, tiny_connect
     """A v1 set (regression head for numbers) must be retrained, not loaded into the v2 encoder."""
     import json
 
-    from provider_party.connector_store import ConnectorStore
+    from provider_party.model.connector_store import ConnectorStore
 
     store = ConnectorStore(tmp_path / "store")
     store.save(base_llm, titanic_schema, tiny_connectors)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from provider_party.numbers import find_numbers, number_values
+from provider_party.model.numbers import find_numbers, number_values
 
 
 @pytest.mark.parametrize("text, values", [
@@ -46,7 +46,7 @@ def test_numbers_outside_the_question_span_are_ignored():
 
 
 def test_batch_numbers_are_aligned_with_left_padded_tokens(base_llm, titanic_schema):
-    from provider_party.prompting import PromptBuilder
+    from provider_party.model.prompting import PromptBuilder
 
     pb = PromptBuilder(base_llm.tokenizer, titanic_schema)
     qs = ["A passenger aged 29.5 in class 3rd. Did the passenger survive?",

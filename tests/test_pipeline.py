@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from provider_party.connector_store import ConnectorStore
+from provider_party.model.connector_store import ConnectorStore
 from simulations.pipeline import format_table, run_pipeline
 
 

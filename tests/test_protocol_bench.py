@@ -73,12 +73,12 @@ def test_process_cpu_counts_a_busy_thread_of_another_process():
 
 
 def test_the_provider_logs_each_accepted_upload_in_the_form_the_benchmark_reads(tmp_path, caplog):
-    from provider_party.service import ProviderServer
+    from provider_party.service.server import ProviderServer
 
     p = make_parties(tmp_path, names=("provider", "alice", "orchestrator"))
     server = ProviderServer(provider_config(p, clients=("alice",))).start()
     try:
-        with caplog.at_level(logging.INFO, logger="provider_party.service"), provider_client(p, server.address) as pc:
+        with caplog.at_level(logging.INFO, logger="provider_party.service.core"), provider_client(p, server.address) as pc:
             res = pc.upload(make_artifact(tmp_path / "art", p.keys["alice"]), "titanic")
     finally:
         server.stop(0)

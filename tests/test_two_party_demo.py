@@ -24,7 +24,7 @@ def _run(run: Path, max_questions: int, include_base: bool) -> tuple[int, list[s
 
 def _check_run(run: Path, rc: int, lines: list[str], n_questions: int) -> dict:
     from protocol.receipts import verify_chain, verify_receipt
-    from provider_party.ledger import Ledger
+    from provider_party.service.ledger import Ledger
 
     assert rc == 0, "\n".join(lines[-30:])
     results = json.loads((run / "results.json").read_text())

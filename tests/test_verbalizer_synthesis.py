@@ -8,7 +8,7 @@ import pytest
 from client_party.datasets import DATASETS, load_schema
 from protocol.encoding import FeatureEncoder, is_missing
 from protocol.verbalizer import Verbalizer
-from provider_party.synthesis import synthesize
+from provider_party.model.synthesis import synthesize
 
 
 @pytest.mark.parametrize("name", sorted(DATASETS))

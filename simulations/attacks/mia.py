@@ -213,14 +213,6 @@ class LLMChannel:
                 out[idx] = torch.log_softmax(logits.double(), dim=-1).numpy()
         return out
 
-    def expert_log_probs(self, model: torch.nn.Module) -> np.ndarray:
-        """The expert's own log-probabilities on the features the encoder extracted from the questions."""
-        out = np.zeros((self._n, self.num_classes))
-        with torch.inference_mode():
-            for idx, _b, _h, feats in self._cache:
-                out[idx] = torch.log_softmax(model(feats).double(), dim=-1).numpy()
-        return out
-
 
 # --- the experiment -------------------------------------------------------------------------------
 

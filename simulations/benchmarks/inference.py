@@ -24,8 +24,8 @@ def measure(dataset: str, batch_sizes: tuple[int, ...], reps: int, preset: str, 
     """Builds the table's non-DP expert and the stored (or newly trained) connectors, then times them."""
     from client_party.datasets import encode_table, load_table, split_table
     from client_party.expert_training import TrainConfig, train_expert
-    from provider_party.base_llm import load_base_llm
-    from provider_party.connector_store import ConnectorStore
+    from provider_party.model.base_llm import load_base_llm
+    from provider_party.model.connector_store import ConnectorStore
     from simulations.evaluation import test_questions
 
     df, schema = load_table(dataset)

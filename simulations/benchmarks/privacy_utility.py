@@ -93,8 +93,8 @@ def run_table(table: str, args: argparse.Namespace, t0: float, llm: Any) -> dict
     _log(f"{table}: {len(df)} records; split {len(split.train)} train / {len(split.out)} held-out / {len(split.aux)} auxiliary", t0)
     channel, connectors = None, None
     if llm is not None:
-        from provider_party.base_llm import llamdex_home
-        from provider_party.connector_store import ConnectorStore
+        from provider_party.model.base_llm import llamdex_home
+        from provider_party.model.connector_store import ConnectorStore
 
         store = ConnectorStore(Path(args.connector_root) if args.connector_root else llamdex_home() / "connectors-quick")
         model, trained_now = store.get_or_train(llm, schema, args.preset, progress=False)
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))   # the LLM uses both cores; experts switch to one
     llm = None
     if not args.no_llm:
-        from provider_party.base_llm import load_base_llm
+        from provider_party.model.base_llm import load_base_llm
 
         llm = load_base_llm()
         _log(f"base LLM loaded: {llm.model_id}", t0)

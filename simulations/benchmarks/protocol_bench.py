@@ -426,8 +426,8 @@ def run(out_dir: Path, *, artifact_mb: int = 100, reps: int = 3, ask_reps: int =
                     ask[b] = {"service_s": med(lat), "service_compute_s": med(server_s)}
             # in-process, with the provider idle (same connectors, same expert)
             from protocol.expert_spec import load_expert_state
-            from provider_party.base_llm import load_base_llm
-            from provider_party.connector_store import ConnectorStore
+            from provider_party.model.base_llm import load_base_llm
+            from provider_party.model.connector_store import ConnectorStore
 
             base = load_base_llm()
             verified = ArtifactVerifier([alice_key.public_key()]).verify(small)

@@ -110,8 +110,8 @@ def _mia(args: argparse.Namespace) -> int:
     llamdex = None
     if args.query:
         from client_party.datasets import load_table
-        from provider_party.base_llm import llamdex_home, load_base_llm
-        from provider_party.connector_store import ConnectorStore
+        from provider_party.model.base_llm import llamdex_home, load_base_llm
+        from provider_party.model.connector_store import ConnectorStore
 
         _, schema = load_table(args.dataset)
         store = ConnectorStore(args.connector_root or llamdex_home() / "connectors-quick")

@@ -137,7 +137,7 @@ def register_actions(csub: argparse._SubParsersAction) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from client_party.service import ClientServer
-    from provider_party.service import serve_forever
+    from protocol.serving import serve_forever
 
     server = ClientServer(config_from_args(args)).start()
     print(f"client {server.config.client_id} serving on {server.address} ({'plaintext' if server.config.plaintext else 'mutual TLS'})", flush=True)

@@ -34,8 +34,8 @@ def _connectors(args: argparse.Namespace) -> int:
     import json
 
     from client_party.datasets import load_schema  # schema parsing only; no client data is read
-    from provider_party.base_llm import load_base_llm
-    from provider_party.connector_store import ConnectorStore
+    from provider_party.model.base_llm import load_base_llm
+    from provider_party.model.connector_store import ConnectorStore
 
     schema = load_schema(args.schema)
     base = load_base_llm(args.base_model)

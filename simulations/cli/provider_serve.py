@@ -38,7 +38,7 @@ def register_serve(psub: argparse._SubParsersAction) -> None:
 def config_from_args(args: argparse.Namespace):
     from protocol.keys import load_public_key
     from protocol.tls import TLSFiles
-    from provider_party.config import ProviderConfig, RegisteredClient, check_id, load_provider_config
+    from provider_party.service.config import ProviderConfig, RegisteredClient, check_id, load_provider_config
 
     cfg = load_provider_config(args.config) if args.config else ProviderConfig()
     tls = cfg.tls
@@ -58,15 +58,16 @@ def config_from_args(args: argparse.Namespace):
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from provider_party.service import ProviderServer, serve_forever
+    from protocol.serving import serve_forever
+    from provider_party.service.server import ProviderServer
 
     cfg = config_from_args(args)
     if not cfg.clients:
         raise SystemExit("no client is registered: add [[clients]] to the config or --client ID=PUBKEY")
     server = ProviderServer(cfg).start()
-    rec = {k: v for k, v in server.servicer.recovery.items() if v}
+    rec = {k: v for k, v in server.servicer.party.recovery.items() if v}
     print(f"provider {cfg.provider_id} serving on {server.address} ({'plaintext' if cfg.plaintext else 'mutual TLS'}); "
-          f"{len(cfg.clients)} registered client(s); ledger {server.servicer.ledger.count()} entries, chain verified"
+          f"{len(cfg.clients)} registered client(s); ledger {server.servicer.party.ledger.count()} entries, chain verified"
           + (f"; recovered {rec}" if rec else ""), flush=True)
     serve_forever(server)
     return 0

@@ -30,7 +30,6 @@ import contextlib
 import json
 import math
 import sqlite3
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -190,7 +189,6 @@ class Ledger:
         self.default_epsilon_budget = default_epsilon_budget
         self.default_delta_budget = default_delta_budget
         self._fault: Callable[[str], None] | None = None   # test hook: called at named points inside a write
-        self._local = threading.local()
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(_SCHEMA)

@@ -15,7 +15,16 @@ import torch
 
 from protocol.schema import PublicSchema
 from protocol.verbalizer import answer_instruction
-from provider_party.numbers import number_values
+from provider_party.model.numbers import number_values
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    """One tokenized query before padding: `prefix + slots + suffix`."""
+
+    ids: list[int]
+    question_len: int  # prefix tokens the expert encoder may read
+    numbers: list[float]  # per prefix token: the value of the stated number ending there, else NaN
 
 
 @dataclass
@@ -28,10 +37,31 @@ class QueryBatch:
     num_slots: int
     suffix_len: int
 
+    def slots(self, num_slots: int) -> slice:
+        """Positions of `num_slots` slots in every row (left padding aligns the rows' ends)."""
+        end = self.input_ids.shape[1] - self.suffix_len
+        return slice(end - num_slots, end)
+
     @property
     def slot_slice(self) -> slice:
-        end = self.input_ids.shape[1] - self.suffix_len
-        return slice(end - self.num_slots, end)
+        return self.slots(self.num_slots)
+
+    @staticmethod
+    def pad(rows: list[PromptRow], pad_id: int, num_slots: int, suffix_len: int) -> "QueryBatch":
+        """Left-pads rows to one width; rows of a mixed batch may carry different slot counts."""
+        width = max(len(r.ids) for r in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        qmask = torch.zeros((len(rows), width), dtype=torch.bool)
+        numbers = torch.full((len(rows), width), float("nan"))
+        for i, r in enumerate(rows):
+            start = width - len(r.ids)
+            ids[i, start:] = torch.tensor(r.ids)
+            mask[i, start:] = 1
+            qmask[i, start: start + r.question_len] = True
+            numbers[i, start: start + r.question_len] = torch.tensor(r.numbers, dtype=torch.float32)
+        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        return QueryBatch(ids, mask, pos, qmask, numbers, num_slots, suffix_len)
 
     def to(self, device: torch.device | str) -> "QueryBatch":
         return QueryBatch(self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device),
@@ -84,23 +114,10 @@ class PromptBuilder:
         start = len(self._head_text)
         return enc["input_ids"], number_values(enc["offset_mapping"], text, start, start + len(q))
 
+    def row(self, question: str, num_slots: int) -> PromptRow:
+        prefix, numbers = self.prefix(question)
+        return PromptRow(prefix + [self.slot_id] * num_slots + self.suffix_ids, len(prefix), numbers)
+
     def batch(self, questions: list[str], num_slots: int) -> QueryBatch:
         """Left-padded batch; `num_slots=0` gives the plain base-LLM query."""
-        rows, qlens, nums = [], [], []
-        for q in questions:
-            p, values = self.prefix(q)
-            rows.append(p + [self.slot_id] * num_slots + self.suffix_ids)
-            qlens.append(len(p))
-            nums.append(values)
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        qmask = torch.zeros((len(rows), width), dtype=torch.bool)
-        numbers = torch.full((len(rows), width), float("nan"))
-        for i, (r, ql, v) in enumerate(zip(rows, qlens, nums)):
-            ids[i, width - len(r):] = torch.tensor(r)
-            mask[i, width - len(r):] = 1
-            qmask[i, width - len(r): width - len(r) + ql] = True
-            numbers[i, width - len(r): width - len(r) + ql] = torch.tensor(v, dtype=torch.float32)
-        pos = (mask.cumsum(1) - 1).clamp(min=0)
-        return QueryBatch(ids, mask, pos, qmask, numbers, num_slots, len(self.suffix_ids))
+        return QueryBatch.pad([self.row(q, num_slots) for q in questions], self.pad_id, num_slots, len(self.suffix_ids))

@@ -18,6 +18,7 @@ from torch import nn
 from protocol.encoding import FeatureEncoder
 from protocol.expert_spec import ExpertMLP, ExpertSpec, build_expert
 from protocol.schema import PublicSchema
+from protocol.seeding import generator, init_parameters
 
 
 def synthesize(schema: PublicSchema, n: int = 10_000, seed: int = 0, class_sep: float = 7.0, missing_rate: float = 0.1) -> tuple[pd.DataFrame, np.ndarray]:
@@ -55,12 +56,11 @@ def synthesize(schema: PublicSchema, n: int = 10_000, seed: int = 0, class_sep: 
 
 def train_surrogate(schema: PublicSchema, x: np.ndarray, y: np.ndarray, *, epochs: int = 10, seed: int = 0, batch_size: int = 128) -> ExpertMLP:
     """Non-private surrogate expert (synthetic data has nothing to protect) with the paper's MLP."""
-    torch.manual_seed(seed)
     spec = ExpertSpec(input_dim=FeatureEncoder(schema).dim, num_classes=schema.label.num_classes, schema_digest=schema.digest)
-    model = build_expert(spec)
+    gen = generator(seed)
+    model = init_parameters(build_expert(spec), gen)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y)
-    gen = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(epochs):
         perm = torch.randperm(len(xt), generator=gen)

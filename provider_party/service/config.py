@@ -159,7 +159,7 @@ def parse_client(d: dict[str, Any], base: Path, i: int) -> RegisteredClient:
 
 def _preset(v: Any) -> Any:
     """A preset name ("quick", "default"), or an inline table of Preset fields (e.g. a tiny preset for tests)."""
-    from provider_party.connector_training import PRESETS, Preset
+    from provider_party.model.connector_training import PRESETS, Preset
 
     if isinstance(v, str):
         if v not in PRESETS:

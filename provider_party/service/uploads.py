@@ -14,8 +14,8 @@ all bytes are there, `finalize` checks, in this order, before any tensor is load
      (protocol.artifact.ArtifactVerifier),
   4. ε recomputed from the DP parameters with the provider's own accountant (DP_MISMATCH),
   5. the dataset's budget under basic composition, charged atomically with the signed receipt
-     (provider_party.ledger: BUDGET_EXCEEDED),
-and only then makes the expert visible (provider_party.experts). A refusal changes no ledger row,
+     (provider_party.service.ledger: BUDGET_EXCEEDED),
+and only then makes the expert visible (provider_party.service.experts). A refusal changes no ledger row,
 no budget and no stored expert.
 """
 
@@ -40,9 +40,9 @@ from protocol.errors import BudgetError, CodedError
 from protocol.receipts import utc_now_rfc3339
 from protocol.rpc_errors import RpcError
 from protocol.wire import UPLOAD_DIGESTS, upload_digest_hex
-from provider_party.config import ProviderLimits, RegisteredClient
-from provider_party.experts import ExpertStore
-from provider_party.ledger import Ledger, LedgerEntry
+from provider_party.service.config import ProviderLimits, RegisteredClient
+from provider_party.service.experts import ExpertStore
+from provider_party.service.ledger import Ledger, LedgerEntry
 
 UPLOAD_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -448,7 +448,7 @@ class UploadManager:
 
 
 def _add_receipt_id(experts: ExpertStore, client_id: str, digest: str, receipt_id: str) -> None:
-    from provider_party.experts import META_FILE
+    from provider_party.service.experts import META_FILE
 
     p = experts.staging_dir(client_id, digest) / META_FILE
     meta = json.loads(p.read_text())

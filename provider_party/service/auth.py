@@ -18,7 +18,7 @@ from protocol.durable_db import durable_connection, immediate_transaction, init_
 from protocol.request_auth import RequestAuthError, check_request_signature
 from protocol.rpc_errors import RpcError
 from protocol.tls import peer_identity
-from provider_party.config import ProviderConfig, RegisteredClient
+from provider_party.service.config import ProviderConfig, RegisteredClient
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nonces (

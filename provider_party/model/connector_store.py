@@ -7,10 +7,10 @@ import shutil
 from pathlib import Path
 
 from protocol.schema import PublicSchema
-from provider_party.base_llm import BaseLLM, llamdex_home
-from provider_party.connector_training import Preset, TrainedConnectors, train_connectors
-from provider_party.connectors import load_connectors, read_connector_meta, save_connectors
-from provider_party.llamdex_model import LlamdexModel
+from provider_party.model.base_llm import BaseLLM, llamdex_home
+from provider_party.model.connector_training import Preset, TrainedConnectors, train_connectors
+from provider_party.model.connectors import load_connectors, read_connector_meta, save_connectors
+from provider_party.model.llamdex_model import LlamdexModel
 
 
 def _safe(name: str) -> str:
@@ -21,8 +21,11 @@ class ConnectorStore:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else llamdex_home() / "connectors"
 
+    def model_dir(self, base_model_id: str) -> Path:
+        return self.root / _safe(base_model_id)
+
     def path_for(self, base_model_id: str, schema_digest: str) -> Path:
-        return self.root / _safe(base_model_id) / schema_digest.replace("sha256:", "")[:32]
+        return self.model_dir(base_model_id) / schema_digest.replace("sha256:", "")[:32]
 
     def has(self, base: BaseLLM, schema: PublicSchema) -> bool:
         """A usable set is stored: present and in the current connector format (older sets are retrained)."""

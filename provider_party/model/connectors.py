@@ -87,6 +87,12 @@ class ExpertEncoder(nn.Module):
         tol = [0.5 if c.type == "int" or not c.decimals else 0.5 * 10.0 ** -(c.decimals - 1) for c in cols]
         self.register_buffer("num_tol", (torch.tensor(tol) * 1.001).view(1, -1) / self.num_span.view(1, -1), persistent=False)
 
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """The encoder's own parameters (its layers re-draw theirs): small random column queries."""
+        with torch.no_grad():
+            nn.init.normal_(self.queries, std=0.02, generator=generator)
+            nn.init.normal_(self.pointer_queries, std=0.02, generator=generator)
+
     def _pointer(self, x: torch.Tensor, mask: torch.Tensor, numbers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Scores (B, C, T) of each stated number for each numeric column, their scaled values, and which positions hold one."""
         valid = mask & torch.isfinite(numbers)

@@ -1,0 +1,357 @@
+"""The provider's logic, independent of gRPC: `ProviderParty`.
+
+One object holds the provider's state (ledger, uploads, expert store, connector store, jobs) and
+does what each call asks: it takes already-authenticated clients and plain values, and returns
+plain records. The gRPC servicer (`servicer.py`) only translates messages, and the Flower
+orchestrator (`simulations/flower`) calls the same object, so every path verifies, ledgers and
+receipts an expert with the same code. Every refusal is a `CodedError` with the rule it enforces.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from protocol.errors import BudgetError
+from protocol.keys import load_private_key
+from protocol.rpc_errors import RpcError
+from protocol.schema import PublicSchema
+from provider_party.model.connector_store import ConnectorStore
+from provider_party.model.llamdex_model import LlamdexModel, RowAnswer, TenantQuery, answer_mixed
+from provider_party.service.auth import Authenticator
+from provider_party.service.config import ProviderConfig, RegisteredClient
+from provider_party.service.experts import ExpertStore, ForgetJournal, StoredExpert
+from provider_party.service.jobs import Job, JobManager, JobStore
+from provider_party.service.ledger import Ledger, LedgerEntry
+from provider_party.service.uploads import FinalizedUpload, UploadManager, UploadRecord
+
+log = logging.getLogger(__name__)
+EXPERT_CACHE = 32
+
+
+@dataclass
+class AskResult:
+    """Answers of one Ask: per question the LLM's class probabilities, the expert's, and optionally the base LLM's."""
+
+    schema: PublicSchema
+    artifact_digest: str
+    answers: list[RowAnswer]
+    base: list[RowAnswer] | None
+    seconds: float
+
+
+@dataclass
+class ForgetResult:
+    deleted: list[str] = field(default_factory=list)
+    receipts: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class CustomizeResult:
+    job: Job
+    schema: PublicSchema
+    connectors_reused: bool
+    base_model_id: str
+
+
+class ProviderParty:
+    """The provider: verifies and ledgers uploads, trains connectors per schema, answers questions for every tenant."""
+
+    def __init__(self, config: ProviderConfig, *, on_job_done: Callable[[Job], None] | None = None):
+        self.config = config
+        state = Path(config.state)
+        state.mkdir(parents=True, exist_ok=True)
+        self.key = load_private_key(config.key)
+        self.ledger = Ledger(state / "ledger.db", signing_key=self.key)
+        self.auth = Authenticator(config, state / "state.db")
+        self.uploads = UploadManager(state / "uploads", state / "state.db", config.limits)
+        self.experts = ExpertStore(state / "experts")
+        self.forgets = ForgetJournal(state / "state.db")
+        self.connectors = ConnectorStore(config.connectors)
+        self.ledger_lock = threading.Lock()
+        self._base = None
+        self._base_lock = threading.Lock()
+        self._models: dict[str, LlamdexModel] = {}
+        self._expert_cache: "OrderedDict[tuple[str, str], tuple[Any, PublicSchema]]" = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self.recovery = self._recover()
+        self.budget_changes = self._apply_configured_budgets()
+        self.jobs = JobManager(self._run_job, config.limits.max_job_queue, on_done=on_job_done, store=JobStore(state / "state.db"))
+        self.recovery["jobs_failed"] = self.jobs.interrupted
+        if self.jobs.interrupted:
+            log.warning("%d connector job(s) were cut off by the last stop; recorded as FAILED", self.jobs.interrupted)
+
+    # --- start-up recovery -----------------------------------------------------------------------------
+    def client_entries(self, client_id: str) -> list[LedgerEntry]:
+        out, token = [], None
+        while True:
+            page, token = self.ledger.entries(client_id=client_id, page_token=token, page_size=1000)
+            out += page
+            if not token:
+                return out
+
+    def _last_kind(self, client_id: str, digest: str) -> str | None:
+        kinds = [e.kind for e in self.client_entries(client_id) if e.artifact_digest == digest]
+        return kinds[-1] if kinds else None
+
+    def _receipt_for_upload(self, client_id: str, upload_id: str) -> tuple[str, dict] | None:
+        for e in self.experts.live(client_id):
+            meta = json.loads((e.folder / "provider.json").read_text())
+            if meta.get("upload_id") == upload_id:
+                for entry in reversed(self.client_entries(client_id)):
+                    if entry.artifact_digest == e.artifact_digest and entry.kind == "upload":
+                        return e.artifact_digest, entry.receipt
+        return None
+
+    def _recover(self) -> dict[str, Any]:
+        problems = self.ledger.verify_chain()
+        if problems:
+            raise RuntimeError(f"the ledger at {self.ledger.path} does not verify: {[p.reason for p in problems[:5]]}")
+        counts = self.experts.reconcile(self._last_kind)
+        counts.update(self._finish_forgets())
+        counts.update(self.uploads.recover(self._receipt_for_upload))
+        if any(counts.values()):
+            log.warning("recovered after an unclean stop: %s", counts)
+        return counts
+
+    def _apply_configured_budgets(self) -> list[str]:
+        """The configuration is where an operator sets budgets, but a dataset's budget enters the ledger at
+        its first upload; a later change of `[[clients]]` budgets is applied here, at start, so that it
+        does not go unnoticed. A budget below what the dataset already spent is not applied: the ledger
+        keeps its budget and the start-up log says so. A change shows in the next receipt's `budget`."""
+        changes = []
+        for client in self.config.clients:
+            for b in self.ledger.budgets(client.client_id):
+                eps, delta = client.budget_for(b.dataset_id)
+                if (eps, delta) == (b.epsilon_budget, b.delta_budget):
+                    continue
+                what = f"budget of client {client.client_id!r} dataset {b.dataset_id!r}: ε {b.epsilon_budget:g} → {eps:g}, δ {b.delta_budget:g} → {delta:g}"
+                try:
+                    self.ledger.set_budget(client.client_id, b.dataset_id, eps, delta)
+                except BudgetError as e:
+                    log.error("configured %s NOT applied: %s; the ledger keeps ε %g, δ %g", what, e, b.epsilon_budget, b.delta_budget)
+                    changes.append(f"refused: {what}")
+                    continue
+                log.warning("configured %s applied (it shows in the next receipt of that dataset)", what)
+                changes.append(f"applied: {what}")
+        return changes
+
+    def _finish_forgets(self) -> dict[str, int]:
+        """Forgets cut off between their ledger entry and the deletion of files. The ledger decides: if the
+        deletion entry committed, what its signed receipt lists as deleted is deleted now (the expert by
+        `ExpertStore.reconcile`, the connectors here, unless a live expert uses them); if not, nothing was
+        promised and nothing is deleted."""
+        counts = {"forgets_finished": 0, "forgets_dropped": 0, "connectors_deleted": 0}
+        for f in self.forgets.pending():
+            cid, digest = f["client_id"], f["artifact_digest"]
+            last = None
+            for e in self.client_entries(cid):
+                if e.artifact_digest == digest:
+                    last = e
+            if last is None or last.kind != "deletion":
+                counts["forgets_dropped"] += 1
+            else:
+                deleted = _receipt_predicate(last.receipt).get("deleted") or []
+                in_use = [o for o in self.experts.live() if o.schema_digest == f["schema_digest"]]
+                if "connectors" in deleted and not in_use and self.connectors.delete(f["base_model_id"], f["schema_digest"]):
+                    counts["connectors_deleted"] += 1
+                counts["forgets_finished"] += 1
+            self.forgets.done(cid, digest)
+        return counts
+
+    # --- base model, connectors, experts ------------------------------------------------------------------
+    def base_model_id(self) -> str:
+        if self._base is not None:
+            return self._base.model_id
+        if self.config.base_model == "embedded":
+            from provider_party.model.base_llm import EMBEDDED_NAME, embedded_cache_dir
+
+            try:
+                return f"{EMBEDDED_NAME}@{embedded_cache_dir().name.rsplit('-', 1)[-1]}"
+            except FileNotFoundError:
+                return "embedded"
+        return self.config.base_model
+
+    def ensure_base(self) -> Any:
+        with self._base_lock:
+            if self._base is None:
+                from provider_party.model.base_llm import load_base_llm
+
+                t = time.perf_counter()
+                self._base = load_base_llm(self.config.base_model)
+                log.info("base LLM %s loaded in %.1f s", self._base.model_id, time.perf_counter() - t)
+            return self._base
+
+    def preload(self) -> threading.Thread:
+        th = threading.Thread(target=self.ensure_base, name="llamdex-base-preload", daemon=True)
+        th.start()
+        return th
+
+    def schemas_ready(self) -> list[str]:
+        """Folders of the connector sets stored for the current base model."""
+        mdir = self.connectors.model_dir(self.base_model_id())
+        return sorted(p.name for p in mdir.iterdir() if (p / "connectors.json").is_file()) if mdir.is_dir() else []
+
+    def preset(self, name: str) -> Any:
+        from provider_party.model.connector_training import PRESETS, Preset
+
+        if not name:
+            p = self.config.preset
+            return p if isinstance(p, Preset) else PRESETS[p]
+        if name not in PRESETS:
+            raise RpcError("BAD_REQUEST", f"preset {name!r} is not one of {sorted(PRESETS)}", rule="preset")
+        return PRESETS[name]
+
+    def model_for(self, schema: PublicSchema) -> LlamdexModel:
+        with self._cache_lock:
+            m = self._models.get(schema.digest)
+        if m is not None:
+            return m
+        base = self.ensure_base()
+        if not self.connectors.has(base, schema):
+            raise RpcError("NOT_CUSTOMIZED", f"no connectors for schema {schema.digest[:19]}… on {base.model_id}; call Customize and "
+                           "wait for its job (WatchJob) first", rule="customize before asking")
+        m = self.connectors.load(base, schema)
+        with self._cache_lock:
+            self._models[schema.digest] = m
+        return m
+
+    def expert_for(self, client: RegisteredClient, stored: StoredExpert) -> tuple[Any, PublicSchema]:
+        """(expert module, schema): the stored artifact is verified again, then tensors load via safetensors."""
+        from protocol.expert_spec import load_expert_state
+
+        key = (client.client_id, stored.artifact_digest)
+        with self._cache_lock:
+            hit = self._expert_cache.get(key)
+            if hit is not None:
+                self._expert_cache.move_to_end(key)
+                return hit
+        verified = self.experts.verify(stored, client.public_key)
+        expert = load_expert_state(verified.spec, verified.load_tensors())
+        with self._cache_lock:
+            self._expert_cache[key] = (expert, verified.schema)
+            while len(self._expert_cache) > EXPERT_CACHE:
+                self._expert_cache.popitem(last=False)
+        return expert, verified.schema
+
+    def live_expert(self, client: RegisteredClient, digest: str = "") -> StoredExpert:
+        if digest:
+            e = self.experts.get(client.client_id, digest)
+        else:
+            live = self.experts.live(client.client_id)
+            e = live[-1] if live else None
+        if e is None:
+            raise RpcError("EXPERT_NOT_FOUND", f"client {client.client_id!r} has no live expert {digest or '(none uploaded)'}; upload one first",
+                           rule="own live experts")
+        return e
+
+    # --- jobs -------------------------------------------------------------------------------------------
+    def _run_job(self, job: Job, progress: Any) -> tuple[bool, dict]:
+        progress("loading base model", 0.0)
+        base = self.ensure_base()
+        schema = job.payload
+        model, trained_now = self.connectors.get_or_train(base, schema, self.preset(job.preset), seed=0, progress=False,
+                                                          retrain=job.retrain, on_progress=progress)
+        with self._cache_lock:
+            self._models[schema.digest] = model
+        return (not trained_now), dict(model.config.metrics or {})
+
+    # --- calls ------------------------------------------------------------------------------------------
+    def finalize_upload(self, record: UploadRecord, client: RegisteredClient) -> FinalizedUpload:
+        """Verifies a completely received upload, recomputes ε, charges the budget and signs the receipt."""
+        fin = self.uploads.finalize(record, client, self.ledger, self.experts, self.ledger_lock)
+        log.info("upload %s from %s accepted: %d bytes, artifact %s, receipt %s; finalize %.3f s wall, %.3f s CPU", record.upload_id,
+                 client.client_id, record.total_bytes, fin.record.artifact_digest, fin.entry.receipt_id, fin.verify_seconds, fin.verify_cpu_seconds)
+        return fin
+
+    def customize(self, client: RegisteredClient, artifact_digest: str = "", preset: str = "", retrain: bool = False) -> CustomizeResult:
+        """Starts (or joins) the connector job for the schema of the client's live expert."""
+        stored = self.live_expert(client, artifact_digest)
+        if retrain and not self.config.allow_retrain:
+            raise RpcError("POLICY_REFUSED", "this provider does not retrain existing connectors on request", rule="allow_retrain")
+        self.preset(preset)  # refuses an unknown preset before a job exists
+        schema = PublicSchema.load(stored.artifact_dir / "schema.json")  # verified at upload
+        job = self.jobs.submit(client.client_id, schema.digest, self.base_model_id(), preset or "", bool(retrain), schema)
+        reused = self._base is not None and self.connectors.has(self._base, schema) and not retrain
+        return CustomizeResult(job, schema, reused, self.base_model_id())
+
+    def check_questions(self, questions: list[str]) -> None:
+        lim = self.config.limits
+        if not 1 <= len(questions) <= lim.max_batch_questions:
+            raise RpcError("BAD_REQUEST", f"Ask takes 1..{lim.max_batch_questions} questions, got {len(questions)}", rule="max_batch_questions")
+        for i, q in enumerate(questions):
+            if not q.strip() or len(q) > lim.max_question_chars:
+                raise RpcError("BAD_REQUEST", f"question {i} must be 1..{lim.max_question_chars} characters (got {len(q)})", rule="max_question_chars")
+
+    def tenant_queries(self, client: RegisteredClient, questions: list[str], artifact_digest: str = "") -> tuple[list[TenantQuery], StoredExpert]:
+        """The rows a client's questions add to a (possibly mixed) batch: its schema's connectors and its verified expert."""
+        self.check_questions(questions)
+        stored = self.live_expert(client, artifact_digest)
+        expert, schema = self.expert_for(client, stored)
+        model = self.model_for(schema)
+        return [TenantQuery(q, model, expert) for q in questions], stored
+
+    def ask(self, client: RegisteredClient, questions: list[str], artifact_digest: str = "", include_base: bool = False) -> AskResult:
+        """One forward pass answers the client's questions (and, if asked, the same questions to the base LLM alone)."""
+        queries, stored = self.tenant_queries(client, questions, artifact_digest)
+        rows = queries + ([TenantQuery(q.question, q.model, None) for q in queries] if include_base else [])
+        t = time.perf_counter()
+        answers = answer_mixed(rows)
+        seconds = time.perf_counter() - t
+        n = len(queries)
+        return AskResult(queries[0].model.schema, stored.artifact_digest, answers[:n], answers[n:] if include_base else None, seconds)
+
+    def ledger_page(self, client: RegisteredClient, page_token: str | None, page_size: int) -> tuple[list[LedgerEntry], str | None]:
+        size = page_size or 100
+        if not 1 <= size <= min(self.config.limits.max_page_size, 1000):
+            raise RpcError("BAD_PAGE_SIZE", f"page_size must be in 1..{self.config.limits.max_page_size}, got {page_size}", rule="max_page_size")
+        return self.ledger.entries(client_id=client.client_id, page_token=page_token or None, page_size=size)
+
+    def forget(self, client: RegisteredClient, artifact_digest: str = "") -> ForgetResult:
+        """Deletes the client's expert(s), and a schema's connectors when no other live expert uses them, under a signed receipt."""
+        cid = client.client_id
+        with self.ledger_lock:
+            targets = self.experts.live(cid)
+            if artifact_digest:
+                targets = [e for e in targets if e.artifact_digest == artifact_digest]
+            if not targets:
+                raise RpcError("NOTHING_TO_FORGET", f"client {cid!r} has no live expert {artifact_digest or ''}".rstrip(), rule="own live experts")
+            out = ForgetResult()
+            doomed = {(cid, e.artifact_digest) for e in targets}
+            base_id = self.base_model_id()
+            for e in targets:
+                others = [o for o in self.experts.live() if o.schema_digest == e.schema_digest and (o.client_id, o.artifact_digest) not in doomed]
+                drop_connectors = not others and self.connectors.path_for(base_id, e.schema_digest).exists()
+                what = ["expert"] + (["connectors"] if drop_connectors else [])
+                self.forgets.note(cid, e.artifact_digest, e.schema_digest, base_id)   # what the ledger entry will not name
+                entry = self.ledger.append_deletion(cid, e.artifact_digest, deleted=what, artifact_name=e.artifact_name)
+                self.experts.remove(cid, e.artifact_digest)
+                out.deleted.append(f"expert:{e.artifact_digest}")
+                with self._cache_lock:
+                    self._expert_cache.pop((cid, e.artifact_digest), None)
+                    if drop_connectors:
+                        self._models.pop(e.schema_digest, None)
+                if drop_connectors and self.connectors.delete(base_id, e.schema_digest):
+                    out.deleted.append(f"connectors:{e.schema_digest}")
+                self.forgets.done(cid, e.artifact_digest)
+                out.receipts.append(entry.receipt)
+                doomed.discard((cid, e.artifact_digest))
+        return out
+
+    def close(self) -> None:
+        self.jobs.stop()
+
+
+def _receipt_predicate(envelope: dict[str, Any]) -> dict[str, Any]:
+    from protocol.dsse import Envelope
+
+    return json.loads(Envelope.from_dict(envelope).payload).get("predicate", {})
+
+
+__all__ = ["AskResult", "CustomizeResult", "ForgetResult", "ProviderParty"]

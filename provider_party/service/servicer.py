@@ -1,0 +1,201 @@
+"""`llamdex.v1.ProviderService` over gRPC: a thin layer that turns messages into `ProviderParty` calls.
+
+Each handler identifies the caller (`Authenticator.identify`: mutual-TLS identity, registration,
+rate limit), checks a request signature where the call changes state, calls the core, and builds
+the response. Every refusal is a `CodedError` mapped to one gRPC status by `protocol.rpc_errors`
+(the code also travels in the trailing metadata `llamdex-error-code`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import grpc
+
+from protocol.dp import ACCOUNTANTS
+from protocol.keys import fingerprint, public_key_pem
+from protocol.request_auth import FORGET_METHOD, UPLOAD_METHOD, forget_body, upload_body
+from protocol.rpc.llamdex.v1 import client_pb2, client_pb2_grpc, common_pb2, provider_pb2, provider_pb2_grpc
+from protocol.rpc_errors import RpcError, guard, guard_stream
+from protocol.tls import open_channel
+from protocol.wire import JOB_STATES, UPLOAD_DIGESTS, job_result_message, receipt_message
+from provider_party.service.config import ProviderConfig, RegisteredClient
+from provider_party.service.core import AskResult, ProviderParty
+from provider_party.service.jobs import Job
+from provider_party.service.uploads import ReadAhead, UploadRecord
+
+log = logging.getLogger(__name__)
+PROTOCOL_VERSION = "llamdex.v1"
+SERVICE_NAME = "llamdex.v1.ProviderService"
+UPLOAD_READ_AHEAD_BYTES = 16 << 20   # received but not yet checked/written, per upload stream (then flow control)
+
+
+def _next(it: Any) -> Any:
+    try:
+        return next(it)
+    except StopIteration:
+        return None
+
+
+class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
+    def __init__(self, config: ProviderConfig, party: ProviderParty | None = None):
+        self.config = config
+        self.party = party or ProviderParty(config, on_job_done=self._deliver_result)
+        self.auth = self.party.auth
+
+    # --- job results to the clients' own services ---------------------------------------------------------
+    def _deliver_result(self, job: Job) -> None:
+        """Tells each client that asked for this job (and gave a callback address) its result."""
+        for cid in sorted(job.watchers):
+            client = self.config.client(cid)
+            if client is None or not client.callback:
+                continue
+            threading.Thread(target=self._deliver_to, args=(client, job), daemon=True).start()
+
+    def _deliver_to(self, client: RegisteredClient, job: Job) -> None:
+        try:
+            ch = open_channel(client.callback, self.config.tls, plaintext=self.config.plaintext)
+            with ch:
+                stub = client_pb2_grpc.ClientServiceStub(ch)
+                stub.DeliverJobResult(client_pb2.DeliverJobResultRequest(result=job_result_message({**job.result_dict(), "client_id": client.client_id})),
+                                      timeout=self.config.limits.callback_timeout_s,
+                                      metadata=(("x-llamdex-client-id", self.config.provider_id),) if self.config.plaintext else None)
+        except Exception as e:  # noqa: BLE001 - best effort: the client can always WatchJob
+            log.warning("could not deliver job %s to %s at %s: %s", job.job_id, client.client_id, client.callback, e)
+
+    # --- RPCs -------------------------------------------------------------------------------------------
+    @guard
+    def Hello(self, request, context):
+        client = self.auth.identify(context)
+        lim, party = self.config.limits, self.party
+        return provider_pb2.HelloResponse(
+            protocol_version=PROTOCOL_VERSION, provider_id=self.config.provider_id, base_model_id=party.base_model_id(),
+            schemas_ready=party.schemas_ready(), accepts_any_schema=True,
+            limits=provider_pb2.Limits(
+                max_message_bytes=lim.max_message_bytes, max_artifact_bytes=lim.max_artifact_bytes, max_chunk_bytes=lim.max_chunk_bytes,
+                max_batch_questions=lim.max_batch_questions, max_question_chars=lim.max_question_chars,
+                signature_max_skew_ms=lim.signature_max_skew_ms, upload_ttl_s=lim.upload_ttl_s, max_open_uploads=lim.max_open_uploads,
+                max_page_size=lim.max_page_size, max_requests_per_second=lim.max_requests_per_second, max_job_queue=lim.max_job_queue,
+                upload_digests=list(UPLOAD_DIGESTS)),
+            provider_public_key_pem=public_key_pem(party.key).decode("ascii"), provider_key_fingerprint=fingerprint(party.key),
+            client_id=client.client_id, accountants=list(ACCOUNTANTS))
+
+    @guard
+    def UploadExpert(self, request_iterator, context):
+        client = self.auth.identify(context)
+        first = _next(request_iterator)
+        if first is None or first.WhichOneof("part") != "header":
+            raise RpcError("BAD_REQUEST", "the first UploadExpert message must be an UploadHeader", rule="header first")
+        h = first.header
+        uploads, lim = self.party.uploads, self.config.limits
+        uploads.validate_header(h)
+        # the chunks are received from here on, also while the signature, the nonce and the upload row are committed
+        chunks = ReadAhead(request_iterator, max_messages=max(2, UPLOAD_READ_AHEAD_BYTES // lim.max_chunk_bytes))
+        try:
+            self.auth.check_signed(client, UPLOAD_METHOD, h.auth if h.HasField("auth") else None, upload_body(h))
+            opened = uploads.open(client, h)
+        except BaseException:
+            chunks.stop()   # nothing received for a refused header is used
+            raise
+        if isinstance(opened, UploadRecord):  # already complete: the same answer again, nothing charged
+            chunks.stop()
+            return self._upload_response(opened, [], 0.0)
+        session, cut = opened, False
+        try:
+            for msg in chunks:
+                if msg.WhichOneof("part") != "chunk":
+                    raise RpcError("BAD_REQUEST", "only UploadChunk messages may follow the header", rule="one header")
+                c = msg.chunk
+                alg = c.WhichOneof("digest")
+                if alg is None:
+                    raise RpcError("BAD_REQUEST", f"chunk at offset {c.offset} carries no digest; set blake3 or sha256", rule="chunk digest")
+                session.write(c.offset, c.data, getattr(c, alg), lim.max_chunk_bytes, alg)
+        except grpc.RpcError:
+            cut = True  # the client went away; what arrived is kept for a resume
+        finally:
+            chunks.stop()
+            session.close()
+            if session.received < session.record.total_bytes:
+                uploads.touch(h.upload_id)   # unfinished: its TTL counts from the last byte (a complete one is finalized now)
+        rec = session.record
+        if cut or session.received < rec.total_bytes:
+            return provider_pb2.UploadResponse(upload_id=rec.upload_id, complete=False, received_bytes=session.received)
+        fin = self.party.finalize_upload(rec, client)
+        return self._upload_response(fin.record, fin.checks, fin.verify_seconds)
+
+    def _upload_response(self, rec: UploadRecord, checks: list[str], seconds: float) -> provider_pb2.UploadResponse:
+        return provider_pb2.UploadResponse(upload_id=rec.upload_id, complete=True, received_bytes=rec.total_bytes,
+                                           artifact_digest=rec.artifact_digest or "", receipt=receipt_message(rec.receipt),
+                                           verify_seconds=seconds, checks=checks)
+
+    @guard
+    def GetUploadStatus(self, request, context):
+        client = self.auth.identify(context)
+        uploads = self.party.uploads
+        rec = uploads.get(request.upload_id, client.client_id)
+        msg = provider_pb2.UploadStatus(upload_id=rec.upload_id, state=rec.state, received_bytes=uploads.received_bytes(rec),
+                                        total_bytes=rec.total_bytes, artifact_digest=rec.artifact_digest or "", error=rec.error or "",
+                                        digest=rec.tar_digest[0])
+        if rec.state == "complete" and rec.receipt:
+            msg.receipt.CopyFrom(receipt_message(rec.receipt))
+        return msg
+
+    @guard
+    def Customize(self, request, context):
+        client = self.auth.identify(context)
+        r = self.party.customize(client, request.artifact_digest, request.preset, bool(request.retrain))
+        return provider_pb2.CustomizeResponse(job_id=r.job.job_id, state=JOB_STATES[r.job.state], connectors_reused=r.connectors_reused,
+                                              schema_digest=r.schema.digest, base_model_id=r.base_model_id)
+
+    @guard_stream
+    def WatchJob(self, request, context):
+        client = self.auth.identify(context)
+        jobs = self.party.jobs
+        job = jobs.get(request.job_id, client.client_id)
+        for ev in jobs.watch(job, context.is_active):
+            msg = common_pb2.JobEvent(job_id=job.job_id, state=JOB_STATES[ev.state], stage=ev.stage, fraction=ev.fraction,
+                                      message=ev.message, time_ms=ev.time_ms)
+            if ev.state in ("SUCCEEDED", "FAILED"):
+                msg.result.CopyFrom(job_result_message({**job.result_dict(), "client_id": client.client_id}))
+            yield msg
+
+    @guard
+    def Ask(self, request, context):
+        client = self.auth.identify(context)
+        return _ask_response(self.party.ask(client, list(request.questions), request.artifact_digest, bool(request.include_base)))
+
+    @guard
+    def GetLedger(self, request, context):
+        client = self.auth.identify(context)
+        page, token = self.party.ledger_page(client, request.page_token, request.page_size)
+        out = provider_pb2.GetLedgerResponse(next_page_token=token or "")
+        for e in page:
+            out.entries.add(seq=e.seq, kind=e.kind, dataset_id=e.dataset_id, artifact_digest=e.artifact_digest, entry_digest=e.entry_digest,
+                            prev_digest=e.prev_digest, created_at=e.created_at, receipt=receipt_message(e.receipt))
+        return out
+
+    @guard
+    def Forget(self, request, context):
+        client = self.auth.identify(context)
+        self.auth.check_signed(client, FORGET_METHOD, request.auth if request.HasField("auth") else None, forget_body(request))
+        r = self.party.forget(client, request.artifact_digest)
+        return provider_pb2.ForgetResponse(deleted=r.deleted, receipts=[receipt_message(x) for x in r.receipts])
+
+
+def _ask_response(r: AskResult) -> provider_pb2.AskResponse:
+    verbs = list(r.schema.label.verbalizers)
+    out = provider_pb2.AskResponse(classes=list(r.schema.label.classes), verbalizers=verbs, artifact_digest=r.artifact_digest, seconds=r.seconds)
+    for i, ans in enumerate(r.answers):
+        probs = ans.probs.tolist()
+        k = max(range(len(probs)), key=probs.__getitem__)
+        a = out.answers.add(answer=verbs[k], class_index=k, probs=probs)
+        if ans.expert_probs is not None:
+            a.expert_probs.extend(ans.expert_probs.tolist())
+        if r.base is not None:
+            a.base_probs.extend(r.base[i].probs.tolist())
+    return out
+
+
+__all__ = ["PROTOCOL_VERSION", "ProviderServicer", "SERVICE_NAME"]
