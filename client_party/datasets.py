@@ -193,6 +193,54 @@ def _read_file(p: Path) -> pd.DataFrame:
     raise ValueError(f"{p}: unsupported file type; use .csv (optionally .gz/.bz2/.zip) or .parquet")
 
 
+@dataclass(frozen=True)
+class TableRef:
+    """A table named the way every command names one: a registered name, or a CSV/Parquet file with its schema.
+
+    `TableRef.parse("titanic")` is the registered table; `TableRef.parse("loans.csv")` is a file whose
+    schema is `schema` or the JSON beside it (`default_schema_path`). `id` names the table in budgets,
+    reports and folders: the registered name, or the file's name without its data suffix.
+    """
+
+    name: str | None = None
+    path: Path | None = None
+    schema_path: Path | None = None
+
+    @classmethod
+    def parse(cls, text: str | Path, schema: str | Path | None = None) -> "TableRef":
+        t = str(text)
+        if t in DATASETS and not Path(t).exists():
+            return cls(name=t, schema_path=Path(schema) if schema else None)
+        p = Path(t)
+        if not p.is_file():
+            raise FileNotFoundError(f"{t!r} is neither a registered table ({', '.join(sorted(DATASETS))}) nor an existing CSV/Parquet file")
+        return cls(path=p, schema_path=Path(schema) if schema else None)
+
+    @property
+    def id(self) -> str:
+        if self.name is not None:
+            return self.name
+        base = self.path.name
+        for suffix in _DATA_SUFFIXES:
+            if base.lower().endswith(suffix):
+                return base[: -len(suffix)]
+        return self.path.stem
+
+    def schema(self) -> PublicSchema:
+        if self.name is not None:
+            return load_schema(self.schema_path if self.schema_path is not None else self.name)
+        sp = self.schema_path if self.schema_path is not None else default_schema_path(self.path)
+        if not Path(sp).is_file():
+            raise SchemaError(f"no schema for {self.path}: {sp} does not exist; write one (`llamdex schema draft {self.path}`) or pass --schema")
+        return PublicSchema.load(sp)
+
+    def load(self, on_invalid: str = "reject") -> tuple[pd.DataFrame, PublicSchema]:
+        return load_table(self.name, path=self.path, schema_path=self.schema_path, on_invalid=on_invalid)
+
+    def __str__(self) -> str:
+        return self.name if self.name is not None else str(self.path)
+
+
 # --- validation ---------------------------------------------------------------------------------
 
 
