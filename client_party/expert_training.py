@@ -138,9 +138,9 @@ def _check_inputs(x: np.ndarray, y: np.ndarray, schema: PublicSchema) -> tuple[t
 
 def _epochs(config: TrainConfig, progress: bool, desc: str):
     if progress:
-        from tqdm.auto import tqdm
+        from protocol.progress import progress_bar   # a bar on a terminal, one line per epoch in a file or pipe
 
-        return tqdm(range(config.epochs), desc=desc, unit="epoch")
+        return progress_bar(range(config.epochs), desc=desc, unit="epoch", min_interval_s=0.0)
     return range(config.epochs)
 
 

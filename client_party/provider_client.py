@@ -10,6 +10,7 @@ and verification of every receipt the provider returns.
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import time
@@ -26,7 +27,7 @@ from protocol.receipts import Receipt, verify_receipt
 from protocol.request_auth import FORGET_METHOD, UPLOAD_METHOD, forget_body, sign_request, upload_body
 from protocol.rpc.llamdex.v1 import common_pb2, provider_pb2, provider_pb2_grpc
 from protocol.rpc_errors import error_code
-from protocol.tls import IDENTITY_METADATA, TLSFiles, open_channel
+from protocol.tls import IDENTITY_METADATA, TLSFiles, TransportError, open_channel
 from protocol.wire import preferred_upload_digest, receipt_envelope, upload_digest_hex, upload_digests
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,22 @@ class UploadResult:
     checks: list[str] = field(default_factory=list)
 
 
+def _explained(method: Any) -> Any:
+    """A call whose UNAVAILABLE, when the transport is to blame (a refused or untrusted certificate, a name the
+    certificate does not hold, an expired certificate), raises the `TransportError` that says which file or
+    flag to fix (`protocol.tls_diagnosis`) instead of gRPC's "Socket closed"."""
+    @functools.wraps(method)
+    def call(self: "ProviderClient", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except grpc.RpcError as e:
+            problem = self.transport_problem(e)
+            if problem is None:
+                raise
+            raise problem from e
+    return call
+
+
 def artifact_tar(artifact: str | Path | bytes) -> bytes:
     return artifact if isinstance(artifact, (bytes, bytearray)) else pack_artifact(Path(artifact))
 
@@ -108,6 +125,7 @@ class ProviderClient:
                  timeout_s: float = 60.0, server_name: str | None = None, max_message_bytes: int = 8 * MiB):
         self.address, self.client_id, self.key = address, client_id, signing_key
         self.timeout_s = timeout_s
+        self.tls, self.plaintext, self.server_name = tls, plaintext, server_name
         self.channel = open_channel(address, tls, plaintext=plaintext, server_name=server_name,
                                     options=[("grpc.max_send_message_length", max_message_bytes),
                                              ("grpc.max_receive_message_length", max_message_bytes)])
@@ -132,7 +150,18 @@ class ProviderClient:
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
 
+    def transport_problem(self, err: grpc.RpcError) -> TransportError | None:
+        """For an UNAVAILABLE call under TLS: the transport fault that explains it, if there is one. A peer
+        that is merely not (yet) listening is not one: callers that wait for the provider keep retrying."""
+        if self.plaintext or self.tls is None or err.code() != grpc.StatusCode.UNAVAILABLE:
+            return None
+        from protocol.tls_diagnosis import diagnose_connection
+
+        problem = diagnose_connection(self.address, self.tls, server_name=self.server_name, timeout_s=5.0)
+        return None if problem is None or problem.code == "UNREACHABLE" else problem
+
     # --- hello and receipts ------------------------------------------------------------------------------
+    @_explained
     def hello(self) -> provider_pb2.HelloResponse:
         self._hello = self.stub.Hello(provider_pb2.HelloRequest(client_version="llamdex-client/0.1"), timeout=self.timeout_s, metadata=self.metadata)
         if self.provider_key is None:
@@ -184,9 +213,11 @@ class ProviderClient:
             data = view[pos:pos + chunk]
             yield encode_chunk(pos, data, digests[i] if digests is not None else upload_digest_hex(alg, data), alg)
 
+    @_explained
     def upload_status(self, upload_id: str) -> provider_pb2.UploadStatus:
         return self.stub.GetUploadStatus(provider_pb2.GetUploadStatusRequest(upload_id=upload_id), timeout=self.timeout_s, metadata=self.metadata)
 
+    @_explained
     def upload(self, artifact: str | Path | bytes, dataset_id: str, *, artifact_name: str = "expert", upload_id: str | None = None,
                chunk_bytes: int = DEFAULT_CHUNK, max_attempts: int = 5, timeout_s: float = 600.0,
                cut_after_bytes: int | None = None, digest: str | None = None) -> UploadResult:
@@ -258,12 +289,14 @@ class ProviderClient:
             raise
 
     # --- customize, ask, ledger, forget -------------------------------------------------------------------
+    @_explained
     def customize(self, artifact_digest: str = "", preset: str = "") -> provider_pb2.CustomizeResponse:
         return self.stub.Customize(provider_pb2.CustomizeRequest(artifact_digest=artifact_digest, preset=preset), timeout=self.timeout_s, metadata=self.metadata)
 
     def watch_job(self, job_id: str, timeout_s: float = 6 * 3600) -> Iterator[Any]:
         return self.stub.WatchJob(provider_pb2.WatchJobRequest(job_id=job_id), timeout=timeout_s, metadata=self.metadata)
 
+    @_explained
     def ask(self, questions: Sequence[str], artifact_digest: str = "", include_base: bool = False, batch_size: int = 16,
             timeout_s: float | None = None) -> list[provider_pb2.Answer]:
         out: list[provider_pb2.Answer] = []
@@ -273,10 +306,12 @@ class ProviderClient:
             out.extend(resp.answers)
         return out
 
+    @_explained
     def ask_raw(self, questions: Sequence[str], artifact_digest: str = "", include_base: bool = False) -> provider_pb2.AskResponse:
         return self.stub.Ask(provider_pb2.AskRequest(questions=list(questions), artifact_digest=artifact_digest, include_base=include_base),
                              timeout=self.timeout_s, metadata=self.metadata)
 
+    @_explained
     def ledger(self, page_size: int = 100) -> list[provider_pb2.LedgerEntry]:
         out, token = [], ""
         while True:
@@ -289,6 +324,7 @@ class ProviderClient:
     def ledger_receipts(self) -> list[dict[str, Any]]:
         return [receipt_envelope(e.receipt) for e in self.ledger()]
 
+    @_explained
     def forget(self, artifact_digest: str = "") -> tuple[list[Receipt], list[str]]:
         req = provider_pb2.ForgetRequest(artifact_digest=artifact_digest)
         req.auth.CopyFrom(common_pb2.RequestSignature(**sign_request(self.key, self.client_id, FORGET_METHOD, forget_body(req)).to_proto_kwargs()))

@@ -108,17 +108,20 @@ class ClientParty:
             raise RpcError("POLICY_REFUSED", f"max_epsilon {max_epsilon:g} exceeds this client's policy of {self.config.max_epsilon:g} per expert",
                            rule="client max_epsilon")
 
-    def train(self, dataset_id: str, epsilon: float | None, *, delta: float | None = None, epochs: int | None = None, seed: int = 0,
+    def train(self, dataset_id: Any, epsilon: float | None, *, delta: float | None = None, epochs: int | None = None, seed: int = 0,
               progress: bool = False) -> TrainedArtifact:
-        """Trains (DP-SGD when `epsilon` is given) on the training split, writes and signs the artifact."""
+        """Trains (DP-SGD when `epsilon` is given) on the training split, writes and signs the artifact.
+        `dataset_id`: a registered table's name, or a `TableRef` (a CSV/Parquet file with its schema)."""
         from dataclasses import replace
 
-        from client_party.datasets import encode_table, load_table, split_table
+        from client_party.datasets import TableRef, encode_table, split_table
         from client_party.expert_training import TrainConfig, predict_proba, train_expert
         from protocol.artifact import write_artifact
 
         t0 = time.perf_counter()
-        df, schema = load_table(dataset_id)
+        ref = dataset_id if isinstance(dataset_id, TableRef) else TableRef.parse(dataset_id)
+        dataset_id = ref.id
+        df, schema = ref.load()
         train, test = split_table(df, schema, test_size=0.2, seed=seed)
         cfg = TrainConfig(seed=seed) if epsilon is None else TrainConfig.private(epsilon, seed=seed, target_delta=delta)
         if epochs:
@@ -133,7 +136,7 @@ class ClientParty:
         from protocol.artifact import ArtifactVerifier
 
         digest = ArtifactVerifier([self.key.public_key()]).verify(folder).digest  # what the provider will name it
-        self._remember(digest, {"folder": str(folder), "dataset_id": dataset_id, "seed": seed, "epsilon": trained.dp.epsilon if trained.dp.is_private else None,
+        self._remember(digest, {"folder": str(folder), "dataset_id": dataset_id, "table": _table_text(ref), "seed": seed, "epsilon": trained.dp.epsilon if trained.dp.is_private else None,
                                 "heldout_accuracy": acc, "n_train": len(train), "n_test": len(test)})
         return TrainedArtifact(folder, digest, dataset_id, seed, trained.dp, acc, len(train), len(test), time.perf_counter() - t0)
 
@@ -169,10 +172,12 @@ class ClientParty:
 
     def heldout_questions(self, info: dict, max_questions: int = 0) -> tuple[list[str], Any, Any, Any]:
         """The client's held-out records (the split it trained without) as questions, with labels and features."""
-        from client_party.datasets import encode_table, load_table, split_table
+        from client_party.datasets import TableRef, encode_table, split_table
         from protocol.verbalizer import Verbalizer
 
-        df, schema = load_table(info["dataset_id"])
+        table = info.get("table") or {"name": info["dataset_id"]}
+        ref = TableRef.parse(table["name"]) if "name" in table else TableRef.parse(table["path"], table.get("schema"))
+        df, schema = ref.load()
         _, test = split_table(df, schema, test_size=0.2, seed=int(info.get("seed", 0)))
         if max_questions and len(test) > max_questions:
             test = test.iloc[:max_questions]
@@ -213,6 +218,13 @@ class ClientParty:
         rows.append(_score_row("majority_class", None, y, np.full_like(y, np.bincount(y).argmax())))
         return {"dataset_id": info["dataset_id"], "artifact_digest": digest, "rows": rows, "ask_seconds": ask_s, "ask_calls": calls,
                 "agreement_with_expert": float((llamdex == expert_pred).mean()), "n_test": int(len(y))}
+
+
+def _table_text(ref: Any) -> dict[str, str]:
+    """How the artifact index remembers the table (to rebuild its held-out split for `evaluate`)."""
+    if ref.name is not None:
+        return {"name": ref.name}
+    return {"path": str(Path(ref.path).resolve()), **({"schema": str(Path(ref.schema_path).resolve())} if ref.schema_path else {})}
 
 
 def _artifact_name(dataset_id: str) -> str:

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from protocol import operator_errors
 from protocol.canonical import canonical_json
 from protocol.dsse import verify_signature
 from protocol.errors import CodedError
@@ -98,8 +99,8 @@ def check_request_signature(public_key: PublicKey, method: str, auth: Any, body:
         raise RequestAuthError("BAD_REQUEST_SIGNATURE", f"signature is {len(auth.signature)} bytes; at most {MAX_SIGNATURE_BYTES}", rule="signature length")
     now = int(time.time() * 1000) if now_ms is None else now_ms
     if abs(now - int(auth.timestamp_ms)) > max_skew_ms:
-        raise RequestAuthError("STALE_REQUEST", f"request time {auth.timestamp_ms} is {abs(now - int(auth.timestamp_ms)) / 1000:.1f} s from the provider's clock; "
-                               f"the window is ±{max_skew_ms / 1000:g} s (sign each request when sending it; check the clocks)", rule="clock skew")
+        raise RequestAuthError("STALE_REQUEST", operator_errors.stale_request((int(auth.timestamp_ms) - now) / 1000, max_skew_ms / 1000),
+                               rule="clock skew")
     msg = request_payload(method, auth.client_id, int(auth.timestamp_ms), bytes(auth.nonce), body)
     if not verify_signature(public_key, bytes(auth.signature), msg):
         raise RequestAuthError("BAD_REQUEST_SIGNATURE", f"the {method} request signature does not verify under client {caller!r}'s registered key "

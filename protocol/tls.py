@@ -24,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from protocol import operator_errors
 from protocol.errors import CodedError
 from protocol.keys import generate_private_key, load_private_key, save_private_key
 
@@ -34,7 +35,10 @@ IDENTITY_METADATA = "x-llamdex-client-id"   # plaintext (loopback) mode only: th
 
 
 class TransportError(CodedError):
-    """A transport setting is unsafe or incomplete (codes: PLAINTEXT_NOT_LOOPBACK, TLS_FILES_MISSING, BAD_ADDRESS)."""
+    """A transport setting is unsafe or incomplete, or the other host cannot be reached over it (codes:
+    PLAINTEXT_NOT_LOOPBACK, TLS_FILES_MISSING, BAD_ADDRESS; from `protocol.tls_diagnosis`: UNREACHABLE,
+    TLS_NAME_MISMATCH, TLS_PEER_UNTRUSTED, TLS_PEER_CERT_EXPIRED, TLS_CERT_REFUSED, TLS_OWN_CERT_EXPIRED,
+    TLS_OWN_CERT_NOT_FROM_CA, TLS_KEY_MISMATCH). Messages come from `protocol.operator_errors`."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,7 @@ class TLSFiles:
     def read(self) -> tuple[bytes, bytes, bytes]:
         missing = [str(p) for p in (self.ca, self.cert, self.key) if not Path(p).is_file()]
         if missing:
-            raise TransportError("TLS_FILES_MISSING", f"TLS files not found: {missing}; create them with `llamdex certs`", rule="mutual TLS")
+            raise TransportError("TLS_FILES_MISSING", operator_errors.tls_files_missing("", missing), rule="mutual TLS")
         key = load_private_key(self.key)  # refuses a key readable by group/others
         key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         return Path(self.ca).read_bytes(), Path(self.cert).read_bytes(), key_pem
@@ -182,8 +186,7 @@ def is_loopback(host: str) -> bool:
 def require_loopback_for_plaintext(address: str) -> None:
     host, _ = split_address(address)
     if not is_loopback(host):
-        raise TransportError("PLAINTEXT_NOT_LOOPBACK", f"plaintext gRPC was asked for on {address!r}, which is not a loopback "
-                             "address; use mutual TLS between hosts (--ca/--cert/--key)", rule="plaintext only on loopback")
+        raise TransportError("PLAINTEXT_NOT_LOOPBACK", operator_errors.plaintext_not_loopback(address), rule="plaintext only on loopback")
 
 
 # --- gRPC credentials ------------------------------------------------------------------------------
@@ -209,8 +212,7 @@ def add_port(server: Any, address: str, tls: TLSFiles | None, *, plaintext: bool
         port = server.add_insecure_port(address)
     else:
         if tls is None:
-            raise TransportError("TLS_FILES_MISSING", f"no TLS files for {address!r}: give --ca/--cert/--key, or "
-                                 "--plaintext on a loopback address", rule="mutual TLS")
+            raise TransportError("TLS_FILES_MISSING", operator_errors.tls_files_missing(address), rule="mutual TLS")
         port = server.add_secure_port(address, server_credentials(tls))
     if port == 0:
         raise TransportError("BAD_ADDRESS", f"could not bind {address!r} (in use, or not an address of this host)")
@@ -228,8 +230,7 @@ def open_channel(address: str, tls: TLSFiles | None, *, plaintext: bool = False,
         require_loopback_for_plaintext(address)
         return grpc.insecure_channel(address, options=opts)
     if tls is None:
-        raise TransportError("TLS_FILES_MISSING", f"no TLS files to reach {address!r}: give --ca/--cert/--key, or "
-                             "--plaintext for a loopback address", rule="mutual TLS")
+        raise TransportError("TLS_FILES_MISSING", operator_errors.tls_files_missing(address), rule="mutual TLS")
     if server_name:
         opts.append(("grpc.ssl_target_name_override", server_name))
     return grpc.secure_channel(address, channel_credentials(tls), options=opts)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from protocol import operator_errors
 from protocol.durable_db import durable_connection, immediate_transaction, init_schema
 from protocol.request_auth import RequestAuthError, check_request_signature
 from protocol.rpc_errors import RpcError
@@ -67,8 +68,7 @@ class Authenticator:
                            "issued by the provider's CA (mutual TLS)", rule="mutual TLS")
         client = self.config.client(cid)
         if client is None:
-            raise RpcError("UNREGISTERED_CLIENT", f"client {cid!r} is not registered with provider {self.config.provider_id!r}; "
-                           "ask the provider to add it (id and public key) to its [[clients]]", rule="registered clients only")
+            raise RpcError("UNREGISTERED_CLIENT", operator_errors.unregistered_client(cid, self.config.provider_id), rule="registered clients only")
         if not self.buckets.take(cid):
             raise RpcError("RATE_LIMITED", f"client {cid!r} exceeds {self.config.limits.max_requests_per_second:g} requests/s; retry later",
                            rule="max_requests_per_second")

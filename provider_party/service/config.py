@@ -8,7 +8,9 @@
     connectors = ""                    # connector store ("" = $LLAMDEX_HOME/connectors)
     base_model = "embedded"
     preset = "quick"                   # connector training preset
-    preload = true                     # load the base LLM at start, in the background
+    preload = true                     # warm up at start (base LLM, stored connectors, live experts); ready after it
+    log_level = "info"                 # debug | info | warning | error (--log-level and LLAMDEX_LOG_LEVEL win)
+    drain_grace_s = 10                 # on SIGTERM, how long running calls get to finish
 
     [tls]                              # mutual TLS (the default)
     ca = "certs/ca.pem"
@@ -130,6 +132,8 @@ class ProviderConfig:
     clients: tuple[RegisteredClient, ...] = ()
     allow_retrain: bool = False
     port_file: Path | None = None   # written with the bound address once serving
+    log_level: str | None = None    # None: the serve verb's default (info)
+    drain_grace_s: float = 10.0     # on SIGTERM, running calls get this long to finish
 
     def client(self, client_id: str) -> RegisteredClient | None:
         for c in self.clients:
@@ -173,6 +177,17 @@ def _preset(v: Any) -> Any:
     raise ConfigError("BAD_CONFIG", f"[provider] preset must be a name or a table, got {v!r}")
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _log_level(v: Any) -> str | None:
+    if v is None:
+        return None
+    if not isinstance(v, str) or v.lower() not in LOG_LEVELS:
+        raise ConfigError("BAD_CONFIG", f"[provider] log_level must be one of {list(LOG_LEVELS)}, got {v!r}")
+    return v.lower()
+
+
 def load_provider_config(path: str | Path) -> ProviderConfig:
     path = Path(path)
     try:
@@ -193,8 +208,9 @@ def load_provider_config(path: str | Path) -> ProviderConfig:
         key=rel(p.get("key", "provider.key")), state=rel(p.get("state", "provider-state")), connectors=rel(p.get("connectors")),
         base_model=p.get("base_model", "embedded"), preset=_preset(p.get("preset", "quick")), preload=bool(p.get("preload", True)),
         tls=tls, plaintext=bool(t.get("plaintext", False)), limits=ProviderLimits.from_dict(data.get("limits", {})),
-        clients=clients, allow_retrain=bool(p.get("allow_retrain", False)),
+        clients=clients, allow_retrain=bool(p.get("allow_retrain", False)), log_level=_log_level(p.get("log_level")),
+        drain_grace_s=_num(p.get("drain_grace_s", 10.0), "[provider] drain_grace_s"),
     )
 
 
-__all__ = ["ConfigError", "ProviderConfig", "ProviderLimits", "RegisteredClient", "check_id", "load_provider_config", "parse_client"]
+__all__ = ["ConfigError", "LOG_LEVELS", "ProviderConfig", "ProviderLimits", "RegisteredClient", "check_id", "load_provider_config", "parse_client"]

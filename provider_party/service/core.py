@@ -33,6 +33,7 @@ from provider_party.service.uploads import FinalizedUpload, UploadManager, Uploa
 
 log = logging.getLogger(__name__)
 EXPERT_CACHE = 32
+WARM_UP_QUESTION = "A warm-up question before the first call: what is the answer for this record?"
 
 
 @dataclass
@@ -44,6 +45,17 @@ class AskResult:
     answers: list[RowAnswer]
     base: list[RowAnswer] | None
     seconds: float
+
+
+@dataclass
+class WarmUp:
+    """What `ProviderParty.warm_up` loaded and how long each part took."""
+
+    base_s: float = 0.0
+    experts: int = 0
+    schemas: int = 0
+    connectors_s: float = 0.0
+    forward_s: float = 0.0
 
 
 @dataclass
@@ -188,10 +200,40 @@ class ProviderParty:
                 log.info("base LLM %s loaded in %.1f s", self._base.model_id, time.perf_counter() - t)
             return self._base
 
-    def preload(self) -> threading.Thread:
-        th = threading.Thread(target=self.ensure_base, name="llamdex-base-preload", daemon=True)
-        th.start()
-        return th
+    def warm_up(self) -> WarmUp:
+        """Loads what the first calls will need, so that readiness means ready: the base LLM, the connectors
+        of every schema a live expert of a registered client uses, those experts (verified again, as
+        `expert_for` always does; the newest `EXPERT_CACHE`), and one forward pass per schema (torch's first
+        pass allocates what later ones reuse). An expert that cannot be loaded is logged and skipped: it
+        is refused again, with its reason, when a call names it."""
+        w = WarmUp()
+        t = time.perf_counter()
+        self.ensure_base()
+        w.base_s = time.perf_counter() - t
+        ready: dict[str, TenantQuery] = {}
+        for stored in self.experts.live()[-EXPERT_CACHE:]:
+            client = self.config.client(stored.client_id)
+            if client is None:
+                continue
+            try:
+                expert, schema = self.expert_for(client, stored)
+                w.experts += 1
+                t = time.perf_counter()
+                model = self.model_for(schema)
+                w.connectors_s += time.perf_counter() - t
+            except RpcError as e:        # e.g. NOT_CUSTOMIZED: uploaded, never customized
+                log.debug("warm-up: expert %s of %s: %s", stored.artifact_digest[:19], stored.client_id, e)
+                continue
+            except Exception as e:  # noqa: BLE001 - one broken expert must not keep the provider from serving
+                log.warning("warm-up: expert %s of %s not loaded: %s: %s", stored.artifact_digest[:19], stored.client_id, type(e).__name__, e)
+                continue
+            ready.setdefault(schema.digest, TenantQuery(WARM_UP_QUESTION, model, expert))
+        w.schemas = len(ready)
+        t = time.perf_counter()
+        for q in ready.values():
+            answer_mixed([q])
+        w.forward_s = time.perf_counter() - t
+        return w
 
     def schemas_ready(self) -> list[str]:
         """Folders of the connector sets stored for the current base model."""
@@ -354,4 +396,4 @@ def _receipt_predicate(envelope: dict[str, Any]) -> dict[str, Any]:
     return json.loads(Envelope.from_dict(envelope).payload).get("predicate", {})
 
 
-__all__ = ["AskResult", "CustomizeResult", "ForgetResult", "ProviderParty"]
+__all__ = ["AskResult", "CustomizeResult", "ForgetResult", "ProviderParty", "WarmUp"]

@@ -1,11 +1,20 @@
 """The provider's gRPC server: `ProviderService` plus gRPC health checking, on mutual TLS by default.
 
-Start one with `ProviderServer(config).start()` or `llamdex provider serve`.
+Start one with `ProviderServer(config).start()` or `llamdex provider serve`. Health (see
+`protocol.serving`): the empty name is liveness, SERVING once the port is bound; the name
+`llamdex.v1.ProviderService` is readiness, SERVING only after the warm-up (`ProviderParty.warm_up`:
+base LLM, stored connectors of live experts, the experts, one forward pass), which runs in the
+background while early calls are already answered (they wait for what they need). Without preload
+(`--no-preload`) nothing is warmed and readiness is SERVING at once. `stop(grace)` drains: health
+NOT_SERVING, new calls refused, running calls get `grace` seconds.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -13,10 +22,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
 from protocol.rpc.llamdex.v1 import provider_pb2, provider_pb2_grpc
-from protocol.serving import announce_serving
+from protocol.serving import announce_serving, mark_ready
 from protocol.tls import add_port
 from protocol.wire import parse_upload_request
 from provider_party.service.config import ProviderConfig
+from provider_party.service.core import WarmUp
+from provider_party.service.operator_log import CallLog, log_jobs
 from provider_party.service.servicer import SERVICE_NAME, ProviderServicer
 
 log = logging.getLogger(__name__)
@@ -55,9 +66,14 @@ class ProviderServer:
 
     def __init__(self, config: ProviderConfig):
         self.config = config
+        self.created = time.monotonic()
         self.servicer = ProviderServicer(config)
+        jobs = self.servicer.party.jobs
+        jobs.runner = log_jobs(jobs.runner)
+        self.calls = CallLog(plaintext=config.plaintext)
         lim = config.limits
         self.server = grpc.server(ThreadPoolExecutor(max_workers=lim.max_workers, thread_name_prefix="llamdex-provider"),
+                                  interceptors=[self.calls],
                                   options=[("grpc.max_receive_message_length", lim.max_message_bytes),
                                            ("grpc.max_send_message_length", lim.max_message_bytes)])
         _add_provider_servicer(self.servicer, self.server)
@@ -66,19 +82,58 @@ class ProviderServer:
         self.port = add_port(self.server, config.listen, config.tls, plaintext=config.plaintext)
         host = config.listen.rsplit(":", 1)[0]
         self.address = f"{host}:{self.port}"
+        self.ready = threading.Event()
+        self.warm_up: WarmUp | None = None
+        self.ready_after_s: float | None = None      # from this object's creation to readiness
 
     def start(self) -> "ProviderServer":
         self.server.start()
-        if self.config.preload:
-            self.servicer.party.preload()
-        announce_serving(self.health, SERVICE_NAME, self.address, self.config.port_file)
-        log.info("provider %s serving on %s (%s)", self.config.provider_id, self.address, "plaintext" if self.config.plaintext else "mutual TLS")
+        warm = self.config.preload
+        announce_serving(self.health, SERVICE_NAME, self.address, self.config.port_file, ready=not warm)
+        log.info("provider %s live on %s (%s)%s", self.config.provider_id, self.address, "plaintext" if self.config.plaintext else "mutual TLS",
+                 "; warming up before it reports ready" if warm else "; ready (no warm-up: the base LLM loads at the first call that needs it)")
+        if warm:
+            threading.Thread(target=self._warm_up, name="llamdex-warm-up", daemon=True).start()
+        else:
+            self._set_ready()
         return self
 
-    def stop(self, grace: float = 2.0) -> None:
+    def _warm_up(self) -> None:
+        try:
+            w = self.servicer.party.warm_up()
+        except Exception:  # noqa: BLE001 - stays live and not ready; the log says why
+            log.exception("warm-up failed: the provider stays NOT_SERVING for readiness (calls are still answered)")
+            return
+        self.warm_up = w
+        log.info("warm-up done: base LLM in %.1f s; %d live expert(s), connectors of %d schema(s) in %.1f s; first forward pass %.2f s",
+                 w.base_s, w.experts, w.schemas, w.connectors_s, w.forward_s)
+        self._set_ready()
+
+    def _set_ready(self) -> None:
+        mark_ready(self.health, SERVICE_NAME)
+        self.ready_after_s = time.monotonic() - self.created
+        self.ready.set()
+        log.info("provider %s ready (health %s SERVING) %.1f s after start", self.config.provider_id, SERVICE_NAME, self.ready_after_s)
+
+    def calls_in_flight(self) -> int:
+        return self.calls.in_flight()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Drains: health NOT_SERVING, new calls refused, running calls get `grace` seconds (default: the
+        configured `drain_grace_s`) to finish and are cancelled after it; then the job worker stops (a
+        connector job still running is recorded FAILED at the next start)."""
+        grace = self.config.drain_grace_s if grace is None else grace
+        grace = min(grace, 3600.0) if math.isfinite(grace) else 3600.0
         self.health.enter_graceful_shutdown()
+        running = [j.job_id for j in list(self.servicer.party.jobs.jobs.values()) if j.state in ("QUEUED", "RUNNING")]
+        if running:
+            log.warning("stopping with connector job(s) %s unfinished: they are recorded FAILED at the next start; clients call Customize again",
+                        ", ".join(running))
         self.server.stop(grace).wait(grace + 1)
         self.servicer.party.close()
+
+    def stop_now(self) -> None:
+        self.server.stop(0)
 
     def wait(self) -> None:
         self.server.wait_for_termination()

@@ -30,8 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--key", type=Path, default=None, help="sign the output folder as an artifact with this key (model.sig, OpenSSF model-signing format)")
     t.set_defaults(func=_train)
     from simulations.cli.client_protocol import register_actions
+    from simulations.cli.client_round import register_round
 
     register_actions(csub)
+    register_round(csub)
     p.set_defaults(func=lambda a: p.print_help() or 2)
 
 

@@ -16,6 +16,8 @@ VERB_MODULES = [
     "simulations.cli.bench",
     "simulations.cli.attack",
     "simulations.cli.audit",
+    "simulations.cli.health",
+    "simulations.cli.hosts",
 ]
 
 DESCRIPTION = """\

@@ -1,9 +1,19 @@
-"""`llamdex provider serve`: run the provider's gRPC service (ProviderService + health) on mutual TLS."""
+"""`llamdex provider serve`: run the provider's gRPC service (ProviderService + health) on mutual TLS.
+
+The server logs one line per event at INFO by default (see provider_party/service/operator_log.py);
+the level comes from `--log-level`, else `LLAMDEX_LOG_LEVEL`, else `[provider] log_level`, else info
+(`llamdex -v provider serve` is debug). SIGTERM or SIGINT drains it (`--grace`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 from pathlib import Path
+
+LOG_ENV = "LLAMDEX_LOG_LEVEL"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def register_serve(psub: argparse._SubParsersAction) -> None:
@@ -16,7 +26,11 @@ def register_serve(psub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  llamdex provider serve --config provider.toml\n"
         "  llamdex provider serve --listen 127.0.0.1:50051 --key keys/provider.key --state state/ \\\n"
-        "      --ca certs/ca.pem --cert certs/provider.pem --tls-key certs/provider.key --client alice=keys/alice.pub")
+        "      --ca certs/ca.pem --cert certs/provider.pem --tls-key certs/provider.key --client alice=keys/alice.pub\n"
+        "  LLAMDEX_LOG_LEVEL=debug llamdex provider serve --config provider.toml --grace 30\n\n"
+        "health (from any host, with a certificate of the same CA): `llamdex health HOST:PORT --live` is SERVING once the\n"
+        "port is bound; `--ready` once the warm-up (base LLM, stored connectors, live experts) is done.\n"
+        "SIGTERM drains: health NOT_SERVING, new calls refused, running calls get --grace seconds, then the process exits.")
     s.add_argument("--config", type=Path, help="provider TOML config ([provider], [tls], [limits], [[clients]]); flags override it")
     s.add_argument("--listen", help="HOST:PORT to serve on (port 0 = any; see --port-file)")
     s.add_argument("--key", type=Path, help="the provider's receipt-signing key (PEM, mode 0600)")
@@ -31,7 +45,12 @@ def register_serve(psub: argparse._SubParsersAction) -> None:
     s.add_argument("--tls-key", type=Path, help="the provider's TLS private key")
     s.add_argument("--plaintext", action="store_true", default=None, help="no TLS: allowed only on loopback, for development")
     s.add_argument("--port-file", type=Path, help="write the bound address here once serving")
-    s.add_argument("--no-preload", action="store_true", help="load the base LLM on first use instead of at start")
+    s.add_argument("--no-preload", action="store_true",
+                   help="skip the warm-up: ready at once, the base LLM loads at the first call that needs it (default: warm up, then ready)")
+    s.add_argument("--log-level", dest="server_log_level", choices=("debug", "info", "warning", "error"), default=None,
+                   help=f"server log level (default: ${LOG_ENV}, else [provider] log_level, else info: one line per event)")
+    s.add_argument("--grace", type=float, default=None, metavar="SECONDS",
+                   help="on SIGTERM/SIGINT, how long running calls get to finish (default: [provider] drain_grace_s, else 10)")
     s.set_defaults(func=_serve)
 
 
@@ -54,7 +73,27 @@ def config_from_args(args: argparse.Namespace):
         clients.append(RegisteredClient(check_id(cid, "--client id"), load_public_key(Path(pub)), epsilon_budget=args.epsilon_budget))
     return cfg.with_overrides(listen=args.listen, key=args.key, state=args.state, connectors=args.connectors, base_model=args.base_model,
                               preset=args.preset, tls=tls, plaintext=args.plaintext, clients=tuple(clients), port_file=args.port_file,
-                              preload=False if args.no_preload else None)
+                              preload=False if args.no_preload else None, drain_grace_s=args.grace)
+
+
+def server_log_level(args: argparse.Namespace, config_level: str | None) -> str:
+    """--log-level, else $LLAMDEX_LOG_LEVEL, else the config's log_level, else info; `llamdex -v` is debug."""
+    if getattr(args, "verbose", False):
+        return "debug"
+    env = os.environ.get(LOG_ENV, "").strip().lower()
+    if env and env not in ("debug", "info", "warning", "error"):
+        raise SystemExit(f"{LOG_ENV}={env!r}: expected debug, info, warning or error")
+    return args.server_log_level or env or config_level or "info"
+
+
+def configure_logging(level: str) -> None:
+    """Timestamped lines on standard error, one per event; grpc's own C-core lines are left as they are."""
+    logging.basicConfig(level=getattr(logging, level.upper()), format=LOG_FORMAT, force=True)
+    from protocol.progress import is_terminal
+    import sys
+
+    if not is_terminal(sys.stderr):   # no carriage-return bars in a log file (transformers' "Loading weights")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -62,6 +101,7 @@ def _serve(args: argparse.Namespace) -> int:
     from provider_party.service.server import ProviderServer
 
     cfg = config_from_args(args)
+    configure_logging(server_log_level(args, cfg.log_level))
     if not cfg.clients:
         raise SystemExit("no client is registered: add [[clients]] to the config or --client ID=PUBKEY")
     server = ProviderServer(cfg).start()
@@ -69,5 +109,5 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"provider {cfg.provider_id} serving on {server.address} ({'plaintext' if cfg.plaintext else 'mutual TLS'}); "
           f"{len(cfg.clients)} registered client(s); ledger {server.servicer.party.ledger.count()} entries, chain verified"
           + (f"; recovered {rec}" if rec else ""), flush=True)
-    serve_forever(server)
+    serve_forever(server, cfg.drain_grace_s, name=f"provider {cfg.provider_id}")
     return 0
