@@ -97,14 +97,22 @@ def configure_logging(level: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from protocol.errors import CodedError
     from protocol.serving import serve_forever
-    from provider_party.service.server import ProviderServer
+    from protocol.tls import require_loopback_for_plaintext
 
     cfg = config_from_args(args)
     configure_logging(server_log_level(args, cfg.log_level))
     if not cfg.clients:
         raise SystemExit("no client is registered: add [[clients]] to the config or --client ID=PUBKEY")
-    server = ProviderServer(cfg).start()
+    try:
+        if cfg.plaintext:
+            require_loopback_for_plaintext(cfg.listen)    # before any state is opened
+        from provider_party.service.server import ProviderServer
+
+        server = ProviderServer(cfg).start()
+    except CodedError as e:
+        raise SystemExit(f"provider serve: {e}") from None
     rec = {k: v for k, v in server.servicer.party.recovery.items() if v}
     print(f"provider {cfg.provider_id} serving on {server.address} ({'plaintext' if cfg.plaintext else 'mutual TLS'}); "
           f"{len(cfg.clients)} registered client(s); ledger {server.servicer.party.ledger.count()} entries, chain verified"
