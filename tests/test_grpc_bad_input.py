@@ -205,9 +205,11 @@ def test_certificate_from_another_ca_fails_the_handshake(env, tmp_path):
 
     pc = ProviderClient(env["server"].address, "alice", env["p"].keys["alice"], tls=replace(other, ca=env["p"].tls["alice"].ca),
                         provider_public_key=env["p"].pubs["provider"], timeout_s=5)
-    with pytest.raises(grpc.RpcError) as ei:
+    from protocol.tls import TransportError
+
+    with pytest.raises(TransportError) as ei:      # the handshake fails (UNAVAILABLE), explained: which file to fix
         pc.hello()
-    assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert ei.value.code == "TLS_OWN_CERT_NOT_FROM_CA" and ei.value.__cause__.code() == grpc.StatusCode.UNAVAILABLE
     pc.close()
 
 

@@ -1,0 +1,89 @@
+"""The two-host flow from the installed package: `llamdex hosts bundle` writes one relocatable folder per host
+(keys, CA, certificates, configs that load), every setting of each step is a flag whose default `--help`
+shows, and scripts/two_hosts.sh is a thin wrapper that maps its old environment onto those flags."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from client_party.config import load_client_config
+from protocol.keys import fingerprint, load_public_key
+from provider_party.service.config import load_provider_config
+from simulations.host_bundles import make_bundles
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _names(cert_path: Path) -> set[str]:
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return {str(n) for n in san.get_values_for_type(x509.DNSName)} | {str(i) for i in san.get_values_for_type(x509.IPAddress)}
+
+
+def test_a_bundle_per_host_that_loads_wherever_it_is_copied(tmp_path):
+    b = make_bundles(tmp_path / "made", "10.77.0.1", "10.77.0.2", client_id="carol", port=50555, budget=2.5, preset="default")
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(b.provider, moved / "provider")
+    shutil.copytree(b.client, moved / "client")
+    shutil.rmtree(tmp_path / "made")                                 # nothing points back at where they were made
+
+    pcfg = load_provider_config(moved / "provider" / "provider.toml")
+    assert pcfg.listen == "0.0.0.0:50555" and pcfg.preset == "default" and pcfg.preload and pcfg.log_level == "info"
+    carol = pcfg.client("carol")
+    assert carol is not None and carol.epsilon_budget == 2.5
+    ccfg = load_client_config(moved / "client" / "client.toml")
+    assert ccfg.provider_address == "10.77.0.1:50555" and ccfg.client_id == "carol" and ccfg.max_epsilon == 2.5
+    # the registration and the pin: each side holds the other's public key
+    assert fingerprint(carol.public_key) == fingerprint(load_public_key(moved / "client" / "keys" / "carol.pub"))
+    assert fingerprint(load_public_key(ccfg.provider_public_key)) == fingerprint(load_public_key(moved / "provider" / "keys" / "provider.pub"))
+    # certificates name the hosts (the provider's also loopback, for health checks on its own host)
+    assert _names(pcfg.tls.cert) == {"10.77.0.1", "localhost", "127.0.0.1"} and _names(ccfg.tls.cert) == {"10.77.0.2"}
+    for private in (pcfg.key, pcfg.tls.key, ccfg.key, ccfg.tls.key):
+        assert Path(private).stat().st_mode & 0o777 == 0o600, private
+    assert not (moved / "provider" / "certs" / "ca.key").exists() and not (moved / "client" / "certs" / "ca.key").exists()
+
+
+def test_bundle_refuses_to_overwrite_and_names_the_flag(tmp_path, capsys):
+    from simulations.cli.main import main
+
+    argv = ["hosts", "bundle", "--provider-host", "10.77.0.1", "--client-host", "10.77.0.2", "--out", str(tmp_path / "b")]
+    assert main(argv) == 0
+    assert main(argv) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(argv + ["--force"]) == 0
+
+
+@pytest.mark.parametrize("verb, defaults", [
+    (["hosts", "bundle"], ["--port PORT", "(default: 50051", "--budget BUDGET", "(default: 4.0)", "--preset {quick,default,tiny}",
+                           "(default: quick;", "--out OUT", "(default: bundles)", "--client-id", "(default: alice)"]),
+    (["client", "round"], ["--data NAME|FILE", "(default: titanic)", "--epsilon EPSILON", "(default: 1.0;", "--max-questions",
+                           "(default: 0 = all of them)", "--wait SECONDS", "(default: 120.0)", "--preset", "(default: the provider's own)"]),
+    (["provider", "serve"], ["--log-level", "LLAMDEX_LOG_LEVEL", "--grace SECONDS", "else 10)"]),
+    (["health"], ["--ready", "(default)", "--live", "--timeout", "(default: 5.0)", "--wait SECONDS"]),
+])
+def test_every_setting_of_a_step_is_a_flag_whose_default_help_shows(verb, defaults, capsys):
+    from simulations.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main([*verb, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for d in defaults:
+        assert d in text, f"{' '.join(verb)} --help lacks {d!r}"
+
+
+def test_two_hosts_sh_is_a_thin_wrapper_over_hosts_bundle(tmp_path):
+    env = {**os.environ, "LLAMDEX": f"{sys.executable} -m simulations.cli.main", "PYTHONPATH": str(ROOT), "PRESET": "tiny", "PORT": "50600",
+           "BUDGET": "3"}
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "two_hosts.sh"), "setup", str(tmp_path / "b"), "10.77.0.1", "10.77.0.2"], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "+ llamdex hosts bundle --provider-host 10.77.0.1 --client-host 10.77.0.2" in r.stderr and "--port 50600 --budget 3" in r.stderr
+    pcfg = load_provider_config(tmp_path / "b" / "provider" / "provider.toml")
+    assert pcfg.listen == "0.0.0.0:50600" and pcfg.client("alice").epsilon_budget == 3.0 and pcfg.preset.name == "tiny"
