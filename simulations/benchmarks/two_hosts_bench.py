@@ -159,7 +159,7 @@ def run_two_hosts(work: Path, *, data: str = "titanic", preset: str = "quick", e
 def markdown(rec: dict[str, Any]) -> str:
     s = rec["settings"]
     ph = rec["round"]["phase_seconds"]
-    lines = [f"## Two hosts (network namespaces)\n",
+    lines = ["## Two hosts (network namespaces)\n",
              f"`{rec['command']}` ({rec['environment']['date']}; {s['data']}, ε = {s['epsilon']}, preset {s['preset']}, "
              f"{rec['round']['n_questions']} held-out questions; provider {rec['hosts']['provider']}, client {rec['hosts']['client']}, mutual TLS)\n",
              "| phase | seconds |", "|---|---|", f"| provider start → ready (first start, empty state) | {rec['first_start_to_ready_s']:.1f} |"]
