@@ -36,36 +36,6 @@ DEFAULT_CHUNK = 1 * MiB
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED)
 
 
-_DIGEST_TAG = {"sha256": b"\x1a", "blake3": b"\x22"}   # UploadChunk fields 3 and 4, wire type 2
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def encode_chunk(offset: int, data: Any, digest_hex: str, alg: str = "sha256") -> bytes:
-    """`UploadRequest(chunk=UploadChunk(offset, data, <alg>=digest_hex)).SerializeToString()`, built with one
-    copy of `data` instead of three (the protobuf wire format written by hand; a test checks it byte for byte)."""
-    digest = digest_hex.encode("ascii")
-    n = len(data)
-    inner_head = (b"\x08" + _varint(offset) if offset else b"") + (b"\x12" + _varint(n) if n else b"")
-    inner_tail = _DIGEST_TAG[alg] + _varint(len(digest)) + digest
-    inner_len = len(inner_head) + n + len(inner_tail)
-    return b"".join((b"\x12", _varint(inner_len), inner_head, data, inner_tail))
-
-
-def _serialize_upload(msg: Any) -> bytes:
-    return msg if isinstance(msg, bytes) else msg.SerializeToString()
-
-
 def _resumable(e: grpc.RpcError) -> bool:
     """A broken stream, a busy upload, a corrupted chunk or a wrong offset: resume from what arrived."""
     if e.code() in RETRYABLE:
@@ -130,9 +100,6 @@ class ProviderClient:
                                     options=[("grpc.max_send_message_length", max_message_bytes),
                                              ("grpc.max_receive_message_length", max_message_bytes)])
         self.stub = provider_pb2_grpc.ProviderServiceStub(self.channel)
-        # UploadExpert with pre-encoded chunks (see encode_chunk); same method, same messages on the wire
-        self._upload_call = self.channel.stream_unary("/llamdex.v1.ProviderService/UploadExpert", request_serializer=_serialize_upload,
-                                                      response_deserializer=provider_pb2.UploadResponse.FromString)
         self.metadata = ((IDENTITY_METADATA, client_id),) if plaintext else None
         self.provider_key = load_public_key(provider_public_key) if provider_public_key is not None else None
         self.receipt_store = receipt_store
@@ -200,7 +167,7 @@ class ProviderClient:
     @staticmethod
     def _messages(header: provider_pb2.UploadHeader, tar: bytes, offset: int, chunk: int, cut: tuple[int, Any] | None,
                   alg: str = "sha256", digests: Sequence[str] | None = None) -> Iterator[Any]:
-        """The header, then pre-encoded chunks. `digests`: the chunks' `alg` digests, computed before the
+        """The header, then the chunks. `digests`: the chunks' `alg` digests, computed before the
         stream (`protocol.wire.upload_digests`, next to the tar's); without them (a resumed stream) each is
         computed just before its chunk is sent (a helper thread hashing ahead cost more in thread hand-offs
         than it overlapped)."""
@@ -211,7 +178,8 @@ class ProviderClient:
                 cut[1]()      # cancel the call: the stream breaks off mid-upload, as a dropped link would
                 return
             data = view[pos:pos + chunk]
-            yield encode_chunk(pos, data, digests[i] if digests is not None else upload_digest_hex(alg, data), alg)
+            hexd = digests[i] if digests is not None else upload_digest_hex(alg, data)
+            yield provider_pb2.UploadRequest(chunk=provider_pb2.UploadChunk(offset=pos, data=bytes(data), **{alg: hexd}))
 
     @_explained
     def upload_status(self, upload_id: str) -> provider_pb2.UploadStatus:
@@ -245,7 +213,7 @@ class ProviderClient:
             cut = (cut_after_bytes, lambda: holder[0].cancel()) if (cut_after_bytes is not None and attempts == 1) else None
             try:
                 known = first[1] if offset == first[0] else None
-                fut = self._upload_call.future(self._messages(header, tar, offset, chunk_bytes, cut, alg, known), timeout=timeout_s,
+                fut = self.stub.UploadExpert.future(self._messages(header, tar, offset, chunk_bytes, cut, alg, known), timeout=timeout_s,
                                                metadata=self.metadata)
                 holder.append(fut)
                 resp = fut.result()

@@ -1,36 +1,19 @@
-"""Small wire-level rules: the hand-encoded upload chunk is exactly the protobuf encoding, signed requests
-bind method, identity, time, nonce and body, plaintext is refused off loopback, and every error code maps
+"""Small wire-level rules: signed requests bind method, identity, time, nonce and body, plaintext is refused off loopback, and every error code maps
 to a gRPC status."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 
 import grpc
 import pytest
 
-from client_party.provider_client import encode_chunk
 from protocol.keys import generate_private_key
 from protocol.request_auth import FORGET_METHOD, UPLOAD_METHOD, RequestAuthError, check_request_signature, sign_request
 from protocol.rpc.llamdex.v1 import common_pb2, provider_pb2
 from protocol.rpc_errors import STATUS_BY_CODE
 from protocol.tls import TransportError, is_loopback, open_channel, require_loopback_for_plaintext, split_address
-
-
-@pytest.mark.parametrize("alg", ["sha256", "blake3"])
-@pytest.mark.parametrize("offset,n", [(0, 1), (5, 1 << 20), (300 << 20, 1000), (2**40, 0), (127, 128), (128, 16383)])
-def test_hand_encoded_chunk_is_the_protobuf_encoding(offset, n, alg):
-    from protocol.wire import upload_digest_hex
-
-    d = os.urandom(n)
-    h = upload_digest_hex(alg, d)
-    ref = provider_pb2.UploadRequest(chunk=provider_pb2.UploadChunk(offset=offset, data=d, **{alg: h})).SerializeToString()
-    assert encode_chunk(offset, memoryview(d), h, alg) == ref
-    if alg == "sha256":
-        assert encode_chunk(offset, memoryview(d), h) == ref      # the default stays SHA-256
-        assert h == hashlib.sha256(d).hexdigest()
 
 
 def test_upload_body_signs_blake3_only_when_set():
@@ -89,36 +72,6 @@ def test_every_error_code_maps_to_a_specific_status():
     assert STATUS_BY_CODE["REPLAYED_REQUEST"] == grpc.StatusCode.UNAUTHENTICATED
     assert STATUS_BY_CODE["BUDGET_EXCEEDED"] == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert STATUS_BY_CODE["UNREGISTERED_CLIENT"] == grpc.StatusCode.PERMISSION_DENIED
-
-
-def test_zero_copy_chunk_parser_agrees_with_protobuf():
-    """The provider's UploadExpert parser (chunk data as a view, no copy) reads what protobuf reads; any
-    other shape (a header, unknown fields, two chunks merged, bad UTF-8) goes to the protobuf parser."""
-    from protocol.wire import ChunkView, parse_upload_request
-
-    d = os.urandom(3000)
-    chunks = [provider_pb2.UploadChunk(offset=o, data=d[:n], **{alg: "ab" * 32}) for o in (0, 1, 2**40, -5)
-              for n in (0, 1, 3000) for alg in ("sha256", "blake3")] + [provider_pb2.UploadChunk(offset=9, data=d)]
-    for c in chunks:
-        for buf in (provider_pb2.UploadRequest(chunk=c).SerializeToString(),
-                    encode_chunk(c.offset, d[:len(c.data)], c.sha256 or c.blake3 or "", c.WhichOneof("digest") or "sha256") if c.offset >= 0 and c.WhichOneof("digest") else b""):
-            if not buf:
-                continue
-            ref, got = provider_pb2.UploadRequest.FromString(buf), parse_upload_request(buf)
-            assert isinstance(got, ChunkView) and got.WhichOneof("part") == "chunk"
-            assert (got.offset, bytes(got.data), got.WhichOneof("digest"), got.sha256, got.blake3) == \
-                (ref.chunk.offset, ref.chunk.data, ref.chunk.WhichOneof("digest"), ref.chunk.sha256, ref.chunk.blake3)
-    header = provider_pb2.UploadRequest(header=provider_pb2.UploadHeader(upload_id="u" * 20)).SerializeToString()
-    unknown = provider_pb2.UploadRequest(chunk=chunks[0]).SerializeToString()[:1] + bytes([len(b"\x28\x01") + 0]) + b"\x28\x01"
-    twice = provider_pb2.UploadRequest(chunk=chunks[2]).SerializeToString() * 2        # protobuf merges the two
-    for buf in (header, unknown, twice):
-        got = parse_upload_request(buf)
-        assert not isinstance(got, ChunkView) and got == provider_pb2.UploadRequest.FromString(buf)
-    bad = b"\x12\x04\x1a\x02\xff\xfe"                                                       # a digest that is not UTF-8
-    with pytest.raises(Exception):
-        provider_pb2.UploadRequest.FromString(bad)
-    with pytest.raises(Exception):
-        parse_upload_request(bad)
 
 
 @pytest.mark.parametrize("alg", ["sha256", "blake3"])

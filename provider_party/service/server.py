@@ -16,49 +16,19 @@ import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
-from protocol.rpc.llamdex.v1 import provider_pb2, provider_pb2_grpc
+from protocol.rpc.llamdex.v1 import provider_pb2_grpc
 from protocol.serving import announce_serving, mark_ready
 from protocol.tls import add_port
-from protocol.wire import parse_upload_request
 from provider_party.service.config import ProviderConfig
 from provider_party.service.core import WarmUp
 from provider_party.service.operator_log import CallLog, log_jobs
 from provider_party.service.servicer import SERVICE_NAME, ProviderServicer
 
 log = logging.getLogger(__name__)
-
-
-class _CaptureHandlers:
-    """Stands in for a server to read the method handlers the generated registration builds."""
-
-    handlers: dict[str, Any] | None = None
-
-    def add_generic_rpc_handlers(self, handlers: Any) -> None:
-        pass
-
-    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
-        self.handlers = dict(handlers)
-
-
-def _add_provider_servicer(servicer: ProviderServicer, server: grpc.Server) -> None:
-    """`add_ProviderServiceServicer_to_server`, except that UploadExpert's requests are parsed by
-    `protocol.wire.parse_upload_request`: a chunk's data stays a view of the received message instead of
-    being copied out of it (the same messages on the wire; the header still goes through protobuf)."""
-    cap = _CaptureHandlers()
-    provider_pb2_grpc.add_ProviderServiceServicer_to_server(servicer, cap)
-    if not cap.handlers or "UploadExpert" not in cap.handlers:  # another generated layout: the plain registration
-        provider_pb2_grpc.add_ProviderServiceServicer_to_server(servicer, server)
-        return
-    handlers = cap.handlers
-    handlers["UploadExpert"] = grpc.stream_unary_rpc_method_handler(
-        servicer.UploadExpert, request_deserializer=parse_upload_request, response_serializer=provider_pb2.UploadResponse.SerializeToString)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 class ProviderServer:
@@ -76,7 +46,7 @@ class ProviderServer:
                                   interceptors=[self.calls],
                                   options=[("grpc.max_receive_message_length", lim.max_message_bytes),
                                            ("grpc.max_send_message_length", lim.max_message_bytes)])
-        _add_provider_servicer(self.servicer, self.server)
+        provider_pb2_grpc.add_ProviderServiceServicer_to_server(self.servicer, self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port = add_port(self.server, config.listen, config.tls, plaintext=config.plaintext)
