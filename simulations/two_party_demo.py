@@ -182,7 +182,7 @@ def run_two_party_demo(run_dir: Path, epsilon: float = 1.0, preset: str | dict =
                        connectors_root: Path | None = None, log: Callable[[str], None] = print) -> int:
     """Runs the main job over gRPC with mutual TLS on loopback; returns 0 on success."""
     import grpc
-    from tqdm.auto import tqdm
+    from protocol.progress import progress_bar as tqdm   # one line per update in a file or pipe
 
     from client_party.service import format_scores
     from protocol.receipts import verify_chain, verify_receipt

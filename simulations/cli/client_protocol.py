@@ -159,7 +159,7 @@ def _upload(args: argparse.Namespace) -> int:
 
 
 def _customize(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
+    from protocol.progress import progress_bar as tqdm   # one line per update in a file or pipe
 
     from client_party.service import ClientParty
     from protocol.wire import JOB_STATE_NAMES
