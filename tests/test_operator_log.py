@@ -68,3 +68,20 @@ def test_each_event_is_one_log_line_and_refusals_say_why(tmp_path, caplog, base_
     assert len(unknown) == 1 and "PERMISSION_DENIED [UNREGISTERED_CLIENT]" in unknown[0]
     assert not any(QUESTION in r.getMessage() for r in caplog.records)
     assert all("\n" not in m for m in info)
+
+
+def test_the_log_level_comes_from_the_flag_else_the_environment_else_the_config_else_info(monkeypatch):
+    from argparse import Namespace
+
+    from simulations.cli.provider_serve import server_log_level
+
+    monkeypatch.delenv("LLAMDEX_LOG_LEVEL", raising=False)
+    assert server_log_level(Namespace(server_log_level=None), None) == "info"
+    assert server_log_level(Namespace(server_log_level=None), "warning") == "warning"
+    monkeypatch.setenv("LLAMDEX_LOG_LEVEL", "error")
+    assert server_log_level(Namespace(server_log_level=None), "warning") == "error"
+    assert server_log_level(Namespace(server_log_level="debug"), "warning") == "debug"
+    assert server_log_level(Namespace(server_log_level=None, verbose=True), "warning") == "debug"
+    monkeypatch.setenv("LLAMDEX_LOG_LEVEL", "loud")
+    with pytest.raises(SystemExit, match="LLAMDEX_LOG_LEVEL='loud'"):
+        server_log_level(Namespace(server_log_level=None), None)
