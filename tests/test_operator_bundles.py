@@ -87,3 +87,25 @@ def test_two_hosts_sh_is_a_thin_wrapper_over_hosts_bundle(tmp_path):
     assert "+ llamdex hosts bundle --provider-host 10.77.0.1 --client-host 10.77.0.2" in r.stderr and "--port 50600 --budget 3" in r.stderr
     pcfg = load_provider_config(tmp_path / "b" / "provider" / "provider.toml")
     assert pcfg.listen == "0.0.0.0:50600" and pcfg.client("alice").epsilon_budget == 3.0 and pcfg.preset.name == "tiny"
+
+
+def test_hosts_check_on_each_host_reaches_the_running_provider_through_its_bundle(tmp_path, capsys):
+    from dataclasses import replace
+
+    from provider_party.service.server import ProviderServer
+    from simulations.cli.main import main
+    from simulations.two_party_demo import free_port
+
+    port = free_port()
+    b = make_bundles(tmp_path / "b", "127.0.0.1", "127.0.0.1", port=port, preset="tiny")
+    cfg = replace(load_provider_config(b.provider / "provider.toml"), listen=f"127.0.0.1:{port}", preload=False)
+    server = ProviderServer(cfg).start()
+    try:
+        for config in (b.client / "client.toml", b.provider / "provider.toml"):
+            assert main(["hosts", "check", "--config", str(config)]) == 0
+            out = capsys.readouterr().out
+            assert f"ok   127.0.0.1:{port} liveness: SERVING" in out and f"ok   127.0.0.1:{port} readiness (llamdex.v1.ProviderService): SERVING" in out
+    finally:
+        server.stop(0)
+    assert main(["hosts", "check", "--config", str(b.client / "client.toml")]) == 1
+    assert f"FAIL 127.0.0.1:{port} liveness: [UNREACHABLE]" in capsys.readouterr().out
