@@ -109,3 +109,22 @@ def test_hosts_check_on_each_host_reaches_the_running_provider_through_its_bundl
         server.stop(0)
     assert main(["hosts", "check", "--config", str(b.client / "client.toml")]) == 1
     assert f"FAIL 127.0.0.1:{port} liveness: [UNREACHABLE]" in capsys.readouterr().out
+
+
+def test_the_rounds_client_trains_on_a_table_file_and_rebuilds_its_held_out_questions_from_it(tmp_path):
+    """`client round --data FILE`: the client's training and its held-out split read the same file."""
+    from client_party.datasets import TableRef, load_table
+    from client_party.service import ClientParty
+
+    df, schema = load_table("titanic")
+    csv = tmp_path / "passengers.csv"
+    df.iloc[:300].to_csv(csv, index=False)
+    schema.save(tmp_path / "passengers.schema.json")
+    b = make_bundles(tmp_path / "b", "10.77.0.1", "10.77.0.2", preset="tiny")
+    party = ClientParty(load_client_config(b.client / "client.toml"))
+    art = party.train(TableRef.parse(csv), None, epochs=2)
+    assert art.dataset_id == "passengers" and art.n_train + art.n_test == 300
+    info = party.index()[art.artifact_digest]
+    assert info["table"] == {"path": str(csv.resolve())}
+    questions, x, y, _ = party.heldout_questions(info)
+    assert len(questions) == len(y) == art.n_test and all("?" in q for q in questions)
