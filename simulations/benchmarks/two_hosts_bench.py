@@ -36,11 +36,11 @@ from typing import Any
 
 PORT = 50051
 HAND_TYPED = "Mrs. Ann Smith, 34, travelled in second class and embarked at Southampton. Did she survive?"
-ROOT = Path(__file__).resolve().parents[2]
+CODE_ROOT = Path(__file__).resolve().parents[2]   # where the running `simulations` package lives: the processes run the same code
 
 
 def _env(threads: int | None) -> dict[str, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(CODE_ROOT), os.environ.get("PYTHONPATH")]))}
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     return env
@@ -48,7 +48,7 @@ def _env(threads: int | None) -> dict[str, str]:
 
 def _llamdex(pair: Any, side: str, argv: list[str], threads: int | None, timeout_s: float) -> tuple[subprocess.CompletedProcess, float]:
     t = time.perf_counter()
-    r = subprocess.run(pair.exec_in(side, [sys.executable, "-m", "simulations.cli.main", *argv]), cwd=ROOT, env=_env(threads),
+    r = subprocess.run(pair.exec_in(side, [sys.executable, "-m", "simulations.cli.main", *argv]), env=_env(threads),
                        capture_output=True, text=True, timeout=timeout_s)
     return r, time.perf_counter() - t
 
@@ -63,7 +63,7 @@ def _start_provider(pair: Any, config: Path, log: Path, threads: int | None, *ex
     with open(log, "ab") as f:
         return subprocess.Popen(pair.exec_in("provider", [sys.executable, "-m", "simulations.cli.main", "provider", "serve", "--config",
                                                           str(config), *extra]),
-                                cwd=ROOT, env=_env(threads), stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+                                env=_env(threads), stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _drain(proc: subprocess.Popen, timeout_s: float = 60.0) -> dict[str, Any]:
@@ -83,7 +83,7 @@ def _timed_restart(pair: Any, b: Any, log: Path, threads: int | None, extra: lis
     """Starts the provider with the probe already waiting on the client host; returns the probe's times and the drain's."""
     probe = subprocess.Popen(pair.exec_in("client", [sys.executable, "-m", "simulations.benchmarks.two_hosts_probe", "--config",
                                                      str(b.client / "client.toml"), "--timeout", str(timeout_s)]),
-                             cwd=ROOT, env=_env(threads), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             env=_env(threads), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = probe.stdout.readline()
     if line.strip() != "probe ready":
         probe.kill()
