@@ -200,6 +200,13 @@ class ProviderParty:
                 log.info("base LLM %s loaded in %.1f s", self._base.model_id, time.perf_counter() - t)
             return self._base
 
+    def preload(self) -> threading.Thread:
+        """Loads the base LLM in the background (the Flower orchestrator, while its clients train); the
+        gRPC server uses `warm_up`, which readiness waits for."""
+        th = threading.Thread(target=self.ensure_base, name="llamdex-base-preload", daemon=True)
+        th.start()
+        return th
+
     def warm_up(self) -> WarmUp:
         """Loads what the first calls will need, so that readiness means ready: the base LLM, the connectors
         of every schema a live expert of a registered client uses, those experts (verified again, as
