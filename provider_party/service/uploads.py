@@ -403,7 +403,7 @@ class UploadManager:
                 experts.stage(client.client_id, verified, meta)
                 try:
                     entry = ledger.append_upload(client.client_id, rec.dataset_id, verified.digest, verified.dp, eps,
-                                                 artifact_name=rec.artifact_name)
+                                                 artifact_name=rec.artifact_name, client_key=verified.signer_fingerprint)
                 except BudgetError as e:
                     experts.discard_staged(client.client_id, verified.digest)
                     raise RpcError("BUDGET_EXCEEDED", str(e), rule="dataset privacy budget (basic composition)") from None
