@@ -146,7 +146,7 @@ class KeyList:
                                rule="key list starts from the pinned key")
         i = fps.index(fingerprint(pin))
         out = [self.keys[i].public_key]
-        for prev, nxt in zip(self.keys[i:], self.keys[i + 1:]):
+        for prev, nxt in zip(self.keys[i:], self.keys[i + 1:], strict=False):
             if nxt.endorsement is None:
                 raise ReceiptError("UNTRUSTED_KEY", f"receipt key {nxt.fingerprint} carries no endorsement by {prev.fingerprint}",
                                    rule="endorsed by the previous key")

@@ -6,6 +6,16 @@ certificate whose subject common name is the party's id (`provider`, a client id
 party certificate carries both TLS usages (serverAuth and clientAuth): the client also runs a
 service, and the provider calls it back.
 
+**TLS 1.3 only.** gRPC's Python API cannot set a minimum TLS version (its core defaults to TLS 1.2-1.3),
+but it reads the TLS 1.2 cipher list from `GRPC_SSL_CIPHER_SUITES` when it creates its first TLS
+context. Importing this module sets that list to `TLS12_CIPHERS`, a single TLS 1.2 suite that needs a
+pre-shared key, which gRPC never configures: no TLS 1.2 handshake can agree on a suite, so every
+connection between the parties, in both directions, is TLS 1.3 (whose suites BoringSSL does not let a
+list switch off). `tests/test_security.py` checks it with real TLS 1.2 and 1.3 handshakes. The setting
+must be in place before the process creates its first gRPC TLS channel or server: both parties'
+servers and clients import this module first; a program that opened gRPC TLS connections before
+importing it keeps gRPC's default (the module logs a warning when it finds another value set).
+
 A gRPC peer's identity is the common name of its verified certificate (`peer_identity`).
 Plaintext is allowed only on loopback and only when asked for (`open_channel(..., plaintext=True)`,
 `add_port(..., plaintext=True)`); anything else raises `TransportError`.
@@ -15,6 +25,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import ipaddress
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +39,21 @@ from protocol.errors import CodedError
 from protocol.keys import generate_private_key, load_private_key, save_private_key
 
 CA_NAME = "Llamdex CA"
+CIPHER_SUITES_VAR = "GRPC_SSL_CIPHER_SUITES"
+TLS12_CIPHERS = "PSK-AES128-CBC-SHA"   # TLS 1.2 only with a pre-shared key, which gRPC never has: TLS 1.3 only
 DEFAULT_DAYS = 365
 LOOPBACK_NAMES = ("localhost",)
 IDENTITY_METADATA = "x-llamdex-client-id"   # plaintext (loopback) mode only: the caller's claimed id
+
+
+def _tls13_only() -> None:
+    current = os.environ.get(CIPHER_SUITES_VAR)
+    if current and current != TLS12_CIPHERS:
+        logging.getLogger(__name__).warning("%s=%r replaced by %r: the parties speak TLS 1.3 only", CIPHER_SUITES_VAR, current, TLS12_CIPHERS)
+    os.environ[CIPHER_SUITES_VAR] = TLS12_CIPHERS
+
+
+_tls13_only()
 
 
 class TransportError(CodedError):

@@ -85,7 +85,8 @@ class ProviderParty:
         self.recovery = self._recover()
         self.budget_changes = self._apply_configured_budgets()
         self.auth.revocations = apply_configured_revocations(config, self.ledger)
-        self.jobs = JobManager(self._run_job, config.limits.max_job_queue, on_done=on_job_done, store=JobStore(state / "state.db"))
+        self.jobs = JobManager(self._run_job, config.limits.max_job_queue, on_done=on_job_done, store=JobStore(state / "state.db"),
+                               max_per_client=config.limits.max_jobs_per_client)
         self.recovery["jobs_failed"] = self.jobs.interrupted
         if self.jobs.interrupted:
             log.warning("%d connector job(s) were cut off by the last stop; recorded as FAILED", self.jobs.interrupted)

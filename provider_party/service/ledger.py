@@ -469,7 +469,8 @@ class Ledger:
         return self._append_event(con, key, "budget", fields, client_id=client_id, dataset_id=dataset_id, spent=spent, budget=(epsilon, delta))
 
     def append_upload(self, client_id: str, dataset_id: str, artifact_digest: str, dp: Any,
-                      epsilon_recomputed: float | None = None, *, artifact_name: str = "expert", client_key: str | None = None) -> LedgerEntry:
+                      epsilon_recomputed: float | None = None, *, artifact_name: str = "expert", client_key: str | None = None,
+                      receipt_id: str | None = None) -> LedgerEntry:
         """Charges an upload to its dataset's budget and issues the signed receipt, atomically.
 
         `dp` is the artifact's DPStatement; `epsilon_recomputed` the provider's own ε (recomputed and
@@ -502,7 +503,7 @@ class Ledger:
                 accountant_params={"mechanism": dp.mechanism, "noise_multiplier": float(dp.noise_multiplier),
                                    "sample_rate": float(dp.sample_rate), "steps": int(dp.steps), "max_grad_norm": float(dp.max_grad_norm)},
                 spent_before=before, budget=budget, previous_receipt_digest=rprev, delta_spent_before=dbefore,
-                delta_budget=dbudget, issued_at=issued_at, artifact_name=artifact_name, ledger_seq=seq,
+                delta_budget=dbudget, issued_at=issued_at, artifact_name=artifact_name, ledger_seq=seq, receipt_id=receipt_id,
             ))
             return self._insert(con, self._row(seq, prev, client_id, dataset_id, "upload", artifact_digest, eps, delta, before, after,
                                                budget, dbefore, dafter, dbudget, rseq, env, issued_at, client_key))
@@ -629,6 +630,13 @@ class Ledger:
         if len(rows) > page_size:
             nxt = base64.urlsafe_b64encode(json.dumps({"after": page[-1].seq, "client": client_id}).encode()).decode("ascii")
         return page, nxt
+
+    def upload_entry(self, client_id: str, artifact_digest: str) -> LedgerEntry | None:
+        """The last upload entry of `artifact_digest` by `client_id`, if any."""
+        with self._connect() as con:
+            r = con.execute("SELECT * FROM entries WHERE client_id=? AND artifact_digest=? AND kind='upload' ORDER BY seq DESC LIMIT 1",
+                            (client_id, artifact_digest)).fetchone()
+        return None if r is None else LedgerEntry.from_row(r)
 
     def events(self, kind: str | None = None) -> list[LedgerEntry]:
         """Every event entry (or those of one kind), in chain order."""

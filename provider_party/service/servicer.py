@@ -107,6 +107,9 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
             chunks.stop()
             return self._upload_response(opened, [], 0.0)
         session, cut = opened, False
+        deadline = threading.Timer(lim.max_upload_stream_s, context.cancel)   # a stream never holds a server thread for ever
+        deadline.daemon = True
+        deadline.start()
         try:
             for msg in chunks:
                 if msg.WhichOneof("part") != "chunk":
@@ -119,6 +122,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         except grpc.RpcError:
             cut = True  # the client went away; what arrived is kept for a resume
         finally:
+            deadline.cancel()
             chunks.stop()
             session.close()
             if session.received < session.record.total_bytes:
