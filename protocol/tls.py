@@ -6,15 +6,9 @@ certificate whose subject common name is the party's id (`provider`, a client id
 party certificate carries both TLS usages (serverAuth and clientAuth): the client also runs a
 service, and the provider calls it back.
 
-**TLS 1.3 only.** gRPC's Python API cannot set a minimum TLS version (its core defaults to TLS 1.2-1.3),
-but it reads the TLS 1.2 cipher list from `GRPC_SSL_CIPHER_SUITES` when it creates its first TLS
-context. Importing this module sets that list to `TLS12_CIPHERS`, a single TLS 1.2 suite that needs a
-pre-shared key, which gRPC never configures: no TLS 1.2 handshake can agree on a suite, so every
-connection between the parties, in both directions, is TLS 1.3 (whose suites BoringSSL does not let a
-list switch off). `tests/test_security.py` checks it with real TLS 1.2 and 1.3 handshakes. The setting
-must be in place before the process creates its first gRPC TLS channel or server: both parties'
-servers and clients import this module first; a program that opened gRPC TLS connections before
-importing it keeps gRPC's default (the module logs a warning when it finds another value set).
+**TLS 1.3 only** (`protocol.tls_policy`, set when the `protocol` package is imported, before gRPC
+loads): no TLS 1.2 handshake can agree on a cipher suite, so every connection between the parties is
+TLS 1.3. `add_port` logs an error when the policy could not take effect in this process.
 
 A gRPC peer's identity is the common name of its verified certificate (`peer_identity`).
 Plaintext is allowed only on loopback and only when asked for (`open_channel(..., plaintext=True)`,
@@ -35,25 +29,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from protocol import tls_policy
 from protocol.errors import CodedError
 from protocol.keys import generate_private_key, load_private_key, save_private_key
 
 CA_NAME = "Llamdex CA"
-CIPHER_SUITES_VAR = "GRPC_SSL_CIPHER_SUITES"
-TLS12_CIPHERS = "PSK-AES128-CBC-SHA"   # TLS 1.2 only with a pre-shared key, which gRPC never has: TLS 1.3 only
 DEFAULT_DAYS = 365
 LOOPBACK_NAMES = ("localhost",)
 IDENTITY_METADATA = "x-llamdex-client-id"   # plaintext (loopback) mode only: the caller's claimed id
-
-
-def _tls13_only() -> None:
-    current = os.environ.get(CIPHER_SUITES_VAR)
-    if current and current != TLS12_CIPHERS:
-        logging.getLogger(__name__).warning("%s=%r replaced by %r: the parties speak TLS 1.3 only", CIPHER_SUITES_VAR, current, TLS12_CIPHERS)
-    os.environ[CIPHER_SUITES_VAR] = TLS12_CIPHERS
-
-
-_tls13_only()
 
 
 class TransportError(CodedError):
@@ -231,6 +214,9 @@ def add_port(server: Any, address: str, tls: TLSFiles | None, *, plaintext: bool
         require_loopback_for_plaintext(address)
         port = server.add_insecure_port(address)
     else:
+        if not tls_policy.EFFECTIVE:
+            logging.getLogger(__name__).error("gRPC was imported before protocol.tls_policy: %s accepts TLS 1.2 as well as 1.3 in this "
+                                              "process; import `protocol` before `grpc`", address)
         if tls is None:
             raise TransportError("TLS_FILES_MISSING", f"no TLS files for {address!r}: give --ca/--cert/--key, or "
                                  "--plaintext on a loopback address", rule="mutual TLS")

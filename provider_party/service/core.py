@@ -70,7 +70,8 @@ class ProviderParty:
         self.key = load_private_key(config.key)
         self.receipt_key_list = load_key_list(config.receipt_keys, self.key)
         self.ledger = Ledger(state / "ledger.db", signing_key=self.key,
-                             endorsement=self.receipt_key_list.endorsement_for(self.key) if self.receipt_key_list else None)
+                             endorsement=self.receipt_key_list.endorsement_for(self.key) if self.receipt_key_list else None,
+                             trusted_keys=[k.public_key for k in self.receipt_key_list.keys] if self.receipt_key_list else None)
         self.auth = Authenticator(config, state / "state.db")
         self.uploads = UploadManager(state / "uploads", state / "state.db", config.limits)
         self.experts = ExpertStore(state / "experts")

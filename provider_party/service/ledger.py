@@ -231,16 +231,18 @@ class Ledger:
 
     `signing_key` signs every receipt and event the ledger issues (required to append; the ledger records
     a `receipt_key` event when it is opened with a key other than the one that signed its last entry,
-    carrying `endorsement`, the previous key's handover statement, when given). Datasets need a budget:
+    carrying `endorsement`, the previous key's handover statement, when given). `trusted_keys`: earlier
+    receipt keys `verify_chain` trusts by default besides the signing key (the provider's key list). Datasets need a budget:
     `set_budget(...)`, or `default_epsilon_budget` / `default_delta_budget` applied on first upload;
     either way a signed `budget` event enters the chain.
     """
 
     def __init__(self, path: str | Path, signing_key: PrivateKey | None = None, *,
                  default_epsilon_budget: float | None = None, default_delta_budget: float = math.inf,
-                 endorsement: dict[str, Any] | None = None):
+                 endorsement: dict[str, Any] | None = None, trusted_keys: Sequence[PublicKey] | None = None):
         self.path = Path(path)
         self.signing_key = signing_key
+        self.trusted_keys = list(trusted_keys or [])   # receipt keys verify_chain trusts by default (with the signing key)
         self.default_epsilon_budget = default_epsilon_budget
         self.default_delta_budget = default_delta_budget
         self._fault: Callable[[str], None] | None = None   # test hook: called at named points inside a write
@@ -681,7 +683,7 @@ class Ledger:
         if public_key is not None:
             trusted = as_key_list(public_key)
         else:
-            trusted = [public_key_of(self.signing_key)] if self.signing_key else []
+            trusted = list(self.trusted_keys) + ([public_key_of(self.signing_key)] if self.signing_key else [])
         out: list[Discrepancy] = []
         v2_from = self._v2_from_seq()
         with self._connect() as con:
