@@ -83,7 +83,10 @@ class ReceiptStore:
 
     def add(self, envelope: dict[str, Any] | str) -> tuple[bool, Receipt]:
         """Verifies and keeps one receipt; returns (newly stored, receipt). Raises ReceiptError."""
-        env = json.loads(envelope) if isinstance(envelope, str) else envelope
+        try:
+            env = json.loads(envelope) if isinstance(envelope, str) else envelope
+        except ValueError as e:
+            raise ReceiptError("BAD_RECEIPT", f"receipt is not JSON: {e}", rule="dsse") from None
         r = verify_receipt(env, self.keys)
         if r.client_id != self.client_id:
             raise ReceiptError("BAD_RECEIPT", f"receipt {r.receipt_id!r} is for client {r.client_id!r}, not {self.client_id!r}", file=r.receipt_id, rule="own receipts")

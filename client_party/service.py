@@ -28,6 +28,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from client_party.config import ClientConfig
 from protocol.keys import fingerprint
+from protocol.request_guard import MalformedRequestInterceptor
 from protocol.rpc.llamdex.v1 import client_pb2, client_pb2_grpc, common_pb2
 from protocol.crashpoints import crashpoint
 from protocol.rpc_errors import RpcError, error_code, guard, guard_stream
@@ -355,7 +356,7 @@ class ClientServer:
         self.config = config
         self.party = party or ClientParty(config)
         self.server = grpc.server(ThreadPoolExecutor(max_workers=8, thread_name_prefix="llamdex-client"),
-                                  options=[("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 8 << 20)])
+                                  interceptors=[MalformedRequestInterceptor()], options=[("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 8 << 20)])
         client_pb2_grpc.add_ClientServiceServicer_to_server(ClientServicer(self.party), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

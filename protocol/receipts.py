@@ -91,6 +91,9 @@ def _as_envelope(envelope: Envelope | dict | str | bytes) -> Envelope:
             return envelope
         if isinstance(envelope, dict):
             return Envelope.from_dict(envelope)
+        if not isinstance(envelope, (str, bytes, bytearray)):
+            raise ReceiptError("BAD_RECEIPT", f"a receipt is a DSSE envelope (JSON object or its text), not {type(envelope).__name__}",
+                               rule="dsse")
         return Envelope.from_json(envelope)
     except SignatureError as e:
         raise ReceiptError("BAD_RECEIPT", f"receipt envelope is malformed: {e}", rule="dsse") from None

@@ -175,9 +175,13 @@ class LedgerEntry:
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "LedgerEntry":
         d = dict(row)
-        for c in ("epsilon", "spent_before", "spent_after", "budget", "delta_budget"):
-            d[c] = _from_db(d[c])
-        d["receipt"] = json.loads(d["receipt"])
+        try:
+            for c in ("epsilon", "spent_before", "spent_after", "budget", "delta_budget"):
+                d[c] = _from_db(d[c])
+            d["receipt"] = json.loads(d["receipt"])
+        except (ValueError, TypeError, OverflowError) as e:
+            raise LedgerError("LEDGER_CORRUPT", f"ledger row seq {d.get('seq')} cannot be read ({type(e).__name__}: {e}): the file was "
+                              "altered; `Ledger.verify_chain` (or `llamdex audit --ledger`) names every altered row", rule="ledger rows") from None
         d.setdefault("client_key", None)
         return cls(**d)
 
@@ -698,109 +702,126 @@ class Ledger:
         in_force: PublicKey | None = None
         for r in rows:
             d = dict(r)
-            seq = d["seq"]
-            v1_row = seq < v2_from
-            if seq != expect_seq:
-                out.append(Discrepancy(seq, f"sequence gap: expected seq {expect_seq}, found {seq}"))
-            expect_seq = seq + 1
-            if d["prev_digest"] != prev_digest:
-                out.append(Discrepancy(seq, f"prev_digest {d['prev_digest']} does not link to the previous entry's digest {prev_digest}"))
-            recomputed = entry_digest(d, v1=v1_row)
-            if recomputed != d["entry_digest"]:
-                out.append(Discrepancy(seq, f"entry_digest {d['entry_digest']} != recomputed {recomputed}: the row was altered"))
-            prev_digest = d["entry_digest"]
-            if d["kind"] not in ALL_KINDS or (v1_row and d["kind"] not in RECEIPT_KINDS):
-                out.append(Discrepancy(seq, f"kind {d['kind']!r} is not a ledger entry kind of this format"))
-                continue
             try:
-                env = json.loads(d["receipt"])
-                rdig = receipt_digest(env)
-            except (ValueError, ReceiptError) as e:
-                out.append(Discrepancy(seq, f"receipt is unreadable: {e}"))
-                env, rdig = None, None
-            if rdig is not None and rdig != d["receipt_digest"]:
-                out.append(Discrepancy(seq, f"receipt digest {rdig} != recorded receipt_digest {d['receipt_digest']}"))
-            # the key in force: the first signed entry's signer (a trusted key), then each receipt_key event
-            signer = _signer_named(env) if isinstance(env, dict) else None
-            if in_force is None and signer is not None:
-                in_force = next((k for k in trusted if fingerprint(k) == signer), None)
-                if in_force is None and trusted:
-                    out.append(Discrepancy(seq, f"signed by {signer}, which is not among the trusted receipt keys {[fingerprint(k) for k in trusted]}"))
-            if d["kind"] in EVENT_KINDS:
-                in_force = self._verify_event_row(d, env, in_force, trusted, running, budget_state, out) or in_force
-                continue
-            key = in_force
-            if env is not None and key is not None:
-                if signer is not None and signer != fingerprint(key):
-                    out.append(Discrepancy(seq, f"receipt signed by {signer} while the receipt key in force was {fingerprint(key)}"))
-                try:
-                    rc = verify_receipt(env, key)
-                except ReceiptError as e:
-                    out.append(Discrepancy(seq, f"receipt does not verify: {e}"))
-                else:
-                    mism = [(f, a, b) for f, a, b in (
-                        ("client_id", rc.client_id, d["client_id"]), ("dataset_id", rc.dataset_id, d["dataset_id"]),
-                        ("kind", rc.kind, d["kind"]), ("artifact_digest", rc.artifact_digest, d["artifact_digest"]),
-                        ("receipt_id", rc.receipt_id, d["receipt_id"]), ("sequence", rc.sequence, d["receipt_seq"]),
-                        ("ledger_seq", rc.ledger_seq, seq), ("created_at", rc.issued_at, d["created_at"]),
-                    ) if a != b]
-                    mism += [(f, a, b) for f, a, b in (
-                        ("epsilon", rc.epsilon_recomputed, _from_db(d["epsilon"])), ("delta", rc.delta, d["delta"]),
-                        ("spent_before", rc.spent_before, _from_db(d["spent_before"])), ("spent_after", rc.spent_after, _from_db(d["spent_after"])),
-                        ("budget", rc.budget, _from_db(d["budget"])), ("delta_budget", rc.delta_budget, _from_db(d["delta_budget"])),
-                        ("delta_spent_after", rc.delta_spent_after, d["delta_spent_after"]),
-                    ) if not _close(a, b)]
-                    for f, a, b in mism:
-                        out.append(Discrepancy(seq, f"receipt field {f} = {a!r} but the row says {b!r}"))
-                    if rc.previous_receipt_digest != client_head.get(d["client_id"], (0, GENESIS_DIGEST))[1]:
-                        out.append(Discrepancy(seq, f"receipt previous_receipt_digest does not link to client {d['client_id']!r}'s previous receipt"))
-            # per-client receipt chain (from the columns)
-            hseq, hdig = client_head.get(d["client_id"], (0, GENESIS_DIGEST))
-            if d["receipt_seq"] != hseq + 1:
-                out.append(Discrepancy(seq, f"client {d['client_id']!r} receipt sequence {d['receipt_seq']} follows {hseq}"))
-            client_head[d["client_id"]] = (d["receipt_seq"] if isinstance(d["receipt_seq"], int) else hseq, d["receipt_digest"])
-            # budget arithmetic
-            k = (d["client_id"], d["dataset_id"])
-            spent, dspent = running.get(k, (0.0, 0.0))
-            eps = 0.0 if d["kind"] == "deletion" else _from_db(d["epsilon"])
-            if d["kind"] == "deletion" and (d["epsilon"] != 0 or d["delta"] != 0):
-                out.append(Discrepancy(seq, "a deletion entry charges epsilon/delta"))
-            before, after, budget = _from_db(d["spent_before"]), _from_db(d["spent_after"]), _from_db(d["budget"])
-            if not _close(before, spent) or not _close(d["delta_spent_before"], dspent):
-                out.append(Discrepancy(seq, f"spent_before {before!r} (delta {d['delta_spent_before']!r}) != recomputed running spend {spent!r} (delta {dspent!r}) of dataset {k[1]!r}"))
-            if not _close(after, spent + eps) or not _close(d["delta_spent_after"], dspent + d["delta"]):
-                out.append(Discrepancy(seq, f"spent_after {after!r} != running spend {spent!r} + epsilon {eps!r} (basic composition)"))
-            if d["kind"] == "upload" and (spent + eps > budget * (1 + 1e-12) or dspent + d["delta"] > _from_db(d["delta_budget"]) * (1 + 1e-12)):
-                out.append(Discrepancy(seq, f"upload brings dataset {k[1]!r} to epsilon {spent + eps!r}, over its budget {budget!r}"))
-            if not v1_row:
-                ev = budget_state.get(k)
-                if ev is None:
-                    out.append(Discrepancy(seq, f"no budget event of client {k[0]!r} dataset {k[1]!r} precedes this {d['kind']}: its budget "
-                                                f"{budget!r} is explained by no chain event"))
-                elif not (_close(budget, ev[0]) and _close(_from_db(d["delta_budget"]), ev[1])):
-                    out.append(Discrepancy(seq, f"this {d['kind']} records budget ε {budget!r} (δ {_from_db(d['delta_budget'])!r}) but the last budget "
-                                                f"event of dataset {k[1]!r} (seq {ev[2]}) set ε {ev[0]!r} (δ {ev[1]!r})"))
-            running[k] = (spent + eps, dspent + d["delta"])
+                in_force = self._verify_row(d, v2_from, trusted, in_force, prev_digest, expect_seq, running, client_head, budget_state, out)
+            except (ValueError, TypeError, KeyError, AttributeError, OverflowError, ReceiptError) as e:   # a value no writer produces
+                out.append(Discrepancy(d["seq"], f"the row cannot be read as a ledger entry ({type(e).__name__}: {e}): the file was altered"))
+            prev_digest, expect_seq = d["entry_digest"], d["seq"] + 1
+        self._verify_budgets_table(budgets, running, budget_state, out)
+        return out
+
+    def _verify_row(self, d: dict[str, Any], v2_from: int, trusted: list[PublicKey], in_force: PublicKey | None, prev_digest: str,
+                    expect_seq: int, running: dict, client_head: dict, budget_state: dict, out: list[Discrepancy]) -> PublicKey | None:
+        """Checks one row against everything before it; returns the receipt key in force after it."""
+        seq = d["seq"]
+        v1_row = seq < v2_from
+        if seq != expect_seq:
+            out.append(Discrepancy(seq, f"sequence gap: expected seq {expect_seq}, found {seq}"))
+        if d["prev_digest"] != prev_digest:
+            out.append(Discrepancy(seq, f"prev_digest {d['prev_digest']} does not link to the previous entry's digest {prev_digest}"))
+        recomputed = entry_digest(d, v1=v1_row)
+        if recomputed != d["entry_digest"]:
+            out.append(Discrepancy(seq, f"entry_digest {d['entry_digest']} != recomputed {recomputed}: the row was altered"))
+        if d["kind"] not in ALL_KINDS or (v1_row and d["kind"] not in RECEIPT_KINDS):
+            out.append(Discrepancy(seq, f"kind {d['kind']!r} is not a ledger entry kind of this format"))
+            return in_force
+        try:
+            env = json.loads(d["receipt"])
+            rdig = receipt_digest(env)
+        except (ValueError, ReceiptError) as e:
+            out.append(Discrepancy(seq, f"receipt is unreadable: {e}"))
+            env, rdig = None, None
+        if rdig is not None and rdig != d["receipt_digest"]:
+            out.append(Discrepancy(seq, f"receipt digest {rdig} != recorded receipt_digest {d['receipt_digest']}"))
+        # the key in force: the first signed entry's signer (a trusted key), then each receipt_key event
+        signer = _signer_named(env) if isinstance(env, dict) else None
+        if in_force is None and signer is not None:
+            in_force = next((k for k in trusted if fingerprint(k) == signer), None)
+            if in_force is None and trusted:
+                out.append(Discrepancy(seq, f"signed by {signer}, which is not among the trusted receipt keys {[fingerprint(k) for k in trusted]}"))
+        if d["kind"] in EVENT_KINDS:
+            return self._verify_event_row(d, env, in_force, trusted, running, budget_state, out) or in_force
+        key = in_force
+        if env is not None and key is not None:
+            if signer is not None and signer != fingerprint(key):
+                out.append(Discrepancy(seq, f"receipt signed by {signer} while the receipt key in force was {fingerprint(key)}"))
+            try:
+                rc = verify_receipt(env, key)
+            except ReceiptError as e:
+                out.append(Discrepancy(seq, f"receipt does not verify: {e}"))
+            else:
+                mism = [(f, a, b) for f, a, b in (
+                    ("client_id", rc.client_id, d["client_id"]), ("dataset_id", rc.dataset_id, d["dataset_id"]),
+                    ("kind", rc.kind, d["kind"]), ("artifact_digest", rc.artifact_digest, d["artifact_digest"]),
+                    ("receipt_id", rc.receipt_id, d["receipt_id"]), ("sequence", rc.sequence, d["receipt_seq"]),
+                    ("ledger_seq", rc.ledger_seq, seq), ("created_at", rc.issued_at, d["created_at"]),
+                ) if a != b]
+                mism += [(f, a, b) for f, a, b in (
+                    ("epsilon", rc.epsilon_recomputed, _from_db(d["epsilon"])), ("delta", rc.delta, d["delta"]),
+                    ("spent_before", rc.spent_before, _from_db(d["spent_before"])), ("spent_after", rc.spent_after, _from_db(d["spent_after"])),
+                    ("budget", rc.budget, _from_db(d["budget"])), ("delta_budget", rc.delta_budget, _from_db(d["delta_budget"])),
+                    ("delta_spent_after", rc.delta_spent_after, d["delta_spent_after"]),
+                ) if not _close(a, b)]
+                for f, a, b in mism:
+                    out.append(Discrepancy(seq, f"receipt field {f} = {a!r} but the row says {b!r}"))
+                if rc.previous_receipt_digest != client_head.get(d["client_id"], (0, GENESIS_DIGEST))[1]:
+                    out.append(Discrepancy(seq, f"receipt previous_receipt_digest does not link to client {d['client_id']!r}'s previous receipt"))
+        # per-client receipt chain (from the columns)
+        hseq, hdig = client_head.get(d["client_id"], (0, GENESIS_DIGEST))
+        if d["receipt_seq"] != hseq + 1:
+            out.append(Discrepancy(seq, f"client {d['client_id']!r} receipt sequence {d['receipt_seq']} follows {hseq}"))
+        client_head[d["client_id"]] = (d["receipt_seq"] if isinstance(d["receipt_seq"], int) else hseq, d["receipt_digest"])
+        # budget arithmetic
+        k = (d["client_id"], d["dataset_id"])
+        spent, dspent = running.get(k, (0.0, 0.0))
+        eps = 0.0 if d["kind"] == "deletion" else _from_db(d["epsilon"])
+        if d["kind"] == "deletion" and (d["epsilon"] != 0 or d["delta"] != 0):
+            out.append(Discrepancy(seq, "a deletion entry charges epsilon/delta"))
+        before, after, budget = _from_db(d["spent_before"]), _from_db(d["spent_after"]), _from_db(d["budget"])
+        if not _close(before, spent) or not _close(d["delta_spent_before"], dspent):
+            out.append(Discrepancy(seq, f"spent_before {before!r} (delta {d['delta_spent_before']!r}) != recomputed running spend {spent!r} (delta {dspent!r}) of dataset {k[1]!r}"))
+        if not _close(after, spent + eps) or not _close(d["delta_spent_after"], dspent + d["delta"]):
+            out.append(Discrepancy(seq, f"spent_after {after!r} != running spend {spent!r} + epsilon {eps!r} (basic composition)"))
+        if d["kind"] == "upload" and (spent + eps > budget * (1 + 1e-12) or dspent + d["delta"] > _from_db(d["delta_budget"]) * (1 + 1e-12)):
+            out.append(Discrepancy(seq, f"upload brings dataset {k[1]!r} to epsilon {spent + eps!r}, over its budget {budget!r}"))
+        if not v1_row:
+            ev = budget_state.get(k)
+            if ev is None:
+                out.append(Discrepancy(seq, f"no budget event of client {k[0]!r} dataset {k[1]!r} precedes this {d['kind']}: its budget "
+                                            f"{budget!r} is explained by no chain event"))
+            elif not (_close(budget, ev[0]) and _close(_from_db(d["delta_budget"]), ev[1])):
+                out.append(Discrepancy(seq, f"this {d['kind']} records budget ε {budget!r} (δ {_from_db(d['delta_budget'])!r}) but the last budget "
+                                            f"event of dataset {k[1]!r} (seq {ev[2]}) set ε {ev[0]!r} (δ {ev[1]!r})"))
+        running[k] = (spent + eps, dspent + d["delta"])
+        return in_force
+
+    def _verify_budgets_table(self, budgets: list, running: dict, budget_state: dict, out: list[Discrepancy]) -> None:
         explained = self.format == LEDGER_FORMAT
         for b in budgets:
-            k = (b["client_id"], b["dataset_id"])
-            spent, dspent = running.get(k, (0.0, 0.0))
-            if not _close(_from_db(b["epsilon_spent"]), spent) or not _close(b["delta_spent"], dspent):
-                out.append(Discrepancy(None, f"budgets table says client {k[0]!r} dataset {k[1]!r} spent epsilon {_from_db(b['epsilon_spent'])!r} "
-                                             f"(delta {b['delta_spent']!r}); the entries sum to {spent!r} (delta {dspent!r})"))
-            table = (_from_db(b["epsilon_budget"]), _from_db(b["delta_budget"]))
-            ev = budget_state.get(k)
-            if explained and ev is None:
-                out.append(Discrepancy(None, f"budgets table gives client {k[0]!r} dataset {k[1]!r} the budget ε {table[0]!r} (δ {table[1]!r}), "
-                                             "which no budget event in the chain explains"))
-            elif ev is not None and not (_close(table[0], ev[0]) and _close(table[1], ev[1])):
-                out.append(Discrepancy(None, f"budgets table gives client {k[0]!r} dataset {k[1]!r} the budget ε {table[0]!r} (δ {table[1]!r}), "
-                                             f"but the last budget event in the chain (seq {ev[2]}) set ε {ev[0]!r} (δ {ev[1]!r}): "
-                                             "a budget no chain event explains"))
+            try:
+                self._verify_budget_row(b, explained, running, budget_state, out)
+            except (ValueError, TypeError, OverflowError) as e:
+                out.append(Discrepancy(None, f"a budgets row cannot be read ({type(e).__name__}: {e}): the file was altered"))
         missing = set(running) - {(b["client_id"], b["dataset_id"]) for b in budgets}
-        for k in sorted(missing):
+        for k in sorted(missing, key=repr):
             out.append(Discrepancy(None, f"entries charge client {k[0]!r} dataset {k[1]!r} but the budgets table has no row for it"))
-        return out
+
+    @staticmethod
+    def _verify_budget_row(b: Any, explained: bool, running: dict, budget_state: dict, out: list[Discrepancy]) -> None:
+        k = (b["client_id"], b["dataset_id"])
+        spent, dspent = running.get(k, (0.0, 0.0))
+        if not _close(_from_db(b["epsilon_spent"]), spent) or not _close(b["delta_spent"], dspent):
+            out.append(Discrepancy(None, f"budgets table says client {k[0]!r} dataset {k[1]!r} spent epsilon {_from_db(b['epsilon_spent'])!r} "
+                                         f"(delta {b['delta_spent']!r}); the entries sum to {spent!r} (delta {dspent!r})"))
+        table = (_from_db(b["epsilon_budget"]), _from_db(b["delta_budget"]))
+        ev = budget_state.get(k)
+        if explained and ev is None:
+            out.append(Discrepancy(None, f"budgets table gives client {k[0]!r} dataset {k[1]!r} the budget ε {table[0]!r} (δ {table[1]!r}), "
+                                         "which no budget event in the chain explains"))
+        elif ev is not None and not (_close(table[0], ev[0]) and _close(table[1], ev[1])):
+            out.append(Discrepancy(None, f"budgets table gives client {k[0]!r} dataset {k[1]!r} the budget ε {table[0]!r} (δ {table[1]!r}), "
+                                         f"but the last budget event in the chain (seq {ev[2]}) set ε {ev[0]!r} (δ {ev[1]!r}): "
+                                         "a budget no chain event explains"))
 
     def _verify_event_row(self, d: dict[str, Any], env: Any, in_force: PublicKey | None, trusted: list[PublicKey],
                           running: dict, budget_state: dict, out: list[Discrepancy]) -> PublicKey | None:

@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
+from protocol.request_guard import MalformedRequestInterceptor
 from protocol.rpc.llamdex.v1 import provider_pb2, provider_pb2_grpc
 from protocol.serving import announce_serving
 from protocol.tls import add_port
@@ -58,6 +59,7 @@ class ProviderServer:
         self.servicer = ProviderServicer(config)
         lim = config.limits
         self.server = grpc.server(ThreadPoolExecutor(max_workers=lim.max_workers, thread_name_prefix="llamdex-provider"),
+                                  interceptors=[MalformedRequestInterceptor()],
                                   options=[("grpc.max_receive_message_length", lim.max_message_bytes),
                                            ("grpc.max_send_message_length", lim.max_message_bytes)])
         _add_provider_servicer(self.servicer, self.server)
