@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import queue
 import re
@@ -47,6 +48,7 @@ from provider_party.service.config import ProviderLimits, RegisteredClient
 from provider_party.service.experts import ExpertStore
 from provider_party.service.ledger import Ledger, LedgerEntry
 
+log = logging.getLogger(__name__)
 UPLOAD_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -265,11 +267,17 @@ class UploadManager:
         return connect_durable(self.db_path)
 
     def _exec(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
-        con = self._connect()
+        """One statement on state.db; a disk too full for SQLite to work is DISK_FULL, not an internal error."""
         try:
-            return con.execute(sql, args).fetchall()
-        finally:
-            con.close()
+            con = self._connect()
+            try:
+                return con.execute(sql, args).fetchall()
+            finally:
+                con.close()
+        except sqlite3.OperationalError as e:
+            if _is_disk_full(e):
+                raise disk_full(f"the upload records cannot be read or written ({e}); retry when the operator has freed space") from None
+            raise
 
     def part_path(self, client_id: str, upload_id: str) -> Path:
         return self.parts / client_id / f"{upload_id}.part"
@@ -489,7 +497,11 @@ class UploadManager:
         return counts
 
     def touch(self, upload_id: str) -> None:
-        self._exec("UPDATE uploads SET updated_at=? WHERE upload_id=?", (time.time(), upload_id))
+        """Best effort (the time only delays the TTL): a full disk must not hide the refusal that ended the stream."""
+        try:
+            self._exec("UPDATE uploads SET updated_at=? WHERE upload_id=?", (time.time(), upload_id))
+        except (CodedError, sqlite3.Error) as e:
+            log.warning("upload %s: its last activity could not be recorded: %s", upload_id, e)
 
 
 def _charged_by_this_upload(experts: ExpertStore, ledger: Ledger, live: Any, upload_id: str) -> LedgerEntry | None:
