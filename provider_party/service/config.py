@@ -70,8 +70,9 @@ class ProviderLimits:
     callback_timeout_s: float = 10.0  # delivering a job result to a client
     max_jobs_per_client: int = 2      # connector jobs a client may have queued or running
     max_upload_streams_per_client: int = 2   # UploadExpert streams of one client open at once
+    max_upload_streams: int = 4       # UploadExpert streams open at once in all (the others: TOO_MANY_UPLOADS, retry later)
     max_upload_stream_s: float = 900.0       # an upload stream is cut (what arrived is kept) after this long
-    max_concurrent_asks: int = 2      # Ask calls answered at once (admission control); the others wait ...
+    max_concurrent_asks: int = 1      # Ask calls answered at once (admission control); the others wait ...
     ask_admission_wait_s: float = 0.5  # ... at most this long, then RESOURCE_EXHAUSTED OVERLOADED (retry later)
     max_asks_per_client: int = 2      # Ask calls of one client admitted or waiting at once
 

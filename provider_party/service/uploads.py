@@ -325,6 +325,9 @@ class UploadManager:
             if h.upload_id in self._busy:
                 raise RpcError("UPLOAD_BUSY", f"upload {h.upload_id!r} is being written by another stream; wait for it or cancel it",
                                rule="one stream per upload")
+            if sum(self._streams.values()) >= self.limits.max_upload_streams:
+                raise RpcError("TOO_MANY_UPLOADS", f"the provider is receiving {sum(self._streams.values())} uploads, its limit "
+                               f"(max_upload_streams); retry in a moment (nothing of this upload was stored)", rule="max_upload_streams")
             if self._streams.get(cid, 0) >= self.limits.max_upload_streams_per_client:
                 raise RpcError("TOO_MANY_UPLOADS", f"client {cid!r} already has {self._streams[cid]} upload streams open; the limit is "
                                f"{self.limits.max_upload_streams_per_client} (max_upload_streams_per_client): finish one first",

@@ -507,7 +507,7 @@ def _limits(limits: dict[str, Any] | None) -> dict[str, Any]:
     from provider_party.service.config import ProviderLimits
 
     return {k: v for k, v in asdict(ProviderLimits(**(limits or {}))).items()
-            if k in ("max_concurrent_asks", "ask_admission_wait_s", "max_asks_per_client", "max_workers", "max_upload_streams_per_client",
+            if k in ("max_concurrent_asks", "ask_admission_wait_s", "max_asks_per_client", "max_workers", "max_upload_streams_per_client", "max_upload_streams",
                      "max_open_uploads", "max_requests_per_second")}
 
 
