@@ -72,6 +72,9 @@ def render(data: dict[str, Any]) -> str:
             lines.append(f"| {name} | {t['cases']} | {t['accepted']} | {t['refused_precisely']} | {t['crashes']} | {t['hangs']} | "
                          f"{t['state_changes']} | {_ms(t['max_case_s'])} |")
         lines.append("")
+        if fuzz.get("found_during_development"):
+            lines += ["Found by the first runs of these targets and fixed (the counts above are of the fixed code):", ""]
+            lines += [f"- {x}" for x in fuzz["found_during_development"]] + [""]
     return "\n".join(lines)
 
 
