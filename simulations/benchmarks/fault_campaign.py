@@ -653,6 +653,18 @@ def summarize(results: dict[str, list[TrialResult]]) -> dict[str, Any]:
     return out
 
 
+def _earlier_scenarios(results_dir: Path | None) -> dict[str, Any]:
+    """Scenarios recorded by earlier runs (a campaign may be run one scenario at a time); this run's replace theirs."""
+    from simulations.benchmarks.reliability_report import NAME
+    from simulations.benchmarks.results_md import RESULTS_DIR
+
+    path = Path(results_dir or RESULTS_DIR) / NAME
+    try:
+        return dict(json.loads(path.read_text()).get("faults", {}).get("scenarios", {}))
+    except (OSError, ValueError):
+        return {}
+
+
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
@@ -680,9 +692,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             results[name] = run_scenario(name, root / "runs", a.trials, rng, tick)
     summary = summarize(results)
-    merge_and_render("faults", {"trials_per_scenario": a.trials, "seed": a.seed, "seconds": round(time.perf_counter() - t0, 1),
-                                "command": "python -m simulations.benchmarks.fault_campaign " + " ".join(sys.argv[1:] if argv is None else argv),
-                                "scenarios": summary}, a.results_dir)
+    command = "python -m simulations.benchmarks.fault_campaign " + " ".join(sys.argv[1:] if argv is None else argv)
+    for v in summary.values():
+        v["command"], v["seconds"] = command, round(sum(t["seconds"] for t in v["trials"]), 1)
+    merge_and_render("faults", {"trials_per_scenario": a.trials, "seed": a.seed,
+                                "command": "python -m simulations.benchmarks.fault_campaign --trials 20 [--scenario NAME ...]",
+                                "scenarios": {**_earlier_scenarios(a.results_dir), **summary}}, a.results_dir)
     print(json.dumps({k: {x: v[x] for x in ("injected", "survived", "lost")} for k, v in summary.items()}, indent=1))
     if not a.keep:
         shutil.rmtree(root, ignore_errors=True)
