@@ -295,3 +295,12 @@ def test_wal_and_synchronous_full(ledger):
     con.close()
     with ledger._connect() as c:
         assert c.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_setting_the_same_budget_again_writes_nothing(ledger):
+    head = ledger.head()
+    assert ledger.set_budget("alice", "titanic", 3.0).epsilon_budget == 3.0
+    assert ledger.head() == head and len(ledger.events("budget")) == 2
+    ledger.set_budget("alice", "titanic", 3.5, reason="raised")       # a change is one more signed event
+    assert ledger.head()[0] == head[0] + 1 and ledger.events("budget")[-1].budget == 3.5
+    assert ledger.verify_chain() == []

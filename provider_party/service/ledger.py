@@ -295,6 +295,8 @@ class Ledger:
             con.execute("BEGIN IMMEDIATE")
             try:
                 yield con
+                if not con.in_transaction:    # the block ended it itself (ROLLBACK: nothing to write)
+                    return
                 self._hook("before_commit")
                 con.execute("COMMIT")
             except BaseException:
