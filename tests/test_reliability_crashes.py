@@ -4,8 +4,9 @@ reason, artifacts are complete and verified or absent, the client retries under 
 being charged twice, nothing receipted is lost; a full disk gives DISK_FULL and no half artifact
 (`simulations/benchmarks/fault_campaign.py` holds the scenarios and the checks).
 
-Default run: one kill per scenario at a point drawn from its known range (no dry run). `-m slow`: 20 kill
-points per scenario, drawn from the counts of a dry run, and the scenarios that train (connectors, the
+Default run: one kill around an upload's charge and a full disk (~1 min; `tests/test_grpc_recovery.py` kills the
+provider mid-upload too). `-m slow`: one kill per scenario at a point drawn from its known range, and 20 kill
+points per scenario drawn from the counts of a dry run, the scenarios that train included (connectors, the
 client's DP expert)."""
 
 from __future__ import annotations
@@ -63,7 +64,13 @@ def test_crash_points_are_inert_unless_armed_with_the_phrase(monkeypatch, tmp_pa
     importlib.reload(crashpoints)
 
 
-@pytest.mark.parametrize("scenario", ["provider: upload", "provider: ledger write", "provider: receipt signing", "client: upload"])
+def test_a_provider_killed_around_the_charge_restarts_sound_and_charges_the_retry_once(tmp_path):
+    """The default run's one kill (~35 s): inside the ledger write of an upload's charge or around it."""
+    _assert_survived([_one_trial("provider: ledger write", tmp_path, seed=3)])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", ["provider: upload", "provider: receipt signing", "client: upload"])
 def test_a_kill_at_a_random_point_is_survived(scenario, tmp_path):
     _assert_survived([_one_trial(scenario, tmp_path, seed=len(scenario))])
 

@@ -106,9 +106,9 @@ def recorded_run(tmp_path, monkeypatch, base_llm, tiny_connectors, titanic_schem
     ch = recording_channel(client.address, p.tls["orchestrator"])
     orch = client_pb2_grpc.ClientServiceStub(ch)
     try:
-        trained = orch.TrainExpert(client_pb2.TrainExpertRequest(dataset_id="titanic", max_epsilon=1.0, epochs=2, upload=True), timeout=600)
+        trained = orch.TrainExpert(client_pb2.TrainExpertRequest(dataset_id="titanic", max_epsilon=1.0, epochs=1, upload=True), timeout=600)
         events = list(orch.Customize(client_pb2.ClientCustomizeRequest(artifact_digest=trained.artifact_digest), timeout=600))
-        scores = orch.Evaluate(client_pb2.EvaluateRequest(artifact_digest=trained.artifact_digest, max_questions=6, batch_size=3,
+        scores = orch.Evaluate(client_pb2.EvaluateRequest(artifact_digest=trained.artifact_digest, max_questions=2, batch_size=1,
                                                           include_base=True), timeout=600)
         held = orch.ListReceipts(client_pb2.ListReceiptsRequest(), timeout=60)
         with provider_client(p, provider.address) as pc:
