@@ -193,7 +193,7 @@ def _check_semantics(r: Receipt) -> None:
     for name in ("artifact_digest", "previous_receipt_digest", "provider_key"):
         if not isinstance(getattr(r, name), str) or not _DIGEST_RE.match(getattr(r, name)):
             raise bad(f"{name} {getattr(r, name)!r} is not 'sha256:<64 hex>'", name)
-    if not _RFC3339_RE.match(r.issued_at or ""):
+    if not isinstance(r.issued_at, str) or not _RFC3339_RE.match(r.issued_at):
         raise bad(f"issued_at {r.issued_at!r} is not an RFC 3339 UTC time (YYYY-MM-DDTHH:MM:SS[.frac]Z)", "issued_at")
     if r.sequence == 1 and r.previous_receipt_digest != GENESIS_DIGEST:
         raise bad("the first receipt of a client must link to the genesis digest", "genesis", "CHAIN_BROKEN")
@@ -518,7 +518,7 @@ def verify_ledger_event(envelope: Envelope | dict | str | bytes, provider_public
         raise bad(f"predicate must hold {sorted(_EVENT_COMMON)}", "predicate members")
     fields = {k: x for k, x in p.items() if k not in _EVENT_COMMON}
     _check_event(p["kind"], fields, digest)
-    if not (isinstance(p["event_id"], str) and p["event_id"] and _RFC3339_RE.match(p["issued_at"] or "")
+    if not (isinstance(p["event_id"], str) and p["event_id"] and isinstance(p["issued_at"], str) and _RFC3339_RE.match(p["issued_at"])
             and isinstance(p["ledger_seq"], int) and not isinstance(p["ledger_seq"], bool) and p["ledger_seq"] >= 1):
         raise bad("event_id, issued_at (RFC 3339 UTC) and ledger_seq (>= 1) are required", "predicate members")
     name, digest_hex = event_subject(p["kind"], fields)
