@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from protocol.crashpoints import crashpoint
 from protocol.dp import ACCOUNTANTS, DPStatement, compute_epsilon, no_privacy_statement, size_bucket
 from protocol.encoding import FeatureEncoder
 from protocol.errors import BudgetError
@@ -164,6 +165,7 @@ def _train_plain(model: ExpertMLP, x: torch.Tensor, y: torch.Tensor, config: Tra
             steps += 1
             total += loss.item() * len(idx)
         history.append(total / n)
+        crashpoint("client.train_epoch")
         if progress:
             bar.set_postfix(loss=f"{history[-1]:.4f}")
     dp = no_privacy_statement(sample_rate=min(1.0, bs / n), steps=steps, dataset_size=n, accountant=config.accountant)
@@ -208,6 +210,7 @@ def _train_private(model: ExpertMLP, x: torch.Tensor, y: torch.Tensor, config: T
                 if len(xb) > 0:
                     total, seen = total + loss.item() * len(xb), seen + len(xb)
             history.append(total / max(seen, 1))
+            crashpoint("client.train_epoch")
             if progress:
                 bar.set_postfix(loss=f"{history[-1]:.4f}", eps=f"{engine.get_epsilon(delta):.2f}")
     accounted = sum(s for (_, _, s) in engine.accountant.history)

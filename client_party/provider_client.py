@@ -21,6 +21,7 @@ from typing import Any, Iterator, Sequence
 import grpc
 
 from protocol.artifact import pack_artifact
+from protocol.crashpoints import crashpoint
 from protocol.errors import ReceiptError
 from protocol.keys import PrivateKey, fingerprint, load_public_key
 from protocol.receipts import Receipt, verify_receipt
@@ -102,6 +103,7 @@ class ProviderClient:
         self.stub = provider_pb2_grpc.ProviderServiceStub(self.channel)
         self.metadata = ((IDENTITY_METADATA, client_id),) if plaintext else None
         self.provider_key = load_public_key(provider_public_key) if provider_public_key is not None else None
+        self.trusted_keys: list[Any] | None = None   # after a verified receipt key rotation: the pinned key and its endorsed successors
         self.receipt_store = receipt_store
         self._hello: provider_pb2.HelloResponse | None = None
 
@@ -135,14 +137,30 @@ class ProviderClient:
             log.warning("no pinned provider key: trusting the key the provider announced (%s)", self._hello.provider_key_fingerprint)
             self.provider_key = load_public_key(self._hello.provider_public_key_pem.encode("ascii"))
         elif fingerprint(self.provider_key) != self._hello.provider_key_fingerprint:
-            raise ReceiptError("UNTRUSTED_KEY", f"the provider announces key {self._hello.provider_key_fingerprint}, but the pinned key is "
-                               f"{fingerprint(self.provider_key)}", rule="pinned provider key")
+            self._accept_rotation(self._hello)
         return self._hello
+
+    def _accept_rotation(self, hello: provider_pb2.HelloResponse) -> None:
+        """The provider announces another receipt key than the pinned one: accepted only through its key list, in
+        which the pinned key endorsed (step by step) the announced one; the receipt store keeps the list."""
+        announced, pinned = hello.provider_key_fingerprint, fingerprint(self.provider_key)
+        if not hello.receipt_keys_json:
+            raise ReceiptError("UNTRUSTED_KEY", f"the provider announces key {announced}, but the pinned key is {pinned} and it "
+                               "publishes no receipt key list that endorses the change", rule="pinned provider key")
+        from protocol.receipt_keys import KeyList
+
+        kl = KeyList.from_json(hello.receipt_keys_json)
+        trusted = self.receipt_store.trust_key_list(kl) if self.receipt_store is not None else kl.trusted_keys(self.provider_key)
+        if announced not in [fingerprint(k) for k in trusted]:
+            raise ReceiptError("UNTRUSTED_KEY", f"the provider announces key {announced}, which its key list does not endorse from the "
+                               f"pinned key {pinned}", rule="pinned provider key")
+        log.info("provider receipt key rotated: %s -> %s (endorsed through its key list)", pinned, announced)
+        self.trusted_keys = trusted
 
     def _provider_key(self) -> Any:
         if self.provider_key is None:
             self.hello()
-        return self.provider_key
+        return self.trusted_keys or self.provider_key
 
     def check_receipt(self, envelope: dict[str, Any], *, kind: str, artifact_digest: str | None = None) -> Receipt:
         """Verifies a receipt (signature, format, arithmetic), that it is this client's and about this
@@ -178,6 +196,7 @@ class ProviderClient:
                 cut[1]()      # cancel the call: the stream breaks off mid-upload, as a dropped link would
                 return
             data = view[pos:pos + chunk]
+            crashpoint("client.upload_chunk")
             hexd = digests[i] if digests is not None else upload_digest_hex(alg, data)
             yield provider_pb2.UploadRequest(chunk=provider_pb2.UploadChunk(offset=pos, data=bytes(data), **{alg: hexd}))
 

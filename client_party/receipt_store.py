@@ -6,6 +6,10 @@ receipt already held is accepted again without change; one that reuses a held se
 with different content is proof of a forked (equivocating) provider and is refused
 (CHAIN_BROKEN); one that skips ahead is refused (SEQUENCE_GAP) until the missing ones are
 fetched (`sync`, from the provider's GetLedger). Stored in SQLite (WAL), one file per client.
+
+After the provider rotates its receipt key, `trust_key_list` accepts the provider's key list
+(protocol.receipt_keys) if it leads from the pinned key to the new one through endorsements; the list
+is kept in the store, and every receipt is then checked against the key that signed it.
 """
 
 from __future__ import annotations
@@ -50,6 +54,21 @@ class ReceiptStore:
                 if got != v:
                     raise ReceiptError("BAD_RECEIPT", f"receipt store {self.path} belongs to {k} {got!r}, not {v!r}; use another store file",
                                        file=str(self.path), rule="one client, one provider key")
+            kl = con.execute("SELECT value FROM meta WHERE key='receipt_keys'").fetchone()
+        self.keys: list[PublicKey] = [self.provider_key]
+        if kl is not None:
+            from protocol.receipt_keys import KeyList
+
+            self.keys = KeyList.from_json(kl[0]).trusted_keys(self.provider_key)
+
+    def trust_key_list(self, key_list: Any) -> list[PublicKey]:
+        """Accepts the provider's receipt keys after a rotation (a KeyList that leads from the pinned key through
+        endorsements) and keeps the list; raises ReceiptError (UNTRUSTED_KEY, BAD_SIGNATURE) otherwise."""
+        keys = key_list.trusted_keys(self.provider_key)
+        with durable_connection(self.path) as con:
+            con.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('receipt_keys', ?)", (key_list.to_json(),))
+        self.keys = keys
+        return keys
 
     def _connect(self) -> sqlite3.Connection:
         return connect_durable(self.path)
@@ -60,12 +79,15 @@ class ReceiptStore:
             row = con.execute("SELECT envelope FROM receipts ORDER BY sequence DESC LIMIT 1").fetchone()
         finally:
             con.close()
-        return verify_receipt(json.loads(row["envelope"]), self.provider_key) if row else None
+        return verify_receipt(json.loads(row["envelope"]), self.keys) if row else None
 
     def add(self, envelope: dict[str, Any] | str) -> tuple[bool, Receipt]:
         """Verifies and keeps one receipt; returns (newly stored, receipt). Raises ReceiptError."""
-        env = json.loads(envelope) if isinstance(envelope, str) else envelope
-        r = verify_receipt(env, self.provider_key)
+        try:
+            env = json.loads(envelope) if isinstance(envelope, str) else envelope
+        except ValueError as e:
+            raise ReceiptError("BAD_RECEIPT", f"receipt is not JSON: {e}", rule="dsse") from None
+        r = verify_receipt(env, self.keys)
         if r.client_id != self.client_id:
             raise ReceiptError("BAD_RECEIPT", f"receipt {r.receipt_id!r} is for client {r.client_id!r}, not {self.client_id!r}", file=r.receipt_id, rule="own receipts")
         with durable_connection(self.path) as con, immediate_transaction(con):
@@ -78,8 +100,8 @@ class ReceiptStore:
                                    f"({r.digest} != held {same['digest']}): the provider signed two histories; keep both as evidence",
                                    file=r.receipt_id, rule="one receipt per sequence")
             last = con.execute("SELECT sequence, envelope FROM receipts ORDER BY sequence DESC LIMIT 1").fetchone()
-            previous = verify_receipt(json.loads(last["envelope"]), self.provider_key) if last else None
-            verify_chain([env], self.provider_key, previous=previous) if previous else _check_genesis(r)
+            previous = verify_receipt(json.loads(last["envelope"]), self.keys) if last else None
+            verify_chain([env], self.keys, previous=previous) if previous else _check_genesis(r)
             con.execute("INSERT INTO receipts (sequence, digest, receipt_id, kind, dataset_id, artifact_digest, envelope, received_at) "
                         "VALUES (?,?,?,?,?,?,?,?)", (r.sequence, r.digest, r.receipt_id, r.kind, r.dataset_id, r.artifact_digest,
                                                       json.dumps(env, sort_keys=True, separators=(",", ":")), time.time()))
@@ -88,7 +110,7 @@ class ReceiptStore:
     def add_many(self, envelopes: Iterable[dict[str, Any] | str]) -> int:
         """Adds receipts in sequence order; returns how many were new."""
         items = [json.loads(e) if isinstance(e, str) else e for e in envelopes]
-        items.sort(key=lambda e: verify_receipt(e, self.provider_key).sequence)
+        items.sort(key=lambda e: verify_receipt(e, self.keys).sequence)
         return sum(1 for e in items if self.add(e)[0])
 
     def envelopes(self) -> list[dict[str, Any]]:
@@ -101,7 +123,7 @@ class ReceiptStore:
 
     def verify(self) -> list[Receipt]:
         """Re-verifies the whole chain held (signatures, sequence, links, running spend)."""
-        return verify_chain(self.envelopes(), self.provider_key)
+        return verify_chain(self.envelopes(), self.keys)
 
     def sync(self, provider: Any) -> int:
         """Fetches the client's receipts from the provider's ledger (GetLedger) and adds the missing ones."""

@@ -13,6 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import secrets
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,14 +28,17 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from client_party.config import ClientConfig
 from protocol.keys import fingerprint
+from protocol.request_guard import MalformedRequestInterceptor
 from protocol.rpc.llamdex.v1 import client_pb2, client_pb2_grpc, common_pb2
-from protocol.rpc_errors import RpcError, guard, guard_stream
+from protocol.crashpoints import crashpoint
+from protocol.rpc_errors import RpcError, error_code, guard, guard_stream
 from protocol.serving import announce_serving
 from protocol.tls import add_port, peer_identity
 from protocol.wire import JOB_STATE_NAMES, receipt_envelope, receipt_message
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "llamdex.v1.ClientService"
+PARTIAL_PREFIX = ".partial-"   # an artifact being written and signed; removed at start if a crash cut it off
 
 
 @dataclass
@@ -60,6 +66,9 @@ class ClientParty:
         self.store = config.receipt_store()
         self._provider = None
         self._lock = threading.Lock()
+        for partial in (self.workspace / "artifacts").glob(f"{PARTIAL_PREFIX}*"):   # a training cut off before its artifact was signed
+            log.warning("removing the unfinished artifact %s (its training was cut off)", partial)
+            shutil.rmtree(partial, ignore_errors=True)
 
     @property
     def index_path(self) -> Path:
@@ -132,22 +141,48 @@ class ClientParty:
         acc = float((predict_proba(trained.model, xt).argmax(1) == yt).mean())
         name = f"{self.config.client_id}-{dataset_id}-{time.strftime('%Y%m%dT%H%M%S')}-{int(time.time() * 1000) % 1000:03d}"
         folder = self.workspace / "artifacts" / name
-        write_artifact(folder, trained.model, schema, trained.dp, self.key, model_name=name)
+        partial = folder.with_name(PARTIAL_PREFIX + name)      # an artifact appears under its name complete and signed, or not at all
+        write_artifact(partial, trained.model, schema, trained.dp, self.key, model_name=name)
         from protocol.artifact import ArtifactVerifier
 
-        digest = ArtifactVerifier([self.key.public_key()]).verify(folder).digest  # what the provider will name it
+        digest = ArtifactVerifier([self.key.public_key()]).verify(partial).digest  # what the provider will name it
+        crashpoint("client.artifact_written")
+        os.replace(partial, folder)
         self._remember(digest, {"folder": str(folder), "dataset_id": dataset_id, "table": _table_text(ref), "seed": seed, "epsilon": trained.dp.epsilon if trained.dp.is_private else None,
                                 "heldout_accuracy": acc, "n_train": len(train), "n_test": len(test)})
         return TrainedArtifact(folder, digest, dataset_id, seed, trained.dp, acc, len(train), len(test), time.perf_counter() - t0)
 
     def upload(self, folder: Path, dataset_id: str, seed: int | None = None) -> Any:
-        result = self.provider().upload(folder, dataset_id, artifact_name=_artifact_name(dataset_id), chunk_bytes=self.config.chunk_bytes)
+        """Uploads an artifact under an upload id noted in the index *before* the first byte is sent, so that an
+        upload cut off by a crash is resumed (or, if the provider finished it, answered with the same receipt)
+        under the same id: never charged twice."""
+        from protocol.artifact import ArtifactVerifier
+
+        digest = ArtifactVerifier([self.key.public_key()]).verify(folder).digest
+        upload_id = self.index().get(digest, {}).get("pending_upload_id") or secrets.token_urlsafe(24)
+        self._remember(digest, {"folder": str(folder), "dataset_id": dataset_id, "pending_upload_id": upload_id})
+        try:
+            result = self.provider().upload(folder, dataset_id, artifact_name=_artifact_name(dataset_id), chunk_bytes=self.config.chunk_bytes,
+                                            upload_id=upload_id)
+        except grpc.RpcError as e:
+            if error_code(e) == "UPLOAD_FAILED":   # that id is spent (the provider refused its bytes): the next try starts afresh
+                self._remember(digest, {"pending_upload_id": None})
+            raise
         info = {"folder": str(folder), "dataset_id": dataset_id, "uploaded_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "receipt_id": result.receipt.receipt_id, "upload_id": result.upload_id}
+                "receipt_id": result.receipt.receipt_id, "upload_id": result.upload_id, "pending_upload_id": None}
         if seed is not None:
             info["seed"] = seed
         self._remember(result.artifact_digest, info)
         return result
+
+    def pending_uploads(self) -> list[tuple[str, dict]]:
+        """Artifacts whose upload was started but not confirmed by a receipt (e.g. cut off by a crash)."""
+        return [(d, v) for d, v in sorted(self.index().items()) if v.get("pending_upload_id") and not v.get("receipt_id")
+                and Path(v.get("folder", "")).is_dir()]
+
+    def resume_pending_uploads(self) -> list[Any]:
+        """Finishes every pending upload under its noted upload id (the provider answers a finished one with its receipt)."""
+        return [self.upload(Path(v["folder"]), v["dataset_id"], v.get("seed")) for _, v in self.pending_uploads()]
 
     # --- customize and evaluate -----------------------------------------------------------------------
     def customize(self, digest: str = "", preset: str = "") -> Iterator[Any]:
@@ -333,7 +368,7 @@ class ClientServer:
         self.config = config
         self.party = party or ClientParty(config)
         self.server = grpc.server(ThreadPoolExecutor(max_workers=8, thread_name_prefix="llamdex-client"),
-                                  options=[("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 8 << 20)])
+                                  interceptors=[MalformedRequestInterceptor()], options=[("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 8 << 20)])
         client_pb2_grpc.add_ClientServiceServicer_to_server(ClientServicer(self.party), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -344,7 +379,20 @@ class ClientServer:
         self.server.start()
         announce_serving(self.health, SERVICE_NAME, self.address, self.config.port_file)
         log.info("client %s serving on %s", self.config.client_id, self.address)
+        if self.party.pending_uploads():
+            threading.Thread(target=self._resume_uploads, name="llamdex-resume-uploads", daemon=True).start()
         return self
+
+    def _resume_uploads(self, attempts: int = 5) -> None:
+        """Uploads cut off by the last stop are finished in the background (the provider may not be up yet)."""
+        for i in range(attempts):
+            try:
+                done = self.party.resume_pending_uploads()
+                log.info("resumed %d upload(s) cut off by the last stop", len(done))
+                return
+            except Exception as e:  # noqa: BLE001 - retried; the next TrainExpert or `client upload` resumes them too
+                log.warning("resuming the pending uploads failed (%s); retry %d/%d", e, i + 1, attempts)
+                time.sleep(min(2.0 * (i + 1), 10.0))
 
     def stop(self, grace: float = 2.0) -> None:
         self.health.enter_graceful_shutdown()

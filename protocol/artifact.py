@@ -532,7 +532,7 @@ def _check_content(files: dict[str, bytes], where: str) -> tuple[Any, Any, Any, 
         h = header[k]
         if tuple(h["shape"]) != tuple(shape):
             raise ArtifactContentError("TENSOR_MISMATCH", f"{where}: {TENSORS_FILE} tensor {k!r} has shape {tuple(h['shape'])}, the spec needs {tuple(shape)}", file=TENSORS_FILE, rule="tensor shapes")
-        if h.get("dtype") not in SAFETENSORS_FLOAT_DTYPES:
+        if not isinstance(h.get("dtype"), str) or h["dtype"] not in SAFETENSORS_FLOAT_DTYPES:
             raise ArtifactContentError("TENSOR_MISMATCH", f"{where}: {TENSORS_FILE} tensor {k!r} has dtype {h.get('dtype')!r}; floating point required", file=TENSORS_FILE, rule="tensor dtypes")
     dp = _parse_dp(load_json(DP_FILE, "DP_INVALID"), where)
     return spec, schema, dp, header

@@ -94,6 +94,9 @@ def _as_envelope(envelope: Envelope | dict | str | bytes) -> Envelope:
             return envelope
         if isinstance(envelope, dict):
             return Envelope.from_dict(envelope)
+        if not isinstance(envelope, (str, bytes, bytearray)):
+            raise ReceiptError("BAD_RECEIPT", f"a receipt is a DSSE envelope (JSON object or its text), not {type(envelope).__name__}",
+                               rule="dsse")
         return Envelope.from_json(envelope)
     except SignatureError as e:
         raise ReceiptError("BAD_RECEIPT", f"receipt envelope is malformed: {e}", rule="dsse") from None
@@ -193,7 +196,7 @@ def _check_semantics(r: Receipt) -> None:
     for name in ("artifact_digest", "previous_receipt_digest", "provider_key"):
         if not isinstance(getattr(r, name), str) or not _DIGEST_RE.match(getattr(r, name)):
             raise bad(f"{name} {getattr(r, name)!r} is not 'sha256:<64 hex>'", name)
-    if not _RFC3339_RE.match(r.issued_at or ""):
+    if not isinstance(r.issued_at, str) or not _RFC3339_RE.match(r.issued_at):
         raise bad(f"issued_at {r.issued_at!r} is not an RFC 3339 UTC time (YYYY-MM-DDTHH:MM:SS[.frac]Z)", "issued_at")
     if r.sequence == 1 and r.previous_receipt_digest != GENESIS_DIGEST:
         raise bad("the first receipt of a client must link to the genesis digest", "genesis", "CHAIN_BROKEN")
@@ -393,7 +396,146 @@ def verify_chain(envelopes: Iterable[Envelope | dict | str | bytes], provider_pu
     return out
 
 
+# --- ledger events: budget changes, client key revocations, receipt key rotations ---------------------------
+
+EVENT_PREDICATE_TYPE = "https://llamdex.dev/ledger-event/v1"
+EVENT_KINDS = ("budget", "revocation", "receipt_key")
+_EVENT_MEMBERS = {
+    "budget": {"client_id", "dataset_id", "epsilon_budget", "delta_budget", "previous", "epsilon_spent", "delta_spent", "reason"},
+    "revocation": {"client_id", "key_fingerprint", "reason"},
+    "receipt_key": {"key_fingerprint", "public_key_pem", "previous_key_fingerprint", "endorsement"},
+}
+_EVENT_COMMON = {"event_id", "kind", "issued_at", "provider_key", "ledger_seq"}
+
+
+@dataclass(frozen=True)
+class LedgerEvent:
+    """A verified ledger event: what changed outside the uploads and deletions, signed by the provider.
+
+    Events are statements in the ledger's hash chain, not privacy receipts: they carry no client
+    receipt sequence (a client's receipt chain is unchanged by them). ε values use math.inf for ∞.
+    - `budget`: the (ε, δ) budget of (client, dataset) is set or changed; `previous` is the budget it
+      replaces (None at registration); `epsilon_spent`/`delta_spent` what the dataset had spent then.
+    - `revocation`: a client's signing key (`key_fingerprint`) is revoked from this point on.
+    - `receipt_key`: the provider's receipt key becomes `key_fingerprint` (`public_key_pem`);
+      `endorsement` is the handover statement signed by the previous key (`protocol.receipt_keys`), or None.
+    """
+
+    event_id: str
+    kind: str
+    issued_at: str
+    provider_key: str
+    ledger_seq: int
+    subject_name: str
+    subject_digest: str
+    fields: dict[str, Any]
+    digest: str = ""
+
+    def budget(self) -> tuple[float, float]:
+        return _dec(self.fields["epsilon_budget"]), _dec(self.fields["delta_budget"])
+
+
+def event_subject(kind: str, fields: dict[str, Any]) -> tuple[str, str]:
+    """(name, sha256 hex) of what an event is about: a client's dataset, a client key, or a receipt key."""
+    if kind == "budget":
+        who = {"client_id": fields["client_id"], "dataset_id": fields["dataset_id"]}
+        return f"dataset:{who['client_id']}/{who['dataset_id']}", sha256_hex(canonical_json(who))
+    if kind == "revocation":
+        return f"client-key:{fields['client_id']}", fields["key_fingerprint"].split(":", 1)[1]
+    return "receipt-key", fields["key_fingerprint"].split(":", 1)[1]
+
+
+def _check_event(kind: str, fields: dict[str, Any], where: str) -> None:
+    def bad(msg: str, rule: str) -> ReceiptError:
+        return ReceiptError("BAD_RECEIPT", f"ledger event {where}: {msg}", rule=rule)
+
+    if kind not in EVENT_KINDS:
+        raise bad(f"kind {kind!r} is not one of {list(EVENT_KINDS)}", "event kind")
+    if set(fields) != _EVENT_MEMBERS[kind]:
+        raise bad(f"{kind} event members differ from the format: missing {sorted(_EVENT_MEMBERS[kind] - set(fields))}, "
+                  f"unexpected {sorted(set(fields) - _EVENT_MEMBERS[kind])}", "event members")
+    for name in ("client_id", "dataset_id", "reason", "public_key_pem"):
+        if name in fields and (not isinstance(fields[name], str) or (name != "reason" and not fields[name])):
+            raise bad(f"{name} must be a {'string' if name == 'reason' else 'non-empty string'}", name)
+    for name in ("key_fingerprint", "previous_key_fingerprint"):
+        if name in fields and fields[name] is not None and (not isinstance(fields[name], str) or not _DIGEST_RE.match(fields[name])):
+            raise bad(f"{name} {fields[name]!r} is not 'sha256:<64 hex>'", name)
+    if kind == "receipt_key" and fields["endorsement"] is not None and not isinstance(fields["endorsement"], dict):
+        raise bad("endorsement must be a DSSE envelope object or null", "endorsement")
+    if kind == "budget":
+        budgets = [fields["epsilon_budget"], fields["delta_budget"]]
+        prev = fields["previous"]
+        if prev is not None:
+            if not isinstance(prev, dict) or set(prev) != {"epsilon_budget", "delta_budget"}:
+                raise bad("previous must be null or {epsilon_budget, delta_budget}", "previous")
+            budgets += [prev["epsilon_budget"], prev["delta_budget"]]
+        for v in budgets:  # null = unbounded
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or v <= 0):
+                raise bad(f"a budget must be a positive number or null (unbounded), got {v!r}", "budget")
+        for name in ("epsilon_spent", "delta_spent"):
+            v = fields[name]
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or v < 0):
+                raise bad(f"{name} must be a non-negative number (null = infinity), got {v!r}", name)
+        if _dec(fields["epsilon_spent"]) > _dec(fields["epsilon_budget"]) * (1 + ARITH_TOL):
+            raise bad(f"budget ε {fields['epsilon_budget']!r} is below what the dataset spent ({fields['epsilon_spent']!r})", "budget >= spent", )
+
+
+def issue_ledger_event(private_key: PrivateKey, kind: str, fields: dict[str, Any], *, ledger_seq: int, issued_at: str | None = None,
+                       event_id: str | None = None) -> Envelope:
+    """Signs a ledger event (see LedgerEvent) with the provider's receipt key."""
+    eid = event_id or uuid.uuid4().hex
+    _check_event(kind, fields, eid)
+    name, digest_hex = event_subject(kind, fields)
+    statement = {"_type": STATEMENT_TYPE, "subject": [{"name": name, "digest": {"sha256": digest_hex}}],
+                 "predicateType": EVENT_PREDICATE_TYPE,
+                 "predicate": {**fields, "event_id": eid, "kind": kind, "issued_at": issued_at or utc_now_rfc3339(),
+                               "provider_key": fingerprint(private_key), "ledger_seq": int(ledger_seq)}}
+    return sign_envelope(canonical_json(statement), INTOTO_PAYLOAD_TYPE, private_key)
+
+
+def verify_ledger_event(envelope: Envelope | dict | str | bytes, provider_public_key: Any) -> LedgerEvent:
+    """Checks the signature (BAD_SIGNATURE), the canonical payload, the statement and the event's members
+    (BAD_RECEIPT) and the signer named in it; returns the event."""
+    env = _as_envelope(envelope)
+    try:
+        v = verify_envelope(env, provider_public_key, expected_payload_type=INTOTO_PAYLOAD_TYPE)
+    except SignatureError as e:
+        code = "BAD_SIGNATURE" if e.code in ("BAD_SIGNATURE", "NO_SIGNATURES") else "BAD_RECEIPT"
+        raise ReceiptError(code, f"ledger event signature: {e}", rule=e.rule) from None
+    digest = "sha256:" + sha256_hex(v.payload)
+
+    def bad(msg: str, rule: str) -> ReceiptError:
+        return ReceiptError("BAD_RECEIPT", f"ledger event {digest}: {msg}", rule=rule)
+
+    try:
+        st = json.loads(v.payload)
+        canonical = canonical_json(st)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise bad(f"payload is not canonical JSON: {e}", "canonical json") from None
+    if canonical != v.payload:
+        raise bad("payload is not canonical JSON, so its digest would be ambiguous", "canonical json")
+    if not isinstance(st, dict) or st.get("_type") != STATEMENT_TYPE or st.get("predicateType") != EVENT_PREDICATE_TYPE \
+            or set(st) != {"_type", "subject", "predicateType", "predicate"}:
+        raise bad(f"not an in-toto Statement v1 with predicateType {EVENT_PREDICATE_TYPE!r}", "statement")
+    p, subj = st["predicate"], st["subject"]
+    if not isinstance(p, dict) or not _EVENT_COMMON <= set(p) or not isinstance(p.get("kind"), str):
+        raise bad(f"predicate must hold {sorted(_EVENT_COMMON)}", "predicate members")
+    fields = {k: x for k, x in p.items() if k not in _EVENT_COMMON}
+    _check_event(p["kind"], fields, digest)
+    if not (isinstance(p["event_id"], str) and p["event_id"] and isinstance(p["issued_at"], str) and _RFC3339_RE.match(p["issued_at"])
+            and isinstance(p["ledger_seq"], int) and not isinstance(p["ledger_seq"], bool) and p["ledger_seq"] >= 1):
+        raise bad("event_id, issued_at (RFC 3339 UTC) and ledger_seq (>= 1) are required", "predicate members")
+    name, digest_hex = event_subject(p["kind"], fields)
+    if subj != [{"name": name, "digest": {"sha256": digest_hex}}]:
+        raise bad(f"subject must be [{{name: {name!r}, digest: {{sha256: {digest_hex}}}}}]", "subject")
+    if p["provider_key"] != v.key_fingerprint:
+        raise bad(f"names provider key {p['provider_key']} but was signed by {v.key_fingerprint}", "provider_key")
+    return LedgerEvent(p["event_id"], p["kind"], p["issued_at"], p["provider_key"], p["ledger_seq"], name, "sha256:" + digest_hex,
+                       fields, digest)
+
+
 __all__ = [
-    "GENESIS_DIGEST", "RECEIPT_PREDICATE_TYPE", "RECEIPT_PREDICATE_TYPES", "Receipt", "dp_params", "issue_deletion_receipt", "issue_receipt",
-    "issue_upload_receipt", "receipt_digest", "utc_now_rfc3339", "verify_chain", "verify_receipt",
+    "EVENT_KINDS", "EVENT_PREDICATE_TYPE", "GENESIS_DIGEST", "LedgerEvent", "RECEIPT_PREDICATE_TYPE", "RECEIPT_PREDICATE_TYPES", "Receipt", "dp_params",
+    "event_subject", "issue_deletion_receipt", "issue_ledger_event", "issue_receipt", "issue_upload_receipt", "receipt_digest",
+    "utc_now_rfc3339", "verify_chain", "verify_ledger_event", "verify_receipt",
 ]

@@ -6,6 +6,10 @@ certificate whose subject common name is the party's id (`provider`, a client id
 party certificate carries both TLS usages (serverAuth and clientAuth): the client also runs a
 service, and the provider calls it back.
 
+**TLS 1.3 only** (`protocol.tls_policy`, set when the `protocol` package is imported, before gRPC
+loads): no TLS 1.2 handshake can agree on a cipher suite, so every connection between the parties is
+TLS 1.3. `add_port` logs an error when the policy could not take effect in this process.
+
 A gRPC peer's identity is the common name of its verified certificate (`peer_identity`).
 Plaintext is allowed only on loopback and only when asked for (`open_channel(..., plaintext=True)`,
 `add_port(..., plaintext=True)`); anything else raises `TransportError`.
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import ipaddress
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from protocol import operator_errors
+from protocol import tls_policy
 from protocol.errors import CodedError
 from protocol.keys import generate_private_key, load_private_key, save_private_key
 
@@ -211,6 +217,9 @@ def add_port(server: Any, address: str, tls: TLSFiles | None, *, plaintext: bool
         require_loopback_for_plaintext(address)
         port = server.add_insecure_port(address)
     else:
+        if not tls_policy.EFFECTIVE:
+            logging.getLogger(__name__).error("gRPC was imported before protocol.tls_policy: %s accepts TLS 1.2 as well as 1.3 in this "
+                                              "process; import `protocol` before `grpc`", address)
         if tls is None:
             raise TransportError("TLS_FILES_MISSING", operator_errors.tls_files_missing(address), rule="mutual TLS")
         port = server.add_secure_port(address, server_credentials(tls))

@@ -81,8 +81,13 @@ def receipt_message(envelope: dict[str, Any] | Envelope | str) -> common_pb2.Rec
 
 
 def receipt_envelope(msg: common_pb2.Receipt) -> dict[str, Any]:
-    """The DSSE envelope a Receipt message carries (only `envelope_json` is authoritative)."""
-    return json.loads(msg.envelope_json)
+    """The DSSE envelope a Receipt message carries (only `envelope_json` is authoritative); ReceiptError if it is not JSON."""
+    from protocol.errors import ReceiptError
+
+    try:
+        return json.loads(msg.envelope_json)
+    except ValueError as e:
+        raise ReceiptError("BAD_RECEIPT", f"Receipt.envelope_json is not JSON: {e}", rule="dsse envelope") from None
 
 
 def job_result_message(d: dict[str, Any]) -> common_pb2.JobResult:

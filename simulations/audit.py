@@ -316,9 +316,10 @@ def audit_ledger(report: AuditReport, path: Path, provider_key: Any) -> list[dic
             discrepancies = ledger.verify_chain(provider_key)
             con = sqlite3.connect(str(copy))
             con.row_factory = sqlite3.Row
-            rows = [dict(r) for r in con.execute("SELECT * FROM entries ORDER BY seq")]
+            rows = [dict(r) for r in con.execute("SELECT * FROM entries WHERE kind IN ('upload', 'deletion') ORDER BY seq")]
             budgets = [dict(r) for r in con.execute("SELECT * FROM budgets")]
             con.close()
+            chain_budgets, revocations, fmt = ledger_budgets_and_revocations(ledger, rows)
         except Exception as e:
             report.add(subject, "ledger", False, f"cannot read the ledger: {type(e).__name__}: {e}")
             return []
@@ -346,12 +347,56 @@ def audit_ledger(report: AuditReport, path: Path, provider_key: Any) -> list[dic
                           delta=float(row["delta"]), accountant=pred.get("accountant", "rdp"), claimed=claimed, provider=eps)
     for b in budgets:
         key = (b["client_id"], b["dataset_id"])
-        budget = math.inf if b["epsilon_budget"] is None else float(b["epsilon_budget"])
+        budget = chain_budgets.get(key, math.inf if b["epsilon_budget"] is None else float(b["epsilon_budget"]))   # what the chain explains
         total = spent.get(key, 0.0)
         ok = total <= budget * (1 + 1e-9)
         report.add(f"ledger {path.name} budget of client {key[0]!r} dataset {key[1]!r}", "budget", ok,
                    f"uploads charge ε {total:.6g} in total against a budget of {budget:.6g}" + ("" if ok else ": overspent"))
+    audit_budget_events_and_revocations(report, path, rows, budgets, chain_budgets, revocations, fmt)
     return rows
+
+
+# --- budget events and revoked client keys (ledger format v2) ----------------------------------------
+
+
+def ledger_budgets_and_revocations(ledger: Any, rows: list[dict[str, Any]]) -> tuple[dict[tuple[str, str], float], dict[str, Any], str]:
+    """The ε budget of each dataset as the chain explains it (its last `budget` event; for a format-v1 ledger
+    the budget its last entry recorded), the revoked client keys, and the ledger's format."""
+    from provider_party.service.ledger import LEDGER_FORMAT
+
+    out: dict[tuple[str, str], float] = {}
+    if ledger.format == LEDGER_FORMAT:
+        for e in ledger.events("budget"):
+            out[(e.client_id, e.dataset_id)] = e.budget
+        return out, ledger.revocations(), ledger.format
+    for row in rows:
+        out[(row["client_id"], row["dataset_id"])] = math.inf if row["budget"] is None else float(row["budget"])
+    return out, {}, ledger.format
+
+
+def audit_budget_events_and_revocations(report: AuditReport, path: Path, rows: list[dict[str, Any]], budgets: list[dict[str, Any]],
+                                        chain_budgets: dict[tuple[str, str], float], revocations: dict[str, Any], fmt: str) -> None:
+    """Every budget must be one the chain explains (Ledger.verify_chain reports each one that is not); a format-v1
+    ledger, whose budget changes were not chain events, is compared with its last entries and said to be v1.
+    Each upload whose artifact was signed by a client key revoked since is named: its receipt stays valid evidence."""
+    from provider_party.service.ledger import LEDGER_FORMAT
+
+    if fmt != LEDGER_FORMAT:
+        report.add(f"ledger {path.name}", "format", True, f"format {fmt}: budget changes were not chain events then; each budget is "
+                   "checked against the last entry of its dataset (the provider upgrades the file to v2 when it opens it)")
+        for b in budgets:
+            key = (b["client_id"], b["dataset_id"])
+            table = math.inf if b["epsilon_budget"] is None else float(b["epsilon_budget"])
+            if key in chain_budgets and not math.isclose(table, chain_budgets[key]) and table != chain_budgets[key]:
+                report.add(f"ledger {path.name} budget of client {key[0]!r} dataset {key[1]!r}", "budget", False,
+                           f"the budgets table says ε {table:g} but the last entry of this dataset recorded {chain_budgets[key]:g}: "
+                           "a budget no chain entry explains")
+    for row in rows:
+        rev = revocations.get(row.get("client_key") or "")
+        if row["kind"] == "upload" and rev is not None:
+            report.add(f"ledger {path.name} seq {row['seq']} (receipt {row['receipt_id']}, client {row['client_id']!r})", "client key", True,
+                       f"the receipt verifies; the client key {rev.key_fingerprint} that signed this artifact was revoked at ledger "
+                       f"seq {rev.seq} ({rev.revoked_at}: {rev.reason})")
 
 
 # --- cross-references ------------------------------------------------------------------------------
@@ -398,9 +443,10 @@ def run_audit(*, artifacts: Sequence[str | Path] = (), receipts: Sequence[str | 
               client_keys: Any = None, provider_key: Any = None) -> AuditReport:
     """Audits everything given; see the module docstring for the checks."""
     from protocol.keys import load_public_key
+    from protocol.receipt_keys import load_trust
 
     report = AuditReport()
-    pkey = load_public_key(provider_key) if provider_key is not None else None
+    pkey = load_trust(provider_key) if provider_key is not None else None   # one PEM, or a receipt key list (rotations)
     ckeys = None
     if client_keys is not None:
         ckeys = [load_public_key(k) for k in (client_keys if isinstance(client_keys, (list, tuple)) else [client_keys])]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import protocol  # noqa: F401 - before any test module imports grpc: the TLS 1.3-only policy (protocol.tls_policy)
 import pytest
 
 TINY = dict(n_synthetic=600, encoder_questions=32, decoder_questions=16, val_questions=8, encoder_epochs=2,

@@ -191,7 +191,7 @@ def test_budget_overspent_by_editing_the_database_is_caught(world):
     (world["receipts"] / f"{entry.receipt_seq:04d}.json").write_text(json.dumps(entry.receipt))
     report = audit(world, artifacts=world["artifacts"])
     assert any(f.check == "budget" and "overspent" in f.detail for f in report.failures), failures(report)
-    assert any("seq 3" in f.subject and "spent_before" in f.detail for f in report.failures), failures(report)
+    assert any("seq 4" in f.subject and "spent_before" in f.detail for f in report.failures), failures(report)   # seq 1: the budget event
 
 
 def test_audit_cli_exits_non_zero_and_names_the_record(world, capsys):

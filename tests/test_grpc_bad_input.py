@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests._grpc_fixtures import dp_statement, make_artifact, make_parties, provider_client, provider_config, titanic_schema
+from tests._grpc_fixtures import dp_statement, make_artifact, make_parties, provider_client, provider_config
 from protocol.artifact import SIGNATURE_FILE, pack_artifact, sign_artifact
 from protocol.request_auth import FORGET_METHOD, UPLOAD_METHOD, forget_body, sign_request, upload_body
 from protocol.rpc.llamdex.v1 import common_pb2, provider_pb2

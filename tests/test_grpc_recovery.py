@@ -25,7 +25,7 @@ class Crash(BaseException):
     """Stands for the process dying at a given point."""
 
 
-def _write_all(svc: ProviderServicer, client, tar: bytes, upload_id: str):
+def _write_all(svc: ProviderParty, client, tar: bytes, upload_id: str):
     h = SimpleNamespace(upload_id=upload_id, dataset_id="titanic", artifact_name="expert", total_bytes=len(tar),
                         artifact_sha256=hashlib.sha256(tar).hexdigest(), resume_offset=0)
     session = svc.uploads.open(client, h)
@@ -36,7 +36,7 @@ def _write_all(svc: ProviderServicer, client, tar: bytes, upload_id: str):
     return session.record
 
 
-def _visible(svc: ProviderServicer) -> list[str]:
+def _visible(svc: ProviderParty) -> list[str]:
     return [e.artifact_digest for e in svc.experts.live()]
 
 

@@ -49,19 +49,21 @@ def test_append_and_verify(ledger, key):
     e1 = ledger.append_upload("alice", "titanic", art(1), dp(1.0), 1.0)
     e2 = ledger.append_upload("bob", "credit", art(2), dp(2.0), 2.0)
     e3 = ledger.append_upload("alice", "titanic", art(3), dp(1.5), 1.5)
-    assert (e1.seq, e2.seq, e3.seq) == (1, 2, 3)
-    assert e1.prev_digest == GENESIS_DIGEST and e2.prev_digest == e1.entry_digest and e3.prev_digest == e2.entry_digest
+    assert (e1.seq, e2.seq, e3.seq) == (3, 4, 5)                 # seq 1 and 2: the two budget events of the fixture
+    events = ledger.events()
+    assert [(e.seq, e.kind) for e in events] == [(1, "budget"), (2, "budget")] and events[0].prev_digest == GENESIS_DIGEST
+    assert e1.prev_digest == events[1].entry_digest and e2.prev_digest == e1.entry_digest and e3.prev_digest == e2.entry_digest
     assert (e3.spent_before, e3.spent_after, e3.budget) == (1.0, 2.5, 3.0)
     assert e3.receipt_seq == 2 and e2.receipt_seq == 1  # receipts chain per client
     r = verify_receipt(e3.receipt, key.public_key())
-    assert r.ledger_seq == 3 and r.spent_after == 2.5 and r.previous_receipt_digest == e1.receipt_digest
+    assert r.ledger_seq == 5 and r.spent_after == 2.5 and r.previous_receipt_digest == e1.receipt_digest
     assert ledger.verify_chain() == []
     assert ledger.verify_chain(key.public_key()) == []
     rs = verify_receipt_chain(ledger.receipts("alice"), key.public_key())
     assert [x.sequence for x in rs] == [1, 2]
     b = ledger.budget("alice", "titanic")
     assert b.epsilon_spent == 2.5 and b.epsilon_remaining == 0.5 and b.delta_spent == pytest.approx(2e-5)
-    assert ledger.head() == (3, e3.entry_digest)
+    assert ledger.head() == (5, e3.entry_digest)
 
 
 def test_budget_exceeded_writes_nothing(ledger):
@@ -140,20 +142,20 @@ def _raw(ledger, *sql):
 def test_raw_edit_after_dropping_trigger_is_caught(ledger, key):
     for i in range(3):
         ledger.append_upload("bob", "credit", art(i), dp(1.0), 1.0)
-    _raw(ledger, "DROP TRIGGER entries_no_update", "UPDATE entries SET epsilon = 0.1, spent_after = 1.1 WHERE seq = 2")
+    _raw(ledger, "DROP TRIGGER entries_no_update", "UPDATE entries SET epsilon = 0.1, spent_after = 1.1 WHERE seq = 4")   # bob's 2nd
     found = ledger.verify_chain()
-    assert found and {d.seq for d in found} >= {2}
-    assert any("entry_digest" in d.reason and d.seq == 2 for d in found)
+    assert found and {d.seq for d in found} >= {4}
+    assert any("entry_digest" in d.reason and d.seq == 4 for d in found)
     assert any("receipt field epsilon" in d.reason for d in found)
 
 
 def test_raw_delete_and_budget_drift_are_caught(ledger):
     for i in range(3):
         ledger.append_upload("bob", "credit", art(i), dp(1.0), 1.0)
-    _raw(ledger, "DROP TRIGGER entries_no_delete", "DELETE FROM entries WHERE seq = 2", "UPDATE budgets SET epsilon_spent = 0 WHERE client_id = 'bob'")
+    _raw(ledger, "DROP TRIGGER entries_no_delete", "DELETE FROM entries WHERE seq = 4", "UPDATE budgets SET epsilon_spent = 0 WHERE client_id = 'bob'")
     reasons = [(d.seq, d.reason) for d in ledger.verify_chain()]
-    assert any(s == 3 and "sequence gap" in r for s, r in reasons)
-    assert any(s == 3 and "prev_digest" in r for s, r in reasons)
+    assert any(s == 5 and "sequence gap" in r for s, r in reasons)
+    assert any(s == 5 and "prev_digest" in r for s, r in reasons)
     assert any(s is None and "budgets table" in r for s, r in reasons)
 
 
@@ -173,7 +175,7 @@ def test_paging(ledger):
         seen += [e.seq for e in page]
         if tok is None:
             break
-    assert seen == list(range(1, 15))
+    assert seen == list(range(3, 17))          # seq 1, 2: budget events, not receipts
     page, tok = ledger.entries("alice", page_size=4)
     assert [e.client_id for e in page] == ["alice"] * 4 and tok
     page2, tok2 = ledger.entries("alice", page_token=tok, page_size=4)
@@ -281,7 +283,7 @@ def test_concurrent_threads_and_processes(tmp_path, key):
     assert lg.count() == 40
     assert lg.verify_chain() == []
     seqs = [e.seq for e in lg.entries(page_size=100)[0]]
-    assert seqs == list(range(1, 41))
+    assert seqs == list(range(5, 45))                              # after the four budget events
     for c in ("t0", "t1", "p0", "p1"):
         assert len(verify_receipt_chain(lg.receipts(c), key.public_key())) == 10
         assert lg.budget(c, "data").epsilon_spent == pytest.approx(0.1)
@@ -295,28 +297,6 @@ def test_wal_and_synchronous_full(ledger):
         assert c.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
-def test_a_v1_ledger_made_before_rfc8785_keeps_its_scheme_and_verifies(tmp_path, key):
-    """A ledger file keeps the canonical JSON its chain was built with: old ledgers verify and grow."""
-    from protocol.canonical import LEGACY
-    from provider_party.service.ledger import entry_digest
-
-    path = tmp_path / "old.db"
-    con = sqlite3.connect(path)
-    con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    con.execute("INSERT INTO meta VALUES ('format', 'llamdex.ledger/v1')")
-    con.commit()
-    con.close()
-    lg = Ledger(path, key)
-    lg.set_budget("alice", "titanic", 3.0)
-    e = lg.append_upload("alice", "titanic", art(1), dp(1.0), 1.0)
-    assert lg.format == "llamdex.ledger/v1" and lg.verify_chain(key.public_key()) == []
-    con = sqlite3.connect(path)
-    con.row_factory = sqlite3.Row
-    row = dict(con.execute("SELECT * FROM entries WHERE seq=1").fetchone())
-    assert e.entry_digest == entry_digest(row, LEGACY) != entry_digest(row)
-    assert Ledger(tmp_path / "new.db", key).format == "llamdex.ledger/v2"
-
-
 def test_a_ledger_of_an_unknown_format_is_refused(tmp_path, key):
     path = tmp_path / "future.db"
     con = sqlite3.connect(path)
@@ -325,3 +305,12 @@ def test_a_ledger_of_an_unknown_format_is_refused(tmp_path, key):
     con.commit()
     with pytest.raises(LedgerError, match="llamdex.ledger/v2"):
         Ledger(path, key)
+
+
+def test_setting_the_same_budget_again_writes_nothing(ledger):
+    head = ledger.head()
+    assert ledger.set_budget("alice", "titanic", 3.0).epsilon_budget == 3.0
+    assert ledger.head() == head and len(ledger.events("budget")) == 2
+    ledger.set_budget("alice", "titanic", 3.5, reason="raised")       # a change is one more signed event
+    assert ledger.head()[0] == head[0] + 1 and ledger.events("budget")[-1].budget == 3.5
+    assert ledger.verify_chain() == []

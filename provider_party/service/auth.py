@@ -1,5 +1,9 @@
-"""Who may call the provider: identity from the TLS client certificate, registration, rate limits,
-and signed requests (time + nonce) with a replay cache persisted in SQLite.
+"""Who may call the provider: identity from the TLS client certificate, registration, key revocation,
+rate limits, and signed requests (time + nonce) with a replay cache persisted in SQLite.
+
+A client whose registered signing key is revoked (a signed `revocation` event in the ledger, from
+`[[clients]] revoked_keys` at start or `ProviderParty.revoke_client_key`) is refused on every call
+with KEY_REVOKED until the operator registers a new key for it; its receipts stay valid evidence.
 
 The replay cache keeps every nonce accepted within the clock-skew window (and a little longer);
 a request older than the window is refused by its timestamp, so older nonces can be dropped. The
@@ -8,6 +12,7 @@ cache lives in SQLite (WAL, synchronous=FULL), so a restarted provider still ref
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -20,6 +25,8 @@ from protocol.request_auth import RequestAuthError, check_request_signature
 from protocol.rpc_errors import RpcError
 from protocol.tls import peer_identity
 from provider_party.service.config import ProviderConfig, RegisteredClient
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nonces (
@@ -58,6 +65,7 @@ class Authenticator:
         self.config = config
         self.db_path = Path(db_path)
         self.buckets = TokenBucket(config.limits.max_requests_per_second)
+        self.revocations: dict[str, Any] = {}   # key fingerprint -> ledger Revocation
         init_schema(self.db_path, _SCHEMA)
 
     def identify(self, context: Any) -> RegisteredClient:
@@ -69,6 +77,11 @@ class Authenticator:
         client = self.config.client(cid)
         if client is None:
             raise RpcError("UNREGISTERED_CLIENT", operator_errors.unregistered_client(cid, self.config.provider_id), rule="registered clients only")
+        rev = self.revocations.get(client.key_fingerprint)
+        if rev is not None:
+            raise RpcError("KEY_REVOKED", f"client {cid!r}'s registered signing key {client.key_fingerprint} was revoked at {rev.revoked_at} "
+                           f"(ledger seq {rev.seq}: {rev.reason}); its earlier receipts stay valid, but nothing new is accepted "
+                           "under it: ask the provider to register a new key", rule="revoked keys refused")
         if not self.buckets.take(cid):
             raise RpcError("RATE_LIMITED", f"client {cid!r} exceeds {self.config.limits.max_requests_per_second:g} requests/s; retry later",
                            rule="max_requests_per_second")
@@ -89,4 +102,30 @@ class Authenticator:
                                    "every signed request needs a fresh nonce (the request was not executed again)", rule="fresh nonce") from None
 
 
-__all__ = ["Authenticator", "TokenBucket"]
+def apply_configured_revocations(config: ProviderConfig, ledger: Any) -> dict[str, Any]:
+    """Records each `[[clients]] revoked_keys` entry not yet in the ledger as a signed `revocation` event (logged),
+    and returns every revocation the ledger holds, by key fingerprint."""
+    known = ledger.revocations()
+    for client in config.clients:
+        for fp, reason in client.revoked_keys:
+            if fp not in known:
+                rev = ledger.revoke_client_key(client.client_id, fp, reason)
+                log.warning("client %s: key %s revoked (%s), ledger seq %d", client.client_id, fp, reason, rev.seq)
+    return ledger.revocations()
+
+
+def load_key_list(path: Path | None, key: Any) -> Any:
+    """The provider's receipt key list (`[provider] receipt_keys`), whose current key must be the provider's key."""
+    if path is None:
+        return None
+    from protocol.keys import fingerprint
+    from protocol.receipt_keys import KeyList
+
+    kl = KeyList.load(path)
+    if kl.fingerprints()[-1] != fingerprint(key):
+        raise RuntimeError(f"the receipt key list {path} ends with key {kl.fingerprints()[-1]}, but the provider signs with {fingerprint(key)}; "
+                           "add the key with `python -m protocol.receipt_keys rotate` or point [provider] key at the list's current key")
+    return kl
+
+
+__all__ = ["Authenticator", "TokenBucket", "apply_configured_revocations", "load_key_list"]

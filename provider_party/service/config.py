@@ -4,6 +4,7 @@
     id = "provider"
     listen = "127.0.0.1:50051"
     key = "keys/provider.key"          # signs receipts
+    receipt_keys = ""                  # optional: the receipt key list after a rotation (protocol.receipt_keys)
     state = "provider-state"           # ledger, uploads, experts
     connectors = ""                    # connector store ("" = $LLAMDEX_HOME/connectors)
     base_model = "embedded"
@@ -28,6 +29,7 @@
     delta_budget = 1e-4                # optional
     callback = "127.0.0.1:50061"       # optional: its ClientService, for job results
     budgets = { titanic = 2.0 }        # optional per-dataset epsilon budgets
+    revoked_keys = [{ key = "keys/alice-old.pub", reason = "laptop lost" }]   # optional: refused from now on
 """
 
 from __future__ import annotations
@@ -68,6 +70,13 @@ class ProviderLimits:
     max_job_queue: int = 8
     max_workers: int = 16            # gRPC server threads
     callback_timeout_s: float = 10.0  # delivering a job result to a client
+    max_jobs_per_client: int = 2      # connector jobs a client may have queued or running
+    max_upload_streams_per_client: int = 2   # UploadExpert streams of one client open at once
+    max_upload_streams: int = 4       # UploadExpert streams open at once in all (the others: TOO_MANY_UPLOADS, retry later)
+    max_upload_stream_s: float = 900.0       # an upload stream is cut (what arrived is kept) after this long
+    max_concurrent_asks: int = 1      # Ask calls answered at once (admission control); the others wait ...
+    ask_admission_wait_s: float = 0.5  # ... at most this long, then RESOURCE_EXHAUSTED OVERLOADED (retry later)
+    max_asks_per_client: int = 2      # Ask calls of one client admitted or waiting at once
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ProviderLimits":
@@ -93,6 +102,7 @@ class RegisteredClient:
     delta_budget: float = math.inf
     budgets: dict[str, float] = field(default_factory=dict)
     callback: str | None = None
+    revoked_keys: tuple[tuple[str, str], ...] = ()   # (key fingerprint, reason) revoked by the operator
 
     @property
     def key_fingerprint(self) -> str:
@@ -134,6 +144,7 @@ class ProviderConfig:
     port_file: Path | None = None   # written with the bound address once serving
     log_level: str | None = None    # None: the serve verb's default (info)
     drain_grace_s: float = 10.0     # on SIGTERM, running calls get this long to finish
+    receipt_keys: Path | None = None   # the receipt key list (protocol.receipt_keys), published by Hello after a rotation
 
     def client(self, client_id: str) -> RegisteredClient | None:
         for c in self.clients:
@@ -147,7 +158,7 @@ class ProviderConfig:
 
 def parse_client(d: dict[str, Any], base: Path, i: int) -> RegisteredClient:
     where = f"[[clients]] #{i + 1}"
-    allowed = {"id", "public_key", "epsilon_budget", "delta_budget", "budgets", "callback"}
+    allowed = {"id", "public_key", "epsilon_budget", "delta_budget", "budgets", "callback", "revoked_keys"}
     unknown = set(d) - allowed
     if unknown:
         raise ConfigError("BAD_CONFIG", f"{where}: unknown keys {sorted(unknown)}; known: {sorted(allowed)}")
@@ -158,7 +169,22 @@ def parse_client(d: dict[str, Any], base: Path, i: int) -> RegisteredClient:
     key = load_public_key(pk if pk.lstrip().startswith("-----BEGIN") else base / pk)
     budgets = {check_id(k, f"{where} budgets key"): _num(v, f"{where} budgets.{k}") for k, v in (d.get("budgets") or {}).items()}
     return RegisteredClient(cid, key, _num(d.get("epsilon_budget", 4.0), f"{where} epsilon_budget"),
-                            _num(d.get("delta_budget", "inf"), f"{where} delta_budget"), budgets, d.get("callback") or None)
+                            _num(d.get("delta_budget", "inf"), f"{where} delta_budget"), budgets, d.get("callback") or None,
+                            _revoked_keys(d.get("revoked_keys", []), base, f"{where} ({cid}) revoked_keys"))
+
+
+def _revoked_keys(items: Any, base: Path, where: str) -> tuple[tuple[str, str], ...]:
+    """`revoked_keys`: a list of public keys (a PEM file or PEM text), each optionally `{ key = ..., reason = ... }`."""
+    if not isinstance(items, list):
+        raise ConfigError("BAD_CONFIG", f"{where} must be a list of public keys or {{ key, reason }} tables, got {items!r}")
+    out = []
+    for i, item in enumerate(items):
+        spec, reason = (item, "revoked by the provider's operator") if isinstance(item, str) else (
+            (item.get("key"), item.get("reason", "revoked by the provider's operator")) if isinstance(item, dict) else (None, None))
+        if not isinstance(spec, str) or not isinstance(reason, str) or (isinstance(item, dict) and set(item) - {"key", "reason"}):
+            raise ConfigError("BAD_CONFIG", f"{where}[{i}] must be a public key (file or PEM) or {{ key = ..., reason = ... }}, got {item!r}")
+        out.append((fingerprint(load_public_key(spec if spec.lstrip().startswith("-----BEGIN") else base / spec)), reason))
+    return tuple(out)
 
 
 def _preset(v: Any) -> Any:
@@ -209,7 +235,7 @@ def load_provider_config(path: str | Path) -> ProviderConfig:
         base_model=p.get("base_model", "embedded"), preset=_preset(p.get("preset", "quick")), preload=bool(p.get("preload", True)),
         tls=tls, plaintext=bool(t.get("plaintext", False)), limits=ProviderLimits.from_dict(data.get("limits", {})),
         clients=clients, allow_retrain=bool(p.get("allow_retrain", False)), log_level=_log_level(p.get("log_level")),
-        drain_grace_s=_num(p.get("drain_grace_s", 10.0), "[provider] drain_grace_s"),
+        drain_grace_s=_num(p.get("drain_grace_s", 10.0), "[provider] drain_grace_s"), receipt_keys=rel(p.get("receipt_keys")),
     )
 
 

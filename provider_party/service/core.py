@@ -24,7 +24,7 @@ from protocol.rpc_errors import RpcError
 from protocol.schema import PublicSchema
 from provider_party.model.connector_store import ConnectorStore
 from provider_party.model.llamdex_model import LlamdexModel, RowAnswer, TenantQuery, answer_mixed
-from provider_party.service.auth import Authenticator
+from provider_party.service.auth import Authenticator, apply_configured_revocations, load_key_list
 from provider_party.service.config import ProviderConfig, RegisteredClient
 from provider_party.service.experts import ExpertStore, ForgetJournal, StoredExpert
 from provider_party.service.jobs import Job, JobManager, JobStore
@@ -80,7 +80,10 @@ class ProviderParty:
         state = Path(config.state)
         state.mkdir(parents=True, exist_ok=True)
         self.key = load_private_key(config.key)
-        self.ledger = Ledger(state / "ledger.db", signing_key=self.key)
+        self.receipt_key_list = load_key_list(config.receipt_keys, self.key)
+        self.ledger = Ledger(state / "ledger.db", signing_key=self.key,
+                             endorsement=self.receipt_key_list.endorsement_for(self.key) if self.receipt_key_list else None,
+                             trusted_keys=[k.public_key for k in self.receipt_key_list.keys] if self.receipt_key_list else None)
         self.auth = Authenticator(config, state / "state.db")
         self.uploads = UploadManager(state / "uploads", state / "state.db", config.limits)
         self.experts = ExpertStore(state / "experts")
@@ -94,7 +97,9 @@ class ProviderParty:
         self._cache_lock = threading.Lock()
         self.recovery = self._recover()
         self.budget_changes = self._apply_configured_budgets()
-        self.jobs = JobManager(self._run_job, config.limits.max_job_queue, on_done=on_job_done, store=JobStore(state / "state.db"))
+        self.auth.revocations = apply_configured_revocations(config, self.ledger)
+        self.jobs = JobManager(self._run_job, config.limits.max_job_queue, on_done=on_job_done, store=JobStore(state / "state.db"),
+                               max_per_client=config.limits.max_jobs_per_client)
         self.recovery["jobs_failed"] = self.jobs.interrupted
         if self.jobs.interrupted:
             log.warning("%d connector job(s) were cut off by the last stop; recorded as FAILED", self.jobs.interrupted)
@@ -392,6 +397,12 @@ class ProviderParty:
                 out.receipts.append(entry.receipt)
                 doomed.discard((cid, e.artifact_digest))
         return out
+
+    def revoke_client_key(self, client_id: str, key_fingerprint: str, reason: str) -> Any:
+        """Revokes a client signing key now (a signed ledger event); the client's calls are refused from the next one on."""
+        rev = self.ledger.revoke_client_key(client_id, key_fingerprint, reason)
+        self.auth.revocations = self.ledger.revocations()
+        return rev
 
     def close(self) -> None:
         self.jobs.stop()

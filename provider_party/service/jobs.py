@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from protocol.crashpoints import crashpoint
 from protocol.durable_db import connect_durable, init_schema
 from protocol.rpc_errors import RpcError
 
@@ -164,9 +165,11 @@ Runner = Callable[[Job, Callable[[str, float], None]], tuple[bool, dict]]
 
 
 class JobManager:
-    def __init__(self, runner: Runner, max_queue: int = 8, on_done: Callable[[Job], None] | None = None, store: JobStore | None = None):
+    def __init__(self, runner: Runner, max_queue: int = 8, on_done: Callable[[Job], None] | None = None, store: JobStore | None = None,
+                 max_per_client: int | None = None):
         self.runner = runner
         self.max_queue = max_queue
+        self.max_per_client = max_per_client or max_queue
         self.on_done = on_done
         self.store = store
         self.interrupted = store.fail_interrupted() if store is not None else 0
@@ -201,6 +204,10 @@ class JobManager:
         except Exception:  # noqa: BLE001 - the job goes on; its record catches up at the next change
             log.warning("job %s: could not save its record", job.job_id, exc_info=True)
 
+    def _progress(self, job: Job, stage: str, fraction: float) -> None:
+        self._event(job, RUNNING, stage, fraction)
+        crashpoint("job.progress")
+
     def submit(self, client_id: str, schema_digest: str, base_model_id: str, preset: str, retrain: bool, payload: Any) -> Job:
         with self._cond:
             shared = next((j for j in self.jobs.values() if j.state in (QUEUED, RUNNING) and j.schema_digest == schema_digest
@@ -211,6 +218,10 @@ class JobManager:
                 pending = sum(1 for j in self.jobs.values() if j.state in (QUEUED, RUNNING))
                 if pending >= self.max_queue:
                     raise RpcError("QUEUE_FULL", f"{pending} connector jobs are pending; the limit is {self.max_queue}; retry later", rule="max_job_queue")
+                own = sum(1 for j in self.jobs.values() if j.state in (QUEUED, RUNNING) and j.client_id == client_id)
+                if own >= self.max_per_client:
+                    raise RpcError("TOO_MANY_JOBS", f"client {client_id!r} already started {own} connector jobs that are queued or running; "
+                                   f"the limit is {self.max_per_client} (max_jobs_per_client): wait for one (WatchJob)", rule="max_jobs_per_client")
                 job = Job(uuid.uuid4().hex, client_id, schema_digest, base_model_id, preset, retrain, payload, watchers={client_id})
                 self.jobs[job.job_id] = job
         if shared is not None:
@@ -261,7 +272,7 @@ class JobManager:
             job.started = time.time()
             self._event(job, RUNNING, "starting", 0.0)
             try:
-                reused, metrics = self.runner(job, lambda stage, frac: self._event(job, RUNNING, stage, frac))
+                reused, metrics = self.runner(job, lambda stage, frac: self._progress(job, stage, frac))
                 job.connectors_reused, job.metrics = reused, metrics
                 job.finished = time.time()
                 self._event(job, SUCCEEDED, "done", 1.0, "connectors reused" if reused else f"connectors trained in {job.seconds:.0f} s")

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
+from protocol.request_guard import MalformedRequestInterceptor
 from protocol.rpc.llamdex.v1 import provider_pb2_grpc
 from protocol.serving import announce_serving, mark_ready
 from protocol.tls import add_port
@@ -43,7 +44,7 @@ class ProviderServer:
         self.calls = CallLog(plaintext=config.plaintext)
         lim = config.limits
         self.server = grpc.server(ThreadPoolExecutor(max_workers=lim.max_workers, thread_name_prefix="llamdex-provider"),
-                                  interceptors=[self.calls],
+                                  interceptors=[self.calls, MalformedRequestInterceptor()],
                                   options=[("grpc.max_receive_message_length", lim.max_message_bytes),
                                            ("grpc.max_send_message_length", lim.max_message_bytes)])
         provider_pb2_grpc.add_ProviderServiceServicer_to_server(self.servicer, self.server)

@@ -21,6 +21,7 @@ from protocol.rpc.llamdex.v1 import client_pb2, client_pb2_grpc, common_pb2, pro
 from protocol.rpc_errors import RpcError, guard, guard_stream
 from protocol.tls import open_channel
 from protocol.wire import JOB_STATES, UPLOAD_DIGESTS, job_result_message, receipt_message
+from provider_party.service.admission import AskGate
 from provider_party.service.config import ProviderConfig, RegisteredClient
 from provider_party.service.core import AskResult, ProviderParty
 from provider_party.service.jobs import Job
@@ -44,6 +45,8 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         self.config = config
         self.party = party or ProviderParty(config, on_job_done=self._deliver_result)
         self.auth = self.party.auth
+        lim = config.limits
+        self.ask_gate = AskGate(lim.max_concurrent_asks, lim.ask_admission_wait_s, lim.max_asks_per_client)
 
     # --- job results to the clients' own services ---------------------------------------------------------
     def _deliver_result(self, job: Job) -> None:
@@ -80,7 +83,8 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
                 max_page_size=lim.max_page_size, max_requests_per_second=lim.max_requests_per_second, max_job_queue=lim.max_job_queue,
                 upload_digests=list(UPLOAD_DIGESTS)),
             provider_public_key_pem=public_key_pem(party.key).decode("ascii"), provider_key_fingerprint=fingerprint(party.key),
-            client_id=client.client_id, accountants=list(ACCOUNTANTS))
+            client_id=client.client_id, accountants=list(ACCOUNTANTS),
+            receipt_keys_json=party.receipt_key_list.to_json() if party.receipt_key_list else "")
 
     @guard
     def UploadExpert(self, request_iterator, context):
@@ -103,6 +107,9 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
             chunks.stop()
             return self._upload_response(opened, [], 0.0)
         session, cut = opened, False
+        deadline = threading.Timer(lim.max_upload_stream_s, context.cancel)   # a stream never holds a server thread for ever
+        deadline.daemon = True
+        deadline.start()
         try:
             for msg in chunks:
                 if msg.WhichOneof("part") != "chunk":
@@ -115,6 +122,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         except grpc.RpcError:
             cut = True  # the client went away; what arrived is kept for a resume
         finally:
+            deadline.cancel()
             chunks.stop()
             session.close()
             if session.received < session.record.total_bytes:
@@ -164,7 +172,9 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
     @guard
     def Ask(self, request, context):
         client = self.auth.identify(context)
-        return _ask_response(self.party.ask(client, list(request.questions), request.artifact_digest, bool(request.include_base)))
+        self.party.check_questions(list(request.questions))   # a malformed call is refused before it takes a place
+        with self.ask_gate.admit(client.client_id):
+            return _ask_response(self.party.ask(client, list(request.questions), request.artifact_digest, bool(request.include_base)))
 
     @guard
     def GetLedger(self, request, context):

@@ -21,7 +21,9 @@ no budget and no stored expert.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import queue
 import re
@@ -29,11 +31,13 @@ import shutil
 import sqlite3
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from protocol.artifact import ArtifactVerifier, unpack_artifact
+from protocol.crashpoints import crashpoint
 from protocol.dp import verify_statement
 from protocol.durable_db import connect_durable, durable_connection, init_schema
 from protocol.errors import BudgetError, CodedError
@@ -44,6 +48,7 @@ from provider_party.service.config import ProviderLimits, RegisteredClient
 from provider_party.service.experts import ExpertStore
 from provider_party.service.ledger import Ledger, LedgerEntry
 
+log = logging.getLogger(__name__)
 UPLOAD_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -137,15 +142,26 @@ class UploadSession:
             raise RpcError("BAD_REQUEST", f"the chunk's {alg} must be 64 lowercase hex digits", rule="chunk digest")
 
     def write(self, offset: int, data: Any, digest_hex: str, max_chunk: int, alg: str = "sha256") -> None:
-        """Checks one chunk (`digest_hex`: hex `alg` digest of `data`) and appends it; a bad chunk is dropped."""
+        """Checks one chunk (`digest_hex`: hex `alg` digest of `data`) and appends it; a bad chunk is dropped.
+        A chunk the disk cannot hold is dropped too (the file is cut back to the good bytes): DISK_FULL."""
         self._check_place(offset, data, max_chunk)
         self.check_digest_name(alg, digest_hex)
         got = upload_digest_hex(alg, data)
         if got != digest_hex:
             raise RpcError("CHUNK_DIGEST_MISMATCH", f"chunk at offset {offset}: {alg} {got[:16]}… != declared {digest_hex[:16]}…; "
                            f"the chunk was dropped, resend from offset {offset}", rule=f"chunk {alg}")
-        self._f.write(data)
+        view, done = memoryview(data), 0
+        try:
+            while done < len(view):   # a raw write may store part of the chunk and refuse the rest (ENOSPC)
+                done += self._f.write(view[done:]) or 0
+        except OSError as e:
+            self._f.truncate(self.received)   # the file holds only whole, verified chunks
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise disk_full(f"chunk at offset {offset} of upload {self.record.upload_id!r} was not stored; {self.received} bytes are; "
+                                f"resume from offset {self.received} later") from None
+            raise
         self.received += len(data)
+        crashpoint("upload.chunk_written")
 
     def close(self) -> None:
         try:
@@ -238,7 +254,8 @@ class UploadManager:
         self.parts.mkdir(parents=True, exist_ok=True)
         self.db_path = Path(db_path)
         self.limits = limits
-        self._busy: set[str] = set()
+        self._busy: dict[str, str] = {}      # upload_id -> client_id, while a stream or a finalize holds it
+        self._streams: dict[str, int] = {}   # client_id -> open UploadExpert streams
         self._lock = threading.Lock()
         init_schema(self.db_path, _SCHEMA)
         with durable_connection(self.db_path) as con:
@@ -250,11 +267,17 @@ class UploadManager:
         return connect_durable(self.db_path)
 
     def _exec(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
-        con = self._connect()
+        """One statement on state.db; a disk too full for SQLite to work is DISK_FULL, not an internal error."""
         try:
-            return con.execute(sql, args).fetchall()
-        finally:
-            con.close()
+            con = self._connect()
+            try:
+                return con.execute(sql, args).fetchall()
+            finally:
+                con.close()
+        except sqlite3.OperationalError as e:
+            if _is_disk_full(e):
+                raise disk_full(f"the upload records cannot be read or written ({e}); retry when the operator has freed space") from None
+            raise
 
     def part_path(self, client_id: str, upload_id: str) -> Path:
         return self.parts / client_id / f"{upload_id}.part"
@@ -302,6 +325,13 @@ class UploadManager:
             if h.upload_id in self._busy:
                 raise RpcError("UPLOAD_BUSY", f"upload {h.upload_id!r} is being written by another stream; wait for it or cancel it",
                                rule="one stream per upload")
+            if sum(self._streams.values()) >= self.limits.max_upload_streams:
+                raise RpcError("TOO_MANY_UPLOADS", f"the provider is receiving {sum(self._streams.values())} uploads, its limit "
+                               f"(max_upload_streams); retry in a moment (nothing of this upload was stored)", rule="max_upload_streams")
+            if self._streams.get(cid, 0) >= self.limits.max_upload_streams_per_client:
+                raise RpcError("TOO_MANY_UPLOADS", f"client {cid!r} already has {self._streams[cid]} upload streams open; the limit is "
+                               f"{self.limits.max_upload_streams_per_client} (max_upload_streams_per_client): finish one first",
+                               rule="max_upload_streams_per_client")
             rows = self._exec("SELECT * FROM uploads WHERE upload_id=?", (h.upload_id,))
             now = time.time()
             if rows:
@@ -337,7 +367,8 @@ class UploadManager:
             if h.resume_offset != received:
                 raise RpcError("OFFSET_MISMATCH", f"resume_offset {h.resume_offset} but {received} bytes of upload {h.upload_id!r} are "
                                f"stored; resume from {received} (GetUploadStatus tells)", rule="resume where the provider stopped")
-            self._busy.add(h.upload_id)
+            self._busy[h.upload_id] = cid
+            self._streams[cid] = self._streams.get(cid, 0) + 1
         try:
             return UploadSession(self, rec, path)
         except BaseException:
@@ -346,7 +377,15 @@ class UploadManager:
 
     def _release(self, upload_id: str) -> None:
         with self._lock:
-            self._busy.discard(upload_id)
+            cid = self._busy.pop(upload_id, None)
+            if cid is not None and self._streams.get(cid, 0) > 0:
+                self._streams[cid] -= 1
+                if not self._streams[cid]:
+                    del self._streams[cid]
+
+    def _release_finalize(self, upload_id: str) -> None:
+        with self._lock:
+            self._busy.pop(upload_id, None)
 
     # --- finishing ---------------------------------------------------------------------------------------
     def _fail(self, rec: UploadRecord, err: CodedError) -> None:
@@ -357,18 +396,25 @@ class UploadManager:
         with self._lock:
             if rec.upload_id in self._busy:
                 raise RpcError("UPLOAD_BUSY", f"upload {rec.upload_id!r} is being written by another stream", rule="one stream per upload")
-            self._busy.add(rec.upload_id)
+            self._busy[rec.upload_id] = ""
         try:
-            return self._finalize(rec, client, ledger, experts, ledger_lock)
+            try:
+                return self._finalize(rec, client, ledger, experts, ledger_lock)
+            except (OSError, sqlite3.OperationalError) as e:
+                if not _is_disk_full(e):
+                    raise
+                raise disk_full(f"upload {rec.upload_id!r} is complete but could not be verified and stored ({e}); nothing was charged; "
+                                "send the same upload again (same upload_id) later") from None
         except CodedError as e:
-            if not isinstance(e, RpcError) or e.code not in ("UPLOAD_BUSY",):
+            if not isinstance(e, RpcError) or e.code not in ("UPLOAD_BUSY", "DISK_FULL"):
                 self._fail(rec, e)
             raise
         finally:
-            self._release(rec.upload_id)
+            self._release_finalize(rec.upload_id)
 
     def _finalize(self, rec: UploadRecord, client: RegisteredClient, ledger: Ledger, experts: ExpertStore, ledger_lock: threading.Lock) -> FinalizedUpload:
         t0, c0 = time.perf_counter(), time.thread_time()
+        crashpoint("upload.finalize")
         checks: list[str] = []
         path = self.part_path(rec.client_id, rec.upload_id)
         with open(path, "rb") as f:
@@ -391,19 +437,25 @@ class UploadManager:
                 raise RpcError("DP_MISMATCH", f"dp.json: {e}", file="dp.json", rule="epsilon recomputed by the provider") from None
             checks.append("epsilon recomputed")
             with ledger_lock:
-                if experts.get(client.client_id, verified.digest) is not None:
+                live = experts.get(client.client_id, verified.digest)
+                if live is not None:
+                    charged = _charged_by_this_upload(experts, ledger, live, rec.upload_id)
+                    if charged is not None:   # charged by this very upload before (its answer was lost): the same receipt
+                        return self._complete(rec, charged, verified.digest, path, t0, c0, checks + ["already charged by this upload_id"])
                     raise RpcError("ARTIFACT_EXISTS", f"expert {verified.digest} is already stored for {client.client_id!r}; nothing was charged",
                                    rule="one copy per artifact")
                 if ledger.budget(client.client_id, rec.dataset_id) is None:
                     e_b, d_b = client.budget_for(rec.dataset_id)
                     ledger.set_budget(client.client_id, rec.dataset_id, e_b, d_b)
+                receipt_id = uuid.uuid4().hex   # known before the charge: nothing is written after the ledger commits but a rename
                 meta = {"artifact_digest": verified.digest, "dataset_id": rec.dataset_id, "schema_digest": verified.schema.digest,
                         "artifact_name": rec.artifact_name, "upload_id": rec.upload_id, "uploaded_at": utc_now_rfc3339(),
-                        "signer": verified.signer_fingerprint}
+                        "signer": verified.signer_fingerprint, "receipt_id": receipt_id}
                 experts.stage(client.client_id, verified, meta)
+                crashpoint("upload.staged")
                 try:
                     entry = ledger.append_upload(client.client_id, rec.dataset_id, verified.digest, verified.dp, eps,
-                                                 artifact_name=rec.artifact_name)
+                                                 artifact_name=rec.artifact_name, client_key=verified.signer_fingerprint, receipt_id=receipt_id)
                 except BudgetError as e:
                     experts.discard_staged(client.client_id, verified.digest)
                     raise RpcError("BUDGET_EXCEEDED", str(e), rule="dataset privacy budget (basic composition)") from None
@@ -411,16 +463,20 @@ class UploadManager:
                     experts.discard_staged(client.client_id, verified.digest)
                     raise
                 checks.append("budget charged, receipt signed")
-                _add_receipt_id(experts, client.client_id, verified.digest, entry.receipt_id)
+                crashpoint("upload.charged")
                 experts.promote(client.client_id, verified.digest)
+                crashpoint("upload.promoted")
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+        return self._complete(rec, entry, verified.digest, path, t0, c0, checks)
+
+    def _complete(self, rec: UploadRecord, entry: LedgerEntry, digest: str, path: Path, t0: float, c0: float, checks: list[str]) -> FinalizedUpload:
         receipt_json = json.dumps(entry.receipt, sort_keys=True, separators=(",", ":"))
         self._exec("UPDATE uploads SET state='complete', artifact_digest=?, receipt=?, updated_at=? WHERE upload_id=?",
-                   (verified.digest, receipt_json, time.time(), rec.upload_id))
+                   (digest, receipt_json, time.time(), rec.upload_id))
         path.unlink(missing_ok=True)
-        rec.state, rec.artifact_digest, rec.receipt = "complete", verified.digest, receipt_json
+        rec.state, rec.artifact_digest, rec.receipt = "complete", digest, receipt_json
         return FinalizedUpload(rec, entry, time.perf_counter() - t0, checks, time.thread_time() - c0)
 
     # --- recovery ---------------------------------------------------------------------------------------
@@ -444,16 +500,34 @@ class UploadManager:
         return counts
 
     def touch(self, upload_id: str) -> None:
-        self._exec("UPDATE uploads SET updated_at=? WHERE upload_id=?", (time.time(), upload_id))
+        """Best effort (the time only delays the TTL): a full disk must not hide the refusal that ended the stream."""
+        try:
+            self._exec("UPDATE uploads SET updated_at=? WHERE upload_id=?", (time.time(), upload_id))
+        except (CodedError, sqlite3.Error) as e:
+            log.warning("upload %s: its last activity could not be recorded: %s", upload_id, e)
 
 
-def _add_receipt_id(experts: ExpertStore, client_id: str, digest: str, receipt_id: str) -> None:
+def _charged_by_this_upload(experts: ExpertStore, ledger: Ledger, live: Any, upload_id: str) -> LedgerEntry | None:
+    """The ledger entry that charged `live` if this upload_id is the one that stored it (idempotent by upload id)."""
     from provider_party.service.experts import META_FILE
 
-    p = experts.staging_dir(client_id, digest) / META_FILE
-    meta = json.loads(p.read_text())
-    meta["receipt_id"] = receipt_id
-    p.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    try:
+        meta = json.loads((live.folder / META_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("upload_id") != upload_id:
+        return None
+    return ledger.upload_entry(live.client_id, live.artifact_digest)
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "disk is full" in str(e) or "disk I/O error" in str(e)
+
+
+def disk_full(what: str) -> RpcError:
+    return RpcError("DISK_FULL", f"the provider's disk is full: {what}", rule="disk space")
 
 
 __all__ = ["FinalizedUpload", "ReadAhead", "UploadManager", "UploadRecord", "UploadSession", "UPLOAD_ID_RE"]

@@ -42,7 +42,7 @@ class Limits(_message.Message):
     def __init__(self, max_message_bytes: _Optional[int] = ..., max_artifact_bytes: _Optional[int] = ..., max_chunk_bytes: _Optional[int] = ..., max_batch_questions: _Optional[int] = ..., max_question_chars: _Optional[int] = ..., signature_max_skew_ms: _Optional[int] = ..., upload_ttl_s: _Optional[int] = ..., max_open_uploads: _Optional[int] = ..., max_page_size: _Optional[int] = ..., max_requests_per_second: _Optional[float] = ..., max_job_queue: _Optional[int] = ..., upload_digests: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HelloResponse(_message.Message):
-    __slots__ = ("protocol_version", "provider_id", "base_model_id", "schemas_ready", "accepts_any_schema", "limits", "provider_public_key_pem", "provider_key_fingerprint", "client_id", "accountants")
+    __slots__ = ("protocol_version", "provider_id", "base_model_id", "schemas_ready", "accepts_any_schema", "limits", "provider_public_key_pem", "provider_key_fingerprint", "client_id", "accountants", "receipt_keys_json")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_ID_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,7 @@ class HelloResponse(_message.Message):
     PROVIDER_KEY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNTANTS_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_KEYS_JSON_FIELD_NUMBER: _ClassVar[int]
     protocol_version: str
     provider_id: str
     base_model_id: str
@@ -63,7 +64,8 @@ class HelloResponse(_message.Message):
     provider_key_fingerprint: str
     client_id: str
     accountants: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, protocol_version: _Optional[str] = ..., provider_id: _Optional[str] = ..., base_model_id: _Optional[str] = ..., schemas_ready: _Optional[_Iterable[str]] = ..., accepts_any_schema: _Optional[bool] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., provider_public_key_pem: _Optional[str] = ..., provider_key_fingerprint: _Optional[str] = ..., client_id: _Optional[str] = ..., accountants: _Optional[_Iterable[str]] = ...) -> None: ...
+    receipt_keys_json: str
+    def __init__(self, protocol_version: _Optional[str] = ..., provider_id: _Optional[str] = ..., base_model_id: _Optional[str] = ..., schemas_ready: _Optional[_Iterable[str]] = ..., accepts_any_schema: _Optional[bool] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., provider_public_key_pem: _Optional[str] = ..., provider_key_fingerprint: _Optional[str] = ..., client_id: _Optional[str] = ..., accountants: _Optional[_Iterable[str]] = ..., receipt_keys_json: _Optional[str] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
     __slots__ = ("upload_id", "dataset_id", "artifact_name", "total_bytes", "artifact_sha256", "artifact_blake3", "resume_offset", "auth")

@@ -1,0 +1,93 @@
+"""Admission control for `Ask`: back-pressure instead of an unbounded queue.
+
+A forward pass of the base LLM takes a fixed amount of CPU; calls that run beside each other only
+share it, so admitting more of them at once makes every one of them slower and the process bigger
+(each holds its activations). The gate admits at most `max_concurrent_asks` calls at once; a call
+beyond that waits at most `ask_admission_wait_s` for a free place and is then refused with
+RESOURCE_EXHAUSTED `OVERLOADED`, which names a retry delay. One client holds at most
+`max_asks_per_client` places (admitted or waiting), so a client flooding the provider is refused
+before it can crowd out the others. The gate sits in front of `ProviderParty.ask`, so it works the
+same whether the core answers each call in its own pass or batches concurrent calls together (then
+`max_concurrent_asks` is how many calls may be gathered into one pass).
+
+Counters (admitted, refused, waits) are kept for the load test and the operator's log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from protocol.rpc_errors import RpcError
+
+
+@dataclass
+class GateStats:
+    admitted: int = 0
+    refused_busy: int = 0          # no place within the wait
+    refused_per_client: int = 0    # the client already held its share
+    wait_s_total: float = 0.0
+    busy_s_ewma: float = 0.0       # exponentially weighted service time of admitted calls (retry hint)
+    per_client: dict[str, int] = field(default_factory=dict)
+
+
+class AskGate:
+    """At most `max_concurrent` Ask calls at once, each client at most `per_client` places; waiters give up after `wait_s`."""
+
+    def __init__(self, max_concurrent: int, wait_s: float, per_client: int):
+        self.max_concurrent, self.wait_s, self.per_client = int(max_concurrent), float(wait_s), int(per_client)
+        self._cond = threading.Condition()
+        self._running = 0
+        self._held: dict[str, int] = {}
+        self.stats = GateStats()
+
+    def _retry_hint_s(self) -> float:
+        return max(0.1, self.stats.busy_s_ewma or 0.5)
+
+    @contextlib.contextmanager
+    def admit(self, client_id: str) -> Iterator[None]:
+        """Holds one place for the body of the `with`; raises RpcError OVERLOADED when none frees up in time."""
+        with self._cond:
+            if self._held.get(client_id, 0) >= self.per_client:
+                self.stats.refused_per_client += 1
+                raise RpcError("OVERLOADED", f"client {client_id!r} already has {self.per_client} Ask calls admitted or waiting "
+                               f"(max_asks_per_client); wait for their answers, then retry", rule="max_asks_per_client")
+            self._held[client_id] = self._held.get(client_id, 0) + 1
+            t0 = time.monotonic()
+            deadline = t0 + self.wait_s
+            while self._running >= self.max_concurrent:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._release_hold(client_id)
+                    self.stats.refused_busy += 1
+                    raise RpcError("OVERLOADED", f"the provider is answering {self._running} Ask calls, its limit (max_concurrent_asks); "
+                                   f"none finished within {self.wait_s:g} s; retry in about {self._retry_hint_s():.1f} s",
+                                   rule="max_concurrent_asks")
+                self._cond.wait(left)
+            self._running += 1
+            self.stats.admitted += 1
+            self.stats.wait_s_total += time.monotonic() - t0
+            self.stats.per_client[client_id] = self.stats.per_client.get(client_id, 0) + 1
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._running -= 1
+                self._release_hold(client_id)
+                busy = time.monotonic() - start
+                self.stats.busy_s_ewma = busy if not self.stats.busy_s_ewma else 0.8 * self.stats.busy_s_ewma + 0.2 * busy
+                self._cond.notify()
+
+    def _release_hold(self, client_id: str) -> None:
+        n = self._held.get(client_id, 0) - 1
+        if n <= 0:
+            self._held.pop(client_id, None)
+        else:
+            self._held[client_id] = n
+
+
+__all__ = ["AskGate", "GateStats"]
