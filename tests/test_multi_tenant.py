@@ -79,3 +79,26 @@ def test_concurrent_callers_get_the_answers_they_get_alone(tiny_model, tiny_defa
         assert len(runs) == 3
         for probs in runs:
             torch.testing.assert_close(probs, expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_serving_many_tenants_changes_no_shared_module_and_keeps_one_base(base_llm, tiny_model, tiny_default_model):
+    """Memory grows by experts and connectors only: every schema's model holds the one base LLM, and passes of
+    many tenants (concurrent too) leave every shared weight, buffer and mode exactly as they were."""
+    from tests.conftest import weights_digest
+
+    tenants = _tenants(tiny_model, tiny_default_model)
+    shared = {"base": base_llm.model, "titanic encoder": tiny_model.encoder, "titanic decoder": tiny_model.decoder,
+              "default encoder": tiny_default_model.encoder, "default decoder": tiny_default_model.decoder,
+              **{f"{name} expert": e for name, _, e, _ in tenants if e is not None}}
+    before = {k: (weights_digest(m), m.training) for k, m in shared.items()}
+    storage = sorted(p.data_ptr() for p in base_llm.model.parameters())
+    rows = [TenantQuery(q, m, e) for _, m, e, qs in tenants for q in qs]
+    threads = [threading.Thread(target=answer_mixed, args=(rows[i::2],)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert tiny_model.base is tiny_default_model.base is base_llm
+    assert tiny_model.lm.inner is tiny_default_model.lm.inner is base_llm.model.model
+    assert sorted(p.data_ptr() for p in base_llm.model.parameters()) == storage
+    assert {k: (weights_digest(m), m.training) for k, m in shared.items()} == before

@@ -64,7 +64,8 @@ class LlamdexModel(nn.Module):
         if config.hidden_size != base.hidden_size or config.num_layers != base.num_layers:
             raise ValueError(f"connectors were trained for {config.base_model_id} (hidden {config.hidden_size}, {config.num_layers} layers), not {base.model_id}")
         self.base, self.schema, self.config = base, schema, config
-        self.encoder, self.decoder = encoder.eval(), decoder.eval()
+        # placed on the base LLM's device once, here: serving never moves or changes a shared module
+        self.encoder, self.decoder = encoder.to(base.device).eval(), decoder.to(base.device).eval()
         self.lm = FrozenLM(base)
         self.prompts = PromptBuilder(base.tokenizer, schema)
 
@@ -135,7 +136,8 @@ def answer_mixed(queries: list[TenantQuery]) -> list[RowAnswer]:
     def encode(g: int, h: torch.Tensor) -> None:
         m, idx = models[g], groups[g]
         sel = torch.as_tensor(idx, device=h.device)
-        feats = m.encoder.to_expert_input(m.encoder(h[sel], batch.question_mask[sel], batch.numbers[sel]))
+        # connectors stay in float32 whatever the base LLM's dtype (a no-op for a float32 base)
+        feats = m.encoder.to_expert_input(m.encoder(h[sel].float(), batch.question_mask[sel], batch.numbers[sel]))
         by_expert: dict[int, list[int]] = defaultdict(list)
         for pos, i in enumerate(idx):
             by_expert[id(queries[i].expert)].append(pos)
@@ -155,8 +157,7 @@ def answer_mixed(queries: list[TenantQuery]) -> list[RowAnswer]:
         at = layer
         for g in encode_at.get(layer, ()):
             encode(g, h)
-        if layer in inject_at:
-            h = h.clone()
+        if layer in inject_at:   # h is this pass's own fresh layer output: written in place, nothing shared changes
             for g in inject_at[layer]:
                 sel = torch.as_tensor(groups[g], device=h.device)
                 span = batch.slots(models[g].config.num_tokens)
