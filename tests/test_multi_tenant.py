@@ -102,3 +102,19 @@ def test_serving_many_tenants_changes_no_shared_module_and_keeps_one_base(base_l
     assert tiny_model.lm.inner is tiny_default_model.lm.inner is base_llm.model.model
     assert sorted(p.data_ptr() for p in base_llm.model.parameters()) == storage
     assert {k: (weights_digest(m), m.training) for k, m in shared.items()} == before
+
+
+def test_the_layer_runner_matches_the_models_own_forward_with_and_without_padding(base_llm, tiny_model):
+    """One unpadded question runs causal attention without a mask (SDPA's fused kernels); a padded batch runs the
+    explicit mask. Both must read what the model's own forward reads at the answer position."""
+    qs = _questions(tiny_model.schema, 3, 5)
+    assert len({len(tiny_model.batch([q], with_slots=False).input_ids[0]) for q in qs}) > 1   # the batch below is padded
+    ids = tiny_model.verbalizer_ids
+    for batch_questions in ([qs[0]], qs):
+        batch = tiny_model.batch(batch_questions, with_slots=False)
+        with torch.inference_mode():
+            logits = base_llm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids).logits
+        expected = logits[:, -1, ids].float().softmax(-1)
+        torch.testing.assert_close(tiny_model.answer_base(batch_questions).probs, expected, rtol=1e-4, atol=1e-5)
+    unpadded = tiny_model.lm.inputs(torch.ones(1, 5, dtype=torch.long), torch.arange(5)[None])
+    assert unpadded.mask is None
