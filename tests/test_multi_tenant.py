@@ -118,3 +118,46 @@ def test_the_layer_runner_matches_the_models_own_forward_with_and_without_paddin
         torch.testing.assert_close(tiny_model.answer_base(batch_questions).probs, expected, rtol=1e-4, atol=1e-5)
     unpadded = tiny_model.lm.inputs(torch.ones(1, 5, dtype=torch.long), torch.arange(5)[None])
     assert unpadded.mask is None
+
+
+def _brute_force_cost(lengths, split_cost):
+    """The cheapest layout over every way of cutting the length-sorted rows (what length_buckets must find)."""
+    import itertools
+
+    s, best = sorted(lengths), float("inf")
+    for cuts in itertools.product([False, True], repeat=len(s) - 1):
+        cost, start = 0.0, 0
+        for i, c in enumerate([*cuts, True]):
+            if c:
+                cost += (i + 1 - start) * s[i] + (split_cost if start else 0.0)
+                start = i + 1
+        best = min(best, cost)
+    return best
+
+
+def test_length_buckets_find_the_cheapest_layout_and_keep_every_row_once():
+    import random
+
+    from provider_party.model.llamdex_model import length_buckets
+
+    rng = random.Random(0)
+    for _ in range(60):
+        lengths = [rng.choice([84, 97, 146]) + rng.randint(-15, 15) for _ in range(rng.randint(1, 8))]
+        split_cost = rng.choice([0, 8, 32, 200])
+        buckets = length_buckets(lengths, split_cost)
+        assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))
+        cost = sum(len(b) * max(lengths[i] for i in b) for b in buckets) + split_cost * (len(buckets) - 1)
+        assert cost == _brute_force_cost(lengths, split_cost)
+    assert length_buckets([80, 150], float("inf")) == [[0, 1]]           # never split
+    assert length_buckets([84, 85, 86], 32) == [[0, 1, 2]]               # padding cheaper than a sub-pass
+
+
+def test_sub_batches_of_similar_length_answer_as_one_padded_pass(tiny_model, tiny_default_model):
+    import math
+
+    rows = [TenantQuery(q, m, e) for _, m, e, qs in _tenants(tiny_model, tiny_default_model) for q in qs]
+    split = answer_mixed(rows, split_cost=0)                           # as many sub-batches as lengths
+    whole = answer_mixed(rows, split_cost=math.inf)                    # one padded pass
+    for a, b in zip(split, whole):
+        torch.testing.assert_close(a.probs, b.probs, rtol=1e-4, atol=1e-5)
+        assert (a.expert_probs is None) == (b.expert_probs is None)

@@ -233,6 +233,11 @@ class NaiveCopies:
         (k0, r0), (k1, r1) = self.rss[0], self.rss[-1]
         return (r1 - r0) / max(k1 - k0, 1)
 
+    @property
+    def per_copy_device_bytes(self) -> float:
+        (k0, r0), (k1, r1) = self.device_bytes[0], self.device_bytes[-1]
+        return (r1 - r0) / max(k1 - k0, 1)
+
 
 def build_naive_copies(setup: Setup, copies: int, device: torch.device) -> NaiveCopies:
     from provider_party.model.base_llm import BaseLLM
@@ -252,15 +257,17 @@ def build_naive_copies(setup: Setup, copies: int, device: torch.device) -> Naive
 def measure_throughput(setup: Setup, n: int, batch_size: int, reps: int, naive: NaiveCopies | None, device: torch.device,
                        seed: int) -> dict[str, Any]:
     """Mixed vs single-client batches of the same size (and the naive per-client copies), calls alternated."""
-    from provider_party.model.llamdex_model import answer_mixed
+    from provider_party.model.llamdex_model import answer_mixed, default_split_cost, length_buckets
 
     rng = np.random.default_rng(seed + n)
+    split_cost = default_split_cost(device)
     tenants = setup.tenants[:n]
     digests = list(setup.models)
     first_of_schema = {d: next((t for t in tenants if t.schema.digest == d), None) for d in digests}
     single_owners = [t for t in first_of_schema.values() if t is not None]
-    times = {"mixed": [], "single": [], "naive": []}
+    times = {"mixed": [], "single": [], "naive": [], "mixed_padded": []}
     widths = {"mixed": [], "single": []}
+    sub_batches = {"mixed": [], "single": []}
     mixed_clients, mixed_schemas = [], []
 
     def run(name, rows, fn):
@@ -284,7 +291,8 @@ def measure_throughput(setup: Setup, n: int, batch_size: int, reps: int, naive: 
         mixed = _rows(setup, chosen, rng)
         owner = single_owners[r % len(single_owners)]
         single = _rows(setup, [owner] * batch_size, rng)
-        calls = [("mixed", mixed, answer_mixed), ("single", single, answer_mixed)]
+        calls = [("mixed", mixed, answer_mixed), ("single", single, answer_mixed),
+                 ("mixed_padded", mixed, lambda rows: answer_mixed(rows, split_cost=math.inf))]
         if naive is not None:
             calls.append(("naive", mixed, naive_pass))
         for name, rows, fn in (calls[r % len(calls):] + calls[:r % len(calls)]):
@@ -293,8 +301,10 @@ def measure_throughput(setup: Setup, n: int, batch_size: int, reps: int, naive: 
             for v in times.values():
                 v.clear()
             continue
-        widths["mixed"].append(max(len(q.model.prompts.row(q.question, q.model.config.num_tokens).ids) for q in mixed))
-        widths["single"].append(max(len(q.model.prompts.row(q.question, q.model.config.num_tokens).ids) for q in single))
+        for name, rows in (("mixed", mixed), ("single", single)):
+            lengths = [len(q.model.prompts.row(q.question, q.model.config.num_tokens).ids) for q in rows]
+            widths[name].append(max(lengths))
+            sub_batches[name].append(len(length_buckets(lengths, split_cost)))
         mixed_clients.append(len({id(q.expert) for q in mixed}))
         mixed_schemas.append(len({q.model.schema.digest for q in mixed}))
     rows_total = batch_size * reps
@@ -302,6 +312,9 @@ def measure_throughput(setup: Setup, n: int, batch_size: int, reps: int, naive: 
     return {"mixed_questions_per_s": qps["mixed"], "single_questions_per_s": qps["single"],
             "one_copy_per_client_questions_per_s": qps["naive"], "mixed_over_single": qps["mixed"] / qps["single"],
             "one_copy_per_client_over_shared": (qps["naive"] / qps["mixed"]) if qps["naive"] else None,
+            "mixed_one_padded_pass_questions_per_s": qps["mixed_padded"], "one_padded_pass_over_single": qps["mixed_padded"] / qps["single"],
+            "split_cost_tokens": split_cost, "mean_sub_batches_mixed": float(np.mean(sub_batches["mixed"])),
+            "mean_sub_batches_single": float(np.mean(sub_batches["single"])),
             "clients_in_mixed_batch": float(np.mean(mixed_clients)), "schemas_in_mixed_batch": float(np.mean(mixed_schemas)),
             "mean_width_mixed": float(np.mean(widths["mixed"])), "mean_width_single": float(np.mean(widths["single"])),
             "median_mixed_s": float(np.median(times["mixed"])), "median_single_s": float(np.median(times["single"])), "reps": reps}
@@ -364,7 +377,7 @@ def merge_json(path: Path, updates: dict[str, Any]) -> None:
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
+    with open(Path(tempfile.gettempdir()) / "llamdex-simulation-json.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         data = json.loads(path.read_text()) if path.exists() else {}
         data.update(updates)
@@ -378,24 +391,29 @@ def _mib(b: float | None) -> str:
 
 
 def markdown(rows: list[dict], run: dict) -> str:
-    env = run["environment"]
+    env, gpu = run["environment"], run["device"].startswith("cuda")
     lines = ["## Multi-tenant serving (issue: many clients, one base LLM)", "",
              f"Command: `{run['command']}` ({env['cpu_count']} CPU cores, torch threads {env['torch_threads']}, device {run['device']}, "
              f"base {run['base_model_id']}, {run['base_parameters'] / 1e6:.0f} M parameters; schemas {', '.join(run['schemas'])}; {env['date']}). "
              "Every client is a real signed upload through the provider's verification, ε check and ledger; its expert is loaded by "
              "the provider. Throughputs are measured side by side, calls alternated.", "",
-             "| resident clients | batch | mixed q/s | single-client q/s | mixed / single | one copy per client q/s | RSS shared (MiB) | "
-             "RSS one copy per client (MiB) |", "|---|---|---|---|---|---|---|---|"]
+             "| resident clients | batch | mixed q/s | single-client q/s | mixed / single | mixed as one padded pass / single | "
+             "one copy per client q/s | RSS shared (MiB) | RSS one copy per client (MiB) |" + (" GPU memory shared / one copy per client (MiB) |" if gpu else ""),
+             "|---|---|---|---|---|---|---|---|---|" + ("---|" if gpu else "")]
     for r in rows:
         naive = "–" if r["one_copy_per_client_questions_per_s"] is None else f"{r['one_copy_per_client_questions_per_s']:.2f}"
         mark = "" if r["one_copy_per_client_rss_measured"] else " (extrapolated)"
+        dev = f" {_mib(r['device_bytes'])} / {_mib(r['one_copy_per_client_device_bytes'])}{mark} |" if gpu else ""
         lines.append(f"| {r['resident_clients']} | {r['batch_size']} | {r['mixed_questions_per_s']:.2f} | {r['single_questions_per_s']:.2f} | "
-                     f"**{r['mixed_over_single']:.2f}** | {naive} | {_mib(r['rss_bytes'])} | {_mib(r['one_copy_per_client_rss_bytes'])}{mark} |")
+                     f"**{r['mixed_over_single']:.2f}** | {r['one_padded_pass_over_single']:.2f} | {naive} | {_mib(r['rss_bytes'])} | {_mib(r['one_copy_per_client_rss_bytes'])}{mark} |{dev}")
     lines += ["", f"Memory: the shared design adds **{run['bytes_per_extra_client'] / 1024:,.0f} KiB per extra client** (RSS slope from "
               f"{run['memory_points'][0]['resident_clients']} to {run['memory_points'][-1]['resident_clients']} resident clients; "
               f"an expert's tensors are {run['expert_parameter_bytes'] / 1024:,.0f} KiB); one model copy per client adds "
               f"**{run['one_copy_per_client_bytes_per_copy'] / 2**20:,.0f} MiB per client** (measured with "
               f"{run['naive_copies_measured'][-1]['copies']} copies; the base LLM's parameters are {run['base_parameter_bytes'] / 2**20:,.0f} MiB)."]
+    if gpu:
+        lines += ["", f"GPU memory: **{run['device_bytes_per_extra_client'] / 1024:,.0f} KiB per extra client** shared, "
+                  f"**{run['one_copy_per_client_device_bytes_per_copy'] / 2**20:,.0f} MiB per client** with one copy each."]
     if run.get("asks"):
         lines += ["", "Concurrent `Ask` callers through `ProviderParty.ask` (distinct clients, all schemas):", "",
                   "| callers | questions per Ask | batched q/s | one pass per call q/s | batched / per call | batched rows per pass | "
@@ -424,12 +442,14 @@ def plot(rows: list[dict], run: dict, path: Path) -> None:
     a.set(xscale="log", xlabel="resident clients", ylabel="questions / s", title=f"throughput (batch {rows[0]['batch_size']}, {run['device']})")
     a.set_ylim(bottom=0)
     a.legend(fontsize=8)
-    b.plot(n, [r["rss_bytes"] / 2**30 for r in rows], "o-", label="shared base (measured)")
-    measured = [(r["resident_clients"], r["one_copy_per_client_rss_bytes"] / 2**30) for r in rows if r["one_copy_per_client_rss_measured"]]
-    b.plot(n, [r["one_copy_per_client_rss_bytes"] / 2**30 for r in rows], "^:", label="one copy per client (extrapolated)")
+    gpu = run["device"].startswith("cuda")
+    shared_key, naive_key = ("device_bytes", "one_copy_per_client_device_bytes") if gpu else ("rss_bytes", "one_copy_per_client_rss_bytes")
+    b.plot(n, [r[shared_key] / 2**30 for r in rows], "o-", label="shared base (measured)")
+    measured = [(r["resident_clients"], r[naive_key] / 2**30) for r in rows if r["one_copy_per_client_rss_measured"]]
+    b.plot(n, [r[naive_key] / 2**30 for r in rows], "^:", label="one copy per client (extrapolated)")
     if measured:
         b.plot(*zip(*measured), "^", color="C2", label="one copy per client (measured)")
-    b.set(xscale="log", yscale="log", xlabel="resident clients", ylabel="resident memory (GiB)", title="provider memory (RSS)")
+    b.set(xscale="log", yscale="log", xlabel="resident clients", ylabel="GiB", title="provider memory (" + ("GPU" if gpu else "RSS") + ")")
     b.legend(fontsize=8)
     fig.suptitle(f"Multi-tenant serving: {run['base_model_id']}, schemas {', '.join(run['schemas'])}", fontsize=10)
     fig.tight_layout()
@@ -498,19 +518,25 @@ def main(argv: list[str] | None = None) -> int:
             make_resident(setup, n)
             memory.append({"resident_clients": n, "rss_bytes": rss_bytes(), "device_bytes": device_bytes(device)})
         naive = build_naive_copies(setup, args.naive_copies, device)
-        per_copy, naive_points = naive.per_copy_bytes, [{"copies": k, "rss_bytes": r} for k, r in naive.rss]
+        per_copy, per_copy_device = naive.per_copy_bytes, naive.per_copy_device_bytes
+        naive_points = [{"copies": k, "rss_bytes": r, "device_bytes": d} for (k, r), (_, d) in zip(naive.rss, naive.device_bytes)]
         rows = []
         for n, mem in zip(args.clients, memory):
             # N clients, one copy each = the shared process at N plus N - 1 more copies (measured while they fit, else extrapolated)
             measured = n - 1 <= args.naive_copies
             extra = (naive.rss[n - 1][1] - naive.rss[0][1]) if measured else (n - 1) * per_copy
             naive_rss = mem["rss_bytes"] + extra
+            naive_device = None
+            if mem["device_bytes"] is not None:   # on a GPU the copies live in device memory: the figure that matters there
+                extra_dev = (naive.device_bytes[n - 1][1] - naive.device_bytes[0][1]) if measured else (n - 1) * naive.per_copy_device_bytes
+                naive_device = int(mem["device_bytes"] + extra_dev)
             for bs in args.batch_size:
                 print(f"{n} resident clients, batch {bs} ...", flush=True)
                 t = measure_throughput(setup, n, bs, args.reps, naive, device, args.seed)
                 rows.append({"resident_clients": n, "batch_size": bs, "mixed_over_single": t["mixed_over_single"], "rss_bytes": mem["rss_bytes"],
                              "one_copy_per_client_rss_bytes": int(naive_rss), "device": str(device), "one_copy_per_client_rss_measured": measured,
-                             "device_bytes": mem["device_bytes"], "base_model_id": base.model_id, **t})
+                             "device_bytes": mem["device_bytes"], "one_copy_per_client_device_bytes": naive_device,
+                             "base_model_id": base.model_id, **t})
                 print(f"  mixed {t['mixed_questions_per_s']:.2f} q/s, single {t['single_questions_per_s']:.2f} q/s "
                       f"(mixed/single {t['mixed_over_single']:.3f}), one copy per client {t['one_copy_per_client_questions_per_s']:.2f} q/s", flush=True)
         del naive
@@ -526,13 +552,15 @@ def main(argv: list[str] | None = None) -> int:
                       f"call {a['one_pass_per_call']['questions_per_s']:.2f} q/s: {a['batched_over_one_pass_per_call']:.2f}x", flush=True)
         expert_bytes = float(np.mean([parameter_bytes(t.expert) for t in setup.tenants if t.expert is not None]))
         first, last = memory[0], memory[-1]
+        span = max(last["resident_clients"] - first["resident_clients"], 1)
         run = {"command": command, "environment": environment(), "device": str(device), "base_model_id": base.model_id,
                "random_init": bool(args.random_init_model), "base_parameters": sum(p.numel() for p in base.model.parameters()),
                "base_parameter_bytes": parameter_bytes(base.model), "schemas": [t.id for t in tables],
                "connector_bytes": {m.schema.name: parameter_bytes(m.encoder) + parameter_bytes(m.decoder) for m in setup.models.values()},
                "expert_parameter_bytes": expert_bytes, "rss_before_experts_bytes": rss_zero, "memory_points": memory,
-               "bytes_per_extra_client": (last["rss_bytes"] - first["rss_bytes"]) / max(last["resident_clients"] - first["resident_clients"], 1),
-               "one_copy_per_client_bytes_per_copy": per_copy,
+               "bytes_per_extra_client": (last["rss_bytes"] - first["rss_bytes"]) / span,
+               "device_bytes_per_extra_client": None if first["device_bytes"] is None else (last["device_bytes"] - first["device_bytes"]) / span,
+               "one_copy_per_client_bytes_per_copy": per_copy, "one_copy_per_client_device_bytes_per_copy": per_copy_device,
                "naive_copies_measured": naive_points,
                "asks": asks, "notes": setup.notes + [
                    "one copy per client: its throughput runs each client's rows of the same mixed batch on a model copy of its own "
