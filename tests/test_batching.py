@@ -92,17 +92,17 @@ def test_concurrent_callers_of_different_clients_and_schemas_share_one_pass(tiny
     batcher.close()
 
 
-def test_a_lone_request_waits_at_most_max_wait_ms(tiny_model):
-    batcher = MixedBatcher(BatchingLimits(max_wait_ms=50, max_batch_rows=32))
+def test_a_lone_request_waits_for_company_only_max_wait_ms_not_for_a_full_pass(tiny_model):
+    runner = GatedRunner()
+    runner.release.set()
+    batcher = MixedBatcher(BatchingLimits(max_wait_ms=200, max_batch_rows=32), run=runner)
     rows = _rows(tiny_model, _expert(tiny_model.schema, 1), 2, 5)
-    batcher.answer(rows)                                  # warm
     t = time.perf_counter()
-    batcher.answer(rows)
-    waited = time.perf_counter() - t
-    t = time.perf_counter()
-    answer_mixed(rows)
-    assert waited - (time.perf_counter() - t) < 0.05 + 0.5   # max_wait_ms plus scheduling slack, not the 32-row cap
-    assert batcher.stats().passes == 2
+    future = batcher.submit(rows)
+    assert runner.entered.wait(30), "a lone request must not wait for the 32-row cap"
+    assert time.perf_counter() - t >= 0.19                 # it did wait max_wait_ms for others to join
+    _assert_alone(future.result(60), rows)
+    assert batcher.stats().passes == 1
     batcher.close()
 
 

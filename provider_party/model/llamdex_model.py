@@ -89,12 +89,15 @@ class LlamdexModel(nn.Module):
         return self.prompts.batch(questions, self.config.num_tokens if with_slots else 0).to(self.base.device)
 
     def answer(self, questions: list[str], expert: nn.Module) -> Answer:
-        """One forward pass per batch: encode at layer j, run the expert, inject at layer k, read out."""
-        return _stack(answer_mixed([TenantQuery(q, self, expert) for q in questions]))
+        """One forward pass per batch: encode at layer j, run the expert, inject at layer k, read out.
+
+        The batch stays one padded pass (no length sub-batches), so it equals the split path at layer k
+        computed on the same batch (training, evaluation); serving goes through `answer_mixed`."""
+        return _stack(answer_mixed([TenantQuery(q, self, expert) for q in questions], split_cost=math.inf))
 
     def answer_base(self, questions: list[str]) -> Answer:
-        """The same question to the base LLM alone, read over the same verbalizer tokens."""
-        return _stack(answer_mixed([TenantQuery(q, self, None) for q in questions]))
+        """The same question to the base LLM alone, read over the same verbalizer tokens (one padded pass)."""
+        return _stack(answer_mixed([TenantQuery(q, self, None) for q in questions], split_cost=math.inf))
 
     @torch.inference_mode()
     def extract(self, questions: list[str]) -> list[torch.Tensor]:
