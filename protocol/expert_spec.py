@@ -46,7 +46,7 @@ class ExpertSpec:
                 raise SpecError(f"expert spec: {name} must be an integer in 1..{MAX_WIDTH}, got {v!r}")
         if self.num_classes < 2:
             raise SpecError("expert spec: num_classes must be at least 2")
-        if not 1 <= len(self.hidden) <= MAX_LAYERS or not all(isinstance(h, int) and 1 <= h <= MAX_WIDTH for h in self.hidden):
+        if not 1 <= len(self.hidden) <= MAX_LAYERS or not all(isinstance(h, int) and not isinstance(h, bool) and 1 <= h <= MAX_WIDTH for h in self.hidden):
             raise SpecError(f"expert spec: hidden must be 1..{MAX_LAYERS} integers in 1..{MAX_WIDTH}, got {list(self.hidden)!r}")
         if self.activation not in ACTIVATIONS:
             raise SpecError(f"expert spec: activation {self.activation!r} is not one of {sorted(ACTIVATIONS)}")

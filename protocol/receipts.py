@@ -299,7 +299,7 @@ def _parse(statement: Any, digest: str) -> Receipt:
 
     if not isinstance(statement, dict) or statement.get("_type") != STATEMENT_TYPE:
         raise bad("payload is not an in-toto Statement v1", "_type")
-    if statement.get("predicateType") not in RECEIPT_PREDICATE_TYPES:
+    if not isinstance(statement.get("predicateType"), str) or statement["predicateType"] not in RECEIPT_PREDICATE_TYPES:
         raise bad(f"predicateType is {statement.get('predicateType')!r}, expected one of {sorted(RECEIPT_PREDICATE_TYPES)}", "predicateType")
     if set(statement) != {"_type", "subject", "predicateType", "predicate"}:
         raise bad(f"unexpected statement members {sorted(set(statement))}", "statement members")

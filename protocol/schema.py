@@ -236,7 +236,7 @@ def _parse_schema(data: Any, where: str = "schema") -> PublicSchema:
         unknown = set(data) - _SCHEMA_KEYS
         _need(not unknown, f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(_SCHEMA_KEYS)}")
         fmt = data.get("format", SCHEMA_FORMAT)
-        _need(fmt in SCHEMA_FORMATS, f"{where}: 'format' is {fmt!r}; this version reads {sorted(SCHEMA_FORMATS)} "
+        _need(isinstance(fmt, str) and fmt in SCHEMA_FORMATS, f"{where}: 'format' is {fmt!r}; this version reads {sorted(SCHEMA_FORMATS)} "
               f"(write {SCHEMA_FORMAT!r} for a new schema)")
         for k in ("name", "version", "description", "subject"):
             _need(isinstance(data.get(k), str) and data[k].strip() != "", f"{where}: '{k}' must be a non-empty string")

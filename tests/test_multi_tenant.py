@@ -79,3 +79,85 @@ def test_concurrent_callers_get_the_answers_they_get_alone(tiny_model, tiny_defa
         assert len(runs) == 3
         for probs in runs:
             torch.testing.assert_close(probs, expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_serving_many_tenants_changes_no_shared_module_and_keeps_one_base(base_llm, tiny_model, tiny_default_model):
+    """Memory grows by experts and connectors only: every schema's model holds the one base LLM, and passes of
+    many tenants (concurrent too) leave every shared weight, buffer and mode exactly as they were."""
+    from tests.conftest import weights_digest
+
+    tenants = _tenants(tiny_model, tiny_default_model)
+    shared = {"base": base_llm.model, "titanic encoder": tiny_model.encoder, "titanic decoder": tiny_model.decoder,
+              "default encoder": tiny_default_model.encoder, "default decoder": tiny_default_model.decoder,
+              **{f"{name} expert": e for name, _, e, _ in tenants if e is not None}}
+    before = {k: (weights_digest(m), m.training) for k, m in shared.items()}
+    storage = sorted(p.data_ptr() for p in base_llm.model.parameters())
+    rows = [TenantQuery(q, m, e) for _, m, e, qs in tenants for q in qs]
+    threads = [threading.Thread(target=answer_mixed, args=(rows[i::2],)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert tiny_model.base is tiny_default_model.base is base_llm
+    assert tiny_model.lm.inner is tiny_default_model.lm.inner is base_llm.model.model
+    assert sorted(p.data_ptr() for p in base_llm.model.parameters()) == storage
+    assert {k: (weights_digest(m), m.training) for k, m in shared.items()} == before
+
+
+def test_the_layer_runner_matches_the_models_own_forward_with_and_without_padding(base_llm, tiny_model):
+    """One unpadded question runs causal attention without a mask (SDPA's fused kernels); a padded batch runs the
+    explicit mask. Both must read what the model's own forward reads at the answer position."""
+    qs = _questions(tiny_model.schema, 3, 5)
+    assert len({len(tiny_model.batch([q], with_slots=False).input_ids[0]) for q in qs}) > 1   # the batch below is padded
+    ids = tiny_model.verbalizer_ids
+    for batch_questions in ([qs[0]], qs):
+        batch = tiny_model.batch(batch_questions, with_slots=False)
+        with torch.inference_mode():
+            logits = base_llm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids).logits
+        expected = logits[:, -1, ids].float().softmax(-1)
+        torch.testing.assert_close(tiny_model.answer_base(batch_questions).probs, expected, rtol=1e-4, atol=1e-5)
+    unpadded = tiny_model.lm.inputs(torch.ones(1, 5, dtype=torch.long), torch.arange(5)[None])
+    assert unpadded.mask is None
+
+
+def _brute_force_cost(lengths, split_cost):
+    """The cheapest layout over every way of cutting the length-sorted rows (what length_buckets must find)."""
+    import itertools
+
+    s, best = sorted(lengths), float("inf")
+    for cuts in itertools.product([False, True], repeat=len(s) - 1):
+        cost, start = 0.0, 0
+        for i, c in enumerate([*cuts, True]):
+            if c:
+                cost += (i + 1 - start) * s[i] + (split_cost if start else 0.0)
+                start = i + 1
+        best = min(best, cost)
+    return best
+
+
+def test_length_buckets_find_the_cheapest_layout_and_keep_every_row_once():
+    import random
+
+    from provider_party.model.llamdex_model import length_buckets
+
+    rng = random.Random(0)
+    for _ in range(60):
+        lengths = [rng.choice([84, 97, 146]) + rng.randint(-15, 15) for _ in range(rng.randint(1, 8))]
+        split_cost = rng.choice([0, 8, 32, 200])
+        buckets = length_buckets(lengths, split_cost)
+        assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))
+        cost = sum(len(b) * max(lengths[i] for i in b) for b in buckets) + split_cost * (len(buckets) - 1)
+        assert cost == _brute_force_cost(lengths, split_cost)
+    assert length_buckets([80, 150], float("inf")) == [[0, 1]]           # never split
+    assert length_buckets([84, 85, 86], 32) == [[0, 1, 2]]               # padding cheaper than a sub-pass
+
+
+def test_sub_batches_of_similar_length_answer_as_one_padded_pass(tiny_model, tiny_default_model):
+    import math
+
+    rows = [TenantQuery(q, m, e) for _, m, e, qs in _tenants(tiny_model, tiny_default_model) for q in qs]
+    split = answer_mixed(rows, split_cost=0)                           # as many sub-batches as lengths
+    whole = answer_mixed(rows, split_cost=math.inf)                    # one padded pass
+    for a, b in zip(split, whole):
+        torch.testing.assert_close(a.probs, b.probs, rtol=1e-4, atol=1e-5)
+        assert (a.expert_probs is None) == (b.expert_probs is None)

