@@ -99,6 +99,14 @@ def _levels(values: pd.Series) -> list[str]:
     return sorted({str(v).strip() for v in values})
 
 
+def _looks_like_identifier(name: str, numbers: np.ndarray) -> bool:
+    """Distinct integers that count rows (consecutive) or sit in a column named like an id ('id', 'loan_id', 'rownames', ...)."""
+    if len(numbers) < MIN_IDENTIFIER_ROWS or len(np.unique(numbers)) != len(numbers):
+        return False
+    consecutive = bool(np.all(np.diff(np.sort(numbers)) == 1))
+    return consecutive or bool(re.search(r"(^|[\s_.\-])(id|index|key|row|rownames|number|no)$", words_of(name)))
+
+
 def _is_bool(levels: list[str]) -> bool:
     return len(levels) == 2 and {bool_level(v) for v in levels} == {"no", "yes"}
 
@@ -118,7 +126,7 @@ def draft_column(name: str, values: pd.Series) -> tuple[dict[str, Any] | None, s
         note = f"{name}: bool ({' / '.join(levels)}); check the description and aliases"
     elif numbers is not None:
         integral = bool(np.all(numbers == np.round(numbers)))
-        if integral and len(set(numbers.tolist())) == len(numbers) >= MIN_IDENTIFIER_ROWS:
+        if integral and _looks_like_identifier(name, numbers):
             return None, f"{name}: left out: every value is a distinct integer (a row number or an identifier?); add it by hand if it is a feature"
         col["type"] = "int" if integral else "float"
         col["min"] = PLACEHOLDER.format(bound="lower", column=name, extreme="minimum")

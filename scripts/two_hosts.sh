@@ -94,10 +94,10 @@ client() {
   local epochs=()
   [ -n "${EPOCHS:-}" ] && epochs=(--epochs "$EPOCHS")
   run client hello --config "$cfg" --wait "${WAIT:-120}"
-  run client train --dataset "$DATASET" --epsilon "${EPSILON:-1}" "${epochs[@]}" --key "$bundle/keys/$CLIENT_ID.key" --out "$art"
+  run client train --data "$DATASET" --epsilon "${EPSILON:-1}" "${epochs[@]}" --key "$bundle/keys/$CLIENT_ID.key" --out "$art"
   run client upload --config "$cfg" --artifact "$art" --dataset-id "$DATASET"
   run client customize --config "$cfg"
-  run client evaluate --config "$cfg" --max-questions "${MAX_QUESTIONS:-0}" --json "$bundle/workspace/scores.json"
+  run client evaluate --config "$cfg" --max-test "${MAX_QUESTIONS:-0}" --json "$bundle/workspace/scores.json"
   run client receipts --config "$cfg" --sync --export "$bundle/workspace/receipts.json"
 }
 

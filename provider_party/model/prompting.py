@@ -113,8 +113,8 @@ class PromptBuilder:
             by_token.setdefault(tid, []).append(word)
         clashes = [(tid, words) for tid, words in by_token.items() if len(words) > 1]
         if clashes:
-            what = "; ".join(f"{' and '.join(repr(w) for w in words)} both start with the token {self.tokenizer.decode([tid])!r}"
-                             for tid, words in clashes)
+            what = "; ".join(f"{' and '.join(repr(w) for w in words)} {'both' if len(words) == 2 else 'all'} start with the token "
+                             f"{self.tokenizer.decode([tid])!r}" for tid, words in clashes)
             raise SchemaError(
                 f"schema {self.schema.name!r}, label {self.schema.label.name!r}: {what} under this base LLM's tokenizer, but the answer "
                 "is read at the first token of each verbalizer (one forward pass), so these classes cannot be told apart; "
