@@ -234,3 +234,17 @@ def test_an_unreachable_provider_is_exit_7_with_what_to_check(tmp_path, capsys):
     code, _, err = run_main(["client", "hello", "--config", str(cfg)], capsys)
     assert code == 7 and err.count("\n") == 1
     assert "could not reach the other party: UNAVAILABLE" in err and "check that the server is running" in err
+
+
+def test_a_table_file_without_a_schema_points_to_schema_draft_before_anything_starts(tmp_path, capsys):
+    csv = tmp_path / "loans.csv"
+    csv.write_text("a,b\n1,2\n")
+    code, _, err = run_main(["demo", "--data", str(csv), "--out", str(tmp_path / "run")], capsys)
+    assert code == 3 and "no schema for" in err and "llamdex schema draft" in err
+    assert not (tmp_path / "run").exists()  # nothing was started or written
+
+
+def test_schema_goes_with_exactly_one_table(tmp_path, capsys):
+    code, _, err = run_main(["bench", "accuracy", "--data", "titanic,churn", "--schema", "s.json", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "--schema goes with exactly one --data file" in err
+    assert not (tmp_path / "accuracy.json").exists()

@@ -188,9 +188,16 @@ def _ask(args: argparse.Namespace) -> int:
         qs += [line.strip() for line in args.file.read_text().splitlines() if line.strip()]
     if not qs:
         raise UsageError("give questions as arguments or --file")
+    from tqdm.auto import tqdm
+
     cfg = config_from_args(args)
-    with cfg.provider_client(with_store=False) as pc:
-        answers = pc.ask(qs, artifact_digest=args.artifact_digest, include_base=args.include_base, batch_size=args.batch_size)
+    answers = []
+    with cfg.provider_client(with_store=False) as pc, \
+            tqdm(total=len(qs), desc="questions through Ask", unit="q", file=sys.stderr, disable=len(qs) <= args.batch_size) as bar:
+        for s in range(0, len(qs), args.batch_size):
+            answers += pc.ask(qs[s:s + args.batch_size], artifact_digest=args.artifact_digest, include_base=args.include_base,
+                              batch_size=args.batch_size)
+            bar.update(min(args.batch_size, len(qs) - s))
     if emit_json(args.json, [{"question": q, "answer": a.answer, "probs": list(a.probs), "expert_probs": list(a.expert_probs),
                               "base_probs": list(a.base_probs)} for q, a in zip(qs, answers)]):
         return 0

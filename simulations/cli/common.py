@@ -76,14 +76,14 @@ def add_data_args(p: argparse.ArgumentParser, *, multiple: bool = False, default
 
     NAME is a registered table (titanic, default, credit, churn, penguins, ...); FILE is a CSV or Parquet file
     whose public schema is `--schema` or the JSON beside it. With `multiple`, `--data` takes a comma-separated
-    list. `aliases` are old flag names (e.g. `--dataset`) kept as hidden aliases. `required` is checked by
-    `table_refs`, so that an alias satisfies it too.
+    list. `aliases` are old flag names (e.g. `--dataset`) kept as hidden aliases. `required` is enforced by
+    argparse, or, when there are aliases (which argparse would not count), by `table_refs`.
     """
     from client_party.datasets import DATASETS
 
     what = "comma-separated registered tables and/or CSV/Parquet files" if multiple else "a registered table or a CSV/Parquet file"
     registered = ", ".join(sorted(DATASETS))
-    p.add_argument("--data", default=default, metavar="NAME|FILE" + (",..." if multiple else ""),
+    p.add_argument("--data", default=default, required=required and not aliases, metavar="NAME|FILE" + (",..." if multiple else ""),
                    help=f"{what}; registered: {registered}" + (" (required)" if required else " (default: %(default)s)"))
     p.add_argument("--schema", default=None, metavar="S",
                    help="the public schema JSON of a --data file (default: the .schema.json beside it; `llamdex schema draft` writes one)")
