@@ -208,7 +208,8 @@ def describe_error(e: BaseException) -> ErrorReport:
             return ErrorReport(EXIT_VERIFICATION, f"verification failed: {one_line(str(e))} — do not use it; `llamdex audit` gives the full report")
         return ErrorReport(EXIT_INVALID, one_line(str(e)))
     if isinstance(e, SchemaError):
-        return ErrorReport(EXIT_INVALID, f"{one_line(str(e))} — fix the schema (check it with `llamdex schema check`)")
+        hint = "" if "schema check" in str(e) else " — fix the schema (check it with `llamdex schema check`)"
+        return ErrorReport(EXIT_INVALID, f"{one_line(str(e))}{hint}")
     if isinstance(e, (SpecError, BudgetError, LlamdexError)):
         return ErrorReport(EXIT_INVALID, one_line(str(e)))
     if isinstance(e, OSError) and getattr(e, "filename", None):
