@@ -89,8 +89,8 @@ def test_no_record_reaches_the_providers_synthesizer(name, monkeypatch):
         poisoned[col.name] = poisoned[col.name].sample(frac=1.0, random_state=1).to_numpy()
     calls = []
     for owner, attr in _real_table_sources():
-        original = getattr(owner, attr)
-        monkeypatch.setattr(owner, attr, lambda *a, _o=original, _n=attr, **k: calls.append(_n) or poisoned)
+        served = (poisoned, schema) if attr == "load_table" else poisoned
+        monkeypatch.setattr(owner, attr, lambda *a, _n=attr, _s=served, **k: calls.append(_n) or _s)
     assert fingerprint(build_corpus(schema, **sizes)) == clean
     assert calls == [], f"the synthesizer opened a table through {calls}"
 
