@@ -93,6 +93,9 @@ def test_one_name_per_concept(path):
     parser = dict(TREE)[path]
     shown = visible_options(parser)
     assert not shown & set(OLD_NAMES), f"`llamdex {' '.join(path)}` shows {sorted(shown & set(OLD_NAMES))}; use {OLD_NAMES}"
+    examples = " ".join(cli._example_lines(parser.epilog)) + " "
+    stale = [old for old in OLD_NAMES if f"{old} " in examples]
+    assert not stale, f"`llamdex {' '.join(path)} --help` examples use {stale}"
     json_actions = [a for a in parser._actions if "--json" in a.option_strings]
     for a in json_actions:  # --json alone prints JSON, --json FILE writes it
         assert a.nargs == "?" and a.const == "-", f"`llamdex {' '.join(path)} --json` must take an optional FILE"

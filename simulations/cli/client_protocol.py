@@ -64,7 +64,7 @@ def register_actions(csub: argparse._SubParsersAction) -> None:
     u = csub.add_parser("upload", help="upload a signed artifact to the provider and keep its verified receipt",
                         description="Pack the artifact folder (deterministic tar), upload it in chunks (resuming after a broken "
                         "stream), verify the provider's privacy receipt under the pinned provider key and keep it in the receipt store.",
-                        formatter_class=fmt, epilog="example:\n  llamdex client train --dataset titanic --epsilon 1 --key keys/alice.key --out art/\n"
+                        formatter_class=fmt, epilog="example:\n  llamdex client train --data titanic --epsilon 1 --key keys/alice.key --out art/\n"
                         "  llamdex client upload --config client.toml --artifact art/ --dataset-id titanic")
     u.add_argument("--artifact", type=Path, required=True, help="signed artifact folder (from `llamdex client train --key ...`)")
     u.add_argument("--dataset-id", required=True, help="the dataset it was trained on: its privacy budget is charged")
