@@ -18,8 +18,9 @@ GOLDEN_DIGESTS = {
     "default": "sha256:ba7b5db00cd8c778a123898cbb09ae32c179b3b333d5bb6150f6a1d6c6622a96",
     "credit": "sha256:88aa0544c3213c1dc599a7802fa9387951df12a6a935595be2fc602d01846a1b",
     "churn": "sha256:3368af74e9fc85b97b7da3750b83dbf1475aceb8f29c0561779c60f6be5a5cff",
+    "penguins": "sha256:0f9db785e6af2f23deb464aa6a0f1be48fb873f2682a6b8321f4e49f72b0f0e9",
 }
-SENSITIVE = {"titanic": "sex", "default": "student", "credit": "Marital", "churn": "international_plan"}
+SENSITIVE = {"titanic": "sex", "default": "student", "credit": "Marital", "churn": "international_plan", "penguins": "sex"}
 
 
 def minimal() -> dict:

@@ -165,4 +165,4 @@ def test_cli_check_reads_the_answer_words_with_the_base_llm(tmp_path, capsys, ba
             col["min"], col["max"] = 0, 10_000_000
     target.write_text(json.dumps(draft))
     code, out, _ = _llamdex(["schema", "check", "--data", str(csv)], capsys)
-    assert code == 3 and "'Very bad' and 'Very good'" in out and "start differently" in out
+    assert code == 3 and "'Very bad' and 'Very good' both start with the token 'Very'" in out and "starts differently" in out
