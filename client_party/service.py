@@ -105,9 +105,7 @@ class ClientParty:
 
     # --- train -------------------------------------------------------------------------------------------
     def check_policy(self, dataset_id: str, max_epsilon: float | None) -> None:
-        from client_party.datasets import DATASETS
-
-        offered = self.config.datasets or tuple(DATASETS)
+        offered = self.config.offered_datasets
         if dataset_id not in offered:
             raise RpcError("UNKNOWN_DATASET", f"this client offers datasets {list(offered)}, not {dataset_id!r}", rule="offered datasets")
         if max_epsilon is None or not (math.isfinite(max_epsilon) and max_epsilon > 0):
@@ -128,8 +126,13 @@ class ClientParty:
         from protocol.artifact import write_artifact
 
         t0 = time.perf_counter()
-        ref = dataset_id if isinstance(dataset_id, TableRef) else TableRef.parse(dataset_id)
-        dataset_id = ref.id
+        if isinstance(dataset_id, TableRef):
+            ref, dataset_id = dataset_id, dataset_id.id
+        elif dataset_id in self.config.tables:        # an own table of the client config's [tables]
+            ref = self.config.tables[dataset_id]
+        else:                                         # a registered table's name, or a file
+            ref = TableRef.parse(dataset_id)
+            dataset_id = ref.id
         df, schema = ref.load()
         train, test = split_table(df, schema, test_size=0.2, seed=seed)
         cfg = TrainConfig(seed=seed) if epsilon is None else TrainConfig.private(epsilon, seed=seed, target_delta=delta)
@@ -210,8 +213,11 @@ class ClientParty:
         from client_party.datasets import TableRef, encode_table, split_table
         from protocol.verbalizer import Verbalizer
 
-        table = info.get("table") or {"name": info["dataset_id"]}
-        ref = TableRef.parse(table["name"]) if "name" in table else TableRef.parse(table["path"], table.get("schema"))
+        table = info.get("table")
+        if table:       # what `train` remembered; older indexes only name the dataset
+            ref = TableRef.parse(table["name"]) if "name" in table else TableRef.parse(table["path"], table.get("schema"))
+        else:
+            ref = self.config.table(info["dataset_id"])
         df, schema = ref.load()
         _, test = split_table(df, schema, test_size=0.2, seed=int(info.get("seed", 0)))
         if max_questions and len(test) > max_questions:
@@ -223,6 +229,16 @@ class ClientParty:
     def evaluate(self, digest: str = "", max_questions: int = 0, batch_size: int = 16, include_base: bool = True,
                  on_batch: Any = None) -> dict[str, Any]:
         """Asks the held-out questions through the provider's Ask and scores them here (labels never leave)."""
+        for asked, total, result in self.evaluate_steps(digest, max_questions, batch_size, include_base):
+            if result is not None:
+                return result
+            if on_batch is not None and asked:
+                on_batch(asked, total)
+        raise AssertionError("evaluate_steps ends with the result")
+
+    def evaluate_steps(self, digest: str = "", max_questions: int = 0, batch_size: int = 16,
+                       include_base: bool = True) -> Iterator[tuple[int, int, dict[str, Any] | None]]:
+        """`evaluate` as it goes: (asked, total, None) before the first and after every Ask batch, then (total, total, scores)."""
         import numpy as np
 
         from client_party.expert_training import predict_proba
@@ -232,13 +248,14 @@ class ClientParty:
         digest, info = self.latest(digest)
         questions, x, y, schema = self.heldout_questions(info, max_questions)
         pc = self.provider()
+        size = batch_size or 16
+        yield 0, len(questions), None
         t0 = time.perf_counter()
         answers, calls = [], 0
-        for s in range(0, len(questions), batch_size or 16):
-            answers += pc.ask(questions[s:s + (batch_size or 16)], artifact_digest=digest, include_base=include_base, batch_size=batch_size or 16)
+        for s in range(0, len(questions), size):
+            answers += pc.ask(questions[s:s + size], artifact_digest=digest, include_base=include_base, batch_size=size)
             calls += 1
-            if on_batch is not None:
-                on_batch(len(answers), len(questions))
+            yield len(answers), len(questions), None
         ask_s = time.perf_counter() - t0
         llamdex = np.array([a.class_index for a in answers])
         verified = ArtifactVerifier([self.key.public_key()]).verify(info["folder"])
@@ -251,8 +268,9 @@ class ClientParty:
         rows.append(_score_row("expert", eps, y, expert_pred))
         rows.append(_score_row("llamdex", eps, y, llamdex))
         rows.append(_score_row("majority_class", None, y, np.full_like(y, np.bincount(y).argmax())))
-        return {"dataset_id": info["dataset_id"], "artifact_digest": digest, "rows": rows, "ask_seconds": ask_s, "ask_calls": calls,
-                "agreement_with_expert": float((llamdex == expert_pred).mean()), "n_test": int(len(y))}
+        yield len(questions), len(questions), {
+            "dataset_id": info["dataset_id"], "artifact_digest": digest, "rows": rows, "ask_seconds": ask_s, "ask_calls": calls,
+            "agreement_with_expert": float((llamdex == expert_pred).mean()), "n_test": int(len(y))}
 
 
 def _table_text(ref: Any) -> dict[str, str]:
@@ -281,6 +299,15 @@ def format_scores(dataset: str, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _evaluate_response(ev: dict[str, Any]) -> client_pb2.EvaluateResponse:
+    out = client_pb2.EvaluateResponse(dataset_id=ev["dataset_id"], ask_seconds=ev["ask_seconds"], ask_calls=ev["ask_calls"],
+                                      agreement_with_expert=ev["agreement_with_expert"])
+    for r in ev["rows"]:
+        out.rows.add(method=r["method"], has_epsilon=r["epsilon"] is not None, epsilon=r["epsilon"] or 0.0, accuracy=r["accuracy"],
+                     balanced_accuracy=r["balanced_accuracy"], macro_f1=r["macro_f1"], n_test=r["n_test"])
+    return out
+
+
 class ClientServicer(client_pb2_grpc.ClientServiceServicer):
     def __init__(self, party: ClientParty):
         self.party = party
@@ -298,10 +325,8 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
     @guard
     def Hello(self, request, context):
         who = self._caller(context)
-        from client_party.datasets import DATASETS
-
         return client_pb2.ClientHelloResponse(client_id=self.config.client_id, key_fingerprint=fingerprint(self.party.key),
-                                              datasets=list(self.config.datasets or DATASETS), max_epsilon=self.config.max_epsilon,
+                                              datasets=list(self.config.offered_datasets), max_epsilon=self.config.max_epsilon,
                                               provider_address=self.config.provider_address, caller=who)
 
     @guard
@@ -328,13 +353,18 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
     @guard
     def Evaluate(self, request, context):
         self._caller(context)
-        ev = self.party.evaluate(request.artifact_digest, request.max_questions, request.batch_size or 16, request.include_base)
-        out = client_pb2.EvaluateResponse(dataset_id=ev["dataset_id"], ask_seconds=ev["ask_seconds"], ask_calls=ev["ask_calls"],
-                                          agreement_with_expert=ev["agreement_with_expert"])
-        for r in ev["rows"]:
-            out.rows.add(method=r["method"], has_epsilon=r["epsilon"] is not None, epsilon=r["epsilon"] or 0.0, accuracy=r["accuracy"],
-                         balanced_accuracy=r["balanced_accuracy"], macro_f1=r["macro_f1"], n_test=r["n_test"])
-        return out
+        return _evaluate_response(self.party.evaluate(request.artifact_digest, request.max_questions, request.batch_size or 16,
+                                                      request.include_base))
+
+    @guard_stream
+    def WatchEvaluate(self, request, context):
+        self._caller(context)
+        for asked, total, result in self.party.evaluate_steps(request.artifact_digest, request.max_questions, request.batch_size or 16,
+                                                              request.include_base):
+            event = client_pb2.EvaluateEvent(asked=asked, total=total)
+            if result is not None:
+                event.result.CopyFrom(_evaluate_response(result))
+            yield event
 
     @guard
     def DeliverReceipt(self, request, context):

@@ -33,7 +33,7 @@ case "$cmd" in
     [ $# -ge 1 ] || usage
     bundle=$1; shift
     mapfile -t env_flags < <(opt --data "${DATASET:-}"; opt --epsilon "${EPSILON:-}"; opt --epochs "${EPOCHS:-}"
-                             opt --max-questions "${MAX_QUESTIONS:-}"; opt --wait "${WAIT:-}")
+                             opt --max-test "${MAX_QUESTIONS:-}"; opt --wait "${WAIT:-}")
     run client round --config "$bundle/client.toml" "${env_flags[@]}" "$@" ;;
   *) usage ;;
 esac

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from client_party.datasets import encode_table, load_table, split_table
+from client_party.datasets import TableRef, encode_table, split_table
 from client_party.expert_training import TrainConfig, train_expert
 from protocol.expert_spec import load_expert_state
 from provider_party.model.base_llm import EMBEDDED, load_base_llm
@@ -43,12 +43,19 @@ class PipelineResult:
     questions: list[str] = field(default_factory=list, repr=False)  # the held-out questions evaluated, in test order
 
 
-def run_pipeline(dataset: str = "titanic", epsilons: tuple[float | None, ...] = (None, 1.0, 4.0), *, preset: Preset | str = "default",
+def run_pipeline(table: TableRef | str = "titanic", epsilons: tuple[float | None, ...] = (None, 1.0, 4.0), *, preset: Preset | str = "default",
                  seed: int = 0, max_test: int | None = None, max_train: int | None = None, base_model: str = EMBEDDED,
                  connectors_root=None, retrain: bool = False, progress: bool = True, log=print) -> PipelineResult:
+    """Client experts (one per ε; None = no DP), the provider's connectors for the schema, and the evaluation.
+
+    `table` is a `TableRef` (a registered table, or a CSV/Parquet file with its schema) or the text
+    `--data` takes (a registered name or a file path). Rows and results are named by `table.id`.
+    """
+    table = table if isinstance(table, TableRef) else TableRef.parse(table)
+    dataset = table.id
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    df, schema = load_table(dataset)
+    df, schema = table.load()
     train, test = split_table(df, schema, test_size=0.2, seed=seed)
     if max_train is not None and len(train) > max_train:
         train, _ = split_table(train, schema, test_size=1 - max_train / len(train), seed=seed)

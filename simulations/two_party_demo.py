@@ -8,11 +8,13 @@ loopback, and then acts as the orchestrator (its own certificate, CN `orchestrat
      it, uploads it (chunked) and verifies and keeps the provider's privacy receipt;
   2. ClientService.Customize: the client asks the provider to customize (connector job), the
      progress streams back (WatchJob) into a progress bar;
-  3. ClientService.Evaluate: the client asks its held-out questions through the provider's Ask and
-     scores the answers itself (the labels never leave it);
+  3. ClientService.WatchEvaluate: the client asks its held-out questions through the provider's Ask,
+     batch by batch (a progress bar here), and scores the answers itself (the labels never leave it);
   4. ClientService.ListReceipts: the verified receipt chain, verified again here.
 
-Every file of the run lands in `run_dir`, the provider's connector store included
+The client's table is any `TableRef`: a registered table, or a CSV/Parquet file with its schema (the
+client's config then names it in `[tables.ID]`). Every file of the run lands in `run_dir`, the
+provider's connector store included
 (`run_dir/provider/connectors`); pass `connectors_root` (e.g. `$LLAMDEX_HOME/connectors`) to let the
 provider reuse connectors trained before for the same base model and schema.
 """
@@ -98,11 +100,15 @@ def write_provider_config(path: Path, *, listen: str, clients: list[dict[str, An
 
 
 def write_client_config(path: Path, *, client_id: str, listen: str, provider_address: str, max_epsilon: float, datasets: list[str],
-                        plaintext: bool = False, server_name: str | None = None) -> Path:
+                        plaintext: bool = False, server_name: str | None = None, tables: dict[str, Any] | None = None) -> Path:
+    """client.toml: `datasets` are registered tables; `tables` maps a dataset id to a `TableRef` of a file (absolute paths)."""
     sections = [("[client]", {"id": client_id, "key": f"../keys/{client_id}.key", "workspace": "workspace", "max_epsilon": max_epsilon,
                               "datasets": datasets, "listen": listen, "allowed_callers": [PROVIDER_ID, ORCHESTRATOR_ID]}),
                 ("[provider]", {"address": provider_address, "public_key": "../keys/provider.pub", "server_name": server_name}),
                 ("[tls]", {"plaintext": True} if plaintext else {"ca": "../certs/ca.pem", "cert": f"../certs/{client_id}.pem", "key": f"../certs/{client_id}.key"})]
+    for name, ref in (tables or {}).items():
+        sections.append((f"[tables.{name}]", {"data": str(Path(ref.path).resolve()),
+                                               "schema": str(Path(ref.schema_path).resolve()) if ref.schema_path else None}))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("# written by simulations/two_party_demo.py\n" + _toml(sections))
     return path
@@ -177,13 +183,17 @@ def _fmt_receipt(r: Any) -> str:
     return describe(r)
 
 
-def run_two_party_demo(run_dir: Path, epsilon: float = 1.0, preset: str | dict = "quick", dataset: str = "titanic", seed: int = 0, *,
+def run_two_party_demo(run_dir: Path, epsilon: float = 1.0, preset: str | dict = "quick", table: Any = "titanic", seed: int = 0, *,
                        client_id: str = "alice", epsilon_budget: float = 4.0, max_questions: int = 0, include_base: bool = True,
                        connectors_root: Path | None = None, log: Callable[[str], None] = print) -> int:
-    """Runs the main job over gRPC with mutual TLS on loopback; returns 0 on success."""
+    """Runs the main job over gRPC with mutual TLS on loopback; returns 0 on success.
+
+    `table` is a `TableRef` or the text `--data` takes (a registered name, or a CSV/Parquet file whose schema is beside it).
+    """
     import grpc
     from protocol.progress import progress_bar as tqdm   # one line per update in a file or pipe
 
+    from client_party.datasets import TableRef
     from client_party.service import format_scores
     from protocol.receipts import verify_chain, verify_receipt
     from protocol.rpc.llamdex.v1 import client_pb2, client_pb2_grpc
@@ -191,6 +201,8 @@ def run_two_party_demo(run_dir: Path, epsilon: float = 1.0, preset: str | dict =
     from protocol.wire import JOB_STATE_NAMES, receipt_envelope
 
     t_start = time.perf_counter()
+    table = table if isinstance(table, TableRef) else TableRef.parse(table)
+    dataset = table.id
     layout = RunLayout(Path(run_dir).resolve())
     layout.root.mkdir(parents=True, exist_ok=True)
     log(f"[run] {layout.root}")
@@ -202,14 +214,15 @@ def run_two_party_demo(run_dir: Path, epsilon: float = 1.0, preset: str | dict =
                                  clients=[{"id": client_id, "public_key": f"../keys/{client_id}.pub", "epsilon_budget": epsilon_budget,
                                            "callback": c_addr}])
     ccfg = write_client_config(layout.client / "client.toml", client_id=client_id, listen=c_addr, provider_address=p_addr,
-                               max_epsilon=max(epsilon, 1.0) * 4, datasets=[dataset])
+                               max_epsilon=max(epsilon, 1.0) * 4, datasets=[table.name] if table.name else [],
+                               tables={} if table.name else {dataset: table})
     procs = [
         ("provider", spawn(["provider", "serve", "--config", str(pcfg)], layout.provider / "provider.log"), layout.provider / "provider.log"),
         ("client", spawn(["client", "serve", "--config", str(ccfg)], layout.client / "client.log", threads=1), layout.client / "client.log"),
     ]
     log(f"[run] provider pid {procs[0][1].pid} on {p_addr}, client pid {procs[1][1].pid} on {c_addr} (mutual TLS; logs in provider/ and client/)")
     orch = TLSFiles.in_folder(layout.certs, ORCHESTRATOR_ID)
-    results: dict[str, Any] = {"dataset": dataset, "epsilon_target": epsilon, "preset": preset if isinstance(preset, str) else preset.get("name", "custom"), "seed": seed, "provider": p_addr, "client": c_addr}
+    results: dict[str, Any] = {"dataset": dataset, "data": str(table), "epsilon_target": epsilon, "preset": preset if isinstance(preset, str) else preset.get("name", "custom"), "seed": seed, "provider": p_addr, "client": c_addr}
     try:
         wait_healthy(p_addr, orch, "llamdex.v1.ProviderService", procs)
         wait_healthy(c_addr, orch, "llamdex.v1.ClientService", procs)
@@ -253,8 +266,16 @@ def run_two_party_demo(run_dir: Path, epsilon: float = 1.0, preset: str | dict =
                 f"schema {last.result.schema_digest[:19]}… in {results['customize_s']:.0f} s")
 
             t = time.perf_counter()
-            ev_resp = client.Evaluate(client_pb2.EvaluateRequest(artifact_digest=tr.artifact_digest, max_questions=max_questions, batch_size=16,
-                                                                 include_base=include_base), timeout=3600)
+            ev_resp = None
+            with tqdm(total=max_questions or tr.n_test, desc="[client] held-out questions through Ask", unit="q", file=sys.stdout) as bar:
+                for ev in client.WatchEvaluate(client_pb2.EvaluateRequest(artifact_digest=tr.artifact_digest, max_questions=max_questions,
+                                                                         batch_size=16, include_base=include_base), timeout=3600):
+                    bar.total = ev.total
+                    bar.update(ev.asked - bar.n)
+                    if ev.HasField("result"):
+                        ev_resp = ev.result
+            if ev_resp is None:
+                raise RuntimeError("the client's evaluation ended without a result")
             results["evaluate_s"] = time.perf_counter() - t
             rows = [{"method": r.method, "epsilon": r.epsilon if r.has_epsilon else None, "accuracy": r.accuracy,
                      "balanced_accuracy": r.balanced_accuracy, "macro_f1": r.macro_f1, "n_test": r.n_test} for r in ev_resp.rows]
@@ -285,22 +306,3 @@ def run_two_party_demo(run_dir: Path, epsilon: float = 1.0, preset: str | dict =
         (layout.root / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
         log(f"[run] stopped provider and client; {results['total_s']:.0f} s in all; results in {layout.root / 'results.json'}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run-dir", type=Path, default=Path("runs") / time.strftime("two-party-%Y%m%d-%H%M%S"))
-    ap.add_argument("--epsilon", type=float, default=1.0)
-    ap.add_argument("--preset", default="quick")
-    ap.add_argument("--dataset", default="titanic")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-questions", type=int, default=0, help="held-out questions to ask (0 = all)")
-    ap.add_argument("--connectors", type=Path, default=None, help="connector store to reuse (default: a fresh one in the run folder)")
-    a = ap.parse_args(argv)
-    return run_two_party_demo(a.run_dir, a.epsilon, a.preset, a.dataset, a.seed, max_questions=a.max_questions, connectors_root=a.connectors)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

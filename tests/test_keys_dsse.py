@@ -149,10 +149,20 @@ def test_sign_verify_roundtrip_json():
     verify_envelope(env3.to_json(), key.public_key())
 
 
-def test_p384_uses_sha384():
-    key = generate_private_key("P-384")
+@pytest.mark.parametrize("curve, used, other", [("P-256", "SHA256", "SHA384"), ("P-384", "SHA384", "SHA256"), ("P-521", "SHA512", "SHA256")])
+def test_each_curve_signs_with_its_own_hash(curve, used, other):
+    """The signature checks out, with cryptography alone, under ECDSA with the curve's hash over PAE, and not under another hash."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = generate_private_key(curve)
     env = sign_envelope(b"x", "text/plain", key)
     verify_envelope(env, key.public_key())
+    sig, message = env.signatures[0].sig, pae("text/plain", b"x")
+    key.public_key().verify(sig, message, ec.ECDSA(getattr(hashes, used)()))
+    with pytest.raises(InvalidSignature):
+        key.public_key().verify(sig, message, ec.ECDSA(getattr(hashes, other)()))
 
 
 @pytest.mark.parametrize("case", ["payload", "type", "wrong_key", "sig_bytes"])

@@ -63,7 +63,7 @@ def test_bundle_refuses_to_overwrite_and_names_the_flag(tmp_path, capsys):
 @pytest.mark.parametrize("verb, defaults", [
     (["hosts", "bundle"], ["--port PORT", "(default: 50051", "--budget BUDGET", "(default: 4.0)", "--preset {quick,default,tiny}",
                            "(default: quick;", "--out OUT", "(default: bundles)", "--client-id", "(default: alice)"]),
-    (["client", "round"], ["--data NAME|FILE", "(default: titanic)", "--epsilon EPSILON", "(default: 1.0;", "--max-questions",
+    (["client", "round"], ["--data NAME|FILE", "(default: titanic)", "--epsilon EPSILON", "(default: 1.0;", "--max-test",
                            "(default: 0 = all of them)", "--wait SECONDS", "(default: 120.0)", "--preset", "(default: the provider's own)"]),
     (["provider", "serve"], ["--log-level", "LLAMDEX_LOG_LEVEL", "--grace SECONDS", "else 10)"]),
     (["health"], ["--ready", "(default)", "--live", "--timeout", "(default: 5.0)", "--wait SECONDS"]),

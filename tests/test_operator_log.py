@@ -76,12 +76,12 @@ def test_the_log_level_comes_from_the_flag_else_the_environment_else_the_config_
     from simulations.cli.provider_serve import server_log_level
 
     monkeypatch.delenv("LLAMDEX_LOG_LEVEL", raising=False)
-    assert server_log_level(Namespace(server_log_level=None), None) == "info"
-    assert server_log_level(Namespace(server_log_level=None), "warning") == "warning"
+    assert server_log_level(Namespace(log_level=None), None) == "info"
+    assert server_log_level(Namespace(log_level=None), "warning") == "warning"
     monkeypatch.setenv("LLAMDEX_LOG_LEVEL", "error")
-    assert server_log_level(Namespace(server_log_level=None), "warning") == "error"
-    assert server_log_level(Namespace(server_log_level="debug"), "warning") == "debug"
-    assert server_log_level(Namespace(server_log_level=None, verbose=True), "warning") == "debug"
+    assert server_log_level(Namespace(log_level=None), "warning") == "error"
+    assert server_log_level(Namespace(log_level="debug"), "warning") == "debug"
+    assert server_log_level(Namespace(log_level=None, verbose=True), "warning") == "debug"
     monkeypatch.setenv("LLAMDEX_LOG_LEVEL", "loud")
     with pytest.raises(SystemExit, match="LLAMDEX_LOG_LEVEL='loud'"):
-        server_log_level(Namespace(server_log_level=None), None)
+        server_log_level(Namespace(log_level=None), None)

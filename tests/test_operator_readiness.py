@@ -122,17 +122,17 @@ def test_llamdex_health_reports_liveness_and_readiness_over_mutual_tls_with_prob
     try:
         assert main(["health", server.address, "--live", *tls_flags]) == 0
         assert "liveness: SERVING" in capsys.readouterr().out
-        assert main(["health", server.address, "--ready", *tls_flags]) == 4
+        assert main(["health", server.address, "--ready", *tls_flags]) == 1
         assert "readiness (llamdex.v1.ProviderService): NOT_SERVING" in capsys.readouterr().out
         gate.set()
         assert main(["health", server.address, "--ready", "--wait", "60", *tls_flags]) == 0
         assert "readiness (llamdex.v1.ProviderService): SERVING" in capsys.readouterr().out
-        assert main(["health", server.address, "--service", "no.such.Service", *tls_flags]) == 4
+        assert main(["health", server.address, "--service", "no.such.Service", *tls_flags]) == 1
         assert "SERVICE_UNKNOWN" in capsys.readouterr().out
     finally:
         gate.set()
         server.stop(0)
-    assert main(["health", server.address, "--live", *tls_flags]) == 3          # stopped: nothing answers
+    assert main(["health", server.address, "--live", *tls_flags]) == 7          # stopped: nothing answers
     err = capsys.readouterr().err.strip()
     assert "[UNREACHABLE]" in err and "\n" not in err
 

@@ -18,8 +18,9 @@ GOLDEN_DIGESTS = {
     "default": "sha256:6db7ecffc8b6d282f8e8d9ebd30cc8534f342fb38c5dffbe36a071db230ae1d7",
     "credit": "sha256:03d17b39287f5e2c55ce1dc1d896e8fc2f51012151a630293a37767d88f0e258",
     "churn": "sha256:7f05727cb2f600feb5d5edcc0486f7caf56a8b890e7959822d27edcec35ce394",
+    "penguins": "sha256:0586068b35d3bb655b80692d4d3f1ed897b475d3c773f770896eeb038bffc4d2",
 }
-SENSITIVE = {"titanic": "sex", "default": "student", "credit": "Marital", "churn": "international_plan"}
+SENSITIVE = {"titanic": "sex", "default": "student", "credit": "Marital", "churn": "international_plan", "penguins": "sex"}
 
 
 def minimal() -> dict:

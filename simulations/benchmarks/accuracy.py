@@ -1,6 +1,7 @@
-"""Accuracy benchmark: base LLM, expert and Llamdex (no DP, ε=1, ε=4) on the four bundled tables.
+"""Accuracy benchmark: base LLM, expert and Llamdex (no DP, ε=1, ε=4) on the registered tables, or on any table.
 
-Run: `python -m simulations.benchmarks.accuracy` (or `make bench`). Writes
+Run: `python -m simulations.benchmarks.accuracy` (or `llamdex bench accuracy`, or `make bench`); `--data`
+takes registered tables and CSV/Parquet files with their schemas. Writes
 docs/results/accuracy.json, docs/results/accuracy.png and the `accuracy` section of docs/RESULTS.md.
 Connectors are retrained for every schema so their wall time is measured, not read from a cache.
 """
@@ -13,10 +14,9 @@ import time
 from pathlib import Path
 
 from simulations.benchmarks.results_md import RESULTS_DIR, environment, results_md_path, update_section, write_json
-from simulations.cli.common import epsilon_list, set_threads
-from simulations.pipeline import format_table, run_pipeline
+from simulations.cli.common import add_connectors_arg, add_data_args, add_out_arg, epsilon_list, set_threads, table_refs
 
-DATASETS = ("titanic", "default", "credit", "churn")
+DATASETS = ("titanic", "default", "credit", "churn", "penguins")
 
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:
@@ -24,6 +24,8 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
 
 
 def markdown(payload: dict) -> str:
+    from simulations.pipeline import format_table  # the pipeline (torch, the model) loads only when a benchmark runs
+
     rows = payload["rows"]
     lines = [
         "## Accuracy on real held-out records (issue: Llamdex core)",
@@ -86,25 +88,33 @@ def plot(payload: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m simulations.benchmarks.accuracy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", default=",".join(DATASETS))
-    ap.add_argument("--epsilons", type=epsilon_list, default=[None, 1.0, 4.0])
+def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The benchmark's options, shared by `python -m simulations.benchmarks.accuracy` and `llamdex bench accuracy`."""
+    add_data_args(ap, multiple=True, default=",".join(DATASETS), aliases=("--datasets",))
+    ap.add_argument("--epsilons", type=epsilon_list, default=[None, 1.0, 4.0], help="ε of the DP experts; 'none' = no DP (default: none,1,4)")
     ap.add_argument("--preset", default="default", choices=["default", "quick"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-test", type=int, default=1000, help="stratified subsample of the held-out split (default 1000)")
-    ap.add_argument("--connectors", type=Path, default=None, help="connector store (default $LLAMDEX_HOME/connectors)")
+    add_connectors_arg(ap, help="connector store (default $LLAMDEX_HOME/connectors)")
     ap.add_argument("--no-retrain", action="store_true", help="reuse stored connectors (timing then not measured)")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
-    args = ap.parse_args(argv)
+    add_out_arg(ap, default=RESULTS_DIR, help="folder of the JSON, the plot and RESULTS.md's section (default: docs/results)",
+                aliases=("--results-dir",))
+    return ap
+
+
+def run(args: argparse.Namespace, command: str) -> int:
+    from simulations.pipeline import format_table, run_pipeline
+
     set_threads(args.threads)
-    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
-    payload = {"command": "python -m simulations.benchmarks.accuracy " + " ".join(sys.argv[1:] if argv is None else argv), "preset": args.preset, "seed": args.seed,
+    tables = table_refs(args)
+    datasets = [t.id for t in tables]
+    payload = {"command": command, "preset": args.preset, "seed": args.seed,
                "datasets": datasets, "epsilons": args.epsilons, "environment": environment(), "rows": [], "extraction": {}, "connectors": {}, "dp": {}}
     t0 = time.perf_counter()
-    for ds in datasets:
-        res = run_pipeline(ds, tuple(args.epsilons), preset=args.preset, seed=args.seed, max_test=args.max_test,
+    for table in tables:
+        ds = table.id
+        res = run_pipeline(table, tuple(args.epsilons), preset=args.preset, seed=args.seed, max_test=args.max_test,
                            connectors_root=args.connectors, retrain=not args.no_retrain)
         payload["rows"] += res.rows
         payload["extraction"][ds] = res.extraction
@@ -112,13 +122,20 @@ def main(argv: list[str] | None = None) -> int:
         payload["dp"][ds] = res.dp
         payload.setdefault("timings", {})[ds] = res.timings
         print(format_table(res.rows), flush=True)
-        write_json("accuracy.json", payload, args.results_dir)  # partial results survive an interruption
+        write_json("accuracy.json", payload, args.out)  # partial results survive an interruption
     payload["wall_s"] = time.perf_counter() - t0
-    write_json("accuracy.json", payload, args.results_dir)
-    plot(payload, args.results_dir / "accuracy.png")
-    update_section("accuracy", markdown(payload), results_md_path(args.results_dir))
-    print(f"wrote {args.results_dir / 'accuracy.json'} and docs/RESULTS.md in {payload['wall_s'] / 60:.1f} min")
+    write_json("accuracy.json", payload, args.out)
+    plot(payload, args.out / "accuracy.png")
+    update_section("accuracy", markdown(payload), results_md_path(args.out))
+    print(f"wrote {args.out / 'accuracy.json'} and docs/RESULTS.md in {payload['wall_s'] / 60:.1f} min")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = add_arguments(argparse.ArgumentParser(prog="python -m simulations.benchmarks.accuracy", description=__doc__,
+                                               formatter_class=argparse.RawDescriptionHelpFormatter))
+    args = ap.parse_args(argv)
+    return run(args, "python -m simulations.benchmarks.accuracy " + " ".join(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Inference cost: a Llamdex query against the same question to the base LLM, side by side.
 
-Run: `python -m simulations.benchmarks.inference` (or `make bench`). For each batch size the two
+Run: `python -m simulations.benchmarks.inference` (or `llamdex bench inference`, or `make bench`); `--data`
+takes registered tables and CSV/Parquet files with their schemas. For each batch size the two
 calls alternate on the same real held-out questions (order flipped every repetition, so drift on a
 noisy machine hits both), and the medians and their ratio are written to
 docs/results/inference.json and the `inference` section of docs/RESULTS.md.
@@ -14,30 +15,37 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from simulations.benchmarks.results_md import RESULTS_DIR, environment, results_md_path, update_section, write_json
-from simulations.cli.common import set_threads
+from simulations.cli.common import add_connectors_arg, add_data_args, add_out_arg, set_threads, table_refs
+
+DATASETS = ("titanic", "default", "credit", "churn", "penguins")
 
 
-def measure(dataset: str, batch_sizes: tuple[int, ...], reps: int, preset: str, connectors: Path | None, seed: int = 0) -> dict:
-    """Builds the table's non-DP expert and the stored (or newly trained) connectors, then times them."""
-    from client_party.datasets import encode_table, load_table, split_table
+def measure(table, batch_sizes: tuple[int, ...], reps: int, preset: str, connectors: Path | None, seed: int = 0) -> dict:
+    """Builds the table's non-DP expert and the stored (or newly trained) connectors, then times them.
+
+    `table` is a `TableRef` or the text `--data` takes (a registered name, or a CSV/Parquet file with its schema beside it).
+    """
+    from client_party.datasets import TableRef, encode_table, split_table
     from client_party.expert_training import TrainConfig, train_expert
     from provider_party.model.base_llm import load_base_llm
     from provider_party.model.connector_store import ConnectorStore
     from simulations.evaluation import test_questions
 
-    df, schema = load_table(dataset)
+    table = table if isinstance(table, TableRef) else TableRef.parse(table)
+    df, schema = table.load()
     train, test = split_table(df, schema, seed=seed)
     expert = train_expert(*encode_table(train, schema), schema, TrainConfig(seed=seed)).model
     base = load_base_llm()
     model, _ = ConnectorStore(connectors).get_or_train(base, schema, preset, seed=seed)
-    return measure_model(dataset, model, expert, test_questions(model, test, seed), batch_sizes, reps, seed)
+    return measure_model(table.id, model, expert, test_questions(model, test, seed), batch_sizes, reps, seed)
 
 
 def measure_model(dataset: str, model, expert, questions: list[str], batch_sizes: tuple[int, ...], reps: int, seed: int = 0) -> dict:
     """Median latency of the base LLM and of Llamdex on the same questions, calls alternated."""
+    import torch
+
     n_base = float(np.mean([model.batch([q], with_slots=False).input_ids.shape[1] for q in questions[:200]]))
     n_ll = float(np.mean([model.batch([q]).input_ids.shape[1] for q in questions[:200]]))
     out = {"dataset": dataset, "num_tokens": model.config.num_tokens, "inject_layer": model.config.inject_layer,
@@ -74,24 +82,34 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m simulations.benchmarks.inference", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", default="titanic,default,credit,churn")
+def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The benchmark's options, shared by `python -m simulations.benchmarks.inference` and `llamdex bench inference`."""
+    add_data_args(ap, multiple=True, default=",".join(DATASETS), aliases=("--datasets",))
     ap.add_argument("--batch-sizes", default="1,16")
     ap.add_argument("--reps", type=int, default=30, help="repetitions per batch size (batch 16 uses a third)")
     ap.add_argument("--preset", default="default", choices=["default", "quick"], help="preset used only if no connectors are stored yet")
-    ap.add_argument("--connectors", type=Path, default=None)
+    add_connectors_arg(ap, help="connector store (default $LLAMDEX_HOME/connectors)")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
-    args = ap.parse_args(argv)
+    add_out_arg(ap, default=RESULTS_DIR, help="folder of the JSON and RESULTS.md's section (default: docs/results)", aliases=("--results-dir",))
+    return ap
+
+
+def run(args: argparse.Namespace, command: str) -> int:
     set_threads(args.threads)
     sizes = tuple(int(s) for s in args.batch_sizes.split(","))
-    payload = {"command": "python -m simulations.benchmarks.inference " + " ".join(sys.argv[1:] if argv is None else argv), "environment": environment(), "results": []}
-    for ds in [d.strip() for d in args.datasets.split(",") if d.strip()]:
-        payload["results"].append(measure(ds, sizes, args.reps, args.preset, args.connectors))
-        write_json("inference.json", payload, args.results_dir)
-    update_section("inference", markdown(payload), results_md_path(args.results_dir))
+    payload = {"command": command, "environment": environment(), "results": []}
+    for table in table_refs(args):
+        payload["results"].append(measure(table, sizes, args.reps, args.preset, args.connectors))
+        write_json("inference.json", payload, args.out)
+    update_section("inference", markdown(payload), results_md_path(args.out))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = add_arguments(argparse.ArgumentParser(prog="python -m simulations.benchmarks.inference", description=__doc__,
+                                               formatter_class=argparse.RawDescriptionHelpFormatter))
+    args = ap.parse_args(argv)
+    return run(args, "python -m simulations.benchmarks.inference " + " ".join(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

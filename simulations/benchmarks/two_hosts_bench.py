@@ -126,7 +126,7 @@ def run_two_hosts(work: Path, *, data: str = "titanic", preset: str = "quick", e
             record["first_start_to_ready_s"] = time.perf_counter() - t0
 
             round_json = work / "round.json"
-            argv = ["client", "round", "--config", ccfg, "--data", data, "--epsilon", str(epsilon), "--max-questions", str(max_questions),
+            argv = ["client", "round", "--config", ccfg, "--data", data, "--epsilon", str(epsilon), "--max-test", str(max_questions),
                     "--json", str(round_json)] + (["--epochs", str(epochs)] if epochs else [])
             r, seconds = _llamdex(pair, "client", argv, threads, 6 * 3600)
             (work / "round.log").write_text(r.stdout + r.stderr)

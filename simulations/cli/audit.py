@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
+
+from simulations.cli.common import UsageError, add_json_arg, emit_json
 
 DESCRIPTION = """\
 Verify, offline and from files only, what a client uploaded and what a provider recorded:
@@ -31,8 +31,8 @@ examples:
   llamdex audit --artifact runs/titanic-eps1 --client-key keys/client.pub \\
                 --receipts runs/receipts/ --provider-key keys/provider.pub
   # the provider's ledger (a copy of the SQLite file is opened, the original is untouched)
-  llamdex audit --ledger provider/ledger.sqlite --provider-key keys/provider.pub --verbose
-  # everything, with a machine-readable report
+  llamdex audit --ledger provider/ledger.sqlite --provider-key keys/provider.pub --show-passing
+  # everything, with a machine-readable report (--json alone prints it instead of the text)
   llamdex audit --artifact a1 --artifact a2 --receipts receipts.jsonl --ledger ledger.sqlite \\
                 --client-key client.pub --provider-key provider.pub --json audit.json
 """
@@ -46,8 +46,8 @@ def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--client-key", action="append", type=Path, default=[], metavar="PEM",
                    help="a trusted client public key for artifact signatures (repeatable)")
     p.add_argument("--provider-key", type=Path, metavar="PEM", help="the provider's public key for receipts and the ledger")
-    p.add_argument("--json", type=Path, metavar="FILE", help="also write the full report as JSON")
-    p.add_argument("--verbose", action="store_true", help="print passing checks too")
+    add_json_arg(p, "the full report")
+    p.add_argument("--show-passing", action="store_true", help="print passing checks too")
     return p
 
 
@@ -62,19 +62,12 @@ def run(args: argparse.Namespace) -> int:
     from simulations.audit import run_audit
 
     if not (args.artifact or args.receipts or args.ledger):
-        print("llamdex audit: give at least one of --artifact, --receipts, --ledger (see --help)", file=sys.stderr)
-        return 2
+        raise UsageError("give at least one of --artifact, --receipts, --ledger")
     report = run_audit(artifacts=args.artifact, receipts=args.receipts, ledger=args.ledger,
                        client_keys=args.client_key or None, provider_key=args.provider_key)
-    print(report.render(verbose=args.verbose))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report.to_dict(), indent=2, default=_json_default) + "\n")
+    if not emit_json(args.json, report.to_dict()):
+        print(report.render(verbose=args.show_passing))
     return 0 if report.ok else 1
-
-
-def _json_default(v):
-    return str(v)
 
 
 def main(argv: list[str] | None = None) -> int:

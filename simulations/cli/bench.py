@@ -1,22 +1,43 @@
-"""`llamdex bench ...`: run a benchmark and write docs/results/*.json and docs/RESULTS.md."""
+"""`llamdex bench ...`: run a benchmark and write docs/results/*.json and its section of docs/RESULTS.md.
+
+A benchmark module of `WITH_OPTIONS` exposes `add_arguments(parser)` and `run(args, command)` and is cheap to
+import: it gets a real sub-command (its options in `llamdex bench NAME --help`). The others expose `main(argv)`
+and receive the options as they are (`llamdex bench NAME -- --help` shows them).
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 
 BENCHMARKS = {
-    "accuracy": "simulations.benchmarks.accuracy",
-    "inference": "simulations.benchmarks.inference",
-    "privacy": "simulations.benchmarks.privacy_utility",
-    "protocol": "simulations.benchmarks.protocol_bench",
+    "accuracy": ("simulations.benchmarks.accuracy", "accuracy of base LLM, expert and Llamdex on real held-out records",
+                 "llamdex bench accuracy --data titanic,penguins --preset quick"),
+    "inference": ("simulations.benchmarks.inference", "latency of a Llamdex query against the same question to the base LLM",
+                  "llamdex bench inference --data titanic --batch-sizes 1,16"),
+    "privacy": ("simulations.benchmarks.privacy_utility", "attack figures against DP and non-DP experts (privacy-utility trade-off)",
+                "llamdex bench privacy -- --help"),
+    "protocol": ("simulations.benchmarks.protocol_bench", "upload throughput, verification and Ask latency over gRPC",
+                 "llamdex bench protocol -- --help"),
 }
+WITH_OPTIONS = ("accuracy", "inference")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="run a benchmark (accuracy, inference, privacy, protocol)", description=__doc__,
-                       epilog="examples:\n  llamdex bench accuracy --datasets titanic --preset quick\n  llamdex bench inference -- --help",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark (see `llamdex bench NAME --help`)")
-    p.set_defaults(func=lambda a: importlib.import_module(BENCHMARKS[a.name]).main(a.rest))
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("bench", help="run a benchmark (" + ", ".join(BENCHMARKS) + ")", description=__doc__, formatter_class=fmt,
+                       epilog="examples:\n" + "\n".join(f"  {example}" for _, _, example in BENCHMARKS.values()))
+    bsub = p.add_subparsers(dest="bench_command", metavar="NAME")
+    for name, (module_name, help_text, example) in BENCHMARKS.items():
+        b = bsub.add_parser(name, help=help_text, epilog=f"example:\n  {example}", formatter_class=fmt)
+        if name in WITH_OPTIONS:  # light at import time: the model loads only when the benchmark runs
+            module = importlib.import_module(module_name)
+            b.description = module.__doc__
+            module.add_arguments(b)
+            b.set_defaults(func=lambda a, m=module: m.run(a, "llamdex " + " ".join(sys.argv[1:])))
+        else:
+            b.description = f"{help_text}; its options: `llamdex bench {name} -- --help`"
+            b.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark (`llamdex bench NAME -- --help`)")
+            b.set_defaults(func=lambda a, m=module_name: importlib.import_module(m).main([x for x in a.rest if x != "--"]))
+    p.set_defaults(func=lambda a: p.print_help() or 2)

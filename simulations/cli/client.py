@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from simulations.cli.common import add_data_args, table_ref
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("client", help="data owner: train, sign and upload experts; customize; ask; keep receipts", description=__doc__)
@@ -15,18 +17,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train an expert (optionally DP-SGD) and save it as expert.safetensors + expert.json",
         description="Train the domain expert on a private table. The table never leaves this machine; "
         "the output folder holds the expert (safetensors + architecture spec), the public schema and the DP statement.",
-        epilog="example: llamdex client train --dataset titanic --epsilon 1 --out runs/titanic-eps1",
+        epilog="examples:\n  llamdex client train --data titanic --epsilon 1 --out runs/titanic-eps1\n"
+        "  llamdex client train --data loans.csv --schema loans.schema.json --epsilon 2 --key keys/alice.key --out runs/loans-eps2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    src = t.add_mutually_exclusive_group(required=True)
-    src.add_argument("--dataset", help="registered table: titanic, default, credit, churn")
-    src.add_argument("--data", type=Path, help="a CSV or Parquet file (schema JSON beside it as <file>.schema.json, or --schema)")
-    t.add_argument("--schema", type=Path, help="schema JSON for --data")
+    add_data_args(t, default=None, required=True, aliases=("--dataset",))
     t.add_argument("--on-invalid", choices=["reject", "drop", "clip"], default="reject", help="what to do with records that violate the schema (default: reject the table)")
     t.add_argument("--epsilon", type=float, default=None, help="target ε for DP-SGD; omit for no DP")
     t.add_argument("--delta", type=float, default=None, help="target δ (default 1/(10 n), must be below 1/n)")
     t.add_argument("--epochs", type=int, default=None)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", type=Path, required=True, help="output folder")
+    t.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     t.add_argument("--key", type=Path, default=None, help="sign the output folder as an artifact with this key (model.sig, OpenSSF model-signing format)")
     t.set_defaults(func=_train)
     from simulations.cli.client_protocol import register_actions
@@ -40,11 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from client_party.datasets import encode_table, load_table, split_table
+    from client_party.datasets import encode_table, split_table
     from client_party.expert_training import TrainConfig, predict_proba, train_expert
     from protocol.expert_spec import save_expert
 
-    df, schema = load_table(args.dataset, path=args.data, schema_path=args.schema, on_invalid=args.on_invalid)
+    df, schema = table_ref(args).load(on_invalid=args.on_invalid)
     train, test = split_table(df, schema, seed=args.seed)
     cfg = TrainConfig(seed=args.seed) if args.epsilon is None else TrainConfig.private(args.epsilon, seed=args.seed, target_delta=args.delta)
     if args.epochs:

@@ -8,9 +8,10 @@ works only on loopback addresses.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from simulations.cli.common import UsageError, add_alias, add_json_arg, emit_json
 
 CONFIG_HELP = "client TOML config ([client], [provider], [tls]); flags override its values"
 
@@ -42,7 +43,7 @@ def config_from_args(args: argparse.Namespace):
     tls = cfg.tls
     if args.ca or args.cert or args.tls_key:
         if not (args.ca and args.cert and args.tls_key):
-            raise SystemExit("--ca, --cert and --tls-key go together")
+            raise UsageError("--ca, --cert and --tls-key go together: give all three (mutual TLS) or none")
         tls = TLSFiles(args.ca, args.cert, args.tls_key)
     return cfg.with_overrides(client_id=args.client_id, key=args.key, workspace=args.workspace, provider_address=args.provider_address,
                               provider_public_key=args.provider_public_key, server_name=args.server_name, tls=tls,
@@ -63,7 +64,7 @@ def register_actions(csub: argparse._SubParsersAction) -> None:
     u = csub.add_parser("upload", help="upload a signed artifact to the provider and keep its verified receipt",
                         description="Pack the artifact folder (deterministic tar), upload it in chunks (resuming after a broken "
                         "stream), verify the provider's privacy receipt under the pinned provider key and keep it in the receipt store.",
-                        formatter_class=fmt, epilog="example:\n  llamdex client train --dataset titanic --epsilon 1 --key keys/alice.key --out art/\n"
+                        formatter_class=fmt, epilog="example:\n  llamdex client train --data titanic --epsilon 1 --key keys/alice.key --out art/\n"
                         "  llamdex client upload --config client.toml --artifact art/ --dataset-id titanic")
     u.add_argument("--artifact", type=Path, required=True, help="signed artifact folder (from `llamdex client train --key ...`)")
     u.add_argument("--dataset-id", required=True, help="the dataset it was trained on: its privacy budget is charged")
@@ -89,7 +90,7 @@ def register_actions(csub: argparse._SubParsersAction) -> None:
     a.add_argument("--artifact-digest", default="", help="which expert (default: the latest uploaded)")
     a.add_argument("--include-base", action="store_true", help="also show the base LLM's answer alone")
     a.add_argument("--batch-size", type=int, default=16)
-    a.add_argument("--json", action="store_true", help="print JSON")
+    add_json_arg(a, "the answers")
     _common(a)
     a.set_defaults(func=_ask)
 
@@ -105,12 +106,13 @@ def register_actions(csub: argparse._SubParsersAction) -> None:
                         description="Turn the held-out records (the split the expert was not trained on) into questions, ask them "
                         "through the provider's Ask in batches, and score the answers locally: the labels never leave this machine. "
                         "Prints accuracy, balanced accuracy and macro F1 of the base LLM, the expert alone and Llamdex.",
-                        formatter_class=fmt, epilog="example:\n  llamdex client evaluate --config client.toml --max-questions 100")
+                        formatter_class=fmt, epilog="example:\n  llamdex client evaluate --config client.toml --max-test 100")
     e.add_argument("--artifact-digest", default="", help="which expert (default: the latest uploaded)")
-    e.add_argument("--max-questions", type=int, default=0, help="0 = every held-out record")
+    e.add_argument("--max-test", type=int, default=0, metavar="N", help="ask at most N held-out records (default 0 = every one)")
+    add_alias(e, "--max-questions", "--max-test", "max_test", type=int)
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--no-base", action="store_true", help="skip the base-LLM-alone answers (half the cost)")
-    e.add_argument("--json", type=Path, help="also write the scores to this JSON file")
+    add_json_arg(e, "the scores")
     _common(e)
     e.set_defaults(func=_evaluate)
 
@@ -119,7 +121,7 @@ def register_actions(csub: argparse._SubParsersAction) -> None:
                         "and print the chain. --sync first fetches the client's ledger page by page (GetLedger) and adds missing receipts.",
                         formatter_class=fmt, epilog="example:\n  llamdex client receipts --config client.toml --sync")
     r.add_argument("--sync", action="store_true", help="fetch missing receipts from the provider first")
-    r.add_argument("--json", action="store_true", help="print the receipts as JSON")
+    add_json_arg(r, "the receipts")
     r.add_argument("--export", type=Path, help="write the DSSE envelopes to this JSON file")
     _common(r)
     r.set_defaults(func=_receipts)
@@ -185,13 +187,19 @@ def _ask(args: argparse.Namespace) -> int:
     if args.file:
         qs += [line.strip() for line in args.file.read_text().splitlines() if line.strip()]
     if not qs:
-        raise SystemExit("give questions as arguments or --file")
+        raise UsageError("give questions as arguments or --file")
+    from tqdm.auto import tqdm
+
     cfg = config_from_args(args)
-    with cfg.provider_client(with_store=False) as pc:
-        answers = pc.ask(qs, artifact_digest=args.artifact_digest, include_base=args.include_base, batch_size=args.batch_size)
-    if args.json:
-        print(json.dumps([{"question": q, "answer": a.answer, "probs": list(a.probs), "expert_probs": list(a.expert_probs),
-                           "base_probs": list(a.base_probs)} for q, a in zip(qs, answers)], indent=2))
+    answers = []
+    with cfg.provider_client(with_store=False) as pc, \
+            tqdm(total=len(qs), desc="questions through Ask", unit="q", file=sys.stderr, disable=len(qs) <= args.batch_size) as bar:
+        for s in range(0, len(qs), args.batch_size):
+            answers += pc.ask(qs[s:s + args.batch_size], artifact_digest=args.artifact_digest, include_base=args.include_base,
+                              batch_size=args.batch_size)
+            bar.update(min(args.batch_size, len(qs) - s))
+    if emit_json(args.json, [{"question": q, "answer": a.answer, "probs": list(a.probs), "expert_probs": list(a.expert_probs),
+                              "base_probs": list(a.base_probs)} for q, a in zip(qs, answers)]):
         return 0
     for q, a in zip(qs, answers):
         base = f"  (base LLM alone: {max(a.base_probs):.2f})" if a.base_probs else ""
@@ -210,8 +218,7 @@ def _receipts(args: argparse.Namespace) -> int:
     chain = store.verify()
     if args.export:
         store.export(args.export)
-    if args.json:
-        print(json.dumps([r.to_dict() for r in chain], indent=2, default=str))
+    if emit_json(args.json, [r.to_dict() for r in chain]):
         return 0
     print(f"{len(chain)} receipt(s), chain verified under provider key {chain[0].provider_key if chain else '-'}:")
     for r in chain:
@@ -245,7 +252,7 @@ def _hello(args: argparse.Namespace) -> int:
                 break
             except grpc.RpcError as e:
                 if e.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
-                    raise SystemExit(f"provider {cfg.provider_address}: {e.code().name}: {e.details()}")
+                    raise  # one line from the error handler: the status, the reason and what to check
                 time.sleep(1.0)
     lim = h.limits
     print(f"provider {h.provider_id} at {cfg.provider_address} ({h.protocol_version}) knows this client as {h.client_id!r}")
@@ -256,13 +263,20 @@ def _hello(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
     from client_party.service import ClientParty, format_scores
 
     party = ClientParty(config_from_args(args))
-    ev = party.evaluate(args.artifact_digest, args.max_questions, args.batch_size, include_base=not args.no_base)
+    ev = None
+    with tqdm(desc="held-out questions through Ask", unit="q", file=sys.stderr) as bar:
+        for asked, total, result in party.evaluate_steps(args.artifact_digest, args.max_test, args.batch_size, include_base=not args.no_base):
+            bar.total = total
+            bar.update(asked - bar.n)
+            ev = result if result is not None else ev
+    if emit_json(args.json, ev):
+        return 0
     print(f"{ev['n_test']} held-out questions through Ask in {ev['ask_calls']} calls ({ev['ask_seconds']:.1f} s); "
           f"Llamdex agrees with the expert on {ev['agreement_with_expert']:.1%}")
     print(format_scores(ev["dataset_id"], ev["rows"]))
-    if args.json:
-        args.json.write_text(json.dumps(ev, indent=2) + "\n")
     return 0

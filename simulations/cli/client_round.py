@@ -7,7 +7,7 @@ One command runs, in order, what an operator would type one by one, and times ea
   2. train      DP-SGD on the private table (`--data`, `--epsilon`); the table never leaves this host
   3. upload     the signed artifact, chunked and resumable; the privacy receipt is verified and kept
   4. customize  the provider trains (or reuses) the schema's connectors; one progress line per update
-  5. evaluate   the held-out questions through Ask (`--max-questions`), scored here
+  5. evaluate   the held-out questions through Ask (`--max-test`), scored here
   6. receipts   the client's ledger page by page (GetLedger) and the receipt chain, verified
 
 It prints one line per phase and writes the phase times, the scores and the receipts' file to
@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from simulations.cli.common import add_alias, add_json_arg, emit_json
+
 PHASES = ("ready", "train", "upload", "customize", "evaluate", "receipts")
 
 
@@ -35,7 +37,7 @@ def register_round(csub: argparse._SubParsersAction) -> None:
         "round", help="the client's whole round: wait for the provider, train (DP), upload, customize, evaluate, verify receipts",
         description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  llamdex client round --config bundles/client/client.toml\n"
-        "  llamdex client round --config client.toml --data loans.csv --schema loans.schema.json --epsilon 2 --max-questions 100")
+        "  llamdex client round --config client.toml --data loans.csv --schema loans.schema.json --epsilon 2 --max-test 100")
     g = r.add_argument_group("the round")
     add_data_args(g)
     g.add_argument("--epsilon", type=float, default=1.0, help="target ε of DP-SGD (default: %(default)s; must fit the provider's budget)")
@@ -43,12 +45,13 @@ def register_round(csub: argparse._SubParsersAction) -> None:
     g.add_argument("--epochs", type=int, default=None, help="training epochs (default: the trainer's)")
     g.add_argument("--seed", type=int, default=0, help="training seed; also names the held-out split (default: %(default)s)")
     g.add_argument("--preset", default="", help="connector training preset asked of the provider (default: the provider's own)")
-    g.add_argument("--max-questions", type=int, default=0, help="held-out questions to ask (default: %(default)s = all of them)")
+    g.add_argument("--max-test", type=int, default=0, metavar="N", help="held-out questions to ask (default: %(default)s = all of them)")
+    add_alias(g, "--max-questions", "--max-test", "max_test", type=int)
     g.add_argument("--batch-size", type=int, default=16, help="questions per Ask (default: %(default)s)")
     g.add_argument("--no-base", action="store_true", help="skip the base LLM's own answers (half the Ask cost)")
     g.add_argument("--wait", type=float, default=120.0, metavar="SECONDS",
                    help="how long to wait for the provider to report ready (default: %(default)s)")
-    g.add_argument("--json", type=Path, default=None, help="where to write the round's record (default: <workspace>/rounds/round-<time>.json)")
+    add_json_arg(g, "the round's record (always also kept in <workspace>/rounds/round-<time>.json)")
     _common(r)
     r.set_defaults(func=_round)
 
@@ -113,7 +116,7 @@ def _evaluate(party: Any, digest: str, args: argparse.Namespace) -> dict[str, An
         bar.refresh()
 
     try:
-        return party.evaluate(digest, args.max_questions, args.batch_size, include_base=not args.no_base, on_batch=on_batch)
+        return party.evaluate(digest, args.max_test, args.batch_size, include_base=not args.no_base, on_batch=on_batch)
     finally:
         if bar is not None:
             bar.close()
@@ -163,10 +166,11 @@ def run_round(args: argparse.Namespace) -> dict[str, Any]:
               "artifact_digest": up.artifact_digest, "receipt_id": up.receipt.receipt_id, "job_id": job.job_id,
               "connectors_reused": bool(job.result.connectors_reused), "phase_seconds": clock.seconds,
               "total_seconds": sum(clock.seconds.values()), "scores": ev, "receipts": len(chain), "receipts_file": str(receipts_file)}
-    out = args.json or Path(cfg.workspace) / "rounds" / f"round-{stamp}.json"
+    out = Path(cfg.workspace) / "rounds" / f"round-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    print("phases: " + ", ".join(f"{k} {v:.1f} s" for k, v in clock.seconds.items()) + f"; record in {out}", flush=True)
+    if not emit_json(args.json, record):
+        print("phases: " + ", ".join(f"{k} {v:.1f} s" for k, v in clock.seconds.items()) + f"; record in {out}", flush=True)
     return record
 
 

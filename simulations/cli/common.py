@@ -1,9 +1,46 @@
-"""Small helpers shared by CLI verbs: dataset/epsilon parsing and thread settings."""
+"""Options every verb names the same way, and small helpers shared by the verbs.
+
+One name per concept across commands:
+
+    --data NAME|FILE [--schema S]   the table(s): a registered table or a CSV/Parquet file with its schema
+    --out DIR                       the output folder
+    --connectors DIR                the connector store
+    --json [FILE]                   machine-readable output: on standard output, or written to FILE
+
+A flag renamed to one of these keeps its old spelling as a hidden alias that still works and says
+once, on standard error, what the new name is.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
+from pathlib import Path
+from typing import Any
+
+
+class UsageError(Exception):
+    """A verb's own usage check failed (exit status 2); the message names the options and the fix."""
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old flag name kept working (hidden from --help); it stores into the new flag's dest and says so."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kw):
+        kw.setdefault("help", argparse.SUPPRESS)
+        super().__init__(option_strings, dest, **kw)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: note: {option_string} is now {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values if self.nargs != 0 else self.const)
+
+
+def add_alias(p: argparse.ArgumentParser, old: str, new: str, dest: str, **kw: Any) -> None:
+    """Keeps `old` as a hidden alias of `new` (same dest, same type)."""
+    p.add_argument(old, dest=dest, action=DeprecatedAlias, new=new, default=argparse.SUPPRESS, **kw)
 
 
 def epsilon_list(text: str) -> list[float | None]:
@@ -33,24 +70,76 @@ def set_threads(n: int | None) -> None:
         torch.set_num_threads(max(1, os.cpu_count() or 1))
 
 
-def add_data_args(p: argparse.ArgumentParser, *, multiple: bool = False, default: str | None = "titanic", required: bool = False) -> None:
+def add_data_args(p: argparse.ArgumentParser, *, multiple: bool = False, default: str | None = "titanic", required: bool = False,
+                  aliases: tuple[str, ...] = ()) -> None:
     """`--data NAME|FILE [--schema S]`, the one way every command names its table(s).
 
-    NAME is a registered table (titanic, default, credit, churn, ...); FILE is a CSV or Parquet file whose
-    public schema is `--schema` or the JSON beside it. With `multiple`, `--data` takes a comma-separated list.
+    NAME is a registered table (titanic, default, credit, churn, penguins, ...); FILE is a CSV or Parquet file
+    whose public schema is `--schema` or the JSON beside it. With `multiple`, `--data` takes a comma-separated
+    list. `aliases` are old flag names (e.g. `--dataset`) kept as hidden aliases. `required` is enforced by
+    argparse, or, when there are aliases (which argparse would not count), by `table_refs`.
     """
+    from client_party.datasets import DATASETS
+
     what = "comma-separated registered tables and/or CSV/Parquet files" if multiple else "a registered table or a CSV/Parquet file"
-    p.add_argument("--data", default=default, required=required, metavar="NAME|FILE" + (",..." if multiple else ""),
-                   help=f"{what} (default: %(default)s)")
+    registered = ", ".join(sorted(DATASETS))
+    p.add_argument("--data", default=default, required=required and not aliases, metavar="NAME|FILE" + (",..." if multiple else ""),
+                   help=f"{what}; registered: {registered}" + (" (required)" if required else " (default: %(default)s)"))
     p.add_argument("--schema", default=None, metavar="S",
-                   help="the public schema JSON of a --data file (default: the .schema.json beside it)")
+                   help="the public schema JSON of a --data file (default: the .schema.json beside it; `llamdex schema draft` writes one)")
+    for old in aliases:
+        add_alias(p, old, "--data", "data")
 
 
 def table_refs(args: argparse.Namespace) -> list:
     """The `TableRef`s named by `--data` (and `--schema`, which only a single file may take)."""
     from client_party.datasets import TableRef
 
+    if not getattr(args, "data", None):
+        raise argparse.ArgumentTypeError("give the table with --data NAME|FILE")
     items = [t.strip() for t in str(args.data).split(",") if t.strip()]
     if args.schema and len(items) != 1:
         raise argparse.ArgumentTypeError("--schema goes with exactly one --data file")
     return [TableRef.parse(t, args.schema) for t in items]
+
+
+def table_ref(args: argparse.Namespace):
+    """The one `TableRef` of a verb that takes a single table."""
+    refs = table_refs(args)
+    if len(refs) != 1:
+        raise argparse.ArgumentTypeError(f"this command takes one table, got {len(refs)} in --data {args.data!r}")
+    return refs[0]
+
+
+def add_out_arg(p: argparse.ArgumentParser, *, default: Path | None, help: str, aliases: tuple[str, ...] = (), required: bool = False) -> None:
+    """`--out DIR`, the output folder of every verb that writes one."""
+    p.add_argument("--out", type=Path, default=default, required=required, metavar="DIR", help=help)
+    for old in aliases:
+        add_alias(p, old, "--out", "out", type=Path)
+
+
+def add_connectors_arg(p: argparse.ArgumentParser, *, help: str, aliases: tuple[str, ...] = ()) -> None:
+    """`--connectors DIR`, the connector store."""
+    p.add_argument("--connectors", type=Path, default=None, metavar="DIR", help=help)
+    for old in aliases:
+        add_alias(p, old, "--connectors", "connectors", type=Path)
+
+
+def add_json_arg(p: argparse.ArgumentParser, what: str = "the result") -> None:
+    """`--json [FILE]`: machine-readable output on standard output, or written to FILE."""
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
+                   help=f"{what} as JSON: on standard output (text output is then left out), or written to FILE (text output kept)")
+
+
+def emit_json(target: str | Path | None, data: Any) -> bool:
+    """Writes `data` where `--json` asked; returns True when it went to standard output (the text is then skipped)."""
+    if target is None:
+        return False
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    if str(target) == "-":
+        sys.stdout.write(text)
+        return True
+    path = Path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return False

@@ -6,9 +6,11 @@ drains; readiness (`--ready`, the default; health name `llamdex.v1.ProviderServi
 (the provider: after its warm-up). The exit status suits scripts and exec probes:
 
     0  SERVING
+    1  the server answered, but not SERVING (starting, warming up, draining, or the name is unknown)
     2  bad arguments
-    3  no answer: nothing listens, or the transport failed (the line says which file or flag to fix)
-    4  the server answered, but not SERVING (starting, warming up, draining, or the name is unknown)
+    7  no answer: nothing listens, or the transport failed (the line says which file or flag to fix)
+
+(the same statuses as every verb's: README, "Exit status")
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-EXIT_SERVING, EXIT_NO_ANSWER, EXIT_NOT_SERVING = 0, 3, 4
+EXIT_SERVING, EXIT_NOT_SERVING, EXIT_NO_ANSWER = 0, 1, 7   # = EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE of simulations.cli.main
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from simulations.cli.common import add_connectors_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,13 +15,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train (or reuse) the connectors for a schema from synthetic data only",
         description="Train the expert encoder and decoder for one (base LLM, schema) pair. Only the public "
         "schema is read; connectors are stored under $LLAMDEX_HOME/connectors and reused by every client with that schema.",
-        epilog="example: llamdex provider connectors --schema client_party/schemas/titanic.json --preset quick",
+        epilog="examples:\n  llamdex provider connectors --schema client_party/schemas/titanic.json --preset quick\n"
+        "  llamdex provider connectors --schema penguins --connectors state/connectors",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     c.add_argument("--schema", required=True, help="schema JSON path or a registered dataset name")
     c.add_argument("--base-model", default="embedded", help="'embedded' (SmolLM2-135M-Instruct, offline) or a HF model name/path")
     c.add_argument("--preset", choices=["default", "quick"], default="default", help="training sizes: default (benchmarks) or quick (demos, tests)")
     c.add_argument("--quick", dest="preset", action="store_const", const="quick", help="same as --preset quick")
-    c.add_argument("--store", type=Path, default=None, help="connector store folder (default $LLAMDEX_HOME/connectors)")
+    add_connectors_arg(c, help="connector store (default $LLAMDEX_HOME/connectors)", aliases=("--store",))
     c.add_argument("--retrain", action="store_true", help="train even if connectors for this schema exist")
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(func=_connectors)
@@ -39,7 +42,7 @@ def _connectors(args: argparse.Namespace) -> int:
 
     schema = load_schema(args.schema)
     base = load_base_llm(args.base_model)
-    store = ConnectorStore(args.store)
+    store = ConnectorStore(args.connectors)
     model, trained = store.get_or_train(base, schema, args.preset, seed=args.seed, retrain=args.retrain)
     print(f"connectors {'trained' if trained else 'reused'}: {store.path_for(base.model_id, schema.digest)}")
     print(json.dumps(model.config.metrics, indent=2))

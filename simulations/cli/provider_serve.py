@@ -47,8 +47,6 @@ def register_serve(psub: argparse._SubParsersAction) -> None:
     s.add_argument("--port-file", type=Path, help="write the bound address here once serving")
     s.add_argument("--no-preload", action="store_true",
                    help="skip the warm-up: ready at once, the base LLM loads at the first call that needs it (default: warm up, then ready)")
-    s.add_argument("--log-level", dest="server_log_level", choices=("debug", "info", "warning", "error"), default=None,
-                   help=f"server log level (default: ${LOG_ENV}, else [provider] log_level, else info: one line per event)")
     s.add_argument("--grace", type=float, default=None, metavar="SECONDS",
                    help="on SIGTERM/SIGINT, how long running calls get to finish (default: [provider] drain_grace_s, else 10)")
     s.set_defaults(func=_serve)
@@ -83,7 +81,7 @@ def server_log_level(args: argparse.Namespace, config_level: str | None) -> str:
     env = os.environ.get(LOG_ENV, "").strip().lower()
     if env and env not in ("debug", "info", "warning", "error"):
         raise SystemExit(f"{LOG_ENV}={env!r}: expected debug, info, warning or error")
-    return args.server_log_level or env or config_level or "info"
+    return getattr(args, "log_level", None) or env or config_level or "info"   # the global --log-level (llamdex --help)
 
 
 def configure_logging(level: str) -> None:

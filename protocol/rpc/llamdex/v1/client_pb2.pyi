@@ -117,6 +117,16 @@ class EvaluateResponse(_message.Message):
     agreement_with_expert: float
     def __init__(self, dataset_id: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[ScoreRow, _Mapping]]] = ..., ask_seconds: _Optional[float] = ..., ask_calls: _Optional[int] = ..., agreement_with_expert: _Optional[float] = ...) -> None: ...
 
+class EvaluateEvent(_message.Message):
+    __slots__ = ("asked", "total", "result")
+    ASKED_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    asked: int
+    total: int
+    result: EvaluateResponse
+    def __init__(self, asked: _Optional[int] = ..., total: _Optional[int] = ..., result: _Optional[_Union[EvaluateResponse, _Mapping]] = ...) -> None: ...
+
 class DeliverReceiptRequest(_message.Message):
     __slots__ = ("receipt",)
     RECEIPT_FIELD_NUMBER: _ClassVar[int]

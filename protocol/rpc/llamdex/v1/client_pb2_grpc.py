@@ -55,6 +55,11 @@ class ClientServiceStub:
                 request_serializer=llamdex_dot_v1_dot_client__pb2.EvaluateRequest.SerializeToString,
                 response_deserializer=llamdex_dot_v1_dot_client__pb2.EvaluateResponse.FromString,
                 _registered_method=True)
+        self.WatchEvaluate = channel.unary_stream(
+                '/llamdex.v1.ClientService/WatchEvaluate',
+                request_serializer=llamdex_dot_v1_dot_client__pb2.EvaluateRequest.SerializeToString,
+                response_deserializer=llamdex_dot_v1_dot_client__pb2.EvaluateEvent.FromString,
+                _registered_method=True)
         self.DeliverReceipt = channel.unary_unary(
                 '/llamdex.v1.ClientService/DeliverReceipt',
                 request_serializer=llamdex_dot_v1_dot_client__pb2.DeliverReceiptRequest.SerializeToString,
@@ -103,6 +108,13 @@ class ClientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEvaluate(self, request, context):
+        """The same, followed as it goes: one event per Ask batch, the last one carries the scores.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeliverReceipt(self, request, context):
         """The provider delivers a receipt; the client verifies it and keeps it.
         """
@@ -146,6 +158,11 @@ def add_ClientServiceServicer_to_server(servicer, server):
                     servicer.Evaluate,
                     request_deserializer=llamdex_dot_v1_dot_client__pb2.EvaluateRequest.FromString,
                     response_serializer=llamdex_dot_v1_dot_client__pb2.EvaluateResponse.SerializeToString,
+            ),
+            'WatchEvaluate': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvaluate,
+                    request_deserializer=llamdex_dot_v1_dot_client__pb2.EvaluateRequest.FromString,
+                    response_serializer=llamdex_dot_v1_dot_client__pb2.EvaluateEvent.SerializeToString,
             ),
             'DeliverReceipt': grpc.unary_unary_rpc_method_handler(
                     servicer.DeliverReceipt,
@@ -271,6 +288,33 @@ class ClientService:
             '/llamdex.v1.ClientService/Evaluate',
             llamdex_dot_v1_dot_client__pb2.EvaluateRequest.SerializeToString,
             llamdex_dot_v1_dot_client__pb2.EvaluateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvaluate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/llamdex.v1.ClientService/WatchEvaluate',
+            llamdex_dot_v1_dot_client__pb2.EvaluateRequest.SerializeToString,
+            llamdex_dot_v1_dot_client__pb2.EvaluateEvent.FromString,
             options,
             channel_credentials,
             insecure,
