@@ -50,6 +50,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from protocol.errors import CodedError
 from protocol.keys import PublicKey, fingerprint, load_public_key
 from protocol.tls import TLSFiles
 from protocol.toml_config import ConfigError, boolean, check_keys, fail, read_toml, section, string, tls_section

@@ -681,7 +681,6 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="llamdex-faults-"))
     names = a.scenario or list(SCENARIOS)
     results: dict[str, list[TrialResult]] = {}
-    t0 = time.perf_counter()
     total = sum(2 if n == "provider: disk full" else a.trials for n in names)
     with tqdm(total=total, desc="kill points", unit="kill") as bar:
         def tick(r: TrialResult) -> None:
