@@ -9,7 +9,7 @@
     query.score           score the answers to them here (labels never leave)
 
 `faults` in the run config make a client misbehave on purpose (tests and demos): `crash` raises in
-`train.expert`, `timeout` hangs in `query.register` past the run's timeout, `tamper` changes a signed
+`train.expert`, `timeout` hangs in `train.expert` past the run's timeout, `tamper` changes a signed
 weight, `over-budget` asks for twice its budget.
 """
 
@@ -41,8 +41,6 @@ def _reply(msg: Message, **records: object) -> Message:
 @app.query("register")
 def register(msg: Message, context: Context) -> Message:
     client = _client(context)
-    if client.scenario.fault_for(client.index) == "timeout":
-        time.sleep(client.scenario.timeout_s * 2 + 30)   # the `timeout` fault: no answer within the run's timeout
     info = client.register(msg.content["provider"]["public-key"])
     return _reply(msg, client=ConfigRecord(info))
 
@@ -50,8 +48,11 @@ def register(msg: Message, context: Context) -> Message:
 @app.train("expert")
 def train_expert(msg: Message, context: Context) -> Message:
     client = _client(context)
-    if client.scenario.fault_for(client.index) == "crash":
+    fault = client.scenario.fault_for(client.index)
+    if fault == "crash":
         raise RuntimeError(f"{client.client_id}: injected crash while training (fault 'crash')")
+    if fault == "timeout":
+        time.sleep(client.scenario.timeout_s * 2 + 30)   # no answer within the run's timeout
     up = client.train_and_sign(int(msg.content["config"]["chunk-bytes"]))
     info = {"artifact-digest": up.artifact_digest, "dataset-id": up.dataset_id, "epsilon": -1.0 if up.epsilon is None else up.epsilon,
             "delta": up.delta, "n-train": up.n_train, "n-heldout": up.n_heldout, "expert-accuracy": up.expert_accuracy, "seconds": up.seconds}

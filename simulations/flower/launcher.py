@@ -171,9 +171,17 @@ def run_simulation(run_config: dict[str, Any], *, clients: int, out_dir: Path, n
     try:
         code = stream_process(cmd, env, log_path, on_line, timeout_s)
         _wait_for_report(out_dir / "report.json", 30.0)   # the stream can end a moment before the ServerApp's last write
+        _wait_for_exit(token, ("flwr-simulation", "flwr-serverapp", "ray::", "raylet", "gcs_server"), 60.0)   # let the run shut Ray down itself
     finally:
         stopped, left = stop_run_processes(token)
     return FlowerRun(code, out_dir, log_path, time.perf_counter() - t0, token, stopped, left)
+
+
+def _wait_for_exit(token: str, names: tuple[str, ...], timeout_s: float) -> None:
+    """Waits until no process of the run whose command line names one of `names` is alive."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(n in d for d in leftover_processes(token) for n in names):
+        time.sleep(0.5)
 
 
 def _wait_for_report(path: Path, timeout_s: float) -> None:

@@ -105,7 +105,8 @@ class ProviderOrchestrator:
             self.report.phases[name] = time.perf_counter() - t
 
     def _active(self) -> list[int]:
-        return [n for n, r in self.records.items() if not r.excluded]
+        """The nodes of the clients still in the run, in client order."""
+        return sorted((n for n, r in self.records.items() if not r.excluded), key=lambda n: self.records[n].client_id)
 
     def _exclude(self, node: int, reason: str) -> None:
         rec = self.records[node]
@@ -247,8 +248,7 @@ class ProviderOrchestrator:
             try:
                 digest, env = self._receive(node, list(r.content["upload"]["messages"]))
             except Exception as e:  # noqa: BLE001 - the provider refused: the reason is the report's
-                code = getattr(e, "code", type(e).__name__)
-                self._exclude(node, f"upload refused by the provider [{code}]: {e}")
+                self._exclude(node, f"upload refused by the provider: {_reason(e)}")
                 return
             rec.upload_seconds = time.perf_counter() - t
             receipt = verify_receipt(env, self.provider_key.public_key())
@@ -309,7 +309,7 @@ class ProviderOrchestrator:
             try:
                 digest, env = self._receive(node, list(r.content["upload"]["messages"]))
             except Exception as e:  # noqa: BLE001 - the federation's upload is refused; its clients go on
-                fr.error = f"federated expert refused by the provider [{getattr(e, 'code', type(e).__name__)}]: {e}"
+                fr.error = f"federated expert refused by the provider: {_reason(e)}"
                 return
             receipt = verify_receipt(env, self.provider_key.public_key())
             fr.artifact_digest, fr.receipt_id, fr.epsilon_provider = digest, receipt.receipt_id, float(receipt.epsilon_recomputed)
@@ -329,7 +329,7 @@ class ProviderOrchestrator:
             try:
                 r = self.party.customize(client, rec.artifact_digest)
             except Exception as e:  # noqa: BLE001
-                self._exclude(node, f"customize refused [{getattr(e, 'code', type(e).__name__)}]: {e}")
+                self._exclude(node, f"customize refused: {_reason(e)}")
                 continue
             sr = by_schema.setdefault(r.schema.digest, SchemaRecord(r.schema.digest, [], []))
             sr.clients.append(rec.client_id)
@@ -395,6 +395,11 @@ class ProviderOrchestrator:
             if recs:
                 fr.federated_accuracy = sum(r.scores["federated_expert"]["accuracy"] for r in recs) / len(recs)
                 fr.individual_accuracy_mean = sum(r.scores["expert"]["accuracy"] for r in recs) / len(recs)
+
+
+def _reason(e: BaseException) -> str:
+    """'[CODE] message' for the project's coded errors (their text starts with the code), else 'Type: message'."""
+    return str(e) if getattr(e, "code", None) else f"{type(e).__name__}: {e}"
 
 
 __all__ = ["ProviderOrchestrator"]

@@ -45,9 +45,10 @@ class ProgressBars:
         phase, done, total, note = got
         bar = self.bars.get(phase)
         if bar is None:
-            for other in self.bars.values():   # the previous phase is over
-                other.refresh()
-            bar = self.bars[phase] = tqdm(total=total, desc=phase, unit="client", file=self.file, disable=self.disable, leave=True)
+            for other in self.bars.values():   # a new phase: the previous one is over (its bar stays printed)
+                other.close()
+            bar = self.bars[phase] = tqdm(total=total, desc=f"{phase:<16}", unit="step", file=self.file, disable=self.disable, leave=True,
+                                          dynamic_ncols=True)
         bar.total = total
         bar.n = done
         if note:

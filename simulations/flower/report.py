@@ -122,7 +122,7 @@ class RunReport:
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for c in self.clients:
             acc = {k: (f"{v['accuracy']:.3f}" if isinstance(v, dict) else "–") for k, v in c.scores.items()}
-            eps = "no DP" if c.epsilon is None else f"{c.epsilon:.3g}"
+            eps = "–" if not c.receipt_id else ("no DP" if c.epsilon is None else f"{c.epsilon:.3g}")
             lines.append(f"| {c.client_id} | {c.dataset_id} | {eps} | {_num(c.budget)} | {c.n_train} / {c.n_heldout} | {acc.get('base_llm', '–')} | "
                          f"{acc.get('expert', '–')} | {acc.get('llamdex', '–')} | {'verified' if c.receipt_verified else '–'} | {c.excluded or ''} |")
         lines += ["", "| schema | tables | clients sharing it | connectors | seconds |", "|---|---|---|---|---|"]
