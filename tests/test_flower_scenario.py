@@ -39,10 +39,12 @@ def test_clients_spread_round_robin_over_tables_and_lists_cycle():
     ({"provider-device": "tpu"}, "provider-device"),
     ({"schema": "s.json", "data": "titanic,default", "clients": 2}, "schema"),
     ({"test-size": 0.9}, "test-size"),
+    ({"out-dir": "runs/x"}, "out-dir"),
+    ({"connectors": "store"}, "connectors"),
 ])
 def test_a_bad_run_config_value_is_refused_naming_the_key_and_the_fix(rc, key):
     with pytest.raises(ScenarioError) as e:
-        Scenario.from_run_config(rc)
+        Scenario.from_run_config(rc).preset_value()
     assert e.value.code == "BAD_RUN_CONFIG" and e.value.rule == key and f"{key!r}" in str(e.value) and ";" in str(e.value)
 
 
@@ -187,3 +189,19 @@ def test_simulate_flags_become_the_run_config_keys_of_pyproject():
     assert set(rc) <= set(keys)   # flwr refuses an override key the app does not declare
     assert (rc["data"], rc["clients"], rc["epsilon"], rc["federated"], rc["partition"], rc["alpha"]) == ("titanic,default", 4, "1,none", "titanic",
                                                                                                          "dirichlet", 0.3)
+
+
+def test_a_csv_table_with_its_schema_joins_a_registered_table_in_one_run(tmp_path):
+    """Several schemas at once: client 0 holds part of titanic, client 1 the whole of a CSV file described by the schema beside it."""
+    from client_party.datasets import DATASETS, load_table
+    from simulations.flower.simulated_client import SimulatedClient
+
+    df, _ = load_table("default")
+    csv = tmp_path / "loans.csv"
+    df.iloc[:300].to_csv(csv, index=False)
+    (tmp_path / "loans.csv.schema.json").write_text(DATASETS["default"].schema_path.read_text())
+    s = Scenario.from_run_config({"data": f"titanic,{csv}", "clients": 2})
+    titanic, loans = (SimulatedClient(s, i, tmp_path).data() for i in (0, 1))
+    assert (titanic.table_id, loans.table_id) == ("titanic", "loans")
+    assert titanic.schema.digest != loans.schema.digest
+    assert len(loans.train) + len(loans.heldout) == 300

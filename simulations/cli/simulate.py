@@ -78,7 +78,7 @@ def run_config_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.schema:
         rc["schema"] = str(Path(args.schema).resolve())
     rc["data"] = ",".join(t if not Path(t).exists() else str(Path(t).resolve()) for t in str(args.data).split(","))
-    Scenario.from_run_config(rc)
+    Scenario.from_run_config(rc).preset_value()
     return rc
 
 

@@ -61,6 +61,7 @@ class ProviderOrchestrator:
     def run(self) -> RunReport:
         t0 = time.perf_counter()
         try:
+            self.s.preset_value()   # a bad preset is refused before any client works
             self._make_provider_key()
             with self._phase("connect"):
                 nodes = self._wait_for_nodes()

@@ -52,7 +52,8 @@ def _epsilons(key: str, text: str, *, allow_none: bool) -> tuple[float | None, .
 
 @dataclass(frozen=True)
 class Scenario:
-    """Everything a run is, as plain values (see docs/SIMULATION.md for each key)."""
+    """Everything a run is, as plain values (see docs/SIMULATION.md for each key). The connector preset is the
+    provider's business: `preset_value()` checks it where it is used (the ServerApp, `llamdex simulate`)."""
 
     data: tuple[str, ...] = ("titanic",)
     schema: str = ""
@@ -116,6 +117,11 @@ class Scenario:
         device = str(get("provider-device", "cpu"))
         if device.split(":")[0] not in DEVICE_PREFIXES:
             raise _bad("provider-device", device, "must be cpu, cuda or cuda:N", "use cpu (the default)")
+        out_dir, connectors = str(get("out-dir", "")), str(get("connectors", ""))
+        for key, path in (("out-dir", out_dir), ("connectors", connectors)):
+            if path and not Path(path).expanduser().is_absolute():
+                raise _bad(key, path, "must be an absolute path (the apps run from the bundle Flower installed in $FLWR_HOME/apps)",
+                           f"use e.g. {key}=\"{Path(path).resolve()}\"")
         federated = tuple(t.strip() for t in str(get("federated", "")).split(",") if t.strip())
         out = cls(
             data=data, schema=schema, clients=clients, partition=partition, alpha=number("alpha", 0.5, 0.0),
@@ -123,13 +129,12 @@ class Scenario:
             budget=tuple(float(b) for b in _epsilons("budget", get("budget", "4"), allow_none=True)),
             epochs=integer("epochs", 0, 0), test_size=number("test-size", 0.2, 0.0, 0.5),
             max_questions=integer("max-questions", 32, 1), ask_batch=integer("ask-batch", 16, 1), preset=str(get("preset", "quick")),
-            connectors=str(get("connectors", "")), out_dir=str(get("out-dir", "")), timeout_s=number("timeout-s", 600.0, 0.0),
+            connectors=connectors, out_dir=out_dir, timeout_s=number("timeout-s", 600.0, 0.0),
             faults=_faults(str(get("faults", "")), clients), federated=federated, fed_rounds=integer("fed-rounds", 5, 1),
             fed_epsilon=number("fed-epsilon", 1.0, 0.0), fed_delta=number("fed-delta", 0.0, 0.0, 1.0, lo_open=False),
             fed_clip=number("fed-clip", 0.5, 0.0), fed_local_epochs=integer("fed-local-epochs", 2, 1), fed_lr=number("fed-lr", 0.05, 0.0),
             provider_device=device,
         )
-        out.preset_value()   # a bad preset is refused before anything runs
         return out
 
     # --- the plan ----------------------------------------------------------------------------------------
