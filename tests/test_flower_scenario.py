@@ -205,3 +205,17 @@ def test_a_csv_table_with_its_schema_joins_a_registered_table_in_one_run(tmp_pat
     assert (titanic.table_id, loans.table_id) == ("titanic", "loans")
     assert titanic.schema.digest != loans.schema.digest
     assert len(loans.train) + len(loans.heldout) == 300
+
+
+def test_phase_progress_lines_become_one_bar_per_phase():
+    import io
+
+    from simulations.flower.progress import ProgressBars, parse_progress
+
+    assert parse_progress("INFO: [llamdex] phase=train done=3 total=50 note=client-002 crashed\n") == ("train", 3, 50, "client-002 crashed")
+    assert parse_progress("[llamdex] excluded client-002: crashed") is None
+    bars = ProgressBars(file=io.StringIO())
+    assert bars.feed("[llamdex] phase=register done=1 total=2") and bars.feed("[llamdex] phase=train done=2 total=2")
+    assert not bars.feed("some other log line")
+    assert list(bars.bars) == ["register", "train"] and bars.bars["train"].n == 2
+    bars.close()
