@@ -56,6 +56,7 @@ class ProviderOrchestrator:
         self.federated_arrays: dict[int, dict[str, Any]] = {}   # node id -> the federated expert its federation trained
         self._public_keys: dict[int, bytes] = {}                  # node id -> the PEM public key it registered
         self._receipts: dict[int, tuple[dict, str]] = {}          # node id -> (receipt envelope, artifact digest) to deliver
+        self._current = "start"                                   # the phase running (named in a failed run's report)
 
     # --- the run ---------------------------------------------------------------------------------------------
     def run(self) -> RunReport:
@@ -85,7 +86,7 @@ class ProviderOrchestrator:
                 self.report.ledger_problems = [f"seq {p.seq}: {p.reason}" for p in problems]
             self.report.status = "completed"
         except Exception as e:  # noqa: BLE001 - the report says which phase failed and why
-            self.report.status, self.report.error = "failed", f"{type(e).__name__}: {e}"
+            self.report.status, self.report.error = "failed", f"phase {self._current}: {type(e).__name__}: {e}"
             log.error("run failed: %s\n%s", e, traceback.format_exc())
             print(f"[llamdex] run failed: {type(e).__name__}: {e}", flush=True)
         finally:
@@ -99,7 +100,7 @@ class ProviderOrchestrator:
 
     @contextmanager
     def _phase(self, name: str) -> Iterator[None]:
-        t = time.perf_counter()
+        t, self._current = time.perf_counter(), name
         try:
             yield
         finally:
