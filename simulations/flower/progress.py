@@ -51,8 +51,7 @@ class ProgressBars:
                                           dynamic_ncols=True)
         bar.total = total
         bar.n = done
-        if note:
-            bar.set_postfix_str(note[:60], refresh=False)
+        bar.set_postfix_str(note[:60], refresh=False)   # an empty note clears the last one (a finished stage)
         bar.refresh()
         return True
 
