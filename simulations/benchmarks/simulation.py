@@ -50,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work-dir", type=Path, default=None, help="where the runs' folders go (default runs/bench-simulation-<time>)")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     p.add_argument("--timeout-s", type=float, default=900.0, help="the app's phase timeout (default 900)")
+    p.add_argument("--render-only", action="store_true", help="only rewrite the plot and the RESULTS.md section from simulation.json")
     return p.parse_args(argv)
 
 
@@ -68,6 +69,7 @@ def _entry(series: str, engine: str, run: Any, report: dict[str, Any], preset: s
             "app_s": round(report["total_s"], 1), "connector_training_s": round(conn_s, 1), "per_extra_client_s": None,
             "preset": preset, "connectors": connectors, "status": report["status"], "excluded": report["excluded"],
             "finished": sum(1 for c in report["clients"] if not c["excluded"]), "phases": {k: round(v, 1) for k, v in report["phases"].items()},
+            "questions_per_client_mean": _mean([c["scores"].get("n_questions") for c in report["clients"] if not c["excluded"]]),
             "accuracy_mean": _means(report), "ledger_verified": report["ledger_verified"], "receipts_verified": report["receipts_verified"],
             "processes_stopped": len(run.stopped), "processes_left": run.leftovers, "run_dir": str(run.out_dir)}
 
@@ -183,15 +185,19 @@ def markdown(payload: dict[str, Any]) -> str:
              "its key, trains and signs its expert, the provider verifies, recomputes ε, charges the ledger and signs a receipt the client "
              "verifies, connectors are trained once per schema, every client scores base LLM, expert and Llamdex on its held-out records. "
              "`total` is the wall time of the whole run (SuperLink, Ray and the processes' start and stop included); `per extra client` "
-             "is (total − connector training) at N minus the same at the smallest N, per client added.", "",
-             "| series | engine | clients | schemas | connectors | total | connector training | per extra client | finished / excluded | "
-             "mean acc. base / expert / Llamdex |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "is (total − connector training) at N minus the same at the smallest N, per client added. What a client costs is mostly its "
+             "held-out questions (each answered twice by the provider, by Llamdex and by the base LLM for comparison) and its DP training: "
+             "a table split among more clients leaves each fewer held-out rows, so fewer questions.", "",
+             "| series | engine | clients | schemas | connectors | total | connector training | per extra client | questions / client | "
+             "finished / excluded | mean acc. base / expert / Llamdex |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in payload["runs"]:
         acc = r["accuracy_mean"]
         f3 = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
         per = "–" if r["per_extra_client_s"] is None else f"{r['per_extra_client_s']:.1f} s"
+        q = r.get("questions_per_client_mean")
         lines.append(f"| {r['series']} | {r['engine']} | {r['clients']} | {r['schemas']} ({', '.join(r['tables'])}) | {r['connectors']} ({r['preset']}) | "
-                     f"{r['total_s'] / 60:.1f} min | {r['connector_training_s'] / 60:.1f} min | {per} | {r['finished']} / {len(r['excluded'])} | "
+                     f"{r['total_s'] / 60:.1f} min | {r['connector_training_s'] / 60:.1f} min | {per} | {'–' if q is None else f'{q:.1f}'} | "
+                     f"{r['finished']} / {len(r['excluded'])} | "
                      f"{f3(acc['base_llm'])} / {f3(acc['expert'])} / {f3(acc['llamdex'])} |")
     if payload.get("federated"):
         lines += ["", "Federated (DP-FedAvg, one expert per table, uploaded once by a lead client) against the same clients' individual "
@@ -217,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"--only: unknown series {sorted(unknown)}; choose from {list(SERIES)}", file=sys.stderr)
         return 2
+    if args.render_only:
+        payload = json.loads((Path(args.results_dir) / "simulation.json").read_text())
+        plot(payload["runs"], Path(args.results_dir) / "simulation.png")
+        update_section("simulation", markdown(payload), results_md_path(Path(args.results_dir)))
+        return 0
     work = (args.work_dir or Path("runs") / time.strftime("bench-simulation-%Y%m%d-%H%M%S")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     base_rc = {"preset": args.preset, "epsilon": args.epsilon, "budget": "inf", "max-questions": args.max_questions, "timeout-s": args.timeout_s}
