@@ -1,4 +1,12 @@
-"""Canonical JSON: one byte string per value, so digests and signatures are reproducible."""
+"""Canonical JSON: one byte string per value, so digests and signatures are reproducible.
+
+Everything this project signs or hashes is serialized with the JSON Canonicalization Scheme, RFC 8785
+(the `rfc8785` package): sorted keys, no insignificant whitespace, UTF-8, and numbers written as
+ECMAScript writes them (`1` for 1.0, `0.00001` for 1e-05), so any JCS implementation in any language
+reproduces the bytes. Records made before the switch used sorted-keys `json.dumps` (`LEGACY`); their
+formats say so (schema `llamdex.schema/v1`, receipts `.../privacy-receipt/v1`, ledger `llamdex.ledger/v1`)
+and they are still verified with the scheme they were made with.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +15,20 @@ import json
 import math
 from typing import Any
 
+import rfc8785
+
+RFC8785 = "rfc8785"
+LEGACY = "sorted-json"        # json.dumps(sort_keys, compact separators, ensure_ascii=False): records made before RFC 8785
+SCHEMES = (RFC8785, LEGACY)
+SAFE_INTEGER = 2**53 - 1      # RFC 8785 (I-JSON) numbers are IEEE doubles: larger integers would lose digits
+
 
 def _check(value: Any, path: str = "$") -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{path}: non-finite float {value!r} has no canonical JSON form")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > SAFE_INTEGER:
+        raise ValueError(f"{path}: integer {value} is outside ±(2^53 - 1), which canonical JSON (RFC 8785) cannot carry exactly; "
+                         "send it as a string")
     if isinstance(value, dict):
         for k, v in value.items():
             if not isinstance(k, str):
@@ -21,16 +39,23 @@ def _check(value: Any, path: str = "$") -> None:
             _check(v, f"{path}[{i}]")
 
 
-def canonical_json(value: Any) -> bytes:
-    """Sorted keys, no insignificant whitespace, UTF-8; rejects NaN and infinities."""
+def canonical_json(value: Any, scheme: str = RFC8785) -> bytes:
+    """The canonical bytes of `value` under `scheme` (RFC 8785 unless verifying an older record)."""
     _check(value)
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    if scheme == RFC8785:
+        return rfc8785.dumps(value)
+    if scheme == LEGACY:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    raise ValueError(f"unknown canonical JSON scheme {scheme!r}; known: {list(SCHEMES)}")
 
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def digest_json(value: Any) -> str:
+def digest_json(value: Any, scheme: str = RFC8785) -> str:
     """`sha256:<hex>` of the canonical JSON of `value`."""
-    return "sha256:" + sha256_hex(canonical_json(value))
+    return "sha256:" + sha256_hex(canonical_json(value, scheme))
+
+
+__all__ = ["LEGACY", "RFC8785", "SCHEMES", "canonical_json", "digest_json", "sha256_hex"]

@@ -4,7 +4,7 @@ A receipt is an in-toto Statement v1 in a DSSE envelope signed by the provider's
 
     {"_type": "https://in-toto.io/Statement/v1",
      "subject": [{"name": <artifact name>, "digest": {"sha256": <artifact digest hex>}}],
-     "predicateType": "https://llamdex.dev/privacy-receipt/v1",
+     "predicateType": "https://llamdex.dev/privacy-receipt/v2",   (v1: the same, before RFC 8785)
      "predicate": {receipt_id, sequence, kind, client_id, dataset_id, epsilon_claimed, epsilon_recomputed,
                    delta, accountant, accountant_params {mechanism, noise_multiplier, sample_rate, steps,
                    max_grad_norm}, spent_before, spent_after, budget, delta_spent_before, delta_spent_after,
@@ -39,13 +39,16 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from protocol.canonical import canonical_json, sha256_hex
+from protocol.canonical import LEGACY, RFC8785, canonical_json, sha256_hex
 from protocol.dsse import INTOTO_PAYLOAD_TYPE, Envelope, sign_envelope, verify_envelope
 from protocol.errors import ReceiptError, SignatureError
 from protocol.keys import PrivateKey, fingerprint
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
-RECEIPT_PREDICATE_TYPE = "https://llamdex.dev/privacy-receipt/v1"
+RECEIPT_PREDICATE_TYPE = "https://llamdex.dev/privacy-receipt/v2"
+# The canonical JSON a receipt's payload must be in, by predicate type: v1 receipts (before RFC 8785)
+# still verify; v2 receipts are RFC 8785 (the predicate members are the same).
+RECEIPT_PREDICATE_TYPES = {"https://llamdex.dev/privacy-receipt/v1": LEGACY, RECEIPT_PREDICATE_TYPE: RFC8785}
 GENESIS_DIGEST = "sha256:" + "0" * 64
 KINDS = ("upload", "deletion")
 REL_TOL = 1e-3          # claimed vs recomputed ε, as protocol.dp.verify_statement
@@ -293,8 +296,8 @@ def _parse(statement: Any, digest: str) -> Receipt:
 
     if not isinstance(statement, dict) or statement.get("_type") != STATEMENT_TYPE:
         raise bad("payload is not an in-toto Statement v1", "_type")
-    if statement.get("predicateType") != RECEIPT_PREDICATE_TYPE:
-        raise bad(f"predicateType is {statement.get('predicateType')!r}, expected {RECEIPT_PREDICATE_TYPE!r}", "predicateType")
+    if statement.get("predicateType") not in RECEIPT_PREDICATE_TYPES:
+        raise bad(f"predicateType is {statement.get('predicateType')!r}, expected one of {sorted(RECEIPT_PREDICATE_TYPES)}", "predicateType")
     if set(statement) != {"_type", "subject", "predicateType", "predicate"}:
         raise bad(f"unexpected statement members {sorted(set(statement))}", "statement members")
     subj = statement.get("subject")
@@ -342,7 +345,8 @@ def verify_receipt(envelope: Envelope | dict | str | bytes, provider_public_key:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ReceiptError("BAD_RECEIPT", f"receipt {digest}: payload is not JSON: {e}", rule="json") from None
     try:
-        canonical = canonical_json(statement)
+        scheme = RECEIPT_PREDICATE_TYPES.get(statement.get("predicateType") if isinstance(statement, dict) else None, RFC8785)
+        canonical = canonical_json(statement, scheme)
     except ValueError as e:
         raise ReceiptError("BAD_RECEIPT", f"receipt {digest}: {e}", rule="canonical json") from None
     if canonical != v.payload:
@@ -390,6 +394,6 @@ def verify_chain(envelopes: Iterable[Envelope | dict | str | bytes], provider_pu
 
 
 __all__ = [
-    "GENESIS_DIGEST", "RECEIPT_PREDICATE_TYPE", "Receipt", "dp_params", "issue_deletion_receipt", "issue_receipt",
+    "GENESIS_DIGEST", "RECEIPT_PREDICATE_TYPE", "RECEIPT_PREDICATE_TYPES", "Receipt", "dp_params", "issue_deletion_receipt", "issue_receipt",
     "issue_upload_receipt", "receipt_digest", "utc_now_rfc3339", "verify_chain", "verify_receipt",
 ]

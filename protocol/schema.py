@@ -13,10 +13,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocol.canonical import digest_json
+from protocol.canonical import LEGACY, RFC8785, digest_json
 from protocol.errors import SchemaError
 
-SCHEMA_FORMAT = "llamdex.schema/v1"
+SCHEMA_FORMAT = "llamdex.schema/v2"
+# The canonical JSON each format's digest is computed with: v1 schemas (made before RFC 8785) keep their digests.
+SCHEMA_FORMATS = {"llamdex.schema/v1": LEGACY, SCHEMA_FORMAT: RFC8785}
 COLUMN_TYPES = ("int", "float", "category", "bool")
 _COLUMN_KEYS = {"name", "type", "description", "min", "max", "categories", "aliases", "unit", "nullable", "sensitive", "decimals"}
 _LABEL_KEYS = {"name", "classes", "verbalizers", "question", "description"}
@@ -127,8 +129,8 @@ class PublicSchema:
 
     @property
     def digest(self) -> str:
-        """`sha256:` digest of the canonical JSON; equal schemas share connectors."""
-        return digest_json(self.to_dict())
+        """`sha256:` digest of the canonical JSON (RFC 8785; v1 schemas: the scheme they were made with); equal schemas share connectors."""
+        return digest_json(self.to_dict(), SCHEMA_FORMATS[self.format])
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
@@ -234,7 +236,8 @@ def _parse_schema(data: Any, where: str = "schema") -> PublicSchema:
         unknown = set(data) - _SCHEMA_KEYS
         _need(not unknown, f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(_SCHEMA_KEYS)}")
         fmt = data.get("format", SCHEMA_FORMAT)
-        _need(fmt == SCHEMA_FORMAT, f"{where}: 'format' is {fmt!r}; this version reads {SCHEMA_FORMAT!r}")
+        _need(fmt in SCHEMA_FORMATS, f"{where}: 'format' is {fmt!r}; this version reads {sorted(SCHEMA_FORMATS)} "
+              f"(write {SCHEMA_FORMAT!r} for a new schema)")
         for k in ("name", "version", "description", "subject"):
             _need(isinstance(data.get(k), str) and data[k].strip() != "", f"{where}: '{k}' must be a non-empty string")
         cols_raw = data.get("columns")

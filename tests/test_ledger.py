@@ -293,3 +293,35 @@ def test_wal_and_synchronous_full(ledger):
     con.close()
     with ledger._connect() as c:
         assert c.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_a_v1_ledger_made_before_rfc8785_keeps_its_scheme_and_verifies(tmp_path, key):
+    """A ledger file keeps the canonical JSON its chain was built with: old ledgers verify and grow."""
+    from protocol.canonical import LEGACY
+    from provider_party.service.ledger import entry_digest
+
+    path = tmp_path / "old.db"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    con.execute("INSERT INTO meta VALUES ('format', 'llamdex.ledger/v1')")
+    con.commit()
+    con.close()
+    lg = Ledger(path, key)
+    lg.set_budget("alice", "titanic", 3.0)
+    e = lg.append_upload("alice", "titanic", art(1), dp(1.0), 1.0)
+    assert lg.format == "llamdex.ledger/v1" and lg.verify_chain(key.public_key()) == []
+    con = sqlite3.connect(path)
+    con.row_factory = sqlite3.Row
+    row = dict(con.execute("SELECT * FROM entries WHERE seq=1").fetchone())
+    assert e.entry_digest == entry_digest(row, LEGACY) != entry_digest(row)
+    assert Ledger(tmp_path / "new.db", key).format == "llamdex.ledger/v2"
+
+
+def test_a_ledger_of_an_unknown_format_is_refused(tmp_path, key):
+    path = tmp_path / "future.db"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    con.execute("INSERT INTO meta VALUES ('format', 'llamdex.ledger/v9')")
+    con.commit()
+    with pytest.raises(LedgerError, match="llamdex.ledger/v2"):
+        Ledger(path, key)

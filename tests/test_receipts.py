@@ -182,3 +182,17 @@ def test_chain_breaks_detected(key):
     with pytest.raises(ReceiptError) as ei:  # a first receipt that does not link to genesis
         upload(key, 1, receipt_digest(envs[0]))
     assert ei.value.code == "CHAIN_BROKEN"
+
+
+def test_a_v1_receipt_made_before_rfc8785_still_verifies_and_v2_requires_rfc8785(key):
+    """Receipts clients already keep must verify after canonical JSON became RFC 8785."""
+    from protocol.canonical import LEGACY
+
+    st = json.loads(upload(key, 1, GENESIS_DIGEST).payload)
+    v1 = {**st, "predicateType": "https://llamdex.dev/privacy-receipt/v1"}
+    old = sign_envelope(canonical_json(v1, LEGACY), INTOTO_PAYLOAD_TYPE, key)
+    assert canonical_json(v1, LEGACY) != canonical_json(v1)           # δ = 1e-05 is written differently
+    assert verify_receipt(old, key.public_key()).delta == 1e-5
+    mixed = sign_envelope(canonical_json(st, LEGACY), INTOTO_PAYLOAD_TYPE, key)   # v2 type, old bytes: ambiguous
+    with pytest.raises(ReceiptError, match="canonical"):
+        verify_receipt(mixed, key.public_key())

@@ -14,10 +14,10 @@ from protocol.schema import PublicSchema
 # Connectors are keyed by schema digest: changing a bundled schema orphans every connector trained
 # for it. Update these only on purpose (and bump the schema's "version").
 GOLDEN_DIGESTS = {
-    "titanic": "sha256:fa91c7dec57e2a13a9afa2eebd251c3ab90b9c2ea4c4813cdd3d1e8189ca3c04",
-    "default": "sha256:ba7b5db00cd8c778a123898cbb09ae32c179b3b333d5bb6150f6a1d6c6622a96",
-    "credit": "sha256:88aa0544c3213c1dc599a7802fa9387951df12a6a935595be2fc602d01846a1b",
-    "churn": "sha256:3368af74e9fc85b97b7da3750b83dbf1475aceb8f29c0561779c60f6be5a5cff",
+    "titanic": "sha256:d0dd4dd28c1cad8ae4cb5c73bc3d7575acb86360285874116b6f1102b98628be",
+    "default": "sha256:6db7ecffc8b6d282f8e8d9ebd30cc8534f342fb38c5dffbe36a071db230ae1d7",
+    "credit": "sha256:03d17b39287f5e2c55ce1dc1d896e8fc2f51012151a630293a37767d88f0e258",
+    "churn": "sha256:7f05727cb2f600feb5d5edcc0486f7caf56a8b890e7959822d27edcec35ce394",
 }
 SENSITIVE = {"titanic": "sex", "default": "student", "credit": "Marital", "churn": "international_plan"}
 
@@ -123,3 +123,21 @@ def test_schema_file_errors_name_the_file(tmp_path):
         PublicSchema.load(p)
     with pytest.raises(SchemaError, match="neither a registered dataset"):
         load_schema(tmp_path / "missing.json")
+
+
+def test_a_v1_schema_keeps_its_pre_rfc8785_digest_and_v2_uses_rfc8785():
+    """Artifacts signed before the switch name their schema by the old digest; it must not change."""
+    from protocol.canonical import LEGACY, RFC8785, digest_json
+
+    d = minimal()
+    d["columns"][0].update(min=1.0, max=100.0)              # floats: "1.0" before RFC 8785, "1" under it
+    v1 = PublicSchema.from_dict(d)
+    assert v1.digest == digest_json(v1.to_dict(), LEGACY) != digest_json(v1.to_dict(), RFC8785)
+    v2 = PublicSchema.from_dict({**d, "format": "llamdex.schema/v2"})
+    assert v2.digest == digest_json(v2.to_dict(), RFC8785)
+    assert PublicSchema.from_json(v2.to_json()).digest == v2.digest
+
+
+def test_an_unknown_schema_format_is_refused_naming_the_formats_read():
+    with pytest.raises(SchemaError, match="llamdex.schema/v2"):
+        PublicSchema.from_dict({**minimal(), "format": "llamdex.schema/v9"})

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from protocol.canonical import digest_json, sha256_hex
+from protocol.canonical import LEGACY, RFC8785, digest_json, sha256_hex
 from protocol.errors import BudgetError, LedgerError, ReceiptError
 from protocol.keys import PrivateKey, PublicKey, public_key_of
 from protocol.receipts import (
@@ -46,7 +46,10 @@ from protocol.receipts import (
     verify_receipt,
 )
 
-LEDGER_FORMAT = "llamdex.ledger/v1"
+LEDGER_FORMAT = "llamdex.ledger/v2"
+# Each ledger file keeps the format it was created with; a v1 ledger (before RFC 8785) goes on digesting
+# its entries with the canonical JSON its chain was built with, so it still verifies.
+LEDGER_FORMATS = {"llamdex.ledger/v1": LEGACY, LEDGER_FORMAT: RFC8785}
 BUSY_TIMEOUT_S = 30.0
 TOL = 1e-9
 MAX_PAGE = 1000
@@ -113,9 +116,9 @@ def _close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=TOL, abs_tol=1e-12)
 
 
-def entry_digest(row: dict[str, Any]) -> str:
+def entry_digest(row: dict[str, Any], scheme: str = RFC8785) -> str:
     """digest_json over every column except the digest itself and the receipt text (bound by receipt_digest)."""
-    return digest_json({c: row[c] for c in _DIGESTED})
+    return digest_json({c: row[c] for c in _DIGESTED}, scheme)
 
 
 @dataclass(frozen=True)
@@ -194,8 +197,10 @@ class Ledger:
             con.executescript(_SCHEMA)
             con.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('format', ?)", (LEDGER_FORMAT,))
             fmt = con.execute("SELECT value FROM meta WHERE key='format'").fetchone()[0]
-        if fmt != LEDGER_FORMAT:
-            raise LedgerError("LEDGER_FORMAT", f"ledger {self.path} has format {fmt!r}; this version reads {LEDGER_FORMAT!r}", file=str(self.path))
+        if fmt not in LEDGER_FORMATS:
+            raise LedgerError("LEDGER_FORMAT", f"ledger {self.path} has format {fmt!r}; this version reads {sorted(LEDGER_FORMATS)}",
+                              file=str(self.path))
+        self.format, self.scheme = fmt, LEDGER_FORMATS[fmt]
 
     # --- connections -----------------------------------------------------------------------------
 
@@ -289,7 +294,7 @@ class Ledger:
         return seq, prev, rseq, rprev
 
     def _insert(self, con: sqlite3.Connection, row: dict[str, Any]) -> LedgerEntry:
-        row["entry_digest"] = entry_digest(row)
+        row["entry_digest"] = entry_digest(row, self.scheme)
         con.execute(f"INSERT INTO entries ({', '.join(_ENTRY_COLS)}) VALUES ({', '.join('?' for _ in _ENTRY_COLS)})",
                     tuple(row[c] for c in _ENTRY_COLS))
         self._hook("after_insert")
@@ -446,7 +451,7 @@ class Ledger:
             expect_seq = seq + 1
             if d["prev_digest"] != prev_digest:
                 out.append(Discrepancy(seq, f"prev_digest {d['prev_digest']} does not link to the previous entry's digest {prev_digest}"))
-            recomputed = entry_digest(d)
+            recomputed = entry_digest(d, self.scheme)
             if recomputed != d["entry_digest"]:
                 out.append(Discrepancy(seq, f"entry_digest {d['entry_digest']} != recomputed {recomputed}: the row was altered"))
             prev_digest = d["entry_digest"]
