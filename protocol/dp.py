@@ -6,8 +6,19 @@ the resulting (ε, δ) and a coarse training-set size bucket (the exact size is 
 provider never trusts the claimed ε: `verify_statement` recomputes it from the parameters with
 Opacus' accountant and rejects a claim that does not match.
 
-JSON form (`to_dict`): every field, plus `"format": "llamdex.dp-statement/v1"`; for mechanism
-"none" the ε (infinite in memory) is written as `null`.
+Two units of privacy exist. `dp-sgd` (and `none`) protect one **record** of one client's table:
+steps are optimizer steps, the sampling rate is that of records, the size bucket counts records.
+`dp-fedavg` (DP-FedAvg with fixed clipping, McMahan et al. 2018) protects one **client** of a
+federation that trained one expert together: each round clips every client's model update to
+`max_grad_norm` and adds Gaussian noise of `noise_multiplier` × `max_grad_norm` to the sum, so steps
+are rounds, the sampling rate is that of clients per round, the size bucket counts clients, and δ must
+be below 1/(number of clients). The same accountant recomputes both (a Gaussian mechanism composed
+`steps` times, subsampled at `sample_rate`), but the two ε bound different things and never add up.
+
+JSON form (`to_dict`): every field, plus `"format"`; for mechanism "none" the ε (infinite in memory) is
+written as `null`. Record-level statements are written exactly as before, `"format":
+"llamdex.dp-statement/v1"`; a client-level statement is `"llamdex.dp-statement/v2"` and names its
+unit, `"privacy_unit": "client"`, so a reader that only knows v1 refuses it instead of misreading it.
 """
 
 from __future__ import annotations
@@ -20,8 +31,10 @@ from typing import Any
 from protocol.errors import BudgetError
 
 DP_FORMAT = "llamdex.dp-statement/v1"
-MECHANISMS = ("dp-sgd", "none")
+DP_FORMAT_V2 = "llamdex.dp-statement/v2"      # adds privacy_unit; written for client-level (dp-fedavg) statements only
+MECHANISMS = ("dp-sgd", "dp-fedavg", "none")
 ACCOUNTANTS = ("rdp", "prv")
+PRIVACY_UNITS = {"dp-sgd": "record", "none": "record", "dp-fedavg": "client"}   # what one unit of (ε, δ) protects
 
 
 class DPStatementError(BudgetError):
@@ -122,6 +135,7 @@ class DPStatement:
 
     mechanism "dp-sgd": noise_multiplier > 0, sample_rate in (0, 1], steps >= 1, max_grad_norm > 0,
       finite ε > 0, δ in (0, 1).
+    mechanism "dp-fedavg" (client-level DP): the same rules, read per client and round (see the module doc).
     mechanism "none" (no privacy): noise_multiplier 0, ε = inf, δ = 0; sample_rate, steps and
       max_grad_norm (0 = no clipping) only describe the training run.
     """
@@ -159,17 +173,18 @@ class DPStatement:
         if not isinstance(self.dataset_size_bucket, str):
             raise bad("dataset_size_bucket", "must be a string such as '1k-2k'")
         bucket_bounds(self.dataset_size_bucket)
-        if self.mechanism == "dp-sgd":
+        if self.mechanism != "none":
+            m = self.mechanism
             if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0):
-                raise bad("noise_multiplier", "must be a positive finite number for dp-sgd")
+                raise bad("noise_multiplier", f"must be a positive finite number for {m}")
             if self.steps < 1:
-                raise bad("steps", "must be at least 1 for dp-sgd")
+                raise bad("steps", f"must be at least 1 for {m}")
             if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
-                raise bad("max_grad_norm", "must be a positive finite number for dp-sgd")
+                raise bad("max_grad_norm", f"must be a positive finite number for {m}")
             if not (math.isfinite(self.epsilon) and self.epsilon > 0):
-                raise bad("epsilon", "must be a positive finite number for dp-sgd")
+                raise bad("epsilon", f"must be a positive finite number for {m}")
             if not 0 < self.delta < 1:
-                raise bad("delta", "must be in (0, 1) for dp-sgd")
+                raise bad("delta", f"must be in (0, 1) for {m}")
         else:
             if self.noise_multiplier != 0:
                 raise bad("noise_multiplier", "must be 0 for mechanism 'none'")
@@ -182,31 +197,50 @@ class DPStatement:
 
     @property
     def is_private(self) -> bool:
-        return self.mechanism == "dp-sgd"
+        return self.mechanism != "none"
+
+    @property
+    def privacy_unit(self) -> str:
+        """What one unit of this (ε, δ) protects: "record" (DP-SGD, no DP) or "client" (DP-FedAvg)."""
+        return PRIVACY_UNITS[self.mechanism]
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"format": DP_FORMAT}
+        client_level = self.privacy_unit == "client"
+        d: dict[str, Any] = {"format": DP_FORMAT_V2 if client_level else DP_FORMAT}
         for f in fields(self):
             d[f.name] = getattr(self, f.name)
+        if client_level:
+            d["privacy_unit"] = "client"
         if self.mechanism == "none":
             d["epsilon"] = None
         return d
 
     @classmethod
     def from_dict(cls, data: Any) -> "DPStatement":
-        """Parses the JSON form strictly: every field present, no unknown key, types checked."""
+        """Parses the JSON form strictly: every field present, no unknown key, types checked.
+
+        v1 (or no `format`): a record-level statement (dp-sgd or none). v2: adds `privacy_unit`, which must
+        be the unit of its mechanism ("client" for dp-fedavg)."""
         if not isinstance(data, dict):
             raise DPStatementError("dp statement must be a JSON object")
+        fmt = data.get("format", DP_FORMAT)
+        if fmt not in (DP_FORMAT, DP_FORMAT_V2):
+            raise DPStatementError(f"dp statement: 'format' is {fmt!r}; this version reads {DP_FORMAT!r} and {DP_FORMAT_V2!r}")
         names = [f.name for f in fields(cls)]
-        unknown = set(data) - set(names) - {"format"}
+        extra = {"format"} | ({"privacy_unit"} if fmt == DP_FORMAT_V2 else set())
+        unknown = set(data) - set(names) - extra
         if unknown:
-            raise DPStatementError(f"dp statement: unknown keys {sorted(unknown)}; allowed: {sorted(names + ['format'])}")
-        missing = [n for n in names if n not in data]
+            raise DPStatementError(f"dp statement: unknown keys {sorted(unknown)}; allowed in {fmt}: {sorted(set(names) | extra)}")
+        missing = [n for n in names + sorted(extra - {"format"}) if n not in data]
         if missing:
             raise DPStatementError(f"dp statement: missing fields {missing}")
-        fmt = data.get("format", DP_FORMAT)
-        if fmt != DP_FORMAT:
-            raise DPStatementError(f"dp statement: 'format' is {fmt!r}; this version reads {DP_FORMAT!r}")
+        mech = data["mechanism"]
+        if fmt == DP_FORMAT and mech == "dp-fedavg":
+            raise DPStatementError(f"dp statement: mechanism 'dp-fedavg' is client-level and needs 'format' {DP_FORMAT_V2!r} with "
+                                   "'privacy_unit': 'client'")
+        if fmt == DP_FORMAT_V2 and (not isinstance(mech, str) or data["privacy_unit"] != PRIVACY_UNITS.get(mech)):
+            raise DPStatementError(f"dp statement: 'privacy_unit' {data['privacy_unit']!r} does not match mechanism {mech!r} "
+                                   f"(units: {PRIVACY_UNITS})")
         values = {n: data[n] for n in names}
         for n in ("mechanism", "accountant", "dataset_size_bucket"):
             if not isinstance(values[n], str):
@@ -230,7 +264,10 @@ def no_privacy_statement(*, sample_rate: float, steps: int, dataset_size: int, m
 
 
 def recompute(statement: DPStatement) -> float:
-    """ε recomputed from the statement's parameters (inf for mechanism 'none')."""
+    """ε recomputed from the statement's parameters (inf for mechanism 'none').
+
+    dp-sgd and dp-fedavg are both `steps` compositions of a Gaussian mechanism subsampled at
+    `sample_rate` (records per optimizer step, or clients per round), so the same accountant applies."""
     if statement.mechanism == "none":
         return math.inf
     return compute_epsilon(statement.noise_multiplier, statement.sample_rate, statement.steps, statement.delta, statement.accountant)
@@ -239,9 +276,10 @@ def recompute(statement: DPStatement) -> float:
 def verify_statement(stmt: DPStatement, rel_tol: float = 1e-3) -> float:
     """Recomputes ε and returns it; raises `BudgetError` unless the claim matches.
 
-    Rejects: a non-finite claimed ε for dp-sgd, a claimed ε that differs from the recomputed one
-    by more than `rel_tol` (relative), and a δ that is not below 1/(smallest size of the bucket),
-    since δ must be below 1/n for the guarantee to mean anything.
+    Rejects: a non-finite claimed ε for dp-sgd or dp-fedavg, a claimed ε that differs from the
+    recomputed one by more than `rel_tol` (relative), and a δ that is not below 1/(smallest size of
+    the bucket), since δ must be below 1/n (records, or clients for dp-fedavg) for the guarantee to
+    mean anything.
     """
     if not isinstance(stmt, DPStatement):
         raise DPStatementError(f"expected a DPStatement, got {type(stmt).__name__}")
@@ -249,11 +287,12 @@ def verify_statement(stmt: DPStatement, rel_tol: float = 1e-3) -> float:
     if stmt.mechanism == "none":
         return math.inf
     if not math.isfinite(stmt.epsilon):
-        raise BudgetError(f"dp statement claims a non-finite epsilon {stmt.epsilon!r} for dp-sgd")
+        raise BudgetError(f"dp statement claims a non-finite epsilon {stmt.epsilon!r} for {stmt.mechanism}")
     lo, _ = bucket_bounds(stmt.dataset_size_bucket)
     if stmt.delta >= 1.0 / lo:
+        unit = "training set" if stmt.privacy_unit == "record" else "federation"
         raise BudgetError(
-            f"dp statement: delta {stmt.delta:g} is not below 1/n for a training set of {stmt.dataset_size_bucket} records "
+            f"dp statement: delta {stmt.delta:g} is not below 1/n for a {unit} of {stmt.dataset_size_bucket} {stmt.privacy_unit}s "
             f"(must be < {1.0 / lo:g}); train with a smaller target delta"
         )
     eps = recompute(stmt)

@@ -16,10 +16,11 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from protocol.errors import BudgetError
 from protocol.keys import load_private_key
+from protocol.request_auth import UPLOAD_METHOD, upload_body
 from protocol.rpc_errors import RpcError
 from protocol.schema import PublicSchema
 from provider_party.model.batching import MixedBatcher
@@ -57,6 +58,17 @@ class WarmUp:
     schemas: int = 0
     connectors_s: float = 0.0
     forward_s: float = 0.0
+
+
+@dataclass
+class UploadOutcome:
+    """Where one upload stream left an upload: complete (verified, ledgered, receipted) or waiting for a resume."""
+
+    record: UploadRecord
+    complete: bool
+    received_bytes: int
+    checks: list[str] = field(default_factory=list)
+    verify_seconds: float = 0.0
 
 
 @dataclass
@@ -319,6 +331,62 @@ class ProviderParty:
         return (not trained_now), dict(model.config.metrics or {})
 
     # --- calls ------------------------------------------------------------------------------------------
+    def receive_upload(self, client: RegisteredClient, header: Any, chunks: Iterable[Any], *, stop: Callable[[], None] | None = None,
+                       stream_errors: tuple[type[BaseException], ...] = (), cancel: Callable[[], None] | None = None) -> UploadOutcome:
+        """One upload stream, whatever carries it (the gRPC servicer, the Flower orchestrator): the signed
+        `UploadHeader`, then `UploadRequest` messages each holding one `UploadChunk`.
+
+        The header's fields, its signature by the client's registered key and its fresh nonce are checked
+        and the upload row is committed before any chunk is used; each chunk's place and digest are checked
+        before it is stored; a complete upload is finalized (`finalize_upload`: verification, ε recomputed,
+        budget charged, signed receipt). `stop` releases the chunk source whatever happens (the servicer's
+        read-ahead); an error in `stream_errors` means the sender went away: what arrived is kept for a resume.
+        `cancel` cuts the stream after `max_upload_stream_s` (what arrived is kept), so a stream never holds
+        a server thread for ever.
+        """
+        uploads, lim = self.uploads, self.config.limits
+        try:
+            uploads.validate_header(header)
+            self.auth.check_signed(client, UPLOAD_METHOD, header.auth if header.HasField("auth") else None, upload_body(header))
+            opened = uploads.open(client, header)
+        except BaseException:
+            if stop is not None:
+                stop()   # nothing received for a refused header is used
+            raise
+        if isinstance(opened, UploadRecord):  # already complete: the same answer again, nothing charged
+            if stop is not None:
+                stop()
+            return UploadOutcome(opened, True, opened.total_bytes)
+        session, cut = opened, False
+        deadline = threading.Timer(lim.max_upload_stream_s, cancel) if cancel is not None else None
+        if deadline is not None:
+            deadline.daemon = True
+            deadline.start()
+        try:
+            for msg in chunks:
+                if msg.WhichOneof("part") != "chunk":
+                    raise RpcError("BAD_REQUEST", "only UploadChunk messages may follow the header", rule="one header")
+                c = msg.chunk
+                alg = c.WhichOneof("digest")
+                if alg is None:
+                    raise RpcError("BAD_REQUEST", f"chunk at offset {c.offset} carries no digest; set blake3 or sha256", rule="chunk digest")
+                session.write(c.offset, c.data, getattr(c, alg), lim.max_chunk_bytes, alg)
+        except stream_errors:
+            cut = True  # the sender went away; what arrived is kept for a resume
+        finally:
+            if deadline is not None:
+                deadline.cancel()
+            if stop is not None:
+                stop()
+            session.close()
+            if session.received < session.record.total_bytes:
+                uploads.touch(header.upload_id)   # unfinished: its TTL counts from the last byte (a complete one is finalized now)
+        rec = session.record
+        if cut or session.received < rec.total_bytes:
+            return UploadOutcome(rec, False, session.received)
+        fin = self.finalize_upload(rec, client)
+        return UploadOutcome(fin.record, True, fin.record.total_bytes, fin.checks, fin.verify_seconds)
+
     def finalize_upload(self, record: UploadRecord, client: RegisteredClient) -> FinalizedUpload:
         """Verifies a completely received upload, recomputes ε, charges the budget and signs the receipt."""
         fin = self.uploads.finalize(record, client, self.ledger, self.experts, self.ledger_lock)
@@ -419,4 +487,4 @@ def _receipt_predicate(envelope: dict[str, Any]) -> dict[str, Any]:
     return json.loads(Envelope.from_dict(envelope).payload).get("predicate", {})
 
 
-__all__ = ["AskResult", "CustomizeResult", "ForgetResult", "ProviderParty", "WarmUp"]
+__all__ = ["AskResult", "CustomizeResult", "ForgetResult", "ProviderParty", "UploadOutcome", "WarmUp"]

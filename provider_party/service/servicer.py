@@ -16,7 +16,7 @@ import grpc
 
 from protocol.dp import ACCOUNTANTS
 from protocol.keys import fingerprint, public_key_pem
-from protocol.request_auth import FORGET_METHOD, UPLOAD_METHOD, forget_body, upload_body
+from protocol.request_auth import FORGET_METHOD, forget_body
 from protocol.rpc.llamdex.v1 import client_pb2, client_pb2_grpc, common_pb2, provider_pb2, provider_pb2_grpc
 from protocol.rpc_errors import RpcError, guard, guard_stream
 from protocol.tls import open_channel
@@ -92,46 +92,12 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         first = _next(request_iterator)
         if first is None or first.WhichOneof("part") != "header":
             raise RpcError("BAD_REQUEST", "the first UploadExpert message must be an UploadHeader", rule="header first")
-        h = first.header
-        uploads, lim = self.party.uploads, self.config.limits
-        uploads.validate_header(h)
-        # the chunks are received from here on, also while the signature, the nonce and the upload row are committed
-        chunks = ReadAhead(request_iterator, max_messages=max(2, UPLOAD_READ_AHEAD_BYTES // lim.max_chunk_bytes))
-        try:
-            self.auth.check_signed(client, UPLOAD_METHOD, h.auth if h.HasField("auth") else None, upload_body(h))
-            opened = uploads.open(client, h)
-        except BaseException:
-            chunks.stop()   # nothing received for a refused header is used
-            raise
-        if isinstance(opened, UploadRecord):  # already complete: the same answer again, nothing charged
-            chunks.stop()
-            return self._upload_response(opened, [], 0.0)
-        session, cut = opened, False
-        deadline = threading.Timer(lim.max_upload_stream_s, context.cancel)   # a stream never holds a server thread for ever
-        deadline.daemon = True
-        deadline.start()
-        try:
-            for msg in chunks:
-                if msg.WhichOneof("part") != "chunk":
-                    raise RpcError("BAD_REQUEST", "only UploadChunk messages may follow the header", rule="one header")
-                c = msg.chunk
-                alg = c.WhichOneof("digest")
-                if alg is None:
-                    raise RpcError("BAD_REQUEST", f"chunk at offset {c.offset} carries no digest; set blake3 or sha256", rule="chunk digest")
-                session.write(c.offset, c.data, getattr(c, alg), lim.max_chunk_bytes, alg)
-        except grpc.RpcError:
-            cut = True  # the client went away; what arrived is kept for a resume
-        finally:
-            deadline.cancel()
-            chunks.stop()
-            session.close()
-            if session.received < session.record.total_bytes:
-                uploads.touch(h.upload_id)   # unfinished: its TTL counts from the last byte (a complete one is finalized now)
-        rec = session.record
-        if cut or session.received < rec.total_bytes:
-            return provider_pb2.UploadResponse(upload_id=rec.upload_id, complete=False, received_bytes=session.received)
-        fin = self.party.finalize_upload(rec, client)
-        return self._upload_response(fin.record, fin.checks, fin.verify_seconds)
+        # the chunks are received from here on, also while the core checks the header and commits its nonce and upload row
+        chunks = ReadAhead(request_iterator, max_messages=max(2, UPLOAD_READ_AHEAD_BYTES // self.config.limits.max_chunk_bytes))
+        out = self.party.receive_upload(client, first.header, chunks, stop=chunks.stop, stream_errors=(grpc.RpcError,), cancel=context.cancel)
+        if not out.complete:
+            return provider_pb2.UploadResponse(upload_id=out.record.upload_id, complete=False, received_bytes=out.received_bytes)
+        return self._upload_response(out.record, out.checks, out.verify_seconds)
 
     def _upload_response(self, rec: UploadRecord, checks: list[str], seconds: float) -> provider_pb2.UploadResponse:
         return provider_pb2.UploadResponse(upload_id=rec.upload_id, complete=True, received_bytes=rec.total_bytes,

@@ -40,6 +40,7 @@ VERB_MODULES = [
     "simulations.cli.audit",
     "simulations.cli.health",
     "simulations.cli.hosts",
+    "simulations.cli.simulate",
 ]
 
 DESCRIPTION = """\
@@ -56,6 +57,7 @@ Tools:
   certs      a small CA and the mutual-TLS certificates of the provider, clients and orchestrator
   attack     privacy attacks on an expert: membership inference, attribute inference, canary audit
   audit      offline verification of artifacts, receipts and the ledger; every ε recomputed twice
+  simulate   many clients, one base LLM: the Flower app (simulation or deployment engine)
 """
 
 EPILOG = """\

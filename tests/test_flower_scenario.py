@@ -1,0 +1,221 @@
+"""The Flower app's pieces without a Flower runtime: the run config, the partitions, and the upload stream on the provider's real path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from simulations.flower.scenario import Scenario, ScenarioError
+
+# --- the run config -----------------------------------------------------------------------------------------
+
+
+def test_the_defaults_describe_three_titanic_clients_at_epsilon_one():
+    s = Scenario.from_run_config({})
+    assert (s.data, s.clients, s.partition, s.epsilon, s.budget) == (("titanic",), 3, "iid", (1.0,), (4.0,))
+    assert [s.client_id(i) for i in range(3)] == ["client-000", "client-001", "client-002"]
+
+
+def test_clients_spread_round_robin_over_tables_and_lists_cycle():
+    s = Scenario.from_run_config({"data": "titanic,default", "clients": 5, "epsilon": "1,none", "budget": "4,inf,2"})
+    assert [s.table_index(i) for i in range(5)] == [0, 1, 0, 1, 0]
+    assert [s.part_of(i) for i in range(5)] == [(0, 3), (0, 2), (1, 3), (1, 2), (2, 3)]
+    assert [s.epsilon_for(i) for i in range(5)] == [1.0, None, 1.0, None, 1.0]
+    assert [s.budget_for(i) for i in range(4)] == [4.0, float("inf"), 2.0, 4.0]
+
+
+@pytest.mark.parametrize("rc, key", [
+    ({"partition": "random"}, "partition"),
+    ({"epsilon": "1,zero"}, "epsilon"),
+    ({"epsilon": "-1"}, "epsilon"),
+    ({"budget": "none,"}, "budget"),
+    ({"clients": 0}, "clients"),
+    ({"data": "titanic,default", "clients": 1}, "clients"),
+    ({"alpha": 0}, "alpha"),
+    ({"faults": "7=crash"}, "faults"),
+    ({"faults": "1=explode"}, "faults"),
+    ({"preset": "fastest"}, "preset"),
+    ({"preset": "{\"name\": \"x\", \"bogus\": 1}"}, "preset"),
+    ({"provider-device": "tpu"}, "provider-device"),
+    ({"schema": "s.json", "data": "titanic,default", "clients": 2}, "schema"),
+    ({"test-size": 0.9}, "test-size"),
+    ({"out-dir": "runs/x"}, "out-dir"),
+    ({"connectors": "store"}, "connectors"),
+])
+def test_a_bad_run_config_value_is_refused_naming_the_key_and_the_fix(rc, key):
+    with pytest.raises(ScenarioError) as e:
+        Scenario.from_run_config(rc).preset_value()
+    assert e.value.code == "BAD_RUN_CONFIG" and e.value.rule == key and f"{key!r}" in str(e.value) and ";" in str(e.value)
+
+
+def test_a_federation_must_name_a_table_of_the_run_with_two_clients():
+    assert Scenario.from_run_config({"clients": 3, "federated": "all"}).federated_tables() == [0]
+    with pytest.raises(ScenarioError, match="is not one of the run's tables"):
+        Scenario.from_run_config({"federated": "credit"}).federated_tables()
+    with pytest.raises(ScenarioError, match="at least two clients"):
+        Scenario.from_run_config({"data": "titanic,default", "clients": 3, "federated": "default"}).federated_tables()
+
+
+def test_a_missing_table_file_is_refused_with_the_registered_names():
+    with pytest.raises(ScenarioError, match="neither a registered table"):
+        Scenario.from_run_config({"data": "nosuch.csv"}).table_refs()
+
+
+# --- partitions -----------------------------------------------------------------------------------------------
+
+
+def test_iid_parts_are_disjoint_cover_the_table_and_differ_by_at_most_one_row():
+    from simulations.flower.partitioning import iid_partition
+
+    parts = iid_partition(103, 4, seed=0)
+    rows = np.concatenate(parts)
+    assert sorted(rows.tolist()) == list(range(103)) and max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_dirichlet_parts_are_seeded_disjoint_and_skewed_by_a_small_alpha():
+    from simulations.flower.partitioning import dirichlet_partition
+
+    labels = np.repeat([0, 1], 500)
+    skew = dirichlet_partition(labels, 5, alpha=0.1, seed=3)
+    flat = dirichlet_partition(labels, 5, alpha=100.0, seed=3)
+    assert [p.tolist() for p in skew] == [p.tolist() for p in dirichlet_partition(labels, 5, alpha=0.1, seed=3)]
+    assert sorted(np.concatenate(skew).tolist()) == list(range(1000)) and min(map(len, skew)) >= 10
+
+    def spread(parts):   # mean distance of each part's share of class 1 from the table's 0.5
+        return float(np.mean([abs(labels[p].mean() - 0.5) for p in parts]))
+
+    assert spread(skew) > 0.2 > 0.05 > spread(flat)
+
+
+def test_a_partition_that_cannot_give_every_client_rows_is_refused():
+    from simulations.flower.partitioning import dirichlet_partition
+
+    with pytest.raises(ScenarioError, match="raise 'alpha', lower 'clients'"):
+        dirichlet_partition(np.repeat([0, 1], 30), 5, alpha=0.01, seed=0)
+
+
+# --- the upload stream on the provider's real upload path ----------------------------------------------------
+
+
+@pytest.fixture
+def provider(tmp_path):
+    """A provider core with one registered client (no base LLM needed to receive uploads)."""
+    from protocol.keys import generate_private_key, save_private_key
+    from provider_party.service.config import ProviderConfig, RegisteredClient
+    from provider_party.service.core import ProviderParty
+
+    pkey, ckey = generate_private_key(), generate_private_key()
+    save_private_key(pkey, tmp_path / "provider.key")
+    party = ProviderParty(ProviderConfig(key=tmp_path / "provider.key", state=tmp_path / "state", connectors=tmp_path / "conn", preload=False,
+                                         clients=(RegisteredClient("client-000", ckey.public_key(), epsilon_budget=4.0),)))
+    yield party, ckey, pkey
+    party.close()
+
+
+def _artifact_tar(tmp_path, key, epsilon=1.0):
+    from client_party.datasets import encode_table, load_table
+    from client_party.expert_training import TrainConfig, train_expert
+    from protocol.artifact import pack_artifact, write_artifact
+
+    df, schema = load_table("titanic")
+    x, y = encode_table(df.iloc[:200], schema)
+    cfg = TrainConfig(epochs=1) if epsilon is None else TrainConfig.private(epsilon, epochs=2)
+    t = train_expert(x, y, schema, cfg)
+    return pack_artifact(write_artifact(tmp_path / "art", t.model, schema, t.dp, key, model_name="a"))
+
+
+def test_a_flower_upload_goes_through_the_providers_upload_path_to_a_signed_receipt(tmp_path, provider):
+    from protocol.receipts import verify_receipt
+    from simulations.flower.upload_stream import parse_upload, upload_messages
+
+    party, ckey, pkey = provider
+    blobs = upload_messages(ckey, "client-000", _artifact_tar(tmp_path, ckey), "titanic", "expert-titanic", chunk_bytes=64 << 10)
+    assert len(blobs) > 2   # a header and several chunks, each with its own digest
+    up = parse_upload(blobs)
+    out = party.receive_upload(party.config.client("client-000"), up.header, up.chunks)
+    assert out.complete and "epsilon recomputed" in out.checks and "budget charged, receipt signed" in out.checks
+    r = verify_receipt(out.record.receipt, pkey.public_key())
+    assert r.client_id == "client-000" and 0 < r.epsilon_recomputed <= 1.0
+
+
+def test_a_replayed_upload_header_is_refused_like_on_the_grpc_path(tmp_path, provider):
+    from simulations.flower.upload_stream import parse_upload, upload_messages
+
+    party, ckey, _ = provider
+    blobs = upload_messages(ckey, "client-000", _artifact_tar(tmp_path, ckey), "titanic", "expert-titanic")
+    client = party.config.client("client-000")
+    up = parse_upload(blobs)
+    party.receive_upload(client, up.header, up.chunks)
+    again = parse_upload(blobs)
+    with pytest.raises(Exception, match="REPLAYED_REQUEST"):
+        party.receive_upload(client, again.header, again.chunks)
+
+
+def test_a_header_signed_by_another_key_is_refused_before_any_chunk_is_stored(tmp_path, provider):
+    from protocol.keys import generate_private_key
+    from simulations.flower.upload_stream import parse_upload, upload_messages
+
+    party, ckey, _ = provider
+    stranger = generate_private_key()
+    up = parse_upload(upload_messages(stranger, "client-000", _artifact_tar(tmp_path, ckey), "titanic", "expert-titanic"))
+    with pytest.raises(Exception, match="BAD_REQUEST_SIGNATURE"):
+        party.receive_upload(party.config.client("client-000"), up.header, up.chunks)
+    assert party.ledger.entries(client_id="client-000")[0] == []
+
+
+def test_bytes_that_are_not_an_upload_stream_are_refused_with_the_rule():
+    from simulations.flower.upload_stream import UploadStreamError, parse_upload
+
+    with pytest.raises(UploadStreamError, match="first upload message must be an UploadHeader"):
+        parse_upload([b""])
+    with pytest.raises(UploadStreamError, match="carries no message"):
+        parse_upload([])
+
+
+# --- the command line -----------------------------------------------------------------------------------------
+
+
+def test_simulate_flags_become_the_run_config_keys_of_pyproject():
+    import tomllib
+    from pathlib import Path
+
+    from simulations.cli.main import build_parser
+    from simulations.cli.simulate import run_config_from_args
+
+    args = build_parser().parse_args(["simulate", "--data", "titanic,default", "--clients", "4", "--epsilon", "1,none", "--federated", "titanic",
+                                      "--partition", "dirichlet", "--alpha", "0.3"])
+    rc = run_config_from_args(args)
+    keys = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert set(rc) <= set(keys)   # flwr refuses an override key the app does not declare
+    assert (rc["data"], rc["clients"], rc["epsilon"], rc["federated"], rc["partition"], rc["alpha"]) == ("titanic,default", 4, "1,none", "titanic",
+                                                                                                         "dirichlet", 0.3)
+
+
+def test_a_csv_table_with_its_schema_joins_a_registered_table_in_one_run(tmp_path):
+    """Several schemas at once: client 0 holds part of titanic, client 1 the whole of a CSV file described by the schema beside it."""
+    from client_party.datasets import DATASETS, load_table
+    from simulations.flower.simulated_client import SimulatedClient
+
+    df, _ = load_table("default")
+    csv = tmp_path / "loans.csv"
+    df.iloc[:300].to_csv(csv, index=False)
+    (tmp_path / "loans.csv.schema.json").write_text(DATASETS["default"].schema_path.read_text())
+    s = Scenario.from_run_config({"data": f"titanic,{csv}", "clients": 2})
+    titanic, loans = (SimulatedClient(s, i, tmp_path).data() for i in (0, 1))
+    assert (titanic.table_id, loans.table_id) == ("titanic", "loans")
+    assert titanic.schema.digest != loans.schema.digest
+    assert len(loans.train) + len(loans.heldout) == 300
+
+
+def test_phase_progress_lines_become_one_bar_per_phase():
+    import io
+
+    from simulations.flower.progress import ProgressBars, parse_progress
+
+    assert parse_progress("INFO: [llamdex] phase=train done=3 total=50 note=client-002 crashed\n") == ("train", 3, 50, "client-002 crashed")
+    assert parse_progress("[llamdex] excluded client-002: crashed") is None
+    bars = ProgressBars(file=io.StringIO())
+    assert bars.feed("[llamdex] phase=register done=1 total=2") and bars.feed("[llamdex] phase=train done=2 total=2")
+    assert not bars.feed("some other log line")
+    assert list(bars.bars) == ["register", "train"] and bars.bars["train"].n == 2
+    bars.close()
