@@ -182,6 +182,9 @@ class Verbalizer:
             return _fill(template, name, word)
         text, a, b = self._format(col, value)
         if col.type == "category" and (col.name, str(value).replace("_", " ").lower()) in self._alone and r.random() < self.nameless_rate:
+            if r.random() < 0.5:  # as a word describing the subject: "a female passenger"
+                head = "a "
+                return f"{head}{text} {self.schema.subject}", len(head) + a, len(head) + b
             return text, a, b
         if col.is_numeric and col.unit in self._unique_units and text.endswith(" " + col.unit) and r.random() < self.nameless_rate:
             return text, a, b

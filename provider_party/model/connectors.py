@@ -59,25 +59,34 @@ class LocalMixer(nn.Module):
 
     The LLM's states are causal: a value's tokens have seen the field name when it comes first
     ("age: 40") but not when it follows ("40-year-old", "third class", "no internet service for
-    backup"). A centred window over the question (a 1-D convolution written as a Linear over the
-    unfolded window) gives each token its right-hand context too, at a cost that grows only
-    linearly with the question's length.
+    backup"). A centred window over the question gives each token its right-hand context too, at
+    a cost that grows only linearly with the question's length: a depthwise convolution (one
+    weight per channel and offset) followed by a per-token MLP.
     """
 
     def __init__(self, dim: int, kernel: int):
         super().__init__()
         self.kernel = kernel
         self.norm = nn.LayerNorm(dim)
-        self.mix = nn.Linear(kernel * dim, dim)
+        self.window = nn.Parameter(torch.zeros(kernel, dim))
+        self.mix = nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim)
 
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        with torch.no_grad():
+            nn.init.normal_(self.window, std=kernel_std(self.kernel), generator=generator)
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        B, T, D = x.shape
         half = self.kernel // 2
         y = self.norm(x) * mask[..., None]
         win = F.pad(y, (0, 0, half, half)).unfold(1, self.kernel, 1)  # (B, T, D, kernel)
-        y = self.out(F.gelu(self.mix(win.transpose(2, 3).reshape(B, T, self.kernel * D))))
+        y = torch.einsum("btdk,kd->btd", win, self.window)
+        y = self.out(F.gelu(self.mix(y)))
         return (x + y) * mask[..., None]
+
+
+def kernel_std(kernel: int) -> float:
+    return 1.0 / math.sqrt(kernel)
 
 
 class ExpertEncoder(nn.Module):
@@ -121,6 +130,8 @@ class ExpertEncoder(nn.Module):
             nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, blocks[i].num_levels)) for i in self.categorical
         )
         self.register_buffer("is_numeric", torch.tensor([b.kind == "numeric" for b in blocks]), persistent=False)
+        # "Nothing stated" is an outcome for every nullable column and every number; see `can_be_missing`.
+        self.register_buffer("can_be_missing", torch.tensor([can_be_missing(b) for b in blocks]), persistent=False)
         cols = [blocks[i].column for i in self.numeric]
         self.register_buffer("num_min", torch.tensor([float(c.min) for c in cols]).view(1, -1, 1), persistent=False)
         self.register_buffer("num_span", torch.tensor([float(c.max - c.min) for c in cols]).view(1, -1, 1), persistent=False)
@@ -141,7 +152,7 @@ class ExpertEncoder(nn.Module):
         allowed = torch.where(self.is_numeric[None, :, None], is_number[:, None, :], mask[:, None, :])  # (B, C, T)
         scores = torch.einsum("cd,btd->bct", self.queries, self.key(x)) / math.sqrt(self.dim)
         scores = scores.masked_fill(~allowed, -1e4)
-        nothing = self.nothing.view(1, -1, 1).expand(B, -1, 1)
+        nothing = torch.where(self.can_be_missing, self.nothing, torch.full_like(self.nothing, -1e4)).view(1, -1, 1).expand(B, -1, 1)
         return Reading(torch.cat([scores, nothing], -1), allowed, self.value(x))
 
     def _levels(self, reading: "Reading", weights: torch.Tensor) -> list[torch.Tensor]:
@@ -177,7 +188,7 @@ class ExpertEncoder(nn.Module):
         logp = r.scores.log_softmax(-1)
         on = targets.tokens & r.allowed                                       # (B, C, T)
         has_value = on.any(-1)
-        gold = torch.cat([on, (targets.missing & ~has_value)[..., None]], -1)
+        gold = torch.cat([on, (targets.missing & ~has_value & self.can_be_missing)[..., None]], -1)
         use = gold.any(-1)                                                    # a stated value we could not place: no pointer loss
         ptr = -torch.logsumexp(logp.masked_fill(~gold, -1e4), -1)
         loss = (ptr * use).sum() / use.sum().clamp(min=1)
@@ -201,6 +212,19 @@ class ExpertEncoder(nn.Module):
             else:
                 parts.append(F.one_hot(o.argmax(-1), b.num_levels + 1).float())
         return torch.cat(parts, dim=1)
+
+
+def can_be_missing(block) -> bool:
+    """Whether "nothing stated" is one of the column's outcomes: for nullable columns and for numbers.
+
+    A categorical or yes/no column the schema declares non-nullable always has a value, and the
+    client's expert never saw it missing; a question that seems to leave it out far more often
+    words it in a way training never showed ("a gentleman" for sex: male), and the pointer still
+    ranks such a word first (measured on evaluation-only phrasings). So such a column always reads
+    its best-scoring value. A number the question does not state is different: the pointer would
+    otherwise take another column's number, so every numeric column keeps "nothing stated".
+    """
+    return bool(block.column.nullable or block.kind == "numeric")
 
 
 @dataclass
