@@ -58,7 +58,9 @@ class Preset:
     encoder_layer: int = 12
     inject_candidates: tuple[int, ...] = (20, 24)
     num_tokens: int = 4
-    batch_size: int = 16
+    batch_size: int = 16               # questions per frozen pass
+    encoder_batch: int = 8             # questions per encoder step
+    encoder_min_steps: int = 400       # the encoder ties values to fields only after enough steps (measured)
     encoder_lr: float = 2e-3
     decoder_lr: float = 1e-3
     surrogate_epochs: int = 10
@@ -144,7 +146,8 @@ def _stage_encoder(probe: LlamdexModel, corpus: SyntheticCorpus, states: FrozenS
     t0 = time.perf_counter()
     gen = generator(seed)
     encoder = train_encoder(probe.encoder.train(), states.encoder, epochs=p.encoder_epochs, lr=p.encoder_lr, gen=gen, progress=progress,
-                            on_epoch=lambda f: report("stage 1: encoder", 0.5 + 0.2 * f))
+                            on_epoch=lambda f: report("stage 1: encoder", 0.5 + 0.2 * f), batch_size=p.encoder_batch,
+                            min_steps=p.encoder_min_steps)
     timings["encoder_train_s"] = time.perf_counter() - t0
     first = extraction_report(encoder, states.encoder_val, fe)
     missed = shortfalls(first, p.thresholds)
@@ -160,7 +163,7 @@ def _stage_encoder(probe: LlamdexModel, corpus: SyntheticCorpus, states: FrozenS
         extra, _ = cache_questions(probe, corpus, idx, p.batch_size, candidates=None, desc=f"self-check round {r + 1}: frozen pass", progress=progress)
         states.encoder += extra
         encoder = train_encoder(encoder, states.encoder, epochs=p.retrain_epochs, lr=p.encoder_lr / 2, gen=gen, progress=progress,
-                                desc=f"self-check round {r + 1}: encoder")
+                                desc=f"self-check round {r + 1}: encoder", batch_size=p.encoder_batch)
         report_r = extraction_report(encoder, states.encoder_val, fe)
         rounds.append({"weak_columns": sorted(weak), "extra_questions": len(idx), "seconds": round(time.perf_counter() - t0, 1)})
         missed = shortfalls(report_r, p.thresholds)

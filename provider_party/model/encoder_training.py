@@ -17,13 +17,29 @@ import torch
 from tqdm.auto import tqdm
 
 from protocol.encoding import FeatureEncoder
-from provider_party.model.connectors import ExpertEncoder
+from provider_party.model.connectors import ExpertEncoder, PointerTargets
 from provider_party.model.training_data import EncoderBatch
 
 
+def split_batches(cache: list[EncoderBatch], size: int) -> list[EncoderBatch]:
+    """The cached batches cut into batches of at most `size` questions (the frozen pass batches for speed;
+    the encoder learns to tie values to fields in fewer epochs from more, smaller steps)."""
+    out: list[EncoderBatch] = []
+    for h, qmask, numbers, t in cache:
+        for a in range(0, len(h), size):
+            s = slice(a, a + size)
+            out.append((h[s], qmask[s], numbers[s], PointerTargets(t.tokens[s], t.missing[s], t.levels[s], t.values[s])))
+    return out
+
+
 def train_encoder(encoder: ExpertEncoder, cache: list[EncoderBatch], *, epochs: int, lr: float, gen: torch.Generator,
-                  progress: bool = False, on_epoch: Callable[[float], None] | None = None, desc: str = "stage 1: encoder") -> ExpertEncoder:
-    """AdamW with a one-cycle schedule over the cached batches, in a seeded order; returns the frozen encoder."""
+                  progress: bool = False, on_epoch: Callable[[float], None] | None = None, desc: str = "stage 1: encoder",
+                  batch_size: int | None = None, min_steps: int = 0) -> ExpertEncoder:
+    """AdamW with a one-cycle schedule over the cached batches (cut to `batch_size`), in a seeded order, for
+    `epochs` or as many as `min_steps` optimizer steps need; returns the frozen encoder."""
+    if batch_size is not None:
+        cache = split_batches(cache, batch_size)
+    epochs = max(epochs, -(-min_steps // max(len(cache), 1)))
     encoder.requires_grad_(True)
     opt = torch.optim.AdamW(encoder.parameters(), lr=lr, weight_decay=0.01)
     total_steps = epochs * len(cache)
@@ -120,4 +136,4 @@ def thresholds_dict(thresholds: Thresholds) -> dict[str, float]:
     return asdict(thresholds)
 
 
-__all__ = ["EncoderBatch", "Thresholds", "describe_shortfalls", "extraction_report", "shortfalls", "thresholds_dict", "tolerance", "train_encoder"]
+__all__ = ["EncoderBatch", "Thresholds", "describe_shortfalls", "extraction_report", "shortfalls", "split_batches", "thresholds_dict", "tolerance", "train_encoder"]
