@@ -18,8 +18,10 @@ GOLDEN_DIGESTS = {
     "default": "sha256:ba7b5db00cd8c778a123898cbb09ae32c179b3b333d5bb6150f6a1d6c6622a96",
     "credit": "sha256:88aa0544c3213c1dc599a7802fa9387951df12a6a935595be2fc602d01846a1b",
     "churn": "sha256:3368af74e9fc85b97b7da3750b83dbf1475aceb8f29c0561779c60f6be5a5cff",
+    "telco": "sha256:ad52339ca440b6e7b6e20bc74423031e78284e694366ac39d4eada449bb582bc",
+    "attrition": "sha256:eb871af2eaa630950e752f66d6f34be2f83475b3d470cdd4fa8aab5e2eed43de",
 }
-SENSITIVE = {"titanic": "sex", "default": "student", "credit": "Marital", "churn": "international_plan"}
+SENSITIVE = {"titanic": "sex", "default": "student", "credit": "Marital", "churn": "international_plan", "telco": "female", "attrition": "Gender"}
 
 
 def minimal() -> dict:
