@@ -41,8 +41,8 @@ def markdown(payload: dict) -> str:
         "",
         "### Targets",
         "",
-        "| dataset | ε | expert acc. | Llamdex acc. | Llamdex − expert (pts) | Llamdex − base (pts) | agreement with expert |",
-        "|---|---|---|---|---|---|---|",
+        "| dataset | ε | expert acc. | Llamdex acc. | Llamdex − expert (pts) | expert bal. acc. | Llamdex bal. acc. | Llamdex − expert bal. (pts) | Llamdex − base (pts) | agreement with expert |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for ds in payload["datasets"]:
         base = next(r for r in rows if r["dataset"] == ds and r["method"] == "base_llm")
@@ -51,7 +51,8 @@ def markdown(payload: dict) -> str:
                 ex = next(e for e in rows if e["dataset"] == ds and e["method"] == "expert" and e["epsilon"] == r["epsilon"])
                 lines.append(
                     f"| {ds} | {'–' if r['epsilon'] is None else format(r['epsilon'], 'g')} | {ex['accuracy']:.3f} | {r['accuracy']:.3f} | "
-                    f"{100 * (r['accuracy'] - ex['accuracy']):+.1f} | {100 * (r['accuracy'] - base['accuracy']):+.1f} | {r['agreement_with_expert']:.3f} |"
+                    f"{100 * (r['accuracy'] - ex['accuracy']):+.1f} | {ex['balanced_accuracy']:.3f} | {r['balanced_accuracy']:.3f} | "
+                    f"{100 * (r['balanced_accuracy'] - ex['balanced_accuracy']):+.1f} | {100 * (r['accuracy'] - base['accuracy']):+.1f} | {r['agreement_with_expert']:.3f} |"
                 )
     lines += ["", "### Evaluation-only phrasings (never used in training)", "",
               "Llamdex with the non-DP expert on the same held-out records asked in the phrasings of `simulations/phrasings.py` "
