@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,6 @@ class ConnectorConfig:
     encoder_layer: int = 12
     inject_layer: int = 20
     encoder_dim: int = 256
-    encoder_heads: int = 4
     encoder_mixer_layers: int = 2
     encoder_kernel: int = 5
     decoder_ffn: int = 512
@@ -111,8 +110,7 @@ class ExpertEncoder(nn.Module):
     numeric (B, 2) = (value in [0, 1], missing logit: positive when "nothing stated" wins).
     """
 
-    def __init__(self, feature_encoder: FeatureEncoder, hidden_size: int, dim: int = 256, heads: int = 4,
-                 mixer_layers: int = 2, kernel: int = 5):
+    def __init__(self, feature_encoder: FeatureEncoder, hidden_size: int, dim: int = 256, mixer_layers: int = 2, kernel: int = 5):
         super().__init__()
         self.fe = feature_encoder
         self.dim = dim
@@ -274,7 +272,7 @@ class ExpertDecoder(nn.Module):
 
 def build_connectors(config: ConnectorConfig, schema: PublicSchema) -> tuple[ExpertEncoder, ExpertDecoder]:
     fe = FeatureEncoder(schema)
-    enc = ExpertEncoder(fe, config.hidden_size, config.encoder_dim, config.encoder_heads, config.encoder_mixer_layers, config.encoder_kernel)
+    enc = ExpertEncoder(fe, config.hidden_size, config.encoder_dim, config.encoder_mixer_layers, config.encoder_kernel)
     dec = ExpertDecoder(schema.label.num_classes, config.hidden_size, config.num_tokens, config.decoder_ffn)
     return enc, dec
 
@@ -299,6 +297,9 @@ def read_connector_meta(folder: str | Path) -> dict[str, Any]:
     raw = json.loads((Path(folder) / "connectors.json").read_text())
     if raw.get("format") != CONNECTOR_FORMAT:
         raise ValueError(f"{folder}: connector format {raw.get('format')!r} is not {CONNECTOR_FORMAT!r}")
+    unknown = set(raw) - {f.name for f in fields(ConnectorConfig)}
+    if unknown:
+        raise ValueError(f"{folder}: connectors.json has fields this version does not know ({sorted(unknown)}); retrain the connectors")
     return raw
 
 
