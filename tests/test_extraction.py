@@ -120,3 +120,22 @@ def test_shortfalls_name_each_weak_column_metric_and_gap():
     assert set(missed["b"]) == {"missing_flag_accuracy"}
     assert "a: accuracy 0.950 < 0.97" in describe_shortfalls(missed)
     assert shortfalls(report, Thresholds(0.9, 0.9, 0.9)) == {}
+
+
+def test_nothing_stated_is_an_outcome_for_nullable_columns_and_numbers_only():
+    """A non-nullable categorical column always reads a level; a nullable one, or any number, may read as missing."""
+    from provider_party.model.connectors import ExpertEncoder, can_be_missing
+
+    schema = shared_words_schema()
+    fe = FeatureEncoder(schema)
+    assert {b.column.name for b in fe.blocks if can_be_missing(b)} == {"view", "pets", "rooms"}
+    enc = init_parameters(ExpertEncoder(fe, 64, dim=32, mixer_layers=1, kernel=3), generator(0))
+    with torch.no_grad():
+        enc.nothing.fill_(50.0)  # "nothing stated" as strong as it can be
+        h = torch.randn(4, 9, 64, generator=torch.Generator().manual_seed(1))
+        numbers = torch.full((4, 9), float("nan"))
+        numbers[:, 3] = 5.0
+        decoded = fe.decode(enc.to_expert_input(enc(h, torch.ones(4, 9, dtype=torch.bool), numbers)).numpy())
+    for b in fe.blocks:
+        col = decoded[b.column.name]
+        assert col.isna().all() == can_be_missing(b), b.column.name
