@@ -16,8 +16,9 @@ expert encoder is trained to point at that span (and at nothing when the value i
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from protocol.encoding import bool_level, is_missing
 from protocol.schema import ColumnSpec, PublicSchema
@@ -157,7 +158,7 @@ class Verbalizer:
             return text, 0, len(text)
         v = float(value)
         if col.type == "int" or (col.decimals == 0):
-            text = f"{int(round(v)):,}" if (abs(v) >= 1000 and r.random() < 0.5) else str(int(round(v)))
+            text = f"{round(v):,}" if (abs(v) >= 1000 and r.random() < 0.5) else str(round(v))
         else:
             decimals = col.decimals if col.decimals is not None else 2
             d = r.choice(sorted({decimals, max(decimals - 1, 0)}))

@@ -18,7 +18,8 @@ Two mechanisms:
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from protocol.encoding import bool_level, is_missing
 from protocol.schema import ColumnSpec, PublicSchema
@@ -42,7 +43,7 @@ JOINS = (", ", "; ", ", plus ", ". Also, ")
 def _number(col: ColumnSpec, value: Any, rng: random.Random) -> str:
     v = float(value)
     if col.type == "int" or col.decimals == 0:
-        text = str(int(round(v)))
+        text = str(round(v))
     else:
         text = f"{v:.{col.decimals if col.decimals is not None else 2}f}"
     if col.unit == "dollars" and rng.random() < 0.5:
@@ -83,7 +84,7 @@ def general_question(schema: PublicSchema, row: Row, rng: random.Random) -> str:
 
 def _num(value: Any, decimals: int = 0) -> str:
     v = float(value)
-    return str(int(round(v))) if decimals == 0 or v.is_integer() else f"{v:.{decimals}f}"
+    return str(round(v)) if decimals == 0 or v.is_integer() else f"{v:.{decimals}f}"
 
 
 def _yes(value: Any) -> bool:

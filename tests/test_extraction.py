@@ -14,10 +14,20 @@ from protocol.encoding import FeatureEncoder, is_missing
 from protocol.schema import PublicSchema
 from protocol.seeding import generator, init_parameters
 from provider_party.model.connectors import ConnectorConfig, build_connectors
-from provider_party.model.encoder_training import Thresholds, describe_shortfalls, extraction_report, shortfalls, train_encoder
+from provider_party.model.encoder_training import (
+    Thresholds,
+    describe_shortfalls,
+    extraction_report,
+    shortfalls,
+    train_encoder,
+)
 from provider_party.model.llamdex_model import LlamdexModel
 from provider_party.model.prompting import PromptBuilder
-from provider_party.model.training_data import build_corpus, cache_questions, pointer_targets
+from provider_party.model.training_data import (
+    build_corpus,
+    cache_questions,
+    pointer_targets,
+)
 
 LEVELS = ["Low", "Medium", "High", "Very_High"]
 SURVEY = [("comfort", ["comfort", "comfort rating"]), ("noise", ["noise level", "noisiness"]), ("light", ["daylight", "light level"]),

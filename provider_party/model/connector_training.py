@@ -19,21 +19,38 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
-import numpy as np
 import torch
 
 from protocol.encoding import FeatureEncoder
 from protocol.schema import PublicSchema
 from protocol.seeding import generator, init_parameters
 from provider_party.model.base_llm import BaseLLM
-from provider_party.model.connectors import ConnectorConfig, ExpertDecoder, ExpertEncoder, build_connectors
+from provider_party.model.connectors import (
+    ConnectorConfig,
+    ExpertDecoder,
+    ExpertEncoder,
+    build_connectors,
+)
 from provider_party.model.decoder_training import evaluate_decoder, train_decoder
-from provider_party.model.encoder_training import Thresholds, describe_shortfalls, extraction_report, shortfalls, thresholds_dict, train_encoder
+from provider_party.model.encoder_training import (
+    Thresholds,
+    describe_shortfalls,
+    extraction_report,
+    shortfalls,
+    thresholds_dict,
+    train_encoder,
+)
 from provider_party.model.llamdex_model import LlamdexModel
-from provider_party.model.training_data import DecoderBatch, EncoderBatch, SyntheticCorpus, build_corpus, cache_questions
+from provider_party.model.training_data import (
+    DecoderBatch,
+    EncoderBatch,
+    SyntheticCorpus,
+    build_corpus,
+    cache_questions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +94,12 @@ class Preset:
         """(encoder-only questions, decoder questions) for this schema; together they are the encoder's."""
         total = self.encoder_questions
         if len(schema.columns) > self.full_columns:
-            total = max(int(round(total * self.full_columns / len(schema.columns))), min(self.min_encoder_questions, total))
+            total = max(round(total * self.full_columns / len(schema.columns)), min(self.min_encoder_questions, total))
         dec = min(self.decoder_questions, total)
         return total - dec, dec
 
     @property
-    def thresholds(self) -> "Thresholds":
+    def thresholds(self) -> Thresholds:
         return Thresholds(self.check_categorical, self.check_numeric, self.check_missing)
 
 
@@ -157,7 +174,7 @@ def _stage_encoder(probe: LlamdexModel, corpus: SyntheticCorpus, states: FrozenS
             break
         t0 = time.perf_counter()
         weak = set(missed)
-        n = max(int(round(p.retrain_questions * (len(corpus.encoder_idx) + len(corpus.decoder_idx)))), p.batch_size)
+        n = max(round(p.retrain_questions * (len(corpus.encoder_idx) + len(corpus.decoder_idx))), p.batch_size)
         idx = corpus.add_questions(n, weak, seed=seed + 1000 + r)
         log.info("self-check: %d column(s) below threshold (%s); %d more questions stating them", len(weak), ", ".join(sorted(weak)), len(idx))
         extra, _ = cache_questions(probe, corpus, idx, p.batch_size, candidates=None, desc=f"self-check round {r + 1}: frozen pass", progress=progress)
@@ -212,7 +229,7 @@ def train_connectors(
 
     t0 = time.perf_counter()
     enc_q, dec_q = p.questions_for(schema)
-    reserve = p.retrain_rounds * max(int(round(p.retrain_questions * (enc_q + dec_q))), p.batch_size)
+    reserve = p.retrain_rounds * max(round(p.retrain_questions * (enc_q + dec_q)), p.batch_size)
     corpus = build_corpus(schema, n_synthetic=p.n_synthetic, encoder_questions=enc_q, decoder_questions=dec_q,
                           val_questions=p.val_questions, surrogate_epochs=p.surrogate_epochs, seed=seed, reserve=reserve)
     timings["synthesis_and_surrogate_s"] = time.perf_counter() - t0

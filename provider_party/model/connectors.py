@@ -140,12 +140,12 @@ class ExpertEncoder(nn.Module):
             nn.init.normal_(self.queries, std=0.02, generator=generator)
             self.nothing.zero_()
 
-    def read(self, h: torch.Tensor, mask: torch.Tensor, numbers: torch.Tensor) -> "Reading":
+    def read(self, h: torch.Tensor, mask: torch.Tensor, numbers: torch.Tensor) -> Reading:
         """Pointer scores over positions + "nothing", and the per-position value states."""
         x = self.proj(self.norm(h.float())) * mask[..., None]
         for m in self.mixers:
             x = m(x, mask)
-        B, T, _ = x.shape
+        B = x.shape[0]
         is_number = mask & torch.isfinite(numbers)
         allowed = torch.where(self.is_numeric[None, :, None], is_number[:, None, :], mask[:, None, :])  # (B, C, T)
         scores = torch.einsum("cd,btd->bct", self.queries, self.key(x)) / math.sqrt(self.dim)
@@ -153,7 +153,7 @@ class ExpertEncoder(nn.Module):
         nothing = torch.where(self.can_be_missing, self.nothing, torch.full_like(self.nothing, -1e4)).view(1, -1, 1).expand(B, -1, 1)
         return Reading(torch.cat([scores, nothing], -1), allowed, self.value(x))
 
-    def _levels(self, reading: "Reading", weights: torch.Tensor) -> list[torch.Tensor]:
+    def _levels(self, reading: Reading, weights: torch.Tensor) -> list[torch.Tensor]:
         """Level logits per categorical column from the value states, weighted over positions (B, C, T)."""
         idx = torch.tensor(self.categorical, device=weights.device)
         pooled = torch.einsum("bct,btd->bcd", weights[:, idx], reading.values)
@@ -179,7 +179,7 @@ class ExpertEncoder(nn.Module):
             outs[i] = torch.stack([value[:, c], missing[:, c].clamp(-1e4, 1e4)], 1)
         return outs
 
-    def loss(self, h: torch.Tensor, mask: torch.Tensor, numbers: torch.Tensor, targets: "PointerTargets") -> torch.Tensor:
+    def loss(self, h: torch.Tensor, mask: torch.Tensor, numbers: torch.Tensor, targets: PointerTargets) -> torch.Tensor:
         """Pointer: cross-entropy onto the value's tokens, or onto "nothing stated" when the column is
         missing; levels: cross-entropy from the gold value tokens and from where the pointer looks."""
         r = self.read(h, mask, numbers)
@@ -218,7 +218,7 @@ def can_be_missing(block) -> bool:
     A categorical or yes/no column the schema declares non-nullable always has a value, and the
     client's expert never saw it missing; a question that seems to leave it out far more often
     words it in a way training never showed ("a gentleman" for sex: male), and the pointer still
-    ranks such a word first (measured on evaluation-only phrasings). So such a column always reads
+    ranks such a word first (measured on hand-written test sentences). So such a column always reads
     its best-scoring value. A number the question does not state is different: the pointer would
     otherwise take another column's number, so every numeric column keeps "nothing stated".
     """
@@ -250,7 +250,7 @@ class PointerTargets:
     levels: torch.Tensor
     values: torch.Tensor
 
-    def to(self, device: torch.device | str) -> "PointerTargets":
+    def to(self, device: torch.device | str) -> PointerTargets:
         return PointerTargets(self.tokens.to(device), self.missing.to(device), self.levels.to(device), self.values.to(device))
 
 

@@ -9,8 +9,8 @@ verbalizer's rounding) and missing-flag accuracy; `shortfalls` compares them wit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 import torch

@@ -48,7 +48,7 @@ class QueryBatch:
         return self.slots(self.num_slots)
 
     @staticmethod
-    def pad(rows: list[PromptRow], pad_id: int, num_slots: int, suffix_len: int) -> "QueryBatch":
+    def pad(rows: list[PromptRow], pad_id: int, num_slots: int, suffix_len: int) -> QueryBatch:
         """Left-pads rows to one width; rows of a mixed batch may carry different slot counts."""
         width = max(len(r.ids) for r in rows)
         ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -64,7 +64,7 @@ class QueryBatch:
         pos = (mask.cumsum(1) - 1).clamp(min=0)
         return QueryBatch(ids, mask, pos, qmask, numbers, num_slots, suffix_len)
 
-    def to(self, device: torch.device | str) -> "QueryBatch":
+    def to(self, device: torch.device | str) -> QueryBatch:
         return QueryBatch(self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device),
                           self.question_mask.to(device), self.numbers.to(device), self.num_slots, self.suffix_len)
 

@@ -12,8 +12,8 @@ every epoch, so each question runs through it once, in length-sorted batches (li
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pandas as pd

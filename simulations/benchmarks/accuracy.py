@@ -18,7 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-from simulations.benchmarks.results_md import RESULTS_DIR, environment, results_md_path, update_section, write_json
+from simulations.benchmarks.results_md import (
+    RESULTS_DIR,
+    environment,
+    results_md_path,
+    update_section,
+    write_json,
+)
 from simulations.cli.common import epsilon_list, set_threads
 from simulations.pipeline import format_table, run_pipeline
 
