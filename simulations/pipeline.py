@@ -41,6 +41,7 @@ class PipelineResult:
     model: Any = field(default=None, repr=False)
     experts: dict[str, Any] = field(default_factory=dict, repr=False)
     questions: list[str] = field(default_factory=list, repr=False)  # the held-out questions evaluated, in test order
+    phrasing: dict[str, dict] = field(default_factory=dict)  # per expert: Llamdex on the evaluation-only phrasings
 
 
 def run_pipeline(table: TableRef | str = "titanic", epsilons: tuple[float | None, ...] = (None, 1.0, 4.0), *, preset: Preset | str = "default",
@@ -100,7 +101,7 @@ def run_pipeline(table: TableRef | str = "titanic", epsilons: tuple[float | None
     majority = np.bincount(result.y_true).argmax()
     rows.append({"dataset": dataset, "method": "majority_class", "epsilon": None, **scores(result.y_true, np.full_like(result.y_true, majority)), "n_test": len(test), "seed": seed})
     return PipelineResult(dataset, rows, result.extraction, model.config.metrics, trained_now, dp, timings, len(train), len(test),
-                          model=model, experts=experts, questions=result.questions)
+                          model=model, experts=experts, questions=result.questions, phrasing=result.phrasing)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

@@ -12,7 +12,7 @@ from client_party.datasets import DATASETS, Problem, encode_table, load_schema, 
 from protocol.errors import DataValidationError, SchemaError
 from protocol.schema import PublicSchema
 
-EXPECTED_ROWS = {"titanic": 1309, "default": 10000, "credit": 4454, "churn": 5000, "penguins": 344}
+EXPECTED_ROWS = {"titanic": 1309, "default": 10000, "credit": 4454, "churn": 5000, "penguins": 344, "telco": 7043, "attrition": 1470}
 
 TOY_SCHEMA = {
     "format": "llamdex.schema/v1",

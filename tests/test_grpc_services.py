@@ -85,6 +85,8 @@ def test_customize_streams_progress_then_reuses_connectors_and_delivers_the_resu
     assert fractions == sorted(fractions) and len(events) >= 4
     last = events[-1]
     assert last.state == common_pb2.JOB_STATE_SUCCEEDED and not last.result.connectors_reused
+    check = json.loads(last.result.metrics_json)["self_check"]  # the connectors' own extraction check travels with the result
+    assert {"passed", "missed", "retrain_rounds", "thresholds"} <= set(check)
     again = list(world["orch"].Customize(client_pb2.ClientCustomizeRequest(artifact_digest=digest), timeout=120))
     assert again[-1].state == common_pb2.JOB_STATE_SUCCEEDED and again[-1].result.connectors_reused
     jobs = world["client"].party.workspace / "jobs"

@@ -122,7 +122,10 @@ def test_connector_training_reports_metrics_and_picks_a_candidate_layer(tiny_con
     assert m["inject_layer"] in (22, 26)
     assert set(m["decoder_validation"]) == {"22", "26"}
     assert set(m["encoder_validation"]) == {"sex", "age", "passengerClass"}
-    assert m["timings"]["total_s"] > 0
+    assert {"exact", "mae", "missing_flag_accuracy"} <= set(m["encoder_validation"]["age"])
+    assert {"accuracy", "missing_flag_accuracy"} <= set(m["encoder_validation"]["sex"])
+    assert {"thresholds", "passed", "missed", "retrain_rounds"} <= set(m["self_check"])
+    assert m["timings"]["total_s"] > 0 and m["timings"]["frozen_pass_s"] > 0
 
 
 def test_slots_come_after_the_question_so_encoder_never_sees_them(tiny_model, titanic_schema):
@@ -133,18 +136,23 @@ def test_slots_come_after_the_question_so_encoder_never_sees_them(tiny_model, ti
     assert batch.question_mask.any(1).all()
 
 
-def test_store_treats_an_older_connector_format_as_absent(tmp_path, tiny_connectors, base_llm, titanic_schema):
-    """A v1 set (regression head for numbers) must be retrained, not loaded into the v2 encoder."""
+@pytest.mark.parametrize("older", ["llamdex.connectors/v1", "llamdex.connectors/v2"])
+def test_store_treats_an_older_connector_format_as_absent(tmp_path, tiny_connectors, base_llm, titanic_schema, older):
+    """v1 (regression head for numbers) and v2 (pooled categories and missing flags) sets must be retrained,
+    not loaded into the v3 encoder."""
     import json
 
     from provider_party.model.connector_store import ConnectorStore
+    from provider_party.model.connectors import CONNECTOR_FORMAT
 
+    assert CONNECTOR_FORMAT == "llamdex.connectors/v3"
     store = ConnectorStore(tmp_path / "store")
     store.save(base_llm, titanic_schema, tiny_connectors)
     assert store.has(base_llm, titanic_schema)
     meta = store.path_for(base_llm.model_id, titanic_schema.digest) / "connectors.json"
     raw = json.loads(meta.read_text())
-    meta.write_text(json.dumps({**raw, "format": "llamdex.connectors/v1"}))
+    assert raw["format"] == CONNECTOR_FORMAT
+    meta.write_text(json.dumps({**raw, "format": older}))
     assert not store.has(base_llm, titanic_schema)
     with pytest.raises(ValueError, match="connector format"):
         load_connectors(meta.parent)

@@ -19,8 +19,11 @@ GOLDEN_DIGESTS = {
     "credit": "sha256:03d17b39287f5e2c55ce1dc1d896e8fc2f51012151a630293a37767d88f0e258",
     "churn": "sha256:7f05727cb2f600feb5d5edcc0486f7caf56a8b890e7959822d27edcec35ce394",
     "penguins": "sha256:0586068b35d3bb655b80692d4d3f1ed897b475d3c773f770896eeb038bffc4d2",
+    "telco": "sha256:20359b5f685736c1479a8415c34662db4eb9692bfcc879a9510b6f197b8690a7",
+    "attrition": "sha256:f784cc6bf70fd1a0b5a2447ddc2626a353d98040e06e9e19464183e113116564",
 }
-SENSITIVE = {"titanic": "sex", "default": "student", "credit": "Marital", "churn": "international_plan", "penguins": "sex"}
+SENSITIVE = {"titanic": "sex", "default": "student", "credit": "Marital", "churn": "international_plan", "penguins": "sex", "telco": "female",
+             "attrition": "Gender"}
 
 
 def minimal() -> dict:

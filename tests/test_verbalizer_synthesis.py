@@ -7,21 +7,51 @@ import pytest
 
 from client_party.datasets import DATASETS, load_schema, load_table
 from protocol.encoding import FeatureEncoder, is_missing
-from protocol.verbalizer import Verbalizer
+from protocol.verbalizer import ORDINAL_WORDS, Verbalizer, unambiguous_levels
 from provider_party.model.synthesis import synthesize
 
 
 @pytest.mark.parametrize("name", sorted(DATASETS))
-def test_every_present_column_is_mentioned_by_some_alias(name):
+def test_every_present_column_is_stated_and_its_value_span_is_exact(name):
+    """Each present value is stated, and the span the verbalizer reports holds exactly that value's text."""
     schema = load_schema(name)
     rows, _ = synthesize(schema, n=300, seed=0)
     v = Verbalizer(schema, seed=0)
     for row in rows.to_dict("records")[:100]:
-        q = v.question(row).lower()
+        u = v.utterance(row)
+        assert u.text.rstrip().endswith(schema.label.question)
         for col in schema.columns:
-            if not is_missing(row[col.name]):
-                assert any(a.lower() in q for a in col.phrases), (col.name, q)
-        assert q.rstrip().endswith(schema.label.question.lower())
+            if is_missing(row[col.name]):
+                assert col.name not in u.spans
+                continue
+            a, b = u.spans[col.name]
+            said = u.text[a:b]
+            if col.is_numeric:
+                assert abs(float(said.replace(",", "")) - float(row[col.name])) <= 0.5 * 10 ** -((col.decimals or 1) - 1) + 1e-9, (col.name, said)
+            elif col.type == "bool":
+                yes = {"yes", "with", "has", "has a", "included", "true"}
+                assert (said.lower() in yes) == (row[col.name] == "yes"), (col.name, said, row[col.name])
+            else:
+                level = str(row[col.name]).replace("_", " ")
+                assert said.lower() in {level.lower(), ORDINAL_WORDS.get(level, level)}, (col.name, said, level)
+            # unless the value is unambiguous on its own, the field's name is said with it
+            named = any(alias.lower() in u.text.lower() for alias in col.phrases)
+            alone = (col.name, str(row[col.name]).replace("_", " ").lower()) in unambiguous_levels(schema) or (col.is_numeric and col.unit)
+            assert named or alone, (col.name, u.text)
+
+
+def test_levels_shared_by_several_columns_are_never_stated_without_the_field_name():
+    schema = load_schema("telco")
+    alone = unambiguous_levels(schema)
+    assert ("online_backup", "yes") not in alone and ("online_backup", "no internet service") not in alone
+    assert ("contract", "two year") in alone and ("internet_service", "fiber optic") in alone
+
+
+def test_keep_leaves_the_other_columns_unsaid():
+    schema = load_schema("telco")
+    rows, _ = synthesize(schema, n=20, seed=0)
+    u = Verbalizer(schema, seed=0).utterance(rows.to_dict("records")[0], keep={"tenure", "contract"})
+    assert set(u.spans) <= {"tenure", "contract"}
 
 
 @pytest.mark.parametrize("name", sorted(DATASETS))
@@ -51,7 +81,10 @@ def test_synthesis_respects_schema_ranges_and_categories(name):
             assert vals.min() >= col.min and vals.max() <= col.max
         else:
             assert set(vals) <= set(col.levels)
-            assert 0.05 < rows[col.name].isna().mean() < 0.15  # ~10 % missing categorical entries
+        if col.nullable:
+            assert 0.05 < rows[col.name].isna().mean() < 0.15  # ~10 % missing entries in nullable columns
+        else:
+            assert rows[col.name].notna().all()
     FeatureEncoder(schema).encode_frame(rows)  # every synthetic row encodes
 
 

@@ -1,40 +1,69 @@
-"""Trains the connectors for one (base LLM, schema) pair from synthetic data only, in two stages.
+"""Trains the connectors for one (base LLM, schema) pair from synthetic data only, in stages, and checks them.
 
-`train_connectors` runs the stages in order, each in its own module: synthetic rows, the surrogate
-expert and their questions (`training_data`), the expert encoder on cached layer-`j` states
-(`encoder_training`), and one decoder per candidate inject layer `k` on cached layer-`k` states,
-keeping the best on synthetic validation questions (`decoder_training`). Nothing here reads the
-client's data or expert, and nothing touches torch's global random state: every draw comes from a
-generator seeded by `seed`.
+`train_connectors` runs: synthetic rows, the surrogate expert and their questions
+(`training_data`); one frozen pass per question, shared by both stages (layer-`j` states for the
+encoder; for the decoder's questions the pass runs on to the last layer and keeps what the slot
+passes need); the expert encoder (`encoder_training`); the self-check: per-column extraction on
+synthetic validation questions against thresholds, and, for a schema whose encoder misses one,
+more questions for the weak columns and more training, with whatever still misses reported in
+the metrics (`metrics["self_check"]`) rather than served silently; then one decoder per
+candidate inject layer `k`, keeping the best on validation questions (`decoder_training`).
+
+The number of questions follows the schema: every question trains every column once, but a
+question's cost grows with its length, so the encoder's question count shrinks as the column
+count grows (`Preset.questions_for`). Nothing here reads the client's data or expert, and nothing
+touches torch's global random state: every draw comes from a generator seeded by `seed`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
-import numpy as np
 import torch
 
 from protocol.encoding import FeatureEncoder
 from protocol.schema import PublicSchema
 from protocol.seeding import generator, init_parameters
 from provider_party.model.base_llm import BaseLLM
-from provider_party.model.connectors import ConnectorConfig, ExpertDecoder, ExpertEncoder, build_connectors
-from provider_party.model.decoder_training import DecoderBatch, evaluate_decoder, train_decoder
-from provider_party.model.encoder_training import EncoderBatch, evaluate_encoder, train_encoder
+from provider_party.model.connectors import (
+    ConnectorConfig,
+    ExpertDecoder,
+    ExpertEncoder,
+    build_connectors,
+)
+from provider_party.model.decoder_training import evaluate_decoder, train_decoder
+from provider_party.model.encoder_training import (
+    Thresholds,
+    describe_shortfalls,
+    extraction_report,
+    shortfalls,
+    thresholds_dict,
+    train_encoder,
+)
 from provider_party.model.llamdex_model import LlamdexModel
-from provider_party.model.prompting import QueryBatch
-from provider_party.model.training_data import SyntheticCorpus, build_corpus, cache_states, encoder_targets
+from provider_party.model.training_data import (
+    DecoderBatch,
+    EncoderBatch,
+    SyntheticCorpus,
+    build_corpus,
+    cache_questions,
+)
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Preset:
-    """Sizes of one connector-training run; `default` fits 15 minutes per schema on 2 CPU cores."""
+    """Sizes of one connector-training run; `default` fits 15 minutes for a 30-column schema on 2 CPU cores.
+
+    `encoder_questions` is the encoder's question count for a schema of up to `full_columns`
+    columns; wider schemas get `encoder_questions * full_columns / columns` (never fewer than
+    `min_encoder_questions`): their questions are longer, and each still trains every column.
+    The decoder's questions count toward the encoder's (one frozen pass serves both).
+    """
 
     name: str
     n_synthetic: int = 10_000
@@ -46,15 +75,37 @@ class Preset:
     encoder_layer: int = 12
     inject_candidates: tuple[int, ...] = (20, 24)
     num_tokens: int = 4
-    batch_size: int = 16
+    batch_size: int = 16               # questions per frozen pass
+    encoder_batch: int = 8             # questions per encoder step
+    encoder_min_steps: int = 400       # the encoder ties values to fields only after enough steps (measured)
     encoder_lr: float = 2e-3
     decoder_lr: float = 1e-3
     surrogate_epochs: int = 10
+    full_columns: int = 12
+    min_encoder_questions: int = 400
+    retrain_rounds: int = 1            # self-check: rounds of extra questions for the weak columns
+    retrain_questions: float = 0.5     # ... as a share of the encoder's questions
+    retrain_epochs: int = 4
+    check_categorical: float = 0.97    # self-check thresholds on synthetic validation questions
+    check_numeric: float = 0.97
+    check_missing: float = 0.97
+
+    def questions_for(self, schema: PublicSchema) -> tuple[int, int]:
+        """(encoder-only questions, decoder questions) for this schema; together they are the encoder's."""
+        total = self.encoder_questions
+        if len(schema.columns) > self.full_columns:
+            total = max(round(total * self.full_columns / len(schema.columns)), min(self.min_encoder_questions, total))
+        dec = min(self.decoder_questions, total)
+        return total - dec, dec
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return Thresholds(self.check_categorical, self.check_numeric, self.check_missing)
 
 
 PRESETS: dict[str, Preset] = {
     "default": Preset("default"),
-    "quick": Preset("quick", n_synthetic=4000, encoder_questions=480, decoder_questions=128, val_questions=64,
+    "quick": Preset("quick", n_synthetic=4000, encoder_questions=480, decoder_questions=128, val_questions=64, min_encoder_questions=240,
                     encoder_epochs=8, decoder_epochs=2, inject_candidates=(24,), surrogate_epochs=5),
 }
 
@@ -68,7 +119,6 @@ class TrainedConnectors:
     metrics: dict = field(default_factory=dict)
 
 
-
 Progress = Callable[[str, float], None]
 
 
@@ -79,50 +129,82 @@ def _config_for(base: BaseLLM, schema: PublicSchema, p: Preset) -> tuple[Connect
     return config, candidates
 
 
-def _stage_encoder(probe: LlamdexModel, corpus: SyntheticCorpus, p: Preset, seed: int, progress: bool, report: Progress,
-                   timings: dict[str, float]) -> tuple[ExpertEncoder, dict]:
-    """Caches layer-j states of the encoder's questions, trains the encoder, and scores it on the validation split."""
-    fe, j = FeatureEncoder(probe.schema), p.encoder_layer
+@dataclass
+class FrozenStates:
+    """Everything the stages read from the frozen LLM, computed once per question."""
 
-    def entry(ids: np.ndarray, batch: QueryBatch) -> EncoderBatch:
-        h = probe.lm.lower(batch, [j])[j]
-        return h.to(torch.float16), batch.question_mask, batch.numbers, encoder_targets(fe, corpus.rows, ids)
+    encoder: list[EncoderBatch]
+    encoder_val: list[EncoderBatch]
+    decoder: list[DecoderBatch]
+    decoder_val: list[DecoderBatch]
 
+
+def _frozen_pass(probe: LlamdexModel, corpus: SyntheticCorpus, candidates: tuple[int, ...], p: Preset, progress: bool, report: Progress,
+                 timings: dict[str, float]) -> FrozenStates:
     t0 = time.perf_counter()
-    cache = cache_states(probe, corpus.questions, corpus.encoder_idx, p.batch_size, False, entry, desc="encoder cache", progress=progress,
-                         on_batch=lambda f: report("encoder cache", 0.25 * f))
-    report("encoder cache", 0.25)
-    val_cache = cache_states(probe, corpus.questions, corpus.encoder_val_idx, p.batch_size, False, entry, desc="encoder val cache", progress=progress)
-    timings["encoder_cache_s"] = time.perf_counter() - t0
+    ks = list(candidates)
+    dec, dec_ctx = cache_questions(probe, corpus, corpus.decoder_idx, p.batch_size, candidates=ks, desc="frozen pass (both stages)",
+                                   progress=progress, on_batch=lambda f: report("frozen pass", 0.3 * f))
+    dec_val, dec_val_ctx = cache_questions(probe, corpus, corpus.decoder_val_idx, p.batch_size, candidates=ks, desc="frozen pass (validation)",
+                                           progress=progress)
+    enc, _ = cache_questions(probe, corpus, corpus.encoder_idx, p.batch_size, candidates=None, desc="frozen pass (encoder)", progress=progress,
+                             on_batch=lambda f: report("frozen pass", 0.3 + 0.2 * f))
+    enc_val, _ = cache_questions(probe, corpus, corpus.encoder_val_idx, p.batch_size, candidates=None, desc="frozen pass (encoder validation)",
+                                 progress=progress)
+    timings["frozen_pass_s"] = time.perf_counter() - t0
+    report("frozen pass", 0.5)
+    return FrozenStates(enc + dec, enc_val + dec_val, dec_ctx, dec_val_ctx)
+
+
+def _stage_encoder(probe: LlamdexModel, corpus: SyntheticCorpus, states: FrozenStates, p: Preset, seed: int, progress: bool,
+                   report: Progress, timings: dict[str, float]) -> tuple[ExpertEncoder, dict, dict]:
+    """Trains the encoder, checks it per column, and retrains with more questions for the weak columns if needed."""
+    fe = FeatureEncoder(probe.schema)
     t0 = time.perf_counter()
-    encoder = train_encoder(probe.encoder.train(), cache, epochs=p.encoder_epochs, lr=p.encoder_lr, gen=generator(seed), progress=progress,
-                            on_epoch=lambda f: report("stage 1: encoder", 0.25 + 0.25 * f))
-    metrics = evaluate_encoder(encoder, val_cache, fe)
+    gen = generator(seed)
+    encoder = train_encoder(probe.encoder.train(), states.encoder, epochs=p.encoder_epochs, lr=p.encoder_lr, gen=gen, progress=progress,
+                            on_epoch=lambda f: report("stage 1: encoder", 0.5 + 0.2 * f), batch_size=p.encoder_batch,
+                            min_steps=p.encoder_min_steps)
     timings["encoder_train_s"] = time.perf_counter() - t0
-    return encoder, metrics
+    first = extraction_report(encoder, states.encoder_val, fe)
+    missed = shortfalls(first, p.thresholds)
+    rounds = []
+    for r in range(p.retrain_rounds):
+        if not missed:
+            break
+        t0 = time.perf_counter()
+        weak = set(missed)
+        n = max(round(p.retrain_questions * (len(corpus.encoder_idx) + len(corpus.decoder_idx))), p.batch_size)
+        idx = corpus.add_questions(n, weak, seed=seed + 1000 + r)
+        log.info("self-check: %d column(s) below threshold (%s); %d more questions stating them", len(weak), ", ".join(sorted(weak)), len(idx))
+        extra, _ = cache_questions(probe, corpus, idx, p.batch_size, candidates=None, desc=f"self-check round {r + 1}: frozen pass", progress=progress)
+        states.encoder += extra
+        encoder = train_encoder(encoder, states.encoder, epochs=p.retrain_epochs, lr=p.encoder_lr / 2, gen=gen, progress=progress,
+                                desc=f"self-check round {r + 1}: encoder", batch_size=p.encoder_batch)
+        report_r = extraction_report(encoder, states.encoder_val, fe)
+        rounds.append({"weak_columns": sorted(weak), "extra_questions": len(idx), "seconds": round(time.perf_counter() - t0, 1)})
+        missed = shortfalls(report_r, p.thresholds)
+        first = report_r
+        timings[f"self_check_round{r + 1}_s"] = time.perf_counter() - t0
+    check = {"thresholds": thresholds_dict(p.thresholds), "passed": not missed, "retrain_rounds": rounds, "missed": missed,
+             "validation_questions": len(corpus.encoder_val_idx) + len(corpus.decoder_val_idx)}
+    if missed:
+        log.warning("self-check: the encoder still misses the thresholds on %s", describe_shortfalls(missed))
+    report("stage 1: encoder", 0.7)
+    return encoder, first, check
 
 
-def _stage_decoder(probe: LlamdexModel, config: ConnectorConfig, candidates: tuple[int, ...], corpus: SyntheticCorpus, p: Preset, seed: int,
+def _stage_decoder(probe: LlamdexModel, config: ConnectorConfig, candidates: tuple[int, ...], states: FrozenStates, p: Preset, seed: int,
                    progress: bool, report: Progress, timings: dict[str, float]) -> tuple[ConnectorConfig, ExpertDecoder, dict]:
-    """Caches the states entering each candidate k, trains one decoder per candidate, keeps the best on validation."""
-
-    def entry(ids: np.ndarray, batch: QueryBatch) -> DecoderBatch:
-        return probe.lm.lower(batch, list(candidates)), batch, corpus.surrogate(torch.as_tensor(corpus.x[ids]))
-
-    t0 = time.perf_counter()
-    cache = cache_states(probe, corpus.questions, corpus.decoder_idx, p.batch_size, True, entry, desc="decoder cache", progress=progress,
-                         on_batch=lambda f: report("decoder cache", 0.5 + 0.1 * f))
-    report("decoder cache", 0.6)
-    val_cache = cache_states(probe, corpus.questions, corpus.decoder_val_idx, p.batch_size, True, entry, desc="decoder val cache", progress=progress)
-    timings["decoder_cache_s"] = time.perf_counter() - t0
+    """Trains one decoder per candidate k on the cached slot contexts, keeps the best on validation."""
     results = {}
     for ci, k in enumerate(candidates):
         t0 = time.perf_counter()
         cfg = replace(config, inject_layer=k)
-        decoder = train_decoder(probe, cfg, cache, epochs=p.decoder_epochs, lr=p.decoder_lr, seed=seed, progress=progress)
-        results[k] = (evaluate_decoder(probe, cfg, decoder, val_cache), decoder)
+        decoder = train_decoder(probe, cfg, states.decoder, epochs=p.decoder_epochs, lr=p.decoder_lr, seed=seed, progress=progress)
+        results[k] = (evaluate_decoder(probe, cfg, decoder, states.decoder_val), decoder)
         timings[f"decoder_train_k{k}_s"] = time.perf_counter() - t0
-        report(f"stage 2: decoder k={k}", 0.6 + 0.35 * (ci + 1) / len(candidates))
+        report(f"stage 2: decoder k={k}", 0.7 + 0.25 * (ci + 1) / len(candidates))
         log.info("inject layer %d: validation agreement %.4f, KL %.4f", k, results[k][0]["agreement"], results[k][0]["kl"])
     best = max(results, key=lambda k: (results[k][0]["agreement"], -results[k][0]["kl"]))
     return replace(config, inject_layer=best), results[best][1], {str(k): v[0] for k, v in results.items()}
@@ -136,7 +218,7 @@ def train_connectors(
     progress: bool = True,
     on_progress: Progress | None = None,
 ) -> TrainedConnectors:
-    """Both training stages; `on_progress(stage, fraction)` lets a service stream progress."""
+    """All stages; `on_progress(stage, fraction)` lets a service stream progress."""
     p = PRESETS[preset] if isinstance(preset, str) else preset
     t_start = time.perf_counter()
     report = on_progress or (lambda stage, frac: None)
@@ -146,15 +228,19 @@ def train_connectors(
     init_parameters(encoder, generator(seed))
 
     t0 = time.perf_counter()
-    corpus = build_corpus(schema, n_synthetic=p.n_synthetic, encoder_questions=p.encoder_questions, decoder_questions=p.decoder_questions,
-                          val_questions=p.val_questions, surrogate_epochs=p.surrogate_epochs, seed=seed)
+    enc_q, dec_q = p.questions_for(schema)
+    reserve = p.retrain_rounds * max(round(p.retrain_questions * (enc_q + dec_q)), p.batch_size)
+    corpus = build_corpus(schema, n_synthetic=p.n_synthetic, encoder_questions=enc_q, decoder_questions=dec_q,
+                          val_questions=p.val_questions, surrogate_epochs=p.surrogate_epochs, seed=seed, reserve=reserve)
     timings["synthesis_and_surrogate_s"] = time.perf_counter() - t0
     probe = LlamdexModel(base, schema, config, encoder, ExpertDecoder(schema.label.num_classes, base.hidden_size, p.num_tokens))
 
-    encoder, enc_metrics = _stage_encoder(probe, corpus, p, seed, progress, report, timings)
-    config, decoder, dec_metrics = _stage_decoder(probe, config, candidates, corpus, p, seed, progress, report, timings)
+    states = _frozen_pass(probe, corpus, candidates, p, progress, report, timings)
+    encoder, enc_metrics, check = _stage_encoder(probe, corpus, states, p, seed, progress, report, timings)
+    config, decoder, dec_metrics = _stage_decoder(probe, config, candidates, states, p, seed, progress, report, timings)
     timings["total_s"] = time.perf_counter() - t_start
-    config.metrics = {"preset": p.name, "seed": seed, "encoder_validation": enc_metrics, "decoder_validation": dec_metrics,
+    config.metrics = {"preset": p.name, "seed": seed, "questions": {"encoder": enc_q + dec_q, "decoder": dec_q, "validation": 2 * p.val_questions},
+                      "encoder_validation": enc_metrics, "self_check": check, "decoder_validation": dec_metrics,
                       "inject_layer": config.inject_layer, "timings": timings}
     report("done", 1.0)
     return TrainedConnectors(config, encoder, decoder, corpus.surrogate, config.metrics)

@@ -1,16 +1,17 @@
 """The two connection modules: the expert encoder (question -> features) and decoder (expert output -> slots).
 
-Encoder: per-feature learned attention queries over the frozen LLM's hidden states at layer `j`,
-one small head per column (categorical: levels plus missing; numeric: a missing logit), and for
-numeric columns a learned pointer onto the number in the question that states the column's value. Decoder: SwiGLU from the expert's class probabilities to `num_tokens` hidden states,
-LayerNorm. Together they are a few MB, saved as safetensors plus a JSON config.
+Encoder: per column, a learned pointer onto the value the question states for it (a token of the
+question for categorical and yes/no columns, a stated number for numeric ones) or onto "nothing
+stated", over the frozen LLM's layer-`j` states mixed locally on both sides; a categorical value is
+classified against the column's public levels, a number's value is taken from the text. Decoder:
+SwiGLU from the expert's class probabilities to `num_tokens` hidden states, LayerNorm. Together they are a few MB, saved as safetensors plus a JSON config.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from torch import nn
 from protocol.encoding import FeatureEncoder
 from protocol.schema import PublicSchema
 
-CONNECTOR_FORMAT = "llamdex.connectors/v2"  # v2: numeric columns read through a pointer onto stated numbers
+CONNECTOR_FORMAT = "llamdex.connectors/v3"  # v3: every column read by a pointer onto the value the question states, or onto "nothing stated"
 
 
 @dataclass
@@ -34,8 +35,8 @@ class ConnectorConfig:
     encoder_layer: int = 12
     inject_layer: int = 20
     encoder_dim: int = 256
-    encoder_heads: int = 4
-    encoder_window: int = 12
+    encoder_mixer_layers: int = 2
+    encoder_kernel: int = 5
     decoder_ffn: int = 512
     format: str = CONNECTOR_FORMAT
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -45,114 +46,159 @@ class ConnectorConfig:
             raise ValueError(f"need 1 <= encoder_layer ({self.encoder_layer}) <= inject_layer ({self.inject_layer}) < num_layers ({self.num_layers}) so one forward pass suffices")
         if self.num_tokens < 1:
             raise ValueError("num_tokens must be at least 1")
+        if self.encoder_kernel < 1 or self.encoder_kernel % 2 == 0:
+            raise ValueError(f"encoder_kernel ({self.encoder_kernel}) must be an odd number >= 1 (a window centred on each token)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-class ExpertEncoder(nn.Module):
-    """Reads each schema column out of the question's hidden states.
+class LocalMixer(nn.Module):
+    """One residual block that lets every token see `kernel` tokens around it, on both sides.
 
-    Categorical columns and every column's "missing" flag come from per-column attention pooling
-    over the layer-`j` states. A numeric column's value comes from a learned pointer: the column's
-    query scores every number the question states (at the number's last token, whose hidden state
-    has seen the field name before it), and the value of the chosen number is taken from the text
-    (`QueryBatch.numbers`), scaled by the column's public range. The small LLM cannot carry a
-    multi-digit number precisely in its hidden states, but it can tell which field a number belongs to.
+    The LLM's states are causal: a value's tokens have seen the field name when it comes first
+    ("age: 40") but not when it follows ("40-year-old", "third class", "no internet service for
+    backup"). A centred window over the question gives each token its right-hand context too, at
+    a cost that grows only linearly with the question's length: a depthwise convolution (one
+    weight per channel and offset) followed by a per-token MLP.
     """
 
-    def __init__(self, feature_encoder: FeatureEncoder, hidden_size: int, dim: int = 256, heads: int = 4, window: int = 12):
+    def __init__(self, dim: int, kernel: int):
         super().__init__()
-        self.fe = feature_encoder
-        self.window = window
-        self.heads, self.dh, self.dim = heads, dim // heads, dim
-        n = len(feature_encoder.blocks)
-        self.numeric = [i for i, b in enumerate(feature_encoder.blocks) if b.kind == "numeric"]
-        self.norm = nn.LayerNorm(hidden_size)
-        self.key = nn.Linear(hidden_size, dim)
-        self.value = nn.Linear(hidden_size, dim)
-        self.queries = nn.Parameter(torch.randn(n, heads, self.dh) * 0.02)
-        self.column_heads = nn.ModuleList(
-            nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 1 if b.kind == "numeric" else b.num_levels + 1))
-            for b in feature_encoder.blocks
-        )
-        # A number's key sees the `window` tokens ending at it: the field name usually precedes the value.
-        self.pointer_proj = nn.Linear(hidden_size, dim // 2)
-        self.pointer_key = nn.Sequential(nn.Linear(window * (dim // 2), dim), nn.GELU(), nn.Linear(dim, dim))
-        self.pointer_queries = nn.Parameter(torch.randn(len(self.numeric), dim) * 0.02)
-        cols = [feature_encoder.blocks[i].column for i in self.numeric]
-        self.register_buffer("num_min", torch.tensor([float(c.min) for c in cols]).view(1, -1, 1), persistent=False)
-        self.register_buffer("num_span", torch.tensor([float(c.max - c.min) for c in cols]).view(1, -1, 1), persistent=False)
-        # Half a unit of the coarsest printed precision (the verbalizer may drop one decimal), in [0, 1] units.
-        tol = [0.5 if c.type == "int" or not c.decimals else 0.5 * 10.0 ** -(c.decimals - 1) for c in cols]
-        self.register_buffer("num_tol", (torch.tensor(tol) * 1.001).view(1, -1) / self.num_span.view(1, -1), persistent=False)
+        self.kernel = kernel
+        self.norm = nn.LayerNorm(dim)
+        self.window = nn.Parameter(torch.zeros(kernel, dim))
+        self.mix = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """The encoder's own parameters (its layers re-draw theirs): small random column queries."""
+        with torch.no_grad():
+            nn.init.normal_(self.window, std=kernel_std(self.kernel), generator=generator)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        half = self.kernel // 2
+        y = self.norm(x) * mask[..., None]
+        win = F.pad(y, (0, 0, half, half)).unfold(1, self.kernel, 1)  # (B, T, D, kernel)
+        y = torch.einsum("btdk,kd->btd", win, self.window)
+        y = self.out(F.gelu(self.mix(y)))
+        return (x + y) * mask[..., None]
+
+
+def kernel_std(kernel: int) -> float:
+    return 1.0 / math.sqrt(kernel)
+
+
+class ExpertEncoder(nn.Module):
+    """Reads each schema column out of the question: a pointer onto the value the question states for it.
+
+    The layer-`j` states of the question's tokens are projected and mixed locally on both sides
+    (`LocalMixer`). Each column has a learned query that scores every candidate position (any token
+    of the question for a categorical or yes/no column; the last token of each stated number for a
+    numeric one) against a learned "nothing stated" option. The field's name or alias precedes or
+    follows its value in every phrasing, so a position's mixed state tells which field it is the
+    value of, even when many fields share value words ("Yes", "No internet service", "High").
+
+    - Missing: "nothing stated" wins the pointer. This is the reader's own outcome for every column
+      type (the value omitted, or said to be unknown), not a separate pooled guess.
+    - Categorical / yes-no: the states the pointer lands on are classified against the column's
+      public levels (a small head per column), so "3rd", "third" and "third-class" can all be read.
+    - Numeric: the chosen number's value comes from the text (`QueryBatch.numbers`), scaled by the
+      column's public range. The small LLM cannot carry a multi-digit number precisely in its hidden
+      states, but it can tell which field a number belongs to.
+
+    Outputs per column: categorical (B, levels + 1) log-probabilities, the last entry "missing";
+    numeric (B, 2) = (value in [0, 1], missing logit: positive when "nothing stated" wins).
+    """
+
+    def __init__(self, feature_encoder: FeatureEncoder, hidden_size: int, dim: int = 256, mixer_layers: int = 2, kernel: int = 5):
+        super().__init__()
+        self.fe = feature_encoder
+        self.dim = dim
+        blocks = feature_encoder.blocks
+        self.numeric = [i for i, b in enumerate(blocks) if b.kind == "numeric"]
+        self.categorical = [i for i, b in enumerate(blocks) if b.kind != "numeric"]
+        self.norm = nn.LayerNorm(hidden_size)
+        self.proj = nn.Linear(hidden_size, dim)
+        self.mixers = nn.ModuleList(LocalMixer(dim, kernel) for _ in range(mixer_layers))
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.queries = nn.Parameter(torch.randn(len(blocks), dim) * 0.02)
+        self.nothing = nn.Parameter(torch.zeros(len(blocks)))  # score of "nothing stated" per column
+        self.level_heads = nn.ModuleList(
+            nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, blocks[i].num_levels)) for i in self.categorical
+        )
+        self.register_buffer("is_numeric", torch.tensor([b.kind == "numeric" for b in blocks]), persistent=False)
+        # "Nothing stated" is an outcome for every nullable column and every number; see `can_be_missing`.
+        self.register_buffer("can_be_missing", torch.tensor([can_be_missing(b) for b in blocks]), persistent=False)
+        cols = [blocks[i].column for i in self.numeric]
+        self.register_buffer("num_min", torch.tensor([float(c.min) for c in cols]).view(1, -1, 1), persistent=False)
+        self.register_buffer("num_span", torch.tensor([float(c.max - c.min) for c in cols]).view(1, -1, 1), persistent=False)
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """The encoder's own parameters (its layers re-draw theirs): small random column queries, neutral "nothing"."""
         with torch.no_grad():
             nn.init.normal_(self.queries, std=0.02, generator=generator)
-            nn.init.normal_(self.pointer_queries, std=0.02, generator=generator)
+            self.nothing.zero_()
 
-    def _pointer(self, x: torch.Tensor, mask: torch.Tensor, numbers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Scores (B, C, T) of each stated number for each numeric column, their scaled values, and which positions hold one."""
-        valid = mask & torch.isfinite(numbers)
-        z = self.pointer_proj(x) * mask[..., None]
-        # Keys only where a number ends (a few positions per question): z[t], z[t-1], ..., z[t-window+1].
-        b_idx, t_idx = valid.nonzero(as_tuple=True)
-        back = t_idx[:, None] - torch.arange(self.window, device=z.device)[None, :]
-        win = z[b_idx[:, None], back.clamp(min=0)] * (back >= 0)[..., None]
-        keys = self.pointer_key(win.reshape(len(b_idx), self.window * z.shape[-1]))  # N may be 0
-        scores = torch.full((z.shape[0], len(self.numeric), z.shape[1]), -1e9, dtype=z.dtype, device=z.device)
-        scores[b_idx, :, t_idx] = keys @ self.pointer_queries.T / math.sqrt(self.dim)
-        values = (torch.nan_to_num(numbers.float())[:, None, :] - self.num_min) / self.num_span
-        return scores, values, valid
+    def read(self, h: torch.Tensor, mask: torch.Tensor, numbers: torch.Tensor) -> Reading:
+        """Pointer scores over positions + "nothing", and the per-position value states."""
+        x = self.proj(self.norm(h.float())) * mask[..., None]
+        for m in self.mixers:
+            x = m(x, mask)
+        B = x.shape[0]
+        is_number = mask & torch.isfinite(numbers)
+        allowed = torch.where(self.is_numeric[None, :, None], is_number[:, None, :], mask[:, None, :])  # (B, C, T)
+        scores = torch.einsum("cd,btd->bct", self.queries, self.key(x)) / math.sqrt(self.dim)
+        scores = scores.masked_fill(~allowed, -1e4)
+        nothing = torch.where(self.can_be_missing, self.nothing, torch.full_like(self.nothing, -1e4)).view(1, -1, 1).expand(B, -1, 1)
+        return Reading(torch.cat([scores, nothing], -1), allowed, self.value(x))
 
-    def _forward(self, h: torch.Tensor, mask: torch.Tensor, numbers: torch.Tensor):
-        B, T, _ = h.shape
-        x = self.norm(h.float())
-        k = self.key(x).view(B, T, self.heads, self.dh)
-        v = self.value(x).view(B, T, self.heads, self.dh)
-        scores = torch.einsum("fhd,bthd->bfht", self.queries, k) / math.sqrt(self.dh)
-        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
-        pooled = torch.einsum("bfht,bthd->bfhd", scores.softmax(-1), v).reshape(B, len(self.column_heads), -1)
-        heads = [head(pooled[:, i]) for i, head in enumerate(self.column_heads)]
-        ptr_scores, ptr_values, valid = self._pointer(x, mask, numbers)
-        any_valid = valid.any(-1, keepdim=True)
-        if self.training:  # differentiable expectation; the loss also supervises the pointer directly
-            chosen = (ptr_scores.softmax(-1) * ptr_values).sum(-1)
-        else:
-            chosen = ptr_values.gather(-1, ptr_scores.argmax(-1, keepdim=True)).squeeze(-1)
-        chosen = torch.where(any_valid, chosen, torch.full_like(chosen, 0.5))
-        outs = list(heads)
-        for c, i in enumerate(self.numeric):
-            outs[i] = torch.cat([chosen[:, c:c + 1], heads[i]], dim=1)  # [value in [0, 1], missing logit]
-        return outs, ptr_scores, ptr_values, valid
+    def _levels(self, reading: Reading, weights: torch.Tensor) -> list[torch.Tensor]:
+        """Level logits per categorical column from the value states, weighted over positions (B, C, T)."""
+        idx = torch.tensor(self.categorical, device=weights.device)
+        pooled = torch.einsum("bct,btd->bcd", weights[:, idx], reading.values)
+        return [head(pooled[:, c]) for c, head in enumerate(self.level_heads)]
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor, numbers: torch.Tensor) -> list[torch.Tensor]:
-        return self._forward(h, mask, numbers)[0]
-
-    def loss(self, h: torch.Tensor, mask: torch.Tensor, numbers: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
-        """Numeric: cross-entropy of the pointer onto the stated number(s) equal to the true value
-        (MSE of the expected value where none matches) + BCE on the missing flag; categorical: CE."""
-        outs, ptr_scores, ptr_values, valid = self._forward(h, mask, numbers)
-        total = 0.0
+        r = self.read(h, mask, numbers)
+        logp = r.scores.log_softmax(-1)                      # (B, C, T + 1)
+        stated = logp[..., :-1]
+        on_value = stated.softmax(-1) * r.allowed           # where the value is, given that one is stated
+        levels = self._levels(r, on_value)
+        outs: list[torch.Tensor] = [None] * len(self.fe.blocks)  # type: ignore[list-item]
+        for lv, i in zip(levels, self.categorical):
+            outs[i] = torch.cat([torch.logsumexp(stated[:, i], -1, keepdim=True) + lv.log_softmax(-1), logp[:, i, -1:]], -1)
+        values = (torch.nan_to_num(numbers.float())[:, None, :] - self.num_min) / self.num_span  # (B, N, T)
+        num_scores = r.scores[:, self.numeric]
+        best = num_scores[..., :-1].argmax(-1, keepdim=True)
+        value = values.gather(-1, best).squeeze(-1)
+        any_number = r.allowed[:, self.numeric].any(-1)
+        value = torch.where(any_number, value, torch.full_like(value, 0.5))
+        missing = num_scores[..., -1] - num_scores[..., :-1].max(-1).values  # > 0: "nothing stated" wins
         for c, i in enumerate(self.numeric):
-            o, t = outs[i], targets[i]
-            present = t[:, 1] < 0.5
-            match = valid & ((ptr_values[:, c] - t[:, :1]).abs() <= self.num_tol[:, c:c + 1]) & present[:, None]
-            hit = match.any(-1)
-            s = ptr_scores[:, c]
-            if hit.any():
-                ce = torch.logsumexp(s[hit], -1) - torch.logsumexp(s[hit].masked_fill(~match[hit], -1e9), -1)
-                total = total + ce.sum() / max(int(present.sum()), 1)
-            miss = present & ~hit
-            if miss.any():
-                total = total + 10.0 * F.mse_loss(o[miss, 0], t[miss, 0], reduction="sum") / max(int(present.sum()), 1)
-            total = total + F.binary_cross_entropy_with_logits(o[:, 1], t[:, 1])
-        for i, b in enumerate(self.fe.blocks):
-            if b.kind != "numeric":
-                total = total + F.cross_entropy(outs[i], targets[i])
-        return total / len(outs)
+            outs[i] = torch.stack([value[:, c], missing[:, c].clamp(-1e4, 1e4)], 1)
+        return outs
+
+    def loss(self, h: torch.Tensor, mask: torch.Tensor, numbers: torch.Tensor, targets: PointerTargets) -> torch.Tensor:
+        """Pointer: cross-entropy onto the value's tokens, or onto "nothing stated" when the column is
+        missing; levels: cross-entropy from the gold value tokens and from where the pointer looks."""
+        r = self.read(h, mask, numbers)
+        logp = r.scores.log_softmax(-1)
+        on = targets.tokens & r.allowed                                       # (B, C, T)
+        has_value = on.any(-1)
+        gold = torch.cat([on, (targets.missing & ~has_value & self.can_be_missing)[..., None]], -1)
+        use = gold.any(-1)                                                    # a stated value we could not place: no pointer loss
+        ptr = -torch.logsumexp(logp.masked_fill(~gold, -1e4), -1)
+        loss = (ptr * use).sum() / use.sum().clamp(min=1)
+        if self.categorical:
+            gold_w = on.float() / on.sum(-1, keepdim=True).clamp(min=1)
+            pred_w = logp[..., :-1].softmax(-1) * r.allowed
+            for weights in (gold_w, pred_w):
+                for c, (lv, i) in enumerate(zip(self._levels(r, weights), self.categorical)):
+                    ok = has_value[:, i]
+                    if ok.any():
+                        loss = loss + 0.5 * F.cross_entropy(lv[ok], targets.levels[ok, c], reduction="sum") / use.sum().clamp(min=1)
+        return loss
 
     def to_expert_input(self, outs: list[torch.Tensor]) -> torch.Tensor:
         """Hard decisions in the shared encoding (the expert was trained on exact one-hots)."""
@@ -164,6 +210,48 @@ class ExpertEncoder(nn.Module):
             else:
                 parts.append(F.one_hot(o.argmax(-1), b.num_levels + 1).float())
         return torch.cat(parts, dim=1)
+
+
+def can_be_missing(block) -> bool:
+    """Whether "nothing stated" is one of the column's outcomes: for nullable columns and for numbers.
+
+    A categorical or yes/no column the schema declares non-nullable always has a value, and the
+    client's expert never saw it missing; a question that seems to leave it out far more often
+    words it in a way training never showed ("a gentleman" for sex: male), and the pointer still
+    ranks such a word first (measured on hand-written test sentences). So such a column always reads
+    its best-scoring value. A number the question does not state is different: the pointer would
+    otherwise take another column's number, so every numeric column keeps "nothing stated".
+    """
+    return bool(block.column.nullable or block.kind == "numeric")
+
+
+@dataclass
+class Reading:
+    """What the encoder's pointer sees in one batch: scores (B, C, T + 1, the last "nothing stated"),
+    which positions each column may point at (B, C, T), and the value states (B, T, dim)."""
+
+    scores: torch.Tensor
+    allowed: torch.Tensor
+    values: torch.Tensor
+
+
+@dataclass
+class PointerTargets:
+    """Training targets of the encoder for one batch.
+
+    tokens (B, C, T) bool: the tokens of each column's stated value (for a number, the token that ends it);
+    missing (B, C) bool: the column's value is missing (omitted or said to be unknown);
+    levels (B, number of categorical columns) long: the level index where a categorical value is stated;
+    values (B, number of numeric columns) float: the stated number scaled to [0, 1] by the public range.
+    """
+
+    tokens: torch.Tensor
+    missing: torch.Tensor
+    levels: torch.Tensor
+    values: torch.Tensor
+
+    def to(self, device: torch.device | str) -> PointerTargets:
+        return PointerTargets(self.tokens.to(device), self.missing.to(device), self.levels.to(device), self.values.to(device))
 
 
 class ExpertDecoder(nn.Module):
@@ -184,7 +272,7 @@ class ExpertDecoder(nn.Module):
 
 def build_connectors(config: ConnectorConfig, schema: PublicSchema) -> tuple[ExpertEncoder, ExpertDecoder]:
     fe = FeatureEncoder(schema)
-    enc = ExpertEncoder(fe, config.hidden_size, config.encoder_dim, config.encoder_heads, config.encoder_window)
+    enc = ExpertEncoder(fe, config.hidden_size, config.encoder_dim, config.encoder_mixer_layers, config.encoder_kernel)
     dec = ExpertDecoder(schema.label.num_classes, config.hidden_size, config.num_tokens, config.decoder_ffn)
     return enc, dec
 
@@ -209,6 +297,9 @@ def read_connector_meta(folder: str | Path) -> dict[str, Any]:
     raw = json.loads((Path(folder) / "connectors.json").read_text())
     if raw.get("format") != CONNECTOR_FORMAT:
         raise ValueError(f"{folder}: connector format {raw.get('format')!r} is not {CONNECTOR_FORMAT!r}")
+    unknown = set(raw) - {f.name for f in fields(ConnectorConfig)}
+    if unknown:
+        raise ValueError(f"{folder}: connectors.json has fields this version does not know ({sorted(unknown)}); retrain the connectors")
     return raw
 
 

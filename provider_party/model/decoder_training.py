@@ -1,10 +1,11 @@
 """Stage 2 of connector training: the expert decoder learns to make the frozen LLM say what the expert says.
 
-With the encoder frozen, ground-truth synthetic features go through the surrogate expert; the
-decoder turns its class probabilities into slot states at layer `k`, and is trained with soft
-cross-entropy between the LLM's verbalizer read-out and those probabilities. Only the layers above
-`k` run per step (the states entering `k` are cached). One decoder is trained per candidate `k`,
-and the candidate the validation questions agree with best is kept.
+Ground-truth synthetic features go through the surrogate expert; the decoder turns its class
+probabilities into slot states at layer `k`, and is trained with soft cross-entropy between the
+LLM's verbalizer read-out and those probabilities. Each step runs only the layers above `k`, and
+only over the slots and the positions after them, against the question's cached keys and values
+(`slot_pass`): the question itself never runs again. One decoder is trained per candidate `k`, and
+the candidate the validation questions agree with best is kept.
 """
 
 from __future__ import annotations
@@ -19,10 +20,8 @@ from tqdm.auto import tqdm
 from protocol.seeding import init_parameters
 from provider_party.model.connectors import ConnectorConfig, ExpertDecoder
 from provider_party.model.llamdex_model import LlamdexModel
-from provider_party.model.prompting import QueryBatch
-
-# One cached batch: ({layer k: states entering k}, the batch, surrogate logits).
-DecoderBatch = tuple[dict[int, torch.Tensor], QueryBatch, torch.Tensor]
+from provider_party.model.slot_pass import slot_logits
+from provider_party.model.training_data import DecoderBatch
 
 
 def augment(logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -42,17 +41,14 @@ def augment(logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def _init_norm_scale(decoder: ExpertDecoder, cache: list[DecoderBatch], k: int) -> None:
     """Starts the output LayerNorm at the typical scale of the residual stream at layer k."""
-    h = cache[0][0][k]
+    h = cache[0][0].entering[k]
     rms = h.float().pow(2).mean(-1).sqrt().median()
     with torch.no_grad():
         decoder.norm.weight.fill_(float(rms))
 
 
-def _slot_logits(model: LlamdexModel, decoder: ExpertDecoder, hs: dict[int, torch.Tensor], batch: QueryBatch, k: int,
-                 probs: torch.Tensor) -> torch.Tensor:
-    h = hs[k].float().clone()
-    h[:, batch.slot_slice] = decoder(probs)
-    return model.lm.upper(h, batch, k, model.verbalizer_ids)
+def _slot_logits(model: LlamdexModel, decoder: ExpertDecoder, ctx, k: int, probs: torch.Tensor) -> torch.Tensor:
+    return slot_logits(model.lm, ctx, k, decoder(probs), model.verbalizer_ids)
 
 
 def train_decoder(model: LlamdexModel, config: ConnectorConfig, cache: list[DecoderBatch], *, epochs: int, lr: float, seed: int,
@@ -70,9 +66,9 @@ def train_decoder(model: LlamdexModel, config: ConnectorConfig, cache: list[Deco
     decoder.train()
     for _ in range(epochs):
         for ci in torch.randperm(len(cache), generator=gen).tolist():
-            hs, batch, logits = cache[ci]
+            ctx, logits = cache[ci]
             target = augment(logits, gen)
-            loss = F.cross_entropy(_slot_logits(model, decoder, hs, batch, k, target), target)
+            loss = F.cross_entropy(_slot_logits(model, decoder, ctx, k, target), target)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -89,9 +85,9 @@ def evaluate_decoder(model: LlamdexModel, config: ConnectorConfig, decoder: Expe
     agree, kls, n = 0, [], 0
     gen = torch.Generator().manual_seed(123)
     k = config.inject_layer
-    for hs, batch, logits in cache:
+    for ctx, logits in cache:
         for target in (logits.softmax(-1), augment(logits, gen)):
-            out = _slot_logits(model, decoder, hs, batch, k, target)
+            out = _slot_logits(model, decoder, ctx, k, target)
             agree += int((out.argmax(-1) == target.argmax(-1)).sum())
             kls.append(float(F.kl_div(out.log_softmax(-1), target, reduction="batchmean")))
             n += len(target)

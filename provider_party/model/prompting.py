@@ -24,8 +24,9 @@ class PromptRow:
     """One tokenized query before padding: `prefix + slots + suffix`."""
 
     ids: list[int]
-    question_len: int  # prefix tokens the expert encoder may read
+    question_len: int  # prefix tokens (chat head, the user's question, the answer instruction)
     numbers: list[float]  # per prefix token: the value of the stated number ending there, else NaN
+    reads: list[bool] | None = None  # per prefix token: part of the user's question text (what the encoder reads)
 
 
 @dataclass
@@ -33,7 +34,7 @@ class QueryBatch:
     input_ids: torch.Tensor  # (B, L)
     attention_mask: torch.Tensor  # (B, L) 1 for real tokens
     position_ids: torch.Tensor  # (B, L) positions that ignore left padding
-    question_mask: torch.Tensor  # (B, L) bool: prefix positions the expert encoder may read
+    question_mask: torch.Tensor  # (B, L) bool: tokens of the user's question text, which the expert encoder reads
     numbers: torch.Tensor  # (B, L) float: value of the number the question states ending at this token, else NaN
     num_slots: int
     suffix_len: int
@@ -48,7 +49,7 @@ class QueryBatch:
         return self.slots(self.num_slots)
 
     @staticmethod
-    def pad(rows: list[PromptRow], pad_id: int, num_slots: int, suffix_len: int) -> "QueryBatch":
+    def pad(rows: list[PromptRow], pad_id: int, num_slots: int, suffix_len: int) -> QueryBatch:
         """Left-pads rows to one width; rows of a mixed batch may carry different slot counts."""
         width = max(len(r.ids) for r in rows)
         ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -59,12 +60,12 @@ class QueryBatch:
             start = width - len(r.ids)
             ids[i, start:] = torch.tensor(r.ids)
             mask[i, start:] = 1
-            qmask[i, start: start + r.question_len] = True
+            qmask[i, start: start + r.question_len] = True if r.reads is None else torch.tensor(r.reads, dtype=torch.bool)
             numbers[i, start: start + r.question_len] = torch.tensor(r.numbers, dtype=torch.float32)
         pos = (mask.cumsum(1) - 1).clamp(min=0)
         return QueryBatch(ids, mask, pos, qmask, numbers, num_slots, suffix_len)
 
-    def to(self, device: torch.device | str) -> "QueryBatch":
+    def to(self, device: torch.device | str) -> QueryBatch:
         return QueryBatch(self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device),
                           self.question_mask.to(device), self.numbers.to(device), self.num_slots, self.suffix_len)
 
@@ -127,15 +128,35 @@ class PromptBuilder:
 
     def prefix(self, question: str) -> tuple[list[int], list[float]]:
         """Token ids of the prompt up to the answer instruction, and the numbers the question states."""
+        ids, numbers, _, _ = self._prefix(question)
+        return ids, numbers
+
+    def _prefix(self, question: str) -> tuple[list[int], list[float], list[bool], list[tuple[int, int]]]:
+        """(ids, numbers, reads, offsets): offsets are character spans relative to the stripped question."""
         q = question.strip()
         text = self._head_text + q + "\n" + self.instruction
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        start = len(self._head_text)
-        return enc["input_ids"], number_values(enc["offset_mapping"], text, start, start + len(q))
+        start, end = len(self._head_text), len(self._head_text) + len(q)
+        offsets = [(a - start, b - start) for a, b in enc["offset_mapping"]]
+        reads = [b > 0 and a < len(q) and b > a for a, b in offsets]
+        return enc["input_ids"], number_values(enc["offset_mapping"], text, start, end), reads, offsets
+
+    def value_tokens(self, question: str, spans: dict[str, tuple[int, int]]) -> dict[str, list[int]]:
+        """Per column, the prefix positions of the tokens that overlap the character span of its stated value.
+
+        `spans` are relative to `question` as given (leading blanks are stripped like the prompt does).
+        """
+        lead = len(question) - len(question.lstrip())
+        _, _, reads, offsets = self._prefix(question)
+        out = {}
+        for name, (a, b) in spans.items():
+            a, b = a - lead, b - lead
+            out[name] = [i for i, (s, e) in enumerate(offsets) if reads[i] and s < b and e > a]
+        return out
 
     def row(self, question: str, num_slots: int) -> PromptRow:
-        prefix, numbers = self.prefix(question)
-        return PromptRow(prefix + [self.slot_id] * num_slots + self.suffix_ids, len(prefix), numbers)
+        prefix, numbers, reads, _ = self._prefix(question)
+        return PromptRow(prefix + [self.slot_id] * num_slots + self.suffix_ids, len(prefix), numbers, reads)
 
     def batch(self, questions: list[str], num_slots: int) -> QueryBatch:
         """Left-padded batch; `num_slots=0` gives the plain base-LLM query."""

@@ -1,7 +1,8 @@
 """Labelled synthetic rows drawn from the public schema alone, and the surrogate expert trained on them.
 
 As in the paper, a `make_classification`-style latent model (class_sep 7) is mapped into the
-schema's ranges and categories, with 10 % of categorical entries missing. The provider never sees
+schema's ranges and categories, with 10 % of the entries of each nullable column missing (a column
+the schema declares non-nullable never is, as in the client's data). The provider never sees
 the client's data, so connectors are trained on these rows, and a surrogate expert stands in for
 the client's expert during training.
 """
@@ -49,7 +50,8 @@ def synthesize(schema: PublicSchema, n: int = 10_000, seed: int = 0, class_sep: 
             order = rng.permutation(len(levels))  # which latent quantile maps to which level
             idx = np.minimum((u * len(levels)).astype(int), len(levels) - 1)
             vals = pd.Series([levels[order[j]] for j in idx], dtype=object)
-            vals[rng.random(n) < missing_rate] = None
+            if col.nullable:
+                vals[rng.random(n) < missing_rate] = None
         data[col.name] = vals
     return pd.DataFrame(data), y.astype(np.int64)
 

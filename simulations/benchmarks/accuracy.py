@@ -4,6 +4,12 @@ Run: `python -m simulations.benchmarks.accuracy` (or `llamdex bench accuracy`, o
 takes registered tables and CSV/Parquet files with their schemas. Writes
 docs/results/accuracy.json, docs/results/accuracy.png and the `accuracy` section of docs/RESULTS.md.
 Connectors are retrained for every schema so their wall time is measured, not read from a cache.
+
+accuracy.json: `rows` (one per table, method and ε), `extraction` (per table, per column, the
+encoder's reading of the real held-out questions), `phrasing` (per table: Llamdex's `agreement`
+with the non-DP expert, its `llamdex_accuracy` and `n` on the evaluation-only phrasings of
+`simulations.phrasings`, with the same for each DP expert under `by_expert`), `connectors` (the
+connector-training metrics, self-check included).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from pathlib import Path
 from simulations.benchmarks.results_md import RESULTS_DIR, environment, results_md_path, update_section, write_json
 from simulations.cli.common import add_connectors_arg, add_data_args, add_out_arg, epsilon_list, set_threads, table_refs
 
-DATASETS = ("titanic", "default", "credit", "churn", "penguins")
+DATASETS = ("titanic", "default", "credit", "churn", "penguins", "telco", "attrition")
 
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:
@@ -37,8 +43,8 @@ def markdown(payload: dict) -> str:
         "",
         "### Targets",
         "",
-        "| dataset | ε | expert acc. | Llamdex acc. | Llamdex − expert (pts) | Llamdex − base (pts) | agreement with expert |",
-        "|---|---|---|---|---|---|---|",
+        "| dataset | ε | expert acc. | Llamdex acc. | Llamdex − expert (pts) | expert bal. acc. | Llamdex bal. acc. | Llamdex − expert bal. (pts) | Llamdex − base (pts) | agreement with expert |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for ds in payload["datasets"]:
         base = next(r for r in rows if r["dataset"] == ds and r["method"] == "base_llm")
@@ -47,19 +53,51 @@ def markdown(payload: dict) -> str:
                 ex = next(e for e in rows if e["dataset"] == ds and e["method"] == "expert" and e["epsilon"] == r["epsilon"])
                 lines.append(
                     f"| {ds} | {'–' if r['epsilon'] is None else format(r['epsilon'], 'g')} | {ex['accuracy']:.3f} | {r['accuracy']:.3f} | "
-                    f"{100 * (r['accuracy'] - ex['accuracy']):+.1f} | {100 * (r['accuracy'] - base['accuracy']):+.1f} | {r['agreement_with_expert']:.3f} |"
+                    f"{100 * (r['accuracy'] - ex['accuracy']):+.1f} | {ex['balanced_accuracy']:.3f} | {r['balanced_accuracy']:.3f} | "
+                    f"{100 * (r['balanced_accuracy'] - ex['balanced_accuracy']):+.1f} | {100 * (r['accuracy'] - base['accuracy']):+.1f} | {r['agreement_with_expert']:.3f} |"
                 )
-    lines += ["", "### Expert-encoder extraction on real test questions, and connector training time", "",
-              "| dataset | column | quality | connector training (s) | inject layer k |", "|---|---|---|---|---|"]
+    lines += ["", "### Evaluation-only phrasings (never used in training)", "",
+              "Llamdex with the non-DP expert on the same held-out records asked in the phrasings of `simulations/phrasings.py` "
+              "(half hand-written for the table's domain, half general templates), next to the verbalizer's phrasing.", "",
+              "| dataset | agreement (eval-only) | agreement (verbalizer) | hand-written | general | Llamdex acc. (eval-only) | expert acc. | n |",
+              "|---|---|---|---|---|---|---|---|"]
+    for ds, ph in payload.get("phrasing", {}).items():
+        by = ph.get("by_mechanism", {})
+        hand, gen = by.get("hand", {}).get("agreement"), by.get("general", {}).get("agreement")
+        lines.append(f"| {ds} | {ph['agreement']:.3f} | {ph['verbalizer_agreement']:.3f} | {_fmt(hand)} | {_fmt(gen)} | "
+                     f"{ph['llamdex_accuracy']:.3f} | {ph['expert_accuracy']:.3f} | {ph['n']} |")
+    lines += ["", "### Expert-encoder extraction on real test questions, connector training and its self-check", "",
+              "Categorical columns: accuracy over every record (a missing value must read as missing); numeric columns: share read exactly "
+              "(up to the verbalizer's rounding) and MAE; missing flag: accuracy of the missing decision.", "",
+              "| dataset | column | reading | missing flag | connector training (s) | inject layer k | self-check |", "|---|---|---|---|---|---|---|"]
     for ds, info in payload["extraction"].items():
         conn = payload["connectors"][ds]
+        check = conn.get("self_check", {})
+        missed = check.get("missed", {})
         for i, (col, q) in enumerate(info.items()):
-            qual = f"MAE {_fmt(q['mae'], '.2f')} {q.get('unit') or ''}".strip() if "mae" in q else f"accuracy {q['accuracy']:.3f}"
+            if "mae" in q:
+                qual = f"exact {_fmt(q.get('exact'))}, MAE {_fmt(q['mae'], '.2f')} {q.get('unit') or ''}".strip()
+            else:
+                qual = f"accuracy {q['accuracy']:.3f}"
             t = f"{conn['timings']['total_s']:.0f}" if i == 0 else ""
             k = str(conn["inject_layer"]) if i == 0 else ""
-            lines.append(f"| {ds if i == 0 else ''} | {col} | {qual} | {t} | {k} |")
+            verdict = ("missed: " + ", ".join(f"{m} {v['value']:.3f}" for m, v in missed[col].items())) if col in missed else ""
+            if i == 0 and not verdict:
+                verdict = "passed" if check.get("passed") else ""
+                if check.get("retrain_rounds"):
+                    verdict += f" (retrained {len(check['retrain_rounds'])}x)"
+            lines.append(f"| {ds if i == 0 else ''} | {col} | {qual} | {_fmt(q.get('missing_flag_accuracy'))} | {t} | {k} | {verdict} |")
     lines += ["", "![accuracy](results/accuracy.png)"]
     return "\n".join(lines)
+
+
+def phrasing_entry(phrasing: dict[str, dict]) -> dict:
+    """The table's `phrasing` entry: the non-DP expert's figures at the top level, every expert's under `by_expert`."""
+    if not phrasing:
+        return {}
+    main = phrasing.get("no-dp") or next(iter(phrasing.values()))
+    return {**{k: v for k, v in main.items() if k != "extraction"}, "extraction": main.get("extraction", {}),
+            "by_expert": {name: {k: v for k, v in p.items() if k != "extraction"} for name, p in phrasing.items()}}
 
 
 def plot(payload: dict, path: Path) -> None:
@@ -110,7 +148,7 @@ def run(args: argparse.Namespace, command: str) -> int:
     tables = table_refs(args)
     datasets = [t.id for t in tables]
     payload = {"command": command, "preset": args.preset, "seed": args.seed,
-               "datasets": datasets, "epsilons": args.epsilons, "environment": environment(), "rows": [], "extraction": {}, "connectors": {}, "dp": {}}
+               "datasets": datasets, "epsilons": args.epsilons, "environment": environment(), "rows": [], "extraction": {}, "phrasing": {}, "connectors": {}, "dp": {}}
     t0 = time.perf_counter()
     for table in tables:
         ds = table.id
@@ -118,6 +156,7 @@ def run(args: argparse.Namespace, command: str) -> int:
                            connectors_root=args.connectors, retrain=not args.no_retrain)
         payload["rows"] += res.rows
         payload["extraction"][ds] = res.extraction
+        payload["phrasing"][ds] = phrasing_entry(res.phrasing)
         payload["connectors"][ds] = {**res.connector_metrics, "trained_in_this_run": res.connectors_trained_now}
         payload["dp"][ds] = res.dp
         payload.setdefault("timings", {})[ds] = res.timings

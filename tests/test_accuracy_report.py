@@ -1,0 +1,39 @@
+"""The accuracy benchmark's report: `phrasing` per table next to `rows` and `extraction`, self-check verdicts."""
+
+from __future__ import annotations
+
+from simulations.benchmarks.accuracy import markdown, phrasing_entry
+
+
+def _payload() -> dict:
+    rows = [{"dataset": "t", "method": "base_llm", "epsilon": None, "accuracy": 0.6, "balanced_accuracy": 0.5, "macro_f1": 0.4, "n_test": 10},
+            {"dataset": "t", "method": "expert", "epsilon": None, "accuracy": 0.8, "balanced_accuracy": 0.7, "macro_f1": 0.7, "n_test": 10},
+            {"dataset": "t", "method": "llamdex", "epsilon": None, "accuracy": 0.8, "balanced_accuracy": 0.7, "macro_f1": 0.7, "n_test": 10,
+             "agreement_with_expert": 1.0}]
+    per_expert = {"no-dp": {"agreement": 0.96, "llamdex_accuracy": 0.79, "llamdex_balanced_accuracy": 0.7, "expert_accuracy": 0.8,
+                            "verbalizer_agreement": 1.0, "n": 10, "by_mechanism": {"hand": {"agreement": 0.92, "n": 5}, "general": {"agreement": 1.0, "n": 5}},
+                            "extraction": {"a": {"accuracy": 0.9}}},
+                  "eps=1": {"agreement": 0.9, "llamdex_accuracy": 0.7, "llamdex_balanced_accuracy": 0.6, "expert_accuracy": 0.7,
+                            "verbalizer_agreement": 1.0, "n": 10, "by_mechanism": {}, "extraction": {}}}
+    conn = {"timings": {"total_s": 12.0}, "inject_layer": 20,
+            "self_check": {"passed": False, "retrain_rounds": [{"weak_columns": ["b"]}],
+                           "missed": {"b": {"missing_flag_accuracy": {"value": 0.9, "threshold": 0.97, "short_by": 0.07}}}}}
+    return {"command": "python -m simulations.benchmarks.accuracy", "preset": "default", "seed": 0,
+            "environment": {"cpu_count": 2, "torch_threads": 1, "date": "today"}, "datasets": ["t"], "rows": rows,
+            "extraction": {"t": {"a": {"accuracy": 0.99, "stated_accuracy": 0.99, "missing_flag_accuracy": 1.0, "n": 10},
+                                 "b": {"mae": 0.1, "exact": 1.0, "unit": "years", "missing_flag_accuracy": 0.9, "n": 9}}},
+            "phrasing": {"t": phrasing_entry(per_expert)}, "connectors": {"t": conn}}
+
+
+def test_phrasing_entry_puts_the_non_dp_expert_first_and_keeps_every_expert():
+    entry = _payload()["phrasing"]["t"]
+    assert (entry["agreement"], entry["llamdex_accuracy"], entry["n"]) == (0.96, 0.79, 10)
+    assert set(entry["by_expert"]) == {"no-dp", "eps=1"} and "extraction" not in entry["by_expert"]["no-dp"]
+    assert phrasing_entry({}) == {}
+
+
+def test_markdown_reports_phrasing_extraction_and_the_self_check():
+    md = markdown(_payload())
+    assert "| t | 0.960 | 1.000 | 0.920 | 1.000 | 0.790 | 0.800 | 10 |" in md
+    assert "exact 1.000, MAE 0.10 years" in md
+    assert "missed: missing_flag_accuracy 0.900" in md
