@@ -46,7 +46,7 @@ class AttributeResult:
         return self.attack_members - self.attack_nonmembers
 
     def to_dict(self) -> dict[str, Any]:
-        r = lambda v: round(float(v), 5)  # noqa: E731
+        r = lambda v: round(float(v), 5)
         return {"column": self.column, "levels": self.levels, "n_members": self.n_members, "n_nonmembers": self.n_nonmembers,
                 "attack_members": r(self.attack_members), "attack_nonmembers": r(self.attack_nonmembers),
                 "population_members": r(self.population_members), "population_nonmembers": r(self.population_nonmembers),
@@ -103,7 +103,7 @@ def attribute_inference(model: Any, schema: Any, records: pd.DataFrame, is_membe
     x_aux = fe.encode_frame(aux)
     y_aux = fe.label_index(aux[label])
     others_aux = _other_features(fe, x_aux, column)
-    with_label = lambda f, yy: np.concatenate([f, np.eye(n_classes)[yy]], axis=1)  # noqa: E731
+    with_label = lambda f, yy: np.concatenate([f, np.eye(n_classes)[yy]], axis=1)
     p_given_others = _population_model(others_aux, aux_truth, len(levels), seed)
     p_given_all = _population_model(with_label(others_aux, y_aux), aux_truth, len(levels), seed)
 
@@ -119,7 +119,7 @@ def attribute_inference(model: Any, schema: Any, records: pd.DataFrame, is_membe
     baseline = p_given_all(with_label(others, y)).argmax(1)
     prior_guess = np.bincount(aux_truth, minlength=len(levels)).argmax()
     m = is_member
-    acc = lambda guess, sel: float((guess[sel] == truth[sel]).mean()) if sel.any() else float("nan")  # noqa: E731
+    acc = lambda guess, sel: float((guess[sel] == truth[sel]).mean()) if sel.any() else float("nan")
     return AttributeResult(
         column=column, levels=levels, n_members=int(m.sum()), n_nonmembers=int((~m).sum()),
         attack_members=acc(attack, m), attack_nonmembers=acc(attack, ~m),

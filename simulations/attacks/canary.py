@@ -27,8 +27,9 @@ Bonferroni correction, so it stays valid at the stated confidence.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -140,7 +141,7 @@ class CanaryAudit:
         return self.epsilon_claimed is not None and self.epsilon_lb > self.epsilon_claimed * (1 + 1e-9)
 
     def to_dict(self) -> dict[str, Any]:
-        r = lambda v: None if v is None else round(float(v), 5)  # noqa: E731
+        r = lambda v: None if v is None else round(float(v), 5)
         return {
             "m": self.m, "included": self.included, "guesses": self.guesses, "best": self.best,
             "epsilon_lb": r(self.epsilon_lb), "confidence": self.confidence, "epsilon_claimed": r(self.epsilon_claimed),
@@ -200,9 +201,17 @@ def run_canary_audit(x: np.ndarray, y: np.ndarray, schema: Any, config: Any, *, 
         epsilon_recomputed=float(recompute(dp)) if dp.is_private else None,
         epsilon_second=float(second_accountant_epsilon(dp)) if dp.is_private else None,
         delta=delta, expert_accuracy=acc, canary_auc=roc_auc(scores, included),
-        extra={"training_records": int(len(xa)), "canaries_from": "pool" if pool is not None else "random", "dp": dp.to_dict()},
+        extra={"training_records": len(xa), "canaries_from": "pool" if pool is not None else "random", "dp": dp.to_dict()},
     )
 
 
-__all__ = ["CanaryAudit", "DEFAULT_GUESS_FRACTIONS", "audit_from_scores", "epsilon_lower_bound", "guess_counts", "make_canaries",
-           "p_value_dp_audit", "run_canary_audit"]
+__all__ = [
+    "DEFAULT_GUESS_FRACTIONS",
+    "CanaryAudit",
+    "audit_from_scores",
+    "epsilon_lower_bound",
+    "guess_counts",
+    "make_canaries",
+    "p_value_dp_audit",
+    "run_canary_audit",
+]
