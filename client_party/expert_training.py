@@ -95,6 +95,7 @@ class TrainConfig:
     decision: str = "balanced"
     validation_fraction: float = 0.15     # no DP: held out for early stopping
     patience: int = 8                     # no DP: epochs without a better validation loss before stopping
+    early_stopping: bool = True           # no DP: False trains every epoch on every record (e.g. a deliberately overfit expert)
     calibration_fraction: float = 0.1     # DP: share of the DP-SGD steps spent on the output calibration
     calibration_lr: float = 0.1           # DP: Adam's least learning rate of the calibration (decays linearly to 0)
 
@@ -278,7 +279,10 @@ def validation_split(y: np.ndarray, fraction: float, gen: torch.Generator) -> tu
 
 def _train_plain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig, progress: bool, observer: DPStepObserver | None):
     gen = generator(config.seed + 1)
-    fit, val = validation_split(y.numpy(), config.validation_fraction, gen)
+    if config.early_stopping:
+        fit, val = validation_split(y.numpy(), config.validation_fraction, gen)
+    else:
+        fit, val = np.arange(len(y)), np.zeros(0, dtype=np.int64)
     xf, yf, xv, yv = x[fit], y[fit], x[val], y[val]
     n = len(xf)
     bs = config.resolved_batch_size(n)
@@ -309,7 +313,9 @@ def _train_plain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Tra
         model.eval()
         with torch.no_grad():
             val_loss = float(loss_fn(model(xv), yv)) if len(xv) else history[-1]
-        if val_loss < best - 1e-6:
+        if not config.early_stopping:
+            best_epoch, best_state = epoch + 1, None
+        elif val_loss < best - 1e-6:
             best, best_epoch, stale = val_loss, epoch + 1, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
@@ -317,7 +323,7 @@ def _train_plain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Tra
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{history[-1]:.4f}", val=f"{val_loss:.4f}", best_epoch=best_epoch)
-        if stale >= config.patience:
+        if config.early_stopping and stale >= config.patience:
             break
     if bar is not None:
         bar.close()

@@ -141,7 +141,7 @@ class CanaryAudit:
         return self.epsilon_claimed is not None and self.epsilon_lb > self.epsilon_claimed * (1 + 1e-9)
 
     def to_dict(self) -> dict[str, Any]:
-        r = lambda v: None if v is None else round(float(v), 5)
+        r = lambda v: None if v is None else round(float(v), 5)  # noqa: E731
         return {
             "m": self.m, "included": self.included, "guesses": self.guesses, "best": self.best,
             "epsilon_lb": r(self.epsilon_lb), "confidence": self.confidence, "epsilon_claimed": r(self.epsilon_claimed),
@@ -169,11 +169,12 @@ def audit_from_scores(scores: np.ndarray, included: np.ndarray, delta: float, *,
 
 def run_canary_audit(x: np.ndarray, y: np.ndarray, schema: Any, config: Any, *, m: int = 1000, seed: int = 0,
                      pool: np.ndarray | None = None, x_test: np.ndarray | None = None, y_test: np.ndarray | None = None,
-                     confidence: float = 0.95,
+                     confidence: float = 0.95, replay: Any = None,
                      guess_fractions: Sequence[tuple[float, float]] = DEFAULT_GUESS_FRACTIONS) -> CanaryAudit:
     """Inserts m canaries (each with probability 1/2) into (x, y), trains once with `config`
-    (a client_party TrainConfig), and returns the empirical ε lower bound beside the claimed ε.
-    `pool`: real encoded records disjoint from (x, y) to draw canaries from (see `make_canaries`)."""
+    (a client_party TrainConfig, or `replay`: a DP statement's mechanism), and returns the empirical ε
+    lower bound beside the claimed ε. `pool`: real encoded records disjoint from (x, y) to draw
+    canaries from (see `make_canaries`)."""
     from client_party.expert_training import train_expert
     from protocol.dp import recompute
     from simulations.attacks.metrics import roc_auc
@@ -187,7 +188,7 @@ def run_canary_audit(x: np.ndarray, y: np.ndarray, schema: Any, config: Any, *, 
     xa = np.concatenate([x, xc[included]])
     ya = np.concatenate([y, yc[included]])
     perm = rng.permutation(len(xa))
-    trained = train_expert(xa[perm], ya[perm], schema, replace(config, seed=seed))
+    trained = train_expert(xa[perm], ya[perm], schema, replace(config, seed=seed), replay=replay)
     scores = lira_statistic(log_probs(trained.model, xc), yc) - lira_statistic(log_probs(reference, xc), yc)
     dp = trained.dp
     delta = float(dp.delta) if dp.is_private else 0.0

@@ -186,7 +186,7 @@ class AttackResult:
         return float(max((b - a for a, b in zip(f, t)), default=0.0))
 
     def to_dict(self, with_roc: bool = False) -> dict[str, Any]:
-        r5 = lambda v: round(float(v), 5)
+        r5 = lambda v: round(float(v), 5)  # noqa: E731
         d: dict[str, Any] = {
             "attack": self.attack, "seat": self.seat, "auc": r5(self.auc),
             "auc_ci": None if self.auc_ci is None else [r5(v) for v in self.auc_ci],

@@ -285,16 +285,6 @@ class SeatView:
     shadows_z: np.ndarray | None = None       # (S, P, K)
     inclusion_z: np.ndarray | None = None     # (S, P)
 
-    def subset(self, rows: np.ndarray, shadows: int | None = None) -> SeatView:
-        """The view restricted to some challenge records (and the first `shadows` shadows)."""
-        k = slice(None) if shadows is None else slice(0, shadows)
-        pick = lambda a, axis: None if a is None else np.take(a, rows, axis=axis)
-        return replace(self, y=self.y[rows], is_member=self.is_member[rows], target=self.target[rows],
-                       shadows=None if self.shadows is None else pick(self.shadows[k], 1),
-                       inclusion=None if self.inclusion is None else pick(self.inclusion[k], 1),
-                       shadows_z=None if self.shadows_z is None else self.shadows_z[k],
-                       inclusion_z=None if self.inclusion_z is None else self.inclusion_z[k])
-
 
 def _log_py(logp: np.ndarray, y: np.ndarray) -> np.ndarray:
     """log p_y per record: logp (..., n, K), y (n,)."""
@@ -321,10 +311,12 @@ def attack_view(view: SeatView, attacks: Sequence[str] = ALL_ATTACKS, *, fix_var
             tpy, rpy = _log_py(view.target, view.y), _log_py(view.shadows, view.y)
             tpz, rpz = _log_py(view.target_z, view.y_z), _log_py(view.shadows_z, view.y_z)
             inc_z = view.inclusion_z if view.inclusion_z is not None else np.zeros(view.shadows_z.shape[:2], bool)
-            if "rmia" in attacks:
+            if "rmia" in attacks and inc.any(0).all():          # online: references with and without each record
                 scores["rmia"] = rmia_scores(tpy, rpy, tpz, rpz)
-            if "rmia_offline" in attacks and (~inc).any(0).all() and (~inc_z).any(0).all():
-                scores["rmia_offline"] = rmia_scores(tpy, rpy, tpz, rpz, out_mask_x=~inc, out_mask_z=~inc_z, offline=True)
+            out_z = (~inc_z).any(0)                              # offline: z needs a reference it was not in
+            if "rmia_offline" in attacks and (~inc).any(0).all() and out_z.any():
+                scores["rmia_offline"] = rmia_scores(tpy, rpy, tpz[out_z], rpz[:, out_z], out_mask_x=~inc, out_mask_z=~inc_z[:, out_z],
+                                                     offline=True)
     family = 1 - (1 - CONFIDENCE) / max(len(scores), 1)
     out = []
     for name in [a for a in ALL_ATTACKS if a in scores]:
@@ -364,7 +356,7 @@ def best_attack(results: Sequence[AttackResult], seat: str) -> dict[str, Any] | 
         return None
     by_auc = max(rs, key=lambda r: r.auc)
     by_tpr = max(rs, key=lambda r: r.tpr_at_fpr.get(0.01, 0.0))
-    r5 = lambda v: round(float(v), 5)
+    r5 = lambda v: round(float(v), 5)  # noqa: E731
     fam = by_auc.auc_ci_family or by_auc.auc_ci
     return {"attack": by_auc.attack, "auc": r5(by_auc.auc), "auc_ci": [r5(v) for v in by_auc.auc_ci],
             "auc_ci_family": [r5(v) for v in fam], "tpr@1%fpr": r5(by_tpr.tpr_at_fpr[0.01]),
@@ -399,13 +391,17 @@ class MIASplit:
 def make_split(n_rows: int, target_size: int, eval_members: int, eval_nonmembers: int, seed: int = 0,
                aux_size: int | None = None) -> MIASplit:
     """Shuffles the rows and cuts: `target_size` training records, `eval_nonmembers` held-out records,
-    and the rest (or `aux_size` of it) as the attacker's population; members are drawn from training."""
+    and the rest (or `aux_size` of it) as the attacker's population; members are drawn from training.
+    The population must fill a shadow's training set up to `target_size` beside its half of the
+    challenge records."""
     if eval_members > target_size:
         raise ValueError(f"eval_members ({eval_members}) cannot exceed target_size ({target_size})")
-    need = target_size + eval_nonmembers + target_size
+    fill = max(0, target_size - (eval_members + eval_nonmembers) // 2)
+    need = target_size + eval_nonmembers + max(fill, 1)
     if n_rows < need:
         raise ValueError(f"the table has {n_rows} rows; target_size {target_size} + eval_nonmembers {eval_nonmembers} + an auxiliary "
-                         f"population of at least target_size needs {need}; lower --target-size or --nonmembers")
+                         f"population of at least {max(fill, 1)} (to fill the shadows' training sets) needs {need}; "
+                         "lower --target-size or --n-nonmembers")
     rng = np.random.default_rng(seed)
     perm = rng.permutation(n_rows)
     train, out = perm[:target_size], perm[target_size:target_size + eval_nonmembers]
@@ -469,12 +465,13 @@ def train_shadows(x: np.ndarray, y: np.ndarray, schema: Any, cfg: Any, split: MI
 
     rng = np.random.default_rng([seed, 1])
     n_t, challenge = len(split.train), split.challenge
-    if len(split.aux) < n_t:
-        raise ValueError(f"the auxiliary population has {len(split.aux)} records, fewer than the target's {n_t} training records")
     inc = balanced_inclusion(n_shadows, len(challenge), rng)
+    if len(split.aux) < n_t - int(inc.sum(1).min(initial=n_t)):
+        raise ValueError(f"the auxiliary population has {len(split.aux)} records, too few to fill the shadows up to the target's "
+                         f"{n_t} training records")
     models, rows = [], []
     for s in range(n_shadows):
-        chosen = challenge[inc[s]]
+        chosen = challenge[inc[s]][:n_t]
         fill = max(0, n_t - len(chosen))
         idx = rng.permutation(np.concatenate([chosen, rng.choice(split.aux, size=fill, replace=False)]))
         shadow_cfg = replace(cfg, seed=int(rng.integers(2**31 - 1)))
@@ -497,6 +494,7 @@ class MIAConfig:
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
+    early_stopping: bool | None = None  # None: the recipe's (on without DP); False: a deliberately overfit expert
     seed: int = 0
     fix_variance: bool | None = None    # None: pooled variance below 64 shadows
     attacks: tuple[str, ...] = ALL_ATTACKS
@@ -582,7 +580,8 @@ def run_mia(dataset: str | tuple[pd.DataFrame, Any], config: MIAConfig, *, llamd
     df, schema = load_table(dataset) if isinstance(dataset, str) else dataset
     name = dataset if isinstance(dataset, str) else schema.name
     x, y = encode_table(df, schema)
-    cfg = train_config(config.epsilon, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed)
+    cfg = train_config(config.epsilon, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
+                       early_stopping=config.early_stopping)
     times: dict[str, float] = {}
     unknown = set(config.attacks) - set(ALL_ATTACKS)
     if unknown:
