@@ -114,8 +114,10 @@ def test_records_under_another_schema_are_refused(artifact, tmp_path, capsys):
     assert rc == 1 and "--members" in err and "label column is missing" in err
 
 
+@pytest.mark.slow
 def test_query_seat_through_a_running_providers_ask(artifact, tmp_path, capsys):
-    """The artifact's owner uploads it to a provider (tiny connectors, mutual TLS) and attacks it through Ask."""
+    """The artifact's owner uploads it to a provider (tiny connectors, mutual TLS) and attacks it through Ask
+    (about 90 s on 2 cores: connector training and 60 questions through the LLM)."""
     from provider_party.service.server import ProviderServer
     from tests._grpc_fixtures import make_parties, provider_client, provider_config
 

@@ -214,10 +214,12 @@ def markdown(data: dict[str, Any], image_prefix: str = "results/") -> str:
         if anchor:
             lo = anchor["lira_online"]
             rm = anchor.get("rmia")
+            typical = f" {anchor['typical_share']:.0%} of its challenge records are typical (unseen shadows already give their label " \
+                      "p >= 0.95), which bounds what any attack can find." if "typical_share" in anchor else ""
             out.append(f"Sanity anchor (deliberately overfit non-DP expert, {anchor['target_size']} records, {anchor['epochs']} epochs, no early "
                        f"stopping, {anchor.get('shadows', '?')} shadows): LiRA online AUC {lo['auc']:.3f}{_ci(lo.get('auc_ci'))}, TPR@1%FPR "
                        f"{lo['tpr@1%fpr']:.3f}{_ci(lo.get('tpr@1%fpr_ci'))}"
-                       + (f"; RMIA AUC {rm['auc']:.3f}{_ci(rm.get('auc_ci'))}" if rm else "") + ".")
+                       + (f"; RMIA AUC {rm['auc']:.3f}{_ci(rm.get('auc_ci'))}" if rm else "") + "." + typical)
             out.append("")
         out.append(f"![ROC curves, {table}]({image_prefix}roc_{table}.png)")
         out.append("")
