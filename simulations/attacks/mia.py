@@ -471,7 +471,7 @@ def train_shadows(x: np.ndarray, y: np.ndarray, schema: Any, cfg: Any, split: MI
                          f"{n_t} training records")
     models, rows = [], []
     for s in range(n_shadows):
-        chosen = challenge[inc[s]][:n_t]
+        chosen = challenge[inc[s]]
         fill = max(0, n_t - len(chosen))
         idx = rng.permutation(np.concatenate([chosen, rng.choice(split.aux, size=fill, replace=False)]))
         shadow_cfg = replace(cfg, seed=int(rng.integers(2**31 - 1)))
