@@ -425,6 +425,9 @@ def _train_private(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: T
             max_grad_norm=clip, poisson_sampling=True, grad_sample_mode="ghost", noise_generator=noise_gen,
         )
     dp_opt.secure_mode = True   # four Gaussian draws per coordinate: robust to floating-point attacks on the noise
+    if dp_opt.generator is not noise_gen or getattr(dp_loader.batch_sampler, "generator", None) is not loader.generator:
+        raise RuntimeError("Opacus did not take the secret generators for the noise and the Poisson sampling; refusing to train "
+                           "with DP randomness from torch's global generator")
     sample_rate = float(dp_loader.sample_rate)
     calib_steps = calibration_steps(total_steps, config.calibration_fraction)
     fit_steps = total_steps - calib_steps
