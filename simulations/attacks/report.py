@@ -172,6 +172,40 @@ def _best_cell(b: dict[str, Any] | None, key: str = "auc") -> str:
     return f"{b['tpr@1%fpr']:.3f}{_ci(b.get('tpr@1%fpr_ci'))}"
 
 
+def targets(data: dict[str, Any]) -> list[str]:
+    """The report's targets, each checked against the data: one line per target, met or not, with the figure."""
+    lines = []
+    tables = data.get("tables", {})
+    eps1 = [(t, a) for t, tab in tables.items() for r in tab["runs"] if r["epsilon_target"] == 1.0 for a in r["mia"]]
+    for seat in ("provider", "query"):
+        rs = [(t, a) for t, a in eps1 if a["seat"] == seat]
+        if rs:
+            t, worst = max(rs, key=lambda ta: ta[1]["auc_ci"][0])
+            ok = worst["auc_ci"][0] <= 0.55
+            lines.append(f"ε = 1, {seat} seat: no attack's 95 % interval lies wholly above AUC 0.55 — {'met' if ok else 'NOT met'} "
+                         f"(highest lower end {worst['auc_ci'][0]:.3f}: {worst['attack']} on {t}; {len(rs)} attack results)")
+    for t, tab in tables.items():
+        a = tab.get("overfit_anchor")
+        if a and a.get("best"):
+            b = a["best"]
+            lines.append(f"overfit anchor on {t}: AUC {b['auc']:.3f} [{b['auc_ci'][0]:.3f}, {b['auc_ci'][1]:.3f}] ({b['attack']}) — "
+                         f"{'met' if b['auc'] >= 0.65 else 'NOT met'} (target ≥ 0.65"
+                         + (f"; {a['typical_share']:.0%} of the records are typical)" if "typical_share" in a else ")"))
+    dp_runs = [(t, r) for t, tab in tables.items() for r in tab["runs"] if r["epsilon_target"] is not None and r.get("canary")]
+    if dp_runs:
+        over = [f"{t} ε={r['epsilon_target']:g}" for t, r in dp_runs if r["canary"]["epsilon_lb"] > (r["canary"]["epsilon_claimed"] or float("inf"))]
+        lines.append(f"audit bound ≤ claimed ε for every correct DP run — {'met' if not over else 'NOT met'} ({len(dp_runs)} runs"
+                     + (f"; above: {', '.join(over)}" if over else "") + ")")
+        at8 = [(t, r["canary"]["epsilon_lb"]) for t, r in dp_runs if r["epsilon_target"] == 8.0]
+        if at8:
+            lines.append("gradient-canary bound at ε = 8 ≥ 1.0 (95 %) — " + ", ".join(f"{t} {v:.2f} ({'met' if v >= 1.0 else 'NOT met'})" for t, v in at8))
+    broken = data.get("broken_dp") or []
+    if broken:
+        n = sum(b["caught"] for b in broken)
+        lines.append(f"broken DP-SGD caught in every seed — {'met' if n == len(broken) else 'NOT met'} ({n} of {len(broken)})")
+    return lines
+
+
 def markdown(data: dict[str, Any], image_prefix: str = "results/") -> str:
     """The Markdown section for docs/RESULTS.md (image links relative to docs/, hence `results/`)."""
     meta = data.get("meta", {})
@@ -233,6 +267,12 @@ def markdown(data: dict[str, Any], image_prefix: str = "results/") -> str:
         out.append("|---|---|---|---|---|")
         for b in broken:
             out.append(f"| {b['dataset']} | {b['seed']} | {b['claimed_epsilon']:.3f} | {b['epsilon_lb']:.3f} | {'yes' if b['caught'] else 'NO'} |")
+        out.append("")
+    checks = targets(data)
+    if checks:
+        out.append("**Targets.**")
+        out.append("")
+        out.extend(f"- {c}" for c in checks)
         out.append("")
     out.append(f"![privacy–utility trade-off]({image_prefix}tradeoff.png)")
     out.append("")
