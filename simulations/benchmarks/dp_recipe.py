@@ -168,7 +168,9 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
     best = max(summary, key=lambda s: s["mean_balanced_accuracy"])
     near = [s for s in summary if s["mean_balanced_accuracy"] >= best["mean_balanced_accuracy"] - TIE]
     chosen = min(near, key=lambda s: s["mean_steps"])
-    return {"summary": summary, "best": best["candidate"], "chosen": chosen["candidate"], "tie": TIE, "runs": rows}
+    training = (sum(r["seconds"] for r in rows) + sum(r["seconds"] for k, r in cache.rows.items() if k.endswith("|none"))) / 60
+    return {"summary": summary, "best": best["candidate"], "chosen": chosen["candidate"], "tie": TIE, "training_minutes": round(training, 1),
+            "runs": rows}
 
 
 # --- verify ----------------------------------------------------------------------------------------
@@ -277,7 +279,8 @@ def markdown(data: dict[str, Any]) -> str:
     lines.append("")
     for n in meta.get("notes", []):
         lines.append(f"- {n}")
-    lines += ["", f"Reproduce: `{meta['command']}` ({meta['wall_minutes']} minutes on {meta['machine']}).", ""]
+    lines += ["", f"Reproduce: `{meta['command']}` ({meta.get('training_minutes', meta['wall_minutes'])} minutes of training on "
+                  f"{meta['machine']}; finished runs are cached in runs/cache and skipped).", ""]
     return "\n".join(lines)
 
 
@@ -319,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig.private(1.0)
     recipe = next((c.name for c in CANDIDATES if (c.epochs, c.lr) == (cfg.epochs, cfg.lr)
                    and all(c.batch_size(n) == dp_batch_size(n) for n in (500, 1000, 4000, 8000))), "custom")
-    meta.update({"wall_minutes": round((time.perf_counter() - t0) / 60, 1), "seeds": args.seeds, "recipe": recipe,
+    compute = sum(r["seconds"] for t in tables.values() for r in t["rows"]) / 60
+    meta.update({"wall_minutes": round((time.perf_counter() - t0) / 60, 1), "training_minutes": round(compute, 1), "seeds": args.seeds, "recipe": recipe,
                  "notes": ["Each table: the client's stratified 80/20 train/test split (seed 0); seeds vary the initialisation and, "
                            "without DP, the validation split and data order. DP noise and sampling are never seeded."]})
     data = {"meta": meta, "tables": tables}
