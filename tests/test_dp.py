@@ -203,7 +203,7 @@ def test_dp_calibration_estimates_the_label_prior_of_an_imbalanced_table():
     df, schema = load_table("default")
     train, test = split_table(df, schema, seed=0)
     (xtr, ytr), (xte, yte) = encode_table(train.iloc[:3000], schema), encode_table(test, schema)
-    trained = train_expert(xtr, ytr, schema, TrainConfig.private(4.0, epochs=10))
+    trained = train_expert(xtr, ytr, schema, TrainConfig.private(4.0))
     true_prior = np.log(np.bincount(ytr) / len(ytr))
     assert np.allclose(trained.calibration["log_prior"], true_prior, atol=0.35)
     assert balanced_accuracy(trained.model, xte, yte) > 0.7
