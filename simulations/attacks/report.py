@@ -286,7 +286,10 @@ def markdown(data: dict[str, Any], image_prefix: str = "results/") -> str:
         out.append("")
     cmd = meta.get("command")
     if cmd:
-        out.append(f"Reproduce: `{cmd}` ({meta.get('wall_minutes', '?')} minutes on {meta.get('machine', 'this machine')}).")
+        comp = meta.get("compute_minutes") or {}
+        spent = (f"{comp.get('provider', 0):g} minutes of provider-seat runs and {comp.get('query', 0):g} of query-seat runs, cached, "
+                 if comp else f"{meta.get('wall_minutes', '?')} minutes ")
+        out.append(f"Reproduce: `{cmd}` ({spent}on {meta.get('machine', 'this machine')}).")
         out.append("")
     return "\n".join(out)
 

@@ -318,7 +318,7 @@ def query_seat(table: str, eps: float | None, data: dict[str, Any], args: argpar
         qcfg = MIAConfig(query_members=args.query_records, query_nonmembers=args.query_records, query_population=args.query_population, seed=args.seed)
         t = time.perf_counter()
         data["channels"] = build_query_channels(lm, df, split, qcfg)
-        data["qcfg"], data["connectors"] = qcfg, connectors
+        data["qcfg"], data["connectors"], data["channel_seconds"] = qcfg, connectors, time.perf_counter() - t
         _log(f"{table}: query seat ready ({len(data['channels'][0])} + {len(data['channels'][1])} questions through the frozen LLM layers once, "
              f"{time.perf_counter() - t:.0f} s)", t0)
     channel, z_channel = data["channels"]
@@ -337,7 +337,7 @@ def query_seat(table: str, eps: float | None, data: dict[str, Any], args: argpar
            "llamdex_accuracy": float((llm_pred[held] == y[rows][held]).mean()),
            "llamdex_balanced_accuracy": balanced_accuracy(llm_pred[held], y[rows][held]),
            "expert_accuracy_query_subset": float((log_probs(model, x[rows[held]]).argmax(1) == y[rows][held]).mean()),
-           "seconds": round(time.perf_counter() - t, 1)}
+           "seconds": round(time.perf_counter() - t + data.pop("channel_seconds", 0.0), 1)}
     cache.save(table, eps, "query.json", out)
     b = _best(out["mia"], "query")
     _log(f"{table} {'no DP' if eps is None else f'ε={eps:g}'} query seat: Llamdex acc {out['llamdex_accuracy']:.3f} (balanced "
@@ -373,6 +373,7 @@ def assemble(args: argparse.Namespace, cache: Cache, tables: list[str]) -> dict[
     """The report from whatever the cache holds (missing pieces are left out and listed in meta.missing)."""
     out: dict[str, Any] = {"meta": {}, "broken_dp": [], "tables": {}}
     missing = []
+    seconds = {"provider": 0.0, "query": 0.0}
     for table in tables:
         data = table_data(table, args)
         split, sz = data["split"], data["sizes"]
@@ -382,6 +383,8 @@ def assemble(args: argparse.Namespace, cache: Cache, tables: list[str]) -> dict[
             if prov is None:
                 missing.append(f"{table} ε={eps_key(eps)} provider seat")
                 continue
+            seconds["provider"] += prov.get("seconds", 0.0)
+            seconds["query"] += (query or {}).get("seconds", 0.0)
             run = dict(prov)
             run["best_mia"] = {"provider": _best(prov["mia"], "provider"), "query": None}
             run["llamdex_accuracy"] = run["llamdex_balanced_accuracy"] = run["expert_accuracy_query_subset"] = None
@@ -414,6 +417,7 @@ def assemble(args: argparse.Namespace, cache: Cache, tables: list[str]) -> dict[
         elif args.broken_seeds:
             missing.append(f"{table} broken DP-SGD check")
     out["meta"]["missing"] = missing
+    out["meta"]["compute_minutes"] = {k: round(v / 60, 1) for k, v in seconds.items()}
     return out
 
 
