@@ -25,6 +25,12 @@ Checks (each failure is one `Finding` naming the record and the rule):
   receipt given is in the ledger and every ledger receipt of the audited clients is among those given
   (a removed receipt is noticed even at the end of a chain).
 
+- **canary** (optional, `canary=CanaryAuditSpec(...)`): the white-box one-run audit of the training
+  implementation behind each artifact (`simulations.attacks.gradient_canary`): the artifact's DP
+  statement is replayed (same noise multiplier, sampling rate, steps, clipping norm, δ) through the
+  client's training code on the given training records with m gradient canaries; an empirical ε
+  lower bound above the claimed ε fails the artifact: its code does not deliver what it claims.
+
 `run_audit(...)` returns an `AuditReport`; `llamdex audit` prints it and exits 1 on any failure.
 """
 
@@ -63,6 +69,7 @@ class Finding:
 class AuditReport:
     findings: list[Finding] = field(default_factory=list)
     epsilons: list[dict[str, Any]] = field(default_factory=list)   # every ε recomputed, for the report
+    canaries: list[dict[str, Any]] = field(default_factory=list)   # one per (artifact, seed) canary audit
 
     @property
     def ok(self) -> bool:
@@ -77,7 +84,7 @@ class AuditReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "checks": len(self.findings), "failures": [f.to_dict() for f in self.failures],
-                "findings": [f.to_dict() for f in self.findings], "epsilons": self.epsilons}
+                "findings": [f.to_dict() for f in self.findings], "epsilons": self.epsilons, "canaries": self.canaries}
 
     def render(self, verbose: bool = False) -> str:
         lines = []
@@ -90,6 +97,11 @@ class AuditReport:
                 fmt = lambda v: "-" if v is None else ("inf" if v == math.inf else f"{v:.6g}")  # noqa: E731
                 lines.append(f"  {e['subject']}: {fmt(e.get('claimed'))} | {fmt(e.get('provider'))} | {fmt(e.get('opacus'))} | "
                              f"{fmt(e.get('second'))} ({e.get('second_method', '-')})")
+        if self.canaries:
+            lines.append("canary audit (white-box, gradient canaries): ε lower bound | claimed ε:")
+            for c in self.canaries:
+                claim = "∞ (no DP)" if c["epsilon_claimed"] is None else f"{c['epsilon_claimed']:.4g}"
+                lines.append(f"  {c['subject']} seed {c['seed']}: {c['epsilon_lb']:.3f} at {c['confidence']:.0%} | {claim}")
         n_fail = len(self.failures)
         lines.append(f"audit {'PASSED' if self.ok else 'FAILED'}: {len(self.findings)} checks, {n_fail} failure(s)")
         return "\n".join(lines)
@@ -439,8 +451,60 @@ def cross_check(report: AuditReport, artifacts: list[Any], receipts: list[Any], 
                            "cross-reference", False, "the ledger issued this receipt but it is missing from the receipts given")
 
 
+# --- the canary audit ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CanaryAuditSpec:
+    """What the canary audit replays on: the artifact's training records (encoded, with their schema)
+    and how many canaries, independent runs and which confidence."""
+
+    x: Any
+    y: Any
+    schema: Any
+    canaries: int = 1000
+    seeds: int = 1
+    confidence: float = 0.95
+
+
+def audit_canary(report: AuditReport, va: Any, spec: CanaryAuditSpec) -> None:
+    """Replays one verified artifact's DP statement with gradient canaries; fails it when the empirical
+    lower bound exceeds the claimed ε (see the module docstring)."""
+    from client_party.expert_training import TrainConfig
+    from simulations.attacks.gradient_canary import run_gradient_canary_audit
+
+    subject = f"artifact {va.folder}"
+    if spec.schema.digest != va.schema.digest:
+        report.add(subject, "canary", False, f"the training records given are under schema {spec.schema.name!r} ({spec.schema.digest}), "
+                                            f"the artifact's is {va.schema.name!r} ({va.schema.digest}); give the records it was trained on")
+        return
+    dp = va.dp
+    for seed in range(spec.seeds):
+        try:
+            if dp.is_private:
+                audit = run_gradient_canary_audit(spec.x, spec.y, spec.schema, TrainConfig.private(dp.epsilon), m=spec.canaries, seed=seed,
+                                                  replay=dp, confidence=spec.confidence)
+            else:
+                audit = run_gradient_canary_audit(spec.x, spec.y, spec.schema, TrainConfig(), m=spec.canaries, seed=seed,
+                                                  confidence=spec.confidence)
+        except ValueError as e:
+            report.add(subject, "canary", False, f"cannot replay the artifact's DP statement on the {len(spec.x)} records given: {e}")
+            return
+        report.canaries.append({"subject": subject, "seed": seed, **audit.to_dict()})
+        if not dp.is_private:
+            report.add(subject, "canary", True, f"no DP claimed; gradient-canary ε lower bound {audit.epsilon_lb:.3f} at "
+                                               f"{spec.confidence:.0%} ({spec.canaries} canaries, seed {seed})")
+            continue
+        ok = not audit.exceeds_claim
+        report.add(subject, "canary", ok,
+                   f"gradient-canary ε lower bound {audit.epsilon_lb:.3f} at {spec.confidence:.0%} "
+                   f"{'<=' if ok else 'EXCEEDS'} the claimed ε {dp.epsilon:.4g} ({spec.canaries} canaries, seed {seed}, replayed "
+                   f"noise {dp.noise_multiplier:g}, q {dp.sample_rate:g}, {dp.steps} steps)"
+                   + ("" if ok else ": the training code does not deliver its DP claim (noise, clipping, sampling or accounting)"))
+
+
 def run_audit(*, artifacts: Sequence[str | Path] = (), receipts: Sequence[str | Path] = (), ledger: str | Path | None = None,
-              client_keys: Any = None, provider_key: Any = None) -> AuditReport:
+              client_keys: Any = None, provider_key: Any = None, canary: CanaryAuditSpec | None = None) -> AuditReport:
     """Audits everything given; see the module docstring for the checks."""
     from protocol.keys import load_public_key
     from protocol.receipt_keys import load_trust
@@ -451,6 +515,11 @@ def run_audit(*, artifacts: Sequence[str | Path] = (), receipts: Sequence[str | 
     if client_keys is not None:
         ckeys = [load_public_key(k) for k in (client_keys if isinstance(client_keys, (list, tuple)) else [client_keys])]
     verified = [va for va in (audit_artifact(report, Path(a), ckeys) for a in artifacts) if va is not None]
+    if canary is not None:
+        if not artifacts:
+            report.add("canary audit", "canary", False, "the canary audit replays an artifact's DP statement: give --artifact")
+        for va in verified:
+            audit_canary(report, va, canary)
     rs = audit_receipts(report, load_receipts(receipts), pkey) if receipts else []
     rows = audit_ledger(report, Path(ledger), pkey) if ledger is not None else None
     cross_check(report, verified, rs, rows, receipts_given=bool(receipts))
@@ -459,5 +528,5 @@ def run_audit(*, artifacts: Sequence[str | Path] = (), receipts: Sequence[str | 
     return report
 
 
-__all__ = ["AuditReport", "Finding", "audit_artifact", "audit_ledger", "audit_receipts", "check_epsilon", "cross_check",
+__all__ = ["AuditReport", "CanaryAuditSpec", "Finding", "audit_artifact", "audit_canary", "audit_ledger", "audit_receipts", "check_epsilon", "cross_check",
            "load_receipts", "run_audit", "second_accountant_epsilon"]

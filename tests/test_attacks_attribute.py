@@ -17,6 +17,23 @@ def test_attribute_attack_on_titanic_sex_reports_attack_and_baselines():
     # sex is strongly tied to survival: both the attack and the population beat the majority guess
     assert res.attack_members > res.prior and res.population_members > res.prior
     assert dp["mechanism"] == "none"
+    d = res.to_dict()
+    for name in ("attack_members", "attack_nonmembers", "population_members", "advantage", "membership_gap"):
+        lo, hi = d[f"{name}_ci"]
+        assert lo <= d[name] <= hi and hi - lo < 0.2                            # 95 % intervals around the point figures
+    assert d["leaks"] == (d["advantage_ci"][0] > 0 or d["membership_gap_ci"][0] > 0)
+
+
+def test_intervals_exclude_zero_only_for_a_clear_difference():
+    import numpy as np
+
+    from simulations.attacks.attribute import accuracy_intervals
+
+    m = np.arange(400) < 200
+    same = accuracy_intervals(np.arange(400) % 2 == 0, np.arange(400) % 2 == 0, m)
+    assert same["advantage"] == (0.0, 0.0) and same["membership_gap"][0] < 0 < same["membership_gap"][1]
+    better = accuracy_intervals(np.ones(400, bool), np.arange(400) % 2 == 0, m)
+    assert better["advantage"][0] > 0.4
 
 
 def test_numeric_or_missing_sensitive_columns_are_refused_with_a_reason():

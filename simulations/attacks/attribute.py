@@ -12,11 +12,15 @@ Baselines that never touch the expert: `prior`, the most frequent value in the p
 the label, i.e. the best guess public data allows. Leakage shows as attack accuracy on members
 above the same attack on non-members and above the population baseline. Only categorical and boolean
 sensitive columns are supported (all bundled schemas declare such columns).
+
+Intervals (95 %): exact Clopper–Pearson for each accuracy; percentile bootstrap over records for the
+advantage (paired: attack and baseline on the same members) and for the membership gap (members and
+non-members resampled separately). Leakage is claimed only when the interval excludes 0.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,6 +38,7 @@ class AttributeResult:
     population_members: float        # the population baseline (other columns + label, no expert)
     population_nonmembers: float
     prior: float                     # accuracy of always guessing the population's most frequent value (on all)
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)   # 95 % intervals, see the module doc
 
     @property
     def advantage(self) -> float:
@@ -50,7 +55,9 @@ class AttributeResult:
         return {"column": self.column, "levels": self.levels, "n_members": self.n_members, "n_nonmembers": self.n_nonmembers,
                 "attack_members": r(self.attack_members), "attack_nonmembers": r(self.attack_nonmembers),
                 "population_members": r(self.population_members), "population_nonmembers": r(self.population_nonmembers),
-                "prior": r(self.prior), "advantage": r(self.advantage), "membership_gap": r(self.membership_gap)}
+                "prior": r(self.prior), "advantage": r(self.advantage), "membership_gap": r(self.membership_gap),
+                **{f"{k}_ci": [r(v) for v in ci] for k, ci in self.intervals.items()},
+                "leaks": bool(self.intervals.get("advantage", (0.0, 0.0))[0] > 0 or self.intervals.get("membership_gap", (0.0, 0.0))[0] > 0)}
 
 
 def _other_features(fe: Any, x: np.ndarray, column: str) -> np.ndarray:
@@ -125,7 +132,32 @@ def attribute_inference(model: Any, schema: Any, records: pd.DataFrame, is_membe
         attack_members=acc(attack, m), attack_nonmembers=acc(attack, ~m),
         population_members=acc(baseline, m), population_nonmembers=acc(baseline, ~m),
         prior=float((truth == prior_guess).mean()),
+        intervals=accuracy_intervals(attack == truth, baseline == truth, m, seed),
     )
+
+
+def accuracy_intervals(attack_ok: np.ndarray, baseline_ok: np.ndarray, is_member: np.ndarray, seed: int = 0,
+                       resamples: int = 2000, confidence: float = 0.95) -> dict[str, tuple[float, float]]:
+    """95 % intervals of the attribute attack's figures from per-record correctness (see the module doc)."""
+    from simulations.attacks.metrics import clopper_pearson
+
+    m = np.asarray(is_member, bool)
+    out: dict[str, tuple[float, float]] = {}
+    for name, ok, sel in (("attack_members", attack_ok, m), ("attack_nonmembers", attack_ok, ~m),
+                          ("population_members", baseline_ok, m)):
+        if sel.any():
+            out[name] = clopper_pearson(int(ok[sel].sum()), int(sel.sum()), confidence)
+    rng = np.random.default_rng([seed, 9])
+    a = (1 - confidence) / 2
+    if m.any():
+        diff = (attack_ok[m].astype(float) - baseline_ok[m].astype(float))
+        boot = diff[rng.integers(len(diff), size=(resamples, len(diff)))].mean(1)
+        out["advantage"] = tuple(float(v) for v in np.quantile(boot, [a, 1 - a]))
+    if m.any() and (~m).any():
+        am, an = attack_ok[m].astype(float), attack_ok[~m].astype(float)
+        boot = am[rng.integers(len(am), size=(resamples, len(am)))].mean(1) - an[rng.integers(len(an), size=(resamples, len(an)))].mean(1)
+        out["membership_gap"] = tuple(float(v) for v in np.quantile(boot, [a, 1 - a]))
+    return out
 
 
 def run_attribute(dataset: str | tuple[pd.DataFrame, Any], *, column: str | None = None, epsilon: float | None = None,
@@ -152,4 +184,4 @@ def run_attribute(dataset: str | tuple[pd.DataFrame, Any], *, column: str | None
     return result, trained.dp.to_dict()
 
 
-__all__ = ["AttributeResult", "attribute_inference", "run_attribute"]
+__all__ = ["AttributeResult", "accuracy_intervals", "attribute_inference", "run_attribute"]

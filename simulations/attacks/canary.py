@@ -27,8 +27,9 @@ Bonferroni correction, so it stays valid at the stated confidence.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -168,11 +169,12 @@ def audit_from_scores(scores: np.ndarray, included: np.ndarray, delta: float, *,
 
 def run_canary_audit(x: np.ndarray, y: np.ndarray, schema: Any, config: Any, *, m: int = 1000, seed: int = 0,
                      pool: np.ndarray | None = None, x_test: np.ndarray | None = None, y_test: np.ndarray | None = None,
-                     confidence: float = 0.95,
+                     confidence: float = 0.95, replay: Any = None,
                      guess_fractions: Sequence[tuple[float, float]] = DEFAULT_GUESS_FRACTIONS) -> CanaryAudit:
     """Inserts m canaries (each with probability 1/2) into (x, y), trains once with `config`
-    (a client_party TrainConfig), and returns the empirical ε lower bound beside the claimed ε.
-    `pool`: real encoded records disjoint from (x, y) to draw canaries from (see `make_canaries`)."""
+    (a client_party TrainConfig, or `replay`: a DP statement's mechanism), and returns the empirical ε
+    lower bound beside the claimed ε. `pool`: real encoded records disjoint from (x, y) to draw
+    canaries from (see `make_canaries`)."""
     from client_party.expert_training import train_expert
     from protocol.dp import recompute
     from simulations.attacks.metrics import roc_auc
@@ -186,7 +188,7 @@ def run_canary_audit(x: np.ndarray, y: np.ndarray, schema: Any, config: Any, *, 
     xa = np.concatenate([x, xc[included]])
     ya = np.concatenate([y, yc[included]])
     perm = rng.permutation(len(xa))
-    trained = train_expert(xa[perm], ya[perm], schema, replace(config, seed=seed))
+    trained = train_expert(xa[perm], ya[perm], schema, replace(config, seed=seed), replay=replay)
     scores = lira_statistic(log_probs(trained.model, xc), yc) - lira_statistic(log_probs(reference, xc), yc)
     dp = trained.dp
     delta = float(dp.delta) if dp.is_private else 0.0
@@ -200,9 +202,17 @@ def run_canary_audit(x: np.ndarray, y: np.ndarray, schema: Any, config: Any, *, 
         epsilon_recomputed=float(recompute(dp)) if dp.is_private else None,
         epsilon_second=float(second_accountant_epsilon(dp)) if dp.is_private else None,
         delta=delta, expert_accuracy=acc, canary_auc=roc_auc(scores, included),
-        extra={"training_records": int(len(xa)), "canaries_from": "pool" if pool is not None else "random", "dp": dp.to_dict()},
+        extra={"training_records": len(xa), "canaries_from": "pool" if pool is not None else "random", "dp": dp.to_dict()},
     )
 
 
-__all__ = ["CanaryAudit", "DEFAULT_GUESS_FRACTIONS", "audit_from_scores", "epsilon_lower_bound", "guess_counts", "make_canaries",
-           "p_value_dp_audit", "run_canary_audit"]
+__all__ = [
+    "DEFAULT_GUESS_FRACTIONS",
+    "CanaryAudit",
+    "audit_from_scores",
+    "epsilon_lower_bound",
+    "guess_counts",
+    "make_canaries",
+    "p_value_dp_audit",
+    "run_canary_audit",
+]

@@ -1,14 +1,20 @@
-"""Attack metrics: ROC AUC, TPR at fixed FPR, Clopper–Pearson intervals and ε lower bounds from a ROC.
+"""Attack metrics: ROC AUC, TPR at fixed FPR, their 95 % intervals, and ε lower bounds from a ROC.
 
 Conventions: a score is higher for "member" (or "canary included"); `is_member` is a boolean array.
 TPR at a target FPR is the largest TPR over thresholds whose FPR does not exceed the target (Carlini
 et al. 2022, "Membership Inference Attacks From First Principles"); with `n` non-members the smallest
 non-zero FPR is 1/n, so TPR at 0.1 % FPR means "no false positive at all" below 1,000 non-members.
+
+Intervals: the AUC's is a percentile bootstrap over records (members and non-members resampled
+separately, 2,000 resamples); the TPR's at each target FPR is the exact Clopper–Pearson interval of
+the true positives at that threshold. Chance is AUC 0.5 and TPR = the target FPR; an attack *beats
+chance* only when its interval lies wholly above that (`beats_chance`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +22,8 @@ import numpy as np
 
 FPR_TARGETS: tuple[float, ...] = (0.001, 0.01, 0.1)
 ROC_POINTS = 200  # ROC curves kept in reports are thinned to about this many points
+BOOTSTRAP = 2000  # resamples of the AUC's bootstrap interval
+CONFIDENCE = 0.95
 
 
 def _check(scores: Any, is_member: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -50,6 +58,47 @@ def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
     """Largest TPR with FPR <= target on a ROC curve."""
     ok = fpr <= target + 1e-12
     return float(tpr[ok].max()) if ok.any() else 0.0
+
+
+def auc_interval(scores: Any, is_member: Any, confidence: float = CONFIDENCE, resamples: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the ROC AUC: members and non-members are resampled separately
+    (their counts stay fixed). A resample is a pair of multinomial count vectors over the records, so
+    its AUC is w_pos' K w_neg / (n_pos n_neg) with K[i, j] = [pos_i > neg_j] + [pos_i = neg_j] / 2."""
+    s, m = _check(scores, is_member)
+    pos, neg = s[m], s[~m]
+    rng = np.random.default_rng(seed)
+    aucs = np.empty(resamples)
+    if len(pos) * len(neg) <= 4_000_000:
+        kernel = ((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])).astype(np.float32)
+        chunk = 500
+        for start in range(0, resamples, chunk):
+            b = min(chunk, resamples - start)
+            wp = rng.multinomial(len(pos), np.full(len(pos), 1 / len(pos)), size=b).astype(np.float32)
+            wn = rng.multinomial(len(neg), np.full(len(neg), 1 / len(neg)), size=b).astype(np.float32)
+            aucs[start:start + b] = ((wp @ kernel) * wn).sum(1) / (len(pos) * len(neg))
+    else:   # large sets: ranks of each resample
+        from scipy.stats import rankdata
+
+        for i in range(resamples):
+            p, q = pos[rng.integers(len(pos), size=len(pos))], neg[rng.integers(len(neg), size=len(neg))]
+            ranks = rankdata(np.concatenate([p, q]))
+            aucs[i] = (ranks[:len(p)].sum() - len(p) * (len(p) + 1) / 2) / (len(p) * len(q))
+    a = (1 - confidence) / 2
+    lo, hi = np.quantile(aucs, [a, 1 - a])
+    return float(lo), float(hi)
+
+
+def tpr_counts_at_fpr(scores: Any, is_member: Any, target: float) -> tuple[int, int]:
+    """(true positives, members) at the threshold of `tpr_at_fpr` (largest TPR with FPR <= target)."""
+    s, m = _check(scores, is_member)
+    fpr, tpr, _ = roc_curve(s, m)
+    n_pos = int(m.sum())
+    return int(round(tpr_at_fpr(fpr, tpr, target) * n_pos)), n_pos
+
+
+def beats_chance(interval: Sequence[float], chance: float) -> bool:
+    """An attack beats chance only when its whole interval lies above the chance level."""
+    return bool(interval[0] > chance)
 
 
 def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -121,6 +170,14 @@ class AttackResult:
     n_nonmembers: int
     epsilon_lb: float | None = None  # empirical ε lower bound (95 %), see epsilon_lower_bound
     roc: tuple[list[float], list[float]] = field(default=((), ()), repr=False)
+    auc_ci: tuple[float, float] | None = None                 # 95 % bootstrap interval
+    tpr_ci: dict[float, tuple[float, float]] = field(default_factory=dict)   # exact 95 % interval per target FPR
+    auc_ci_family: tuple[float, float] | None = None   # AUC interval at a Bonferroni level over the attacks compared (mia.attack_view)
+
+    @property
+    def beats_chance(self) -> bool:
+        """The AUC's interval lies wholly above 0.5."""
+        return self.auc_ci is not None and beats_chance(self.auc_ci, 0.5)
 
     @property
     def advantage(self) -> float:
@@ -129,9 +186,14 @@ class AttackResult:
         return float(max((b - a for a, b in zip(f, t)), default=0.0))
 
     def to_dict(self, with_roc: bool = False) -> dict[str, Any]:
+        r5 = lambda v: round(float(v), 5)  # noqa: E731
         d: dict[str, Any] = {
-            "attack": self.attack, "seat": self.seat, "auc": round(self.auc, 5),
-            **{f"tpr@{_pct(k)}fpr": round(v, 5) for k, v in self.tpr_at_fpr.items()},
+            "attack": self.attack, "seat": self.seat, "auc": r5(self.auc),
+            "auc_ci": None if self.auc_ci is None else [r5(v) for v in self.auc_ci],
+            **{f"tpr@{_pct(k)}fpr": r5(v) for k, v in self.tpr_at_fpr.items()},
+            **{f"tpr@{_pct(k)}fpr_ci": [r5(v) for v in ci] for k, ci in self.tpr_ci.items()},
+            "auc_ci_family": None if self.auc_ci_family is None else [r5(v) for v in self.auc_ci_family],
+            "beats_chance": self.beats_chance,
             "n_members": self.n_members, "n_nonmembers": self.n_nonmembers,
             "epsilon_lb": None if self.epsilon_lb is None else round(self.epsilon_lb, 4),
         }
@@ -145,16 +207,34 @@ def _pct(x: float) -> str:
 
 
 def evaluate_attack(attack: str, scores: Any, is_member: Any, seat: str = "provider", *, delta: float = 0.0,
-                    fpr_targets: tuple[float, ...] = FPR_TARGETS, with_epsilon: bool = True) -> AttackResult:
-    """ROC AUC, TPR at each target FPR and (optionally) an ε lower bound for one attack's scores."""
+                    fpr_targets: tuple[float, ...] = FPR_TARGETS, with_epsilon: bool = True, confidence: float = CONFIDENCE,
+                    resamples: int = BOOTSTRAP) -> AttackResult:
+    """ROC AUC and TPR at each target FPR, each with its interval, and (optionally) an ε lower bound."""
     s, m = _check(scores, is_member)
     fpr, tpr, _ = roc_curve(s, m)
+    n_pos = int(m.sum())
+    tprs = {t: tpr_at_fpr(fpr, tpr, t) for t in fpr_targets}
     return AttackResult(
-        attack=attack, seat=seat, auc=roc_auc(s, m), tpr_at_fpr={t: tpr_at_fpr(fpr, tpr, t) for t in fpr_targets},
-        n_members=int(m.sum()), n_nonmembers=int((~m).sum()),
+        attack=attack, seat=seat, auc=roc_auc(s, m), tpr_at_fpr=tprs,
+        n_members=n_pos, n_nonmembers=int((~m).sum()),
         epsilon_lb=epsilon_lower_bound(s, m, delta) if with_epsilon else None, roc=thin_curve(fpr, tpr),
+        auc_ci=auc_interval(s, m, confidence, resamples),
+        tpr_ci={t: clopper_pearson(int(round(v * n_pos)), n_pos, confidence) for t, v in tprs.items()},
     )
 
 
-__all__ = ["AttackResult", "FPR_TARGETS", "clopper_pearson", "epsilon_from_rates", "epsilon_lower_bound", "evaluate_attack",
-           "roc_auc", "roc_curve", "thin_curve", "tpr_at_fpr"]
+__all__ = [
+    "FPR_TARGETS",
+    "AttackResult",
+    "auc_interval",
+    "beats_chance",
+    "clopper_pearson",
+    "epsilon_from_rates",
+    "epsilon_lower_bound",
+    "evaluate_attack",
+    "roc_auc",
+    "roc_curve",
+    "thin_curve",
+    "tpr_at_fpr",
+    "tpr_counts_at_fpr",
+]

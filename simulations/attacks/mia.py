@@ -17,16 +17,22 @@ Attacks (all give a score that is higher for "member"):
   (log p_y − max_{k≠y} log p_k);
 - LiRA (Carlini et al. 2022): the logit-scaled confidence φ = log p_y − log(1 − p_y) of the target is
   compared with Gaussians fitted to φ of *shadow experts* trained with the client's own recipe
-  (`train_expert`, same TrainConfig, same DP settings, other seeds) on the attacker's auxiliary
-  population split, which is disjoint from the target's training set.
-  *Online*: each candidate record is added to exactly half of the shadows' training sets (the IN
-  models; the attacker knows the candidate records, not their membership); the score is the
-  likelihood ratio log N(φ; μ_in, σ_in) − log N(φ; μ_out, σ_out). *Offline*: shadows never see a
-  candidate; the score is the one-sided z-score (φ − μ_out)/σ_out. With fewer than 64 shadows the
+  (`train_expert`, same TrainConfig, same DP settings, other seeds). One set of shadows serves every
+  reference-model attack: each challenge record is in exactly half of them (the IN models; the
+  attacker knows the candidate records, not their membership), the rest of each shadow's training
+  set comes from the attacker's auxiliary population, disjoint from the target's training set.
+  *Online*: log N(φ; μ_in, σ_in) − log N(φ; μ_out, σ_out). *Offline*: the one-sided z-score
+  (φ − μ_out)/σ_out against the OUT models of each record only. With fewer than 64 shadows the
   variance is pooled over records (Carlini et al.'s "fixed variance").
+- RMIA (Zarifzadeh et al. 2024, "Low-Cost High-Power Membership Inference Attacks"): the likelihood
+  ratio Pr(x|θ)/Pr(x), with Pr(x) the mean of p_y(x) over the reference models (all shadows:
+  online; the OUT ones through the paper's linear approximation ½((1+a) Pr_OUT(x) + (1−a)):
+  offline), is compared with the same ratio of population records z; the score is the fraction of z
+  it dominates by a factor γ.
 
-`run_mia` builds the split, trains the target and the shadows, and evaluates every attack from both
-seats. Nothing here prints or logs a record: only counts and metrics.
+Every result carries 95 % intervals (`metrics.evaluate_attack`). `run_mia` builds the split, trains
+the target and the shadows, and evaluates every attack from both seats. Nothing here prints or logs
+a record: only counts and metrics.
 """
 
 from __future__ import annotations
@@ -35,19 +41,30 @@ import contextlib
 import math
 import time
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from simulations.attacks.metrics import AttackResult, evaluate_attack
+from simulations.attacks.metrics import (
+    CONFIDENCE,
+    AttackResult,
+    auc_interval,
+    beats_chance,
+    evaluate_attack,
+)
 
 SCORE_ATTACKS: tuple[str, ...] = ("loss", "confidence", "entropy", "modified_entropy", "margin")
 LIRA_ATTACKS: tuple[str, ...] = ("lira_online", "lira_offline")
-ALL_ATTACKS: tuple[str, ...] = SCORE_ATTACKS + LIRA_ATTACKS
-FIX_VARIANCE_BELOW = 64   # shadows per variant under which the variance is pooled (Carlini et al.)
+RMIA_ATTACKS: tuple[str, ...] = ("rmia", "rmia_offline")
+REFERENCE_ATTACKS: tuple[str, ...] = LIRA_ATTACKS + RMIA_ATTACKS
+ALL_ATTACKS: tuple[str, ...] = SCORE_ATTACKS + REFERENCE_ATTACKS
+FIX_VARIANCE_BELOW = 64   # shadows under which LiRA's variance is pooled (Carlini et al.)
+RMIA_GAMMA = 1.0          # RMIA: x dominates z when its ratio is at least γ times z's
+RMIA_OFFLINE_A = 0.3      # RMIA offline: Pr(x) ≈ ½((1 + a) Pr_OUT(x) + (1 − a))
 
 
 # --- scores ---------------------------------------------------------------------------------------
@@ -138,6 +155,41 @@ def lira_offline(target_phi: np.ndarray, shadow_phi_out: np.ndarray, fix_varianc
     return (target_phi - mu) / sd
 
 
+def _log_mean_exp(logv: np.ndarray, mask: np.ndarray | None = None, axis: int = 0) -> np.ndarray:
+    """log of the mean of exp(logv) along `axis`, over the entries where `mask` is True."""
+    from scipy.special import logsumexp
+
+    if mask is None:
+        return logsumexp(logv, axis=axis) - math.log(logv.shape[axis])
+    with np.errstate(divide="ignore"):
+        w = np.log(mask.astype(np.float64))
+    counts = mask.sum(axis)
+    if (counts == 0).any():
+        raise ValueError("RMIA: a record has no reference model of the kind needed; train more shadows")
+    return logsumexp(logv + w, axis=axis) - np.log(counts)
+
+
+def rmia_scores(target_py: np.ndarray, ref_py: np.ndarray, target_pz: np.ndarray, ref_pz: np.ndarray, *,
+                out_mask_x: np.ndarray | None = None, out_mask_z: np.ndarray | None = None, offline: bool = False,
+                gamma: float = RMIA_GAMMA, a: float = RMIA_OFFLINE_A) -> np.ndarray:
+    """RMIA scores (Zarifzadeh et al. 2024) from log p_y of the target and of S reference models.
+
+    target_py (n,), ref_py (S, n): log-probability of each challenge record's label; target_pz (P,),
+    ref_pz (S, P): the same for population records z. Online: Pr(x) is the mean over all reference
+    models; offline: over the OUT ones (`out_mask_*`, (S, ·) booleans, None = all), mapped through
+    ½((1 + a) Pr_OUT + (1 − a)). The score is the fraction of z with LR(x, z) = (Pr(x|θ)/Pr(x)) /
+    (Pr(z|θ)/Pr(z)) >= γ."""
+    def log_pr(ref: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        if not offline:
+            return _log_mean_exp(ref)
+        out = np.exp(_log_mean_exp(ref, mask))
+        return np.log(0.5 * ((1 + a) * out + (1 - a)))
+
+    ratio_x = target_py - log_pr(ref_py, out_mask_x)
+    ratio_z = np.sort(target_pz - log_pr(ref_pz, out_mask_z))
+    return np.searchsorted(ratio_z, ratio_x - math.log(gamma), side="right") / len(ratio_z)
+
+
 # --- channels: what each seat observes -----------------------------------------------------------
 
 
@@ -214,6 +266,105 @@ class LLMChannel:
         return out
 
 
+# --- what one seat observes, and the attacks on it ------------------------------------------------
+
+
+@dataclass
+class SeatView:
+    """One seat's observations: log-probabilities (…, K) of the target and of S shadows on the challenge
+    records and on population records z (RMIA), with which shadows trained on which record."""
+
+    seat: str
+    y: np.ndarray                     # (n,) labels of the challenge records
+    is_member: np.ndarray             # (n,) truth, for scoring only
+    target: np.ndarray                # (n, K)
+    shadows: np.ndarray | None = None         # (S, n, K)
+    inclusion: np.ndarray | None = None       # (S, n): record i in shadow s's training set
+    y_z: np.ndarray | None = None             # (P,)
+    target_z: np.ndarray | None = None        # (P, K)
+    shadows_z: np.ndarray | None = None       # (S, P, K)
+    inclusion_z: np.ndarray | None = None     # (S, P)
+
+
+def _log_py(logp: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """log p_y per record: logp (..., n, K), y (n,)."""
+    return np.take_along_axis(logp, np.broadcast_to(y[:, None], logp.shape[:-1] + (1,)), axis=-1)[..., 0]
+
+
+def attack_view(view: SeatView, attacks: Sequence[str] = ALL_ATTACKS, *, fix_variance: bool | None = None,
+                delta: float = 0.0) -> list[AttackResult]:
+    """Every requested attack that the view supports (reference attacks need shadows; RMIA needs z).
+
+    Each result has its own 95 % intervals and, as `auc_ci_family`, an AUC interval at the
+    Bonferroni-corrected level 1 − 0.05/k over the k attacks of the view: the one to read when the
+    best of several attacks is picked."""
+    scores: dict[str, np.ndarray] = {k: v for k, v in score_attacks(view.target, view.y).items() if k in attacks}
+    if view.shadows is not None and len(view.shadows) > 0:
+        inc = view.inclusion if view.inclusion is not None else np.zeros(view.shadows.shape[:2], bool)
+        phi = lira_statistic(view.target, view.y)
+        sphi = np.stack([lira_statistic(s, view.y) for s in view.shadows])
+        if "lira_online" in attacks and inc.any(0).all() and (~inc).any(0).all():
+            scores["lira_online"] = lira_online(phi, sphi, inc, fix_variance)
+        if "lira_offline" in attacks and (~inc).any(0).all():
+            scores["lira_offline"] = lira_offline_masked(phi, sphi, ~inc, fix_variance)
+        if view.target_z is not None and view.shadows_z is not None and any(a in attacks for a in RMIA_ATTACKS):
+            tpy, rpy = _log_py(view.target, view.y), _log_py(view.shadows, view.y)
+            tpz, rpz = _log_py(view.target_z, view.y_z), _log_py(view.shadows_z, view.y_z)
+            inc_z = view.inclusion_z if view.inclusion_z is not None else np.zeros(view.shadows_z.shape[:2], bool)
+            if "rmia" in attacks and inc.any(0).all():          # online: references with and without each record
+                scores["rmia"] = rmia_scores(tpy, rpy, tpz, rpz)
+            out_z = (~inc_z).any(0)                              # offline: z needs a reference it was not in
+            if "rmia_offline" in attacks and (~inc).any(0).all() and out_z.any():
+                scores["rmia_offline"] = rmia_scores(tpy, rpy, tpz[out_z], rpz[:, out_z], out_mask_x=~inc, out_mask_z=~inc_z[:, out_z],
+                                                     offline=True)
+    family = 1 - (1 - CONFIDENCE) / max(len(scores), 1)
+    out = []
+    for name in [a for a in ALL_ATTACKS if a in scores]:
+        r = evaluate_attack(name, scores[name], view.is_member, view.seat, delta=delta)
+        r.auc_ci_family = auc_interval(scores[name], view.is_member, family) if len(scores) > 1 else r.auc_ci
+        out.append(r)
+    return out
+
+
+def lira_offline_masked(target_phi: np.ndarray, shadow_phi: np.ndarray, out_mask: np.ndarray, fix_variance: bool | None = None) -> np.ndarray:
+    """Offline LiRA where each record uses only the shadows it was OUT of (`out_mask`, (S, n))."""
+    pooled = fix_variance if fix_variance is not None else int(out_mask.sum(0).min()) < FIX_VARIANCE_BELOW
+    mu, sd = _gauss_params(shadow_phi, out_mask, pooled)
+    return (target_phi - mu) / sd
+
+
+def observe(channel: Any, target: torch.nn.Module, shadows: Sequence[torch.nn.Module], y: np.ndarray, is_member: np.ndarray,
+            inclusion: np.ndarray | None, z_channel: Any = None, y_z: np.ndarray | None = None,
+            inclusion_z: np.ndarray | None = None) -> SeatView:
+    """Runs the target and every shadow through a seat's channel(s)."""
+    view = SeatView(channel.seat, np.asarray(y), np.asarray(is_member, bool), channel.log_probs(target))
+    if shadows:
+        view.shadows = np.stack([channel.log_probs(m) for m in shadows])
+        view.inclusion = inclusion
+    if z_channel is not None:
+        view.y_z, view.target_z, view.inclusion_z = np.asarray(y_z), z_channel.log_probs(target), inclusion_z
+        if shadows:
+            view.shadows_z = np.stack([z_channel.log_probs(m) for m in shadows])
+    return view
+
+
+def best_attack(results: Sequence[AttackResult], seat: str) -> dict[str, Any] | None:
+    """The best attack of a seat by AUC and by TPR at 1 % FPR, with their 95 % intervals. It "beats
+    chance" only when the family-wise AUC interval (Bonferroni over the attacks compared) excludes 0.5."""
+    rs = [r for r in results if r.seat == seat]
+    if not rs:
+        return None
+    by_auc = max(rs, key=lambda r: r.auc)
+    by_tpr = max(rs, key=lambda r: r.tpr_at_fpr.get(0.01, 0.0))
+    r5 = lambda v: round(float(v), 5)  # noqa: E731
+    fam = by_auc.auc_ci_family or by_auc.auc_ci
+    return {"attack": by_auc.attack, "auc": r5(by_auc.auc), "auc_ci": [r5(v) for v in by_auc.auc_ci],
+            "auc_ci_family": [r5(v) for v in fam], "tpr@1%fpr": r5(by_tpr.tpr_at_fpr[0.01]),
+            "tpr@1%fpr_ci": [r5(v) for v in by_tpr.tpr_ci[0.01]], "tpr_attack": by_tpr.attack, "attacks_compared": len(rs),
+            "beats_chance": beats_chance(fam, 0.5), "tpr_beats_chance": beats_chance(by_tpr.tpr_ci[0.01], 0.01),
+            "max_auc_ci_low": r5(max(r.auc_ci[0] for r in rs))}
+
+
 # --- the experiment -------------------------------------------------------------------------------
 
 
@@ -240,13 +391,17 @@ class MIASplit:
 def make_split(n_rows: int, target_size: int, eval_members: int, eval_nonmembers: int, seed: int = 0,
                aux_size: int | None = None) -> MIASplit:
     """Shuffles the rows and cuts: `target_size` training records, `eval_nonmembers` held-out records,
-    and the rest (or `aux_size` of it) as the attacker's population; members are drawn from training."""
+    and the rest (or `aux_size` of it) as the attacker's population; members are drawn from training.
+    The population must fill a shadow's training set up to `target_size` beside its half of the
+    challenge records."""
     if eval_members > target_size:
         raise ValueError(f"eval_members ({eval_members}) cannot exceed target_size ({target_size})")
-    need = target_size + eval_nonmembers + target_size
+    fill = max(0, target_size - (eval_members + eval_nonmembers) // 2)
+    need = target_size + eval_nonmembers + max(fill, 1)
     if n_rows < need:
         raise ValueError(f"the table has {n_rows} rows; target_size {target_size} + eval_nonmembers {eval_nonmembers} + an auxiliary "
-                         f"population of at least target_size needs {need}; lower --target-size or --nonmembers")
+                         f"population of at least {max(fill, 1)} (to fill the shadows' training sets) needs {need}; "
+                         "lower --target-size or --n-nonmembers")
     rng = np.random.default_rng(seed)
     perm = rng.permutation(n_rows)
     train, out = perm[:target_size], perm[target_size:target_size + eval_nonmembers]
@@ -288,23 +443,65 @@ def balanced_inclusion(n_shadows: int, n_records: int, rng: np.random.Generator)
 
 
 @dataclass
+class Shadows:
+    """Shadow experts and, per shadow, the table rows it trained on."""
+
+    models: list[torch.nn.Module]
+    rows: list[np.ndarray]
+
+    def inclusion(self, rows: np.ndarray) -> np.ndarray:
+        """(S, len(rows)): whether each given table row was in each shadow's training set."""
+        return np.stack([np.isin(rows, r) for r in self.rows]) if self.models else np.zeros((0, len(rows)), bool)
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+
+def train_shadows(x: np.ndarray, y: np.ndarray, schema: Any, cfg: Any, split: MIASplit, n_shadows: int, *, seed: int,
+                  progress: bool | Callable[[str], None] = False) -> Shadows:
+    """Shadow experts with the target's recipe: each challenge record in exactly half of them (balanced
+    design), each training set filled up from the auxiliary population to the target's size."""
+    from client_party.expert_training import train_expert
+
+    rng = np.random.default_rng([seed, 1])
+    n_t, challenge = len(split.train), split.challenge
+    inc = balanced_inclusion(n_shadows, len(challenge), rng)
+    if len(split.aux) < n_t - int(inc.sum(1).min(initial=n_t)):
+        raise ValueError(f"the auxiliary population has {len(split.aux)} records, too few to fill the shadows up to the target's "
+                         f"{n_t} training records")
+    models, rows = [], []
+    for s in range(n_shadows):
+        chosen = challenge[inc[s]]
+        fill = max(0, n_t - len(chosen))
+        idx = rng.permutation(np.concatenate([chosen, rng.choice(split.aux, size=fill, replace=False)]))
+        shadow_cfg = replace(cfg, seed=int(rng.integers(2**31 - 1)))
+        models.append(train_expert(x[idx], y[idx], schema, shadow_cfg).model)
+        rows.append(np.sort(idx))
+        _say(progress, f"  shadow {s + 1}/{n_shadows}")
+    return Shadows(models, rows)
+
+
+@dataclass
 class MIAConfig:
     """Sizes and recipe of one membership-inference experiment."""
 
     target_size: int = 1000
     eval_members: int = 500
     eval_nonmembers: int = 500
-    n_shadows: int = 16                 # per LiRA variant (online and offline each)
+    n_shadows: int = 16                 # one set of shadows for LiRA online/offline and RMIA
+    population: int = 500               # population records z for RMIA (from the auxiliary population)
     epsilon: float | None = None        # None: the target trains without DP
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
+    early_stopping: bool | None = None  # None: the recipe's (on without DP); False: a deliberately overfit expert
     seed: int = 0
     fix_variance: bool | None = None    # None: pooled variance below 64 shadows
     attacks: tuple[str, ...] = ALL_ATTACKS
-    query_members: int = 200            # query seat: bounded numbers of records (the LLM is slow on CPU)
-    query_nonmembers: int = 200
-    query_shadows: int | None = None    # shadows per LiRA variant used from the query seat (None: all)
+    query_members: int = 500            # query seat: members and non-members attacked through the LLM
+    query_nonmembers: int = 500
+    query_population: int = 200         # query seat: population records z for RMIA
+    query_shadows: int | None = None    # shadows used from the query seat (None: all)
     threads: int | None = 1
 
     def to_dict(self) -> dict[str, Any]:
@@ -324,6 +521,8 @@ class MIAReport:
     results: list[AttackResult] = field(default_factory=list)
     llamdex_accuracy: float | None = None      # query seat: the LLM's answers on held-out records
     expert_accuracy_query_subset: float | None = None
+    expert_balanced_accuracy: float | None = None
+    llamdex_balanced_accuracy: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     def best(self, seat: str = "provider", key: str = "auc") -> AttackResult | None:
@@ -343,7 +542,9 @@ class MIAReport:
     def to_dict(self, with_roc: bool = False) -> dict[str, Any]:
         return {
             "dataset": self.dataset, "config": self.config, "dp": self.dp, "expert_accuracy": self.expert_accuracy,
-            "llamdex_accuracy": self.llamdex_accuracy, "expert_accuracy_query_subset": self.expert_accuracy_query_subset,
+            "expert_balanced_accuracy": self.expert_balanced_accuracy,
+            "llamdex_accuracy": self.llamdex_accuracy, "llamdex_balanced_accuracy": self.llamdex_balanced_accuracy,
+            "expert_accuracy_query_subset": self.expert_accuracy_query_subset,
             "results": [r.to_dict(with_roc) for r in self.results], "timings": {k: round(v, 2) for k, v in self.timings.items()},
         }
 
@@ -355,70 +556,32 @@ def _say(progress: bool | Callable[[str], None], msg: str) -> None:
         print(msg, flush=True)
 
 
-def train_shadows(x: np.ndarray, y: np.ndarray, schema: Any, cfg: Any, split: MIASplit, n_shadows: int, *, online: bool,
-                  seed: int, progress: bool | Callable[[str], None] = False) -> tuple[list[torch.nn.Module], np.ndarray | None]:
-    """Shadow experts with the target's recipe. Offline: random `target_size` subsets of the auxiliary
-    population. Online: each challenge record in exactly half of them, filled up from the auxiliary
-    population to the target's training-set size. Returns the models and the (S, n_challenge) inclusion
-    matrix (None offline)."""
-    from client_party.expert_training import train_expert
+def balanced_accuracy(pred: np.ndarray, y: np.ndarray) -> float:
+    from sklearn.metrics import balanced_accuracy_score
 
-    rng = np.random.default_rng([seed, 1 if online else 2])
-    n_t, challenge = len(split.train), split.challenge
-    if len(split.aux) < n_t:
-        raise ValueError(f"the auxiliary population has {len(split.aux)} records, fewer than the target's {n_t} training records")
-    inc = balanced_inclusion(n_shadows, len(challenge), rng) if online else None
-    models = []
-    for s in range(n_shadows):
-        if online:
-            chosen = challenge[inc[s]]
-            fill = max(0, n_t - len(chosen))
-            idx = np.concatenate([chosen, rng.choice(split.aux, size=fill, replace=False)])
-        else:
-            idx = rng.choice(split.aux, size=n_t, replace=False)
-        idx = rng.permutation(idx)
-        shadow_cfg = replace(cfg, seed=int(rng.integers(2**31 - 1)))
-        models.append(train_expert(x[idx], y[idx], schema, shadow_cfg).model)
-        _say(progress, f"  shadow {'online' if online else 'offline'} {s + 1}/{n_shadows}")
-    return models, inc
+    return float(balanced_accuracy_score(y, pred))
 
 
-def attack_channel(channel: Any, y: np.ndarray, is_member: np.ndarray, target: torch.nn.Module, *, attacks: Sequence[str],
-                   shadows_online: Sequence[torch.nn.Module] = (), inclusion: np.ndarray | None = None,
-                   shadows_offline: Sequence[torch.nn.Module] = (), fix_variance: bool | None = None,
-                   delta: float = 0.0) -> list[AttackResult]:
-    """Runs the requested attacks on one seat's observations of the challenge records; `delta` (the
-    target's δ) enters each attack's empirical ε lower bound."""
-    logp = channel.log_probs(target)
-    out: list[AttackResult] = []
-    scores = score_attacks(logp, y)
-    seat = channel.seat
-    for name in attacks:
-        if name in scores:
-            out.append(evaluate_attack(name, scores[name], is_member, seat, delta=delta))
-    phi = lira_statistic(logp, y)
-    if "lira_online" in attacks and shadows_online:
-        sp = np.stack([lira_statistic(channel.log_probs(m), y) for m in shadows_online])
-        scores_on = lira_online(phi, sp, inclusion[: len(shadows_online)], fix_variance)
-        out.append(evaluate_attack("lira_online", scores_on, is_member, seat, delta=delta))
-    if "lira_offline" in attacks and shadows_offline:
-        sp = np.stack([lira_statistic(channel.log_probs(m), y) for m in shadows_offline])
-        out.append(evaluate_attack("lira_offline", lira_offline(phi, sp, fix_variance), is_member, seat, delta=delta))
-    return out
+def population_rows(split: MIASplit, size: int, seed: int) -> np.ndarray:
+    """Population records z for RMIA: a seeded sample of the auxiliary population."""
+    rng = np.random.default_rng([seed, 3])
+    return np.sort(rng.choice(split.aux, size=min(size, len(split.aux)), replace=False))
 
 
 def run_mia(dataset: str | tuple[pd.DataFrame, Any], config: MIAConfig, *, llamdex: Any = None,
-            progress: bool | Callable[[str], None] = False, target: Any = None, query_channel: LLMChannel | None = None) -> MIAReport:
+            progress: bool | Callable[[str], None] = False, target: Any = None, query_channel: LLMChannel | None = None,
+            query_z_channel: LLMChannel | None = None, seats: Sequence[str] = ("provider", "query")) -> MIAReport:
     """Trains the target (unless `target` = (TrainedExpert, MIASplit) is given) and the shadows, and
-    attacks from the provider seat, and from the query seat when a `LlamdexModel` (or a prebuilt
-    `query_channel` from `build_query_channel`) is given."""
+    attacks from the provider seat, and from the query seat when a `LlamdexModel` (or prebuilt
+    `query_channel` / `query_z_channel` from `build_query_channels`) is given."""
     from client_party.datasets import encode_table, load_table
     from client_party.expert_training import train_expert
 
     df, schema = load_table(dataset) if isinstance(dataset, str) else dataset
     name = dataset if isinstance(dataset, str) else schema.name
     x, y = encode_table(df, schema)
-    cfg = train_config(config.epsilon, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed)
+    cfg = train_config(config.epsilon, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
+                       early_stopping=config.early_stopping)
     times: dict[str, float] = {}
     unknown = set(config.attacks) - set(ALL_ATTACKS)
     if unknown:
@@ -433,67 +596,100 @@ def run_mia(dataset: str | tuple[pd.DataFrame, Any], config: MIAConfig, *, llamd
         times["target"] = time.perf_counter() - t0
         eps = "no DP" if not trained.dp.is_private else f"ε={trained.dp.epsilon:.3g}"
         _say(progress, f"{name}: target expert trained on {len(split.train)} records ({eps})")
-        acc = float((log_probs(trained.model, x[split.out]).argmax(1) == y[split.out]).mean())
-        want_lira = [a for a in config.attacks if a in LIRA_ATTACKS]
+        pred = log_probs(trained.model, x[split.out]).argmax(1)
+        acc, bacc = float((pred == y[split.out]).mean()), balanced_accuracy(pred, y[split.out])
         t0 = time.perf_counter()
-        on, inc = train_shadows(x, y, schema, cfg, split, config.n_shadows, online=True, seed=config.seed, progress=progress) \
-            if "lira_online" in want_lira else ([], None)
-        off, _ = train_shadows(x, y, schema, cfg, split, config.n_shadows, online=False, seed=config.seed, progress=progress) \
-            if "lira_offline" in want_lira else ([], None)
+        want_refs = any(a in REFERENCE_ATTACKS for a in config.attacks)
+        shadows = train_shadows(x, y, schema, cfg, split, config.n_shadows, seed=config.seed, progress=progress) \
+            if want_refs and config.n_shadows > 0 else Shadows([], [])
         times["shadows"] = time.perf_counter() - t0
-        ch = split.challenge
+        ch, z = split.challenge, population_rows(split, config.population, config.seed)
+        report = MIAReport(name, config.to_dict(), trained.dp.to_dict(), acc, expert_balanced_accuracy=bacc, timings=times)
+        if "provider" in seats:
+            t0 = time.perf_counter()
+            view = observe(ExpertChannel(x[ch]), trained.model, shadows.models, y[ch], split.is_member, shadows.inclusion(ch),
+                           ExpertChannel(x[z]), y[z], shadows.inclusion(z))
+            report.results.extend(attack_view(view, config.attacks, fix_variance=config.fix_variance, delta=float(trained.dp.delta)))
+            times["provider_attacks"] = time.perf_counter() - t0
+    if "query" in seats and (llamdex is not None or query_channel is not None):   # the LLM runs with the caller's thread setting
         t0 = time.perf_counter()
-        results = attack_channel(ExpertChannel(x[ch]), y[ch], split.is_member, trained.model, attacks=config.attacks,
-                                 shadows_online=on, inclusion=inc, shadows_offline=off, fix_variance=config.fix_variance,
-                                 delta=float(trained.dp.delta))
-        times["provider_attacks"] = time.perf_counter() - t0
-    report = MIAReport(name, config.to_dict(), trained.dp.to_dict(), acc, results, timings=times)
-    if llamdex is not None or query_channel is not None:   # the LLM runs with the caller's thread setting
-        t0 = time.perf_counter()
-        _query_seat(report, llamdex, df, x, y, split, trained.model, on, inc, off, config, progress, query_channel)
+        _query_seat(report, llamdex, df, x, y, split, trained.model, shadows, config, progress, query_channel, query_z_channel)
         times["query_attacks"] = time.perf_counter() - t0
     return report
 
 
 def query_selection(split: MIASplit, config: MIAConfig) -> np.ndarray:
     """Positions in `split.challenge` attacked from the query seat: the first `query_members` members
-    and `query_nonmembers` non-members (the LLM is slow on CPU, so the numbers are bounded)."""
+    and `query_nonmembers` non-members (the LLM is slow on CPU, so the numbers may be bounded)."""
     n_m, n_n = min(config.query_members, len(split.members)), min(config.query_nonmembers, len(split.nonmembers))
     return np.concatenate([np.arange(n_m), len(split.members) + np.arange(n_n)])
 
 
-def build_query_channel(llamdex: Any, df: pd.DataFrame, split: MIASplit, config: MIAConfig, progress: bool = False) -> LLMChannel:
-    """The query seat's view of the selected challenge records (reusable across targets on the same split)."""
+def build_query_channels(llamdex: Any, df: pd.DataFrame, split: MIASplit, config: MIAConfig,
+                         progress: bool = False) -> tuple[LLMChannel, LLMChannel]:
+    """The query seat's view of the selected challenge records and of the population records z
+    (reusable across targets on the same split)."""
     rows = split.challenge[query_selection(split, config)]
-    return LLMChannel(llamdex, df.iloc[rows], seed=config.seed, progress=progress)
+    z = population_rows(split, config.query_population, config.seed)
+    return (LLMChannel(llamdex, df.iloc[rows], seed=config.seed, progress=progress),
+            LLMChannel(llamdex, df.iloc[z], seed=config.seed + 1, progress=progress))
 
 
 def _query_seat(report: MIAReport, llamdex: Any, df: pd.DataFrame, x: np.ndarray, y: np.ndarray, split: MIASplit, target: Any,
-                on: list, inc: np.ndarray | None, off: list, config: MIAConfig, progress: bool | Callable[[str], None],
-                channel: LLMChannel | None = None) -> None:
-    """The same attacks through the customized LLM on a bounded subset of the challenge records."""
+                shadows: Shadows, config: MIAConfig, progress: bool | Callable[[str], None],
+                channel: LLMChannel | None = None, z_channel: LLMChannel | None = None) -> None:
+    """The same attacks through the customized LLM on the selected challenge records."""
     sel = query_selection(split, config)
     rows = split.challenge[sel]
     member = split.is_member[sel]
+    z = population_rows(split, config.query_population, config.seed)
     _say(progress, f"{report.dataset}: query seat on {int(member.sum())} members + {int((~member).sum())} non-members through the LLM")
-    if channel is None:
-        channel = build_query_channel(llamdex, df, split, config)
-    if len(channel) != len(rows):
-        raise ValueError(f"the query channel holds {len(channel)} records, the selection {len(rows)}; build it with build_query_channel")
-    k = config.query_shadows if config.query_shadows is not None else config.n_shadows
-    q_inc = inc[:k, sel] if inc is not None else None
-    results = attack_channel(channel, y[rows], member, target, attacks=config.attacks, shadows_online=on[:k],
-                             inclusion=q_inc, shadows_offline=off[:k], fix_variance=config.fix_variance,
-                             delta=float(report.dp.get("delta") or 0.0))
-    report.results.extend(results)
+    if channel is None or z_channel is None:
+        channel, z_channel = build_query_channels(llamdex, df, split, config)
+    if len(channel) != len(rows) or len(z_channel) != len(z):
+        raise ValueError(f"the query channels hold {len(channel)} + {len(z_channel)} records, the selection {len(rows)} + {len(z)}; "
+                         "build them with build_query_channels")
+    k = config.query_shadows if config.query_shadows is not None else len(shadows)
+    used = Shadows(shadows.models[:k], shadows.rows[:k])
+    view = observe(channel, target, used.models, y[rows], member, used.inclusion(rows), z_channel, y[z], used.inclusion(z))
+    report.results.extend(attack_view(view, config.attacks, fix_variance=config.fix_variance, delta=float(report.dp.get("delta") or 0.0)))
     held = ~member
-    llm = channel.log_probs(target).argmax(1)
+    llm = view.target.argmax(1)
     report.llamdex_accuracy = float((llm[held] == y[rows][held]).mean())
+    report.llamdex_balanced_accuracy = balanced_accuracy(llm[held], y[rows][held])
     report.expert_accuracy_query_subset = float((log_probs(target, x[rows[held]]).argmax(1) == y[rows][held]).mean())
 
 
 __all__ = [
-    "ALL_ATTACKS", "ExpertChannel", "build_query_channel", "query_selection", "LIRA_ATTACKS", "LLMChannel", "MIAConfig", "MIAReport", "MIASplit", "SCORE_ATTACKS",
-    "attack_channel", "balanced_inclusion", "lira_offline", "lira_online", "lira_statistic", "log_probs", "make_split",
-    "run_mia", "score_attacks", "torch_threads", "train_config", "train_shadows",
+    "ALL_ATTACKS",
+    "LIRA_ATTACKS",
+    "REFERENCE_ATTACKS",
+    "RMIA_ATTACKS",
+    "SCORE_ATTACKS",
+    "ExpertChannel",
+    "LLMChannel",
+    "MIAConfig",
+    "MIAReport",
+    "MIASplit",
+    "SeatView",
+    "Shadows",
+    "attack_view",
+    "balanced_inclusion",
+    "best_attack",
+    "build_query_channels",
+    "lira_offline",
+    "lira_offline_masked",
+    "lira_online",
+    "lira_statistic",
+    "log_probs",
+    "make_split",
+    "observe",
+    "population_rows",
+    "query_selection",
+    "rmia_scores",
+    "run_mia",
+    "score_attacks",
+    "torch_threads",
+    "train_config",
+    "train_shadows",
 ]

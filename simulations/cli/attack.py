@@ -1,4 +1,4 @@
-"""`llamdex attack ...`: privacy attacks on an expert (membership, attribute, one-run canary audit)."""
+"""`llamdex attack mia|attribute|canary`: privacy attacks on an expert, simulated or a real signed artifact."""
 
 from __future__ import annotations
 
@@ -7,81 +7,121 @@ import json
 import sys
 from pathlib import Path
 
-DESCRIPTION = """\
-Measure what an uploaded expert reveals about the client's training records. Each command simulates
-the client (it trains the target expert on a seeded split of a registered table with the client's
-own recipe, DP-SGD when --epsilon is given) and then attacks it as the provider would (it holds the
-weights) or as an end user of the customized LLM would (query seat). Only counts and metrics are
-printed; no record is ever shown.
+from simulations.cli.common import add_data_args, table_refs
 
-  mia        membership inference: loss, confidence, entropy, modified entropy, margin thresholds
-             and LiRA online/offline with shadow experts; ROC AUC and TPR at 0.1 %, 1 %, 10 % FPR
+DESCRIPTION = """\
+Measure what an expert reveals about the records it was trained on. Two ways to name the target:
+
+  simulated  --data NAME|FILE: the command plays the client (it trains the target expert on a seeded
+             split of the table with the client's own recipe, DP-SGD when --epsilon is given) and
+             then attacks it;
+  artifact   --artifact DIR --client-key PEM --members FILE --nonmembers FILE: a real signed expert,
+             verified first (signature, every digest, spec, schema, DP statement), attacked with
+             records the auditor holds: the ones it was trained on and ones it was not (CSV or
+             Parquet under the artifact's schema.json). Shadow experts train on a public table
+             (--data, under the same schema) or on half of the non-members.
+
+Seats: the provider's (it holds the weights) and the query seat (an end user of the customized LLM:
+--query N through a local LLM when simulated, --provider ADDRESS through a running provider's Ask
+for an artifact). Every AUC and TPR comes with its 95 % interval; an attack is said to beat chance
+only when its interval excludes chance. Only counts and metrics are printed; no record is shown.
+
+  mia        membership inference: loss, confidence, entropy, modified entropy, margin thresholds,
+             LiRA online/offline and RMIA with shadow experts; ROC AUC and TPR at 0.1 %, 1 %, 10 % FPR
   attribute  infer the schema's sensitive column from the expert and the other columns, against a
-             baseline that uses the public population alone
-  canary     one-run audit (Steinke, Nasr, Jagielski 2023): empirical lower bound on ε at 95 %,
-             next to the claimed ε (Opacus) and the ε recomputed with dp-accounting"""
+             baseline that uses the population alone
+  canary     one-run audits (Steinke, Nasr, Jagielski 2023): empirical ε lower bound at 95 % from
+             input-space canaries (black box) and gradient canaries (white box), next to the claimed
+             ε (Opacus) and the ε recomputed with dp-accounting; exit 1 when a bound exceeds a claim"""
 
 MIA_EPILOG = """\
 examples:
-  # a DP expert at ε = 1 on the credit table, provider seat, 16 shadows per LiRA variant
-  llamdex attack mia --dataset credit --epsilon 1 --shadows 16
-  # a deliberately overfit non-DP expert: LiRA should find members
-  llamdex attack mia --dataset credit --target-size 100 --members 100 --nonmembers 100 --epochs 150 --lr 0.01 --batch-size 50
-  # also through the customized LLM's answers (200 + 200 records, connectors from the 'quick' preset)
-  llamdex attack mia --dataset credit --query 200 --query-shadows 4 --json runs/mia-credit.json --roc runs/mia-credit.png
+  # a DP expert at ε = 1 on the credit table, provider seat, 16 shadows
+  llamdex attack mia --data credit --epsilon 1 --shadows 16
+  # a deliberately overfit non-DP expert: LiRA and RMIA should find members
+  llamdex attack mia --data credit --target-size 100 --n-members 100 --n-nonmembers 100 --epochs 150 --lr 0.01 \\
+                     --batch-size 50 --no-early-stopping
+  # also through the customized LLM's answers (500 + 500 records, connectors from the 'quick' preset)
+  llamdex attack mia --data credit --query 500 --json runs/mia-credit.json --roc runs/mia-credit.png
+  # a real artifact, with the records it was trained on and records it was not
+  llamdex attack mia --artifact runs/titanic-eps1 --client-key keys/alice.pub \\
+                     --members members.csv --nonmembers nonmembers.csv
+  # the same, plus the query seat through a running provider (the artifact's owner asks, mutual TLS)
+  llamdex attack mia --artifact runs/titanic-eps1 --client-key keys/alice.pub --members members.csv \\
+                     --nonmembers nonmembers.csv --provider provider.example:50051 --config client.toml
 """
 
 ATTRIBUTE_EPILOG = """\
 examples:
-  llamdex attack attribute --dataset titanic                    # sensitive column 'sex' from the schema
-  llamdex attack attribute --dataset credit --column Marital --epsilon 1 --json runs/attr.json
+  llamdex attack attribute --data titanic                     # sensitive column 'sex' from the schema
+  llamdex attack attribute --data credit --column Marital --epsilon 1 --json runs/attr.json
+  llamdex attack attribute --artifact runs/titanic-eps1 --client-key keys/alice.pub \\
+                           --members members.csv --nonmembers nonmembers.csv
 """
 
 CANARY_EPILOG = """\
 examples:
-  llamdex attack canary --dataset credit --epsilon 1 --canaries 1000 --seeds 3
-  llamdex attack canary --dataset churn --canaries 500            # no DP: the bound shows memorization
+  llamdex attack canary --data credit --epsilon 1 --canaries 1000 --seeds 3
+  llamdex attack canary --data churn --canaries 500            # no DP: the bounds show memorization
+  # replay a real artifact's DP statement on the records it was trained on
+  llamdex attack canary --artifact runs/titanic-eps1 --client-key keys/alice.pub --members members.csv
 """
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True, help="registered table: titanic, default, credit, churn")
-    p.add_argument("--epsilon", type=float, default=None, help="target ε of the client's DP-SGD; omit for no DP")
-    p.add_argument("--target-size", type=int, default=1000, help="records in the client's training set (default: %(default)s)")
-    p.add_argument("--members", type=int, default=500, help="members attacked (default: %(default)s)")
-    p.add_argument("--nonmembers", type=int, default=500, help="non-members attacked (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
-    p.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
-    p.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
+def _target_args(p: argparse.ArgumentParser, *, members_files: bool = True) -> None:
+    sim = p.add_argument_group("simulated client (the command trains the target)")
+    add_data_args(sim, default=None)
+    sim.add_argument("--epsilon", type=float, default=None, help="target ε of the client's DP-SGD; omit for no DP")
+    sim.add_argument("--target-size", type=int, default=1000, help="records in the client's training set (default: %(default)s)")
+    sim.add_argument("--n-members", type=int, default=500, help="members attacked (default: %(default)s)")
+    sim.add_argument("--n-nonmembers", type=int, default=500, help="non-members attacked (default: %(default)s)")
+    sim.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    sim.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
+    sim.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
+    sim.add_argument("--no-early-stopping", dest="early_stopping", action="store_false", default=None,
+                     help="without DP: train every epoch on every record (a deliberately overfit expert)")
+    art = p.add_argument_group("a real artifact (verified first); --data is then an optional public table for shadows")
+    art.add_argument("--artifact", type=Path, metavar="DIR", help="a signed artifact folder (from `llamdex client train --key ...`)")
+    art.add_argument("--client-key", action="append", type=Path, default=[], metavar="PEM", help="trusted public key of the artifact's signer (repeatable)")
+    art.add_argument("--members", type=Path, metavar="FILE", help="CSV/Parquet: records the artifact was trained on")
+    if members_files:
+        art.add_argument("--nonmembers", type=Path, metavar="FILE", help="CSV/Parquet: records it was not trained on")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("attack", help="privacy attacks on an expert: membership, attribute, canary audit",
-                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("attack", help="privacy attacks on an expert (simulated or a signed artifact): membership, attribute, canary audit",
+                       description=DESCRIPTION, formatter_class=fmt,
                        epilog="run `llamdex attack mia --help` (or attribute, canary) for each command's options and examples")
     asub = p.add_subparsers(dest="attack_command", metavar="ATTACK")
-    m = asub.add_parser("mia", help="membership inference (score attacks, LiRA online/offline), provider and query seats",
-                        description=DESCRIPTION.split("\n\n")[0], epilog=MIA_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common(m)
-    m.add_argument("--shadows", type=int, default=16, help="shadow experts per LiRA variant (default: %(default)s)")
+    m = asub.add_parser("mia", help="membership inference (score attacks, LiRA, RMIA) from the provider and query seats",
+                        description=DESCRIPTION.split("\n\n")[0], epilog=MIA_EPILOG, formatter_class=fmt)
+    _target_args(m)
+    m.add_argument("--shadows", type=int, default=16, help="shadow experts (default: %(default)s)")
+    m.add_argument("--population", type=int, default=500, help="population records z for RMIA (default: %(default)s)")
     m.add_argument("--attacks", default=None, help="comma-separated subset of: loss, confidence, entropy, modified_entropy, margin, "
-                                                   "lira_online, lira_offline (default: all)")
-    m.add_argument("--query", type=int, default=0, metavar="N", help="also attack through the customized LLM with N members + N non-members")
-    m.add_argument("--query-shadows", type=int, default=4, help="shadows per LiRA variant used from the query seat (default: %(default)s)")
-    m.add_argument("--preset", default="quick", help="connector preset for the query seat (default: %(default)s)")
-    m.add_argument("--connector-root", type=Path, help="connector store (default: $LLAMDEX_HOME/connectors-quick)")
+                                                   "lira_online, lira_offline, rmia, rmia_offline (default: all)")
+    q = m.add_argument_group("query seat")
+    q.add_argument("--query", type=int, default=None, metavar="N",
+                   help="simulated: also attack through a local customized LLM with N members + N non-members; "
+                        "artifact with --provider: ask about N members + N non-members (default: every attacked record)")
+    q.add_argument("--query-shadows", type=int, default=None, help="simulated: shadows pushed through the LLM (default: all)")
+    q.add_argument("--preset", default="quick", help="simulated: connector preset for the query seat (default: %(default)s)")
+    q.add_argument("--connector-root", type=Path, help="simulated: connector store (default: $LLAMDEX_HOME/connectors-quick)")
+    from simulations.cli.client_protocol import _common as provider_flags
+
+    provider_flags(m)   # --provider ADDRESS and the client's identity and TLS flags (artifact: the query seat through Ask)
     m.add_argument("--roc", type=Path, metavar="PNG", help="plot the ROC curves")
     m.set_defaults(func=_mia)
-    a = asub.add_parser("attribute", help="attribute inference of the schema's sensitive column",
-                        epilog=ATTRIBUTE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common(a)
+    a = asub.add_parser("attribute", help="attribute inference of the schema's sensitive column", epilog=ATTRIBUTE_EPILOG, formatter_class=fmt)
+    _target_args(a)
     a.add_argument("--column", help="the column to infer (default: the schema's first sensitive column)")
     a.set_defaults(func=_attribute)
-    c = asub.add_parser("canary", help="one-run canary audit: empirical ε lower bound at 95 %%",
-                        epilog=CANARY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common(c)
+    c = asub.add_parser("canary", help="one-run canary audits (input-space and gradient canaries): empirical ε lower bound at 95 %%",
+                        epilog=CANARY_EPILOG, formatter_class=fmt)
+    _target_args(c, members_files=False)
     c.add_argument("--canaries", type=int, default=1000, help="number of canaries m (default: %(default)s)")
     c.add_argument("--seeds", type=int, default=1, help="independent audit runs (default: %(default)s)")
     c.add_argument("--confidence", type=float, default=0.95, help="confidence of the bound (default: %(default)s)")
@@ -89,112 +129,240 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
+class UsageError(Exception):
+    """Bad flags: printed with the verb's name, exit status 2."""
+
+
 def _write_json(path: Path | None, data: dict) -> None:
     if path:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=1) + "\n")
+        path.write_text(json.dumps(data, indent=1, default=str) + "\n")
         print(f"results written to {path}")
 
 
+def _mode(args: argparse.Namespace, verb: str, need_nonmembers: bool = True) -> str:
+    """'artifact' or 'simulated', after checking that the flags of exactly one mode are given."""
+    if args.artifact:
+        missing = [f for f, v in (("--client-key", args.client_key), ("--members", args.members),
+                                  ("--nonmembers", getattr(args, "nonmembers", True) if need_nonmembers else True)) if not v]
+        if missing:
+            raise UsageError(f"--artifact needs {', '.join(missing)} (the signer's public key and the auditor's records)")
+        if args.epsilon is not None:
+            raise UsageError("--epsilon trains a simulated target; an artifact's ε is in its DP statement")
+        return "artifact"
+    if not args.data:
+        raise UsageError("name the target: --data NAME|FILE (simulated client) or --artifact DIR with --members/--nonmembers")
+    if args.members or getattr(args, "nonmembers", None):
+        raise UsageError("--members/--nonmembers are record files for --artifact; a simulated run counts them with --n-members/--n-nonmembers")
+    if getattr(args, "provider_address", None):
+        raise UsageError("--provider attacks a real artifact through a running provider: give --artifact (simulated: --query N)")
+    return "simulated"
+
+
+def _run(verb: str, fn, args: argparse.Namespace) -> int:
+    from protocol.errors import LlamdexError
+
+    try:
+        return fn(args)
+    except UsageError as e:
+        print(f"llamdex attack {verb}: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, LlamdexError) as e:
+        print(f"llamdex attack {verb}: {e}", file=sys.stderr)
+        return 1
+
+
+def _population(args: argparse.Namespace):
+    return table_refs(args)[0].load() if args.data else None
+
+
+def _print_results(results) -> None:
+    print(f"{'seat':9} {'attack':16} {'AUC [95 % interval]':>24} {'TPR@0.1%':>9} {'TPR@1% [95 %]':>22} {'TPR@10%':>8} {'ε_lb':>5} "
+          f"{'members':>8} {'non-m.':>7}")
+    for r in results:
+        t, ci = r.tpr_at_fpr, r.tpr_ci
+        mark = " *" if r.beats_chance else ""
+        print(f"{r.seat:9} {r.attack:16} {r.auc:6.3f} [{r.auc_ci[0]:.3f}, {r.auc_ci[1]:.3f}]{mark:2} {t[0.001]:9.3f} "
+              f"{t[0.01]:6.3f} [{ci[0.01][0]:.3f}, {ci[0.01][1]:.3f}] {t[0.1]:8.3f} {r.epsilon_lb or 0:5.2f} {r.n_members:8d} {r.n_nonmembers:7d}")
+    print("* the AUC's 95 % interval excludes 0.5 (before correcting for the number of attacks compared)")
+
+
 def _mia(args: argparse.Namespace) -> int:
-    from simulations.attacks.mia import ALL_ATTACKS, MIAConfig, run_mia
+    return _run("mia", _mia_impl, args)
+
+
+def _mia_impl(args: argparse.Namespace) -> int:
+    from simulations.attacks.mia import ALL_ATTACKS, MIAConfig, best_attack, run_mia
 
     attacks = tuple(a.strip() for a in args.attacks.split(",")) if args.attacks else ALL_ATTACKS
     bad = set(attacks) - set(ALL_ATTACKS)
     if bad:
-        print(f"llamdex attack mia: unknown attacks {sorted(bad)}; choose from {list(ALL_ATTACKS)}", file=sys.stderr)
-        return 2
-    cfg = MIAConfig(target_size=args.target_size, eval_members=args.members, eval_nonmembers=args.nonmembers, n_shadows=args.shadows,
-                    epsilon=args.epsilon, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, attacks=attacks,
-                    query_members=args.query, query_nonmembers=args.query, query_shadows=args.query_shadows)
+        raise UsageError(f"unknown attacks {sorted(bad)}; choose from {list(ALL_ATTACKS)}")
+    if _mode(args, "mia") == "artifact":
+        return _mia_artifact(args, attacks)
+    df, schema = table_refs(args)[0].load()
+    cfg = MIAConfig(target_size=args.target_size, eval_members=args.n_members, eval_nonmembers=args.n_nonmembers, n_shadows=args.shadows,
+                    population=args.population, epsilon=args.epsilon, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                    early_stopping=args.early_stopping, seed=args.seed, attacks=attacks, query_members=args.query or 0,
+                    query_nonmembers=args.query or 0, query_shadows=args.query_shadows)
     llamdex = None
     if args.query:
-        from client_party.datasets import load_table
         from provider_party.model.base_llm import llamdex_home, load_base_llm
         from provider_party.model.connector_store import ConnectorStore
 
-        _, schema = load_table(args.dataset)
         store = ConnectorStore(args.connector_root or llamdex_home() / "connectors-quick")
-        llamdex, trained_now = store.get_or_train(load_base_llm(), schema, args.preset, progress=True)
-    report = run_mia(args.dataset, cfg, llamdex=llamdex, progress=True)
+        llamdex, _ = store.get_or_train(load_base_llm(), schema, args.preset, progress=True)
+    report = run_mia((df, schema), cfg, llamdex=llamdex, progress=True)
     dp = report.dp
     eps = "no DP" if dp["mechanism"] == "none" else f"ε = {dp['epsilon']:.4g}, δ = {dp['delta']:.2g}"
-    print(f"\n{args.dataset}: target expert ({eps}), held-out accuracy {report.expert_accuracy:.3f}"
+    print(f"\n{args.data}: target expert ({eps}), held-out accuracy {report.expert_accuracy:.3f}, balanced {report.expert_balanced_accuracy:.3f}"
           + (f"; Llamdex accuracy {report.llamdex_accuracy:.3f} (expert on the same records {report.expert_accuracy_query_subset:.3f})"
              if report.llamdex_accuracy is not None else ""))
-    print(f"{'seat':9} {'attack':17} {'AUC':>6} {'TPR@0.1%':>9} {'TPR@1%':>7} {'TPR@10%':>8} {'ε_lb':>6} {'members':>8} {'non-m.':>7}")
-    for r in report.results:
-        t = r.tpr_at_fpr
-        print(f"{r.seat:9} {r.attack:17} {r.auc:6.3f} {t[0.001]:9.3f} {t[0.01]:7.3f} {t[0.1]:8.3f} {r.epsilon_lb or 0:6.2f} "
-              f"{r.n_members:8d} {r.n_nonmembers:7d}")
+    _print_results(report.results)
+    for seat in ("provider", "query"):
+        b = best_attack(report.results, seat)
+        if b:
+            print(f"best {seat}-seat attack: {b['attack']} AUC {b['auc']:.3f}, family-wise interval [{b['auc_ci_family'][0]:.3f}, "
+                  f"{b['auc_ci_family'][1]:.3f}] over {b['attacks_compared']} attacks: {'beats' if b['beats_chance'] else 'does not beat'} chance")
     _write_json(args.json, report.to_dict(with_roc=True))
     if args.roc:
-        from simulations.attacks.report import _mpl
-
-        plt = _mpl()
-        fig, ax = plt.subplots(figsize=(6, 5))
-        ax.plot([1e-4, 1], [1e-4, 1], color="grey", lw=0.8, ls=":")
-        for i, r in enumerate(report.results):
-            ax.plot(r.roc[0], r.roc[1], ls="-" if r.seat == "provider" else "--", color=f"C{i % 10}", label=f"{r.attack} ({r.seat}) {r.auc:.3f}")
-        ax.set(xscale="log", yscale="log", xlim=(1e-3, 1), ylim=(1e-3, 1), xlabel="false positive rate", ylabel="true positive rate",
-               title=f"{args.dataset}, {eps}")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        args.roc.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(args.roc, dpi=110)
-        print(f"ROC curves written to {args.roc}")
+        _plot(report.results, args.roc, f"{args.data}, {eps}")
     return 0
 
 
-def _attribute(args: argparse.Namespace) -> int:
-    from simulations.attacks.attribute import run_attribute
+def _mia_artifact(args: argparse.Namespace, attacks: tuple[str, ...]) -> int:
+    from simulations.attacks.artifact_attacks import attack_artifact, load_target, provider_asker
+    from simulations.attacks.mia import best_attack
 
-    res, dp = run_attribute(args.dataset, column=args.column, epsilon=args.epsilon, target_size=args.target_size,
-                            eval_members=args.members, eval_nonmembers=args.nonmembers, epochs=args.epochs, batch_size=args.batch_size,
-                            lr=args.lr, seed=args.seed)
+    target = load_target(args.artifact, args.client_key, args.members, args.nonmembers, _population(args))
+    dp = target.dp
+    eps = "no DP" if not dp.is_private else f"ε = {dp.epsilon:.4g}, δ = {dp.delta:.2g}"
+    print(f"artifact {args.artifact} ({target.artifact.digest}) verified: {eps}")
+    client = None
+    if args.provider_address:
+        from simulations.cli.client_protocol import config_from_args
+
+        client = config_from_args(args).provider_client(with_store=False)
+    try:
+        report = attack_artifact(target, n_shadows=args.shadows, population=args.population, seed=args.seed, attacks=attacks,
+                                 ask=provider_asker(client, target.artifact.digest) if client else None, query_records=args.query,
+                                 progress=print)
+    finally:
+        if client is not None:
+            client.close()
+    print(f"{report.members} members, {report.nonmembers_attacked} non-members attacked; {report.shadows} shadows on {report.shadow_pool}; "
+          f"expert accuracy on the non-members {report.expert_accuracy_nonmembers:.3f}")
+    _print_results(report.results)
+    for seat in ("provider", "query"):
+        b = best_attack(report.results, seat)
+        if b:
+            print(f"best {seat}-seat attack: {b['attack']} AUC {b['auc']:.3f}, family-wise interval [{b['auc_ci_family'][0]:.3f}, "
+                  f"{b['auc_ci_family'][1]:.3f}]: {'beats' if b['beats_chance'] else 'does not beat'} chance")
+    _write_json(args.json, report.to_dict(with_roc=True))
+    if args.roc:
+        _plot(report.results, args.roc, f"{args.artifact.name}, {eps}")
+    return 0
+
+
+def _plot(results, path: Path, title: str) -> None:
+    from simulations.attacks.report import _mpl
+
+    plt = _mpl()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.plot([1e-4, 1], [1e-4, 1], color="grey", lw=0.8, ls=":")
+    for i, r in enumerate(results):
+        ax.plot(r.roc[0], r.roc[1], ls="-" if r.seat == "provider" else "--", color=f"C{i % 10}",
+                label=f"{r.attack} ({r.seat}) {r.auc:.3f} [{r.auc_ci[0]:.3f}, {r.auc_ci[1]:.3f}]")
+    ax.set(xscale="log", yscale="log", xlim=(1e-3, 1), ylim=(1e-3, 1), xlabel="false positive rate", ylabel="true positive rate", title=title)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"ROC curves written to {path}")
+
+
+def _attribute(args: argparse.Namespace) -> int:
+    return _run("attribute", _attribute_impl, args)
+
+
+def _attribute_impl(args: argparse.Namespace) -> int:
+    if _mode(args, "attribute") == "artifact":
+        from simulations.attacks.artifact_attacks import attribute_on_artifact, load_target
+
+        target = load_target(args.artifact, args.client_key, args.members, args.nonmembers, _population(args))
+        res, dp, name = attribute_on_artifact(target, args.column, args.seed), target.dp.to_dict(), str(args.artifact)
+    else:
+        from simulations.attacks.attribute import run_attribute
+
+        table = table_refs(args)[0].load()
+        res, dp = run_attribute(table, column=args.column, epsilon=args.epsilon, target_size=args.target_size, eval_members=args.n_members,
+                                eval_nonmembers=args.n_nonmembers, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+        name = args.data
     eps = "no DP" if dp["mechanism"] == "none" else f"ε = {dp['epsilon']:.4g}"
-    print(f"{args.dataset}: infer {res.column!r} ({len(res.levels)} values) from the expert ({eps}) and the other columns")
-    print(f"{'':28} {'members':>8} {'non-members':>12}")
-    print(f"{'attack (expert + population)':28} {res.attack_members:8.3f} {res.attack_nonmembers:12.3f}")
-    print(f"{'population baseline':28} {res.population_members:8.3f} {res.population_nonmembers:12.3f}")
-    print(f"{'most frequent value':28} {res.prior:8.3f} {res.prior:12.3f}")
-    print(f"advantage over the population on members: {res.advantage:+.3f}; members − non-members: {res.membership_gap:+.3f} "
-          f"({res.n_members} members, {res.n_nonmembers} non-members)")
-    _write_json(args.json, {"dataset": args.dataset, "dp": dp, **res.to_dict()})
+    ci = res.intervals
+    fmt = lambda v, k: f"{v:.3f} [{ci[k][0]:.3f}, {ci[k][1]:.3f}]" if k in ci else f"{v:.3f}"  # noqa: E731
+    print(f"{name}: infer {res.column!r} ({len(res.levels)} values) from the expert ({eps}) and the other columns")
+    print(f"{'':28} {'members':>22} {'non-members':>22}")
+    print(f"{'attack (expert + population)':28} {fmt(res.attack_members, 'attack_members'):>22} {fmt(res.attack_nonmembers, 'attack_nonmembers'):>22}")
+    print(f"{'population baseline':28} {fmt(res.population_members, 'population_members'):>22} {res.population_nonmembers:22.3f}")
+    print(f"{'most frequent value':28} {res.prior:22.3f} {res.prior:22.3f}")
+    print(f"advantage over the population on members: {fmt(res.advantage, 'advantage')}; members − non-members: "
+          f"{fmt(res.membership_gap, 'membership_gap')} ({res.n_members} members, {res.n_nonmembers} non-members): "
+          f"{'leaks (an interval excludes 0)' if res.to_dict()['leaks'] else 'no leakage shown (both intervals include 0)'}")
+    _write_json(args.json, {"target": name, "dp": dp, **res.to_dict()})
     return 0
 
 
 def _canary(args: argparse.Namespace) -> int:
-    from client_party.datasets import encode_table, load_table
-    from simulations.attacks.canary import run_canary_audit
+    return _run("canary", _canary_impl, args)
+
+
+def _canary_impl(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from client_party.datasets import encode_table
+    from simulations.attacks.canary import run_canary_audit
+    from simulations.attacks.gradient_canary import run_gradient_canary_audit
     from simulations.attacks.mia import torch_threads, train_config
 
-    df, schema = load_table(args.dataset)
-    x, y = encode_table(df, schema)
-    if args.target_size >= len(df):
-        print(f"llamdex attack canary: --target-size {args.target_size} must be below the table's {len(df)} records", file=sys.stderr)
-        return 2
-    perm = np.random.default_rng(args.seed).permutation(len(df))
-    train, test = perm[:args.target_size], perm[args.target_size:args.target_size + args.nonmembers]
+    replay = None
+    if _mode(args, "canary", need_nonmembers=False) == "artifact":
+        from protocol.artifact import ArtifactVerifier
+        from simulations.attacks.artifact_attacks import load_records
+
+        va = ArtifactVerifier(list(args.client_key)).verify(args.artifact)
+        schema = va.schema
+        x, y = encode_table(load_records(args.members, args.artifact, "members"), schema)
+        replay = va.dp if va.dp.is_private else None
+        name, eps = str(args.artifact), (float(va.dp.epsilon) if va.dp.is_private else None)
+        x_test = y_test = None
+    else:
+        df, schema = table_refs(args)[0].load()
+        x_all, y_all = encode_table(df, schema)
+        if args.target_size >= len(df):
+            raise UsageError(f"--target-size {args.target_size} must be below the table's {len(df)} records")
+        perm = np.random.default_rng(args.seed).permutation(len(df))
+        train, test = perm[:args.target_size], perm[args.target_size:args.target_size + args.n_nonmembers]
+        x, y, x_test, y_test = x_all[train], y_all[train], x_all[test], y_all[test]
+        name, eps = args.data, args.epsilon
     runs = []
+    fmt = lambda v: "∞ (no DP)" if v is None else f"{v:.4f}"  # noqa: E731
     for s in range(args.seeds):
         seed = args.seed + 100 * s
-        cfg = train_config(args.epsilon, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed)
+        cfg = train_config(eps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed, early_stopping=args.early_stopping)
         with torch_threads(1):
-            audit = run_canary_audit(x[train], y[train], schema, cfg, m=args.canaries, seed=seed,
-                                     x_test=x[test], y_test=y[test], confidence=args.confidence)
-        runs.append(audit.to_dict())
-        b = audit.best
-        fmt = lambda v: "∞ (no DP)" if v is None else f"{v:.4f}"  # noqa: E731
-        print(f"seed {seed}: {audit.m} canaries ({audit.included} included); best guesses r={b.get('r', 0)} correct v={b.get('v', 0)}; "
-              f"ε lower bound {audit.epsilon_lb:.3f} at {args.confidence:.0%} | claimed {fmt(audit.epsilon_claimed)}, "
-              f"Opacus {fmt(audit.epsilon_recomputed)}, dp-accounting {fmt(audit.epsilon_second)}"
-              + ("  ** EXCEEDS THE CLAIM **" if audit.exceeds_claim else ""))
+            for kind, fn in (("input-space", run_canary_audit), ("gradient", run_gradient_canary_audit)):
+                audit = fn(x, y, schema, cfg, m=args.canaries, seed=seed, x_test=x_test, y_test=y_test, confidence=args.confidence, replay=replay)
+                runs.append({**audit.to_dict(), "kind": kind, "seed": seed})
+                b = audit.best
+                print(f"{name} seed {seed}, {kind} canaries: {audit.m} ({audit.included} included); best guesses r={b.get('r', 0)} correct "
+                      f"v={b.get('v', 0)}; ε lower bound {audit.epsilon_lb:.3f} at {args.confidence:.0%} | claimed {fmt(audit.epsilon_claimed)}, "
+                      f"Opacus {fmt(audit.epsilon_recomputed)}, dp-accounting {fmt(audit.epsilon_second)}"
+                      + ("  ** EXCEEDS THE CLAIM **" if audit.exceeds_claim else ""))
     worst = max(r["epsilon_lb"] for r in runs)
     print(f"max ε lower bound over {len(runs)} run(s): {worst:.3f}")
-    _write_json(args.json, {"dataset": args.dataset, "runs": runs})
+    _write_json(args.json, {"target": name, "runs": runs})
     return 1 if any(r["exceeds_claim"] for r in runs) else 0
 
 
@@ -204,4 +372,3 @@ def main(argv: list[str] | None = None) -> int:
     register(p.add_subparsers(dest="command"))
     args = p.parse_args(["attack", *(argv or [])])
     return int(args.func(args) or 0)
-

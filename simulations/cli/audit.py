@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from simulations.cli.common import UsageError, add_json_arg, emit_json
+from simulations.cli.common import UsageError, add_data_args, add_json_arg, emit_json, table_refs
 
 DESCRIPTION = """\
 Verify, offline and from files only, what a client uploaded and what a provider recorded:
@@ -20,7 +20,12 @@ Verify, offline and from files only, what a client uploaded and what a provider 
              (RDP for 'rdp' claims, PLD for 'prv' claims); claims must match Opacus to 0.1 %
              and dp-accounting to 1 % (RDP) or 3 % (PLD vs PRV);
   cross      each artifact is named by an upload receipt and a ledger row with the same DP
-             parameters; receipts given and ledger receipts of the same clients match one to one.
+             parameters; receipts given and ledger receipts of the same clients match one to one;
+  canary     (--canary, with --data: the records the artifact was trained on) the white-box one-run
+             audit of the training code: each artifact's DP statement (noise multiplier, sampling
+             rate, steps, clipping norm, δ) is replayed through the client's DP-SGD with gradient
+             canaries (Dirac canaries in the clipped per-sample gradients); an empirical ε lower
+             bound above the claimed ε fails the artifact.
 
 Exit status: 0 when every check passes, 1 on any discrepancy (each FAIL line names the record and
 the rule), 2 on bad usage."""
@@ -35,6 +40,10 @@ examples:
   # everything, with a machine-readable report (--json alone prints it instead of the text)
   llamdex audit --artifact a1 --artifact a2 --receipts receipts.jsonl --ledger ledger.sqlite \\
                 --client-key client.pub --provider-key provider.pub --json audit.json
+  # does the code that made this artifact add the noise its statement claims? (trained by
+  # `llamdex client train --data titanic --seed 0`, i.e. on the training part of split seed 0)
+  llamdex audit --canary --artifact runs/titanic-eps1 --client-key keys/client.pub \\
+                --data titanic --split-seed 0 --canaries 1000
 """
 
 
@@ -48,6 +57,15 @@ def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--provider-key", type=Path, metavar="PEM", help="the provider's public key for receipts and the ledger")
     add_json_arg(p, "the full report")
     p.add_argument("--show-passing", action="store_true", help="print passing checks too")
+    c = p.add_argument_group("canary audit (white-box, gradient canaries)")
+    c.add_argument("--canary", action="store_true", help="replay each artifact's DP statement with gradient canaries on --data")
+    add_data_args(c, default=None)
+    c.add_argument("--split-seed", type=int, default=None, metavar="S",
+                   help="use the training part of the client's 80/20 split with seed S (as `llamdex client train --seed S`); "
+                        "default: every record of --data")
+    c.add_argument("--canaries", type=int, default=1000, help="canaries per run (default: %(default)s)")
+    c.add_argument("--canary-seeds", type=int, default=1, help="independent canary runs per artifact (default: %(default)s)")
+    c.add_argument("--confidence", type=float, default=0.95, help="confidence of the lower bound (default: %(default)s)")
     return p
 
 
@@ -63,11 +81,40 @@ def run(args: argparse.Namespace) -> int:
 
     if not (args.artifact or args.receipts or args.ledger):
         raise UsageError("give at least one of --artifact, --receipts, --ledger")
+    canary = None
+    if args.canary:
+        try:
+            canary = _canary_spec(args)
+        except (ValueError, argparse.ArgumentTypeError) as e:
+            raise UsageError(f"--canary: {e}") from None
+    elif args.data:
+        raise UsageError("--data is only used by --canary (the records an artifact was trained on)")
     report = run_audit(artifacts=args.artifact, receipts=args.receipts, ledger=args.ledger,
-                       client_keys=args.client_key or None, provider_key=args.provider_key)
+                       client_keys=args.client_key or None, provider_key=args.provider_key, canary=canary)
     if not emit_json(args.json, report.to_dict()):
         print(report.render(verbose=args.show_passing))
     return 0 if report.ok else 1
+
+
+def _canary_spec(args: argparse.Namespace):
+    """The training records named by --data (and --split-seed), encoded, for the canary replay."""
+    from client_party.datasets import encode_table, split_table
+    from simulations.audit import CanaryAuditSpec
+
+    if not args.data:
+        raise ValueError("give --data NAME|FILE: the records the artifact was trained on (and --split-seed S for the training part of a table)")
+    if not args.artifact:
+        raise ValueError("give --artifact DIR: the canary audit replays an artifact's DP statement")
+    if args.canaries < 2 or args.canary_seeds < 1 or not 0 < args.confidence < 1:
+        raise ValueError("--canaries must be >= 2, --canary-seeds >= 1 and --confidence in (0, 1)")
+    refs = table_refs(args)
+    if len(refs) != 1:
+        raise ValueError("--canary takes one --data table")
+    df, schema = refs[0].load()
+    if args.split_seed is not None:
+        df, _ = split_table(df, schema, seed=args.split_seed)
+    x, y = encode_table(df, schema)
+    return CanaryAuditSpec(x, y, schema, canaries=args.canaries, seeds=args.canary_seeds, confidence=args.confidence)
 
 
 def main(argv: list[str] | None = None) -> int:
