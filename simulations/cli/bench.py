@@ -10,11 +10,12 @@ BENCHMARKS = {
     "inference": "simulations.benchmarks.inference",
     "privacy": "simulations.benchmarks.privacy_utility",
     "protocol": "simulations.benchmarks.protocol_bench",
+    "compare": "simulations.benchmarks.compare",
 }
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="run a benchmark (accuracy, inference, privacy, protocol)", description=__doc__,
+    p = sub.add_parser("bench", help="run a benchmark (accuracy, inference, privacy, protocol, compare)", description=__doc__,
                        epilog="examples:\n  llamdex bench accuracy --datasets titanic --preset quick\n  llamdex bench inference -- --help",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
