@@ -11,12 +11,19 @@ inside each chunk, the KV cache holds the pads masked out, and each row keeps it
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
 from provider_party.model.base_llm import BaseLLM
+
+
+def with_cache(model, cache) -> dict:
+    """The keyword that hands a KV cache to `model.forward`: `cache` in transformers 5.24+, `past_key_values` before."""
+    params = inspect.signature(model.forward).parameters
+    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
 
 
 class TokenMachine(Protocol):
@@ -73,8 +80,8 @@ class ChunkedDecoder:
                     pos[i, width - len(c):] = torch.arange(next_pos[i], next_pos[i] + len(c))
                     next_pos[i] += len(c)
             mask = torch.cat([mask, step_mask.to(device)], dim=1)
-            out = model(input_ids=ids.to(device), attention_mask=mask, position_ids=pos.to(device), past_key_values=cache,
-                        use_cache=True, logits_to_keep=1)
+            out = model(input_ids=ids.to(device), attention_mask=mask, position_ids=pos.to(device), use_cache=True, logits_to_keep=1,
+                        **with_cache(model, cache))
             logits = out.logits[:, -1].float()
             stats.steps += 1
             fed = [bool(c) for c in chunks]

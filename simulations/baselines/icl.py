@@ -23,6 +23,7 @@ from protocol.schema import PublicSchema
 from protocol.verbalizer import Verbalizer, answer_instruction
 from provider_party.model.base_llm import BaseLLM
 from provider_party.model.prompting import PromptBuilder
+from simulations.baselines.constrained import with_cache
 
 _MARK = "\u2063QUERY\u2063"
 
@@ -80,7 +81,7 @@ class ICLPrompter:
         if batch not in self._cache:
             cache = DynamicCache(config=self.base.model.config)
             ids = torch.tensor([self.prefix_ids] * batch, device=self.base.device)
-            self.base.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            self.base.model(input_ids=ids, use_cache=True, logits_to_keep=1, **with_cache(self.base.model, cache))
             self._cache = {batch: cache}  # one size at a time: a cache holds a few MB per row
         return self._cache[batch]
 
@@ -104,7 +105,8 @@ class ICLPrompter:
                 pos[i, width - len(r):] = torch.arange(p, p + len(r))
             cache = self._prefix_cache(len(rows))
             logits = self.base.model(input_ids=ids.to(self.base.device), attention_mask=mask.to(self.base.device),
-                                     position_ids=pos.to(self.base.device), past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+                                     position_ids=pos.to(self.base.device), use_cache=True, logits_to_keep=1,
+                                     **with_cache(self.base.model, cache)).logits
             cache.crop(-width)  # back to the demonstrations alone
             out[idx] = logits[:, -1, self.prompts.verbalizer_ids].float().softmax(-1).cpu().numpy()
         return out

@@ -27,6 +27,7 @@ import torch
 
 from client_party.datasets import TableRef, encode_table, split_table
 from client_party.expert_training import TrainConfig, TrainedExpert, train_expert
+from protocol.dp import DPStatement
 from protocol.encoding import FeatureEncoder
 from protocol.expert_spec import load_expert_state
 from protocol.schema import PublicSchema
@@ -35,7 +36,7 @@ from provider_party.model.base_llm import BaseLLM
 from simulations.baselines.dp_gan import DPGAN, GANConfig
 from simulations.baselines.expert_api import ExpertAPI, Extraction
 from simulations.baselines.icl import ICLPrompter, choose_demonstrations
-from simulations.baselines.lora import LoRAConfig, train_lora
+from simulations.baselines.lora import LoRAConfig, LowerStates, lower_states, train_lora
 from simulations.baselines.mst import MST, MSTConfig
 from simulations.evaluation import extraction_quality, scores
 
@@ -48,7 +49,7 @@ SYNTHESIZERS = {"lora_dp_mst": "mst", "lora_dp_gan": "dp_gan"}
 class MethodSettings:
     """The sizes every method runs with (a preset of the comparison)."""
 
-    max_test: int | None = 500
+    max_test: int | None = 300
     max_train: int | None = None
     eval_batch: int = 16
     mst: MSTConfig = MSTConfig()
@@ -101,6 +102,7 @@ class Workbench:
         self._splits: dict[tuple[str, int], TableSplit] = {}
         self._experts: dict[tuple[str, float, int], TrainedExpert] = {}
         self._extractions: dict[tuple[str, int], tuple[Extraction, float]] = {}
+        self._lower: dict[tuple[str, int, int], LowerStates] = {}
 
     # --- shared inputs -------------------------------------------------------------------------
 
@@ -169,12 +171,23 @@ class Workbench:
         clf = train_lora(self.base, s.schema, questions, labels, cfg, seed=seed, progress=self.progress)
         fit_s = time.perf_counter() - t
         t = time.perf_counter()
-        pred = clf.probs(s.questions, self.settings.eval_batch, progress=self.progress).argmax(-1)
+        pred = clf.probs(s.questions, self.settings.eval_batch, lower=self.held_out_lower(table, seed, clf.first_layer),
+                         progress=self.progress).argmax(-1)
         eval_s = time.perf_counter() - t
         del clf
         return MethodResult([row(s.name, method, epsilon, s.y_test, pred, seed)],
                             {"finetune_s": fit_s, "eval_s": eval_s, "train_questions": len(questions)},
                             {"train_label_share": np.bincount(labels, minlength=s.schema.label.num_classes).tolist()})
+
+    def held_out_lower(self, table: str, seed: int, layer: int) -> LowerStates | None:
+        """The base LLM's states of the held-out questions below the adapters: the same for every LoRA run (computed once)."""
+        if layer == 0:
+            return None
+        key = (table, seed, layer)
+        if key not in self._lower:
+            s = self.split(table, seed)
+            self._lower = {key: lower_states(self.base, s.schema, s.questions, layer, self.settings.eval_batch, self.progress)}
+        return self._lower[key]
 
     def lora_dp(self, table: str, method: str, epsilon: float, seed: int) -> MethodResult:
         synth, statement, synth_s = self.synthetic(table, SYNTHESIZERS[method], epsilon, seed, self.settings.lora.questions)
@@ -235,7 +248,7 @@ class Workbench:
 
     def llamdex(self, table: str, epsilons: tuple[float, ...], seed: int, connector_preset: str, connectors_root) -> MethodResult:
         """Llamdex, its experts, the base LLM and the majority class, from `run_pipeline` with this comparison's split."""
-        from simulations.pipeline import run_pipeline
+        from simulations.pipeline import eps_key, run_pipeline
 
         ref = TableRef.parse(table)
         if ref.name is None:
@@ -246,5 +259,8 @@ class Workbench:
         s = self.split(table, seed)
         if res.questions != s.questions:
             raise AssertionError(f"{table}: run_pipeline asked other held-out questions than the baselines; the comparison would be unfair")
+        for eps in epsilons:  # the pipeline's experts are the ones the baselines need: trained once
+            key = eps_key(eps)
+            self._experts.setdefault((table, float(eps), seed), TrainedExpert(res.experts[key], DPStatement.from_dict(res.dp[key]), []))
         return MethodResult(res.rows, {"wall_s": time.perf_counter() - t, **res.timings, "connectors_trained_now": res.connectors_trained_now},
                             {"extraction": res.extraction, "dp": res.dp, "model": res.model, "experts": res.experts})

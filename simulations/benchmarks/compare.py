@@ -80,7 +80,7 @@ def plan(datasets: list[str], methods: list[str], epsilons: list[float], seeds: 
     """The units of the grid, ordered so that units sharing work run back to back (one table at a time)."""
     units: list[Unit] = []
     for ds in datasets:
-        grid = list(dict.fromkeys(epsilons + (curve if ds in curve_datasets else [])))
+        grid = sorted(set(epsilons + (curve if ds in curve_datasets else [])))
         seeds_of = {e: (seeds if e in all_seeds_at else seeds[:1]) for e in grid}
         for seed in seeds:
             mine = [e for e in grid if seed in seeds_of[e]]
@@ -226,8 +226,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-latency", action="store_true", help="skip the latency runs")
     ap.add_argument("--latency-reps", type=int, default=15, help="questions per method in the latency runs (default 15)")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="default", help="sizes of every method (quick: a small subset for tests)")
-    ap.add_argument("--max-test", type=int, default=None, help="held-out questions per table (default: the preset's, 500)")
-    ap.add_argument("--lora-questions", type=int, default=None, help="training questions per LoRA run (default: the preset's, 640)")
+    ap.add_argument("--max-test", type=int, default=None, help="held-out questions per table (default: the preset's, 300)")
+    ap.add_argument("--lora-questions", type=int, default=None, help="training questions per LoRA run (default: the preset's, 320)")
     ap.add_argument("--connectors", type=Path, default=None, help="connector store of the llamdex units (default $LLAMDEX_HOME/connectors)")
     ap.add_argument("--redo", action="store_true", help="rerun units already in compare.json")
     ap.add_argument("--merge-only", action="store_true", help="run nothing: merge compare.json into accuracy.json / inference.json and redraw the report")
