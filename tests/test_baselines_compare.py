@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from simulations.benchmarks.compare import METHODS, Unit, main, merge_accuracy, merge_inference, parser, plan
+from simulations.benchmarks.compare import (
+    METHODS,
+    main,
+    merge_accuracy,
+    merge_inference,
+    parser,
+    plan,
+)
 
 
 def test_the_default_grid_is_three_seeds_at_epsilon_one_and_the_curve_on_titanic_only():

@@ -13,9 +13,20 @@ from protocol.verbalizer import Verbalizer
 from provider_party.model.frozen_lm import FrozenLM
 from provider_party.model.prompting import PromptBuilder
 from simulations.baselines.constrained import ChunkedDecoder
-from simulations.baselines.expert_api import ExpertAPI, FormGrammar, FormMachine, _vocab_strings
+from simulations.baselines.expert_api import (
+    ExpertAPI,
+    FormGrammar,
+    FormMachine,
+    _vocab_strings,
+)
 from simulations.baselines.icl import ICLPrompter, choose_demonstrations
-from simulations.baselines.lora import LoRAClassifier, LoRAConfig, lora_copy, lower_states, train_lora
+from simulations.baselines.lora import (
+    LoRAClassifier,
+    LoRAConfig,
+    lora_copy,
+    lower_states,
+    train_lora,
+)
 from tests.conftest import weights_digest
 
 

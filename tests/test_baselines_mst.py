@@ -16,7 +16,14 @@ from protocol.schema import PublicSchema
 from simulations.baselines.discretize import TableDomain
 from simulations.baselines.mst import MST, MSTConfig, verify_mst_statement
 from simulations.baselines.tree_model import Measurement, TreeModel, fit_tree_model
-from simulations.baselines.zcdp import ZCDPBudget, epsilon_of_rho, gaussian_rho, noisy_max_rho, rho_for, scale_for_rho
+from simulations.baselines.zcdp import (
+    ZCDPBudget,
+    epsilon_of_rho,
+    gaussian_rho,
+    noisy_max_rho,
+    rho_for,
+    scale_for_rho,
+)
 
 
 def cks_delta(rho: float, eps: float) -> float:

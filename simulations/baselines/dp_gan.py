@@ -34,10 +34,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from opacus.accountants.utils import get_noise_multiplier
 from torch import nn
 from torch.nn import functional as F
-
-from opacus.accountants.utils import get_noise_multiplier
 
 from protocol.dp import compute_epsilon
 from protocol.errors import BudgetError

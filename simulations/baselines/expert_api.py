@@ -48,7 +48,7 @@ def _vocab_strings(tokenizer) -> tuple[str, ...]:
 
 def _core(text: str) -> str:
     """A value without the one space that may follow the colon."""
-    return text[1:] if text.startswith(" ") else text
+    return text.removeprefix(" ")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ constrained form generation plus the expert, and the in-context prompt with its 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch

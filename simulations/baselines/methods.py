@@ -52,9 +52,9 @@ class MethodSettings:
     max_test: int | None = 300
     max_train: int | None = None
     eval_batch: int = 16
-    mst: MSTConfig = MSTConfig()
-    gan: GANConfig = GANConfig()
-    lora: LoRAConfig = LoRAConfig()
+    mst: MSTConfig = field(default_factory=MSTConfig)
+    gan: GANConfig = field(default_factory=GANConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     icl_k: int = 4
     api_batch: int = 16
 
@@ -90,7 +90,7 @@ def split_like_pipeline(df: pd.DataFrame, schema: PublicSchema, seed: int, max_t
 
 
 def row(dataset: str, method: str, epsilon: float | None, y_true: np.ndarray, pred: np.ndarray, seed: int, **extra) -> dict[str, Any]:
-    return {"dataset": dataset, "method": method, "epsilon": epsilon, **scores(y_true, pred), "n_test": int(len(y_true)), "seed": seed, **extra}
+    return {"dataset": dataset, "method": method, "epsilon": epsilon, **scores(y_true, pred), "n_test": len(y_true), "seed": seed, **extra}
 
 
 class Workbench:

@@ -32,7 +32,13 @@ from protocol.errors import BudgetError
 from protocol.schema import PublicSchema
 from simulations.baselines.discretize import TableDomain
 from simulations.baselines.tree_model import Measurement, TreeModel, fit_tree_model
-from simulations.baselines.zcdp import ZCDPBudget, epsilon_of_rho, recompute_rho, rho_for, scale_for_rho
+from simulations.baselines.zcdp import (
+    ZCDPBudget,
+    epsilon_of_rho,
+    recompute_rho,
+    rho_for,
+    scale_for_rho,
+)
 
 
 @dataclass
@@ -160,7 +166,7 @@ class MST:
                 for e in edges]
 
         model = fit_tree_model(csizes, edges, log1 + log2, total, iters=self.config.iters)
-        n = int(round(total)) if n_rows is None else int(n_rows)
+        n = round(total) if n_rows is None else int(n_rows)
         synthetic = self.domain.decode(compression.undo(model.sample(n, rng), rng), rng)
         achieved = budget.epsilon(delta)
         if achieved > epsilon * (1 + 1e-9):

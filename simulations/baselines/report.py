@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -189,6 +189,10 @@ def plot(rows: list[dict], dataset: str, path: Path) -> bool:
     return True
 
 
+def _layers(n) -> str:
+    return "every layer" if n is None else f"the top {n} layers"
+
+
 def markdown(data: dict, plotted: list[str]) -> str:
     units = data.get("units", {})
     rows = [r for u in units.values() if u["method"] != "latency" for r in u["rows"]]
@@ -196,14 +200,14 @@ def markdown(data: dict, plotted: list[str]) -> str:
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     s = data.get("settings", {})
     lines = ["## Llamdex against the paper's baselines at the same ε (issue: baselines)", "",
-             f"Command: `{data.get('command', '')}` (preset `{data.get('preset')}`, settings {data.get('settings_digest')}; "
+             (f"Command: `{data.get('command', '')}` (preset `{data.get('preset')}`, settings {data.get('settings_digest')}; "
              f"{data.get('environment', {}).get('cpu_count')} CPU cores, torch threads {data.get('environment', {}).get('torch_threads')}; "
              f"last run {data.get('environment', {}).get('date')}, {data.get('last_run_wall_s', 0) / 60:.0f} min). "
              f"Every method answers the same real held-out questions (≤ {s.get('max_test')} per table, the split of `run_pipeline`), "
              "read over the label's verbalizer tokens at the last position; DP methods at the expert's (ε, δ). "
-             f"LoRA: rank {s.get('lora', {}).get('rank')} on q/k/v/o of every layer, {s.get('lora', {}).get('questions')} training questions, "
+             f"LoRA: rank {s.get('lora', {}).get('rank')} on q/k/v/o of {_layers(s.get('lora', {}).get('layers'))}, {s.get('lora', {}).get('questions')} training questions, "
              f"batch {s.get('lora', {}).get('batch_size')}, lr {s.get('lora', {}).get('lr')}; ICL: k = {s.get('icl_k')} MST rows; "
-             f"MST: {s.get('mst', {}).get('bins')} public-range bins per numeric column; DP-GAN: {s.get('gan', {}).get('steps')} DP-SGD steps.", ""]
+             f"MST: {s.get('mst', {}).get('bins')} public-range bins per numeric column; DP-GAN: {s.get('gan', {}).get('steps')} DP-SGD steps."), ""]
     for eps in data.get("table_epsilons", [1.0, 4.0]):
         lines += epsilon_table(rows, datasets, eps) + [""]
     lines += target_table(rows, datasets, 1.0) + [""]

@@ -55,7 +55,7 @@ class TreeModel:
             self.pairwise.setdefault(e, np.zeros((self.sizes[e[0]], self.sizes[e[1]])))
         self._order = _forest_order(len(self.sizes), self.edges)
 
-    def copy_with(self, unary: list[np.ndarray], pairwise: dict) -> "TreeModel":
+    def copy_with(self, unary: list[np.ndarray], pairwise: dict) -> TreeModel:
         return TreeModel(self.sizes, self.edges, self.total, unary, pairwise)
 
     def _edge_table(self, a: int, b: int) -> np.ndarray:

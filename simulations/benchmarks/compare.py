@@ -33,7 +33,7 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,13 @@ from simulations.baselines.dp_gan import GANConfig
 from simulations.baselines.lora import LoRAConfig
 from simulations.baselines.methods import MethodResult, MethodSettings, Workbench
 from simulations.baselines.mst import MSTConfig
-from simulations.benchmarks.results_md import RESULTS_DIR, environment, results_md_path, update_section, write_json
+from simulations.benchmarks.results_md import (
+    RESULTS_DIR,
+    environment,
+    results_md_path,
+    update_section,
+    write_json,
+)
 from simulations.cli.common import add_data_args, epsilon_list, set_threads
 
 METHODS = ("llamdex", "expert_api", "icl_dp", "lora_dp_mst", "lora_dp_gan", "lora_real")
@@ -121,7 +127,7 @@ class CompareStore:
     def put(self, unit: Unit, digest: str, result: MethodResult, wall_s: float) -> None:
         self.data["units"][unit.key] = {"dataset": unit.dataset, "method": unit.method, "epsilons": list(unit.epsilons), "seed": unit.seed,
                                         "settings_digest": digest, "wall_s": wall_s, "rows": result.rows, "costs": result.costs,
-                                        "info": _jsonable(result.info), "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                                        "info": _jsonable(result.info), "finished": datetime.now(UTC).isoformat(timespec="seconds")}
 
     def rows(self) -> list[dict]:
         return [r for u in self.data["units"].values() if u["method"] != "latency" for r in u["rows"]]
