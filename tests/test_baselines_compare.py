@@ -16,6 +16,17 @@ from simulations.benchmarks.compare import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread: on a busy 2-core machine two threads per process thrash (measured 2-3x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_the_default_grid_is_three_seeds_at_epsilon_one_and_the_curve_on_titanic_only():
     a = parser().parse_args([])
     units = plan(a.data.split(","), a.methods, a.epsilons, a.seeds, a.all_seeds_at, a.curve, a.curve_data, a.real_seeds, a.latency_epsilon)
@@ -79,7 +90,7 @@ def test_quick_comparison_of_every_method_resumes_and_merges(tmp_path, base_llm,
     res = tmp_path / "results"
     res.mkdir()
     (res / "accuracy.json").write_text(json.dumps({"rows": [{"dataset": "credit", "method": "llamdex", "epsilon": 1.0, "seed": 0}], "keep": True}))
-    argv = ["--data", "titanic", "--preset", "quick", "--epsilons", "1", "--seeds", "0", "--curve", "1", "--latency-reps", "1",
+    argv = ["--data", "titanic", "--preset", "quick", "--epsilons", "1", "--seeds", "0", "--curve", "1", "--latency-reps", "1", "--threads", "1",
             "--connectors", str(tmp_path / "connectors"), "--work", str(tmp_path / "work"), "--results-dir", str(res), "--quiet"]
     assert main(argv) == 0
     units = json.loads((res / "compare.json").read_text())["units"]
