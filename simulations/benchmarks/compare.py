@@ -266,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
                  [d for d in args.curve_data if d in datasets], args.real_seeds, None if args.no_latency else args.latency_epsilon)
     store.data.update({"command": command, "preset": args.preset, "settings": asdict(settings), "settings_digest": digest,
                        "connector_preset": connector_preset, "environment": environment(), "table_epsilons": args.epsilons,
-                       "curve_epsilons": args.curve, "curve_datasets": args.curve_data})
+                       "curve_epsilons": args.curve, "curve_datasets": args.curve_data, "seeds": args.seeds, "all_seeds_at": args.all_seeds_at,
+                       "real_seeds": args.real_seeds})
     todo = [u for u in units if args.redo or not store.done(u, digest)]
     if not args.merge_only:
         print(f"compare: {len(units)} units in the grid, {len(units) - len(todo)} already done, {len(todo)} to run", flush=True)
