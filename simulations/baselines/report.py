@@ -194,6 +194,12 @@ def plot(rows: list[dict], dataset: str, path: Path) -> bool:
     return True
 
 
+def _commands(data: dict) -> list[str]:
+    """The commands that produced the stored units (in order of first use), else the last one run."""
+    cmds = [u["command"] for u in data.get("units", {}).values() if u.get("command")]
+    return list(dict.fromkeys(cmds)) or [data.get("command", "")]
+
+
 def _layers(n) -> str:
     return "every layer" if n is None else f"the top {n} layers"
 
@@ -205,7 +211,8 @@ def markdown(data: dict, plotted: list[str]) -> str:
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     s = data.get("settings", {})
     lines = ["## Llamdex against the paper's baselines at the same ε (issue: baselines)", "",
-             (f"Command: `{data.get('command', '')}` (preset `{data.get('preset')}`, settings {data.get('settings_digest')}; "
+             (f"Command{'s' if len(_commands(data)) > 1 else ''}: {', '.join(f'`{c}`' for c in _commands(data))} "
+             f"(preset `{data.get('preset')}`, settings {data.get('settings_digest')}; "
              f"{data.get('environment', {}).get('cpu_count')} CPU cores, torch threads {data.get('environment', {}).get('torch_threads')}; "
              f"last run {data.get('environment', {}).get('date')}, {data.get('last_run_wall_s', 0) / 60:.0f} min). "
              f"Every method answers the same real held-out questions (≤ {s.get('max_test')} per table, the split of `run_pipeline`), "

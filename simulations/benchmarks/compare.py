@@ -119,14 +119,17 @@ class CompareStore:
         self.path = Path(results_dir) / "compare.json"
         self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {"units": {}}
         self.data.setdefault("units", {})
+        for u in self.data["units"].values():  # units stored before commands were kept per unit ran under the file's command
+            if self.data.get("command"):
+                u.setdefault("command", self.data["command"])
 
     def done(self, unit: Unit, digest: str) -> bool:
         u = self.data["units"].get(unit.key)
         return bool(u) and u.get("settings_digest") == digest
 
-    def put(self, unit: Unit, digest: str, result: MethodResult, wall_s: float) -> None:
+    def put(self, unit: Unit, digest: str, result: MethodResult, wall_s: float, command: str) -> None:
         self.data["units"][unit.key] = {"dataset": unit.dataset, "method": unit.method, "epsilons": list(unit.epsilons), "seed": unit.seed,
-                                        "settings_digest": digest, "wall_s": wall_s, "rows": result.rows, "costs": result.costs,
+                                        "settings_digest": digest, "command": command, "wall_s": wall_s, "rows": result.rows, "costs": result.costs,
                                         "info": _jsonable(result.info), "finished": datetime.now(UTC).isoformat(timespec="seconds")}
 
     def rows(self) -> list[dict]:
@@ -264,10 +267,15 @@ def main(argv: list[str] | None = None) -> int:
     store = CompareStore(args.results_dir)
     units = plan(datasets, args.methods, args.epsilons, args.seeds, args.all_seeds_at, args.curve,
                  [d for d in args.curve_data if d in datasets], args.real_seeds, None if args.no_latency else args.latency_epsilon)
-    store.data.update({"command": command, "preset": args.preset, "settings": asdict(settings), "settings_digest": digest,
-                       "connector_preset": connector_preset, "environment": environment(), "table_epsilons": args.epsilons,
-                       "curve_epsilons": args.curve, "curve_datasets": args.curve_data, "seeds": args.seeds, "all_seeds_at": args.all_seeds_at,
-                       "real_seeds": args.real_seeds})
+    meta = {"command": command, "preset": args.preset, "settings": asdict(settings), "settings_digest": digest,
+            "connector_preset": connector_preset, "environment": environment(), "table_epsilons": args.epsilons,
+            "curve_epsilons": args.curve, "curve_datasets": args.curve_data, "seeds": args.seeds, "all_seeds_at": args.all_seeds_at,
+            "real_seeds": args.real_seeds}
+    if args.merge_only:  # describes the runs already stored; a merge does not rewrite it
+        for k, v in meta.items():
+            store.data.setdefault(k, v)
+    else:
+        store.data.update(meta)
     todo = [u for u in units if args.redo or not store.done(u, digest)]
     if not args.merge_only:
         print(f"compare: {len(units)} units in the grid, {len(units) - len(todo)} already done, {len(todo)} to run", flush=True)
@@ -294,7 +302,7 @@ def _run(todo: list[Unit], settings: MethodSettings, digest: str, connector_pres
         t = time.perf_counter()
         result = run_unit(bench, unit, connector_preset, args.connectors, args.latency_reps)
         wall = time.perf_counter() - t
-        store.put(unit, digest, result, wall)
+        store.put(unit, digest, result, wall, command)
         store.data["last_run_wall_s"] = time.perf_counter() - t0
         store.save(args.results_dir)  # a finished unit survives an interruption
         merge_accuracy(args.results_dir, store.rows())
