@@ -1,0 +1,315 @@
+"""Comparison benchmark: Llamdex against DP data synthesis + LoRA, the expert API, in-context prompting and LoRA on real data.
+
+Run: `llamdex bench compare` (or `python -m simulations.benchmarks.compare`). Every method answers
+the same real held-out questions of each table (the split and questions of `run_pipeline`) with
+the same constrained read-out, at the same (ε, δ) as the client's DP expert:
+
+  llamdex       the client's DP expert plugged into the frozen LLM (rows from `run_pipeline`)
+  expert_api    the LLM fills in the expert's inputs from the question (constrained generation), the expert answers
+  icl_dp        k MST-synthesized rows as answered questions in the prompt
+  lora_dp_mst   LoRA fine-tuning on questions from an MST-synthesized table
+  lora_dp_gan   LoRA fine-tuning on questions from a DP-CTGAN-style synthetic table (Opacus DP-SGD)
+  lora_real     LoRA fine-tuning on the real training questions (no privacy: the upper bound)
+
+The grid (defaults): every registered table at ε ∈ {1, 4}, seeds 0, 1, 2 at ε = 1 and seed 0
+elsewhere (`--all-seeds-at`), plus the ε curve {0.5, 1, 2, 4, 8} on titanic (`--curve`,
+`--curve-data`); `lora_real` at seed 0 (`--real-seeds`); query latency of every method on every
+table (seed 0, ε = 1).
+
+It resumes: each finished (table, method, ε, seed) unit is written to docs/results/compare.json at
+once, and a rerun skips the units already there with the same settings (`--redo` reruns them).
+After every unit the new rows are merged into docs/results/accuracy.json (rows of the five baseline
+methods, replaced by (dataset, method, epsilon, seed); nothing else in the file changes), the
+costs into the `compare` list of docs/results/inference.json, and the `compare` section of
+docs/RESULTS.md and docs/results/compare_epsilon.png are redrawn. To refresh only Llamdex's rows
+(after its connectors change): `llamdex bench compare --methods llamdex --redo`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from simulations.baselines.dp_gan import GANConfig
+from simulations.baselines.lora import LoRAConfig
+from simulations.baselines.methods import MethodResult, MethodSettings, Workbench
+from simulations.baselines.mst import MSTConfig
+from simulations.benchmarks.results_md import (
+    RESULTS_DIR,
+    environment,
+    results_md_path,
+    update_section,
+    write_json,
+)
+from simulations.cli.common import add_data_args, epsilon_list, set_threads
+
+METHODS = ("llamdex", "expert_api", "icl_dp", "lora_dp_mst", "lora_dp_gan", "lora_real")
+BASELINE_METHODS = METHODS[1:]
+DATASETS = "titanic,default,credit,churn"
+
+PRESETS: dict[str, MethodSettings] = {
+    "default": MethodSettings(),
+    # A small subset for the default test suite: every code path, seconds per unit.
+    "quick": MethodSettings(max_test=10, max_train=200, eval_batch=5, mst=MSTConfig(iters=40, select_iters=20),
+                            gan=GANConfig(steps=8, batch_size=32, hidden=16, noise_dim=8), lora=LoRAConfig(questions=6, batch_size=3),
+                            icl_k=2, api_batch=5),
+}
+CONNECTOR_PRESETS = {"default": "default", "quick": "quick"}
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One piece of the grid: a method on a table at one seed (Llamdex and latency: several ε or methods at once)."""
+
+    dataset: str
+    method: str                      # one of METHODS, or "latency"
+    epsilons: tuple[float | None, ...]
+    seed: int
+    measures: tuple[str, ...] = ()   # latency: the methods timed
+
+    @property
+    def key(self) -> str:
+        eps = ",".join("none" if e is None else f"{e:g}" for e in self.epsilons)
+        extra = f"|{'+'.join(self.measures)}" if self.measures else ""
+        return f"{self.dataset}|{self.method}|eps={eps}|seed={self.seed}{extra}"
+
+
+def plan(datasets: list[str], methods: list[str], epsilons: list[float], seeds: list[int], all_seeds_at: list[float],
+         curve: list[float], curve_datasets: list[str], real_seeds: list[int], latency_epsilon: float | None) -> list[Unit]:
+    """The units of the grid, ordered so that units sharing work run back to back (one table at a time)."""
+    units: list[Unit] = []
+    for ds in datasets:
+        grid = sorted(set(epsilons + (curve if ds in curve_datasets else [])))
+        seeds_of = {e: (seeds if e in all_seeds_at else seeds[:1]) for e in grid}
+        for seed in seeds:
+            mine = [e for e in grid if seed in seeds_of[e]]
+            if not mine:
+                continue
+            if "llamdex" in methods:
+                units.append(Unit(ds, "llamdex", tuple(mine), seed))
+            for m in ("expert_api", "lora_dp_mst", "icl_dp", "lora_dp_gan"):
+                if m in methods:
+                    units += [Unit(ds, m, (e,), seed) for e in mine]
+            if "lora_real" in methods and seed in real_seeds:
+                units.append(Unit(ds, "lora_real", (None,), seed))
+        if latency_epsilon is not None:
+            timed = [m for m in METHODS if m in methods]
+            if "llamdex" in timed and "expert_api" not in timed:
+                timed.append("expert_api")   # Llamdex's latency target is set against the expert API's
+            units.append(Unit(ds, "latency", (latency_epsilon,), seeds[0], tuple(timed)))
+    return units
+
+
+def settings_digest(settings: MethodSettings, connector_preset: str) -> str:
+    blob = json.dumps({"settings": asdict(settings), "connectors": connector_preset}, sort_keys=True, default=str)
+    return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class CompareStore:
+    """docs/results/compare.json: every finished unit with its rows, costs and report material."""
+
+    def __init__(self, results_dir: Path):
+        self.path = Path(results_dir) / "compare.json"
+        self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {"units": {}}
+        self.data.setdefault("units", {})
+        for u in self.data["units"].values():  # units stored before commands were kept per unit ran under the file's command
+            if self.data.get("command"):
+                u.setdefault("command", self.data["command"])
+
+    def done(self, unit: Unit, digest: str) -> bool:
+        u = self.data["units"].get(unit.key)
+        return bool(u) and u.get("settings_digest") == digest
+
+    def put(self, unit: Unit, digest: str, result: MethodResult, wall_s: float, command: str) -> None:
+        self.data["units"][unit.key] = {"dataset": unit.dataset, "method": unit.method, "epsilons": list(unit.epsilons), "seed": unit.seed,
+                                        "settings_digest": digest, "command": command, "wall_s": wall_s, "rows": result.rows, "costs": result.costs,
+                                        "info": _jsonable(result.info), "finished": datetime.now(UTC).isoformat(timespec="seconds")}
+
+    def rows(self) -> list[dict]:
+        return [r for u in self.data["units"].values() if u["method"] != "latency" for r in u["rows"]]
+
+    def cost_rows(self) -> list[dict]:
+        return [r for u in self.data["units"].values() if u["method"] == "latency" for r in u["rows"]]
+
+    def save(self, results_dir: Path) -> None:
+        write_json("compare.json", self.data, results_dir)
+
+
+def _jsonable(info: dict) -> dict:
+    """The report material of a unit, without in-memory objects (models, experts)."""
+    return {k: v for k, v in info.items() if k not in ("model", "experts")}
+
+
+def merge_accuracy(results_dir: Path, rows: list[dict]) -> None:
+    """Adds the baseline methods' rows to accuracy.json; replaces only rows of the same (dataset, method, epsilon, seed)."""
+    path = Path(results_dir) / "accuracy.json"
+    payload = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    new = [r for r in rows if r["method"] in BASELINE_METHODS]
+    keys = {(r["dataset"], r["method"], r["epsilon"], r["seed"]) for r in new}
+    kept = [r for r in payload.get("rows", []) if (r.get("dataset"), r.get("method"), r.get("epsilon"), r.get("seed")) not in keys]
+    payload["rows"] = kept + [{k: r[k] for k in ("dataset", "method", "epsilon", "accuracy", "balanced_accuracy", "macro_f1", "n_test", "seed")}
+                              for r in new]
+    write_json("accuracy.json", payload, results_dir)
+
+
+def merge_inference(results_dir: Path, cost_rows: list[dict], command: str) -> None:
+    """Puts the methods' query costs under the `compare` key of inference.json; other keys stay as they are."""
+    path = Path(results_dir) / "inference.json"
+    payload = json.loads(path.read_text()) if path.exists() else {}
+    keys = {(r["dataset"], r["method"], r["batch_size"]) for r in cost_rows}
+    kept = [r for r in payload.get("compare", []) if (r["dataset"], r["method"], r["batch_size"]) not in keys]
+    payload["compare"] = kept + cost_rows
+    payload["compare_command"] = command
+    write_json("inference.json", payload, results_dir)
+
+
+def run_unit(bench: Workbench, unit: Unit, connector_preset: str, connectors_root, reps: int) -> MethodResult:
+    m, seed = unit.method, unit.seed
+    if m == "llamdex":
+        return bench.llamdex(unit.dataset, unit.epsilons, seed, connector_preset, connectors_root)
+    if m == "latency":
+        from provider_party.model.connector_store import ConnectorStore
+        from simulations.baselines.latency import latency_rows
+
+        model = None
+        if "llamdex" in unit.measures:
+            store = ConnectorStore(connectors_root)
+            schema = bench.split(unit.dataset, seed).schema
+            if store.has(bench.base, schema):
+                model = store.load(bench.base, schema)
+            else:
+                bench.log(f"[{unit.dataset}] no stored connectors: Llamdex's latency is not measured (run the llamdex units first)")
+        return MethodResult(latency_rows(bench, unit.dataset, unit.epsilons[0], seed, list(unit.measures), reps, model))
+    eps = unit.epsilons[0]
+    if m == "expert_api":
+        return bench.expert_api(unit.dataset, eps, seed)
+    if m == "icl_dp":
+        return bench.icl(unit.dataset, eps, seed)
+    if m in ("lora_dp_mst", "lora_dp_gan"):
+        return bench.lora_dp(unit.dataset, m, eps, seed)
+    if m == "lora_real":
+        return bench.lora_real(unit.dataset, seed)
+    raise ValueError(f"unknown method {m!r}; use one of {list(METHODS)}")
+
+
+def _csv(kind, text: str) -> list:
+    return [kind(t.strip()) for t in text.split(",") if t.strip()]
+
+
+def _methods(text: str) -> list[str]:
+    out = _csv(str, text)
+    bad = [m for m in out if m not in METHODS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
+    return out
+
+
+def _finite_epsilons(text: str) -> list[float]:
+    eps = epsilon_list(text)
+    if any(e is None for e in eps):
+        raise argparse.ArgumentTypeError("the comparison is at finite ε only (lora_real is the no-privacy reference)")
+    return eps  # type: ignore[return-value]
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="llamdex bench compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="examples:\n  llamdex bench compare                         # the whole grid (resumes)\n"
+                                        "  llamdex bench compare --methods llamdex --redo  # refresh Llamdex's rows only\n"
+                                        "  llamdex bench compare --data titanic --preset quick --results-dir /tmp/c")
+    add_data_args(ap, multiple=True, default=DATASETS)
+    ap.add_argument("--methods", type=_methods, default=list(METHODS), help=f"comma-separated, from {', '.join(METHODS)} (default: all)")
+    ap.add_argument("--epsilons", type=_finite_epsilons, default=[1.0, 4.0], help="ε of the per-ε tables (default 1,4)")
+    ap.add_argument("--seeds", type=lambda t: _csv(int, t), default=[0, 1, 2], help="seeds at --all-seeds-at (default 0,1,2); other ε use the first")
+    ap.add_argument("--all-seeds-at", type=_finite_epsilons, default=[1.0], help="ε that run every seed (default 1)")
+    ap.add_argument("--curve", type=_finite_epsilons, default=[0.5, 1.0, 2.0, 4.0, 8.0], help="ε of the accuracy-vs-ε curve (default 0.5,1,2,4,8)")
+    ap.add_argument("--curve-data", type=lambda t: _csv(str, t), default=["titanic"], help="tables that run the curve (default titanic)")
+    ap.add_argument("--real-seeds", type=lambda t: _csv(int, t), default=[0], help="seeds of lora_real (default 0)")
+    ap.add_argument("--latency-epsilon", type=float, default=1.0, help="ε of the expert and synthetic rows in the latency runs (default 1)")
+    ap.add_argument("--no-latency", action="store_true", help="skip the latency runs")
+    ap.add_argument("--latency-reps", type=int, default=15, help="questions per method in the latency runs (default 15)")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="default", help="sizes of every method (quick: a small subset for tests)")
+    ap.add_argument("--max-test", type=int, default=None, help="held-out questions per table (default: the preset's, 300)")
+    ap.add_argument("--lora-questions", type=int, default=None, help="training questions per LoRA run (default: the preset's, 320)")
+    ap.add_argument("--connectors", type=Path, default=None, help="connector store of the llamdex units (default $LLAMDEX_HOME/connectors)")
+    ap.add_argument("--redo", action="store_true", help="rerun units already in compare.json")
+    ap.add_argument("--merge-only", action="store_true", help="run nothing: merge compare.json into accuracy.json / inference.json and redraw the report")
+    ap.add_argument("--work", type=Path, default=Path("runs/compare"), help="folder of the synthetic tables (default runs/compare)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from client_party.datasets import TableRef
+    from simulations.baselines.report import write_report
+
+    set_threads(args.threads)
+    command = "llamdex bench compare " + " ".join(sys.argv[1:] if argv is None else argv)
+    settings = PRESETS[args.preset]
+    if args.max_test is not None:
+        settings = replace(settings, max_test=args.max_test)
+    if args.lora_questions is not None:
+        settings = replace(settings, lora=replace(settings.lora, questions=args.lora_questions))
+    connector_preset = CONNECTOR_PRESETS[args.preset]
+    digest = settings_digest(settings, connector_preset)
+    datasets = _csv(str, args.data)
+    for t in datasets:
+        TableRef.parse(t)  # a precise error for an unknown table, before anything runs
+    store = CompareStore(args.results_dir)
+    units = plan(datasets, args.methods, args.epsilons, args.seeds, args.all_seeds_at, args.curve,
+                 [d for d in args.curve_data if d in datasets], args.real_seeds, None if args.no_latency else args.latency_epsilon)
+    meta = {"command": command, "preset": args.preset, "settings": asdict(settings), "settings_digest": digest,
+            "connector_preset": connector_preset, "environment": environment(), "table_epsilons": args.epsilons,
+            "curve_epsilons": args.curve, "curve_datasets": args.curve_data, "seeds": args.seeds, "all_seeds_at": args.all_seeds_at,
+            "real_seeds": args.real_seeds}
+    if args.merge_only:  # describes the runs already stored; a merge does not rewrite it
+        for k, v in meta.items():
+            store.data.setdefault(k, v)
+    else:
+        store.data.update(meta)
+    todo = [u for u in units if args.redo or not store.done(u, digest)]
+    if not args.merge_only:
+        print(f"compare: {len(units)} units in the grid, {len(units) - len(todo)} already done, {len(todo)} to run", flush=True)
+        if todo:
+            _run(todo, settings, digest, connector_preset, args, store, command)
+    store.save(args.results_dir)
+    merge_accuracy(args.results_dir, store.rows())
+    merge_inference(args.results_dir, store.cost_rows(), command)
+    write_report(store.data, args.results_dir, results_md_path(args.results_dir), update_section)
+    return 0
+
+
+def _run(todo: list[Unit], settings: MethodSettings, digest: str, connector_preset: str, args, store: CompareStore, command: str) -> None:
+    from tqdm.auto import tqdm
+
+    from provider_party.model.base_llm import load_base_llm
+    from simulations.baselines.report import write_report
+
+    bench = Workbench(load_base_llm(), settings, args.work, progress=not args.quiet, log=lambda m: tqdm.write(str(m)))
+    t0 = time.perf_counter()
+    bar = tqdm(todo, desc="compare", unit="unit", disable=args.quiet)
+    for unit in bar:
+        bar.set_postfix_str(unit.key, refresh=True)
+        t = time.perf_counter()
+        result = run_unit(bench, unit, connector_preset, args.connectors, args.latency_reps)
+        wall = time.perf_counter() - t
+        store.put(unit, digest, result, wall, command)
+        store.data["last_run_wall_s"] = time.perf_counter() - t0
+        store.save(args.results_dir)  # a finished unit survives an interruption
+        merge_accuracy(args.results_dir, store.rows())
+        merge_inference(args.results_dir, store.cost_rows(), command)
+        write_report(store.data, args.results_dir, results_md_path(args.results_dir), update_section)
+        tqdm.write(f"[{unit.key}] {wall:.0f} s: " + ", ".join(f"{r['method']} acc {r['accuracy']:.3f}" for r in result.rows if "accuracy" in r))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

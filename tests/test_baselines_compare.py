@@ -1,0 +1,117 @@
+"""`llamdex bench compare`: the grid, resuming, merging into the shared result files, and a quick run of every method."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from simulations.benchmarks.compare import (
+    METHODS,
+    main,
+    merge_accuracy,
+    merge_inference,
+    parser,
+    plan,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread: on a busy 2-core machine two threads per process thrash (measured 2-3x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_the_default_grid_is_three_seeds_at_epsilon_one_and_the_curve_on_titanic_only():
+    a = parser().parse_args([])
+    units = plan(a.data.split(","), a.methods, a.epsilons, a.seeds, a.all_seeds_at, a.curve, a.curve_data, a.real_seeds, a.latency_epsilon)
+    by = {}
+    for u in units:
+        by.setdefault((u.dataset, u.method), []).append(u)
+    for ds in ("titanic", "default", "credit", "churn"):
+        grid = [0.5, 1.0, 2.0, 4.0, 8.0] if ds == "titanic" else [1.0, 4.0]
+        for m in ("expert_api", "icl_dp", "lora_dp_mst", "lora_dp_gan"):
+            got = sorted((u.epsilons[0], u.seed) for u in by[(ds, m)])
+            assert got == sorted([(1.0, s) for s in (0, 1, 2)] + [(e, 0) for e in grid if e != 1.0])
+        assert [(u.epsilons, u.seed) for u in by[(ds, "llamdex")]] == [(tuple(grid), 0), ((1.0,), 1), ((1.0,), 2)]
+        assert [(u.epsilons, u.seed) for u in by[(ds, "lora_real")]] == [((None,), 0)]
+        [lat] = by[(ds, "latency")]
+        assert lat.measures == METHODS and lat.seed == 0
+    assert len({u.key for u in units}) == len(units)
+
+
+def test_refreshing_llamdex_alone_still_times_it_against_the_expert_api():
+    [_, lat] = plan(["titanic"], ["llamdex"], [1.0], [0], [1.0], [], [], [0], 1.0)
+    assert lat.method == "latency" and lat.measures == ("llamdex", "expert_api")
+
+
+def test_merging_keeps_every_other_row_and_key(tmp_path):
+    other = {"dataset": "titanic", "method": "llamdex", "epsilon": 1.0, "accuracy": 0.8, "balanced_accuracy": 0.7, "macro_f1": 0.7, "n_test": 262, "seed": 0}
+    stale = {**other, "method": "lora_dp_mst", "accuracy": 0.1}
+    (tmp_path / "accuracy.json").write_text(json.dumps({"rows": [other, stale], "extraction": {"x": 1}, "phrasing": [1]}))
+    fresh = {**stale, "accuracy": 0.6, "extra": "not copied"}
+    merge_accuracy(tmp_path, [fresh, {**other, "accuracy": 0.0}])     # a llamdex row of the comparison is not merged
+    data = json.loads((tmp_path / "accuracy.json").read_text())
+    assert data["extraction"] == {"x": 1} and data["phrasing"] == [1]
+    assert data["rows"] == [other, {k: v for k, v in fresh.items() if k != "extra"}]
+    (tmp_path / "inference.json").write_text(json.dumps({"results": [{"dataset": "titanic"}], "compare": [{"dataset": "churn", "method": "lora", "batch_size": 1}]}))
+    merge_inference(tmp_path, [{"dataset": "titanic", "method": "lora", "batch_size": 1, "median_s": 1.0}], "cmd")
+    inf = json.loads((tmp_path / "inference.json").read_text())
+    assert inf["results"] == [{"dataset": "titanic"}] and len(inf["compare"]) == 2 and inf["compare_command"] == "cmd"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "llamdex,gpt"], "unknown method"),
+    (["--epsilons", "1,none"], "finite"),
+    (["--epsilons", "-1"], "positive"),
+])
+def test_bad_options_are_refused_with_the_rule(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        parser().parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_an_unknown_table_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither a registered table"):
+        main(["--data", "nosuchtable", "--results-dir", str(tmp_path), "--quiet"])
+    assert not (tmp_path / "compare.json").exists()
+
+
+def test_quick_comparison_of_every_method_resumes_and_merges(tmp_path, base_llm, titanic_schema, tiny_connectors):
+    """The quick preset on titanic at ε = 1: every method, then a rerun that has nothing left to do."""
+    from provider_party.model.connector_store import ConnectorStore
+
+    ConnectorStore(tmp_path / "connectors").save(base_llm, titanic_schema, tiny_connectors)
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "accuracy.json").write_text(json.dumps({"rows": [{"dataset": "credit", "method": "llamdex", "epsilon": 1.0, "seed": 0}], "keep": True}))
+    argv = ["--data", "titanic", "--preset", "quick", "--epsilons", "1", "--seeds", "0", "--curve", "1", "--latency-reps", "1", "--threads", "1",
+            "--connectors", str(tmp_path / "connectors"), "--work", str(tmp_path / "work"), "--results-dir", str(res), "--quiet"]
+    assert main(argv) == 0
+    units = json.loads((res / "compare.json").read_text())["units"]
+    assert {u["method"] for u in units.values()} == set(METHODS) | {"latency"}
+    acc = json.loads((res / "accuracy.json").read_text())
+    assert acc["keep"] and acc["rows"][0]["dataset"] == "credit"
+    mine = {r["method"]: r for r in acc["rows"][1:]}
+    assert set(mine) == {"expert_api", "icl_dp", "lora_dp_mst", "lora_dp_gan", "lora_real"}
+    for r in mine.values():
+        assert set(r) == {"dataset", "method", "epsilon", "accuracy", "balanced_accuracy", "macro_f1", "n_test", "seed"}
+        assert r["n_test"] == 10 and r["dataset"] == "titanic" and r["epsilon"] == (None if r["method"] == "lora_real" else 1.0)
+    ll = next(u for u in units.values() if u["method"] == "llamdex")
+    assert {r["method"] for r in ll["rows"]} == {"base_llm", "expert", "llamdex", "majority_class"} and ll["rows"][0]["n_test"] == 10
+    costs = {r["method"]: r for r in json.loads((res / "inference.json").read_text())["compare"]}
+    assert set(costs) == {"base_llm", "llamdex", "expert_api", "icl_dp", "lora"}
+    assert costs["expert_api"]["mean_generated_tokens"] > 0 and costs["icl_dp"]["mean_prompt_tokens"] > costs["base_llm"]["mean_prompt_tokens"]
+    md = (res / "RESULTS.md").read_text()
+    assert "### ε = 1" in md and "**Llamdex**" in md and "### Target at ε = 1" in md
+    synth = sorted(p.name for p in (tmp_path / "work" / "synthetic").iterdir())
+    assert synth == sorted(f"titanic-{s}-eps1-seed0-n6.{x}" for s in ("mst", "dp_gan") for x in ("json", "parquet"))
+
+    before = (res / "compare.json").read_text()
+    assert main(argv) == 0                              # resumes: every unit is done, nothing reruns
+    assert json.loads((res / "compare.json").read_text())["units"] == json.loads(before)["units"]
