@@ -255,7 +255,7 @@ def _bar(total: int, progress: bool, desc: str, unit: str):
         return None
     from protocol.progress import progress_bar   # a bar on a terminal, one line per update in a file or pipe
 
-    return progress_bar(total=total, desc=desc, unit=unit)
+    return progress_bar(total=total, desc=desc, unit=unit, min_interval_s=0.0 if unit == "epoch" else 1.0)
 
 
 # --- without DP ------------------------------------------------------------------------------------
@@ -318,9 +318,9 @@ def _train_plain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Tra
         else:
             stale += 1
         crashpoint("client.train_epoch")
-        if bar is not None:
-            bar.update(1)
+        if bar is not None:   # the postfix first: a line per update in a file or pipe carries this epoch's loss
             bar.set_postfix(loss=f"{history[-1]:.4f}", val=f"{val_loss:.4f}", best_epoch=best_epoch)
+            bar.update(1)
         if config.early_stopping and stale >= config.patience:
             break
     if bar is not None:

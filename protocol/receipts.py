@@ -348,7 +348,8 @@ def verify_receipt(envelope: Envelope | dict | str | bytes, provider_public_key:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ReceiptError("BAD_RECEIPT", f"receipt {digest}: payload is not JSON: {e}", rule="json") from None
     try:
-        scheme = RECEIPT_PREDICATE_TYPES.get(statement.get("predicateType") if isinstance(statement, dict) else None, RFC8785)
+        named = statement.get("predicateType") if isinstance(statement, dict) else None
+        scheme = RECEIPT_PREDICATE_TYPES.get(named, RFC8785) if isinstance(named, str) else RFC8785
         canonical = canonical_json(statement, scheme)
     except ValueError as e:
         raise ReceiptError("BAD_RECEIPT", f"receipt {digest}: {e}", rule="canonical json") from None

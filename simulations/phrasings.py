@@ -196,8 +196,25 @@ def attrition(row: Row, rng: random.Random) -> str:
             "work-life balance. Did this employee leave the company?")
 
 
+def penguins(row: Row, rng: random.Random) -> str:
+    parts = [rng.choice((f"A penguin seen on {row['island']} island", f"On {row['island']} we measured a penguin"))]
+    if not is_missing(row["sex"]):
+        parts.append(f"a {row['sex']} bird")
+    sizes = []
+    if not is_missing(row["bill_length_mm"]):
+        sizes.append(f"a bill {_num(row['bill_length_mm'], 1)} mm long")
+    if not is_missing(row["bill_depth_mm"]):
+        sizes.append(f"{_num(row['bill_depth_mm'], 1)} mm deep")
+    if not is_missing(row["flipper_length_mm"]):
+        sizes.append(f"flippers of {_num(row['flipper_length_mm'])} mm")
+    parts.append(("with " + ", ".join(sizes)) if sizes else "not measured")
+    weight = "" if is_missing(row["body_mass_g"]) else f" It weighed {_num(row['body_mass_g'])} grams."
+    return ", ".join(parts) + "." + weight + " Which species is this penguin?"
+
+
 HAND_WRITTEN: dict[str, Callable[[Row, random.Random], str]] = {
     "titanic": titanic, "default": default, "credit": credit, "churn": churn, "telco": telco, "attrition": attrition,
+    "penguins": penguins,
 }
 
 

@@ -21,7 +21,7 @@ def connector_store(tmp_path_factory, base_llm, titanic_schema, tiny_connectors)
 
 
 def _run_config(store):
-    return {"data": "titanic", "epochs": 3, "max-questions": 4, "connectors": str(store), "timeout-s": 180.0}
+    return {"data": "titanic", "epochs": 3, "max-test": 4, "connectors": str(store), "timeout-s": 180.0}
 
 
 def _assert_clean_run(run, clients):

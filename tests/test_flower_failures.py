@@ -18,7 +18,7 @@ def report(tmp_path_factory, base_llm, titanic_schema, tiny_connectors):
 
     store = tmp_path_factory.mktemp("connectors")
     ConnectorStore(store).save(base_llm, titanic_schema, tiny_connectors)
-    rc = {"data": "titanic", "epochs": 3, "max-questions": 8, "connectors": str(store), "timeout-s": TIMEOUT_S, "faults": "2=crash,3=timeout"}
+    rc = {"data": "titanic", "epochs": 3, "max-test": 8, "connectors": str(store), "timeout-s": TIMEOUT_S, "faults": "2=crash,3=timeout"}
     run = run_simulation(rc, clients=4, out_dir=tmp_path_factory.mktemp("flower-failures"), timeout_s=900)
     assert run.leftovers == [] and leftover_processes(run.token) == []   # the hanging client's worker is stopped too
     return run.report()

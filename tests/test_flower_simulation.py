@@ -30,7 +30,7 @@ def connector_store(tmp_path_factory, base_llm, titanic_schema, tiny_connectors)
 def run(tmp_path_factory, connector_store):
     from simulations.flower.launcher import run_simulation
 
-    rc = {"data": "titanic", "epochs": 3, "max-questions": 8, "connectors": str(connector_store), "timeout-s": 180.0, "epsilon": "1",
+    rc = {"data": "titanic", "epochs": 3, "max-test": 8, "connectors": str(connector_store), "timeout-s": 180.0, "epsilon": "1",
           "budget": "4", "faults": "3=tamper,4=over-budget", "federated": "titanic", "fed-rounds": 2, "fed-epsilon": 2.0}
     return run_simulation(rc, clients=5, out_dir=tmp_path_factory.mktemp("flower-run"), timeout_s=900)
 

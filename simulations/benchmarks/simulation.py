@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--deployment-clients", type=int, default=3)
     p.add_argument("--preset", default="quick")
     p.add_argument("--epsilon", default="1", help="individual experts' ε in the scaling, schemas and deployment runs (default 1)")
-    p.add_argument("--max-questions", type=int, default=16)
+    p.add_argument("--max-test", type=int, default=16)
     p.add_argument("--connectors", default="", help="reuse this connector store everywhere instead of training in the first run of each series")
     p.add_argument("--work-dir", type=Path, default=None, help="where the runs' folders go (default runs/bench-simulation-<time>)")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     work = (args.work_dir or Path("runs") / time.strftime("bench-simulation-%Y%m%d-%H%M%S")).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    base_rc = {"preset": args.preset, "epsilon": args.epsilon, "budget": "inf", "max-questions": args.max_questions, "timeout-s": args.timeout_s}
+    base_rc = {"preset": args.preset, "epsilon": args.epsilon, "budget": "inf", "max-test": args.max_test, "timeout-s": args.timeout_s}
     runs: list[dict[str, Any]] = []
     fed: list[dict[str, Any]] = []
     store = args.connectors or str(work / "connectors-scaling")

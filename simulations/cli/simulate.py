@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 # flag -> run-config key of [tool.flwr.app.config] (the same names, kebab-case)
-RUN_CONFIG_FLAGS = ("clients", "partition", "alpha", "seed", "epsilon", "budget", "epochs", "test_size", "max_questions", "ask_batch",
+RUN_CONFIG_FLAGS = ("clients", "partition", "alpha", "seed", "epsilon", "budget", "epochs", "test_size", "max_test", "ask_batch",
                     "preset", "connectors", "timeout_s", "faults", "federated", "fed_rounds", "fed_epsilon", "fed_delta", "fed_clip",
                     "fed_local_epochs", "fed_lr", "provider_device")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from simulations.cli.common import add_data_args
+    from simulations.cli.common import add_alias, add_data_args
 
     p = sub.add_parser(
         "simulate",
@@ -41,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", default="4", help="per-client ε budgets the provider enforces, cycled; 'inf' = unbounded (default 4)")
     p.add_argument("--epochs", type=int, default=0, help="expert training epochs (default: the trainer's)")
     p.add_argument("--test-size", type=float, default=0.2, help="share of each client's rows held out for evaluation (default 0.2)")
-    p.add_argument("--max-questions", type=int, default=32, help="held-out questions each client asks (default 32)")
+    p.add_argument("--max-test", type=int, default=32, help="held-out questions each client asks (default 32)")
+    add_alias(p, "--max-questions", "--max-test", "max_test", type=int)
     p.add_argument("--ask-batch", type=int, default=16, help="questions per Ask (default 16)")
     p.add_argument("--preset", default="quick", help="connector-training preset: quick (default), default, or a JSON object of Preset fields")
     p.add_argument("--connectors", default="", help="a connector store to reuse (default: a fresh one in the run folder)")

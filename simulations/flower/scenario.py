@@ -65,7 +65,7 @@ class Scenario:
     budget: tuple[float, ...] = (4.0,)              # per client (cycled), set by the provider's operator; inf = unbounded
     epochs: int = 0                                 # 0: the trainer's default
     test_size: float = 0.2
-    max_questions: int = 32
+    max_test: int = 32
     ask_batch: int = 16
     preset: str = "quick"
     connectors: str = ""
@@ -128,7 +128,7 @@ class Scenario:
             seed=integer("seed", 0, 0), epsilon=_epsilons("epsilon", get("epsilon", "1"), allow_none=True),
             budget=tuple(float(b) for b in _epsilons("budget", get("budget", "4"), allow_none=True)),
             epochs=integer("epochs", 0, 0), test_size=number("test-size", 0.2, 0.0, 0.5),
-            max_questions=integer("max-questions", 32, 1), ask_batch=integer("ask-batch", 16, 1), preset=str(get("preset", "quick")),
+            max_test=integer("max-test", 32, 1), ask_batch=integer("ask-batch", 16, 1), preset=str(get("preset", "quick")),
             connectors=connectors, out_dir=out_dir, timeout_s=number("timeout-s", 600.0, 0.0),
             faults=_faults(str(get("faults", "")), clients), federated=federated, fed_rounds=integer("fed-rounds", 5, 1),
             fed_epsilon=number("fed-epsilon", 1.0, 0.0), fed_delta=number("fed-delta", 0.0, 0.0, 1.0, lo_open=False),

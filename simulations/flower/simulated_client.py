@@ -161,7 +161,7 @@ class SimulatedClient:
         from protocol.verbalizer import Verbalizer
 
         d = self.data()
-        rows = d.heldout.iloc[: self.scenario.max_questions]
+        rows = d.heldout.iloc[: self.scenario.max_test]
         return Verbalizer(d.schema, seed=10_000 + self.scenario.seed + self.index).questions(rows[d.schema.feature_names].to_dict("records"))
 
     def score(self, llamdex: list[int], base: list[int], federated_arrays: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -170,7 +170,7 @@ class SimulatedClient:
         from client_party.expert_training import predict_proba
 
         d = self.data()
-        rows = d.heldout.iloc[: self.scenario.max_questions]
+        rows = d.heldout.iloc[: self.scenario.max_test]
         x, y = encode_table(rows, d.schema)
         if len(llamdex) != len(y) or len(base) != len(y):
             raise ValueError(f"{len(llamdex)} Llamdex and {len(base)} base answers for {len(y)} questions")
