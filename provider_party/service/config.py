@@ -87,7 +87,11 @@ class ProviderLimits:
     max_upload_streams_per_client: int = 2   # UploadExpert streams of one client open at once
     max_upload_streams: int = 4       # UploadExpert streams open at once in all (the others: TOO_MANY_UPLOADS, retry later)
     max_upload_stream_s: float = 900.0       # an upload stream is cut (what arrived is kept) after this long
-    max_concurrent_asks: int = 8      # Ask calls admitted at once (admission control; the batcher gathers them into shared passes); the others wait ...
+    # Ask calls admitted at once; the others wait ... The load test on 2 CPU cores (docs/DESIGN_NOTES.md): with 1, admitted
+    # p99 7.2x the unloaded p50 at 3.4 questions/s; with 8, 19x at 6.6 questions/s. 1 keeps admitted calls closest to
+    # their unloaded latency; raise it for throughput (and on a GPU): admitted calls of any clients and schemas then
+    # share passes (MixedBatcher).
+    max_concurrent_asks: int = 1
     ask_admission_wait_s: float = 0.5  # ... at most this long, then RESOURCE_EXHAUSTED OVERLOADED (retry later)
     max_asks_per_client: int = 2      # Ask calls of one client admitted or waiting at once
     # Ask serving (provider_party/model/batching.py): concurrent Asks of any clients and schemas share passes
