@@ -18,6 +18,7 @@ It prints one line per phase and writes the phase times, the scores and the rece
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -169,8 +170,7 @@ def run_round(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(cfg.workspace) / "rounds" / f"round-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    if not emit_json(args.json, record):
-        print("phases: " + ", ".join(f"{k} {v:.1f} s" for k, v in clock.seconds.items()) + f"; record in {out}", flush=True)
+    print("phases: " + ", ".join(f"{k} {v:.1f} s" for k, v in clock.seconds.items()) + f"; record in {out}", flush=True)
     return record
 
 
@@ -179,12 +179,15 @@ def _round(args: argparse.Namespace) -> int:
 
     from protocol.errors import CodedError
 
+    # with `--json` alone the record is the only thing on standard output: the phase lines go to standard error
     try:
-        run_round(args)
+        with contextlib.redirect_stdout(sys.stderr if args.json == "-" else sys.stdout):
+            record = run_round(args)
     except CodedError as e:
         print(f"round stopped: {e}", file=sys.stderr)
         return 1
     except grpc.RpcError as e:
         print(f"round stopped: the provider answered {e.code().name}: {e.details()}", file=sys.stderr)
         return 1
+    emit_json(args.json, record)
     return 0
