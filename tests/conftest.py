@@ -76,3 +76,14 @@ def tiny_default_model(base_llm, default_schema, tiny_preset):
 
     t = train_connectors(base_llm, default_schema, replace(tiny_preset, inject_candidates=(20,)), seed=1, progress=False)
     return LlamdexModel(base_llm, default_schema, t.config, t.encoder, t.decoder)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module that asks for it (`pytest.mark.usefixtures`): on a busy 2-core machine two threads per process thrash (measured 2-3x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -16,15 +16,7 @@ from simulations.benchmarks.compare import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a busy 2-core machine two threads per process thrash (measured 2-3x slower)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tests/conftest.py
 
 
 def test_the_default_grid_is_three_seeds_at_epsilon_one_and_the_curve_on_titanic_only():

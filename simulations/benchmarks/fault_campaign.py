@@ -63,6 +63,17 @@ SIGNING_POINTS = ("receipt.before_sign", "receipt.after_sign")
 CLIENT_TRAIN_EPOCHS = 3
 
 
+def _terminate(proc: subprocess.Popen | None) -> None:
+    """SIGTERM a service that is still running (it drains), then SIGKILL if it has not exited within 20 s."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 @dataclass
 class TrialResult:
     scenario: str
@@ -108,13 +119,7 @@ class ProviderRig:
         return self.proc
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        _terminate(self.proc)
 
     def died_by_kill(self, timeout_s: float = 60) -> bool:
         assert self.proc is not None
@@ -415,13 +420,7 @@ class ClientScenario:
         wait_healthy(self.addr, self.prig.tls["orchestrator"], "llamdex.v1.ClientService", [("client", self.proc, self.log)], timeout_s=120)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        _terminate(self.proc)
 
     def orchestrator(self) -> tuple[Any, Any]:
         from protocol.rpc.llamdex.v1 import client_pb2_grpc
