@@ -2,7 +2,8 @@
 
 As in the paper, a `make_classification`-style latent model (class_sep 7) is mapped into the
 schema's ranges and categories, with 10 % of the entries of each nullable column missing (a column
-the schema declares non-nullable never is, as in the client's data). The provider never sees
+the schema declares non-nullable never is, as in the client's data). A number's marginal spreads
+over its magnitudes, not only over its range (see `spread_over_magnitudes`). The provider never sees
 the client's data, so connectors are trained on these rows, and a surrogate expert stands in for
 the client's expert during training.
 """
@@ -22,6 +23,29 @@ from protocol.schema import PublicSchema
 from protocol.seeding import generator, init_parameters
 
 
+def spread_over_magnitudes(u: np.ndarray, lo: float, hi: float, resolution: float, log_share: float = 0.5) -> np.ndarray:
+    """Maps quantiles `u` in (0, 1) into [lo, hi]: a mixture of uniform and log-uniform distance from `lo`.
+
+    Public bounds are generous (a total bill "0 to 20,000 dollars"), so a uniform draw over them
+    almost always has the range's largest digit count, while real values sit anywhere below. An
+    encoder trained on such numbers learns "the long number is the total" instead of reading the
+    field's name, and misreads the real table (measured: telco's total charges). Half the mass on a
+    log scale of the distance from `lo` (down to the column's resolution) makes every digit count
+    common. The map is the mixture's inverse CDF, so it is monotone and keeps the latent model's
+    ranking, hence its link to the label.
+    """
+    span = float(hi - lo)
+    if span <= 0:
+        return np.full_like(u, float(lo), dtype=np.float64)
+    scale = span / max(resolution, 1e-12)
+    if scale <= 10:  # one or two digit counts: nothing to spread
+        return lo + u * span
+    grid = np.concatenate([[0.0], np.geomspace(0.1 / scale, 1.0, 4096)])  # distance from lo, as a share of the span
+    cdf_log = np.log1p(grid * scale) / np.log1p(scale)  # log-uniform distance (shifted by one resolution step)
+    cdf = (1 - log_share) * grid + log_share * cdf_log
+    return lo + span * np.interp(u, cdf, grid)
+
+
 def synthesize(schema: PublicSchema, n: int = 10_000, seed: int = 0, class_sep: float = 7.0, missing_rate: float = 0.1) -> tuple[pd.DataFrame, np.ndarray]:
     """Returns (rows with the schema's feature columns, label indices)."""
     rng = np.random.default_rng(seed)
@@ -34,9 +58,10 @@ def synthesize(schema: PublicSchema, n: int = 10_000, seed: int = 0, class_sep: 
     )
     data: dict[str, object] = {}
     for i, col in enumerate(schema.columns):
-        u = (rankdata(z[:, i]) - 0.5) / n  # uniform marginal over the public range
+        u = (rankdata(z[:, i]) - 0.5) / n  # the latent column's quantiles
         if col.is_numeric:
-            v = col.min + u * (col.max - col.min)
+            resolution = 1.0 if col.type == "int" else 10.0 ** -(col.decimals if col.decimals is not None else 2)
+            v = spread_over_magnitudes(u, col.min, col.max, resolution)
             if col.type == "int":
                 v = np.round(v).astype(np.int64)
             else:
