@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from simulations.benchmarks.accuracy import DATASETS  # every registered table, as the accuracy benchmark
 from simulations.benchmarks.results_md import RESULTS_DIR, environment, results_md_path, update_section, write_json
 from simulations.cli.common import add_connectors_arg, add_data_args, add_out_arg, set_threads, table_refs
-
-DATASETS = ("titanic", "default", "credit", "churn", "penguins")
 
 
 def measure(table, batch_sizes: tuple[int, ...], reps: int, preset: str, connectors: Path | None, seed: int = 0) -> dict:
