@@ -8,7 +8,7 @@ import pytest
 from client_party.datasets import DATASETS, load_schema, load_table
 from protocol.encoding import FeatureEncoder, is_missing
 from protocol.verbalizer import ORDINAL_WORDS, Verbalizer, unambiguous_levels
-from provider_party.model.synthesis import synthesize
+from provider_party.model.synthesis import spread_over_magnitudes, synthesize
 
 
 @pytest.mark.parametrize("name", sorted(DATASETS))
@@ -86,6 +86,20 @@ def test_synthesis_respects_schema_ranges_and_categories(name):
         else:
             assert rows[col.name].notna().all()
     FeatureEncoder(schema).encode_frame(rows)  # every synthetic row encodes
+
+
+def test_synthetic_numbers_cover_every_digit_count_of_a_wide_range_and_keep_the_latent_order():
+    """A generous public range (0 to 20,000 dollars) must not give nearly every synthetic value five digits:
+    the encoder would learn digit counts instead of field names (telco's total charges)."""
+    u = (np.arange(20_000) + 0.5) / 20_000
+    v = spread_over_magnitudes(u, 0.0, 20_000.0, 0.01)
+    assert np.all(np.diff(v) >= 0) and v.min() >= 0.0 and v.max() <= 20_000.0  # monotone: the label's link survives
+    digits = np.floor(np.log10(np.maximum(v, 1.0))).astype(int) + 1
+    shares = np.bincount(digits, minlength=6)[1:6] / len(v)
+    assert shares.min() > 0.05, shares                      # 1 to 5 digits before the point, each common
+    assert 0.2 < (v > 10_000).mean() < 0.35                 # the uniform half keeps the top of the range common
+    assert np.allclose(spread_over_magnitudes(u, 1.0, 10.0, 1.0), 1.0 + 9.0 * u)  # a narrow range stays uniform
+    assert np.allclose(spread_over_magnitudes(u, -5.0, 95.0, 1.0)[[0, -1]], [-5.0, 95.0], atol=0.05)
 
 
 def _real_table_sources():
