@@ -60,12 +60,10 @@ def synthesize(schema: PublicSchema, n: int = 10_000, seed: int = 0, class_sep: 
     for i, col in enumerate(schema.columns):
         u = (rankdata(z[:, i]) - 0.5) / n  # the latent column's quantiles
         if col.is_numeric:
-            resolution = 1.0 if col.type == "int" else 10.0 ** -(col.decimals if col.decimals is not None else 2)
-            v = spread_over_magnitudes(u, col.min, col.max, resolution)
+            decimals = 0 if col.type == "int" else (col.decimals if col.decimals is not None else 2)
+            v = np.round(spread_over_magnitudes(u, col.min, col.max, 10.0 ** -decimals), decimals)
             if col.type == "int":
-                v = np.round(v).astype(np.int64)
-            else:
-                v = np.round(v, col.decimals if col.decimals is not None else 2)
+                v = v.astype(np.int64)
             vals = pd.Series(v, dtype="float64" if col.type == "float" or col.nullable else "int64")
             if col.nullable:
                 vals = vals.astype("float64")
