@@ -47,14 +47,18 @@ def shared_words_schema() -> PublicSchema:
 
 @pytest.fixture(scope="module")
 def survey_reader(base_llm):
-    """An encoder trained on 160 synthetic questions of the survey schema, and 48 held-out ones."""
+    """An encoder trained on 240 synthetic questions of the survey schema, and 48 held-out ones.
+
+    "unknown" is one of four missing words in one of five missing forms, so a small corpus says it
+    rarely; with 160 questions whether "pets: unknown" read as missing depended on the corpus's
+    numbers (it failed once the synthetic numbers were spread over magnitudes)."""
     schema = shared_words_schema()
     config = ConnectorConfig(base_model_id=base_llm.model_id, schema_digest=schema.digest, hidden_size=base_llm.hidden_size,
                              num_layers=base_llm.num_layers, encoder_layer=12, inject_layer=20)
     encoder, decoder = build_connectors(config, schema)
     init_parameters(encoder, generator(0))
     model = LlamdexModel(base_llm, schema, config, encoder, decoder)
-    corpus = build_corpus(schema, n_synthetic=300, encoder_questions=160, decoder_questions=0, val_questions=24, surrogate_epochs=1, seed=3)
+    corpus = build_corpus(schema, n_synthetic=300, encoder_questions=240, decoder_questions=0, val_questions=24, surrogate_epochs=1, seed=3)
     train, _ = cache_questions(model, corpus, corpus.encoder_idx, 16, candidates=None, desc="", progress=False)
     val, _ = cache_questions(model, corpus, np.concatenate([corpus.encoder_val_idx, corpus.decoder_val_idx]), 16, candidates=None,
                              desc="", progress=False)
