@@ -46,6 +46,16 @@ class ColumnSpec:
         return self.type in ("int", "float")
 
     @property
+    def printed_decimals(self) -> int:
+        """Decimals a value is written with: 0 for an int, the schema's `decimals`, or 2 when a float names none.
+
+        Every writer of numbers (verbalizer, synthesizer, evaluation) must agree on it.
+        """
+        if self.type == "int":
+            return 0
+        return self.decimals if self.decimals is not None else 2
+
+    @property
     def levels(self) -> tuple[str, ...]:
         """Category levels of a categorical or boolean column ('no'/'yes' for bool)."""
         if self.type == "bool":

@@ -157,10 +157,10 @@ class Verbalizer:
                 text = text.lower()
             return text, 0, len(text)
         v = float(value)
-        if col.type == "int" or (col.decimals == 0):
+        decimals = col.printed_decimals
+        if decimals == 0:
             text = f"{round(v):,}" if (abs(v) >= 1000 and r.random() < 0.5) else str(round(v))
         else:
-            decimals = col.decimals if col.decimals is not None else 2
             d = r.choice(sorted({decimals, max(decimals - 1, 0)}))
             text = f"{v:,.{d}f}" if (abs(v) >= 1000 and r.random() < 0.5) else f"{v:.{d}f}"
         if col.unit and r.random() < 0.6:

@@ -42,10 +42,8 @@ JOINS = (", ", "; ", ", plus ", ". Also, ")
 
 def _number(col: ColumnSpec, value: Any, rng: random.Random) -> str:
     v = float(value)
-    if col.type == "int" or col.decimals == 0:
-        text = str(round(v))
-    else:
-        text = f"{v:.{col.decimals if col.decimals is not None else 2}f}"
+    decimals = col.printed_decimals
+    text = str(round(v)) if decimals == 0 else f"{v:.{decimals}f}"
     if col.unit == "dollars" and rng.random() < 0.5:
         return "$" + text
     if col.unit and rng.random() < 0.5:

@@ -60,7 +60,7 @@ def synthesize(schema: PublicSchema, n: int = 10_000, seed: int = 0, class_sep: 
     for i, col in enumerate(schema.columns):
         u = (rankdata(z[:, i]) - 0.5) / n  # the latent column's quantiles
         if col.is_numeric:
-            decimals = 0 if col.type == "int" else (col.decimals if col.decimals is not None else 2)
+            decimals = col.printed_decimals
             v = np.round(spread_over_magnitudes(u, col.min, col.max, 10.0 ** -decimals), decimals)
             if col.type == "int":
                 v = v.astype(np.int64)
