@@ -14,6 +14,14 @@ materialising per-sample gradients). The run has two phases that are both steps 
 mechanism (same noise multiplier, sampling rate and clipping norm, counted by the same accountant,
 so the statement (σ, q, steps, C) and its ε are unchanged):
 
+0. *count* (the first `prior_fraction` of the steps, at least min(20, an eighth)): the counter of
+   the calibration below alone, on the untrained expert; its noisy class counts set the head's bias
+   to the log label prior before fitting. Why: under clipping every record pulls with the same
+   weight, and with Adam every parameter moves about `lr` per step, so on an imbalanced table a head
+   started at bias 0 spends the whole run lowering the minority logit along the features' mean
+   (measured: a DP logistic regression on ISLR Default ranked defaulters *below* non-defaulters,
+   AUC 0.27, while its non-DP twin reached 0.96); started at the prior, the first steps already
+   follow the difference between the classes;
 1. *fit*: the expert minimises cross-entropy;
 2. *calibrate* (the last `calibration_fraction` of the steps, at least min(40, a quarter)): the
    expert is frozen; each record's "gradient" is its one-hot label on a counter (so the released
@@ -93,6 +101,7 @@ class TrainConfig:
     early_stopping: bool = True           # no DP: False trains every epoch on every record (e.g. a deliberately overfit expert)
     calibration_fraction: float = 0.1     # DP: share of the DP-SGD steps spent on the output calibration
     calibration_lr: float = 0.1           # DP: Adam's least learning rate of the calibration (decays linearly to 0)
+    prior_fraction: float = 0.05          # DP: share of the steps that count the labels first (the head's initial bias)
 
     @classmethod
     def private(cls, target_epsilon: float, **overrides) -> TrainConfig:
@@ -131,7 +140,7 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be a positive number, got {v!r}")
         if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
             raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
-        for name, hi in (("validation_fraction", 0.5), ("calibration_fraction", 0.5)):
+        for name, hi in (("validation_fraction", 0.5), ("calibration_fraction", 0.5), ("prior_fraction", 0.25)):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0 < v <= hi):
                 raise ValueError(f"TrainConfig.{name} must be in (0, {hi}], got {v!r}")
@@ -388,6 +397,13 @@ def calibration_steps(total_steps: int, fraction: float) -> int:
     return int(min(total_steps - 1, max(round(fraction * total_steps), min(40, total_steps // 4))))
 
 
+def prior_steps(total_steps: int, fraction: float, calib_steps: int) -> int:
+    """DP-SGD steps that count the labels before the fit: `fraction` of them, but at least min(20, an
+    eighth); none when the run is too short to leave a fit step beside the `calib_steps` of the calibration."""
+    k = int(max(round(fraction * total_steps), min(20, total_steps // 8)))
+    return k if total_steps - calib_steps - k >= 1 else 0
+
+
 def _endless(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     while True:
         yield from loader
@@ -428,7 +444,8 @@ def _train_private(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: T
                            "with DP randomness from torch's global generator")
     sample_rate = float(dp_loader.sample_rate)
     calib_steps = calibration_steps(total_steps, config.calibration_fraction)
-    fit_steps = total_steps - calib_steps
+    count_steps = prior_steps(total_steps, config.prior_fraction, calib_steps)
+    fit_steps = total_steps - calib_steps - count_steps
     if observer is not None:
         params = [p for p in gs_model.parameters() if p.requires_grad]
         observer.attach(params, sample_rate=sample_rate, max_grad_norm=clip, noise_multiplier=noise, expected_batch_size=dp_opt.expected_batch_size)
@@ -436,6 +453,12 @@ def _train_private(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: T
     per_epoch = max(1, round(1 / sample_rate))
     history, total, seen = [], 0.0, 0
     bar = _bar(total_steps, progress, f"expert (DP, eps<={config.target_epsilon:g})", "step")
+    if count_steps:
+        counted = _calibrate(gs_model._module, engine, loader, noise, clip, noise_gen, count_steps, config, bar)
+        with torch.no_grad():
+            gs_model._module.head.bias += torch.as_tensor(counted["log_prior"], dtype=gs_model._module.head.bias.dtype)
+    else:
+        counted = None
     batches = _endless(dp_loader)
     gs_model.train()
     with warnings.catch_warnings():
@@ -460,9 +483,14 @@ def _train_private(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: T
         expert = gs_model._module
         expert.eval()
         calibration = _calibrate(expert, engine, loader, noise, clip, noise_gen, calib_steps, config, bar)
+        if counted is not None:   # both phases released noisy counts of the same labels: the prior uses their sum
+            counts = torch.as_tensor(calibration["class_counts"], dtype=torch.float64) + torch.as_tensor(counted["class_counts"], dtype=torch.float64)
+            prior = counts.clamp(min=1.0)
+            calibration["class_counts"] = counts.tolist()
+            calibration["log_prior"] = torch.log(prior / prior.sum()).tolist()
     if bar is not None:
         bar.close()
-    steps = fit_steps + calib_steps
+    steps = count_steps + fit_steps + calib_steps
     accounted = sum(s for (_, _, s) in engine.accountant.history)
     if accounted != steps or any((nm, sr) != (noise, sample_rate) for (nm, sr, _) in engine.accountant.history):
         raise BudgetError(f"accountant history {engine.accountant.history} disagrees with the training loop ({steps} steps)")
