@@ -288,10 +288,24 @@ class ProviderClient:
             timeout_s: float | None = None) -> list[provider_pb2.Answer]:
         out: list[provider_pb2.Answer] = []
         for s in range(0, len(questions), batch_size):
-            resp = self.stub.Ask(provider_pb2.AskRequest(questions=list(questions[s:s + batch_size]), artifact_digest=artifact_digest,
-                                                         include_base=include_base), timeout=timeout_s or self.timeout_s, metadata=self.metadata)
-            out.extend(resp.answers)
+            req = provider_pb2.AskRequest(questions=list(questions[s:s + batch_size]), artifact_digest=artifact_digest, include_base=include_base)
+            out.extend(self._ask_with_retry(req, timeout_s or self.timeout_s).answers)
         return out
+
+    def _ask_with_retry(self, req: provider_pb2.AskRequest, timeout_s: float) -> provider_pb2.AskResponse:
+        """A busy provider sheds calls it cannot start soon (RESOURCE_EXHAUSTED OVERLOADED or QUEUE_FULL) instead of
+        queueing them: the call is sent again after a jittered, growing pause, until `timeout_s` has passed."""
+        deadline, attempt = time.monotonic() + timeout_s, 0
+        while True:
+            try:
+                return self.stub.Ask(req, timeout=max(1.0, deadline - time.monotonic()), metadata=self.metadata)
+            except grpc.RpcError as e:
+                pause = secrets.SystemRandom().uniform(0.05, min(2.0, 0.1 * 2 ** attempt))
+                if error_code(e) not in ("OVERLOADED", "QUEUE_FULL") or time.monotonic() + pause >= deadline:
+                    raise
+                log.debug("provider busy (%s); asking again in %.2f s", error_code(e), pause)
+                time.sleep(pause)
+                attempt += 1
 
     @_explained
     def ask_raw(self, questions: Sequence[str], artifact_digest: str = "", include_base: bool = False) -> provider_pb2.AskResponse:

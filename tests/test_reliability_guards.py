@@ -18,7 +18,7 @@ from protocol.artifact import pack_artifact
 from protocol.request_auth import UPLOAD_METHOD, sign_request, upload_body
 from protocol.rpc.llamdex.v1 import common_pb2, provider_pb2
 from protocol.rpc_errors import RpcError, error_code
-from provider_party.service.admission import AskGate
+from provider_party.service.admission import AskGate, InteractiveFirst
 from provider_party.service.server import ProviderServer
 from tests._grpc_fixtures import make_artifact, make_parties, provider_client, provider_config
 
@@ -76,6 +76,107 @@ def test_the_admission_gate_sheds_with_overloaded_instead_of_queueing():
     with gate.admit("bob"):                                           # a free place is taken at once
         pass
     assert (gate.stats.admitted, gate.stats.refused_busy, gate.stats.refused_per_client) == (2, 1, 1)
+
+
+def test_background_steps_wait_for_a_running_ask_pass_but_never_longer_than_their_bound():
+    gate = InteractiveFirst(max_wait_s=0.3)
+    assert gate.background_turn() == 0.0                              # no pass running: at once
+    inside, release = threading.Event(), threading.Event()
+
+    def ask_pass():
+        with gate.foreground():
+            inside.set()
+            release.wait(10)
+    th = threading.Thread(target=ask_pass)
+    th.start()
+    assert inside.wait(10)
+    t = time.monotonic()
+    waited = gate.background_turn()                                   # a pass that does not end: the bound
+    assert 0.25 < waited < 2 and 0.25 < time.monotonic() - t < 2
+    threading.Timer(0.1, release.set).start()
+    waited = gate.background_turn()                                   # a pass that ends after 0.1 s: then
+    th.join(10)
+    assert 0.05 < waited < 0.3
+    assert gate.deferred == 2
+    assert InteractiveFirst(0.0).background_turn() == 0.0
+
+
+def test_a_stream_keeps_its_place_until_its_upload_is_verified(parties):
+    """An upload whose bytes are in but whose verification waits (for Ask passes) still holds a server thread, so it
+    still counts against max_upload_streams until its receipt; the place is given back by end_stream."""
+    p = parties
+    tar = pack_artifact(make_artifact(p.root / "a", p.keys["alice"]))
+    server = ProviderServer(provider_config(p, limits=_limits(p, max_upload_streams=1, background_wait_s=5.0))).start()
+    party = server.servicer.party
+    inside, release = threading.Event(), threading.Event()
+
+    def ask_pass():
+        with party.interactive.foreground():
+            inside.set()
+            release.wait(20)
+    th = threading.Thread(target=ask_pass)
+    th.start()
+    assert inside.wait(10)
+    try:
+        with provider_client(p, server.address) as pc:
+            first = pc.stub.UploadExpert.future(iter(pc_messages(p, "alice", tar, "c" * 20)), timeout=60)
+            _wait(lambda: sum(party.uploads._streams.values()) == 1 and party.uploads._busy.get("c" * 20) == "")   # being verified
+            with provider_client(p, server.address, "bob") as pb, pytest.raises(grpc.RpcError) as ei:
+                pb.upload(pack_artifact(make_artifact(p.root / "b", p.keys["bob"])), "titanic", max_attempts=1)
+            assert error_code(ei.value) == "TOO_MANY_UPLOADS" and "max_upload_streams" in ei.value.details()
+            release.set()
+            assert first.result().receipt.sequence == 1
+        _wait(lambda: sum(party.uploads._streams.values()) == 0)
+    finally:
+        release.set()
+        th.join(10)
+        server.stop()
+
+
+def pc_messages(p, who: str, tar: bytes, upload_id: str):
+    yield provider_pb2.UploadRequest(header=_header(p, who, tar, upload_id))
+    yield provider_pb2.UploadRequest(chunk=provider_pb2.UploadChunk(offset=0, data=tar, sha256=hashlib.sha256(tar).hexdigest()))
+
+
+class _Shed(grpc.RpcError):
+    def __init__(self, code: str):
+        self.llamdex_code = code
+
+    def code(self):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def trailing_metadata(self):
+        from protocol.rpc_errors import ERROR_CODE_METADATA
+
+        return ((ERROR_CODE_METADATA, self.llamdex_code),)
+
+
+class _BusyStub:
+    """Stands in for the transport only (the retry policy is under test): sheds the first `busy` calls."""
+
+    def __init__(self, busy: int, code: str = "OVERLOADED"):
+        self.busy, self.code, self.calls = busy, code, 0
+
+    def Ask(self, req, timeout, metadata):
+        self.calls += 1
+        if self.calls <= self.busy:
+            raise _Shed(self.code)
+        return provider_pb2.AskResponse(answers=[provider_pb2.Answer(answer="yes") for _ in req.questions])
+
+
+def test_the_client_asks_again_when_the_provider_sheds_and_gives_up_at_its_timeout(parties):
+    with provider_client(parties, "127.0.0.1:1") as pc:
+        pc.stub = _BusyStub(busy=3)
+        assert [a.answer for a in pc.ask(["q1", "q2"], timeout_s=30)] == ["yes", "yes"] and pc.stub.calls == 4
+        pc.stub = _BusyStub(busy=10 ** 6, code="QUEUE_FULL")
+        t = time.monotonic()
+        with pytest.raises(grpc.RpcError) as ei:
+            pc.ask(["q1"], timeout_s=1.0)
+        assert error_code(ei.value) == "QUEUE_FULL" and time.monotonic() - t < 3
+        pc.stub = _BusyStub(busy=1, code="RATE_LIMITED")                 # not a shed call: no second try
+        with pytest.raises(grpc.RpcError):
+            pc.ask(["q1"], timeout_s=30)
+        assert pc.stub.calls == 1
 
 
 def _header(p, who: str, tar: bytes, upload_id: str) -> provider_pb2.UploadHeader:

@@ -62,7 +62,7 @@ PROVIDER_KEYS = {"id", "listen", "key", "state", "connectors", "base_model", "de
                  "drain_grace_s", "receipt_keys"}
 
 
-ZERO_ALLOWED_LIMITS = {"batch_max_wait_ms"}
+ZERO_ALLOWED_LIMITS = {"batch_max_wait_ms", "background_wait_s"}
 INTEGER_LIMITS = {"batch_max_rows", "batch_max_queued_rows", "max_resident_experts"}
 
 
@@ -87,13 +87,18 @@ class ProviderLimits:
     max_upload_streams_per_client: int = 2   # UploadExpert streams of one client open at once
     max_upload_streams: int = 4       # UploadExpert streams open at once in all (the others: TOO_MANY_UPLOADS, retry later)
     max_upload_stream_s: float = 900.0       # an upload stream is cut (what arrived is kept) after this long
-    # Ask calls admitted at once; the others wait ... The load test on 2 CPU cores (docs/DESIGN_NOTES.md): with 1, admitted
-    # p99 7.2x the unloaded p50 at 3.4 questions/s; with 8, 19x at 6.6 questions/s. 1 keeps admitted calls closest to
-    # their unloaded latency; raise it for throughput (and on a GPU): admitted calls of any clients and schemas then
-    # share passes (MixedBatcher).
+    # Ask calls admitted at once; the others wait ... The load test on 2 CPU cores (docs/DESIGN_NOTES.md): with 8, admitted
+    # p99 19x the unloaded p50; with 1, 7.2x before uploads yielded to Ask passes and 2.1x after. 1 keeps admitted calls
+    # closest to their unloaded latency; raise it for throughput (and on a GPU): admitted calls of any clients and
+    # schemas then share passes (MixedBatcher).
     max_concurrent_asks: int = 1
-    ask_admission_wait_s: float = 0.5  # ... at most this long, then RESOURCE_EXHAUSTED OVERLOADED (retry later)
+    # ... at most this long, then RESOURCE_EXHAUSTED OVERLOADED (the client library asks again after a pause). Short,
+    # because a waiting call holds a server thread: with 0.5 s, 64 askers kept most of the 16 busy and admitted calls
+    # queued 1.5 s for one (load test, 2 cores)
+    ask_admission_wait_s: float = 0.05
     max_asks_per_client: int = 2      # Ask calls of one client admitted or waiting at once
+    # an upload's verification waits while an Ask pass runs, at most this long (0: never waits); see admission.InteractiveFirst
+    background_wait_s: float = 0.5
     # Ask serving (provider_party/model/batching.py): concurrent Asks of any clients and schemas share passes
     batch_max_wait_ms: float = 5.0    # the oldest waiting Ask waits at most this long for others to join its pass (0: never waits)
     batch_max_rows: int = 32          # rows per pass; larger passes raise throughput on a GPU, latency on a CPU

@@ -26,6 +26,7 @@ from protocol.schema import PublicSchema
 from provider_party.model.batching import MixedBatcher
 from provider_party.model.connector_store import ConnectorStore
 from provider_party.model.llamdex_model import LlamdexModel, RowAnswer, TenantQuery, answer_mixed
+from provider_party.service.admission import InteractiveFirst
 from provider_party.service.auth import Authenticator, apply_configured_revocations, load_key_list
 from provider_party.service.config import ProviderConfig, RegisteredClient
 from provider_party.service.experts import ExpertStore, ForgetJournal, StoredExpert
@@ -109,6 +110,7 @@ class ProviderParty:
         self._expert_cache: "OrderedDict[tuple[str, str], tuple[Any, PublicSchema]]" = OrderedDict()
         self._cache_lock = threading.Lock()
         self.batcher = MixedBatcher(config.limits.batching())   # concurrent Asks of any clients and schemas share passes
+        self.interactive = InteractiveFirst(config.limits.background_wait_s)   # upload verification yields to Ask passes
         self.recovery = self._recover()
         self.budget_changes = self._apply_configured_budgets()
         self.auth.revocations = apply_configured_revocations(config, self.ledger)
@@ -344,7 +346,7 @@ class ProviderParty:
         `cancel` cuts the stream after `max_upload_stream_s` (what arrived is kept), so a stream never holds
         a server thread for ever.
         """
-        uploads, lim = self.uploads, self.config.limits
+        uploads = self.uploads
         try:
             uploads.validate_header(header)
             self.auth.check_signed(client, UPLOAD_METHOD, header.auth if header.HasField("auth") else None, upload_body(header))
@@ -357,6 +359,14 @@ class ProviderParty:
             if stop is not None:
                 stop()
             return UploadOutcome(opened, True, opened.total_bytes)
+        try:
+            return self._receive_and_finalize(client, header, opened, chunks, stop, stream_errors, cancel)
+        finally:
+            uploads.end_stream(client.client_id)
+
+    def _receive_and_finalize(self, client: RegisteredClient, header: Any, opened: Any, chunks: Iterable[Any], stop: Callable[[], None] | None,
+                              stream_errors: tuple[type[BaseException], ...], cancel: Callable[[], None] | None) -> UploadOutcome:
+        uploads, lim = self.uploads, self.config.limits
         session, cut = opened, False
         deadline = threading.Timer(lim.max_upload_stream_s, cancel) if cancel is not None else None
         if deadline is not None:
@@ -389,6 +399,7 @@ class ProviderParty:
 
     def finalize_upload(self, record: UploadRecord, client: RegisteredClient) -> FinalizedUpload:
         """Verifies a completely received upload, recomputes ε, charges the budget and signs the receipt."""
+        self.interactive.background_turn()
         fin = self.uploads.finalize(record, client, self.ledger, self.experts, self.ledger_lock)
         log.info("upload %s from %s accepted: %d bytes, artifact %s, receipt %s; finalize %.3f s wall, %.3f s CPU", record.upload_id,
                  client.client_id, record.total_bytes, fin.record.artifact_digest, fin.entry.receipt_id, fin.verify_seconds, fin.verify_cpu_seconds)
@@ -428,7 +439,8 @@ class ProviderParty:
         queries, stored = self.tenant_queries(client, questions, artifact_digest)
         rows = queries + ([TenantQuery(q.question, q.model, None) for q in queries] if include_base else [])
         t = time.perf_counter()
-        answers = self.batcher.answer(rows, deadline_s)
+        with self.interactive.foreground():
+            answers = self.batcher.answer(rows, deadline_s)
         seconds = time.perf_counter() - t
         n = len(queries)
         return AskResult(queries[0].model.schema, stored.artifact_digest, answers[:n], answers[n:] if include_base else None, seconds)

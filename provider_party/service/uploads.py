@@ -373,15 +373,22 @@ class UploadManager:
             return UploadSession(self, rec, path)
         except BaseException:
             self._release(h.upload_id)
+            self.end_stream(cid)
             raise
 
     def _release(self, upload_id: str) -> None:
         with self._lock:
-            cid = self._busy.pop(upload_id, None)
-            if cid is not None and self._streams.get(cid, 0) > 0:
-                self._streams[cid] -= 1
-                if not self._streams[cid]:
-                    del self._streams[cid]
+            self._busy.pop(upload_id, None)
+
+    def end_stream(self, client_id: str) -> None:
+        """Gives back the stream place `open` took. The caller does so after the upload's finalize, not when
+        its bytes are in: a stream holds a server thread until its answer, also while its verification waits
+        for Ask passes (`InteractiveFirst`), so only then may another stream start (`max_upload_streams`)."""
+        with self._lock:
+            if self._streams.get(client_id, 0) > 0:
+                self._streams[client_id] -= 1
+                if not self._streams[client_id]:
+                    del self._streams[client_id]
 
     def _release_finalize(self, upload_id: str) -> None:
         with self._lock:

@@ -140,9 +140,10 @@ def run_asker(spec: WorkerSpec, c: dict, questions: list[str], rec: list, rng: r
             while True:
                 t = time.perf_counter()
                 try:
-                    pc.ask_raw(qs, artifact_digest=c["digest"])
+                    resp = pc.ask_raw(qs, artifact_digest=c["digest"])
                     now = time.perf_counter()
-                    rec.append({"call": "Ask", "ok": True, "s": now - t, "e2e": now - first, "t": time.time(), "attempts": attempt + 1})
+                    rec.append({"call": "Ask", "ok": True, "s": now - t, "e2e": now - first, "t": time.time(), "attempts": attempt + 1,
+                                "server": resp.seconds})
                     break
                 except grpc.RpcError as e:
                     status, code = _code(e)
@@ -305,7 +306,9 @@ def unloaded_ask(root: Path, addr: str, c: ClientSpec, questions: list[str], k: 
 # --- measurement -----------------------------------------------------------------------------------------------
 
 class MemorySampler:
-    """The provider process's resident memory, sampled every `every_s` seconds on a thread."""
+    """The provider process's resident memory, sampled every `every_s` seconds on a thread, and the CPU
+    seconds spent by the provider and by the load generator's worker processes (`watch`), because on one
+    machine the clients' own work competes with the provider for the same cores."""
 
     def __init__(self, pid: int, every_s: float = 1.0):
         import psutil
@@ -313,15 +316,35 @@ class MemorySampler:
         self.proc = psutil.Process(pid)
         self.every_s = every_s
         self.samples: list[tuple[float, int]] = []
+        self.cpu_start = self._cpu(self.proc)
+        self.cpu_provider = 0.0
+        self.cpu_workers: dict[int, float] = {}
+        self._workers: list[Any] = []
         self._stop = threading.Event()
         self._th = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _cpu(proc: Any) -> float:
+        t = proc.cpu_times()
+        return float(t.user + t.system)
+
+    def watch(self, pid: int) -> None:
+        import psutil
+
+        self._workers.append(psutil.Process(pid))
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 self.samples.append((time.time(), self.proc.memory_info().rss))
+                self.cpu_provider = self._cpu(self.proc) - self.cpu_start
             except Exception:  # noqa: BLE001 - the process ended
                 return
+            for w in self._workers:
+                try:
+                    self.cpu_workers[w.pid] = self._cpu(w)
+                except Exception:  # noqa: BLE001 - the worker ended; its last reading stays
+                    pass
             self._stop.wait(self.every_s)
 
     def start(self) -> "MemorySampler":
@@ -352,6 +375,9 @@ def summarize_calls(records: list[dict], duration: float) -> dict[str, Any]:
         out[call] = {"ok": len(ok), "shed": len(shed), "shed_codes": {c: shed.count(c) for c in sorted(set(shed))}, "errors": len(errors),
                      "error_examples": sorted(set(errors))[:5], "p50_s": percentile(ok, 50), "p99_s": percentile(ok, 99),
                      "e2e_p50_s": percentile(e2e, 50), "e2e_p99_s": percentile(e2e, 99), "per_s": len(ok) / duration if duration else 0.0}
+        server = [r["server"] for r in rs if r.get("ok") and "server" in r]
+        if server:   # the provider's own time for the pass (its AskResponse.seconds): the rest is queueing in front of it
+            out[call].update({"server_p50_s": percentile(server, 50), "server_p99_s": percentile(server, 99)})
     return out
 
 
@@ -448,6 +474,7 @@ def run(uploaders: int, askers: int, duration: float, *, workers: int = 4, quest
             env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
             procs.append(subprocess.Popen([sys.executable, "-m", "simulations.benchmarks.load_test", "--worker", str(sp)], env=env,
                                           stdout=open(root / f"worker-{w}.log", "w"), stderr=subprocess.STDOUT))
+            mem.watch(procs[-1].pid)
             outs.append(out)
         from tqdm import tqdm
 
@@ -486,6 +513,8 @@ def run(uploaders: int, askers: int, duration: float, *, workers: int = 4, quest
             "memory": {"peak_rss_mb": peak, "rss_at_start_mb": before[-1] / 2 ** 20,
                        "last_minute_growth_mb": (window[-1] - window[0]) / 2 ** 20 if window else 0.0,
                        "last_minute_span_mb": (max(window) - min(window)) / 2 ** 20 if window else 0.0, "samples": len(samples)},
+            "cpu_seconds": {"provider": round(mem.cpu_provider, 1), "load_generator": round(sum(mem.cpu_workers.values()), 1),
+                            "available": round((t_end - t0) * (os.cpu_count() or 1), 1)},
             "checks": checks,
         }
         result["verdict"] = verdict(result)
@@ -507,7 +536,7 @@ def _limits(limits: dict[str, Any] | None) -> dict[str, Any]:
     from provider_party.service.config import ProviderLimits
 
     return {k: v for k, v in asdict(ProviderLimits(**(limits or {}))).items()
-            if k in ("max_concurrent_asks", "ask_admission_wait_s", "max_asks_per_client", "max_workers", "max_upload_streams_per_client", "max_upload_streams",
+            if k in ("max_concurrent_asks", "ask_admission_wait_s", "background_wait_s", "max_asks_per_client", "max_workers", "max_upload_streams_per_client", "max_upload_streams",
                      "max_open_uploads", "max_requests_per_second")}
 
 
@@ -540,6 +569,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=4, help="client processes (default 4)")
     ap.add_argument("--questions", type=int, default=4, help="questions per Ask call (default 4)")
     ap.add_argument("--max-concurrent-asks", type=int, default=None, help="the provider's admission limit (default: its own)")
+    ap.add_argument("--limit", action="append", default=[], metavar="KEY=VALUE",
+                    help="a provider [limits] setting for this run, e.g. --limit ask_admission_wait_s=0.05 (repeatable)")
     ap.add_argument("--quick", action="store_true", help="4 uploaders, 8 askers, 40 s")
     ap.add_argument("--run-dir", type=Path)
     ap.add_argument("--connectors", type=Path, help="a connector store to reuse (default: trained in the run folder)")
@@ -547,14 +578,20 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.quick:
         a.uploaders, a.askers, a.duration = 4, 8, 40.0
-    limits = {"max_concurrent_asks": a.max_concurrent_asks} if a.max_concurrent_asks else None
+    limits = {"max_concurrent_asks": a.max_concurrent_asks} if a.max_concurrent_asks else {}
+    for kv in a.limit:
+        key, sep, value = kv.partition("=")
+        if not sep:
+            ap.error(f"--limit {kv!r}: write KEY=VALUE, e.g. ask_admission_wait_s=0.05")
+        limits[key.strip()] = json.loads(value)
+    limits = limits or None
     res = run(a.uploaders, a.askers, a.duration, workers=a.workers, questions_per_ask=a.questions, limits=limits, run_dir=a.run_dir,
               connectors=a.connectors)
     res["command"] = "python -m simulations.benchmarks.load_test " + " ".join(argv)
     from simulations.benchmarks.reliability_report import merge_and_render
 
     merge_and_render("load", res, a.results_dir)
-    print(json.dumps({k: res[k] for k in ("calls", "unloaded", "ask_p99_over_unloaded_p50", "memory", "checks", "verdict")}, indent=1, default=str))
+    print(json.dumps({k: res[k] for k in ("calls", "unloaded", "ask_p99_over_unloaded_p50", "memory", "cpu_seconds", "checks", "verdict")}, indent=1, default=str))
     return 0 if not res["checks"]["problems"] and res["calls"]["Ask"]["errors"] + res["calls"]["UploadExpert"]["errors"] == 0 else 1
 
 

@@ -149,9 +149,12 @@ def _upload(party: Any, client: Any, dataset_id: str, tar: bytes, upload_id: str
                              artifact_sha256=hashlib.sha256(tar).hexdigest(), resume_offset=0)
     party.uploads.validate_header(header)
     session = party.uploads.open(client, header)
-    session.write(0, tar, hashlib.sha256(tar).hexdigest(), max(len(tar), 1))
-    session.close()
-    party.finalize_upload(session.record, client)
+    try:
+        session.write(0, tar, hashlib.sha256(tar).hexdigest(), max(len(tar), 1))
+        session.close()
+        party.finalize_upload(session.record, client)
+    finally:
+        party.uploads.end_stream(client.client_id)
 
 
 def build_setup(root: Path, tables: list[Any], n_clients: int, *, base_model: str, device: str, connectors: Path | None, preset: str,
