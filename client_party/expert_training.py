@@ -453,17 +453,17 @@ def _train_private(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: T
     per_epoch = max(1, round(1 / sample_rate))
     history, total, seen = [], 0.0, 0
     bar = _bar(total_steps, progress, f"expert (DP, eps<={config.target_epsilon:g})", "step")
-    if count_steps:
-        counted = _calibrate(gs_model._module, engine, loader, noise, clip, noise_gen, count_steps, config, bar)
-        with torch.no_grad():
-            gs_model._module.head.bias += torch.as_tensor(counted["log_prior"], dtype=gs_model._module.head.bias.dtype)
-    else:
-        counted = None
     batches = _endless(dp_loader)
     gs_model.train()
     with warnings.catch_warnings():
         # Opacus' hooks on a model whose inputs need no gradient make torch warn on every step.
         warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+        if count_steps:
+            counted = _calibrate(gs_model._module, engine, loader, noise, clip, noise_gen, count_steps, config, bar)
+            with torch.no_grad():
+                gs_model._module.head.bias += torch.as_tensor(counted["log_prior"], dtype=gs_model._module.head.bias.dtype)
+        else:
+            counted = None
         for step in range(fit_steps):
             xb, yb = next(batches)   # Poisson batch; an empty one is still a step the accountant counts
             dp_opt.zero_grad(set_to_none=True)
