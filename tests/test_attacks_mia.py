@@ -21,6 +21,17 @@ def test_split_is_disjoint_and_members_come_from_training():
         make_split(300, target_size=200, eval_members=100, eval_nonmembers=200)
 
 
+def test_a_label_balanced_split_holds_the_classes_equally_and_stays_disjoint():
+    y = np.array([0] * 940 + [1] * 60)
+    s = make_split(1000, target_size=50, eval_members=50, eval_nonmembers=50, seed=1, balance_labels=y)
+    assert np.bincount(y[s.train]).tolist() == [25, 25] and np.bincount(y[s.out]).tolist() == [25, 25]
+    sets = [set(s.train), set(s.out), set(s.aux)]
+    assert sum(map(len, sets)) == 1000 and not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+    few = make_split(1000, target_size=50, eval_members=50, eval_nonmembers=50, seed=1, balance_labels=np.array([0] * 970 + [1] * 30))
+    assert np.bincount(np.array([0] * 970 + [1] * 30)[few.train]).tolist() == [25, 25]   # the rest of the minority is held out
+    assert (y[make_split(1000, 50, 50, 50, seed=1).train] == 0).sum() > 40                   # without it, drawn as the table is
+
+
 def test_every_record_is_in_exactly_half_of_the_shadows():
     inc = balanced_inclusion(16, 300, np.random.default_rng(0))
     assert (inc.sum(0) == 8).all()

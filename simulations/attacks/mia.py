@@ -389,11 +389,12 @@ class MIASplit:
 
 
 def make_split(n_rows: int, target_size: int, eval_members: int, eval_nonmembers: int, seed: int = 0,
-               aux_size: int | None = None) -> MIASplit:
+               aux_size: int | None = None, balance_labels: np.ndarray | None = None) -> MIASplit:
     """Shuffles the rows and cuts: `target_size` training records, `eval_nonmembers` held-out records,
     and the rest (or `aux_size` of it) as the attacker's population; members are drawn from training.
     The population must fill a shadow's training set up to `target_size` beside its half of the
-    challenge records."""
+    challenge records. With `balance_labels` (the rows' labels) the shuffle takes the classes in turn,
+    so the training and held-out records hold the classes equally as far as each class allows."""
     if eval_members > target_size:
         raise ValueError(f"eval_members ({eval_members}) cannot exceed target_size ({target_size})")
     fill = max(0, target_size - (eval_members + eval_nonmembers) // 2)
@@ -404,6 +405,12 @@ def make_split(n_rows: int, target_size: int, eval_members: int, eval_nonmembers
                          "lower --target-size or --n-nonmembers")
     rng = np.random.default_rng(seed)
     perm = rng.permutation(n_rows)
+    if balance_labels is not None:
+        labels = np.asarray(balance_labels)[perm]
+        groups = [perm[labels == c] for c in np.unique(labels)]
+        rank = np.concatenate([np.arange(len(g)) for g in groups])   # a row's place within its class, classes in turn
+        ids = np.concatenate(groups)
+        perm = ids[np.lexsort((np.concatenate([np.full(len(g), k) for k, g in enumerate(groups)]), rank))]
     train, out = perm[:target_size], perm[target_size:target_size + eval_nonmembers]
     aux = perm[target_size + eval_nonmembers:]
     if aux_size is not None:

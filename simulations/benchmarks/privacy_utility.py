@@ -266,7 +266,10 @@ def overfit_anchor(table: str, args: argparse.Namespace, cache: Cache) -> dict[s
     """LiRA and RMIA against a deliberately overfit non-DP expert (`ANCHOR`: 50 records, 300 epochs at lr
     1e-2, no early stopping). Also measures how much there is to find: the share of challenge records
     that are *typical*, i.e. whose label the shadows that never saw them already give p >= 0.95 (a
-    memorized typical record looks like an unseen one)."""
+    memorized typical record looks like an unseen one). Its records are drawn label-balanced: drawn
+    at random from an imbalanced table nearly all of them are typical (ISLR Default, 3 % defaults:
+    92 %, best AUC 0.547 [0.431, 0.662]), and the anchor, which must show that the attacks find
+    memorization where there is some, would have almost nothing to find."""
     from client_party.datasets import encode_table, load_table
     from client_party.expert_training import train_expert
     from simulations.attacks.mia import (
@@ -279,7 +282,7 @@ def overfit_anchor(table: str, args: argparse.Namespace, cache: Cache) -> dict[s
     df, schema = load_table(table)
     x, y = encode_table(df, schema)
     n = ANCHOR["target_size"]
-    split = make_split(len(df), n, n, n, args.seed)
+    split = make_split(len(df), n, n, n, args.seed, balance_labels=y)
     cfg = train_config(None, epochs=ANCHOR["epochs"], batch_size=ANCHOR["batch_size"], lr=ANCHOR["lr"], seed=args.seed, early_stopping=False)
     with torch_threads(1):
         target = train_expert(x[split.train], y[split.train], schema, cfg).model
