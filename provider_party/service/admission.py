@@ -104,8 +104,6 @@ class InteractiveFirst:
         self.max_wait_s = float(max_wait_s)
         self._cond = threading.Condition()
         self._running = 0
-        self.deferred = 0             # background steps that found a pass running
-        self.deferred_s_total = 0.0
 
     @contextlib.contextmanager
     def foreground(self) -> Iterator[None]:
@@ -126,10 +124,7 @@ class InteractiveFirst:
                 return 0.0
             t0 = time.monotonic()
             self._cond.wait_for(lambda: self._running == 0, timeout=self.max_wait_s)
-            waited = time.monotonic() - t0
-            self.deferred += 1
-            self.deferred_s_total += waited
-            return waited
+            return time.monotonic() - t0
 
 
 __all__ = ["AskGate", "GateStats", "InteractiveFirst"]

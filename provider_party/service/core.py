@@ -436,12 +436,12 @@ class ProviderParty:
             deadline_s: float | None = None) -> AskResult:
         """Answers the client's questions (and, if asked, the same questions to the base LLM alone) in a forward pass
         that concurrent Asks of other clients and schemas may share (`MixedBatcher`); `seconds` includes the wait."""
-        queries, stored = self.tenant_queries(client, questions, artifact_digest)
-        rows = queries + ([TenantQuery(q.question, q.model, None) for q in queries] if include_base else [])
-        t = time.perf_counter()
-        with self.interactive.foreground():
+        with self.interactive.foreground():   # uploads' verification waits meanwhile (InteractiveFirst)
+            queries, stored = self.tenant_queries(client, questions, artifact_digest)
+            rows = queries + ([TenantQuery(q.question, q.model, None) for q in queries] if include_base else [])
+            t = time.perf_counter()
             answers = self.batcher.answer(rows, deadline_s)
-        seconds = time.perf_counter() - t
+            seconds = time.perf_counter() - t
         n = len(queries)
         return AskResult(queries[0].model.schema, stored.artifact_digest, answers[:n], answers[n:] if include_base else None, seconds)
 

@@ -139,7 +139,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
     def Ask(self, request, context):
         client = self.auth.identify(context)
         self.party.check_questions(list(request.questions))   # a malformed call is refused before it takes a place
-        with self.ask_gate.admit(client.client_id), self.party.interactive.foreground():   # uploads' verification waits meanwhile
+        with self.ask_gate.admit(client.client_id):
             return _ask_response(self.party.ask(client, list(request.questions), request.artifact_digest, bool(request.include_base)))
 
     @guard
