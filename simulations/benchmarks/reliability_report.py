@@ -51,8 +51,17 @@ def render(data: dict[str, Any]) -> str:
         lines += ["", f"Unloaded Ask p50 {_ms(u['ask_p50_s'])} (target for loaded p99: ≤ 3× = {_ms(3 * u['ask_p50_s'])}); "
                   f"loaded Ask p99 of admitted calls {_ms(load['calls']['Ask']['p99_s'])} "
                   f"({load['ask_p99_over_unloaded_p50']:.2f}×); end to end with the clients' retries p99 "
-                  f"{_ms(load['ask_end_to_end']['p99_s'])}. {load.get('verdict', '')}", "",
-                  f"Provider memory: peak RSS {load['memory']['peak_rss_mb']:.0f} MB, growth over the last minute "
+                  f"{_ms(load['ask_end_to_end']['p99_s'])}. {load.get('verdict', '')}", ""]
+        ask = load["calls"]["Ask"]
+        if "server_p50_s" in ask:
+            lines += [f"The provider's own time for an admitted Ask (`AskResponse.seconds`, the pass and its batching wait): p50 "
+                      f"{_ms(ask['server_p50_s'])}, p99 {_ms(ask['server_p99_s'])}; the rest of the client's time is transport and "
+                      "queueing in front of the handler.", ""]
+        cpu = load.get("cpu_seconds")
+        if cpu:
+            lines += [f"CPU seconds during the load: provider {cpu['provider']:.0f}, load generator {cpu['load_generator']:.0f}, "
+                      f"of {cpu['available']:.0f} available (all cores).", ""]
+        lines += [f"Provider memory: peak RSS {load['memory']['peak_rss_mb']:.0f} MB, growth over the last minute "
                   f"{load['memory']['last_minute_growth_mb']:+.1f} MB. After the run: {load['checks']['accepted_uploads']} accepted uploads, "
                   f"{load['checks']['receipts_per_upload']}, receipts verify: {load['checks']['receipts_verify']}, ledger chain verifies: "
                   f"{load['checks']['ledger_verifies']}; lost: {load['checks']['lost']}.", ""]
