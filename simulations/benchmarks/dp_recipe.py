@@ -262,8 +262,9 @@ def markdown(data: dict[str, Any]) -> str:
              f"{meta['seeds']} training seeds, with the seed-to-seed spread (max − min). The DP recipe "
              f"(`TrainConfig.private`, candidate `{meta.get('recipe', '?')}`) was chosen on synthetic tasks drawn from the schemas alone "
              "(`python -m simulations.benchmarks.dp_recipe study`, docs/results/dp_recipe.json); no private record was used to choose it. "
-             "The expert's decision rule is balanced (the label prior and a logit shift are fitted by the last 10 % of the DP-SGD steps "
-             "of the same mechanism, so ε is unchanged). The anchor is a DP logistic regression trained by the same recipe. "
+             "The expert's head starts at the label prior counted by the first 5 % of the DP-SGD steps, and its decision rule is balanced "
+             "(the prior and a logit shift are fitted again by the last 10 %; all steps of the same mechanism, so ε is unchanged). "
+             "The anchor is a DP logistic regression trained by the same recipe. "
              "\"learns\": mean − 0.5 > spread; \"gap\": non-DP mean − DP mean.", "",
              "| table | model | ε | balanced accuracy (per seed) | mean ± spread | accuracy | AUC | learns | gap to non-DP |",
              "|---|---|---|---|---|---|---|---|---|"]
