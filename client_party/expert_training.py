@@ -10,7 +10,7 @@ counted exactly.
 
 **With DP** (`config.target_epsilon` set) training is DP-SGD with Poisson sampling through Opacus
 (ghost clipping: the same flat per-sample clipping and Gaussian noise as the hooks mode, without
-materialising per-sample gradients). The run has two phases that are both steps of *one* DP-SGD
+materialising per-sample gradients). The run has three phases that are all steps of *one* DP-SGD
 mechanism (same noise multiplier, sampling rate and clipping norm, counted by the same accountant,
 so the statement (σ, q, steps, C) and its ε are unchanged):
 
@@ -404,6 +404,12 @@ def prior_steps(total_steps: int, fraction: float, calib_steps: int) -> int:
     return k if total_steps - calib_steps - k >= 1 else 0
 
 
+def _log_prior(counts: torch.Tensor) -> torch.Tensor:
+    """Log label prior from noisy class counts (each at least 1, so no class gets probability 0)."""
+    prior = counts.clamp(min=1.0)
+    return torch.log(prior / prior.sum())
+
+
 def _endless(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     while True:
         yield from loader
@@ -485,9 +491,8 @@ def _train_private(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: T
         calibration = _calibrate(expert, engine, loader, noise, clip, noise_gen, calib_steps, config, bar)
         if counted is not None:   # both phases released noisy counts of the same labels: the prior uses their sum
             counts = torch.as_tensor(calibration["class_counts"], dtype=torch.float64) + torch.as_tensor(counted["class_counts"], dtype=torch.float64)
-            prior = counts.clamp(min=1.0)
             calibration["class_counts"] = counts.tolist()
-            calibration["log_prior"] = torch.log(prior / prior.sum()).tolist()
+            calibration["log_prior"] = _log_prior(counts).tolist()
     if bar is not None:
         bar.close()
     steps = count_steps + fit_steps + calib_steps
@@ -558,9 +563,8 @@ def _calibrate(expert: nn.Module, engine, loader, noise: float, clip: float, noi
         sched.step()
         if bar is not None:
             bar.update(1)
-    prior = counts.clamp(min=1.0)
     b = calib.shift.weight.detach()[:, 0]
-    return {"log_prior": torch.log(prior / prior.sum()).tolist(), "shift": (b - b.mean()).tolist(), "class_counts": counts.tolist()}
+    return {"log_prior": _log_prior(counts).tolist(), "shift": (b - b.mean()).tolist(), "class_counts": counts.tolist()}
 
 
 def predict_proba(model: nn.Module, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:

@@ -408,9 +408,8 @@ def make_split(n_rows: int, target_size: int, eval_members: int, eval_nonmembers
     if balance_labels is not None:
         labels = np.asarray(balance_labels)[perm]
         groups = [perm[labels == c] for c in np.unique(labels)]
-        rank = np.concatenate([np.arange(len(g)) for g in groups])   # a row's place within its class, classes in turn
-        ids = np.concatenate(groups)
-        perm = ids[np.lexsort((np.concatenate([np.full(len(g), k) for k, g in enumerate(groups)]), rank))]
+        rank = np.concatenate([np.arange(len(g)) for g in groups])   # a row's place within its class
+        perm = np.concatenate(groups)[np.argsort(rank, kind="stable")]   # stable: the classes in turn at each rank
     train, out = perm[:target_size], perm[target_size:target_size + eval_nonmembers]
     aux = perm[target_size + eval_nonmembers:]
     if aux_size is not None:
