@@ -52,23 +52,20 @@ def test_questions(model: LlamdexModel, test: pd.DataFrame, seed: int) -> list[s
 @torch.inference_mode()
 def _llamdex(model: LlamdexModel, questions: list[str], experts: dict[str, torch.nn.Module], batch_size: int, progress: bool, desc: str,
              base_pred: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Llamdex's answer with each expert, and the encoder's features, for `questions` (one lower pass per batch)."""
+    """Llamdex's answer with each expert, and the encoder's features, for `questions`: the questions run
+    through the LLM once per batch, each expert only over the slots and the answer (`inject_cached`)."""
     order = np.argsort([len(q) for q in questions], kind="stable")
     ll_pred = {name: np.zeros(len(questions), dtype=np.int64) for name in experts}
     feats_all = np.zeros((len(questions), FeatureEncoder(model.schema).dim), dtype=np.float32)
-    j, k = model.config.encoder_layer, model.config.inject_layer
     for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
         idx = order[s:s + batch_size]
         qs = [questions[i] for i in idx]
         if base_pred is not None:
             base_pred[idx] = model.answer_base(qs).probs.argmax(-1).numpy()
-        batch = model.batch(qs)
-        hs = model.lm.lower(batch, [j, k])
-        feats = model.encoder.to_expert_input(model.encoder(hs[j], batch.question_mask, batch.numbers))
+        feats, ctx = model.question_pass(model.batch(qs))
         feats_all[idx] = feats.numpy()
         for name, e in experts.items():
-            probs = e(feats).softmax(-1)
-            ll_pred[name][idx] = model.inject(hs[k], batch, probs).argmax(-1).numpy()
+            ll_pred[name][idx] = model.inject_cached(ctx, e(feats).softmax(-1)).argmax(-1).numpy()
     return ll_pred, feats_all
 
 

@@ -42,6 +42,20 @@ def test_one_pass_equals_split_at_layer_k(tiny_model, titanic_schema):
     torch.testing.assert_close(a.expert_probs, probs)
 
 
+def test_cached_question_pass_equals_the_one_pass_answer_for_every_expert(tiny_model, titanic_schema):
+    """`question_pass` once, then `inject_cached` per expert: the path of attacks and multi-expert evaluation."""
+    qs = _questions(titanic_schema, n=5)
+    batch = tiny_model.batch(qs)
+    assert batch.attention_mask.sum(1).unique().numel() > 1   # left padding is exercised
+    with torch.no_grad():
+        feats, ctx = tiny_model.question_pass(batch)
+        for seed in (0, 1, 2):
+            expert = _expert(titanic_schema, seed)
+            a = tiny_model.answer(qs, expert)
+            torch.testing.assert_close(tiny_model.inject_cached(ctx, expert(feats).softmax(-1)).softmax(-1), a.probs, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(expert(feats).softmax(-1), a.expert_probs)
+
+
 def test_injection_changes_only_the_slots_and_what_follows(tiny_model, titanic_schema):
     """Two different experts: every position before the slots is bit-identical at every layer."""
     qs = _questions(titanic_schema, n=3)

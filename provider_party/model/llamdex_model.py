@@ -33,6 +33,7 @@ from provider_party.model.base_llm import BaseLLM
 from provider_party.model.connectors import ConnectorConfig, ExpertDecoder, ExpertEncoder
 from provider_party.model.frozen_lm import FrozenLM
 from provider_party.model.prompting import PromptBuilder, PromptRow, QueryBatch
+from provider_party.model.slot_pass import SlotContext, full_pass, slot_logits
 
 # The fixed cost of one extra sub-pass, in row-tokens (one token of one row through every layer).
 # CPU: on 2 cores a SmolLM2 pass costs ~36 ms plus ~2 ms per row-token (docs/results/inference.json:
@@ -115,6 +116,22 @@ class LlamdexModel(nn.Module):
         h = hidden_k.float().clone()
         h[:, batch.slot_slice] = self.decoder(expert_probs).to(h.dtype)
         return self.lm.upper(h, batch, self.config.inject_layer, self.verbalizer_ids)
+
+    def question_pass(self, batch: QueryBatch) -> tuple[torch.Tensor, SlotContext]:
+        """What answering a slotted batch costs whatever the expert, paid once: the expert's input
+        features and the question's keys and values above the inject layer (for `inject_cached`).
+
+        Attacks and evaluations that put many experts behind the same questions use it; the keys and
+        values are kept in float32 so the answers equal `answer`'s."""
+        j, k = self.config.encoder_layer, self.config.inject_layer
+        kept, ctx = full_pass(self.lm, batch, [j], [k], kv_dtype=torch.float32)
+        return self.encoder.to_expert_input(self.encoder(kept[j], batch.question_mask, batch.numbers)), ctx
+
+    def inject_cached(self, ctx: SlotContext, expert_probs: torch.Tensor) -> torch.Tensor:
+        """`inject` over the slots and the positions after them only, attending to the cached question:
+        causal attention leaves the question's own states unchanged by the slots, so an expert costs
+        a pass over ~10 positions instead of the whole question. Equals `answer` (tested)."""
+        return slot_logits(self.lm, ctx, self.config.inject_layer, self.decoder(expert_probs), self.verbalizer_ids)
 
 
 def _stack(rows: list[RowAnswer]) -> Answer:

@@ -30,13 +30,13 @@ def _hidden(output):
 class _Recorder:
     """Stands in for a KV cache in one full pass: keeps each layer's keys and values, changes nothing."""
 
-    def __init__(self, layers: range, keep: int):
-        self.layers, self.keep = layers, keep
+    def __init__(self, layers: range, keep: int, dtype: torch.dtype):
+        self.layers, self.keep, self.dtype = layers, keep, dtype
         self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         if layer_idx in self.layers:
-            self.kv[layer_idx] = (k[:, :, : self.keep].to(torch.float16), v[:, :, : self.keep].to(torch.float16))
+            self.kv[layer_idx] = (k[:, :, : self.keep].to(self.dtype), v[:, :, : self.keep].to(self.dtype))
         return k, v
 
 
@@ -57,7 +57,7 @@ class SlotContext:
     positions, the question's keys/values from the lowest candidate layer up, and the masks."""
 
     entering: dict[int, torch.Tensor]            # layer k -> (B, S, H) states entering k at the slots and after
-    kv: dict[int, tuple[torch.Tensor, torch.Tensor]]  # layer -> (B, kv heads, P, head dim) keys, values (float16)
+    kv: dict[int, tuple[torch.Tensor, torch.Tensor]]  # layer -> (B, kv heads, P, head dim) keys, values (`kv_dtype`)
     attention_mask: torch.Tensor                 # (B, P + S) 1 for real tokens
     position_ids: torch.Tensor                   # (B, P + S)
     num_slots: int
@@ -68,12 +68,16 @@ class SlotContext:
 
 
 @torch.no_grad()
-def full_pass(lm: FrozenLM, batch: QueryBatch, keep_layers: list[int], candidates: list[int]) -> tuple[dict[int, torch.Tensor], SlotContext]:
+def full_pass(lm: FrozenLM, batch: QueryBatch, keep_layers: list[int], candidates: list[int],
+              kv_dtype: torch.dtype = torch.float16) -> tuple[dict[int, torch.Tensor], SlotContext]:
     """One pass over every layer of a slotted batch: the full states entering each of `keep_layers`,
-    and the `SlotContext` for the slot passes of every candidate inject layer."""
+    and the `SlotContext` for the slot passes of every candidate inject layer.
+
+    `kv_dtype`: float16 halves the memory of the recorded keys and values (decoder training holds
+    thousands of questions); float32 keeps the slot pass equal to `FrozenLM.upper` to float rounding."""
     start = batch.slot_slice.start
     lowest = min(candidates)
-    rec = _Recorder(range(lowest, lm.num_layers), start)
+    rec = _Recorder(range(lowest, lm.num_layers), start, kv_dtype)
     h, inputs = lm.embed(batch.input_ids), lm.inputs(batch.attention_mask, batch.position_ids)
     kept: dict[int, torch.Tensor] = {}
     entering: dict[int, torch.Tensor] = {}

@@ -224,9 +224,11 @@ class ExpertChannel:
 class LLMChannel:
     """Query-only seat: the customized LLM's answer log-probabilities on the candidate records' questions.
 
-    The frozen LLM's layers below the injection layer, the question encoder and the question texts do
-    not depend on the expert, so they run once here; each expert then costs only the layers above the
-    injection layer (`LlamdexModel.inject`, tested equal to the one-pass `answer`)."""
+    Everything before the expert's slots does not depend on the expert (causal attention), so the
+    questions run through the LLM once here (`LlamdexModel.question_pass`: the encoder's features and
+    the question's keys and values above the injection layer); each expert then costs only the upper
+    layers over the slots and the answer position (`inject_cached`, tested equal to the one-pass
+    `answer`). With 17 models per table this is what makes a 1,000-record query seat affordable."""
 
     seat = "query"
 
@@ -238,15 +240,12 @@ class LLMChannel:
         # a verbalizer seed apart from connector training (seed 0..) and evaluation (10_000 + seed)
         questions = Verbalizer(schema, seed=20_000 + seed).questions(records[schema.feature_names].to_dict("records"))
         order = np.argsort([len(q) for q in questions], kind="stable")
-        j, k = llamdex.config.encoder_layer, llamdex.config.inject_layer
-        self._cache: list[tuple[np.ndarray, Any, torch.Tensor, torch.Tensor]] = []
+        self._cache: list[tuple[np.ndarray, Any, torch.Tensor]] = []
         chunks = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
         with torch.inference_mode():
             for i, idx in enumerate(chunks):
-                batch = llamdex.batch([questions[t] for t in idx])
-                hs = llamdex.lm.lower(batch, [j, k])
-                feats = llamdex.encoder.to_expert_input(llamdex.encoder(hs[j], batch.question_mask, batch.numbers))
-                self._cache.append((idx, batch, hs[k], feats))
+                feats, ctx = llamdex.question_pass(llamdex.batch([questions[t] for t in idx]))
+                self._cache.append((idx, ctx, feats))
                 if progress:
                     print(f"  query seat: encoded {min((i + 1) * batch_size, len(order))}/{len(order)} questions", flush=True)
         self._n = len(questions)
@@ -259,9 +258,8 @@ class LLMChannel:
         out = np.zeros((self._n, self.num_classes))
         model.eval()
         with torch.inference_mode():
-            for idx, batch, h_k, feats in self._cache:
-                probs = model(feats).float().softmax(-1)
-                logits = self.model.inject(h_k, batch, probs)
+            for idx, ctx, feats in self._cache:
+                logits = self.model.inject_cached(ctx, model(feats).float().softmax(-1))
                 out[idx] = torch.log_softmax(logits.double(), dim=-1).numpy()
         return out
 
