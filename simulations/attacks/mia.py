@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from simulations.attacks.metrics import (
     CONFIDENCE,
@@ -243,11 +244,9 @@ class LLMChannel:
         self._cache: list[tuple[np.ndarray, Any, torch.Tensor]] = []
         chunks = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
         with torch.inference_mode():
-            for i, idx in enumerate(chunks):
+            for idx in tqdm(chunks, desc=f"query seat: {len(questions)} questions through the LLM", unit="batch", disable=not progress, leave=False):
                 feats, ctx = llamdex.question_pass(llamdex.batch([questions[t] for t in idx]))
                 self._cache.append((idx, ctx, feats))
-                if progress:
-                    print(f"  query seat: encoded {min((i + 1) * batch_size, len(order))}/{len(order)} questions", flush=True)
         self._n = len(questions)
         self.num_classes = schema.label.num_classes
 
@@ -649,7 +648,7 @@ def _query_seat(report: MIAReport, llamdex: Any, df: pd.DataFrame, x: np.ndarray
     z = population_rows(split, config.query_population, config.seed)
     _say(progress, f"{report.dataset}: query seat on {int(member.sum())} members + {int((~member).sum())} non-members through the LLM")
     if channel is None or z_channel is None:
-        channel, z_channel = build_query_channels(llamdex, df, split, config)
+        channel, z_channel = build_query_channels(llamdex, df, split, config, progress=bool(progress))
     if len(channel) != len(rows) or len(z_channel) != len(z):
         raise ValueError(f"the query channels hold {len(channel)} + {len(z_channel)} records, the selection {len(rows)} + {len(z)}; "
                          "build them with build_query_channels")

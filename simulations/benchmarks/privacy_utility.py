@@ -320,7 +320,7 @@ def query_seat(table: str, eps: float | None, data: dict[str, Any], args: argpar
         lm, connectors = llamdex_model(data["schema"], args, llm)
         qcfg = MIAConfig(query_members=args.query_records, query_nonmembers=args.query_records, query_population=args.query_population, seed=args.seed)
         t = time.perf_counter()
-        data["channels"] = build_query_channels(lm, df, split, qcfg)
+        data["channels"] = build_query_channels(lm, df, split, qcfg, progress=True)
         data["qcfg"], data["connectors"], data["channel_seconds"] = qcfg, connectors, time.perf_counter() - t
         _log(f"{table}: query seat ready ({len(data['channels'][0])} + {len(data['channels'][1])} questions through the frozen LLM layers once, "
              f"{time.perf_counter() - t:.0f} s)", t0)
