@@ -35,6 +35,9 @@ def test_the_default_grid_is_three_seeds_at_epsilon_one_and_the_curve_on_titanic
         [lat] = by[(ds, "latency")]
         assert lat.measures == METHODS and lat.seed == 0
     assert len({u.key for u in units}) == len(units)
+    only = plan(a.data.split(","), a.methods, a.epsilons, a.seeds, a.all_seeds_at, a.curve, a.curve_data, a.real_seeds, a.latency_epsilon,
+                latency_only=True)
+    assert only == [u for u in units if u.method == "latency"] and len(only) == 4   # the same keys: a full run skips them later
 
 
 def test_refreshing_llamdex_alone_still_times_it_against_the_expert_api():

@@ -82,8 +82,11 @@ class Unit:
 
 
 def plan(datasets: list[str], methods: list[str], epsilons: list[float], seeds: list[int], all_seeds_at: list[float],
-         curve: list[float], curve_datasets: list[str], real_seeds: list[int], latency_epsilon: float | None) -> list[Unit]:
-    """The units of the grid, ordered so that units sharing work run back to back (one table at a time)."""
+         curve: list[float], curve_datasets: list[str], real_seeds: list[int], latency_epsilon: float | None,
+         latency_only: bool = False) -> list[Unit]:
+    """The units of the grid, ordered so that units sharing work run back to back (one table at a time).
+
+    latency_only: just the latency units (their keys are the full grid's, so a later full run skips them)."""
     units: list[Unit] = []
     for ds in datasets:
         grid = sorted(set(epsilons + (curve if ds in curve_datasets else [])))
@@ -104,7 +107,7 @@ def plan(datasets: list[str], methods: list[str], epsilons: list[float], seeds: 
             if "llamdex" in timed and "expert_api" not in timed:
                 timed.append("expert_api")   # Llamdex's latency target is set against the expert API's
             units.append(Unit(ds, "latency", (latency_epsilon,), seeds[0], tuple(timed)))
-    return units
+    return [u for u in units if u.method == "latency"] if latency_only else units
 
 
 def settings_digest(settings: MethodSettings, connector_preset: str) -> str:
@@ -233,6 +236,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--real-seeds", type=lambda t: _csv(int, t), default=[0], help="seeds of lora_real (default 0)")
     ap.add_argument("--latency-epsilon", type=float, default=1.0, help="ε of the expert and synthetic rows in the latency runs (default 1)")
     ap.add_argument("--no-latency", action="store_true", help="skip the latency runs")
+    ap.add_argument("--latency-only", action="store_true", help="only the latency runs (measures every method in --methods)")
     ap.add_argument("--latency-reps", type=int, default=15, help="questions per method in the latency runs (default 15)")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="default", help="sizes of every method (quick: a small subset for tests)")
     ap.add_argument("--max-test", type=int, default=None, help="held-out questions per table (default: the preset's, 300)")
@@ -265,8 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     for t in datasets:
         TableRef.parse(t)  # a precise error for an unknown table, before anything runs
     store = CompareStore(args.results_dir)
+    if args.latency_only and args.no_latency:
+        raise SystemExit("llamdex bench compare: --latency-only and --no-latency exclude each other")
     units = plan(datasets, args.methods, args.epsilons, args.seeds, args.all_seeds_at, args.curve,
-                 [d for d in args.curve_data if d in datasets], args.real_seeds, None if args.no_latency else args.latency_epsilon)
+                 [d for d in args.curve_data if d in datasets], args.real_seeds, None if args.no_latency else args.latency_epsilon,
+                 latency_only=args.latency_only)
     meta = {"command": command, "preset": args.preset, "settings": asdict(settings), "settings_digest": digest,
             "connector_preset": connector_preset, "environment": environment(), "table_epsilons": args.epsilons,
             "curve_epsilons": args.curve, "curve_datasets": args.curve_data, "seeds": args.seeds, "all_seeds_at": args.all_seeds_at,
