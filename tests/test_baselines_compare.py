@@ -45,6 +45,30 @@ def test_refreshing_llamdex_alone_still_times_it_against_the_expert_api():
     assert lat.method == "latency" and lat.measures == ("llamdex", "expert_api")
 
 
+def test_a_new_lora_recipe_reruns_only_the_units_that_use_it(tmp_path):
+    from dataclasses import asdict, replace
+
+    from simulations.baselines.methods import MethodSettings
+    from simulations.benchmarks.compare import CompareStore, settings_digest, unit_digest
+
+    old = MethodSettings()
+    new = replace(old, lora=replace(old.lora, questions=old.lora.questions * 3))
+    same = {m for m in (*METHODS, "latency") if unit_digest(asdict(old), "default", m) == unit_digest(asdict(new), "default", m)}
+    assert same == {"llamdex", "expert_api"}
+    assert unit_digest(asdict(old), "default", "llamdex") != unit_digest(asdict(old), "quick", "llamdex")   # connectors matter to Llamdex
+    assert unit_digest(asdict(old), "default", "expert_api") == unit_digest(asdict(old), "quick", "expert_api")
+    # a file written under the whole preset's digest: its units take their method's digest of the file's settings
+    whole = settings_digest(old, "default")
+    units = {k: {"method": m, "settings_digest": whole, "rows": []} for k, m in (("a", "llamdex"), ("b", "lora_real"))}
+    units["c"] = {"method": "lora_real", "settings_digest": "sha256:other", "rows": []}
+    (tmp_path / "compare.json").write_text(json.dumps({"settings": json.loads(json.dumps(asdict(old))), "settings_digest": whole,
+                                                       "connector_preset": "default", "units": units}))
+    got = CompareStore(tmp_path).data["units"]
+    assert got["a"]["settings_digest"] == unit_digest(asdict(new), "default", "llamdex")
+    assert got["b"]["settings_digest"] == unit_digest(asdict(old), "default", "lora_real") != unit_digest(asdict(new), "default", "lora_real")
+    assert got["c"]["settings_digest"] == "sha256:other"   # run under other settings: left to be rerun
+
+
 def test_merging_keeps_every_other_row_and_key(tmp_path):
     other = {"dataset": "titanic", "method": "llamdex", "epsilon": 1.0, "accuracy": 0.8, "balanced_accuracy": 0.7, "macro_f1": 0.7, "n_test": 262, "seed": 0}
     stale = {**other, "method": "lora_dp_mst", "accuracy": 0.1}

@@ -17,7 +17,9 @@ elsewhere (`--all-seeds-at`), plus the ε curve {0.5, 1, 2, 4, 8} on titanic (`-
 table (seed 0, ε = 1).
 
 It resumes: each finished (table, method, ε, seed) unit is written to docs/results/compare.json at
-once, and a rerun skips the units already there with the same settings (`--redo` reruns them).
+once, and a rerun skips the units already there with the same settings for that method (`USES`:
+a new LoRA recipe reruns the LoRA and in-context units, not Llamdex's or the expert API's;
+`--redo` reruns them all).
 After every unit the new rows are merged into docs/results/accuracy.json (rows of the five baseline
 methods, replaced by (dataset, method, epsilon, seed); nothing else in the file changes), the
 costs into the `compare` list of docs/results/inference.json, and the `compare` section of
@@ -111,7 +113,35 @@ def plan(datasets: list[str], methods: list[str], epsilons: list[float], seeds: 
 
 
 def settings_digest(settings: MethodSettings, connector_preset: str) -> str:
+    """The whole preset's digest (shown in the report)."""
     blob = json.dumps({"settings": asdict(settings), "connectors": connector_preset}, sort_keys=True, default=str)
+    return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# The settings each method's result depends on (dotted: one field of a group), so that changing, say,
+# the LoRA recipe reruns the LoRA and in-context units and keeps Llamdex's and the expert API's.
+# ICL's demonstrations are drawn from the MST table made for LoRA, hence `lora.questions`.
+# Latency times every method: it depends on everything.
+USES: dict[str, tuple[str, ...]] = {
+    "llamdex": ("max_test", "max_train", "eval_batch"),
+    "expert_api": ("max_test", "max_train", "api_batch"),
+    "icl_dp": ("max_test", "max_train", "eval_batch", "mst", "lora.questions", "icl_k"),
+    "lora_dp_mst": ("max_test", "max_train", "eval_batch", "mst", "lora"),
+    "lora_dp_gan": ("max_test", "max_train", "eval_batch", "gan", "lora"),
+    "lora_real": ("max_test", "max_train", "eval_batch", "lora"),
+}
+
+
+def unit_digest(settings: dict[str, Any], connector_preset: str, method: str) -> str:
+    """Digest of what one method's unit depends on (`settings` as `asdict(MethodSettings)`)."""
+    used: dict[str, Any] = dict(settings)
+    if method in USES:
+        used = {}
+        for path in USES[method]:
+            group, _, field_ = path.partition(".")
+            used[path] = settings[group][field_] if field_ else settings[group]
+    connectors = connector_preset if method in ("llamdex", "latency") else None
+    blob = json.dumps({"settings": used, "connectors": connectors}, sort_keys=True, default=str)
     return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -125,6 +155,12 @@ class CompareStore:
         for u in self.data["units"].values():  # units stored before commands were kept per unit ran under the file's command
             if self.data.get("command"):
                 u.setdefault("command", self.data["command"])
+        # Units stored under the whole preset's digest: those of the file's last settings get their method's digest.
+        settings, whole = self.data.get("settings"), self.data.get("settings_digest")
+        for u in self.data["units"].values():
+            if settings and whole and u.get("settings_digest") == whole and "per_method_digest" not in u:
+                u["settings_digest"] = unit_digest(settings, self.data.get("connector_preset", "default"), u["method"])
+                u["per_method_digest"] = True
 
     def done(self, unit: Unit, digest: str) -> bool:
         u = self.data["units"].get(unit.key)
@@ -132,7 +168,7 @@ class CompareStore:
 
     def put(self, unit: Unit, digest: str, result: MethodResult, wall_s: float, command: str) -> None:
         self.data["units"][unit.key] = {"dataset": unit.dataset, "method": unit.method, "epsilons": list(unit.epsilons), "seed": unit.seed,
-                                        "settings_digest": digest, "command": command, "wall_s": wall_s, "rows": result.rows, "costs": result.costs,
+                                        "settings_digest": digest, "per_method_digest": True, "command": command, "wall_s": wall_s, "rows": result.rows, "costs": result.costs,
                                         "info": _jsonable(result.info), "finished": datetime.now(UTC).isoformat(timespec="seconds")}
 
     def rows(self) -> list[dict]:
@@ -283,11 +319,12 @@ def main(argv: list[str] | None = None) -> int:
             store.data.setdefault(k, v)
     else:
         store.data.update(meta)
-    todo = [u for u in units if args.redo or not store.done(u, digest)]
+    digests = {m: unit_digest(asdict(settings), connector_preset, m) for m in (*METHODS, "latency")}
+    todo = [u for u in units if args.redo or not store.done(u, digests[u.method])]
     if not args.merge_only:
         print(f"compare: {len(units)} units in the grid, {len(units) - len(todo)} already done, {len(todo)} to run", flush=True)
         if todo:
-            _run(todo, settings, digest, connector_preset, args, store, command)
+            _run(todo, settings, digests, connector_preset, args, store, command)
     store.save(args.results_dir)
     merge_accuracy(args.results_dir, store.rows())
     merge_inference(args.results_dir, store.cost_rows(), command)
@@ -295,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run(todo: list[Unit], settings: MethodSettings, digest: str, connector_preset: str, args, store: CompareStore, command: str) -> None:
+def _run(todo: list[Unit], settings: MethodSettings, digests: dict[str, str], connector_preset: str, args, store: CompareStore,
+         command: str) -> None:
     from tqdm.auto import tqdm
 
     from provider_party.model.base_llm import load_base_llm
@@ -309,7 +347,7 @@ def _run(todo: list[Unit], settings: MethodSettings, digest: str, connector_pres
         t = time.perf_counter()
         result = run_unit(bench, unit, connector_preset, args.connectors, args.latency_reps)
         wall = time.perf_counter() - t
-        store.put(unit, digest, result, wall, command)
+        store.put(unit, digests[unit.method], result, wall, command)
         store.data["last_run_wall_s"] = time.perf_counter() - t0
         store.save(args.results_dir)  # a finished unit survives an interruption
         merge_accuracy(args.results_dir, store.rows())

@@ -1,0 +1,127 @@
+"""LoRA learning curve: how many fine-tuning steps the comparison's LoRA recipe needs before it learns.
+
+Run: `python -m simulations.benchmarks.lora_curve --data titanic` (minutes on 2 cores). The adapters of
+`LoRAConfig` (rank, layers, batch size, learning rate) are trained on real training questions of the
+table at a constant learning rate after warm-up, and scored at step checkpoints on validation
+questions drawn from the client's *training* split (never the held-out test records of the
+comparison), so the step budget it motivates is chosen without looking at test data. Writes
+docs/results/lora_curve.json and the `lora_curve` section of docs/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict, replace
+
+import numpy as np
+
+from simulations.benchmarks.results_md import RESULTS_DIR, environment, results_md_path, update_section, write_json
+from simulations.cli.common import add_data_args, set_threads
+
+
+def curve(table: str, lr: float, checkpoints: list[int], fit_questions: int, val_records: int, seed: int = 0,
+          progress: bool = True) -> dict:
+    import torch
+    from torch.nn import functional as F
+    from tqdm.auto import tqdm
+
+    from client_party.datasets import TableRef, split_table
+    from protocol.encoding import FeatureEncoder
+    from protocol.seeding import generator
+    from protocol.verbalizer import Verbalizer
+    from provider_party.model.base_llm import load_base_llm
+    from simulations.baselines.lora import LoRAClassifier, LoRAConfig, lora_copy, lower_states
+    from simulations.baselines.methods import SYNTH_QUESTION_SEED, split_like_pipeline
+    from simulations.evaluation import scores
+
+    base = load_base_llm()
+    df, schema = TableRef.parse(table).load()
+    train, _ = split_like_pipeline(df, schema, seed, None, None)       # the comparison's training split; its test records stay unseen
+    fit, val = split_table(train, schema, test_size=min(val_records, len(train) // 4) / len(train), seed=seed + 1)
+    fit = fit.sample(n=min(fit_questions, len(fit)), random_state=seed)
+    fe = FeatureEncoder(schema)
+    q_fit = Verbalizer(schema, seed=SYNTH_QUESTION_SEED + seed).questions(fit[schema.feature_names].to_dict("records"))
+    q_val = Verbalizer(schema, seed=10_000 + seed).questions(val[schema.feature_names].to_dict("records"))
+    y_fit, y_val = fe.label_index(fit[schema.label.name]), fe.label_index(val[schema.label.name])
+    cfg = replace(LoRAConfig(), lr=lr)
+    first = cfg.first_layer(base.num_layers)
+    tuned = lora_copy(base, cfg, seed)
+    clf = LoRAClassifier(tuned, schema, first)
+    low_fit, low_val = lower_states(base, schema, q_fit, first, progress=progress), lower_states(base, schema, q_val, first, progress=progress)
+    opt = torch.optim.AdamW([p for p in tuned.model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    gen, warmup = generator(seed), 4
+    points, losses, step, train_s = [], [], 0, 0.0
+    bar = tqdm(total=max(checkpoints), desc=f"LoRA curve {schema.name}", unit="step", disable=not progress)
+    while step < max(checkpoints):
+        perm = torch.randperm(len(q_fit), generator=gen).numpy()
+        for s in range(0, len(perm) - cfg.batch_size + 1, cfg.batch_size):
+            idx = perm[s:s + cfg.batch_size]
+            t = time.perf_counter()
+            tuned.model.train()
+            for g in opt.param_groups:
+                g["lr"] = lr * min(1.0, (step + 1) / warmup)
+            logits = clf.logits([q_fit[i] for i in idx], [low_fit[i] for i in idx])
+            loss = F.cross_entropy(logits.float(), torch.as_tensor(y_fit[idx]))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            train_s += time.perf_counter() - t
+            losses.append(float(loss.detach()))
+            step += 1
+            bar.update()
+            if step in checkpoints:
+                tuned.model.eval()
+                sc = scores(y_val, clf.probs(q_val, 16, lower=low_val).argmax(-1))
+                points.append({"step": step, "train_s": round(train_s, 1), "loss_last10": float(np.mean(losses[-10:])),
+                               "val_accuracy": sc["accuracy"], "val_balanced_accuracy": sc["balanced_accuracy"]})
+                bar.write(f"step {step}: validation balanced accuracy {sc['balanced_accuracy']:.3f} (accuracy {sc['accuracy']:.3f})")
+            if step >= max(checkpoints):
+                break
+    bar.close()
+    return {"dataset": table, "lr": lr, "lora": asdict(cfg), "fit_questions": len(q_fit), "val_records": len(q_val),
+            "val_label_share": np.bincount(y_val, minlength=schema.label.num_classes).tolist(), "points": points}
+
+
+def markdown(payload: dict) -> str:
+    lines = [f"Command: `{payload['command']}`. LoRA recipe of the comparison at a constant learning rate after 4 warm-up steps, "
+             "trained on real training questions and scored on validation questions from the client's training split "
+             "(not the comparison's test records). Balanced accuracy (accuracy):", ""]
+    for c in payload["curves"]:
+        steps = [p["step"] for p in c["points"]]
+        lines += [f"{c['dataset']}, lr {c['lr']:g}, {c['fit_questions']} training questions, {c['val_records']} validation records:", "",
+                  "| step | " + " | ".join(map(str, steps)) + " |", "|---|" + "---|" * len(steps),
+                  "| validation | " + " | ".join(f"{p['val_balanced_accuracy']:.3f} ({p['val_accuracy']:.3f})" for p in c["points"]) + " |",
+                  "| training seconds | " + " | ".join(f"{p['train_s']:.0f}" for p in c["points"]) + " |", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m simulations.benchmarks.lora_curve", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="example:\n  python -m simulations.benchmarks.lora_curve --data titanic,credit --threads 2")
+    add_data_args(ap, multiple=True, default="titanic")
+    ap.add_argument("--lr", type=float, default=1e-3, help="learning rate after warm-up (default: LoRAConfig's, 1e-3)")
+    ap.add_argument("--checkpoints", default="20,40,80,120,160,240", help="steps at which to score (default 20,40,80,120,160,240)")
+    ap.add_argument("--fit-questions", type=int, default=640, help="distinct training questions (default 640)")
+    ap.add_argument("--val-records", type=int, default=200, help="validation records from the training split (default 200)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--results-dir", type=lambda p: __import__("pathlib").Path(p), default=RESULTS_DIR)
+    args = ap.parse_args(argv)
+    set_threads(args.threads)
+    checkpoints = sorted({int(c) for c in args.checkpoints.split(",") if c.strip()})
+    if not checkpoints or checkpoints[0] < 1:
+        ap.error("--checkpoints: positive step counts, e.g. 20,40,80")
+    command = "python -m simulations.benchmarks.lora_curve " + " ".join(sys.argv[1:] if argv is None else argv)
+    curves = [curve(t.strip(), args.lr, checkpoints, args.fit_questions, args.val_records) for t in args.data.split(",") if t.strip()]
+    payload = {"command": command, "environment": environment(), "curves": curves}
+    write_json("lora_curve.json", payload, args.results_dir)
+    update_section("lora_curve", markdown(payload), results_md_path(args.results_dir))
+    print(markdown(payload))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
