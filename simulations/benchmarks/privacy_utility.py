@@ -438,8 +438,9 @@ def summary_notes(data: dict[str, Any], args: argparse.Namespace) -> list[str]:
     q = sorted({eps_key(e) for e in args.query_epsilons}, key=lambda s: math.inf if s == "none" else float(s))
     all_eps = [eps_key(e) for e in args.epsilons]
     if set(q) != set(all_eps):
-        notes.append(f"Cut to fit 3 hours on 2 cores: the query seat runs at ε ∈ {{{', '.join(q)}}} only (every LLM pass of 1,200 "
-                     "questions per expert costs minutes on CPU); its intervals are not cut.")
+        notes.append(f"Cut to fit 3 hours on 2 cores: the query seat runs at ε ∈ {{{', '.join(q)}}} only (a table's 1,200 questions "
+                     "run through the LLM once, then each ε puts 17 experts behind them over the slot positions and bootstraps "
+                     "every interval: 10–15 minutes per table and ε on one core); its intervals are not cut.")
     return notes
 
 
@@ -475,7 +476,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shadows", type=int, default=16, help="shadow experts (default: %(default)s)")
     p.add_argument("--population", type=int, default=500, help="population records z for RMIA, provider seat (default: %(default)s)")
     p.add_argument("--query-epsilons", type=epsilon_list, default=epsilon_list("1,none"),
-                   help="ε values attacked from the query seat (default: 1,none; every LLM pass costs minutes on CPU)")
+                   help="ε values attacked from the query seat (default: 1,none; each costs 10-15 minutes per table on CPU)")
     p.add_argument("--query-records", type=int, default=500, help="members and non-members each attacked through the LLM (default: %(default)s)")
     p.add_argument("--query-population", type=int, default=200, help="population records z for RMIA through the LLM (default: %(default)s)")
     p.add_argument("--query-shadows", type=int, default=16, help="shadows pushed through the LLM (default: %(default)s)")
