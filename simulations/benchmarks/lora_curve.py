@@ -50,7 +50,7 @@ def curve(table: str, lr: float, checkpoints: list[int], fit_questions: int, val
     clf = LoRAClassifier(tuned, schema, first)
     low_fit, low_val = lower_states(base, schema, q_fit, first, progress=progress), lower_states(base, schema, q_val, first, progress=progress)
     opt = torch.optim.AdamW([p for p in tuned.model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    gen, warmup = generator(seed), 4
+    gen, warmup = generator(seed), cfg.warmup
     points, losses, step, train_s = [], [], 0, 0.0
     bar = tqdm(total=max(checkpoints), desc=f"LoRA curve {schema.name}", unit="step", disable=not progress)
     while step < max(checkpoints):
@@ -83,13 +83,26 @@ def curve(table: str, lr: float, checkpoints: list[int], fit_questions: int, val
             "val_label_share": np.bincount(y_val, minlength=schema.label.num_classes).tolist(), "points": points}
 
 
+def merged(results_dir, curves: list[dict]) -> list[dict]:
+    """The file's curves with these added: a curve of the same (table, lr, sizes) is replaced, others kept."""
+    import json
+    from pathlib import Path
+
+    path = Path(results_dir) / "lora_curve.json"
+    old = json.loads(path.read_text()).get("curves", []) if path.exists() else []
+    key = lambda c: (c["dataset"], c["lr"], c["fit_questions"], c["val_records"])  # noqa: E731
+    mine = {key(c) for c in curves}
+    return sorted([c for c in old if key(c) not in mine] + curves, key=key)
+
+
 def markdown(payload: dict) -> str:
-    lines = [f"Command: `{payload['command']}`. LoRA recipe of the comparison at a constant learning rate after 4 warm-up steps, "
+    lines = ["Command: `python -m simulations.benchmarks.lora_curve --data TABLE --lr LR` (each curve's own below). LoRA recipe of the comparison (constant learning rate after its warm-up steps), "
              "trained on real training questions and scored on validation questions from the client's training split "
              "(not the comparison's test records). Balanced accuracy (accuracy):", ""]
     for c in payload["curves"]:
         steps = [p["step"] for p in c["points"]]
-        lines += [f"{c['dataset']}, lr {c['lr']:g}, {c['fit_questions']} training questions, {c['val_records']} validation records:", "",
+        lines += [f"{c['dataset']}, lr {c['lr']:g}, {c['fit_questions']} training questions, {c['val_records']} validation records "
+                  f"(`{c.get('command', payload['command'])}`):", "",
                   "| step | " + " | ".join(map(str, steps)) + " |", "|---|" + "---|" * len(steps),
                   "| validation | " + " | ".join(f"{p['val_balanced_accuracy']:.3f} ({p['val_accuracy']:.3f})" for p in c["points"]) + " |",
                   "| training seconds | " + " | ".join(f"{p['train_s']:.0f}" for p in c["points"]) + " |", ""]
@@ -103,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="example:\n  python -m simulations.benchmarks.lora_curve --data titanic,credit --threads 2")
     add_data_args(ap, multiple=True, default="titanic")
-    ap.add_argument("--lr", type=float, default=1e-3, help="learning rate after warm-up (default: LoRAConfig's, 1e-3)")
+    ap.add_argument("--lr", type=float, default=None, help="learning rate after warm-up (default: LoRAConfig's)")
     ap.add_argument("--checkpoints", default="20,40,80,120,160,240", help="steps at which to score (default 20,40,80,120,160,240)")
     ap.add_argument("--fit-questions", type=int, default=640, help="distinct training questions (default 640)")
     ap.add_argument("--val-records", type=int, default=200, help="validation records from the training split (default 200)")
@@ -115,8 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     if not checkpoints or checkpoints[0] < 1:
         ap.error("--checkpoints: positive step counts, e.g. 20,40,80")
     command = "python -m simulations.benchmarks.lora_curve " + " ".join(sys.argv[1:] if argv is None else argv)
-    curves = [curve(t.strip(), args.lr, checkpoints, args.fit_questions, args.val_records) for t in args.data.split(",") if t.strip()]
-    payload = {"command": command, "environment": environment(), "curves": curves}
+    from simulations.baselines.lora import LoRAConfig
+
+    lr = args.lr if args.lr is not None else LoRAConfig().lr
+    curves = [curve(t.strip(), lr, checkpoints, args.fit_questions, args.val_records) for t in args.data.split(",") if t.strip()]
+    for c in curves:
+        c["command"] = command
+    payload = {"command": command, "environment": environment(), "curves": merged(args.results_dir, curves)}
     write_json("lora_curve.json", payload, args.results_dir)
     update_section("lora_curve", markdown(payload), results_md_path(args.results_dir))
     print(markdown(payload))
