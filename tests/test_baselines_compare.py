@@ -67,6 +67,10 @@ def test_a_new_lora_recipe_reruns_only_the_units_that_use_it(tmp_path):
     assert got["a"]["settings_digest"] == unit_digest(asdict(new), "default", "llamdex")
     assert got["b"]["settings_digest"] == unit_digest(asdict(old), "default", "lora_real") != unit_digest(asdict(new), "default", "lora_real")
     assert got["c"]["settings_digest"] == "sha256:other"   # run under other settings: left to be rerun
+    # only units of today's settings are reported and merged; the others are named as waiting
+    store = CompareStore(tmp_path)
+    today = store.current({m: unit_digest(asdict(new), "default", m) for m in (*METHODS, "latency")})
+    assert set(today["units"]) == {"a"} and today["stale_units"] == ["b", "c"]
 
 
 def test_merging_keeps_every_other_row_and_key(tmp_path):

@@ -243,12 +243,18 @@ def notes(data: dict) -> list[str]:
     grid = (f"seeds {', '.join(map(str, seeds))} at ε = {', '.join(f'{e:g}' for e in data.get('all_seeds_at', []))}, the first seed elsewhere; "
             if seeds else "")
     curve = ", ".join(f"{e:g}" for e in data.get("curve_epsilons", []))
-    return ["### How the methods ran", "",
+    stale = data.get("stale_units", [])
+    pending = ([f"- Not shown: {len(stale)} unit(s) in compare.json ran under an earlier recipe of their method and wait to be rerun "
+                f"(the same command reruns them): {', '.join(stale)}."] if stale else [])
+    return ["### How the methods ran", "", *pending,
             (f"- Grid: {grid}ε-curve {{{curve}}} on {', '.join(data.get('curve_datasets', []))}; `lora_real` at seed(s) "
             f"{', '.join(map(str, data.get('real_seeds', [0])))}. The held-out split and questions are `run_pipeline`'s (checked equal in every Llamdex unit)."),
             (f"- LoRA (peft): rank {lora.get('rank')}, α {lora.get('alpha')}, q/k/v/o of {_layers(lora.get('layers'))} (the frozen layers below are "
-            "computed once per question and cached; SmolLM2 ties its embeddings, which stay frozen), float32, AdamW, linear warm-up and decay, "
-            f"{lora.get('questions')} questions × {lora.get('epochs')} epoch(s); the loss is the cross-entropy of the same read-out as evaluation."),
+            "computed once per question and cached; SmolLM2 ties its embeddings, which stay frozen), float32, AdamW at learning rate "
+            f"{lora.get('lr')}, constant after {lora.get('warmup', 4)} warm-up steps, {lora.get('questions')} questions × {lora.get('epochs')} "
+            "epoch(s) in batches of " f"{lora.get('batch_size')}; the loss is the cross-entropy of the same read-out as evaluation. The step "
+            "budget and learning rate come from a learning curve on real training questions scored on validation records of the training "
+            "split (section `lora_curve`): with fewer steps the adapters had not left the label prior."),
             ("- MST: McKenna et al. (2021) as in Private-PGM's reference code (ρ split in thirds: one-way marginals, exponential-mechanism "
             "spanning tree, two-way marginals; rare values merged below 3σ), OpenDP's discrete Gaussian and noisy max, the tree model fitted by "
             "mirror descent with exact belief propagation, sampled ancestrally; numeric columns in equal-width bins of the schema's public range."),

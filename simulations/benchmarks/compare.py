@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -171,11 +172,19 @@ class CompareStore:
                                         "settings_digest": digest, "per_method_digest": True, "command": command, "wall_s": wall_s, "rows": result.rows, "costs": result.costs,
                                         "info": _jsonable(result.info), "finished": datetime.now(UTC).isoformat(timespec="seconds")}
 
-    def rows(self) -> list[dict]:
-        return [r for u in self.data["units"].values() if u["method"] != "latency" for r in u["rows"]]
+    def current(self, digests: dict[str, str]) -> dict[str, Any]:
+        """The file's data with only the units run under today's settings for their method: what is
+        reported and merged (units of an older recipe stay in the file until rerun, never in the tables)."""
+        units = {k: u for k, u in self.data["units"].items() if u.get("settings_digest") == digests.get(u["method"])}
+        return {**self.data, "units": units, "stale_units": sorted(set(self.data["units"]) - set(units))}
 
-    def cost_rows(self) -> list[dict]:
-        return [r for u in self.data["units"].values() if u["method"] == "latency" for r in u["rows"]]
+    @staticmethod
+    def rows(data: dict[str, Any]) -> list[dict]:
+        return [r for u in data["units"].values() if u["method"] != "latency" for r in u["rows"]]
+
+    @staticmethod
+    def cost_rows(data: dict[str, Any]) -> list[dict]:
+        return [r for u in data["units"].values() if u["method"] == "latency" for r in u["rows"]]
 
     def save(self, results_dir: Path) -> None:
         write_json("compare.json", self.data, results_dir)
@@ -290,10 +299,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from client_party.datasets import TableRef
-    from simulations.baselines.report import write_report
 
     set_threads(args.threads)
-    command = "llamdex bench compare " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "llamdex bench compare " + shlex.join(sys.argv[1:] if argv is None else argv)
     settings = PRESETS[args.preset]
     if args.max_test is not None:
         settings = replace(settings, max_test=args.max_test)
@@ -326,10 +334,18 @@ def main(argv: list[str] | None = None) -> int:
         if todo:
             _run(todo, settings, digests, connector_preset, args, store, command)
     store.save(args.results_dir)
-    merge_accuracy(args.results_dir, store.rows())
-    merge_inference(args.results_dir, store.cost_rows(), command)
-    write_report(store.data, args.results_dir, results_md_path(args.results_dir), update_section)
+    publish(store, digests, args.results_dir, command)
     return 0
+
+
+def publish(store: CompareStore, digests: dict[str, str], results_dir: Path, command: str) -> None:
+    """accuracy.json, inference.json and the report from the units of today's settings."""
+    from simulations.baselines.report import write_report
+
+    data = store.current(digests)
+    merge_accuracy(results_dir, store.rows(data))
+    merge_inference(results_dir, store.cost_rows(data), command)
+    write_report(data, results_dir, results_md_path(results_dir), update_section)
 
 
 def _run(todo: list[Unit], settings: MethodSettings, digests: dict[str, str], connector_preset: str, args, store: CompareStore,
@@ -337,7 +353,6 @@ def _run(todo: list[Unit], settings: MethodSettings, digests: dict[str, str], co
     from tqdm.auto import tqdm
 
     from provider_party.model.base_llm import load_base_llm
-    from simulations.baselines.report import write_report
 
     bench = Workbench(load_base_llm(), settings, args.work, progress=not args.quiet, log=lambda m: tqdm.write(str(m)))
     t0 = time.perf_counter()
@@ -350,9 +365,7 @@ def _run(todo: list[Unit], settings: MethodSettings, digests: dict[str, str], co
         store.put(unit, digests[unit.method], result, wall, command)
         store.data["last_run_wall_s"] = time.perf_counter() - t0
         store.save(args.results_dir)  # a finished unit survives an interruption
-        merge_accuracy(args.results_dir, store.rows())
-        merge_inference(args.results_dir, store.cost_rows(), command)
-        write_report(store.data, args.results_dir, results_md_path(args.results_dir), update_section)
+        publish(store, digests, args.results_dir, command)
         tqdm.write(f"[{unit.key}] {wall:.0f} s: " + ", ".join(f"{r['method']} acc {r['accuracy']:.3f}" for r in result.rows if "accuracy" in r))
 
 
