@@ -4,8 +4,9 @@ Two phrasings of the same records: the verbalizer's (the phrasing the connectors
 with other seeds and synthetic rows), and the evaluation-only phrasings of `simulations.phrasings`
 (other templates, hand-written sentences per table), which the connectors never saw in any form.
 
-The LLM's frozen lower layers are run once per question and shared by every expert being compared
-(`LlamdexModel.inject` is the one-pass query split at layer k; a test checks they agree exactly).
+Each question runs through the LLM once and is shared by every expert being compared
+(`LlamdexModel.question_pass`); each expert then runs only over the slots and the answer position
+(`inject_cached`; a test checks it against the one-pass `answer`).
 """
 
 from __future__ import annotations

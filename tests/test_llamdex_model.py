@@ -28,20 +28,6 @@ def test_base_weights_bit_identical_after_connector_training(base_llm, tiny_conn
     assert weights_digest(base_llm.model) == tiny_connectors.base_weights_before
 
 
-def test_one_pass_equals_split_at_layer_k(tiny_model, titanic_schema):
-    qs = _questions(titanic_schema)
-    expert = _expert(titanic_schema, 0)
-    a = tiny_model.answer(qs, expert)
-    batch = tiny_model.batch(qs)
-    hs = tiny_model.lm.lower(batch, [tiny_model.config.encoder_layer, tiny_model.config.inject_layer])
-    with torch.no_grad():
-        feats = tiny_model.encoder.to_expert_input(tiny_model.encoder(hs[tiny_model.config.encoder_layer], batch.question_mask, batch.numbers))
-        probs = expert(feats).softmax(-1)
-        split = tiny_model.inject(hs[tiny_model.config.inject_layer], batch, probs).softmax(-1)
-    torch.testing.assert_close(a.probs, split, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(a.expert_probs, probs)
-
-
 def test_cached_question_pass_equals_the_one_pass_answer_for_every_expert(tiny_model, titanic_schema):
     """`question_pass` once, then `inject_cached` per expert: the path of attacks and multi-expert evaluation."""
     qs = _questions(titanic_schema, n=5)

@@ -111,12 +111,6 @@ class LlamdexModel(nn.Module):
         """The client's expert on encoded features, as class probabilities on the features' device."""
         return expert(features.to(next(expert.parameters()).device)).float().softmax(-1).to(features.device)
 
-    def inject(self, hidden_k: torch.Tensor, batch: QueryBatch, expert_probs: torch.Tensor) -> torch.Tensor:
-        """Split path from cached layer-k states (training, benchmarks); equals `answer` (tested)."""
-        h = hidden_k.float().clone()
-        h[:, batch.slot_slice] = self.decoder(expert_probs).to(h.dtype)
-        return self.lm.upper(h, batch, self.config.inject_layer, self.verbalizer_ids)
-
     def question_pass(self, batch: QueryBatch) -> tuple[torch.Tensor, SlotContext]:
         """What answering a slotted batch costs whatever the expert, paid once: the expert's input
         features and the question's keys and values above the inject layer (for `inject_cached`).
@@ -128,7 +122,7 @@ class LlamdexModel(nn.Module):
         return self.encoder.to_expert_input(self.encoder(kept[j], batch.question_mask, batch.numbers)), ctx
 
     def inject_cached(self, ctx: SlotContext, expert_probs: torch.Tensor) -> torch.Tensor:
-        """`inject` over the slots and the positions after them only, attending to the cached question:
+        """The expert's slots and the positions after them through the upper layers, attending to the cached question:
         causal attention leaves the question's own states unchanged by the slots, so an expert costs
         a pass over ~10 positions instead of the whole question. Equals `answer` (tested)."""
         return slot_logits(self.lm, ctx, self.config.inject_layer, self.decoder(expert_probs), self.verbalizer_ids)
