@@ -251,3 +251,31 @@ def test_schema_goes_with_exactly_one_table(tmp_path, capsys):
     code, _, err = run_main(["bench", "accuracy", "--data", "titanic,churn", "--schema", "s.json", "--out", str(tmp_path)], capsys)
     assert code == 2 and "--schema goes with exactly one --data file" in err
     assert not (tmp_path / "accuracy.json").exists()
+
+
+@pytest.mark.parametrize("argv, rest", [
+    (["bench", "compare", "--threads", "2", "--seeds", "0"], ["--threads", "2", "--seeds", "0"]),
+    (["bench", "compare", "--", "--threads", "2"], ["--threads", "2"]),
+    (["--debug", "bench", "privacy", "--seats", "query"], ["--seats", "query"]),
+    (["bench", "protocol"], []),
+])
+def test_pass_through_benchmarks_take_their_options_with_or_without_the_separator(argv, rest, monkeypatch):
+    """The commands the benchmarks record (`llamdex bench compare --threads 2 ...`) must run as written."""
+    from simulations.cli import bench
+
+    seen = []
+    real = bench.importlib.import_module
+
+    def fake_benchmark(name):  # a fake of the benchmark (not under test): records the options it was given
+        if name not in {bench.BENCHMARKS[b][0] for b in bench.PASSTHROUGH}:
+            return real(name)
+        return types.SimpleNamespace(main=lambda a: seen.append((name, a)) or 0)
+
+    monkeypatch.setattr(bench.importlib, "import_module", fake_benchmark)
+    assert cli.main(argv) == 0
+    assert seen and seen[0][1] == rest
+
+
+def test_help_of_a_pass_through_benchmark_stays_with_llamdex(capsys):
+    code, out, _ = run_main(["bench", "compare", "--help"], capsys)
+    assert code == 0 and out.startswith("usage: llamdex bench compare") and "-- --help" in out

@@ -2,7 +2,8 @@
 
 A benchmark module of `WITH_OPTIONS` exposes `add_arguments(parser)` and `run(args, command)` and is cheap to
 import: it gets a real sub-command (its options in `llamdex bench NAME --help`). The others expose `main(argv)`
-and receive the options as they are (`llamdex bench NAME -- --help` shows them).
+and receive the options as they are (`llamdex bench NAME -- --help` shows them; the `--` is optional, see
+`split_passthrough`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,24 @@ BENCHMARKS = {
                 "llamdex bench compare -- --threads 1"),
 }
 WITH_OPTIONS = ("accuracy", "inference")
+PASSTHROUGH = tuple(name for name in BENCHMARKS if name not in WITH_OPTIONS)
+
+
+def split_passthrough(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """Split `... bench NAME OPTIONS` into what `llamdex` parses and what goes to benchmark NAME unparsed.
+
+    argparse's REMAINDER does not take a first token that looks like an option, so without this
+    `llamdex bench compare --threads 2` (the form the benchmarks record as their command) fails
+    with "unrecognized arguments". A lone `-h`/`--help` stays with `llamdex` (its help points to the
+    benchmark's own); a leading `--` is dropped. Returns (argv, None) when no such benchmark is named.
+    """
+    for i in range(len(argv) - 1):
+        if argv[i] == "bench" and argv[i + 1] in PASSTHROUGH:
+            head, tail = argv[:i + 2], argv[i + 2:]
+            if tail in (["-h"], ["--help"]):
+                return argv, None
+            return head, tail[1:] if tail[:1] == ["--"] else tail
+    return argv, None
 
 
 def register(sub: argparse._SubParsersAction) -> None:

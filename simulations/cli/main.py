@@ -26,6 +26,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 
+from simulations.cli.bench import split_passthrough
 from simulations.cli.common import UsageError
 
 # Each module defines `register(subparsers)` and sets `func` on its parser(s).
@@ -224,7 +225,10 @@ def describe_error(e: BaseException) -> ErrorReport:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv, passthrough = split_passthrough(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
+    if passthrough is not None:
+        args.rest = passthrough
     logging.basicConfig(level=logging.DEBUG if args.verbose else getattr(logging, (args.log_level or "warning").upper()), format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
         parser.print_help()
