@@ -198,6 +198,23 @@ def test_lora_learns_the_answer_it_is_trained_on_and_is_reproducible(base_llm, t
     assert np.array_equal(runs[0], runs[1]) and not np.array_equal(runs[0], runs[2])
 
 
+def test_lora_steps_and_callback_replay_the_epoch_run(base_llm, titanic):
+    """`steps` walks the same shuffled batches as `epochs` (a learning curve scores the comparison's own run), and
+    `on_step` sees every step with the adapters in eval mode."""
+    _, _, schema, questions = titanic
+    yes = schema.label.classes.index("yes")
+    labels = np.array([yes, 1 - yes] * 2)
+    cfg = LoRAConfig(questions=4, batch_size=2, epochs=2, lr=3e-3, layers=2)
+    by_epochs = train_lora(base_llm, schema, questions[:4], labels, cfg, seed=0)
+    seen = []
+    by_steps = train_lora(base_llm, schema, questions[:4], labels, cfg, seed=0, steps=5,
+                          on_step=lambda step, clf: seen.append((step, clf.base.model.training)))
+    assert seen == [(s, False) for s in range(1, 6)] and len(by_steps.history) == 5
+    assert by_steps.history[:4] == by_epochs.history
+    with pytest.raises(ValueError, match="steps must be a positive"):
+        train_lora(base_llm, schema, questions[:4], labels, cfg, steps=0)
+
+
 def test_lora_refuses_labels_that_are_not_class_indices(base_llm, titanic):
     schema = titanic[2]
     with pytest.raises(ValueError, match="class indices"):

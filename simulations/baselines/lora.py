@@ -23,6 +23,7 @@ it wraps, and the shared base must stay untouched for the other methods.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -147,25 +148,37 @@ def lora_copy(base: BaseLLM, config: LoRAConfig, seed: int) -> BaseLLM:
 
 
 def train_lora(base: BaseLLM, schema: PublicSchema, questions: list[str], labels: np.ndarray, config: LoRAConfig = LoRAConfig(),
-               seed: int = 0, progress: bool = False) -> LoRAClassifier:
-    """Fine-tunes adapters on (question, class index) pairs; returns the classifier (the shared base is not modified)."""
+               seed: int = 0, progress: bool = False, *, steps: int | None = None,
+               on_step: Callable[[int, LoRAClassifier], None] | None = None, lower: LowerStates | None = None) -> LoRAClassifier:
+    """Fine-tunes adapters on (question, class index) pairs; returns the classifier (the shared base is not modified).
+
+    steps: train exactly this many steps, reshuffling as many epochs as that needs, instead of
+    `config.epochs` passes. on_step(step, classifier) runs after every step with the adapters in
+    eval mode, so a learning curve (`simulations.benchmarks.lora_curve`) can score the very run the
+    comparison makes rather than a copy of its loop. lower: `lower_states` of `questions` at
+    `config.first_layer`, when the caller already has them (else computed here).
+    """
     labels = np.asarray(labels, dtype=np.int64)
     if len(questions) != len(labels) or len(questions) == 0:
         raise ValueError(f"need as many labels as questions, and at least one ({len(questions)} questions, {len(labels)} labels)")
     if labels.min() < 0 or labels.max() >= schema.label.num_classes:
         raise ValueError(f"labels must be class indices 0..{schema.label.num_classes - 1}")
+    if steps is not None and steps < 1:
+        raise ValueError(f"steps must be a positive number of optimizer steps, got {steps}")
     first = config.first_layer(base.num_layers)
     tuned = lora_copy(base, config, seed)
     clf = LoRAClassifier(tuned, schema, first)
-    lower = lower_states(base, schema, questions, first, progress=progress) if first > 0 else None
+    if lower is None and first > 0:
+        lower = lower_states(base, schema, questions, first, progress=progress)
     params = [p for p in tuned.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     gen = generator(seed)
-    n_steps = config.epochs * -(-len(questions) // config.batch_size)
+    n_steps = steps if steps is not None else config.epochs * -(-len(questions) // config.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / config.warmup))  # constant after warm-up, as measured
     tuned.model.train()
     bar = tqdm(total=n_steps, desc=f"LoRA {schema.name}", unit="step", disable=not progress, leave=False)
-    for _ in range(config.epochs):
+    step = 0
+    while step < n_steps:
         perm = torch.randperm(len(questions), generator=gen).numpy()
         for s in range(0, len(perm), config.batch_size):
             idx = perm[s:s + config.batch_size]
@@ -175,9 +188,16 @@ def train_lora(base: BaseLLM, schema: PublicSchema, questions: list[str], labels
             loss.backward()
             opt.step()
             sched.step()
+            step += 1
             clf.history.append(float(loss.detach()))
             bar.update()
             bar.set_postfix(loss=f"{np.mean(clf.history[-10:]):.3f}")
+            if on_step is not None:
+                tuned.model.eval()
+                on_step(step, clf)
+                tuned.model.train()
+            if step >= n_steps:
+                break
     bar.close()
     tuned.model.eval()
     return clf

@@ -22,16 +22,13 @@ from simulations.cli.common import add_data_args, set_threads
 
 def curve(table: str, lr: float, checkpoints: list[int], fit_questions: int, val_records: int, seed: int = 0,
           progress: bool = True) -> dict:
-    import torch
-    from torch.nn import functional as F
     from tqdm.auto import tqdm
 
     from client_party.datasets import TableRef, split_table
     from protocol.encoding import FeatureEncoder
-    from protocol.seeding import generator
     from protocol.verbalizer import Verbalizer
     from provider_party.model.base_llm import load_base_llm
-    from simulations.baselines.lora import LoRAClassifier, LoRAConfig, lora_copy, lower_states
+    from simulations.baselines.lora import LoRAConfig, lower_states, train_lora
     from simulations.baselines.methods import SYNTH_QUESTION_SEED, split_like_pipeline
     from simulations.evaluation import scores
 
@@ -46,39 +43,22 @@ def curve(table: str, lr: float, checkpoints: list[int], fit_questions: int, val
     y_fit, y_val = fe.label_index(fit[schema.label.name]), fe.label_index(val[schema.label.name])
     cfg = replace(LoRAConfig(), lr=lr)
     first = cfg.first_layer(base.num_layers)
-    tuned = lora_copy(base, cfg, seed)
-    clf = LoRAClassifier(tuned, schema, first)
     low_fit, low_val = lower_states(base, schema, q_fit, first, progress=progress), lower_states(base, schema, q_val, first, progress=progress)
-    opt = torch.optim.AdamW([p for p in tuned.model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    gen, warmup = generator(seed), cfg.warmup
-    points, losses, step, train_s = [], [], 0, 0.0
-    bar = tqdm(total=max(checkpoints), desc=f"LoRA curve {schema.name}", unit="step", disable=not progress)
-    while step < max(checkpoints):
-        perm = torch.randperm(len(q_fit), generator=gen).numpy()
-        for s in range(0, len(perm) - cfg.batch_size + 1, cfg.batch_size):
-            idx = perm[s:s + cfg.batch_size]
-            t = time.perf_counter()
-            tuned.model.train()
-            for g in opt.param_groups:
-                g["lr"] = lr * min(1.0, (step + 1) / warmup)
-            logits = clf.logits([q_fit[i] for i in idx], [low_fit[i] for i in idx])
-            loss = F.cross_entropy(logits.float(), torch.as_tensor(y_fit[idx]))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            train_s += time.perf_counter() - t
-            losses.append(float(loss.detach()))
-            step += 1
-            bar.update()
-            if step in checkpoints:
-                tuned.model.eval()
-                sc = scores(y_val, clf.probs(q_val, 16, lower=low_val).argmax(-1))
-                points.append({"step": step, "train_s": round(train_s, 1), "loss_last10": float(np.mean(losses[-10:])),
-                               "val_accuracy": sc["accuracy"], "val_balanced_accuracy": sc["balanced_accuracy"]})
-                bar.write(f"step {step}: validation balanced accuracy {sc['balanced_accuracy']:.3f} (accuracy {sc['accuracy']:.3f})")
-            if step >= max(checkpoints):
-                break
-    bar.close()
+    points: list[dict] = []
+    clock = {"start": time.perf_counter(), "scoring": 0.0}
+
+    def score(step: int, clf) -> None:   # train_lora's own run, scored at the checkpoints; scoring time is not training time
+        if step not in checkpoints:
+            return
+        t = time.perf_counter()
+        sc = scores(y_val, clf.probs(q_val, 16, lower=low_val).argmax(-1))
+        train_s = t - clock["start"] - clock["scoring"]
+        points.append({"step": step, "train_s": round(train_s, 1), "loss_last10": float(np.mean(clf.history[-10:])),
+                       "val_accuracy": sc["accuracy"], "val_balanced_accuracy": sc["balanced_accuracy"]})
+        tqdm.write(f"step {step}: validation balanced accuracy {sc['balanced_accuracy']:.3f} (accuracy {sc['accuracy']:.3f})")
+        clock["scoring"] += time.perf_counter() - t
+
+    train_lora(base, schema, q_fit, y_fit, cfg, seed=seed, progress=progress, steps=max(checkpoints), on_step=score, lower=low_fit)
     return {"dataset": table, "lr": lr, "lora": asdict(cfg), "fit_questions": len(q_fit), "val_records": len(q_val),
             "val_label_share": np.bincount(y_val, minlength=schema.label.num_classes).tolist(), "points": points}
 
