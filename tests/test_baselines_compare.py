@@ -19,6 +19,10 @@ from simulations.benchmarks.compare import (
 pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tests/conftest.py
 
 
+def test_no_curve_means_no_table_runs_the_curve():
+    assert parser().parse_args(["--no-curve"]).curve_data == [] == parser().parse_args(["--curve-data", ""]).curve_data
+
+
 def test_the_default_grid_is_three_seeds_at_epsilon_one_and_the_curve_on_titanic_only():
     a = parser().parse_args([])
     units = plan(a.data.split(","), a.methods, a.epsilons, a.seeds, a.all_seeds_at, a.curve, a.curve_data, a.real_seeds, a.latency_epsilon)

@@ -22,7 +22,7 @@ BENCHMARKS = {
     "protocol": ("simulations.benchmarks.protocol_bench", "upload throughput, verification and Ask latency over gRPC",
                  "llamdex bench protocol -- --help"),
     "compare": ("simulations.benchmarks.compare", "Llamdex against DP data synthesis + LoRA, an expert behind an API and prompting, at the same ε",
-                "llamdex bench compare -- --threads 1"),
+                "llamdex bench compare --threads 1"),
 }
 WITH_OPTIONS = ("accuracy", "inference")
 PASSTHROUGH = tuple(name for name in BENCHMARKS if name not in WITH_OPTIONS)
