@@ -521,6 +521,10 @@ def _check_content(files: dict[str, bytes], where: str) -> tuple[Any, Any, Any, 
     dim = FeatureEncoder(schema).dim
     if spec.input_dim != dim:
         raise ArtifactContentError("SPEC_MISMATCH", f"{where}: {SPEC_FILE} input_dim is {spec.input_dim}, the schema encodes to {dim} features", file=SPEC_FILE, rule="input_dim")
+    numeric = tuple(b.start for b in FeatureEncoder(schema).blocks if b.kind == "numeric")
+    if spec.numeric_inputs and spec.numeric_inputs != numeric:
+        raise ArtifactContentError("SPEC_MISMATCH", f"{where}: {SPEC_FILE} bins inputs {list(spec.numeric_inputs)}, but the schema's numeric values sit at "
+                                   f"{list(numeric)}", file=SPEC_FILE, rule="numeric_inputs")
     if spec.num_classes != schema.label.num_classes:
         raise ArtifactContentError("SPEC_MISMATCH", f"{where}: {SPEC_FILE} num_classes is {spec.num_classes}, the schema's label has {schema.label.num_classes} classes", file=SPEC_FILE, rule="num_classes")
     header = read_safetensors_header(files[TENSORS_FILE], f"{where}/{TENSORS_FILE}")

