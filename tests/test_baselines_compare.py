@@ -49,7 +49,7 @@ def test_refreshing_llamdex_alone_still_times_it_against_the_expert_api():
     assert lat.method == "latency" and lat.measures == ("llamdex", "expert_api")
 
 
-def test_a_new_lora_recipe_reruns_only_the_units_that_use_it(tmp_path):
+def test_a_new_lora_recipe_reruns_only_the_units_that_use_it(tmp_path, monkeypatch):
     from dataclasses import asdict, replace
 
     from simulations.baselines.methods import MethodSettings
@@ -61,6 +61,16 @@ def test_a_new_lora_recipe_reruns_only_the_units_that_use_it(tmp_path):
     assert same == {"llamdex", "expert_api"}
     assert unit_digest(asdict(old), "default", "llamdex") != unit_digest(asdict(old), "quick", "llamdex")   # connectors matter to Llamdex
     assert unit_digest(asdict(old), "default", "expert_api") == unit_digest(asdict(old), "quick", "expert_api")
+    # a new default expert recipe reruns exactly the units that use the client's expert
+    from client_party import expert_training
+
+    before = {m: unit_digest(asdict(old), "default", m) for m in (*METHODS, "latency")}
+    real_private = expert_training.TrainConfig.private.__func__
+    monkeypatch.setattr(expert_training.TrainConfig, "private",
+                        classmethod(lambda cls, eps, **kw: real_private(cls, eps, **{"epochs": 61, **kw})))
+    moved = {m for m in before if unit_digest(asdict(old), "default", m) != before[m]}
+    monkeypatch.undo()
+    assert moved == {"llamdex", "expert_api", "latency"}
     # a file written under the whole preset's digest: its units take their method's digest of the file's settings
     whole = settings_digest(old, "default")
     units = {k: {"method": m, "settings_digest": whole, "rows": []} for k, m in (("a", "llamdex"), ("b", "lora_real"))}

@@ -133,6 +133,9 @@ USES: dict[str, tuple[str, ...]] = {
 }
 
 
+EXPERT_USERS = ("llamdex", "expert_api", "latency")
+
+
 def unit_digest(settings: dict[str, Any], connector_preset: str, method: str) -> str:
     """Digest of what one method's unit depends on (`settings` as `asdict(MethodSettings)`)."""
     used: dict[str, Any] = dict(settings)
@@ -142,7 +145,12 @@ def unit_digest(settings: dict[str, Any], connector_preset: str, method: str) ->
             group, _, field_ = path.partition(".")
             used[path] = settings[group][field_] if field_ else settings[group]
     connectors = connector_preset if method in ("llamdex", "latency") else None
-    blob = json.dumps({"settings": used, "connectors": connectors}, sort_keys=True, default=str)
+    blob = {"settings": used, "connectors": connectors}
+    if method in EXPERT_USERS:   # the client's expert is part of the method: a new recipe reruns these units
+        from client_party.expert_training import default_recipe_digest
+
+        blob["expert_recipe"] = default_recipe_digest()
+    blob = json.dumps(blob, sort_keys=True, default=str)
     return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
