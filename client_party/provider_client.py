@@ -303,7 +303,9 @@ class ProviderClient:
                 pause = secrets.SystemRandom().uniform(0.05, min(2.0, 0.1 * 2 ** attempt))
                 if error_code(e) not in ("OVERLOADED", "QUEUE_FULL") or time.monotonic() + pause >= deadline:
                     raise
-                log.debug("provider busy (%s); asking again in %.2f s", error_code(e), pause)
+                # said once per call at warning level (the default): a user otherwise sees a stalled command
+                (log.warning if attempt == 0 else log.debug)("provider busy (%s); asking again for up to %.0f s more",
+                                                             error_code(e), deadline - time.monotonic())
                 time.sleep(pause)
                 attempt += 1
 

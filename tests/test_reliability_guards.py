@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import logging
 import threading
 import time
 from dataclasses import replace
@@ -165,10 +166,13 @@ class _BusyStub:
         return provider_pb2.AskResponse(answers=[provider_pb2.Answer(answer="yes") for _ in req.questions])
 
 
-def test_the_client_asks_again_when_the_provider_sheds_and_gives_up_at_its_timeout(parties):
+def test_the_client_asks_again_when_the_provider_sheds_and_gives_up_at_its_timeout(parties, caplog):
     with provider_client(parties, "127.0.0.1:1") as pc:
         pc.stub = _BusyStub(busy=3)
-        assert [a.answer for a in pc.ask(["q1", "q2"], timeout_s=30)] == ["yes", "yes"] and pc.stub.calls == 4
+        with caplog.at_level(logging.WARNING, logger="client_party.provider_client"):
+            assert [a.answer for a in pc.ask(["q1", "q2"], timeout_s=30)] == ["yes", "yes"] and pc.stub.calls == 4
+        busy = [r for r in caplog.records if "provider busy (OVERLOADED)" in r.getMessage()]
+        assert len(busy) == 1 and busy[0].levelno == logging.WARNING      # said once, where a user sees it
         pc.stub = _BusyStub(busy=10 ** 6, code="QUEUE_FULL")
         t = time.monotonic()
         with pytest.raises(grpc.RpcError) as ei:
