@@ -225,22 +225,26 @@ def train_expert(x: np.ndarray, y: np.ndarray, schema: PublicSchema, config: Tra
     return replace(trained, model=clean)
 
 
-def default_recipe_digest() -> str:
-    """Digest of the client's default recipes (non-DP and DP, ε and seed aside): results that depend on
-    the expert (benchmark units that resume) are remeasured when it changes."""
+def config_digest(**configs: TrainConfig) -> str:
+    """A short digest of named training configs: a cached or resumed result is reused only under the same recipe."""
     import hashlib
     import json
     from dataclasses import asdict
 
-    recipes = {"no_dp": asdict(TrainConfig()), "dp": asdict(TrainConfig.private(1.0))}
-    return "sha256:" + hashlib.sha256(json.dumps(recipes, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    blob = {name: asdict(c) for name, c in configs.items()}
+    return "sha256:" + hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def default_recipe_digest() -> str:
+    """Digest of the client's default recipes (non-DP and DP at ε = 1): results that depend on the expert
+    (benchmark units that resume) are remeasured when it changes."""
+    return config_digest(no_dp=TrainConfig(), dp=TrainConfig.private(1.0))
 
 
 def expert_spec(schema: PublicSchema, numeric_bins: int = 0) -> ExpertSpec:
     """The expert architecture for `schema`: the default MLP, with `numeric_bins` bins of every numeric input."""
     fe = FeatureEncoder(schema)
-    numeric = tuple(b.start for b in fe.blocks if b.kind == "numeric")
-    return ExpertSpec.binned(fe.dim, schema.label.num_classes, numeric, numeric_bins, schema_digest=schema.digest)
+    return ExpertSpec.binned(fe.dim, schema.label.num_classes, fe.numeric_positions, numeric_bins, schema_digest=schema.digest)
 
 
 def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig, *, progress: bool = False,

@@ -521,7 +521,7 @@ def _check_content(files: dict[str, bytes], where: str) -> tuple[Any, Any, Any, 
     dim = FeatureEncoder(schema).dim
     if spec.input_dim != dim:
         raise ArtifactContentError("SPEC_MISMATCH", f"{where}: {SPEC_FILE} input_dim is {spec.input_dim}, the schema encodes to {dim} features", file=SPEC_FILE, rule="input_dim")
-    numeric = tuple(b.start for b in FeatureEncoder(schema).blocks if b.kind == "numeric")
+    numeric = FeatureEncoder(schema).numeric_positions
     if spec.numeric_inputs and spec.numeric_inputs != numeric:
         raise ArtifactContentError("SPEC_MISMATCH", f"{where}: {SPEC_FILE} bins inputs {list(spec.numeric_inputs)}, but the schema's numeric values sit at "
                                    f"{list(numeric)}", file=SPEC_FILE, rule="numeric_inputs")

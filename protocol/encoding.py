@@ -74,6 +74,8 @@ class FeatureEncoder:
             pos += width
         self.blocks: tuple[FeatureBlock, ...] = tuple(blocks)
         self.dim = pos
+        # where each numeric value sits (its missing flag follows): what an expert spec v2 bins
+        self.numeric_positions: tuple[int, ...] = tuple(b.start for b in blocks if b.kind == "numeric")
 
     def scale(self, col: ColumnSpec, value: float) -> float:
         return float(np.clip((value - col.min) / (col.max - col.min), 0.0, 1.0))

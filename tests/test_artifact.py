@@ -369,16 +369,12 @@ def test_unpack_refuses_nonempty_dest_and_garbage(artifact, tmp_path):
 
 # --- expert spec v2: numeric inputs through fixed piecewise-linear bins --------------------------
 
-def numeric_positions(schema: PublicSchema) -> tuple[int, ...]:
-    return tuple(b.start for b in FeatureEncoder(schema).blocks if b.kind == "numeric")
-
-
 def test_binned_expert_round_trips_and_v1_specs_serialize_as_before(tmp_path, key):
     from client_party.expert_training import expert_spec
 
     schema = load_schema()
     spec = expert_spec(schema, numeric_bins=4)
-    assert spec.format == "llamdex.expert-mlp/v2" and spec.numeric_inputs == numeric_positions(schema)
+    assert spec.format == "llamdex.expert-mlp/v2" and spec.numeric_inputs == FeatureEncoder(schema).numeric_positions
     torch.manual_seed(0)
     model = build_expert(spec).eval()
     write_artifact(tmp_path / "binned", model, schema, dp_statement(), key)
@@ -414,7 +410,7 @@ def test_binned_spec_refuses_bad_fields(change, message):
 
 def test_binned_spec_must_bin_the_schemas_numeric_values(artifact, key, no_tensor_load):
     schema = load_schema()
-    numeric = numeric_positions(schema)
+    numeric = FeatureEncoder(schema).numeric_positions
     wrong = tuple(sorted({numeric[0] + 1, *numeric[1:]}))     # its missing flag instead of the first numeric value
     spec = ExpertSpec.binned(FeatureEncoder(schema).dim, schema.label.num_classes, wrong, 4, hidden=(8, 4), schema_digest=schema.digest)
     save_expert(build_expert(spec), artifact)

@@ -267,19 +267,11 @@ class LogisticRegression:
         return module
 
 
-def recipe_digest(cfg: Any) -> str:
-    """A short digest of a training config: a cached run is reused only under the same recipe."""
-    import hashlib
-    from dataclasses import asdict
-
-    return hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 def verify(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from client_party.datasets import encode_table, load_table, split_table
-    from client_party.expert_training import TrainConfig, train_classifier, train_expert
+    from client_party.expert_training import TrainConfig, config_digest, train_classifier, train_expert
 
     cache = RunCache(args.cache / "dp_experts.jsonl")
     out: dict[str, Any] = {}
@@ -295,7 +287,7 @@ def verify(args: argparse.Namespace) -> dict[str, Any]:
                     continue
                 for seed in range(args.seeds):
                     cfg = TrainConfig(seed=seed) if eps is None else TrainConfig.private(eps, seed=seed)
-                    key = f"{table}|{model_kind}|{'none' if eps is None else f'{eps:g}'}|seed={seed}|recipe={recipe_digest(cfg)}"
+                    key = f"{table}|{model_kind}|{'none' if eps is None else f'{eps:g}'}|seed={seed}|recipe={config_digest(run=cfg)[7:19]}"
 
                     def run(cfg=cfg, seed=seed, model_kind=model_kind, x=x, y=y, xt=xt, yt=yt, schema=schema):
                         t = time.perf_counter()
