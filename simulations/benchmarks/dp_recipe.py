@@ -46,6 +46,17 @@ import numpy as np
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "docs" / "results"
 TIE = 0.005   # balanced-accuracy points within which the cheaper candidate wins
+EVALUATED_TABLES = ("titanic", "default", "credit", "churn")   # `verify` measures these; nothing is chosen on them
+PUBLIC_TABLES = ("telco", "attrition", "penguins")             # `encoding` chooses on these
+
+
+def _client_split(table: str):
+    """The client's encoded train/test split of a registered table (seed 0): (x, y), (xt, yt), schema."""
+    from client_party.datasets import encode_table, load_table, split_table
+
+    df, schema = load_table(table)
+    train, test = split_table(df, schema, seed=0)
+    return encode_table(train, schema), encode_table(test, schema), schema
 
 
 @dataclass(frozen=True)
@@ -187,18 +198,14 @@ def study(args: argparse.Namespace) -> dict[str, Any]:
 def encoding(args: argparse.Namespace) -> dict[str, Any]:
     from dataclasses import replace
 
-    from client_party.datasets import encode_table, load_table, split_table
     from client_party.expert_training import TrainConfig, train_expert
 
-    evaluated = {"titanic", "default", "credit", "churn"}
-    if evaluated & set(args.tables):
-        raise SystemExit(f"encoding: {sorted(evaluated & set(args.tables))} are evaluated tables; choose on others (public ones)")
+    if set(EVALUATED_TABLES) & set(args.tables):
+        raise SystemExit(f"encoding: {sorted(set(EVALUATED_TABLES) & set(args.tables))} are evaluated tables; choose on others (public ones)")
     cache = RunCache(args.cache / "dp_encoding.jsonl")
     rows, t0 = [], time.perf_counter()
     for table in args.tables:
-        df, schema = load_table(table)
-        train, test = split_table(df, schema, seed=0)
-        (x, y), (xt, yt) = encode_table(train, schema), encode_table(test, schema)
+        (x, y), (xt, yt), schema = _client_split(table)
         for bins in args.bins:
             for eps in args.epsilons:
                 for seed in range(args.seeds):
@@ -270,16 +277,13 @@ class LogisticRegression:
 def verify(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from client_party.datasets import encode_table, load_table, split_table
     from client_party.expert_training import TrainConfig, config_digest, train_classifier, train_expert
 
     cache = RunCache(args.cache / "dp_experts.jsonl")
     out: dict[str, Any] = {}
     t0 = time.perf_counter()
     for table in args.tables:
-        df, schema = load_table(table)
-        train, test = split_table(df, schema, seed=0)
-        (x, y), (xt, yt) = encode_table(train, schema), encode_table(test, schema)
+        (x, y), (xt, yt), schema = _client_split(table)
         rows = []
         for eps in args.epsilons:
             for model_kind in ("mlp", "logistic_regression"):
@@ -289,7 +293,7 @@ def verify(args: argparse.Namespace) -> dict[str, Any]:
                     cfg = TrainConfig(seed=seed) if eps is None else TrainConfig.private(eps, seed=seed)
                     key = f"{table}|{model_kind}|{'none' if eps is None else f'{eps:g}'}|seed={seed}|recipe={config_digest(run=cfg)[7:19]}"
 
-                    def run(cfg=cfg, seed=seed, model_kind=model_kind, x=x, y=y, xt=xt, yt=yt, schema=schema):
+                    def run(cfg=cfg, model_kind=model_kind, x=x, y=y, xt=xt, yt=yt, schema=schema):
                         t = time.perf_counter()
                         if model_kind == "mlp":
                             tr = train_expert(x, y, schema, cfg)
@@ -393,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, Python {platform.python_version()}", "date": time.strftime("%Y-%m-%d")}
     args.out.mkdir(parents=True, exist_ok=True)
     if args.tables is None:
-        args.tables = ["telco", "attrition", "penguins"] if args.part == "encoding" else ["titanic", "default", "credit", "churn"]
+        args.tables = list(PUBLIC_TABLES if args.part == "encoding" else EVALUATED_TABLES)
     if args.part == "encoding":
         res = encoding(args)
         meta.update({"wall_minutes": round((time.perf_counter() - t0) / 60, 1), "seeds": args.seeds})
