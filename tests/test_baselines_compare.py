@@ -152,3 +152,25 @@ def test_quick_comparison_of_every_method_resumes_and_merges(tmp_path, base_llm,
     before = (res / "compare.json").read_text()
     assert main(argv) == 0                              # resumes: every unit is done, nothing reruns
     assert json.loads((res / "compare.json").read_text())["units"] == json.loads(before)["units"]
+
+
+def test_the_expert_apis_form_filling_is_made_once_and_reused_at_another_epsilon_and_after_a_restart(tmp_path, base_llm, monkeypatch):
+    """It does not depend on ε: an added ε or a resumed run reads it from the work folder instead of generating again."""
+    from simulations.baselines.expert_api import ExpertAPI
+    from simulations.baselines.methods import Workbench
+    from simulations.benchmarks.compare import PRESETS
+
+    bench = Workbench(base_llm, PRESETS["quick"], tmp_path / "work", progress=False)
+    first = bench.expert_api("titanic", 1.0, 0)
+    made, took = bench.extraction("titanic", 0)
+    stored = list((tmp_path / "work" / "extraction").iterdir())
+    assert len(stored) == 1 and stored[0].suffix == ".json"
+
+    def no_generation(*a, **k):
+        raise AssertionError("the stored form filling should have been reused")
+
+    monkeypatch.setattr(ExpertAPI, "extract", no_generation)
+    again = Workbench(base_llm, PRESETS["quick"], tmp_path / "work", progress=False)
+    assert again.extraction("titanic", 0) == (made, took)           # the same records, and the seconds they cost
+    assert again.expert_api("titanic", 4.0, 0).rows[0]["epsilon"] == 4.0   # (DP noise is unseeded: the expert differs per run)
+    assert again.expert_api("titanic", 1.0, 0).costs == first.costs

@@ -15,9 +15,10 @@ errors, training losses).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from simulations.evaluation import extraction_quality, scores
 
 SYNTH_QUESTION_SEED = 20_000   # verbalizer seed of training questions (held-out questions use 10_000 + seed)
 ICL_QUESTION_SEED = 30_000
+EXTRACTION_FORMAT = "llamdex.expert-api-extraction/v1"   # the stored form filling (Workbench.extraction)
 SYNTHESIZERS = {"lora_dp_mst": "mst", "lora_dp_gan": "dp_gan"}
 
 
@@ -156,8 +158,6 @@ class Workbench:
         return res.table, res.statement.to_dict(), took
 
     def _synth_settings(self, synthesizer: str) -> dict:
-        from dataclasses import asdict
-
         return asdict(self.settings.mst if synthesizer == "mst" else self.settings.gan)
 
     # --- methods -------------------------------------------------------------------------------
@@ -221,13 +221,31 @@ class Workbench:
                             {"privacy": statement, "synthesizer": "mst"})
 
     def extraction(self, table: str, seed: int) -> tuple[Extraction, float]:
-        """The expert API's form filling of the held-out questions (independent of ε; kept in memory only)."""
+        """The expert API's form filling of the held-out questions and the seconds it took.
+
+        It does not depend on ε (only the expert behind the API does), so it runs once per (table, seed)
+        and is kept in the work folder: an ε added later, or a run resumed after a stop, reuses it. The
+        file is keyed by everything the generation reads (base LLM, instruction, questions, batch), so a
+        change of any of them makes it anew."""
         key = (table, seed)
         if key not in self._extractions:
             s = self.split(table, seed)
-            t = time.perf_counter()
-            ext = ExpertAPI(self.base, s.schema).extract(s.questions, self.settings.api_batch, progress=self.progress)
-            self._extractions = {key: (ext, time.perf_counter() - t)}  # one table at a time
+            api = ExpertAPI(self.base, s.schema)
+            digest = hashlib.sha256(json.dumps([EXTRACTION_FORMAT, self.base.model_id, api.instruction, self.settings.api_batch,
+                                                s.questions]).encode()).hexdigest()[:16]
+            path = self.work_dir / "extraction" / f"{s.name}-seed{seed}-{digest}.json"
+            if path.exists():
+                stored = json.loads(path.read_text())
+                ext, took = Extraction(**stored["extraction"]), stored["seconds"]
+            else:
+                t = time.perf_counter()
+                ext = api.extract(s.questions, self.settings.api_batch, progress=self.progress)
+                took = time.perf_counter() - t
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps({"format": EXTRACTION_FORMAT, "seconds": took, "extraction": asdict(ext)}))
+                tmp.replace(path)  # a stop mid-write leaves no half file
+            self._extractions = {key: (ext, took)}  # one table at a time
         return self._extractions[key]
 
     def expert_api(self, table: str, epsilon: float, seed: int) -> MethodResult:
