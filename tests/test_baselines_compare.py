@@ -174,3 +174,30 @@ def test_the_expert_apis_form_filling_is_made_once_and_reused_at_another_epsilon
     assert again.extraction("titanic", 0) == (made, took)           # the same records, and the seconds they cost
     assert again.expert_api("titanic", 4.0, 0).rows[0]["epsilon"] == 4.0   # (DP noise is unseeded: the expert differs per run)
     assert again.expert_api("titanic", 1.0, 0).costs == first.costs
+
+
+def test_curve_methods_limit_which_methods_run_the_curves_extra_epsilons():
+    units = plan(["titanic", "credit"], list(METHODS), [1.0, 4.0], [0], [1.0], [0.5, 1.0, 8.0], ["titanic"], [0], None,
+                 curve_methods=["llamdex", "lora_dp_mst"])
+    eps = {(u.dataset, u.method): sorted(e for v in units if (v.dataset, v.method) == (u.dataset, u.method) for e in v.epsilons)
+           for u in units if u.method != "lora_real"}
+    assert eps[("titanic", "llamdex")] == eps[("titanic", "lora_dp_mst")] == [0.5, 1.0, 4.0, 8.0]
+    assert eps[("titanic", "icl_dp")] == eps[("titanic", "expert_api")] == eps[("credit", "lora_dp_mst")] == [1.0, 4.0]
+
+
+def test_a_dry_run_lists_what_is_left_with_estimates_from_the_stored_units_and_runs_nothing(tmp_path, capsys):
+    from simulations.benchmarks.compare import estimate_s
+
+    stored = {"a": {"dataset": "titanic", "method": "lora_dp_mst", "epsilons": [1.0], "wall_s": 300.0},
+              "b": {"dataset": "titanic", "method": "llamdex", "epsilons": [1.0, 4.0], "wall_s": 200.0},
+              "c": {"dataset": "titanic", "method": "expert_api", "epsilons": [1.0], "wall_s": 250.0, "costs": {"extract_s": 240.0}}}
+    [ll, api1, api4, mst1, mst4] = plan(["titanic"], ["llamdex", "expert_api", "lora_dp_mst"], [1.0, 4.0], [0], [1.0], [0.5], ["titanic"], [0], None)[:5]
+    assert (ll.method, ll.epsilons) == ("llamdex", (0.5, 1.0, 4.0)) and estimate_s(ll, stored) == 300.0   # 100 s per ε
+    assert estimate_s(mst4, stored) == 300.0 and estimate_s(api4, stored) == 250.0
+    assert estimate_s(api4, stored, form_filled=True) == 10.0            # the form filling is reused at another ε
+    assert estimate_s(plan(["credit"], ["icl_dp"], [1.0], [0], [1.0], [], [], [0], None)[0], stored) is None
+    (tmp_path / "compare.json").write_text(json.dumps({"units": {}}))
+    assert main(["--data", "titanic", "--seeds", "0", "--no-curve", "--dry-run", "--results-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "titanic|lora_dp_gan|eps=4|seed=0" in out and "0 done" in out
+    assert json.loads((tmp_path / "compare.json").read_text()) == {"units": {}}   # nothing ran, nothing was written

@@ -14,7 +14,9 @@ the same constrained read-out, at the same (ε, δ) as the client's DP expert:
 The grid (defaults): every registered table at ε ∈ {1, 4}, seeds 0, 1, 2 at ε = 1 and seed 0
 elsewhere (`--all-seeds-at`), plus the ε curve {0.5, 1, 2, 4, 8} on titanic (`--curve`,
 `--curve-data`); `lora_real` at seed 0 (`--real-seeds`); query latency of every method on every
-table (seed 0, ε = 1).
+table (seed 0, ε = 1). `--curve-methods` limits which methods run the curve's extra ε. Before a
+long run, `--dry-run` lists the units left with an estimate of each from the stored units' wall
+times, and the whole grid's.
 
 It resumes: each finished (table, method, ε, seed) unit is written to docs/results/compare.json at
 once, and a rerun skips the units already there with the same settings for that method (`USES`:
@@ -86,23 +88,23 @@ class Unit:
 
 def plan(datasets: list[str], methods: list[str], epsilons: list[float], seeds: list[int], all_seeds_at: list[float],
          curve: list[float], curve_datasets: list[str], real_seeds: list[int], latency_epsilon: float | None,
-         latency_only: bool = False) -> list[Unit]:
+         latency_only: bool = False, curve_methods: list[str] | None = None) -> list[Unit]:
     """The units of the grid, ordered so that units sharing work run back to back (one table at a time).
 
+    curve_methods: the methods that run the curve's extra ε (None: all).
     latency_only: just the latency units (their keys are the full grid's, so a later full run skips them)."""
     units: list[Unit] = []
     for ds in datasets:
-        grid = sorted(set(epsilons + (curve if ds in curve_datasets else [])))
-        seeds_of = {e: (seeds if e in all_seeds_at else seeds[:1]) for e in grid}
+        def mine(method: str, seed: int) -> list[float]:
+            curved = ds in curve_datasets and (curve_methods is None or method in curve_methods)
+            return [e for e in sorted(set(epsilons + (curve if curved else []))) if seed == seeds[0] or e in all_seeds_at]
+
         for seed in seeds:
-            mine = [e for e in grid if seed in seeds_of[e]]
-            if not mine:
-                continue
-            if "llamdex" in methods:
-                units.append(Unit(ds, "llamdex", tuple(mine), seed))
+            if "llamdex" in methods and mine("llamdex", seed):
+                units.append(Unit(ds, "llamdex", tuple(mine("llamdex", seed)), seed))
             for m in ("expert_api", "lora_dp_mst", "icl_dp", "lora_dp_gan"):
                 if m in methods:
-                    units += [Unit(ds, m, (e,), seed) for e in mine]
+                    units += [Unit(ds, m, (e,), seed) for e in mine(m, seed)]
             if "lora_real" in methods and seed in real_seeds:
                 units.append(Unit(ds, "lora_real", (None,), seed))
         if latency_epsilon is not None:
@@ -111,6 +113,23 @@ def plan(datasets: list[str], methods: list[str], epsilons: list[float], seeds: 
                 timed.append("expert_api")   # Llamdex's latency target is set against the expert API's
             units.append(Unit(ds, "latency", (latency_epsilon,), seeds[0], tuple(timed)))
     return [u for u in units if u.method == "latency"] if latency_only else units
+
+
+def estimate_s(unit: Unit, stored: dict[str, Any], form_filled: bool = False) -> float | None:
+    """Seconds a unit should take: the median wall time of the stored units of the same table and method
+    (Llamdex: per ε it evaluates; the expert API without its form filling when that is already made).
+    None when nothing alike has run. A guide for choosing a grid, not a promise: stored times include
+    whatever else shared the machine then."""
+    alike = [u for u in stored.values() if u["dataset"] == unit.dataset and u["method"] == unit.method and u.get("wall_s")]
+    if not alike:
+        return None
+    if unit.method == "llamdex":
+        walls = sorted(u["wall_s"] / len(u["epsilons"]) * len(unit.epsilons) for u in alike)
+    elif unit.method == "expert_api" and form_filled:
+        walls = sorted(max(0.0, u["wall_s"] - u.get("costs", {}).get("extract_s", 0.0)) for u in alike)
+    else:
+        walls = sorted(u["wall_s"] for u in alike)
+    return walls[len(walls) // 2]
 
 
 def settings_digest(settings: MethodSettings, connector_preset: str) -> str:
@@ -277,6 +296,7 @@ def _finite_epsilons(text: str) -> list[float]:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="llamdex bench compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="examples:\n  llamdex bench compare                         # the whole grid (resumes)\n"
+                                        "  llamdex bench compare --seeds 0 --dry-run       # what is left of a one-seed grid, and how long it should take\n"
                                         "  llamdex bench compare --methods llamdex --redo  # refresh Llamdex's rows only\n"
                                         "  llamdex bench compare --data titanic --preset quick --results-dir /tmp/c")
     add_data_args(ap, multiple=True, default=DATASETS)
@@ -286,6 +306,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--all-seeds-at", type=_finite_epsilons, default=[1.0], help="ε that run every seed (default 1)")
     ap.add_argument("--curve", type=_finite_epsilons, default=[0.5, 1.0, 2.0, 4.0, 8.0], help="ε of the accuracy-vs-ε curve (default 0.5,1,2,4,8)")
     ap.add_argument("--curve-data", type=lambda t: _csv(str, t), default=["titanic"], help="tables that run the curve (default titanic)")
+    ap.add_argument("--curve-methods", type=_methods, default=None, help="methods that run the curve's extra ε (default: all in --methods)")
     ap.add_argument("--no-curve", dest="curve_data", action="store_const", const=[], help="no table runs the curve (same as --curve-data '')")
     ap.add_argument("--real-seeds", type=lambda t: _csv(int, t), default=[0], help="seeds of lora_real (default 0)")
     ap.add_argument("--latency-epsilon", type=float, default=1.0, help="ε of the expert and synthetic rows in the latency runs (default 1)")
@@ -297,6 +318,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--lora-questions", type=int, default=None, help="training questions per LoRA run (default: the preset's; LoRAConfig.questions = 960 in the default one)")
     ap.add_argument("--connectors", type=Path, default=None, help="connector store of the llamdex units (default $LLAMDEX_HOME/connectors)")
     ap.add_argument("--redo", action="store_true", help="rerun units already in compare.json")
+    ap.add_argument("--dry-run", action="store_true", help="run nothing: list the units still to run with an estimate of each from the stored ones")
     ap.add_argument("--merge-only", action="store_true", help="run nothing: merge compare.json into accuracy.json / inference.json and redraw the report")
     ap.add_argument("--work", type=Path, default=Path("runs/compare"), help="folder of the synthetic tables (default runs/compare)")
     ap.add_argument("--threads", type=int, default=None)
@@ -326,11 +348,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("llamdex bench compare: --latency-only and --no-latency exclude each other")
     units = plan(datasets, args.methods, args.epsilons, args.seeds, args.all_seeds_at, args.curve,
                  [d for d in args.curve_data if d in datasets], args.real_seeds, None if args.no_latency else args.latency_epsilon,
-                 latency_only=args.latency_only)
+                 latency_only=args.latency_only, curve_methods=args.curve_methods)
     meta = {"command": command, "preset": args.preset, "settings": asdict(settings), "settings_digest": digest,
             "connector_preset": connector_preset, "environment": environment(), "table_epsilons": args.epsilons,
             "curve_epsilons": args.curve, "curve_datasets": args.curve_data, "seeds": args.seeds, "all_seeds_at": args.all_seeds_at,
-            "real_seeds": args.real_seeds}
+            "real_seeds": args.real_seeds, "curve_methods": args.curve_methods or args.methods}
     if args.merge_only:  # describes the runs already stored; a merge does not rewrite it
         for k, v in meta.items():
             store.data.setdefault(k, v)
@@ -338,12 +360,31 @@ def main(argv: list[str] | None = None) -> int:
         store.data.update(meta)
     digests = {m: unit_digest(asdict(settings), connector_preset, m) for m in (*METHODS, "latency")}
     todo = [u for u in units if args.redo or not store.done(u, digests[u.method])]
+    if args.dry_run:
+        return dry_run(units, todo, store)
     if not args.merge_only:
         print(f"compare: {len(units)} units in the grid, {len(units) - len(todo)} already done, {len(todo)} to run", flush=True)
         if todo:
             _run(todo, settings, digests, connector_preset, args, store, command)
     store.save(args.results_dir)
     publish(store, digests, args.results_dir, command)
+    return 0
+
+
+def dry_run(units: list[Unit], todo: list[Unit], store: CompareStore) -> int:
+    total, unknown = 0.0, 0
+    filled = {(u.dataset, u.seed) for u in units if u.method == "expert_api" and u not in todo}
+    for u in todo:
+        est = estimate_s(u, store.data["units"], form_filled=(u.dataset, u.seed) in filled)
+        if u.method == "expert_api":
+            filled.add((u.dataset, u.seed))
+        total += est or 0.0
+        unknown += est is None
+        print(f"  {u.key:<70} {'?' if est is None else f'{est / 60:5.1f} min'}")
+    spent = sum(store.data["units"][u.key]["wall_s"] for u in units if u not in todo and u.key in store.data["units"])
+    print(f"compare: {len(units)} units in the grid, {len(units) - len(todo)} done ({spent / 3600:.1f} h as run), {len(todo)} to run, "
+          f"about {total / 3600:.1f} h" + (f" plus {unknown} without a stored unit alike" if unknown else "")
+          + f" (from the stored units' median wall times); the whole grid about {(spent + total) / 3600:.1f} h")
     return 0
 
 
