@@ -312,7 +312,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--latency-epsilon", type=float, default=1.0, help="ε of the expert and synthetic rows in the latency runs (default 1)")
     ap.add_argument("--no-latency", action="store_true", help="skip the latency runs")
     ap.add_argument("--latency-only", action="store_true", help="only the latency runs (measures every method in --methods)")
-    ap.add_argument("--latency-reps", type=int, default=15, help="questions per method in the latency runs (default 15)")
+    ap.add_argument("--latency-reps", type=int, default=40, help="questions per method in the latency runs (default 40: a ratio of medians near 1.1 needs more than a handful; about a minute per table)")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="default", help="sizes of every method (quick: a small subset for tests)")
     ap.add_argument("--max-test", type=int, default=None, help="held-out questions per table (default: the preset's, 300)")
     ap.add_argument("--lora-questions", type=int, default=None, help="training questions per LoRA run (default: the preset's; LoRAConfig.questions = 960 in the default one)")
