@@ -201,3 +201,17 @@ def test_a_dry_run_lists_what_is_left_with_estimates_from_the_stored_units_and_r
     out = capsys.readouterr().out
     assert "titanic|lora_dp_gan|eps=4|seed=0" in out and "0 done" in out
     assert json.loads((tmp_path / "compare.json").read_text()) == {"units": {}}   # nothing ran, nothing was written
+
+
+def test_the_report_states_the_grid_its_units_were_run_on_whatever_commands_filled_it():
+    from simulations.baselines.report import grid_as_run
+
+    units = {"a": {"dataset": "titanic", "method": "llamdex", "epsilons": [1.0, 4.0], "seed": 0},
+             "b": {"dataset": "titanic", "method": "icl_dp", "epsilons": [1.0], "seed": 0},
+             "c": {"dataset": "titanic", "method": "icl_dp", "epsilons": [1.0], "seed": 1},
+             "d": {"dataset": "titanic", "method": "lora_dp_mst", "epsilons": [1.0], "seed": 0},
+             "e": {"dataset": "titanic", "method": "lora_dp_mst", "epsilons": [1.0], "seed": 1},
+             "f": {"dataset": "credit", "method": "lora_real", "epsilons": [None], "seed": 0},
+             "g": {"dataset": "credit", "method": "latency", "epsilons": [1.0], "seed": 0}}
+    assert grid_as_run(units) == "titanic: llamdex at 1, 4 [0]; icl_dp, lora_dp_mst at 1 [0, 1] · credit: lora_real at no DP [0]"
+    assert grid_as_run({}) == "no units yet"

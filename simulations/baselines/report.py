@@ -236,19 +236,37 @@ def markdown(data: dict, plotted: list[str]) -> str:
     return "\n".join(lines)
 
 
+def grid_as_run(units: dict) -> str:
+    """The (ε, seeds) of the reported units per table, methods with the same grid named together: what the
+    tables above rest on, whatever commands filled them in."""
+    per: dict[str, dict[str, tuple[set, set]]] = {}
+    for u in units.values():
+        if u["method"] == "latency":
+            continue
+        eps, seeds = per.setdefault(u["dataset"], {}).setdefault(u["method"], (set(), set()))
+        eps.update(u["epsilons"])
+        seeds.add(u["seed"])
+    out = []
+    for ds, methods in per.items():
+        groups: dict[tuple, list[str]] = {}
+        for m, (eps, seeds) in methods.items():
+            groups.setdefault((tuple(sorted(eps, key=lambda e: -1 if e is None else e)), tuple(sorted(seeds))), []).append(m)
+        parts = [f"{', '.join(ms)} at " + ", ".join("no DP" if e is None else f"{e:g}" for e in eps) + f" [{', '.join(map(str, seeds))}]"
+                 for (eps, seeds), ms in groups.items()]
+        out.append(f"{ds}: " + "; ".join(parts))
+    return " · ".join(out) or "no units yet"
+
+
 def notes(data: dict) -> list[str]:
     """How the methods were run and why (read with the tables above)."""
     s = data.get("settings", {})
-    lora, seeds = s.get("lora", {}), data.get("seeds")
-    grid = (f"seeds {', '.join(map(str, seeds))} at ε = {', '.join(f'{e:g}' for e in data.get('all_seeds_at', []))}, the first seed elsewhere; "
-            if seeds else "")
-    curve = ", ".join(f"{e:g}" for e in data.get("curve_epsilons", []))
+    lora = s.get("lora", {})
     stale = data.get("stale_units", [])
     pending = ([f"- Not shown: {len(stale)} unit(s) in compare.json ran under an earlier recipe of their method and wait to be rerun "
                 f"(the same command reruns them): {', '.join(stale)}."] if stale else [])
     return ["### How the methods ran", "", *pending,
-            (f"- Grid: {grid}ε-curve {{{curve}}} on {', '.join(data.get('curve_datasets', []))}; `lora_real` at seed(s) "
-            f"{', '.join(map(str, data.get('real_seeds', [0])))}. The held-out split and questions are `run_pipeline`'s (checked equal in every Llamdex unit)."),
+            f"- Grid as run (ε, [seeds]): {grid_as_run(data.get('units', {}))}. The held-out split and questions are `run_pipeline`'s "
+            "(checked equal in every Llamdex unit).",
             (f"- LoRA (peft): rank {lora.get('rank')}, α {lora.get('alpha')}, q/k/v/o of {_layers(lora.get('layers'))} (the frozen layers below are "
             "computed once per question and cached; SmolLM2 ties its embeddings, which stay frozen), float32, AdamW at learning rate "
             f"{lora.get('lr')}, constant after {lora.get('warmup', 4)} warm-up steps, {lora.get('questions')} questions × {lora.get('epochs')} "
