@@ -46,8 +46,12 @@ class PipelineResult:
 
 def run_pipeline(table: TableRef | str = "titanic", epsilons: tuple[float | None, ...] = (None, 1.0, 4.0), *, preset: Preset | str = "default",
                  seed: int = 0, max_test: int | None = None, max_train: int | None = None, base_model: str = EMBEDDED,
-                 connectors_root=None, retrain: bool = False, progress: bool = True, log=print) -> PipelineResult:
+                 connectors_root=None, retrain: bool = False, progress: bool = True, log=print,
+                 decision: str = "balanced") -> PipelineResult:
     """Client experts (one per ε; None = no DP), the provider's connectors for the schema, and the evaluation.
+
+    decision: the experts' decision rule (`TrainConfig.decision`): "balanced" (the client's default) or
+    "calibrated" (plain accuracy, the rule every fine-tuned baseline follows).
 
     `table` is a `TableRef` (a registered table, or a CSV/Parquet file with its schema) or the text
     `--data` takes (a registered name or a file path). Rows and results are named by `table.id`.
@@ -68,7 +72,7 @@ def run_pipeline(table: TableRef | str = "titanic", epsilons: tuple[float | None
     x_train, y_train = encode_table(train, schema)
     experts, dp = {}, {}
     for eps in epsilons:
-        cfg = TrainConfig(seed=seed) if eps is None else TrainConfig.private(eps, seed=seed)
+        cfg = TrainConfig(seed=seed, decision=decision) if eps is None else TrainConfig.private(eps, seed=seed, decision=decision)
         t = time.perf_counter()
         trained = train_expert(x_train, y_train, schema, cfg, progress=progress)
         timings[f"expert_{eps_key(eps)}_s"] = time.perf_counter() - t

@@ -8,6 +8,7 @@ import pytest
 
 from simulations.benchmarks.compare import (
     METHODS,
+    TIMED_METHODS,
     main,
     merge_accuracy,
     merge_inference,
@@ -34,10 +35,11 @@ def test_the_default_grid_is_three_seeds_at_epsilon_one_and_the_curve_on_titanic
         for m in ("expert_api", "icl_dp", "lora_dp_mst", "lora_dp_gan"):
             got = sorted((u.epsilons[0], u.seed) for u in by[(ds, m)])
             assert got == sorted([(1.0, s) for s in (0, 1, 2)] + [(e, 0) for e in grid if e != 1.0])
-        assert [(u.epsilons, u.seed) for u in by[(ds, "llamdex")]] == [(tuple(grid), 0), ((1.0,), 1), ((1.0,), 2)]
+        for m in ("llamdex", "llamdex_calibrated"):
+            assert [(u.epsilons, u.seed) for u in by[(ds, m)]] == [(tuple(grid), 0), ((1.0,), 1), ((1.0,), 2)]
         assert [(u.epsilons, u.seed) for u in by[(ds, "lora_real")]] == [((None,), 0)]
         [lat] = by[(ds, "latency")]
-        assert lat.measures == METHODS and lat.seed == 0
+        assert lat.measures == TIMED_METHODS and lat.seed == 0
     assert len({u.key for u in units}) == len(units)
     only = plan(a.data.split(","), a.methods, a.epsilons, a.seeds, a.all_seeds_at, a.curve, a.curve_data, a.real_seeds, a.latency_epsilon,
                 latency_only=True)
@@ -58,7 +60,7 @@ def test_a_new_lora_recipe_reruns_only_the_units_that_use_it(tmp_path, monkeypat
     old = MethodSettings()
     new = replace(old, lora=replace(old.lora, questions=old.lora.questions * 3))
     same = {m for m in (*METHODS, "latency") if unit_digest(asdict(old), "default", m) == unit_digest(asdict(new), "default", m)}
-    assert same == {"llamdex", "expert_api"}
+    assert same == {"llamdex", "llamdex_calibrated", "expert_api"}
     assert unit_digest(asdict(old), "default", "llamdex") != unit_digest(asdict(old), "quick", "llamdex")   # connectors matter to Llamdex
     assert unit_digest(asdict(old), "default", "expert_api") == unit_digest(asdict(old), "quick", "expert_api")
     # a new default expert recipe reruns exactly the units that use the client's expert
@@ -70,7 +72,7 @@ def test_a_new_lora_recipe_reruns_only_the_units_that_use_it(tmp_path, monkeypat
                         classmethod(lambda cls, eps, **kw: real_private(cls, eps, **{"epochs": 61, **kw})))
     moved = {m for m in before if unit_digest(asdict(old), "default", m) != before[m]}
     monkeypatch.undo()
-    assert moved == {"llamdex", "expert_api", "latency"}
+    assert moved == {"llamdex", "llamdex_calibrated", "expert_api", "latency"}
     # a file written under the whole preset's digest: its units take their method's digest of the file's settings
     whole = settings_digest(old, "default")
     units = {k: {"method": m, "settings_digest": whole, "rows": []} for k, m in (("a", "llamdex"), ("b", "lora_real"))}
@@ -135,12 +137,14 @@ def test_quick_comparison_of_every_method_resumes_and_merges(tmp_path, base_llm,
     acc = json.loads((res / "accuracy.json").read_text())
     assert acc["keep"] and acc["rows"][0]["dataset"] == "credit"
     mine = {r["method"]: r for r in acc["rows"][1:]}
-    assert set(mine) == {"expert_api", "icl_dp", "lora_dp_mst", "lora_dp_gan", "lora_real"}
+    assert set(mine) == {"llamdex_calibrated", "expert_calibrated", "expert_api", "icl_dp", "lora_dp_mst", "lora_dp_gan", "lora_real"}
     for r in mine.values():
         assert set(r) == {"dataset", "method", "epsilon", "accuracy", "balanced_accuracy", "macro_f1", "n_test", "seed"}
         assert r["n_test"] == 10 and r["dataset"] == "titanic" and r["epsilon"] == (None if r["method"] == "lora_real" else 1.0)
     ll = next(u for u in units.values() if u["method"] == "llamdex")
     assert {r["method"] for r in ll["rows"]} == {"base_llm", "expert", "llamdex", "majority_class"} and ll["rows"][0]["n_test"] == 10
+    cal = next(u for u in units.values() if u["method"] == "llamdex_calibrated")
+    assert {r["method"] for r in cal["rows"]} == {"expert_calibrated", "llamdex_calibrated"}
     costs = {r["method"]: r for r in json.loads((res / "inference.json").read_text())["compare"]}
     assert set(costs) == {"base_llm", "llamdex", "expert_api", "icl_dp", "lora"}
     assert costs["expert_api"]["mean_generated_tokens"] > 0 and costs["icl_dp"]["mean_prompt_tokens"] > costs["base_llm"]["mean_prompt_tokens"]
@@ -215,3 +219,16 @@ def test_the_report_states_the_grid_its_units_were_run_on_whatever_commands_fill
              "g": {"dataset": "credit", "method": "latency", "epsilons": [1.0], "seed": 0}}
     assert grid_as_run(units) == "titanic: llamdex at 1, 4 [0]; icl_dp, lora_dp_mst at 1 [0, 1] · credit: lora_real at no DP [0]"
     assert grid_as_run({}) == "no units yet"
+
+
+def test_experts_trained_for_plain_accuracy_are_reported_apart_and_never_serve_the_expert_api(tmp_path, base_llm, titanic_schema, tiny_connectors):
+    from provider_party.model.connector_store import ConnectorStore
+    from simulations.baselines.methods import Workbench
+    from simulations.benchmarks.compare import PRESETS
+
+    ConnectorStore(tmp_path / "connectors").save(base_llm, titanic_schema, tiny_connectors)
+    bench = Workbench(base_llm, PRESETS["quick"], tmp_path / "work", progress=False, log=lambda m: None)
+    res = bench.llamdex("titanic", (1.0,), 0, "quick", tmp_path / "connectors", decision="calibrated")
+    assert sorted(r["method"] for r in res.rows) == ["expert_calibrated", "llamdex_calibrated"]
+    assert bench._experts == {}   # the expert API trains (or takes from a balanced Llamdex unit) the client's default expert
+    assert res.info["dp"]["eps=1"]["epsilon"] <= 1.0

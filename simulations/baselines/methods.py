@@ -264,8 +264,13 @@ class Workbench:
                              "mean_generated_tokens": float(np.mean(ext.generated_tokens)), "mean_forced_tokens": float(np.mean(ext.forced_tokens))},
                             {"extraction": quality, "unparsed_share": unparsed})
 
-    def llamdex(self, table: str, epsilons: tuple[float, ...], seed: int, connector_preset: str, connectors_root) -> MethodResult:
-        """Llamdex, its experts, the base LLM and the majority class, from `run_pipeline` with this comparison's split."""
+    def llamdex(self, table: str, epsilons: tuple[float, ...], seed: int, connector_preset: str, connectors_root,
+                decision: str = "balanced") -> MethodResult:
+        """Llamdex, its experts, the base LLM and the majority class, from `run_pipeline` with this comparison's split.
+
+        decision "calibrated": the client trains its experts for plain accuracy instead (the rule the fine-tuned
+        baselines follow); the rows are `llamdex_calibrated` and `expert_calibrated`, and these experts are not
+        the ones the expert API uses."""
         from simulations.pipeline import eps_key, run_pipeline
 
         ref = TableRef.parse(table)
@@ -273,12 +278,18 @@ class Workbench:
             raise ValueError(f"--methods llamdex needs a registered table (run_pipeline loads it by name); {table!r} is a file")
         t = time.perf_counter()
         res = run_pipeline(ref.name, tuple(epsilons), preset=connector_preset, seed=seed, max_test=self.settings.max_test,
-                           max_train=self.settings.max_train, connectors_root=connectors_root, progress=self.progress, log=self.log)
+                           max_train=self.settings.max_train, connectors_root=connectors_root, progress=self.progress, log=self.log,
+                           decision=decision)
         s = self.split(table, seed)
         if res.questions != s.questions:
             raise AssertionError(f"{table}: run_pipeline asked other held-out questions than the baselines; the comparison would be unfair")
-        for eps in epsilons:  # the pipeline's experts are the ones the baselines need: trained once
-            key = eps_key(eps)
-            self._experts.setdefault((table, float(eps), seed), TrainedExpert(res.experts[key], DPStatement.from_dict(res.dp[key]), []))
-        return MethodResult(res.rows, {"wall_s": time.perf_counter() - t, **res.timings, "connectors_trained_now": res.connectors_trained_now},
+        rows = res.rows
+        if decision == "balanced":
+            for eps in epsilons:  # the pipeline's experts are the ones the baselines need: trained once
+                key = eps_key(eps)
+                self._experts.setdefault((table, float(eps), seed), TrainedExpert(res.experts[key], DPStatement.from_dict(res.dp[key]), []))
+        else:
+            renamed = {"llamdex": f"llamdex_{decision}", "expert": f"expert_{decision}"}
+            rows = [{**r, "method": renamed[r["method"]]} for r in rows if r["method"] in renamed]
+        return MethodResult(rows, {"wall_s": time.perf_counter() - t, **res.timings, "connectors_trained_now": res.connectors_trained_now},
                             {"extraction": res.extraction, "dp": res.dp, "model": res.model, "experts": res.experts})

@@ -5,6 +5,8 @@ the same real held-out questions of each table (the split and questions of `run_
 the same constrained read-out, at the same (ε, δ) as the client's DP expert:
 
   llamdex       the client's DP expert plugged into the frozen LLM (rows from `run_pipeline`)
+  llamdex_calibrated  the same with experts trained for plain accuracy (`TrainConfig.decision`), the rule
+                the fine-tuned baselines follow; the default experts are trained for balanced accuracy
   expert_api    the LLM fills in the expert's inputs from the question (constrained generation), the expert answers
   icl_dp        k MST-synthesized rows as answered questions in the prompt
   lora_dp_mst   LoRA fine-tuning on questions from an MST-synthesized table
@@ -22,8 +24,9 @@ It resumes: each finished (table, method, ε, seed) unit is written to docs/resu
 once, and a rerun skips the units already there with the same settings for that method (`USES`:
 a new LoRA recipe reruns the LoRA and in-context units, not Llamdex's or the expert API's;
 `--redo` reruns them all).
-After every unit the new rows are merged into docs/results/accuracy.json (rows of the five baseline
-methods, replaced by (dataset, method, epsilon, seed); nothing else in the file changes), the
+After every unit the new rows are merged into docs/results/accuracy.json (rows of the baseline
+methods and of `llamdex_calibrated` with its experts, replaced by (dataset, method, epsilon, seed);
+nothing else in the file changes), the
 costs into the `compare` list of docs/results/inference.json, and the `compare` section of
 docs/RESULTS.md and docs/results/compare_epsilon.png are redrawn. To refresh only Llamdex's rows
 (after its connectors change): `llamdex bench compare --methods llamdex --redo`.
@@ -55,8 +58,11 @@ from simulations.benchmarks.results_md import (
 )
 from simulations.cli.common import add_data_args, epsilon_list, set_threads
 
-METHODS = ("llamdex", "expert_api", "icl_dp", "lora_dp_mst", "lora_dp_gan", "lora_real")
-BASELINE_METHODS = METHODS[1:]
+METHODS = ("llamdex", "llamdex_calibrated", "expert_api", "icl_dp", "lora_dp_mst", "lora_dp_gan", "lora_real")
+LLAMDEX_METHODS = ("llamdex", "llamdex_calibrated")   # one unit runs several ε; the connectors are part of the method
+TIMED_METHODS = ("llamdex", "expert_api", "icl_dp", "lora_dp_mst", "lora_dp_gan", "lora_real")   # what the latency units measure
+# Rows this benchmark owns in accuracy.json (Llamdex's own rows come from `bench accuracy`).
+MERGED_METHODS = ("llamdex_calibrated", "expert_calibrated", "expert_api", "icl_dp", "lora_dp_mst", "lora_dp_gan", "lora_real")
 DATASETS = "titanic,default,credit,churn"
 
 PRESETS: dict[str, MethodSettings] = {
@@ -100,15 +106,16 @@ def plan(datasets: list[str], methods: list[str], epsilons: list[float], seeds: 
             return [e for e in sorted(set(epsilons + (curve if curved else []))) if seed == seeds[0] or e in all_seeds_at]
 
         for seed in seeds:
-            if "llamdex" in methods and mine("llamdex", seed):
-                units.append(Unit(ds, "llamdex", tuple(mine("llamdex", seed)), seed))
+            for m in LLAMDEX_METHODS:
+                if m in methods and mine(m, seed):
+                    units.append(Unit(ds, m, tuple(mine(m, seed)), seed))
             for m in ("expert_api", "lora_dp_mst", "icl_dp", "lora_dp_gan"):
                 if m in methods:
                     units += [Unit(ds, m, (e,), seed) for e in mine(m, seed)]
             if "lora_real" in methods and seed in real_seeds:
                 units.append(Unit(ds, "lora_real", (None,), seed))
         if latency_epsilon is not None:
-            timed = [m for m in METHODS if m in methods]
+            timed = [m for m in TIMED_METHODS if m in methods]
             if "llamdex" in timed and "expert_api" not in timed:
                 timed.append("expert_api")   # Llamdex's latency target is set against the expert API's
             units.append(Unit(ds, "latency", (latency_epsilon,), seeds[0], tuple(timed)))
@@ -123,7 +130,7 @@ def estimate_s(unit: Unit, stored: dict[str, Any], form_filled: bool = False) ->
     alike = [u for u in stored.values() if u["dataset"] == unit.dataset and u["method"] == unit.method and u.get("wall_s")]
     if not alike:
         return None
-    if unit.method == "llamdex":
+    if unit.method in LLAMDEX_METHODS:
         walls = sorted(u["wall_s"] / len(u["epsilons"]) * len(unit.epsilons) for u in alike)
     elif unit.method == "expert_api" and form_filled:
         walls = sorted(max(0.0, u["wall_s"] - u.get("costs", {}).get("extract_s", 0.0)) for u in alike)
@@ -144,6 +151,7 @@ def settings_digest(settings: MethodSettings, connector_preset: str) -> str:
 # Latency times every method: it depends on everything.
 USES: dict[str, tuple[str, ...]] = {
     "llamdex": ("max_test", "max_train", "eval_batch"),
+    "llamdex_calibrated": ("max_test", "max_train", "eval_batch"),
     "expert_api": ("max_test", "max_train", "api_batch"),
     "icl_dp": ("max_test", "max_train", "eval_batch", "mst", "lora.questions", "icl_k"),
     "lora_dp_mst": ("max_test", "max_train", "eval_batch", "mst", "lora"),
@@ -152,7 +160,7 @@ USES: dict[str, tuple[str, ...]] = {
 }
 
 
-EXPERT_USERS = ("llamdex", "expert_api", "latency")
+EXPERT_USERS = ("llamdex", "llamdex_calibrated", "expert_api", "latency")
 
 
 def unit_digest(settings: dict[str, Any], connector_preset: str, method: str) -> str:
@@ -163,7 +171,7 @@ def unit_digest(settings: dict[str, Any], connector_preset: str, method: str) ->
         for path in USES[method]:
             group, _, field_ = path.partition(".")
             used[path] = settings[group][field_] if field_ else settings[group]
-    connectors = connector_preset if method in ("llamdex", "latency") else None
+    connectors = connector_preset if method in (*LLAMDEX_METHODS, "latency") else None
     blob = {"settings": used, "connectors": connectors}
     if method in EXPERT_USERS:   # the client's expert is part of the method: a new recipe reruns these units
         from client_party.expert_training import default_recipe_digest
@@ -223,10 +231,10 @@ def _jsonable(info: dict) -> dict:
 
 
 def merge_accuracy(results_dir: Path, rows: list[dict]) -> None:
-    """Adds the baseline methods' rows to accuracy.json; replaces only rows of the same (dataset, method, epsilon, seed)."""
+    """Adds the rows this benchmark owns (`MERGED_METHODS`) to accuracy.json; replaces only rows of the same (dataset, method, epsilon, seed)."""
     path = Path(results_dir) / "accuracy.json"
     payload = json.loads(path.read_text()) if path.exists() else {"rows": []}
-    new = [r for r in rows if r["method"] in BASELINE_METHODS]
+    new = [r for r in rows if r["method"] in MERGED_METHODS]
     keys = {(r["dataset"], r["method"], r["epsilon"], r["seed"]) for r in new}
     kept = [r for r in payload.get("rows", []) if (r.get("dataset"), r.get("method"), r.get("epsilon"), r.get("seed")) not in keys]
     payload["rows"] = kept + [{k: r[k] for k in ("dataset", "method", "epsilon", "accuracy", "balanced_accuracy", "macro_f1", "n_test", "seed")}
@@ -247,8 +255,9 @@ def merge_inference(results_dir: Path, cost_rows: list[dict], command: str) -> N
 
 def run_unit(bench: Workbench, unit: Unit, connector_preset: str, connectors_root, reps: int) -> MethodResult:
     m, seed = unit.method, unit.seed
-    if m == "llamdex":
-        return bench.llamdex(unit.dataset, unit.epsilons, seed, connector_preset, connectors_root)
+    if m in LLAMDEX_METHODS:
+        return bench.llamdex(unit.dataset, unit.epsilons, seed, connector_preset, connectors_root,
+                             decision="balanced" if m == "llamdex" else m.removeprefix("llamdex_"))
     if m == "latency":
         from provider_party.model.connector_store import ConnectorStore
         from simulations.baselines.latency import latency_rows
