@@ -127,7 +127,8 @@ def estimate_s(unit: Unit, stored: dict[str, Any], form_filled: bool = False) ->
     (Llamdex: per ε it evaluates; the expert API without its form filling when that is already made).
     None when nothing alike has run. A guide for choosing a grid, not a promise: stored times include
     whatever else shared the machine then."""
-    alike = [u for u in stored.values() if u["dataset"] == unit.dataset and u["method"] == unit.method and u.get("wall_s")]
+    kin = LLAMDEX_METHODS if unit.method in LLAMDEX_METHODS else (unit.method,)   # the Llamdex variants do the same work
+    alike = [u for u in stored.values() if u["dataset"] == unit.dataset and u["method"] in kin and u.get("wall_s")]
     if not alike:
         return None
     if unit.method in LLAMDEX_METHODS:
