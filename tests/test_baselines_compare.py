@@ -137,10 +137,11 @@ def test_quick_comparison_of_every_method_resumes_and_merges(tmp_path, base_llm,
     acc = json.loads((res / "accuracy.json").read_text())
     assert acc["keep"] and acc["rows"][0]["dataset"] == "credit"
     mine = {r["method"]: r for r in acc["rows"][1:]}
-    assert set(mine) == {"llamdex_calibrated", "expert_calibrated", "expert_api", "icl_dp", "lora_dp_mst", "lora_dp_gan", "lora_real"}
+    assert set(mine) == {"llamdex_calibrated", "expert_calibrated", "expert_api", "icl_dp", "lora_dp_mst", "lora_dp_gan", "lora_real",
+                         "lora_dp_mst_balanced", "lora_dp_gan_balanced", "lora_real_balanced"}
     for r in mine.values():
         assert set(r) == {"dataset", "method", "epsilon", "accuracy", "balanced_accuracy", "macro_f1", "n_test", "seed"}
-        assert r["n_test"] == 10 and r["dataset"] == "titanic" and r["epsilon"] == (None if r["method"] == "lora_real" else 1.0)
+        assert r["n_test"] == 10 and r["dataset"] == "titanic" and r["epsilon"] == (None if r["method"].startswith("lora_real") else 1.0)
     ll = next(u for u in units.values() if u["method"] == "llamdex")
     assert {r["method"] for r in ll["rows"]} == {"base_llm", "expert", "llamdex", "majority_class"} and ll["rows"][0]["n_test"] == 10
     cal = next(u for u in units.values() if u["method"] == "llamdex_calibrated")
@@ -232,3 +233,15 @@ def test_experts_trained_for_plain_accuracy_are_reported_apart_and_never_serve_t
     assert sorted(r["method"] for r in res.rows) == ["expert_calibrated", "llamdex_calibrated"]
     assert bench._experts == {}   # the expert API trains (or takes from a balanced Llamdex unit) the client's default expert
     assert res.info["dp"]["eps=1"]["epsilon"] <= 1.0
+
+
+def test_the_balanced_read_out_divides_by_the_models_own_training_prior():
+    import numpy as np
+
+    from simulations.baselines.methods import balanced_decision
+
+    probs = np.array([[0.8, 0.2], [0.97, 0.03], [0.3, 0.7]])
+    assert probs.argmax(-1).tolist() == [0, 0, 1]
+    assert balanced_decision(probs, np.array([90, 10])).tolist() == [1, 0, 1]   # 0.2 / 0.108 > 0.8 / 0.892; 0.03 is not enough
+    assert balanced_decision(probs, np.array([50, 50])).tolist() == [0, 0, 1]   # a balanced prior changes nothing
+    assert balanced_decision(probs, np.array([100, 0])).tolist() == [1, 1, 1]   # never seen in training: the add-one prior, not a division by 0

@@ -91,6 +91,15 @@ def split_like_pipeline(df: pd.DataFrame, schema: PublicSchema, seed: int, max_t
     return train, test
 
 
+def balanced_decision(probs: np.ndarray, train_share: np.ndarray) -> np.ndarray:
+    """The balanced-accuracy decision of a model fitted by cross-entropy to labels with these counts: argmax of
+    p(y | x) / prior(y) (add-one prior). The prior is the model's own training labels (synthetic, or the real
+    questions for the upper bound), so it costs no privacy beyond the model's. What the client's expert does
+    with its `balanced` rule, given to the fine-tuned baselines too, so that balanced accuracy compares rules alike."""
+    prior = (np.asarray(train_share, dtype=float) + 1.0) / (float(np.sum(train_share)) + len(train_share))
+    return (np.log(np.clip(probs, 1e-12, None)) - np.log(prior)).argmax(-1)
+
+
 def row(dataset: str, method: str, epsilon: float | None, y_true: np.ndarray, pred: np.ndarray, seed: int, **extra) -> dict[str, Any]:
     return {"dataset": dataset, "method": method, "epsilon": epsilon, **scores(y_true, pred), "n_test": len(y_true), "seed": seed, **extra}
 
@@ -171,13 +180,15 @@ class Workbench:
         clf = train_lora(self.base, s.schema, questions, labels, cfg, seed=seed, progress=self.progress)
         fit_s = time.perf_counter() - t
         t = time.perf_counter()
-        pred = clf.probs(s.questions, self.settings.eval_batch, lower=self.held_out_lower(table, seed, clf.first_layer),
-                         progress=self.progress).argmax(-1)
+        probs = clf.probs(s.questions, self.settings.eval_batch, lower=self.held_out_lower(table, seed, clf.first_layer),
+                          progress=self.progress)
         eval_s = time.perf_counter() - t
         del clf
-        return MethodResult([row(s.name, method, epsilon, s.y_test, pred, seed)],
+        share = np.bincount(labels, minlength=s.schema.label.num_classes)
+        return MethodResult([row(s.name, method, epsilon, s.y_test, probs.argmax(-1), seed),
+                             row(s.name, f"{method}_balanced", epsilon, s.y_test, balanced_decision(probs, share), seed)],
                             {"finetune_s": fit_s, "eval_s": eval_s, "train_questions": len(questions)},
-                            {"train_label_share": np.bincount(labels, minlength=s.schema.label.num_classes).tolist()})
+                            {"train_label_share": share.tolist()})
 
     def held_out_lower(self, table: str, seed: int, layer: int) -> LowerStates | None:
         """The base LLM's states of the held-out questions below the adapters: the same for every LoRA run (computed once)."""

@@ -13,6 +13,11 @@ the same constrained read-out, at the same (ε, δ) as the client's DP expert:
   lora_dp_gan   LoRA fine-tuning on questions from a DP-CTGAN-style synthetic table (Opacus DP-SGD)
   lora_real     LoRA fine-tuning on the real training questions (no privacy: the upper bound)
 
+Each LoRA unit reports two read-outs of the same model: argmax (plain accuracy, as trained) and
+`<method>_balanced`, the argmax after dividing by the label prior of its own training questions (the
+balanced rule the client's default expert uses; no privacy cost), so that balanced accuracy compares
+like with like.
+
 The grid (defaults): every registered table at ε ∈ {1, 4}, seeds 0, 1, 2 at ε = 1 and seed 0
 elsewhere (`--all-seeds-at`), plus the ε curve {0.5, 1, 2, 4, 8} on titanic (`--curve`,
 `--curve-data`); `lora_real` at seed 0 (`--real-seeds`); query latency of every method on every
@@ -62,7 +67,8 @@ METHODS = ("llamdex", "llamdex_calibrated", "expert_api", "icl_dp", "lora_dp_mst
 LLAMDEX_METHODS = ("llamdex", "llamdex_calibrated")   # one unit runs several ε; the connectors are part of the method
 TIMED_METHODS = ("llamdex", "expert_api", "icl_dp", "lora_dp_mst", "lora_dp_gan", "lora_real")   # what the latency units measure
 # Rows this benchmark owns in accuracy.json (Llamdex's own rows come from `bench accuracy`).
-MERGED_METHODS = ("llamdex_calibrated", "expert_calibrated", "expert_api", "icl_dp", "lora_dp_mst", "lora_dp_gan", "lora_real")
+MERGED_METHODS = ("llamdex_calibrated", "expert_calibrated", "expert_api", "icl_dp", "lora_dp_mst", "lora_dp_gan", "lora_real",
+                  "lora_dp_mst_balanced", "lora_dp_gan_balanced", "lora_real_balanced")
 DATASETS = "titanic,default,credit,churn"
 
 PRESETS: dict[str, MethodSettings] = {
