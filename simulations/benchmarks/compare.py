@@ -113,8 +113,8 @@ def plan(datasets: list[str], methods: list[str], epsilons: list[float], seeds: 
 
         for seed in seeds:
             for m in LLAMDEX_METHODS:
-                if m in methods and mine(m, seed):
-                    units.append(Unit(ds, m, tuple(mine(m, seed)), seed))
+                if m in methods and (grid := mine(m, seed)):
+                    units.append(Unit(ds, m, tuple(grid), seed))
             for m in ("expert_api", "lora_dp_mst", "icl_dp", "lora_dp_gan"):
                 if m in methods:
                     units += [Unit(ds, m, (e,), seed) for e in mine(m, seed)]

@@ -401,8 +401,8 @@ def headroom_markdown(data: dict[str, Any]) -> str:
         top = max(e for e in eps_cols if e in by)
         gap4 = f"{by[4.0]['gap_to_non_dp']:+.3f}" if 4.0 in by and ref else "–"
         free = f"{by[top]['gap_to_non_dp']:+.3f}" if ref else "–"
-        lines.append(f"| {table} | {t['train_records']} | " + " | ".join(cells) +
-                     f" | {ref['balanced_accuracy_mean']:.3f} ± {ref['balanced_accuracy_spread']:.3f} | {gap4} | {free} |" if ref else " | – | – | – |")
+        tail = f"{ref['balanced_accuracy_mean']:.3f} ± {ref['balanced_accuracy_spread']:.3f} | {gap4} | {free}" if ref else "– | – | –"
+        lines.append(f"| {table} | {t['train_records']} | " + " | ".join(cells) + f" | {tail} |")
     lines += ["", f"Reproduce: `{meta['command']}` ({meta['training_minutes']} minutes of training on {meta['machine']}; "
                   "the ε = 4 and non-DP runs are shared with `verify` through runs/cache).", ""]
     return "\n".join(lines)
@@ -428,6 +428,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _publish(out: Path, filename: str, section: str, data: dict[str, Any], md: str) -> int:
+    """The part's JSON under `out` and its section of RESULTS.md (printed too)."""
+    from simulations.benchmarks.results_md import results_md_path, update_section
+
+    (out / filename).write_text(json.dumps(data, indent=1) + "\n")
+    update_section(section, md, results_md_path(out))
+    print(md)
+    return 0
+
+
+def _training_minutes(tables: dict[str, Any]) -> float:
+    return round(sum(r["seconds"] for t in tables.values() for r in t["rows"]) / 60, 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
@@ -441,26 +455,15 @@ def main(argv: list[str] | None = None) -> int:
         args.epsilons = list(HEADROOM_EPSILONS) if args.part == "headroom" else [1.0, 4.0, None]
     if args.part == "headroom":
         tables = verify(args)
-        compute = sum(r["seconds"] for t in tables.values() for r in t["rows"]) / 60
-        meta.update({"wall_minutes": round((time.perf_counter() - t0) / 60, 1), "training_minutes": round(compute, 1), "seeds": args.seeds,
+        meta.update({"wall_minutes": round((time.perf_counter() - t0) / 60, 1), "training_minutes": _training_minutes(tables), "seeds": args.seeds,
                      "epsilons": args.epsilons})
         data = {"meta": meta, "tables": tables}
-        (args.out / "dp_headroom.json").write_text(json.dumps(data, indent=1) + "\n")
-        from simulations.benchmarks.results_md import results_md_path, update_section
-
-        update_section("dp-headroom", headroom_markdown(data), results_md_path(args.out))
-        print(headroom_markdown(data))
-        return 0
+        return _publish(args.out, "dp_headroom.json", "dp-headroom", data, headroom_markdown(data))
     if args.part == "encoding":
         res = encoding(args)
         meta.update({"wall_minutes": round((time.perf_counter() - t0) / 60, 1), "seeds": args.seeds})
         data = {"meta": meta, **res}
-        (args.out / "dp_encoding.json").write_text(json.dumps(data, indent=1) + "\n")
-        from simulations.benchmarks.results_md import results_md_path, update_section
-
-        update_section("dp-encoding", encoding_markdown(data), results_md_path(args.out))
-        print(encoding_markdown(data))
-        return 0
+        return _publish(args.out, "dp_encoding.json", "dp-encoding", data, encoding_markdown(data))
     if args.part == "study":
         res = study(args)
         meta["wall_minutes"] = round((time.perf_counter() - t0) / 60, 1)
@@ -475,18 +478,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig.private(1.0)
     recipe = next((c.name for c in CANDIDATES if (c.epochs, c.lr) == (cfg.epochs, cfg.lr)
                    and all(c.batch_size(n) == dp_batch_size(n) for n in (500, 1000, 4000, 8000))), "custom")
-    compute = sum(r["seconds"] for t in tables.values() for r in t["rows"]) / 60
-    meta.update({"wall_minutes": round((time.perf_counter() - t0) / 60, 1), "training_minutes": round(compute, 1), "seeds": args.seeds, "recipe": recipe,
-                 "numeric_bins": cfg.numeric_bins,
+    meta.update({"wall_minutes": round((time.perf_counter() - t0) / 60, 1), "training_minutes": _training_minutes(tables), "seeds": args.seeds,
+                 "recipe": recipe, "numeric_bins": cfg.numeric_bins,
                  "notes": ["Each table: the client's stratified 80/20 train/test split (seed 0); seeds vary the initialisation and, "
                            "without DP, the validation split and data order. DP noise and sampling are never seeded."]})
     data = {"meta": meta, "tables": tables}
-    (args.out / "dp_experts.json").write_text(json.dumps(data, indent=1) + "\n")
-    from simulations.benchmarks.results_md import results_md_path, update_section
-
-    update_section("dp-experts", markdown(data), results_md_path(args.out))
-    print(markdown(data))
-    return 0
+    return _publish(args.out, "dp_experts.json", "dp-experts", data, markdown(data))
 
 
 if __name__ == "__main__":
