@@ -42,6 +42,8 @@ come from private generators seeded with `config.seed`, so non-DP runs are repro
 global generator is never reseeded. DP-SGD's Gaussian noise and its Poisson sampling come from
 generators seeded from the operating system's entropy (`os.urandom`), and the noise is drawn in
 Opacus' floating-point-safe way (`secure_mode`): a public seed would let anyone subtract the noise.
+Only audits and simulations whose model is never released pass `dp_seed`, so that the same run
+(and a test's verdict on it) can be replayed noise for noise.
 
 **Audits**: a `DPStepObserver` (see `simulations.attacks.gradient_canary`) may watch every step
 of the fit phase between clipping and noise, the white-box access that gradient-canary audits
@@ -210,15 +212,18 @@ class DPStepObserver(Protocol):
 
 
 def train_expert(x: np.ndarray, y: np.ndarray, schema: PublicSchema, config: TrainConfig, *, progress: bool = False,
-                 observer: DPStepObserver | None = None, replay: DPStatement | None = None) -> TrainedExpert:
+                 observer: DPStepObserver | None = None, replay: DPStatement | None = None,
+                 dp_seed: int | None = None) -> TrainedExpert:
     """Trains an `ExpertMLP` on encoded rows `x` (n, FeatureEncoder(schema).dim) and class indices `y`.
 
     `observer`: see `DPStepObserver`. `replay`: a dp-sgd statement whose noise multiplier, sampling
     rate, steps, clipping norm, δ and accountant are used instead of the config's target ε, batch
-    size and epochs (the learning rates and the decision rule still come from `config`)."""
+    size and epochs (the learning rates and the decision rule still come from `config`). `dp_seed`: see
+    `dp_generator`; never for an expert that will be uploaded."""
     x_t, y_t = _check_inputs(x, y, schema)
     spec = expert_spec(schema, config.numeric_bins)
-    trained = train_classifier(build_expert(spec), x_t, y_t, config, progress=progress, observer=observer, replay=replay)
+    trained = train_classifier(build_expert(spec), x_t, y_t, config, progress=progress, observer=observer, replay=replay,
+                               dp_seed=dp_seed)
     clean = build_expert(spec)
     clean.load_state_dict({k: v.detach().clone() for k, v in trained.model.state_dict().items()})
     clean.eval()
@@ -248,7 +253,8 @@ def expert_spec(schema: PublicSchema, numeric_bins: int = 0) -> ExpertSpec:
 
 
 def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig, *, progress: bool = False,
-                     observer: DPStepObserver | None = None, replay: DPStatement | None = None) -> TrainedExpert:
+                     observer: DPStepObserver | None = None, replay: DPStatement | None = None,
+                     dp_seed: int | None = None) -> TrainedExpert:
     """The recipe of `train_expert` on any classifier whose last layer is a Linear named `head` (the
     decision rule is folded into its bias), e.g. a logistic regression as a DP baseline. Parameters
     are re-drawn from a generator seeded with `config.seed`; inputs are checked by the caller."""
@@ -262,7 +268,7 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config:
     try:
         model = init_parameters(model, generator(config.seed))
         if config.is_private:
-            result = _train_private(model, x, y, config, progress, observer, replay)
+            result = _train_private(model, x, y, config, progress, observer, replay, dp_seed)
         else:
             result = _train_plain(model, x, y, config, progress, observer)
     finally:
@@ -292,6 +298,14 @@ def _check_inputs(x: np.ndarray, y: np.ndarray, schema: PublicSchema) -> tuple[t
 def secret_generator() -> torch.Generator:
     """A torch generator seeded from the operating system's entropy, for DP noise and sampling."""
     return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+
+
+def dp_generator(dp_seed: int | None, stream: int) -> torch.Generator:
+    """The generator of one DP randomness stream (0: Poisson sampling, 1: noise): secret unless `dp_seed`
+    is given, which only an audit or simulation whose model is never released may do."""
+    if dp_seed is None:
+        return secret_generator()
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([dp_seed, stream]).generate_state(1, np.uint64)[0] >> 1))
 
 
 def _bar(total: int, progress: bool, desc: str, unit: str):
@@ -451,7 +465,7 @@ def _endless(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def _train_private(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig, progress: bool,
-                   observer: DPStepObserver | None, replay: DPStatement | None):
+                   observer: DPStepObserver | None, replay: DPStatement | None, dp_seed: int | None = None):
     from opacus import PrivacyEngine
     from opacus.accountants.utils import get_noise_multiplier
     from torch.utils.data import DataLoader, TensorDataset
@@ -467,8 +481,8 @@ def _train_private(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: T
         noise = float(get_noise_multiplier(target_epsilon=float(config.target_epsilon), target_delta=delta, sample_rate=1.0 / math.ceil(n / bs),
                                            steps=total_steps, accountant=config.accountant))
     clip = float(config.max_grad_norm)
-    loader = DataLoader(TensorDataset(x, y), batch_size=bs, generator=secret_generator())   # Poisson sampling draws from it
-    noise_gen = secret_generator()
+    loader = DataLoader(TensorDataset(x, y), batch_size=bs, generator=dp_generator(dp_seed, 0))   # Poisson sampling draws from it
+    noise_gen = dp_generator(dp_seed, 1)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     with warnings.catch_warnings():
         # Opacus warns that secure_mode is off: its secure mode needs torchcsprng, which no current torch has; the

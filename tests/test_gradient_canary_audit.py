@@ -33,8 +33,9 @@ def titanic_300():
 
 
 def audit(data, epsilon, seed, m=200, epochs=10):
+    """Seeded DP noise: each seed's verdict is the same on every run, so a test cannot pass by luck."""
     schema, x, y = data
-    return run_gradient_canary_audit(x, y, schema, train_config(epsilon, seed=seed, epochs=epochs), m=m, seed=seed)
+    return run_gradient_canary_audit(x, y, schema, train_config(epsilon, seed=seed, epochs=epochs), m=m, seed=seed, noise_seed=seed)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -122,3 +123,15 @@ def test_llamdex_audit_canary_refuses_records_under_another_schema(tmp_path, cap
     assert rc == 1 and "schema 'credit'" in out and "give the records it was trained on" in out
     assert main(["audit", "--canary", "--artifact", str(art), "--client-key", str(keys / "alice.pub")]) == 2
     assert "give --data" in capsys.readouterr().err
+
+
+
+def test_seeded_dp_noise_replays_and_unseeded_noise_does_not(titanic_300):
+    """The tests above are deterministic only because the seed reaches Opacus' noise and sampling."""
+    from client_party.expert_training import train_expert
+
+    schema, x, y = titanic_300
+    cfg = train_config(1.0, seed=0, epochs=2)
+    models = [train_expert(x, y, schema, cfg, dp_seed=s).model.state_dict() for s in (5, 5, None)]
+    assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
+    assert not torch.equal(models[0]["head.weight"], models[2]["head.weight"])   # fresh noise from the OS

@@ -104,9 +104,13 @@ class GradientCanaries:
 def run_gradient_canary_audit(x: np.ndarray, y: np.ndarray, schema: Any, config: Any, *, m: int = 1000, seed: int = 0,
                               replay: Any = None, confidence: float = 0.95,
                               guess_fractions: Sequence[tuple[float, float]] = DEFAULT_GUESS_FRACTIONS,
-                              x_test: np.ndarray | None = None, y_test: np.ndarray | None = None) -> CanaryAudit:
+                              x_test: np.ndarray | None = None, y_test: np.ndarray | None = None,
+                              noise_seed: int | None = None) -> CanaryAudit:
     """Trains once with `config` (or `replay`: a DP statement's exact mechanism) and m gradient
-    canaries, each included with probability ½; returns the ε lower bound beside the claimed ε."""
+    canaries, each included with probability ½; returns the ε lower bound beside the claimed ε.
+
+    noise_seed: None draws DP-SGD's noise and sampling from the OS as a released expert does; an
+    integer replays them exactly, so that a verdict (a test's, a report's) is reproducible."""
     from client_party.expert_training import train_expert
     from protocol.dp import compute_epsilon, recompute
     from simulations.attacks.metrics import roc_auc
@@ -116,7 +120,8 @@ def run_gradient_canary_audit(x: np.ndarray, y: np.ndarray, schema: Any, config:
     rng = np.random.default_rng([seed, 11])
     included = rng.random(m) < 0.5                      # the coins, independent of everything the scores use
     observer = GradientCanaries(m, included, np.random.default_rng([seed, 12]))
-    trained = train_expert(x, y, schema, replace(config, seed=seed), observer=observer, replay=replay)
+    trained = train_expert(x, y, schema, replace(config, seed=seed), observer=observer, replay=replay,
+                           dp_seed=noise_seed)
     scores = observer.scores()
     dp = trained.dp
     delta = float(dp.delta) if dp.is_private else 0.0

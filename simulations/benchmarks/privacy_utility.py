@@ -191,7 +191,8 @@ def provider_seat(table: str, eps: float | None, data: dict[str, Any], args: arg
         seed = args.seed + 100 * s
         cfg = train_config(eps, seed=seed)
         with torch_threads(1):
-            grad.append(run_gradient_canary_audit(x[split.train], y[split.train], schema, cfg, m=args.canaries, seed=seed).to_dict())
+            grad.append(run_gradient_canary_audit(x[split.train], y[split.train], schema, cfg, m=args.canaries, seed=seed,
+                                                  noise_seed=seed).to_dict())
             inp.append(run_canary_audit(x[split.train], y[split.train], schema, cfg, m=args.canaries, seed=seed,
                                         x_test=x[split.out], y_test=y[split.out]).to_dict())
     times["canaries"] = time.perf_counter() - t
@@ -250,7 +251,8 @@ def broken_dp(table: str, data: dict[str, Any], args: argparse.Namespace, cache:
     for s in range(args.broken_seeds):
         seed = args.seed + 1000 + s
         with torch_threads(1), weakened_noise(0.1):
-            a = run_gradient_canary_audit(x[split.train], y[split.train], schema, train_config(eps, seed=seed), m=args.canaries, seed=seed)
+            a = run_gradient_canary_audit(x[split.train], y[split.train], schema, train_config(eps, seed=seed), m=args.canaries, seed=seed,
+                                          noise_seed=seed)   # seeded: each seed's verdict replays
         out.append({"dataset": table, "seed": seed, "claimed_epsilon": round(a.epsilon_claimed, 5), "epsilon_lb": round(a.epsilon_lb, 5),
                     "confidence": a.confidence, "noise_factor": 0.1, "caught": bool(a.exceeds_claim)})
         _log(f"{table} broken DP-SGD (a tenth of the noise), seed {seed}: ε_lb {a.epsilon_lb:.3f} vs claimed {a.epsilon_claimed:.3f}: "
