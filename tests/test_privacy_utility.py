@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 
-from simulations.benchmarks.privacy_utility import main
+from simulations.benchmarks.privacy_utility import Cache, main
 
 
 def test_a_rerun_reuses_every_cached_piece_and_renders_the_same_report(tmp_path):
     argv = ["--tables", "titanic", "--epsilons", "none", "--shadows", "2", "--canaries", "50", "--canary-seeds", "1",
             "--broken-seeds", "0", "--no-anchor", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
     assert main(argv) == 0
-    piece = tmp_path / "cache" / "titanic" / "none" / "provider.json"
-    weights = tmp_path / "cache" / "titanic" / "none" / "experts.safetensors"
+    cache = Cache(tmp_path / "cache")
+    piece, weights = cache.path("titanic", None, "provider.json"), cache.path("titanic", None, "experts.safetensors")
     stamps = (piece.stat().st_mtime_ns, weights.stat().st_mtime_ns)
     first = json.loads((tmp_path / "out" / "attacks.json").read_text())
     assert main(argv) == 0
@@ -23,3 +23,14 @@ def test_a_rerun_reuses_every_cached_piece_and_renders_the_same_report(tmp_path)
     assert run["epsilon_target"] is None and run["best_mia"]["provider"]["auc_ci"] and run["canary"]["epsilon_lb"] > 0
     assert "titanic ε=none query seat" in second["meta"]["missing"]        # the query seat runs on its own (--seats query)
     assert all("auc_ci" in a and "tpr@1%fpr_ci" in a for a in run["mia"])
+
+
+def test_pieces_cached_under_another_recipe_are_not_reused(tmp_path, monkeypatch):
+    """Attacks on experts of an earlier recipe must not slip into a report about today's experts."""
+    import client_party.expert_training as et
+
+    today = Cache(tmp_path)
+    today.save("titanic", 1.0, "provider.json", {"auc": 0.5})
+    assert today.load("titanic", 1.0, "provider.json") == {"auc": 0.5}
+    monkeypatch.setattr(et, "default_recipe_digest", lambda: "sha256:0123456789abcdef")
+    assert Cache(tmp_path).load("titanic", 1.0, "provider.json") is None

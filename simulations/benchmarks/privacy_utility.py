@@ -85,10 +85,17 @@ def sizes_for(n_rows: int, target: int = 1000, challenge: int = 500) -> Sizes:
 
 
 class Cache:
-    """The per-(table, ε) pieces of the benchmark as files; a piece that exists is never recomputed."""
+    """The per-(table, ε) pieces of the benchmark as files; a piece that exists is never recomputed.
 
-    def __init__(self, root: Path):
-        self.root = root
+    Pieces live under the digest of the client's default recipe (`default_recipe_digest`): every piece
+    rests on experts trained with it, so a new recipe starts a fresh cache instead of silently mixing
+    attacks on old experts into a report about new ones."""
+
+    def __init__(self, root: Path, recipe: str | None = None):
+        from client_party.expert_training import default_recipe_digest
+
+        self.recipe = recipe or default_recipe_digest()
+        self.root = root / ("recipe-" + self.recipe.removeprefix("sha256:"))
 
     def path(self, table: str, eps: float | None, name: str) -> Path:
         return self.root / table / eps_key(eps) / name
@@ -491,7 +498,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-anchor", dest="anchor", action="store_false", help="skip the overfit sanity anchor")
     p.add_argument("--render-only", action="store_true", help="run nothing: rebuild the report from the cache")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache", type=Path, default=CACHE_DIR, help="cache of finished pieces and trained experts (default: %(default)s)")
+    p.add_argument("--cache", type=Path, default=CACHE_DIR, help="cache of finished pieces and trained experts, one subfolder per client recipe (default: %(default)s)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="output folder (default: docs/results)")
     args = p.parse_args(argv)
     args.seats = [s.strip() for s in args.seats.split(",") if s.strip()]
