@@ -245,3 +245,23 @@ def test_the_balanced_read_out_divides_by_the_models_own_training_prior():
     assert balanced_decision(probs, np.array([90, 10])).tolist() == [1, 0, 1]   # 0.2 / 0.108 > 0.8 / 0.892; 0.03 is not enough
     assert balanced_decision(probs, np.array([50, 50])).tolist() == [0, 0, 1]   # a balanced prior changes nothing
     assert balanced_decision(probs, np.array([100, 0])).tolist() == [1, 1, 1]   # never seen in training: the add-one prior, not a division by 0
+
+
+def test_a_seed_measured_by_two_units_counts_once_in_the_tables_and_in_accuracy_json(tmp_path):
+    """A Llamdex unit with the ε curve and one without both measure seed 0 at ε = 1: one row, the later unit's."""
+    from simulations.baselines.report import markdown, measured_rows
+    from simulations.benchmarks.compare import merge_accuracy
+
+    def unit(eps, acc, finished):
+        rows = [{"dataset": "titanic", "method": m, "epsilon": e, "accuracy": acc, "balanced_accuracy": acc, "macro_f1": acc,
+                 "n_test": 10, "seed": 0} for m, e in (("llamdex_calibrated", 1.0), ("base_llm", None))]
+        return {"dataset": "titanic", "method": "llamdex_calibrated", "epsilons": eps, "seed": 0, "rows": rows, "finished": finished,
+                "costs": {}, "info": {}, "wall_s": 1.0}
+
+    units = {"titanic|llamdex_calibrated|eps=1,4|seed=0": unit([1.0, 4.0], 0.9, "2026-12-01T02:00:00+00:00"),
+             "titanic|llamdex_calibrated|eps=0.5,1|seed=0": unit([0.5, 1.0], 0.8, "2026-12-01T01:00:00+00:00")}
+    rows = measured_rows(units)
+    assert sorted((r["method"], r["accuracy"]) for r in rows) == [("base_llm", 0.9), ("llamdex_calibrated", 0.9)]
+    merge_accuracy(tmp_path, rows)
+    assert len([r for r in json.loads((tmp_path / "accuracy.json").read_text())["rows"] if r["method"] == "llamdex_calibrated"]) == 1
+    assert "(2)" not in markdown({"units": units}, [])

@@ -25,6 +25,17 @@ SYNTH_LORA = ("lora_dp_mst", "lora_dp_gan", "lora_dp_mst_balanced", "lora_dp_gan
 TARGET_MARGIN = {"titanic": 10.0, "credit": 10.0}   # points Llamdex must lead by at ε = 1; elsewhere: not below
 
 
+def measured_rows(units: dict) -> list[dict]:
+    """One accuracy row per (dataset, method, ε, seed) over the stored units. Two units can measure the
+    same one (a Llamdex unit with the ε curve and one without; the base LLM in both Llamdex variants):
+    the later unit's row counts, so a seed is never counted twice in a mean and spread."""
+    latest: dict[tuple, dict] = {}
+    for u in sorted((u for u in units.values() if u["method"] != "latency"), key=lambda u: u.get("finished", "")):
+        for r in u["rows"]:
+            latest[(r["dataset"], r["method"], r["epsilon"], r["seed"])] = r
+    return list(latest.values())
+
+
 def _group(rows: list[dict]) -> dict[tuple, list[dict]]:
     out: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
@@ -219,7 +230,7 @@ def _layers(n) -> str:
 
 def markdown(data: dict, plotted: list[str]) -> str:
     units = data.get("units", {})
-    rows = [r for u in units.values() if u["method"] != "latency" for r in u["rows"]]
+    rows = measured_rows(units)
     costs = [r for u in units.values() if u["method"] == "latency" for r in u["rows"]]
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     s = data.get("settings", {})
@@ -304,6 +315,6 @@ def notes(data: dict) -> list[str]:
 
 
 def write_report(data: dict, results_dir: Path, md_path: Path, update_section: Callable[[str, str, Path], None]) -> None:
-    rows = [r for u in data.get("units", {}).values() if u["method"] != "latency" for r in u["rows"]]
+    rows = measured_rows(data.get("units", {}))
     plotted = [ds for ds in data.get("curve_datasets", []) if plot(rows, ds, Path(results_dir) / f"compare_epsilon_{ds}.png")]
     update_section("compare", markdown(data, plotted), md_path)

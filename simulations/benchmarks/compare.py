@@ -222,7 +222,9 @@ class CompareStore:
 
     @staticmethod
     def rows(data: dict[str, Any]) -> list[dict]:
-        return [r for u in data["units"].values() if u["method"] != "latency" for r in u["rows"]]
+        from simulations.baselines.report import measured_rows
+
+        return measured_rows(data["units"])
 
     @staticmethod
     def cost_rows(data: dict[str, Any]) -> list[dict]:
