@@ -24,25 +24,29 @@ def test_no_curve_means_no_table_runs_the_curve():
     assert parser().parse_args(["--no-curve"]).curve_data == [] == parser().parse_args(["--curve-data", ""]).curve_data
 
 
-def test_the_default_grid_is_three_seeds_at_epsilon_one_and_the_curve_on_titanic_only():
+def test_the_default_grid_is_three_seeds_at_epsilon_one_and_the_curve_on_titanic_one_seed_elsewhere():
     a = parser().parse_args([])
-    units = plan(a.data.split(","), a.methods, a.epsilons, a.seeds, a.all_seeds_at, a.curve, a.curve_data, a.real_seeds, a.latency_epsilon)
+    units = plan(a.data.split(","), a.methods, a.epsilons, a.seeds, a.all_seeds_at, a.curve, a.curve_data, a.real_seeds, a.latency_epsilon,
+                 all_seeds_data=a.all_seeds_data)
     by = {}
     for u in units:
         by.setdefault((u.dataset, u.method), []).append(u)
     for ds in ("titanic", "default", "credit", "churn"):
         grid = [0.5, 1.0, 2.0, 4.0, 8.0] if ds == "titanic" else [1.0, 4.0]
+        seeds = (0, 1, 2) if ds == "titanic" else (0,)
         for m in ("expert_api", "icl_dp", "lora_dp_mst", "lora_dp_gan"):
             got = sorted((u.epsilons[0], u.seed) for u in by[(ds, m)])
-            assert got == sorted([(1.0, s) for s in (0, 1, 2)] + [(e, 0) for e in grid if e != 1.0])
+            assert got == sorted([(1.0, s) for s in seeds] + [(e, 0) for e in grid if e != 1.0])
         for m in ("llamdex", "llamdex_calibrated"):
-            assert [(u.epsilons, u.seed) for u in by[(ds, m)]] == [(tuple(grid), 0), ((1.0,), 1), ((1.0,), 2)]
+            assert [(u.epsilons, u.seed) for u in by[(ds, m)]] == [(tuple(grid), 0)] + [((1.0,), s) for s in seeds[1:]]
         assert [(u.epsilons, u.seed) for u in by[(ds, "lora_real")]] == [((None,), 0)]
         [lat] = by[(ds, "latency")]
         assert lat.measures == TIMED_METHODS and lat.seed == 0
     assert len({u.key for u in units}) == len(units)
+    every = plan(["credit"], ["lora_dp_mst"], [1.0], [0, 1, 2], [1.0], [], [], [0], None)   # all_seeds_data None: every table
+    assert [u.seed for u in every] == [0, 1, 2]
     only = plan(a.data.split(","), a.methods, a.epsilons, a.seeds, a.all_seeds_at, a.curve, a.curve_data, a.real_seeds, a.latency_epsilon,
-                latency_only=True)
+                latency_only=True, all_seeds_data=a.all_seeds_data)
     assert only == [u for u in units if u.method == "latency"] and len(only) == 4   # the same keys: a full run skips them later
 
 

@@ -100,16 +100,18 @@ class Unit:
 
 def plan(datasets: list[str], methods: list[str], epsilons: list[float], seeds: list[int], all_seeds_at: list[float],
          curve: list[float], curve_datasets: list[str], real_seeds: list[int], latency_epsilon: float | None,
-         latency_only: bool = False, curve_methods: list[str] | None = None) -> list[Unit]:
+         latency_only: bool = False, curve_methods: list[str] | None = None, all_seeds_data: list[str] | None = None) -> list[Unit]:
     """The units of the grid, ordered so that units sharing work run back to back (one table at a time).
 
     curve_methods: the methods that run the curve's extra ε (None: all).
+    all_seeds_data: the tables that run every seed at `all_seeds_at` (None: all); the others run the first seed only.
     latency_only: just the latency units (their keys are the full grid's, so a later full run skips them)."""
     units: list[Unit] = []
     for ds in datasets:
         def mine(method: str, seed: int) -> list[float]:
             curved = ds in curve_datasets and (curve_methods is None or method in curve_methods)
-            return [e for e in sorted(set(epsilons + (curve if curved else []))) if seed == seeds[0] or e in all_seeds_at]
+            seeded = all_seeds_data is None or ds in all_seeds_data
+            return [e for e in sorted(set(epsilons + (curve if curved else []))) if seed == seeds[0] or (seeded and e in all_seeds_at)]
 
         for seed in seeds:
             for m in LLAMDEX_METHODS:
@@ -322,6 +324,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--epsilons", type=_finite_epsilons, default=[1.0, 4.0], help="ε of the per-ε tables (default 1,4)")
     ap.add_argument("--seeds", type=lambda t: _csv(int, t), default=[0, 1, 2], help="seeds at --all-seeds-at (default 0,1,2); other ε use the first")
     ap.add_argument("--all-seeds-at", type=_finite_epsilons, default=[1.0], help="ε that run every seed (default 1)")
+    ap.add_argument("--all-seeds-data", type=lambda t: _csv(str, t), default=["titanic"],
+                    help="tables that run every seed at --all-seeds-at (default titanic: 3 seeds on every table do not fit 3 hours on 2 cores)")
     ap.add_argument("--curve", type=_finite_epsilons, default=[0.5, 1.0, 2.0, 4.0, 8.0], help="ε of the accuracy-vs-ε curve (default 0.5,1,2,4,8)")
     ap.add_argument("--curve-data", type=lambda t: _csv(str, t), default=["titanic"], help="tables that run the curve (default titanic)")
     ap.add_argument("--curve-methods", type=_methods, default=None, help="methods that run the curve's extra ε (default: all in --methods)")
@@ -366,10 +370,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("llamdex bench compare: --latency-only and --no-latency exclude each other")
     units = plan(datasets, args.methods, args.epsilons, args.seeds, args.all_seeds_at, args.curve,
                  [d for d in args.curve_data if d in datasets], args.real_seeds, None if args.no_latency else args.latency_epsilon,
-                 latency_only=args.latency_only, curve_methods=args.curve_methods)
+                 latency_only=args.latency_only, curve_methods=args.curve_methods, all_seeds_data=args.all_seeds_data)
     meta = {"command": command, "preset": args.preset, "settings": asdict(settings), "settings_digest": digest,
             "connector_preset": connector_preset, "environment": environment(), "table_epsilons": args.epsilons,
-            "curve_epsilons": args.curve, "curve_datasets": args.curve_data, "seeds": args.seeds, "all_seeds_at": args.all_seeds_at,
+            "curve_epsilons": args.curve, "curve_datasets": args.curve_data, "seeds": args.seeds, "all_seeds_at": args.all_seeds_at, "all_seeds_data": args.all_seeds_data,
             "real_seeds": args.real_seeds, "curve_methods": args.curve_methods or args.methods}
     if args.merge_only:  # describes the runs already stored; a merge does not rewrite it
         for k, v in meta.items():
