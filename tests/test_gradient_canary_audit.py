@@ -125,7 +125,6 @@ def test_llamdex_audit_canary_refuses_records_under_another_schema(tmp_path, cap
     assert "give --data" in capsys.readouterr().err
 
 
-
 def test_seeded_dp_noise_replays_and_unseeded_noise_does_not(titanic_300):
     """The tests above are deterministic only because the seed reaches Opacus' noise and sampling."""
     from client_party.expert_training import train_expert
