@@ -269,3 +269,13 @@ def test_a_seed_measured_by_two_units_counts_once_in_the_tables_and_in_accuracy_
     merge_accuracy(tmp_path, rows)
     assert len([r for r in json.loads((tmp_path / "accuracy.json").read_text())["rows"] if r["method"] == "llamdex_calibrated"]) == 1
     assert "(2)" not in markdown({"units": units}, [])
+
+
+def test_the_per_epsilon_tables_are_the_epsilons_measured_on_every_table_whatever_the_last_command():
+    from simulations.baselines.report import table_epsilons
+
+    def r(ds, eps):
+        return {"dataset": ds, "method": "lora_dp_mst", "epsilon": eps, "seed": 0}
+
+    rows = [r("titanic", e) for e in (0.5, 1.0, 2.0, 4.0, 8.0)] + [r("credit", e) for e in (1.0, 4.0)] + [r("credit", None)]
+    assert table_epsilons(rows, ["titanic", "credit"]) == [1.0, 4.0]

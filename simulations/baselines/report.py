@@ -228,6 +228,17 @@ def _layers(n) -> str:
     return "every layer" if n is None else f"the top {n} layers"
 
 
+def table_epsilons(rows: list[dict], datasets: list[str]) -> list[float]:
+    """The ε of the per-ε tables: those measured on every table (the curve's extra ε, run on some tables
+    only, go to its plot). Read from the units, not from the last command's --epsilons, so that a run
+    that refreshed one ε does not drop another's table."""
+    private = [r for r in rows if r["epsilon"] is not None and r["method"] not in ("expert", "expert_calibrated")]
+    on = {}
+    for r in private:
+        on.setdefault(float(r["epsilon"]), set()).add(r["dataset"])
+    return sorted(e for e, ds in on.items() if set(datasets) <= ds)
+
+
 def markdown(data: dict, plotted: list[str]) -> str:
     units = data.get("units", {})
     rows = measured_rows(units)
@@ -244,7 +255,7 @@ def markdown(data: dict, plotted: list[str]) -> str:
              f"LoRA: rank {s.get('lora', {}).get('rank')} on q/k/v/o of {_layers(s.get('lora', {}).get('layers'))}, {s.get('lora', {}).get('questions')} training questions, "
              f"batch {s.get('lora', {}).get('batch_size')}, lr {s.get('lora', {}).get('lr')}; ICL: k = {s.get('icl_k')} MST rows; "
              f"MST: {s.get('mst', {}).get('bins')} public-range bins per numeric column; DP-GAN: {s.get('gan', {}).get('steps')} DP-SGD steps."), ""]
-    for eps in data.get("table_epsilons", [1.0, 4.0]):
+    for eps in table_epsilons(rows, datasets):
         lines += epsilon_table(rows, datasets, eps) + [""]
     lines += target_table(rows, datasets, 1.0) + [""]
     for ds in plotted:

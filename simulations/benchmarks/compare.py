@@ -416,7 +416,8 @@ def publish(store: CompareStore, digests: dict[str, str], results_dir: Path, com
 
     data = store.current(digests)
     merge_accuracy(results_dir, store.rows(data))
-    merge_inference(results_dir, store.cost_rows(data), command)
+    timed_by = sorted({u.get("command", command) for u in data["units"].values() if u["method"] == "latency"})
+    merge_inference(results_dir, store.cost_rows(data), "; ".join(timed_by) or command)   # the runs that measured the costs
     write_report(data, results_dir, results_md_path(results_dir), update_section)
 
 
