@@ -279,3 +279,14 @@ def test_the_per_epsilon_tables_are_the_epsilons_measured_on_every_table_whateve
 
     rows = [r("titanic", e) for e in (0.5, 1.0, 2.0, 4.0, 8.0)] + [r("credit", e) for e in (1.0, 4.0)] + [r("credit", None)]
     assert table_epsilons(rows, ["titanic", "credit"]) == [1.0, 4.0]
+
+
+def test_rows_keep_the_stored_order_of_the_units_whatever_finished_last():
+    from simulations.baselines.report import measured_rows
+
+    def unit(ds, finished):
+        row = {"dataset": ds, "method": "icl_dp", "epsilon": 1.0, "seed": 0}
+        return {"dataset": ds, "method": "icl_dp", "seed": 0, "rows": [row], "finished": finished}
+
+    units = {"credit": unit("credit", "2026-12-01T05:00:00+00:00"), "churn": unit("churn", "2026-12-01T04:00:00+00:00")}
+    assert [r["dataset"] for r in measured_rows(units)] == ["credit", "churn"]

@@ -29,11 +29,19 @@ def measured_rows(units: dict) -> list[dict]:
     """One accuracy row per (dataset, method, ε, seed) over the stored units. Two units can measure the
     same one (a Llamdex unit with the ε curve and one without; the base LLM in both Llamdex variants):
     the later unit's row counts, so a seed is never counted twice in a mean and spread."""
-    latest: dict[tuple, dict] = {}
-    for u in sorted((u for u in units.values() if u["method"] != "latency"), key=lambda u: u.get("finished", "")):
+    def key(r: dict) -> tuple:
+        return r["dataset"], r["method"], r["epsilon"], r["seed"]
+
+    measured = [u for u in units.values() if u["method"] != "latency"]
+    first: dict[tuple, int] = {}
+    for u in measured:   # stored order: the tables' columns keep the order the grid ran them in
         for r in u["rows"]:
-            latest[(r["dataset"], r["method"], r["epsilon"], r["seed"])] = r
-    return list(latest.values())
+            first.setdefault(key(r), len(first))
+    latest: dict[tuple, dict] = {}
+    for u in sorted(measured, key=lambda u: u.get("finished", "")):
+        for r in u["rows"]:
+            latest[key(r)] = r
+    return sorted(latest.values(), key=lambda r: first[key(r)])
 
 
 def _group(rows: list[dict]) -> dict[tuple, list[dict]]:
