@@ -67,16 +67,9 @@ def _cell(rs: list[dict] | None) -> str:
 
 
 def _rows_at(groups, ds: str, method: str, eps: float) -> list[dict] | None:
-    if method in REFERENCE_METHODS:
-        # references without privacy: one row per seed; base/majority come from the llamdex units at every ε
-        found = [r for (d, m, e), rs in groups.items() if d == ds and m == method for r in rs]
-        seen, out = set(), []
-        for r in found:
-            if r["seed"] not in seen:
-                seen.add(r["seed"])
-                out.append(r)
-        return out or None
-    return groups.get((ds, method, eps))
+    """The rows of one cell. References without privacy (ε None, one row per seed after `measured_rows`)
+    stand in every ε's table."""
+    return groups.get((ds, method, None if method in REFERENCE_METHODS else eps))
 
 
 def epsilon_table(rows: list[dict], datasets: list[str], eps: float) -> list[str]:
@@ -240,10 +233,10 @@ def table_epsilons(rows: list[dict], datasets: list[str]) -> list[float]:
     """The ε of the per-ε tables: those measured on every table (the curve's extra ε, run on some tables
     only, go to its plot). Read from the units, not from the last command's --epsilons, so that a run
     that refreshed one ε does not drop another's table."""
-    private = [r for r in rows if r["epsilon"] is not None and r["method"] not in ("expert", "expert_calibrated")]
-    on = {}
-    for r in private:
-        on.setdefault(float(r["epsilon"]), set()).add(r["dataset"])
+    on: dict[float, set[str]] = {}
+    for r in rows:
+        if r["epsilon"] is not None:
+            on.setdefault(float(r["epsilon"]), set()).add(r["dataset"])
     return sorted(e for e, ds in on.items() if set(datasets) <= ds)
 
 
