@@ -43,7 +43,8 @@ global generator is never reseeded. DP-SGD's Gaussian noise and its Poisson samp
 generators seeded from the operating system's entropy (`os.urandom`), and the noise is drawn in
 Opacus' floating-point-safe way (`secure_mode`): a public seed would let anyone subtract the noise.
 Only audits and simulations whose model is never released pass `dp_seed`, so that the same run
-(and a test's verdict on it) can be replayed noise for noise.
+(and a test's verdict on it) can be replayed noise for noise; such a model is marked
+(`protocol.expert_spec.block_release`) and `save_expert`, hence every artifact, refuses it.
 
 **Audits**: a `DPStepObserver` (see `simulations.attacks.gradient_canary`) may watch every step
 of the fit phase between clipping and noise, the white-box access that gradient-canary audits
@@ -68,7 +69,7 @@ from protocol.crashpoints import crashpoint
 from protocol.dp import ACCOUNTANTS, DPStatement, compute_epsilon, no_privacy_statement, size_bucket
 from protocol.encoding import FeatureEncoder
 from protocol.errors import BudgetError
-from protocol.expert_spec import MAX_BINS, ExpertSpec, build_expert
+from protocol.expert_spec import MAX_BINS, ExpertSpec, block_release, build_expert
 from protocol.schema import PublicSchema
 from protocol.seeding import generator, init_parameters
 
@@ -227,6 +228,8 @@ def train_expert(x: np.ndarray, y: np.ndarray, schema: PublicSchema, config: Tra
     clean = build_expert(spec)
     clean.load_state_dict({k: v.detach().clone() for k, v in trained.model.state_dict().items()})
     clean.eval()
+    if getattr(trained.model, "release_blocker", None):
+        block_release(clean, trained.model.release_blocker)
     return replace(trained, model=clean)
 
 
@@ -275,6 +278,8 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config:
         torch.set_num_threads(threads)
     trained, dp, history, calibration, epochs_run = result
     trained.eval()
+    if config.is_private and dp_seed is not None:
+        block_release(trained, f"its DP-SGD noise and sampling were drawn from the public seed dp_seed={dp_seed}")
     return TrainedExpert(model=trained, dp=dp, history=history, calibration=calibration, epochs_run=epochs_run)
 
 

@@ -257,8 +257,9 @@ def sign_artifact(folder: str | os.PathLike, private_key: PrivateKey, *, model_n
 def write_artifact(folder: str | os.PathLike, model: Any, schema: Any, dp: Any, private_key: PrivateKey | None = None,
                    *, model_name: str | None = None) -> Path:
     """Writes expert.safetensors + expert.json (from an ExpertMLP), schema.json, dp.json, and signs when a key is given."""
-    from protocol.expert_spec import save_expert
+    from protocol.expert_spec import check_releasable, save_expert
 
+    check_releasable(model)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_expert(model, folder)

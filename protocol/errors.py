@@ -72,6 +72,11 @@ class ArtifactContentError(ArtifactError):
     TENSOR_MISMATCH, DP_INVALID."""
 
 
+class ReleaseError(CodedError):
+    """A model may not leave the process that trained it (code SEEDED_DP_NOISE: its DP-SGD noise came
+    from a public seed, so whoever knows the seed can subtract the noise and the DP statement is void)."""
+
+
 class ReceiptError(CodedError):
     """A privacy receipt is malformed, badly signed or breaks its hash chain (codes: BAD_SIGNATURE,
     BAD_RECEIPT, ARITHMETIC, SEQUENCE_GAP, CHAIN_BROKEN)."""

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from protocol.errors import SpecError
+from protocol.errors import ReleaseError, SpecError
 
 SPEC_FORMAT = "llamdex.expert-mlp/v1"            # no input expansion
 SPEC_FORMAT_BINNED = "llamdex.expert-mlp/v2"     # + piecewise-linear bins of the numeric inputs
@@ -163,6 +163,8 @@ class ExpertMLP(nn.Module):
             width = h
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, spec.num_classes)
+        # why this model may never be saved for release (None: it may); see `block_release`
+        self.release_blocker: str | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x if self.bins is None else self.bins(x)))
@@ -191,10 +193,25 @@ def load_expert_state(spec: ExpertSpec, tensors: dict[str, torch.Tensor]) -> Exp
     return model
 
 
+def block_release(model: nn.Module, reason: str) -> None:
+    """Marks a model that must never be written as an expert (for instance, one whose DP noise came from a
+    public seed, which audits use to replay a run): `save_expert`, and so every artifact, refuses it."""
+    model.release_blocker = reason
+
+
+def check_releasable(model: nn.Module) -> None:
+    """Raises `ReleaseError` for a model marked by `block_release`; writers call it before touching the disk."""
+    blocker = getattr(model, "release_blocker", None)
+    if blocker:
+        raise ReleaseError("SEEDED_DP_NOISE", f"this expert may not be saved or uploaded: {blocker}; retrain it without a noise seed",
+                           rule="release")
+
+
 def save_expert(model: ExpertMLP, folder: str | Path) -> None:
-    """Writes `expert.safetensors` and `expert.json` (the spec)."""
+    """Writes `expert.safetensors` and `expert.json` (the spec), unless the model was marked by `block_release`."""
     from safetensors.torch import save_file
 
+    check_releasable(model)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(folder / "expert.safetensors"))

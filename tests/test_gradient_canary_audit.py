@@ -134,3 +134,26 @@ def test_seeded_dp_noise_replays_and_unseeded_noise_does_not(titanic_300):
     models = [train_expert(x, y, schema, cfg, dp_seed=s).model.state_dict() for s in (5, 5, None)]
     assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
     assert not torch.equal(models[0]["head.weight"], models[2]["head.weight"])   # fresh noise from the OS
+
+
+def test_an_expert_with_seeded_dp_noise_cannot_be_saved_or_uploaded(titanic_300, tmp_path):
+    """A public noise seed voids the DP statement, so the only path out of the process (save_expert, under
+    write_artifact and `client train`) refuses it; the same recipe with OS noise is written."""
+    from client_party.expert_training import train_expert
+    from protocol.artifact import write_artifact
+    from protocol.errors import ReleaseError
+    from protocol.expert_spec import save_expert
+
+    schema, x, y = titanic_300
+    cfg = train_config(1.0, seed=0, epochs=1)
+    seeded = train_expert(x, y, schema, cfg, dp_seed=5)
+    with pytest.raises(ReleaseError, match="dp_seed=5") as err:
+        write_artifact(tmp_path / "seeded", seeded.model, schema, seeded.dp)
+    assert err.value.code == "SEEDED_DP_NOISE"
+    assert not (tmp_path / "seeded").exists()
+    with pytest.raises(ReleaseError):
+        save_expert(seeded.model, tmp_path / "direct")
+    assert not (tmp_path / "direct").exists()
+    fresh = train_expert(x, y, schema, cfg)
+    write_artifact(tmp_path / "fresh", fresh.model, schema, fresh.dp)
+    assert (tmp_path / "fresh" / "expert.safetensors").is_file()
