@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from simulations.benchmarks.privacy_utility import Cache, main
+from simulations.benchmarks.privacy_utility import Cache, main, measured_with, parse_args
 
 
 def test_a_rerun_reuses_every_cached_piece_and_renders_the_same_report(tmp_path):
-    argv = ["--tables", "titanic", "--epsilons", "none", "--shadows", "2", "--canaries", "50", "--canary-seeds", "1",
+    argv = ["--tables", "titanic", "--seats", "provider", "--epsilons", "none", "--shadows", "2", "--canaries", "50", "--canary-seeds", "1",
             "--broken-seeds", "0", "--no-anchor", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
     assert main(argv) == 0
     cache = Cache(tmp_path / "cache")
@@ -34,3 +34,17 @@ def test_pieces_cached_under_another_recipe_are_not_reused(tmp_path, monkeypatch
     assert today.load("titanic", 1.0, "provider.json") == {"auc": 0.5}
     monkeypatch.setattr(et, "default_recipe_digest", lambda: "sha256:0123456789abcdef")
     assert Cache(tmp_path).load("titanic", 1.0, "provider.json") is None
+
+
+def test_a_query_piece_is_reused_only_through_connectors_of_the_same_preset():
+    piece = {"connectors": {"preset": "default", "inject_layer": 20}, "mia": []}
+    assert measured_with(piece, "default")
+    assert not measured_with(piece, "quick")
+    assert not measured_with(None, "default") and not measured_with({"mia": []}, "default")
+
+
+def test_the_bare_command_runs_both_seats_with_the_benchmarks_connectors():
+    """`python -m simulations.benchmarks.privacy_utility` is the documented command of the published report."""
+    args = parse_args([])
+    assert args.seats == ["provider", "query"] and args.preset == "default" and args.connectors is None
+    assert parse_args(["--connector-root", "/tmp/c"]).connectors.as_posix() == "/tmp/c"     # the older flag still works

@@ -3,9 +3,13 @@
 Run (the figures in docs/results; resumable: every finished piece is cached under --cache and skipped
 on rerun, so an interrupted run continues where it stopped):
 
-    python -m simulations.benchmarks.privacy_utility --seats provider          # provider seat, all ε, all tables
+    python -m simulations.benchmarks.privacy_utility                           # both seats: the published report
+    python -m simulations.benchmarks.privacy_utility --seats provider          # provider seat only, all ε, all tables
     python -m simulations.benchmarks.privacy_utility --seats query             # query seat (needs the LLM), ε in --query-epsilons
     python -m simulations.benchmarks.privacy_utility --render-only             # rebuild the report from the cache
+
+Two processes on different `--tables` may share the cache (each (table, ε) piece is written by one of
+them), e.g. one per core.
 
 Per table, one seeded split is fixed (`sizes_for`): the client's training set, held-out records (the
 non-members, also the test set for accuracy) and the attacker's auxiliary population. For each ε the
@@ -25,7 +29,8 @@ then, from the **provider seat** (`--seats provider`):
   top-level `broken_dp` list says whether each was caught (bound above the claim).
 
 The target and shadow experts are cached (safetensors), so the **query seat** (`--seats query`, the
-customized LLM's answers through connectors trained with the `quick` preset from the schema alone)
+customized LLM's answers through connectors trained with `--preset` (default: the benchmarks' `default`)
+from the schema alone, read from or trained into the connector store `--connectors`)
 attacks exactly the same experts, later and on its own, for the ε in `--query-epsilons`, with
 `--query-records` members and as many non-members, LiRA/RMIA with the first `--query-shadows` shadows.
 
@@ -321,7 +326,7 @@ def query_seat(table: str, eps: float | None, data: dict[str, Any], args: argpar
     )
 
     done = cache.load(table, eps, "query.json")
-    if done is not None:
+    if measured_with(done, args.preset):
         return done
     x, y, split, df = data["x"], data["y"], data["split"], data["df"]
     model, dp, shadows, _ = experts(table, eps, data, args, cache)
@@ -358,11 +363,16 @@ def query_seat(table: str, eps: float | None, data: dict[str, Any], args: argpar
     return out
 
 
+def measured_with(piece: dict[str, Any] | None, preset: str) -> bool:
+    """Whether a cached query-seat piece went through connectors of `preset`: one measured through
+    other connectors (another preset) is measured again rather than reported under this one."""
+    return piece is not None and (piece.get("connectors") or {}).get("preset") == preset
+
+
 def llamdex_model(schema: Any, args: argparse.Namespace, llm: Any):
-    from provider_party.model.base_llm import llamdex_home
     from provider_party.model.connector_store import ConnectorStore
 
-    store = ConnectorStore(Path(args.connector_root) if args.connector_root else llamdex_home() / "connectors-quick")
+    store = ConnectorStore(args.connectors)   # None: $LLAMDEX_HOME/connectors, the store `llamdex provider connectors` fills
     model, trained_now = store.get_or_train(llm, schema, args.preset, progress=False)
     return model, {"preset": args.preset, "trained_now": trained_now, "inject_layer": model.config.inject_layer}
 
@@ -447,9 +457,9 @@ def summary_notes(data: dict[str, Any], args: argparse.Namespace) -> list[str]:
     q = sorted({eps_key(e) for e in args.query_epsilons}, key=lambda s: math.inf if s == "none" else float(s))
     all_eps = [eps_key(e) for e in args.epsilons]
     if set(q) != set(all_eps):
-        notes.append(f"Cut to fit 3 hours on 2 cores: the query seat runs at ε ∈ {{{', '.join(q)}}} only (a table's 1,200 questions "
-                     "run through the LLM once, then each ε puts 17 experts behind them over the slot positions and bootstraps "
-                     "every interval: 10–15 minutes per table and ε on one core); its intervals are not cut.")
+        notes.append(f"Cut to fit 3 hours on 2 cores: the query seat runs at ε ∈ {{{', '.join(q)}}} only (a table's up to 1,200 questions "
+                     "run through the LLM once, about 7 minutes on one core, then each ε puts 17 experts behind them over the slot "
+                     "positions and bootstraps every interval, about 4 minutes); its intervals are not cut.")
     return notes
 
 
@@ -473,19 +483,20 @@ def write(args: argparse.Namespace, cache: Cache, tables: list[str], argv: list[
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from simulations.cli.common import epsilon_list
+    from simulations.cli.common import add_connectors_arg, epsilon_list
 
     p = argparse.ArgumentParser(prog="python -m simulations.benchmarks.privacy_utility", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tables", default=",".join(DEFAULT_TABLES), help="comma-separated registered tables (default: %(default)s)")
     p.add_argument("--epsilons", type=epsilon_list, default=epsilon_list(DEFAULT_EPSILONS), help="target ε list, 'none' = no DP (default: %(default)s)")
-    p.add_argument("--seats", default="provider", help="provider, query or provider,query (default: %(default)s)")
+    p.add_argument("--seats", default="provider,query", help="provider, query or provider,query (default: %(default)s)")
     p.add_argument("--target-size", type=int, default=1000, help="client training-set size, smaller for small tables (default: %(default)s)")
     p.add_argument("--challenge", type=int, default=500, help="members and non-members attacked, each (default: %(default)s)")
     p.add_argument("--shadows", type=int, default=16, help="shadow experts (default: %(default)s)")
     p.add_argument("--population", type=int, default=500, help="population records z for RMIA, provider seat (default: %(default)s)")
     p.add_argument("--query-epsilons", type=epsilon_list, default=epsilon_list("1,none"),
-                   help="ε values attacked from the query seat (default: 1,none; each costs 10-15 minutes per table on CPU)")
+                   help="ε values attacked from the query seat (default: 1,none; on one core a table's questions take about "
+                        "7 minutes through the LLM once, then each ε about 4)")
     p.add_argument("--query-records", type=int, default=500, help="members and non-members each attacked through the LLM (default: %(default)s)")
     p.add_argument("--query-population", type=int, default=200, help="population records z for RMIA through the LLM (default: %(default)s)")
     p.add_argument("--query-shadows", type=int, default=16, help="shadows pushed through the LLM (default: %(default)s)")
@@ -493,8 +504,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--canary-seeds", type=int, default=3, help="independent audit runs per ε and kind (default: %(default)s)")
     p.add_argument("--broken-epsilon", type=float, default=1.0, help="claimed ε of the broken-DP-SGD check (default: %(default)s)")
     p.add_argument("--broken-seeds", type=int, default=3, help="seeds of the broken-DP-SGD check per table (default: %(default)s)")
-    p.add_argument("--preset", default="quick", help="connector preset (default: %(default)s)")
-    p.add_argument("--connector-root", help="connector store folder (default: $LLAMDEX_HOME/connectors-quick)")
+    p.add_argument("--preset", default="default", choices=("default", "quick"), help="connector preset (default: %(default)s)")
+    add_connectors_arg(p, help="connector store (default: $LLAMDEX_HOME/connectors); missing connectors are trained into it",
+                       aliases=("--connector-root",))
     p.add_argument("--no-anchor", dest="anchor", action="store_false", help="skip the overfit sanity anchor")
     p.add_argument("--render-only", action="store_true", help="run nothing: rebuild the report from the cache")
     p.add_argument("--seed", type=int, default=0)
