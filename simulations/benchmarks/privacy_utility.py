@@ -458,8 +458,9 @@ def summary_notes(data: dict[str, Any], args: argparse.Namespace) -> list[str]:
     all_eps = [eps_key(e) for e in args.epsilons]
     if set(q) != set(all_eps):
         notes.append(f"Cut to fit 3 hours on 2 cores: the query seat runs at ε ∈ {{{', '.join(q)}}} only (a table's up to 1,200 questions "
-                     "run through the LLM once, about 7 minutes on one core, then each ε puts 17 experts behind them over the slot "
-                     "positions and bootstraps every interval, about 4 minutes); its intervals are not cut.")
+                     "run through the LLM once, then each ε puts 17 experts behind them over the slot positions and bootstraps every "
+                     "interval: as measured, 7–16 minutes for the questions and 4–16 per ε, one core per process with two processes "
+                     "sharing the machine); its intervals are not cut.")
     return notes
 
 
@@ -495,8 +496,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shadows", type=int, default=16, help="shadow experts (default: %(default)s)")
     p.add_argument("--population", type=int, default=500, help="population records z for RMIA, provider seat (default: %(default)s)")
     p.add_argument("--query-epsilons", type=epsilon_list, default=epsilon_list("1,none"),
-                   help="ε values attacked from the query seat (default: 1,none; on one core a table's questions take about "
-                        "7 minutes through the LLM once, then each ε about 4)")
+                   help="ε values attacked from the query seat (default: 1,none; on one core a table's questions take 7-16 "
+                        "minutes through the LLM once, then each ε 4-16)")
     p.add_argument("--query-records", type=int, default=500, help="members and non-members each attacked through the LLM (default: %(default)s)")
     p.add_argument("--query-population", type=int, default=200, help="population records z for RMIA through the LLM (default: %(default)s)")
     p.add_argument("--query-shadows", type=int, default=16, help="shadows pushed through the LLM (default: %(default)s)")
