@@ -64,5 +64,7 @@ def test_markdown_has_one_row_per_epsilon_with_intervals():
 
 def test_small_tables_keep_an_auxiliary_population():
     assert sizes_for(10_000) == sizes_for(4454) and sizes_for(4454).target == 1000
-    t = sizes_for(1309)
-    assert t.nonmembers == 436 and t.target + t.nonmembers <= 1309 - 261 and t.members == min(500, t.target)
+    t = sizes_for(1309)                      # titanic: 500 + 500 attacked, the training set gives way (548 records)
+    assert (t.members, t.nonmembers) == (500, 500) and t.target + t.nonmembers <= 1309 - 261
+    s = sizes_for(900)                       # too small for both: non-members down to a third, members from what is left
+    assert s.nonmembers == 300 and s.target == 900 - 300 - 180 and s.members == min(500, s.target)

@@ -48,3 +48,11 @@ def test_the_bare_command_runs_both_seats_with_the_benchmarks_connectors():
     args = parse_args([])
     assert args.seats == ["provider", "query"] and args.preset == "default" and args.connectors is None
     assert parse_args(["--connector-root", "/tmp/c"]).connectors.as_posix() == "/tmp/c"     # the older flag still works
+
+
+def test_pieces_of_another_split_are_not_reused(tmp_path):
+    """A piece rests on one split of the table: other sizes or another seed measure other records."""
+    Cache(tmp_path).save("titanic", 1.0, "provider.json", {"auc": 0.5})
+    assert Cache(tmp_path, target=1000, challenge=500, seed=0).load("titanic", 1.0, "provider.json") == {"auc": 0.5}
+    for other in ({"target": 500}, {"challenge": 200}, {"seed": 1}):
+        assert Cache(tmp_path, **other).load("titanic", 1.0, "provider.json") is None

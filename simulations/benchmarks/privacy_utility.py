@@ -73,6 +73,9 @@ def eps_key(eps: float | None) -> str:
     return "none" if eps is None else f"{eps:g}"
 
 
+SPLIT_RULE = 2   # the version of `sizes_for`: cached pieces of another rule are not reused
+
+
 @dataclass(frozen=True)
 class Sizes:
     target: int
@@ -81,26 +84,31 @@ class Sizes:
 
 
 def sizes_for(n_rows: int, target: int = 1000, challenge: int = 500) -> Sizes:
-    """The split of a table of n rows: up to `challenge` non-members, a training set of up to `target`
-    records (at least a fifth of the table, at most 300 rows, stays as the attacker's population), and
-    up to `challenge` members drawn from the training set."""
-    nonmembers = min(challenge, n_rows // 3)
-    t = min(target, n_rows - nonmembers - min(300, n_rows // 5))
+    """The split of a table of n rows: the attacker's population keeps a fifth of the table (at most 300
+    rows); of the rest, `challenge` non-members and a training set of up to `target` records, from which
+    `challenge` members are drawn. Where the table is too small for both counts the non-members give way
+    down to a third of the table (the training set must still hold the members); the counts attacked
+    are what the intervals are made of, so the training set shrinks before they do."""
+    aux = min(300, n_rows // 5)
+    nonmembers = min(challenge, max(n_rows // 3, n_rows - aux - challenge))
+    t = min(target, n_rows - nonmembers - aux)
     return Sizes(t, min(challenge, t), nonmembers)
 
 
 class Cache:
     """The per-(table, ε) pieces of the benchmark as files; a piece that exists is never recomputed.
 
-    Pieces live under the digest of the client's default recipe (`default_recipe_digest`): every piece
-    rests on experts trained with it, so a new recipe starts a fresh cache instead of silently mixing
-    attacks on old experts into a report about new ones."""
+    Pieces live under the digest of the client's default recipe (`default_recipe_digest`) and under the
+    split's settings (`sizes_for`'s rule, --target-size, --challenge, --seed): every piece rests on
+    experts trained with that recipe on that split, so a change of either starts afresh instead of
+    silently mixing attacks on other experts or other records into the report."""
 
-    def __init__(self, root: Path, recipe: str | None = None):
+    def __init__(self, root: Path, recipe: str | None = None, *, target: int = 1000, challenge: int = 500, seed: int = 0):
         from client_party.expert_training import default_recipe_digest
 
         self.recipe = recipe or default_recipe_digest()
-        self.root = root / ("recipe-" + self.recipe.removeprefix("sha256:"))
+        self.root = (root / ("recipe-" + self.recipe.removeprefix("sha256:"))
+                     / f"split-v{SPLIT_RULE}-t{target}-c{challenge}-s{seed}")
 
     def path(self, table: str, eps: float | None, name: str) -> Path:
         return self.root / table / eps_key(eps) / name
@@ -527,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
     tables = [t.strip() for t in args.tables.split(",") if t.strip()]
-    cache = Cache(args.cache)
+    cache = Cache(args.cache, target=args.target_size, challenge=args.challenge, seed=args.seed)
     if not args.render_only:
         torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))   # the LLM uses both cores; experts switch to one
         llm = None
