@@ -9,7 +9,8 @@ on rerun, so an interrupted run continues where it stopped):
     python -m simulations.benchmarks.privacy_utility --render-only             # rebuild the report from the cache
 
 Two processes on different `--tables` may share the cache (each (table, ε) piece is written by one of
-them), e.g. one per core.
+them), but on 2 cores they are slower than one: each process uses both cores, and four threads on two
+cores took 3-6 times longer per query-seat step than one process alone.
 
 Per table, one seeded split is fixed (`sizes_for`): the client's training set, held-out records (the
 non-members, also the test set for accuracy) and the attacker's auxiliary population. For each ε the
@@ -467,8 +468,7 @@ def summary_notes(data: dict[str, Any], args: argparse.Namespace) -> list[str]:
     if set(q) != set(all_eps):
         notes.append(f"Cut to fit 3 hours on 2 cores: the query seat runs at ε ∈ {{{', '.join(q)}}} only (a table's up to 1,200 questions "
                      "run through the LLM once, then each ε puts 17 experts behind them over the slot positions and bootstraps every "
-                     "interval: as measured, 7–16 minutes for the questions and 4–16 per ε, one core per process with two processes "
-                     "sharing the machine); its intervals are not cut.")
+                     "interval: on titanic, alone on 2 cores, 2.4 minutes for the questions and 1.4 per ε); its intervals are not cut.")
     return notes
 
 
@@ -504,8 +504,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shadows", type=int, default=16, help="shadow experts (default: %(default)s)")
     p.add_argument("--population", type=int, default=500, help="population records z for RMIA, provider seat (default: %(default)s)")
     p.add_argument("--query-epsilons", type=epsilon_list, default=epsilon_list("1,none"),
-                   help="ε values attacked from the query seat (default: 1,none; on one core a table's questions take 7-16 "
-                        "minutes through the LLM once, then each ε 4-16)")
+                   help="ε values attacked from the query seat (default: 1,none; on 2 cores titanic's questions take 2.4 "
+                        "minutes through the LLM once, then each ε 1.4)")
     p.add_argument("--query-records", type=int, default=500, help="members and non-members each attacked through the LLM (default: %(default)s)")
     p.add_argument("--query-population", type=int, default=200, help="population records z for RMIA through the LLM (default: %(default)s)")
     p.add_argument("--query-shadows", type=int, default=16, help="shadows pushed through the LLM (default: %(default)s)")
