@@ -80,7 +80,11 @@ def test_lira_and_rmia_find_members_of_a_deliberately_overfit_expert():
 @pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")
 def test_dp_expert_at_epsilon_1_resists_every_attack():
     """The client's DP recipe at ε = 1 (10 epochs, for time) on 500 credit records, 500 + 500 challenge records:
-    no attack's 95 % interval lies wholly above AUC 0.55, and none is claimed to beat chance family-wise."""
+    no attack's 95 % interval lies wholly above AUC 0.55 (the issue's target).
+
+    Not asserted: that no attack beats chance. ε = 1 allows TPR ≤ e·FPR + δ, so an attack whose interval
+    excludes 0.5 is consistent with a correct DP-SGD (one fresh-clone run saw confidence at 0.550
+    [0.515, 0.584]); a test of it failed for no fault of the code."""
     cfg = MIAConfig(target_size=500, eval_members=500, eval_nonmembers=500, n_shadows=4, population=200, epsilon=1.0, epochs=10, seed=0)
     report = run_mia("credit", cfg)
     assert report.dp["mechanism"] == "dp-sgd" and report.dp["epsilon"] <= 1.0
@@ -88,7 +92,6 @@ def test_dp_expert_at_epsilon_1_resists_every_attack():
     print(f"DP expert (ε = {report.dp['epsilon']:.3f}): AUCs {aucs}; held-out balanced accuracy {report.expert_balanced_accuracy:.3f}")
     assert set(aucs) == set(ALL_ATTACKS)
     assert all(r.auc_ci[0] <= 0.55 for r in report.results)
-    assert not best_attack(report.results, "provider")["beats_chance"]
 
 
 def test_expert_channel_reads_log_probabilities():
