@@ -257,12 +257,10 @@ def sign_artifact(folder: str | os.PathLike, private_key: PrivateKey, *, model_n
 def write_artifact(folder: str | os.PathLike, model: Any, schema: Any, dp: Any, private_key: PrivateKey | None = None,
                    *, model_name: str | None = None) -> Path:
     """Writes expert.safetensors + expert.json (from an ExpertMLP), schema.json, dp.json, and signs when a key is given."""
-    from protocol.expert_spec import check_releasable, save_expert
+    from protocol.expert_spec import save_expert
 
-    check_releasable(model)
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_expert(model, folder)
+    save_expert(model, folder)   # first: it refuses an unreleasable model before it creates the folder
     (folder / SCHEMA_FILE).write_text(schema.to_json() if hasattr(schema, "to_json") else json.dumps(schema, indent=2), encoding="utf-8")
     dp_dict = dp.to_dict() if hasattr(dp, "to_dict") else dp
     (folder / DP_FILE).write_text(json.dumps(dp_dict, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -199,19 +199,14 @@ def block_release(model: nn.Module, reason: str) -> None:
     model.release_blocker = reason
 
 
-def check_releasable(model: nn.Module) -> None:
-    """Raises `ReleaseError` for a model marked by `block_release`; writers call it before touching the disk."""
-    blocker = getattr(model, "release_blocker", None)
-    if blocker:
-        raise ReleaseError("SEEDED_DP_NOISE", f"this expert may not be saved or uploaded: {blocker}; retrain it without a noise seed",
-                           rule="release")
-
-
 def save_expert(model: ExpertMLP, folder: str | Path) -> None:
     """Writes `expert.safetensors` and `expert.json` (the spec), unless the model was marked by `block_release`."""
     from safetensors.torch import save_file
 
-    check_releasable(model)
+    blocker = getattr(model, "release_blocker", None)
+    if blocker:   # before the folder exists: a refused write leaves nothing behind
+        raise ReleaseError("SEEDED_DP_NOISE", f"this expert may not be saved or uploaded: {blocker}; retrain it without a noise seed",
+                           rule="release")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(folder / "expert.safetensors"))
