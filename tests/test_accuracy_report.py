@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from simulations.benchmarks.accuracy import markdown, phrasing_entry
+import json
+
+from simulations.benchmarks.accuracy import PER_TABLE, markdown, phrasing_entry, previous_results
 
 
 def _payload() -> dict:
@@ -37,3 +39,40 @@ def test_markdown_reports_phrasing_extraction_and_the_self_check():
     assert "| t | 0.960 | 1.000 | 0.920 | 1.000 | 0.790 | 0.800 | 10 |" in md
     assert "exact 1.000, MAE 0.10 years" in md
     assert "missed: missing_flag_accuracy 0.900" in md
+
+
+def _fresh(datasets: list[str]) -> dict:
+    return {"command": "new", "preset": "default", "seed": 0, "datasets": datasets, "rows": [], **{k: {} for k in PER_TABLE}}
+
+
+def test_a_rerun_keeps_the_comparisons_rows_and_with_update_every_other_table(tmp_path):
+    old = _payload()
+    old["datasets"] = ["titanic", "t"]
+    own = old["rows"][0]
+    old["rows"] += [{**own, "dataset": "titanic"}, {**own, "method": "lora_dp_mst"}, {**own, "dataset": "titanic", "method": "icl_dp"}]
+    old["extraction"]["titanic"] = {"sex": {"accuracy": 1.0}}
+    path = tmp_path / "accuracy.json"
+    path.write_text(json.dumps(old))
+
+    plain = _fresh(["t"])
+    previous_results(path, False, ["t"], plain)
+    assert {(r["dataset"], r["method"]) for r in plain["rows"]} == {("t", "lora_dp_mst"), ("titanic", "icl_dp")}
+    assert plain["extraction"] == {} and plain["datasets"] == ["t"]
+
+    update = _fresh(["t"])
+    previous_results(path, True, ["t"], update)
+    assert {(r["dataset"], r["method"]) for r in update["rows"]} == {("t", "lora_dp_mst"), ("titanic", "icl_dp"), ("titanic", "base_llm")}
+    assert update["extraction"] == {"titanic": {"sex": {"accuracy": 1.0}}}
+    assert update["runs"]["titanic"]["command"] == old["command"] and update["datasets"] == ["titanic", "t"]
+    assert previous_results(tmp_path / "none.json", True, ["t"], _fresh(["t"])) == {}
+
+
+def test_markdown_names_each_tables_run_when_the_runs_differ():
+    payload = _payload()
+    payload["runs"] = {"t": {"command": "rerun t", "date": "d2", "encoder": {"encoder_kernel": 9, "encoder_mixer_layers": 2}}}
+    assert "Command: `rerun t`" in markdown(payload)
+    payload["datasets"] = ["u", "t"]
+    payload["rows"] += [{**r, "dataset": "u"} for r in payload["rows"]]
+    payload["runs"]["u"] = {"command": "first", "date": "d1"}
+    md = markdown(payload)
+    assert "- t: `rerun t` (d2; encoder window 9 tokens × 2 mixer layers)" in md and "- u: `first` (d1)" in md

@@ -36,11 +36,31 @@ def test_pieces_cached_under_another_recipe_are_not_reused(tmp_path, monkeypatch
     assert Cache(tmp_path).load("titanic", 1.0, "provider.json") is None
 
 
-def test_a_query_piece_is_reused_only_through_connectors_of_the_same_preset():
-    piece = {"connectors": {"preset": "default", "inject_layer": 20}, "mia": []}
-    assert measured_with(piece, "default")
-    assert not measured_with(piece, "quick")
-    assert not measured_with(None, "default") and not measured_with({"mia": []}, "default")
+def test_a_query_piece_is_reused_only_through_the_connector_set_served_now():
+    """Same preset and the same tensors: a set retrained or redesigned since (another digest), or none stored yet, measures again."""
+    piece = {"connectors": {"preset": "default", "inject_layer": 20, "weights": "sha256:aa"}, "mia": []}
+    assert measured_with(piece, "default", "sha256:aa")
+    assert not measured_with(piece, "quick", "sha256:aa")
+    assert not measured_with(piece, "default", "sha256:bb") and not measured_with(piece, "default", None)
+    assert not measured_with({"connectors": {"preset": "default"}, "mia": []}, "default", "sha256:aa")   # pieces from before the digest
+    assert not measured_with(None, "default", "sha256:aa") and not measured_with({"mia": []}, "default", "sha256:aa")
+
+
+def test_the_served_set_is_named_by_the_digest_of_its_tensors(tmp_path, base_llm, titanic_schema, tiny_connectors):
+    import copy
+
+    from provider_party.model.connector_store import ConnectorStore
+    from simulations.benchmarks.privacy_utility import served_connectors
+
+    args = parse_args(["--connectors", str(tmp_path)])
+    assert served_connectors(titanic_schema, args, base_llm) is None
+    ConnectorStore(tmp_path).save(base_llm, titanic_schema, tiny_connectors)
+    first = served_connectors(titanic_schema, args, base_llm)
+    assert first.startswith("sha256:") and served_connectors(titanic_schema, args, base_llm) == first
+    retrained = copy.deepcopy(tiny_connectors)                         # the session's set stays as it is
+    retrained.encoder.queries.data += 1.0
+    ConnectorStore(tmp_path).save(base_llm, titanic_schema, retrained)
+    assert served_connectors(titanic_schema, args, base_llm) != first
 
 
 def test_the_bare_command_runs_both_seats_with_the_benchmarks_connectors():

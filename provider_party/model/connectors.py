@@ -36,7 +36,7 @@ class ConnectorConfig:
     inject_layer: int = 20
     encoder_dim: int = 256
     encoder_mixer_layers: int = 2
-    encoder_kernel: int = 5
+    encoder_kernel: int = 9            # tokens each mixer block sees around a token (5 misread numbers sharing a unit; see DESIGN_NOTES)
     decoder_ffn: int = 512
     format: str = CONNECTOR_FORMAT
     metrics: dict[str, Any] = field(default_factory=dict)

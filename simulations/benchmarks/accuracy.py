@@ -9,12 +9,18 @@ accuracy.json: `rows` (one per table, method and ε), `extraction` (per table, p
 encoder's reading of the real held-out questions), `phrasing` (per table: Llamdex's `agreement`
 with the non-DP expert, its `llamdex_accuracy` and `n` on the evaluation-only phrasings of
 `simulations.phrasings`, with the same for each DP expert under `by_expert`), `connectors` (the
-connector-training metrics, self-check included).
+connector-training metrics, self-check included), `runs` (per table: the command, date and encoder
+settings it was measured with).
+
+Rows of methods another benchmark owns (the comparison's baselines) are kept as they are.
+`--update` reruns only the tables named by `--data` and keeps every other table's entries as
+measured, each with its own `runs` entry, so one table can be remeasured without rerunning all.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -23,6 +29,8 @@ from simulations.benchmarks.results_md import RESULTS_DIR, environment, results_
 from simulations.cli.common import add_connectors_arg, add_data_args, add_out_arg, epsilon_list, set_threads, table_refs
 
 DATASETS = ("titanic", "default", "credit", "churn", "penguins", "telco", "attrition")
+OWN_METHODS = ("base_llm", "expert", "llamdex", "majority_class")   # the rows this benchmark writes; others come from `compare`
+PER_TABLE = ("extraction", "phrasing", "connectors", "dp", "timings", "runs")
 
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:
@@ -32,11 +40,23 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
 def markdown(payload: dict) -> str:
     from simulations.pipeline import format_table  # the pipeline (torch, the model) loads only when a benchmark runs
 
-    rows = payload["rows"]
-    lines = [
-        "## Accuracy on real held-out records (issue: Llamdex core)",
-        "",
-        f"Command: `{payload['command']}` (preset `{payload['preset']}`, seed {payload['seed']}, {payload['environment']['cpu_count']} CPU cores, torch threads {payload['environment']['torch_threads']}, {payload['environment']['date']}).",
+    rows = [r for r in payload["rows"] if r["method"] in OWN_METHODS]
+    runs = payload.get("runs", {})
+    commands = {r.get("command") for r in runs.values()} or {payload["command"]}
+    env = payload["environment"]
+    lines = ["## Accuracy on real held-out records (issue: Llamdex core)", ""]
+    if len(commands) == 1:
+        lines.append(f"Command: `{next(iter(commands))}` (preset `{payload['preset']}`, seed {payload['seed']}, {env['cpu_count']} CPU cores, "
+                     f"torch threads {env['torch_threads']}, {env['date']}).")
+    else:
+        lines += ["Measured in more than one run (preset `{}`, seed {}); per table:".format(payload["preset"], payload["seed"]), ""]
+        for ds in payload["datasets"]:
+            r = runs.get(ds, {})
+            enc = r.get("encoder")
+            how = f"; encoder window {enc['encoder_kernel']} tokens × {enc['encoder_mixer_layers']} mixer layers" if enc else ""
+            lines.append(f"- {ds}: `{r.get('command', payload['command'])}` ({r.get('date', '?')}{how})")
+        lines.append("")
+    lines += [
         "Test questions are the real held-out records of each table through the verbalizer; the connectors saw only synthetic rows.",
         "",
         format_table(rows),
@@ -61,7 +81,10 @@ def markdown(payload: dict) -> str:
               "(half hand-written for the table's domain, half general templates), next to the verbalizer's phrasing.", "",
               "| dataset | agreement (eval-only) | agreement (verbalizer) | hand-written | general | Llamdex acc. (eval-only) | expert acc. | n |",
               "|---|---|---|---|---|---|---|---|"]
-    for ds, ph in payload.get("phrasing", {}).items():
+    for ds in payload["datasets"]:
+        ph = payload.get("phrasing", {}).get(ds)
+        if not ph:
+            continue
         by = ph.get("by_mechanism", {})
         hand, gen = by.get("hand", {}).get("agreement"), by.get("general", {}).get("agreement")
         lines.append(f"| {ds} | {ph['agreement']:.3f} | {ph['verbalizer_agreement']:.3f} | {_fmt(hand)} | {_fmt(gen)} | "
@@ -70,7 +93,10 @@ def markdown(payload: dict) -> str:
               "Categorical columns: accuracy over every record (a missing value must read as missing); numeric columns: share read exactly "
               "(up to the verbalizer's rounding) and MAE; missing flag: accuracy of the missing decision.", "",
               "| dataset | column | reading | missing flag | connector training (s) | inject layer k | self-check |", "|---|---|---|---|---|---|---|"]
-    for ds, info in payload["extraction"].items():
+    for ds in payload["datasets"]:
+        info = payload["extraction"].get(ds)
+        if not info:
+            continue
         conn = payload["connectors"][ds]
         check = conn.get("self_check", {})
         missed = check.get("missed", {})
@@ -136,6 +162,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_connectors_arg(ap, help="connector store (default $LLAMDEX_HOME/connectors)")
     ap.add_argument("--no-retrain", action="store_true", help="reuse stored connectors (timing then not measured)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--update", action="store_true",
+                    help="rerun only the --data tables and keep every other table of the existing accuracy.json as measured")
     add_out_arg(ap, default=RESULTS_DIR, help="folder of the JSON, the plot and RESULTS.md's section (default: docs/results)",
                 aliases=("--results-dir",))
     return ap
@@ -147,14 +175,19 @@ def run(args: argparse.Namespace, command: str) -> int:
     set_threads(args.threads)
     tables = table_refs(args)
     datasets = [t.id for t in tables]
+    env = environment()
     payload = {"command": command, "preset": args.preset, "seed": args.seed,
-               "datasets": datasets, "epsilons": args.epsilons, "environment": environment(), "rows": [], "extraction": {}, "phrasing": {}, "connectors": {}, "dp": {}}
+               "datasets": datasets, "epsilons": args.epsilons, "environment": env, "rows": [], **{k: {} for k in PER_TABLE}}
+    previous_results(args.out / "accuracy.json", args.update, datasets, payload)
     t0 = time.perf_counter()
     for table in tables:
         ds = table.id
         res = run_pipeline(table, tuple(args.epsilons), preset=args.preset, seed=args.seed, max_test=args.max_test,
                            connectors_root=args.connectors, retrain=not args.no_retrain)
-        payload["rows"] += res.rows
+        payload["rows"] = [r for r in payload["rows"] if r["dataset"] != ds or r["method"] not in OWN_METHODS] + res.rows
+        cfg = res.model.config
+        payload["runs"][ds] = {"command": command, "date": env["date"], "encoder": {k: getattr(cfg, k) for k in (
+            "encoder_layer", "encoder_dim", "encoder_mixer_layers", "encoder_kernel", "inject_layer")}}
         payload["extraction"][ds] = res.extraction
         payload["phrasing"][ds] = phrasing_entry(res.phrasing)
         payload["connectors"][ds] = {**res.connector_metrics, "trained_in_this_run": res.connectors_trained_now}
@@ -168,6 +201,24 @@ def run(args: argparse.Namespace, command: str) -> int:
     update_section("accuracy", markdown(payload), results_md_path(args.out))
     print(f"wrote {args.out / 'accuracy.json'} and docs/RESULTS.md in {payload['wall_s'] / 60:.1f} min")
     return 0
+
+
+def previous_results(path: Path, update: bool, datasets: list[str], payload: dict) -> dict:
+    """Fills `payload` with what a rerun keeps from the existing accuracy.json: always the rows of methods other
+    benchmarks own; with `update`, every other table's rows and entries too (tables of this run come after)."""
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    keep_tables = [ds for ds in old.get("datasets", []) if ds not in datasets] if update else []
+    payload["rows"] = [r for r in old.get("rows", []) if r["method"] not in OWN_METHODS or r["dataset"] in keep_tables]
+    for ds in keep_tables:
+        for key in PER_TABLE:
+            if ds in old.get(key, {}):
+                payload[key][ds] = old[key][ds]
+        payload["runs"].setdefault(ds, {"command": old.get("command"), "date": old.get("environment", {}).get("date")})
+    order = {ds: i for i, ds in enumerate(DATASETS)}
+    payload["datasets"] = sorted(set(keep_tables) | set(datasets), key=lambda ds: (order.get(ds, len(order)), ds))
+    return old
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -335,7 +335,7 @@ def query_seat(table: str, eps: float | None, data: dict[str, Any], args: argpar
     )
 
     done = cache.load(table, eps, "query.json")
-    if measured_with(done, args.preset):
+    if measured_with(done, args.preset, served_connectors(data["schema"], args, llm)):
         return done
     x, y, split, df = data["x"], data["y"], data["split"], data["df"]
     model, dp, shadows, _ = experts(table, eps, data, args, cache)
@@ -372,18 +372,36 @@ def query_seat(table: str, eps: float | None, data: dict[str, Any], args: argpar
     return out
 
 
-def measured_with(piece: dict[str, Any] | None, preset: str) -> bool:
-    """Whether a cached query-seat piece went through connectors of `preset`: one measured through
-    other connectors (another preset) is measured again rather than reported under this one."""
-    return piece is not None and (piece.get("connectors") or {}).get("preset") == preset
+def measured_with(piece: dict[str, Any] | None, preset: str, weights: str | None) -> bool:
+    """Whether a cached query-seat piece went through the connector set the store serves now (`weights`, the
+    digest of its tensors; None when none is stored and one will be trained) and of `preset`. A piece measured
+    through other connectors (another preset, a retrained or redesigned set) is measured again rather than
+    reported under these."""
+    conn = (piece or {}).get("connectors") or {}
+    return piece is not None and conn.get("preset") == preset and weights is not None and conn.get("weights") == weights
+
+
+def _store(args: argparse.Namespace):
+    from provider_party.model.connector_store import ConnectorStore
+
+    return ConnectorStore(args.connectors)   # None: $LLAMDEX_HOME/connectors, the store `llamdex provider connectors` fills
+
+
+def served_connectors(schema: Any, args: argparse.Namespace, llm: Any) -> str | None:
+    """sha256 of the tensors of the connector set the store would serve for `schema`, or None if it would train one."""
+    import hashlib
+
+    store = _store(args)
+    if not store.has(llm, schema):
+        return None
+    with open(store.path_for(llm.model_id, schema.digest) / "connectors.safetensors", "rb") as f:
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def llamdex_model(schema: Any, args: argparse.Namespace, llm: Any):
-    from provider_party.model.connector_store import ConnectorStore
-
-    store = ConnectorStore(args.connectors)   # None: $LLAMDEX_HOME/connectors, the store `llamdex provider connectors` fills
-    model, trained_now = store.get_or_train(llm, schema, args.preset, progress=False)
-    return model, {"preset": args.preset, "trained_now": trained_now, "inject_layer": model.config.inject_layer}
+    model, trained_now = _store(args).get_or_train(llm, schema, args.preset, progress=False)
+    return model, {"preset": args.preset, "trained_now": trained_now, "inject_layer": model.config.inject_layer,
+                   "weights": served_connectors(schema, args, llm)}
 
 
 # --- assembling the report ----------------------------------------------------------------------------

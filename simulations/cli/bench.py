@@ -21,6 +21,8 @@ BENCHMARKS = {
                 "llamdex bench privacy -- --help"),
     "protocol": ("simulations.benchmarks.protocol_bench", "upload throughput, verification and Ask latency over gRPC",
                  "llamdex bench protocol -- --help"),
+    "reader": ("simulations.benchmarks.reader_ablation", "the expert encoder's design variants read the same real questions, column by column",
+               "llamdex bench reader --data churn --variants 5x2,9x2"),
     "compare": ("simulations.benchmarks.compare", "Llamdex against DP data synthesis + LoRA, an expert behind an API and prompting, at the same ε",
                 "llamdex bench compare --threads 1"),
 }
