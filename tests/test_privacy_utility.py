@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from simulations.benchmarks.privacy_utility import Cache, main, measured_with, parse_args
 
 
@@ -68,6 +70,13 @@ def test_the_bare_command_runs_both_seats_with_the_benchmarks_connectors():
     args = parse_args([])
     assert args.seats == ["provider", "query"] and args.preset == "default" and args.connectors is None
     assert parse_args(["--connector-root", "/tmp/c"]).connectors.as_posix() == "/tmp/c"     # the older flag still works
+    assert args.threads is None and parse_args(["--threads", "4"]).threads == 4
+
+
+def test_a_thread_count_below_one_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--threads", "0"])
+    assert "--threads: 0 is not a thread count" in capsys.readouterr().err
 
 
 def test_pieces_of_another_split_are_not_reused(tmp_path):

@@ -5,11 +5,16 @@ takes registered tables and CSV/Parquet files with their schemas. For each batch
 calls alternate on the same real held-out questions (order flipped every repetition, so drift on a
 noisy machine hits both), and the medians and their ratio are written to
 docs/results/inference.json and the `inference` section of docs/RESULTS.md.
+
+What other benchmarks keep in inference.json (the comparison's `compare` rows) is kept. `--update`
+remeasures only the `--data` tables and keeps every other table's result as measured; each result
+names the run it came from (`run`: command, date).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -48,7 +53,7 @@ def measure_model(dataset: str, model, expert, questions: list[str], batch_sizes
     n_base = float(np.mean([model.batch([q], with_slots=False).input_ids.shape[1] for q in questions[:200]]))
     n_ll = float(np.mean([model.batch([q]).input_ids.shape[1] for q in questions[:200]]))
     out = {"dataset": dataset, "num_tokens": model.config.num_tokens, "inject_layer": model.config.inject_layer,
-           "encoder_layer": model.config.encoder_layer, "mean_prompt_tokens_base": n_base, "mean_prompt_tokens_llamdex": n_ll, "batches": []}
+           "encoder_layer": model.config.encoder_layer, "encoder_kernel": model.config.encoder_kernel, "mean_prompt_tokens_base": n_base, "mean_prompt_tokens_llamdex": n_ll, "batches": []}
     rng = np.random.default_rng(seed)
     for bs in batch_sizes:
         t_base, t_ll = [], []
@@ -70,9 +75,16 @@ def measure_model(dataset: str, model, expert, questions: list[str], batch_sizes
 
 
 def markdown(payload: dict) -> str:
+    env = payload["environment"]
+    runs = {(d.get("run") or {}).get("command", payload["command"]) for d in payload["results"]} or {payload["command"]}
+    if len(runs) == 1:
+        head = f"Command: `{next(iter(runs))}` ({env['cpu_count']} CPU cores, torch threads {env['torch_threads']}, {env['date']}). "
+    else:
+        head = (f"Measured in more than one run ({env['cpu_count']} CPU cores); per table: "
+                + "; ".join(f"{d['dataset']}: `{(d.get('run') or {}).get('command', '?')}` ({(d.get('run') or {}).get('date', '?')})"
+                            for d in payload["results"]) + ". ")
     lines = ["## Inference cost (issue: Llamdex core)", "",
-             f"Command: `{payload['command']}` ({payload['environment']['cpu_count']} CPU cores, torch threads {payload['environment']['torch_threads']}, {payload['environment']['date']}). "
-             "Medians over alternating calls on the same real held-out questions; one forward pass per Llamdex query.", "",
+             head + "Medians over alternating calls on the same real held-out questions; one forward pass per Llamdex query.", "",
              "| dataset | batch | base LLM (ms) | Llamdex (ms) | ratio | tokens base → Llamdex |", "|---|---|---|---|---|---|"]
     for d in payload["results"]:
         for b in d["batches"]:
@@ -89,6 +101,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--preset", default="default", choices=["default", "quick"], help="preset used only if no connectors are stored yet")
     add_connectors_arg(ap, help="connector store (default $LLAMDEX_HOME/connectors)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--update", action="store_true", help="remeasure only the --data tables and keep every other table's result as measured")
     add_out_arg(ap, default=RESULTS_DIR, help="folder of the JSON and RESULTS.md's section (default: docs/results)", aliases=("--results-dir",))
     return ap
 
@@ -96,12 +109,33 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, command: str) -> int:
     set_threads(args.threads)
     sizes = tuple(int(s) for s in args.batch_sizes.split(","))
-    payload = {"command": command, "environment": environment(), "results": []}
-    for table in table_refs(args):
-        payload["results"].append(measure(table, sizes, args.reps, args.preset, args.connectors))
+    env = environment()
+    tables = table_refs(args)
+    payload = kept_results(Path(args.out) / "inference.json", args.update, [t.id for t in tables])
+    payload.update({"command": command, "environment": env})
+    order = {ds: i for i, ds in enumerate(DATASETS)}
+    for table in tables:
+        res = {**measure(table, sizes, args.reps, args.preset, args.connectors), "run": {"command": command, "date": env["date"]}}
+        payload["results"] = sorted([r for r in payload["results"] if r["dataset"] != table.id] + [res],
+                                    key=lambda r: (order.get(r["dataset"], len(order)), r["dataset"]))
         write_json("inference.json", payload, args.out)
     update_section("inference", markdown(payload), results_md_path(args.out))
     return 0
+
+
+def kept_results(path: Path, update: bool, datasets: list[str]) -> dict:
+    """What a rerun keeps of the existing inference.json: every key another benchmark wrote (not `command`,
+    `environment`, `results`) and, with `update`, the results of tables it does not remeasure (each with its `run`)."""
+    if not path.exists():
+        return {"results": []}
+    old = json.loads(path.read_text())
+    kept = {k: v for k, v in old.items() if k not in ("command", "environment", "results")}
+    results = []
+    if update:
+        for r in old.get("results", []):
+            if r["dataset"] not in datasets:
+                results.append({**r, "run": r.get("run") or {"command": old.get("command"), "date": old.get("environment", {}).get("date")}})
+    return {**kept, "results": results}
 
 
 def main(argv: list[str] | None = None) -> int:

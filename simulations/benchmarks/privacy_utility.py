@@ -9,8 +9,9 @@ on rerun, so an interrupted run continues where it stopped):
     python -m simulations.benchmarks.privacy_utility --render-only             # rebuild the report from the cache
 
 Two processes on different `--tables` may share the cache (each (table, ε) piece is written by one of
-them), but on 2 cores they are slower than one: each process uses both cores, and four threads on two
-cores took 3-6 times longer per query-seat step than one process alone.
+them), but on 2 cores they are slower than one: each process uses two threads by default, and four
+threads on two cores took 3-6 times longer per query-seat step than one process alone. On a bigger
+machine, give each process its share with `--threads`.
 
 Per table, one seeded split is fixed (`sizes_for`): the client's training set, held-out records (the
 non-members, also the test set for accuracy) and the attacker's auxiliary population. For each ε the
@@ -537,6 +538,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-anchor", dest="anchor", action="store_false", help="skip the overfit sanity anchor")
     p.add_argument("--render-only", action="store_true", help="run nothing: rebuild the report from the cache")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads of the LLM passes (default: 2, or 1 on a 1-core machine); the experts train on one")
     p.add_argument("--cache", type=Path, default=CACHE_DIR, help="cache of finished pieces and trained experts, one subfolder per client recipe (default: %(default)s)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="output folder (default: docs/results)")
     args = p.parse_args(argv)
@@ -544,6 +547,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     bad = set(args.seats) - {"provider", "query"}
     if bad:
         p.error(f"--seats: unknown {sorted(bad)}; use provider, query or provider,query")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads: {args.threads} is not a thread count (give 1 or more)")
     return args
 
 
@@ -555,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     tables = [t.strip() for t in args.tables.split(",") if t.strip()]
     cache = Cache(args.cache, target=args.target_size, challenge=args.challenge, seed=args.seed)
     if not args.render_only:
-        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))   # the LLM uses both cores; experts switch to one
+        torch.set_num_threads(args.threads or max(1, min(2, os.cpu_count() or 1)))   # the LLM passes; experts switch to one
         llm = None
         for table in tables:
             data = table_data(table, args)
