@@ -60,9 +60,10 @@ def test_a_rerun_keeps_the_comparisons_rows_and_with_update_every_other_table(tm
     assert plain["extraction"] == {} and plain["datasets"] == ["t"]
 
     update = _fresh(["t"])
-    previous_results(path, True, ["t"], update)
-    assert {(r["dataset"], r["method"]) for r in update["rows"]} == {("t", "lora_dp_mst"), ("titanic", "icl_dp"), ("titanic", "base_llm")}
-    assert update["extraction"] == {"titanic": {"sex": {"accuracy": 1.0}}}
+    previous_results(path, True, ["t"], update)          # t's own rows stay until t is measured again
+    assert {(r["dataset"], r["method"]) for r in update["rows"]} == {("t", "lora_dp_mst"), ("titanic", "icl_dp"), ("titanic", "base_llm"),
+                                                                      ("t", "base_llm"), ("t", "expert"), ("t", "llamdex")}
+    assert update["extraction"] == {"titanic": {"sex": {"accuracy": 1.0}}, "t": old["extraction"]["t"]}
     assert update["runs"]["titanic"]["command"] == old["command"] and update["datasets"] == ["titanic", "t"]
     assert previous_results(tmp_path / "none.json", True, ["t"], _fresh(["t"])) == {}
 

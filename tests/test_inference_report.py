@@ -17,11 +17,11 @@ def test_a_rerun_keeps_the_comparisons_entries_and_with_update_the_other_tables(
     path = tmp_path / "inference.json"
     path.write_text(json.dumps({"command": "old", "environment": {"date": "d0"}, "results": [_result("titanic"), _result("churn")],
                                 "compare": [{"dataset": "churn", "method": "lora"}], "compare_command": "cmp"}))
-    plain = kept_results(path, False, ["churn"])
+    plain = kept_results(path, False)
     assert plain == {"compare": [{"dataset": "churn", "method": "lora"}], "compare_command": "cmp", "results": []}
-    update = kept_results(path, True, ["churn"])
-    assert [r["dataset"] for r in update["results"]] == ["titanic"] and update["results"][0]["run"] == {"command": "old", "date": "d0"}
-    assert kept_results(tmp_path / "none.json", True, ["churn"]) == {"results": []}
+    update = kept_results(path, True)           # churn's result stays until churn is measured again
+    assert [r["dataset"] for r in update["results"]] == ["titanic", "churn"] and update["results"][0]["run"] == {"command": "old", "date": "d0"}
+    assert kept_results(tmp_path / "none.json", True) == {"results": []}
 
 
 def test_markdown_names_each_tables_run_when_the_runs_differ():

@@ -205,11 +205,12 @@ def run(args: argparse.Namespace, command: str) -> int:
 
 def previous_results(path: Path, update: bool, datasets: list[str], payload: dict) -> dict:
     """Fills `payload` with what a rerun keeps from the existing accuracy.json: always the rows of methods other
-    benchmarks own; with `update`, every other table's rows and entries too (tables of this run come after)."""
+    benchmarks own; with `update`, every table's rows and entries too, each replaced only when its table is
+    measured again (so an interrupted run loses nothing that was there)."""
     if not path.exists():
         return {}
     old = json.loads(path.read_text())
-    keep_tables = [ds for ds in old.get("datasets", []) if ds not in datasets] if update else []
+    keep_tables = list(old.get("datasets", [])) if update else []
     payload["rows"] = [r for r in old.get("rows", []) if r["method"] not in OWN_METHODS or r["dataset"] in keep_tables]
     for ds in keep_tables:
         for key in PER_TABLE:

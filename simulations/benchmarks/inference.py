@@ -111,7 +111,7 @@ def run(args: argparse.Namespace, command: str) -> int:
     sizes = tuple(int(s) for s in args.batch_sizes.split(","))
     env = environment()
     tables = table_refs(args)
-    payload = kept_results(Path(args.out) / "inference.json", args.update, [t.id for t in tables])
+    payload = kept_results(Path(args.out) / "inference.json", args.update)
     payload.update({"command": command, "environment": env})
     order = {ds: i for i, ds in enumerate(DATASETS)}
     for table in tables:
@@ -123,9 +123,10 @@ def run(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
-def kept_results(path: Path, update: bool, datasets: list[str]) -> dict:
+def kept_results(path: Path, update: bool) -> dict:
     """What a rerun keeps of the existing inference.json: every key another benchmark wrote (not `command`,
-    `environment`, `results`) and, with `update`, the results of tables it does not remeasure (each with its `run`)."""
+    `environment`, `results`) and, with `update`, every table's result (each with its `run`), replaced only when that
+    table is measured again, so an interrupted run loses nothing that was there."""
     if not path.exists():
         return {"results": []}
     old = json.loads(path.read_text())
@@ -133,8 +134,7 @@ def kept_results(path: Path, update: bool, datasets: list[str]) -> dict:
     results = []
     if update:
         for r in old.get("results", []):
-            if r["dataset"] not in datasets:
-                results.append({**r, "run": r.get("run") or {"command": old.get("command"), "date": old.get("environment", {}).get("date")}})
+            results.append({**r, "run": r.get("run") or {"command": old.get("command"), "date": old.get("environment", {}).get("date")}})
     return {**kept, "results": results}
 
 
