@@ -28,6 +28,6 @@ def test_markdown_names_each_tables_run_when_the_runs_differ():
     env = {"cpu_count": 2, "torch_threads": 1, "date": "d2"}
     one = {"command": "new", "environment": env, "results": [_result("churn", {"command": "new", "date": "d2"})]}
     assert "Command: `new`" in markdown(one)
-    two = {**one, "results": [_result("titanic", {"command": "old", "date": "d0"}), *one["results"]]}
+    two = {**one, "results": [_result("titanic", {"command": "old", "date": "d0"}), *one["results"], _result("penguins", {"command": "old", "date": "d0"})]}
     md = markdown(two)
-    assert "titanic: `old` (d0); churn: `new` (d2)" in md and md.count("| 1 |") == 2
+    assert "titanic, penguins by `old` (d0); churn by `new` (d2)" in md and md.count("| 1 |") == 3

@@ -80,9 +80,12 @@ def markdown(payload: dict) -> str:
     if len(runs) == 1:
         head = f"Command: `{next(iter(runs))}` ({env['cpu_count']} CPU cores, torch threads {env['torch_threads']}, {env['date']}). "
     else:
-        head = (f"Measured in more than one run ({env['cpu_count']} CPU cores); per table: "
-                + "; ".join(f"{d['dataset']}: `{(d.get('run') or {}).get('command', '?')}` ({(d.get('run') or {}).get('date', '?')})"
-                            for d in payload["results"]) + ". ")
+        by_run: dict[tuple[str, str], list[str]] = {}
+        for d in payload["results"]:
+            run = d.get("run") or {}
+            by_run.setdefault((run.get("command", "?"), run.get("date", "?")), []).append(d["dataset"])
+        head = (f"Measured in more than one run ({env['cpu_count']} CPU cores): "
+                + "; ".join(f"{', '.join(tables)} by `{cmd}` ({date})" for (cmd, date), tables in by_run.items()) + ". ")
     lines = ["## Inference cost (issue: Llamdex core)", "",
              head + "Medians over alternating calls on the same real held-out questions; one forward pass per Llamdex query.", "",
              "| dataset | batch | base LLM (ms) | Llamdex (ms) | ratio | tokens base → Llamdex |", "|---|---|---|---|---|---|"]
