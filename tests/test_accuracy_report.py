@@ -65,7 +65,9 @@ def test_a_rerun_keeps_the_comparisons_rows_and_with_update_every_other_table(tm
                                                                       ("t", "base_llm"), ("t", "expert"), ("t", "llamdex")}
     assert update["extraction"] == {"titanic": {"sex": {"accuracy": 1.0}}, "t": old["extraction"]["t"]}
     assert update["runs"]["titanic"]["command"] == old["command"] and update["datasets"] == ["titanic", "t"]
-    assert previous_results(tmp_path / "none.json", True, ["t"], _fresh(["t"])) == {}
+    nothing = _fresh(["t"])
+    previous_results(tmp_path / "none.json", True, ["t"], nothing)
+    assert nothing == _fresh(["t"])                       # no file: the fresh payload stays as it was
 
 
 def test_markdown_names_each_tables_run_when_the_runs_differ():

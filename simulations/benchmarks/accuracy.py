@@ -33,6 +33,11 @@ OWN_METHODS = ("base_llm", "expert", "llamdex", "majority_class")   # the rows t
 PER_TABLE = ("extraction", "phrasing", "connectors", "dp", "timings", "runs")
 
 
+def table_order(dataset: str) -> tuple[int, str]:
+    """Sort key of a table in a report: the registered tables in `DATASETS` order, then any other by name."""
+    return (DATASETS.index(dataset) if dataset in DATASETS else len(DATASETS), dataset)
+
+
 def _fmt(x: float | None, spec: str = ".3f") -> str:
     return "–" if x is None else format(x, spec)
 
@@ -203,12 +208,12 @@ def run(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
-def previous_results(path: Path, update: bool, datasets: list[str], payload: dict) -> dict:
+def previous_results(path: Path, update: bool, datasets: list[str], payload: dict) -> None:
     """Fills `payload` with what a rerun keeps from the existing accuracy.json: always the rows of methods other
     benchmarks own; with `update`, every table's rows and entries too, each replaced only when its table is
     measured again (so an interrupted run loses nothing that was there)."""
     if not path.exists():
-        return {}
+        return
     old = json.loads(path.read_text())
     keep_tables = list(old.get("datasets", [])) if update else []
     payload["rows"] = [r for r in old.get("rows", []) if r["method"] not in OWN_METHODS or r["dataset"] in keep_tables]
@@ -217,9 +222,7 @@ def previous_results(path: Path, update: bool, datasets: list[str], payload: dic
             if ds in old.get(key, {}):
                 payload[key][ds] = old[key][ds]
         payload["runs"].setdefault(ds, {"command": old.get("command"), "date": old.get("environment", {}).get("date")})
-    order = {ds: i for i, ds in enumerate(DATASETS)}
-    payload["datasets"] = sorted(set(keep_tables) | set(datasets), key=lambda ds: (order.get(ds, len(order)), ds))
-    return old
+    payload["datasets"] = sorted(set(keep_tables) | set(datasets), key=table_order)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simulations.benchmarks.accuracy import DATASETS  # every registered table, as the accuracy benchmark
+from simulations.benchmarks.accuracy import DATASETS, table_order  # every registered table, as the accuracy benchmark
 from simulations.benchmarks.results_md import RESULTS_DIR, environment, results_md_path, update_section, write_json
 from simulations.cli.common import add_connectors_arg, add_data_args, add_out_arg, set_threads, table_refs
 
@@ -116,11 +116,10 @@ def run(args: argparse.Namespace, command: str) -> int:
     tables = table_refs(args)
     payload = kept_results(Path(args.out) / "inference.json", args.update)
     payload.update({"command": command, "environment": env})
-    order = {ds: i for i, ds in enumerate(DATASETS)}
     for table in tables:
         res = {**measure(table, sizes, args.reps, args.preset, args.connectors), "run": {"command": command, "date": env["date"]}}
         payload["results"] = sorted([r for r in payload["results"] if r["dataset"] != table.id] + [res],
-                                    key=lambda r: (order.get(r["dataset"], len(order)), r["dataset"]))
+                                    key=lambda r: table_order(r["dataset"]))
         write_json("inference.json", payload, args.out)
     update_section("inference", markdown(payload), results_md_path(args.out))
     return 0

@@ -60,7 +60,8 @@ def summary(extraction: dict[str, dict]) -> dict:
             "below": {c: round(s, 3) for c, s in sorted(scores.items(), key=lambda kv: kv[1]) if s < THRESHOLD}}
 
 
-def measure_table(table, variants: list[tuple[int, int]], *, seed: int, max_test: int, questions: int | None, progress: bool) -> dict:
+def measure_table(base, table, variants: list[tuple[int, int]], *, seed: int, max_test: int, questions: int | None, progress: bool) -> dict:
+    """Every variant of the encoder for one table, on the frozen `base` LLM's states of its questions."""
     import numpy as np
     import torch
 
@@ -68,7 +69,6 @@ def measure_table(table, variants: list[tuple[int, int]], *, seed: int, max_test
     from protocol.encoding import FeatureEncoder
     from protocol.seeding import generator, init_parameters
     from protocol.verbalizer import Verbalizer
-    from provider_party.model.base_llm import load_base_llm
     from provider_party.model.connector_training import PRESETS, _config_for
     from provider_party.model.connectors import ExpertDecoder, build_connectors
     from provider_party.model.encoder_training import extraction_report, train_encoder
@@ -85,7 +85,6 @@ def measure_table(table, variants: list[tuple[int, int]], *, seed: int, max_test
     if questions is not None:
         p = replace(p, encoder_questions=questions, decoder_questions=0, min_encoder_questions=min(questions, p.min_encoder_questions),
                     val_questions=min(p.val_questions, max(8, questions // 4)))
-    base = load_base_llm()
     config, _ = _config_for(base, schema, p)
     encoder, _ = build_connectors(config, schema)
     probe = LlamdexModel(base, schema, config, encoder, ExpertDecoder(schema.label.num_classes, base.hidden_size, p.num_tokens))
@@ -160,6 +159,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from provider_party.model.base_llm import load_base_llm
+
     ap = add_arguments(argparse.ArgumentParser(prog="python -m simulations.benchmarks.reader_ablation", description=__doc__,
                                                formatter_class=argparse.RawDescriptionHelpFormatter))
     args = ap.parse_args(argv)
@@ -169,8 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"command": command.strip(), "environment": environment(), "seed": args.seed,
                "variants": [f"{w}x{b}" for w, b in args.variants], "tables": {}}
     t0 = time.perf_counter()
+    base = load_base_llm()   # once: every table reads through the same frozen LLM
     for table in tables:
-        payload["tables"][table.id] = measure_table(table, args.variants, seed=args.seed, max_test=args.max_test, questions=args.questions,
+        payload["tables"][table.id] = measure_table(base, table, args.variants, seed=args.seed, max_test=args.max_test, questions=args.questions,
                                                     progress=not args.quiet)
         write_json("reader_ablation.json", payload, args.out)   # partial results survive an interruption
     payload["wall_s"] = round(time.perf_counter() - t0, 1)
