@@ -198,6 +198,9 @@ def draft_schema(df: pd.DataFrame, *, label: str, name: str, subject: str = "rec
     notes.append(lab_note)
     notes.append(f"subject {subject!r}: what one row describes, used in every question (--subject); "
                  "name, description and version: edit them to describe the table")
+    if any(c["type"] in ("category", "bool") for c in columns):
+        notes.append("categorical and yes/no columns may take \"level_phrases\": per level, the words people use for it without "
+                     "the field's name (\"owns their home\"); the reader learns them, so write the ones your users say")
     schema = {"format": SCHEMA_FORMAT, "name": name, "version": "1",
               "description": f"Drafted from {source} by `llamdex schema draft`: describe the table here.",
               "subject": subject, "columns": columns, "label": lab}

@@ -3,6 +3,10 @@
 A schema names each feature column (type, range or categories, a description and paraphrases used
 by the question verbalizer) and the label (classes and the words the LLM answers with). It is
 public by definition, travels inside every artifact, and is identified by a stable digest.
+
+Format v3 adds `level_phrases`: per level of a categorical or yes/no column, the words people use to
+state it without the field's name ("has missed payments before"). They are the schema author's
+domain knowledge, as public as the aliases; the verbalizer trains the reader on them.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ from typing import Any
 from protocol.canonical import LEGACY, RFC8785, digest_json
 from protocol.errors import SchemaError
 
-SCHEMA_FORMAT = "llamdex.schema/v2"
+SCHEMA_FORMAT = "llamdex.schema/v3"
 # The canonical JSON each format's digest is computed with: v1 schemas (made before RFC 8785) keep their digests.
-SCHEMA_FORMATS = {"llamdex.schema/v1": LEGACY, SCHEMA_FORMAT: RFC8785}
+SCHEMA_FORMATS = {"llamdex.schema/v1": LEGACY, "llamdex.schema/v2": RFC8785, SCHEMA_FORMAT: RFC8785}
+# Formats that may carry `level_phrases` (added in v3; an older reader would refuse the key).
+LEVEL_PHRASE_FORMATS = (SCHEMA_FORMAT,)
 COLUMN_TYPES = ("int", "float", "category", "bool")
-_COLUMN_KEYS = {"name", "type", "description", "min", "max", "categories", "aliases", "unit", "nullable", "sensitive", "decimals"}
+_COLUMN_KEYS = {"name", "type", "description", "min", "max", "categories", "aliases", "unit", "nullable", "sensitive", "decimals", "level_phrases"}
 _LABEL_KEYS = {"name", "classes", "verbalizers", "question", "description"}
 _SCHEMA_KEYS = {"format", "name", "version", "description", "subject", "columns", "label"}
 
@@ -40,6 +46,7 @@ class ColumnSpec:
     nullable: bool = False
     sensitive: bool = False
     decimals: int | None = None
+    level_phrases: tuple[tuple[str, tuple[str, ...]], ...] = ()   # (level, its phrases), in level order
 
     @property
     def is_numeric(self) -> bool:
@@ -66,6 +73,10 @@ class ColumnSpec:
     def phrases(self) -> tuple[str, ...]:
         """The column's description-friendly names: its aliases, or its name with underscores as spaces."""
         return self.aliases or (self.name.replace("_", " "),)
+
+    def phrases_for(self, level: str) -> tuple[str, ...]:
+        """The schema's nameless phrases for `level` (empty when it gives none)."""
+        return dict(self.level_phrases).get(level, ())
 
 
 @dataclass(frozen=True)
@@ -124,6 +135,8 @@ class PublicSchema:
                 d["unit"] = c.unit
             d["nullable"] = c.nullable
             d["sensitive"] = c.sensitive
+            if c.level_phrases:
+                d["level_phrases"] = {lv: list(ph) for lv, ph in c.level_phrases}
             cols.append(d)
         lab = asdict(self.label)
         lab["classes"], lab["verbalizers"] = list(self.label.classes), list(self.label.verbalizers)
@@ -182,7 +195,22 @@ def _str_list(value: Any, what: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _parse_column(d: Any, i: int) -> ColumnSpec:
+def _parse_level_phrases(d: Any, where: str, typ: str, levels: tuple[str, ...], fmt: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    if "level_phrases" not in d:
+        return ()
+    _need(fmt in LEVEL_PHRASE_FORMATS, f"{where}: 'level_phrases' needs \"format\": {SCHEMA_FORMAT!r} (this schema says {fmt!r})")
+    _need(typ in ("category", "bool"), f"{where}: only categorical and bool columns have 'level_phrases'")
+    raw = d["level_phrases"]
+    _need(isinstance(raw, dict) and raw, f"{where}: 'level_phrases' must be an object from level to a list of phrases")
+    unknown = [k for k in raw if k not in levels]
+    _need(not unknown, f"{where}: 'level_phrases' names {unknown}, which are not levels of the column; levels: {list(levels)}")
+    out = tuple((lv, _str_list(raw[lv], f"{where}: 'level_phrases' of {lv!r}")) for lv in levels if lv in raw)
+    empty = [lv for lv, phrases in out if not phrases]
+    _need(not empty, f"{where}: 'level_phrases' of {empty} must be a list of non-empty strings, not empty (leave the level out instead)")
+    return out
+
+
+def _parse_column(d: Any, i: int, fmt: str = SCHEMA_FORMAT) -> ColumnSpec:
     _need(isinstance(d, dict), f"columns[{i}] must be an object")
     name = d.get("name")
     _need(isinstance(name, str) and name.strip() != "", f"columns[{i}]: 'name' must be a non-empty string")
@@ -214,11 +242,12 @@ def _parse_column(d: Any, i: int) -> ColumnSpec:
     _need(unit is None or isinstance(unit, str), f"{where}: 'unit' must be a string")
     for k in ("nullable", "sensitive"):
         _need(isinstance(d.get(k, False), bool), f"{where}: '{k}' must be true or false")
+    level_phrases = _parse_level_phrases(d, where, typ, cats if typ == "category" else ("no", "yes"), fmt)
     return ColumnSpec(
         name=name, type=typ, description=desc,
         min=float(lo) if lo is not None else None, max=float(hi) if hi is not None else None,
         categories=cats, aliases=aliases, unit=unit,
-        nullable=d.get("nullable", False), sensitive=d.get("sensitive", False), decimals=decimals,
+        nullable=d.get("nullable", False), sensitive=d.get("sensitive", False), decimals=decimals, level_phrases=level_phrases,
     )
 
 
@@ -252,7 +281,7 @@ def _parse_schema(data: Any, where: str = "schema") -> PublicSchema:
             _need(isinstance(data.get(k), str) and data[k].strip() != "", f"{where}: '{k}' must be a non-empty string")
         cols_raw = data.get("columns")
         _need(isinstance(cols_raw, list) and len(cols_raw) > 0, f"{where}: 'columns' must be a non-empty list")
-        cols = tuple(_parse_column(c, i) for i, c in enumerate(cols_raw))
+        cols = tuple(_parse_column(c, i, fmt) for i, c in enumerate(cols_raw))
         names = [c.name for c in cols]
         dup = sorted({n for n in names if names.count(n) > 1})
         _need(not dup, f"{where}: duplicate column names {dup}")

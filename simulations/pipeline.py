@@ -22,8 +22,14 @@ from provider_party.model.connector_training import Preset
 from simulations.evaluation import evaluate, scores
 
 
-def eps_key(eps: float | None) -> str:
-    return "no-dp" if eps is None else f"eps={eps:g}"
+def eps_key(eps: float | None, decision: str = "balanced") -> str:
+    """The name of the expert trained at `eps` (None = no DP) with `decision`; the default rule keeps the plain name."""
+    key = "no-dp" if eps is None else f"eps={eps:g}"
+    return key if decision == "balanced" else f"{key}/{decision}"
+
+
+# Row method names of the experts trained with a decision rule other than the client's default.
+DECISION_METHODS = {"calibrated": ("expert_calibrated", "llamdex_calibrated")}
 
 
 @dataclass
@@ -42,16 +48,22 @@ class PipelineResult:
     experts: dict[str, Any] = field(default_factory=dict, repr=False)
     questions: list[str] = field(default_factory=list, repr=False)  # the held-out questions evaluated, in test order
     phrasing: dict[str, dict] = field(default_factory=dict)  # per expert: Llamdex on the evaluation-only phrasings
+    # Rows of the experts trained with the other decision rules of `decisions` (methods `DECISION_METHODS`);
+    # kept apart from `rows` because the comparison benchmark owns rows of those names in accuracy.json.
+    decision_rows: list[dict[str, Any]] = field(default_factory=list)
 
 
 def run_pipeline(table: TableRef | str = "titanic", epsilons: tuple[float | None, ...] = (None, 1.0, 4.0), *, preset: Preset | str = "default",
                  seed: int = 0, max_test: int | None = None, max_train: int | None = None, base_model: str = EMBEDDED,
                  connectors_root=None, retrain: bool = False, progress: bool = True, log=print,
-                 decision: str = "balanced") -> PipelineResult:
+                 decision: str = "balanced", decisions: tuple[str, ...] = ()) -> PipelineResult:
     """Client experts (one per ε; None = no DP), the provider's connectors for the schema, and the evaluation.
 
     decision: the experts' decision rule (`TrainConfig.decision`): "balanced" (the client's default) or
     "calibrated" (plain accuracy, the rule every fine-tuned baseline follows).
+    decisions: further rules to train a second expert with at every ε, evaluated through the same
+    connectors and questions (the connectors depend on the schema alone) and reported in `decision_rows`:
+    each rule is measured by the metric it maximises, side by side.
 
     `table` is a `TableRef` (a registered table, or a CSV/Parquet file with its schema) or the text
     `--data` takes (a registered name or a file path). Rows and results are named by `table.id`.
@@ -70,17 +82,22 @@ def run_pipeline(table: TableRef | str = "titanic", epsilons: tuple[float | None
 
     # Client: train the experts (the data never leaves this block).
     x_train, y_train = encode_table(train, schema)
+    unknown = [d for d in decisions if d not in DECISION_METHODS]
+    if unknown:
+        raise ValueError(f"decisions {unknown}: the extra decision rules are {sorted(DECISION_METHODS)}")
+    extra = [d for d in dict.fromkeys(decisions) if d != decision]
     experts, dp = {}, {}
-    for eps in epsilons:
-        cfg = TrainConfig(seed=seed, decision=decision) if eps is None else TrainConfig.private(eps, seed=seed, decision=decision)
+    for rule, eps in [(decision, e) for e in epsilons] + [(d, e) for d in extra for e in epsilons]:
+        key = eps_key(eps) if rule == decision else eps_key(eps, rule)
+        cfg = TrainConfig(seed=seed, decision=rule) if eps is None else TrainConfig.private(eps, seed=seed, decision=rule)
         t = time.perf_counter()
         trained = train_expert(x_train, y_train, schema, cfg, progress=progress)
-        timings[f"expert_{eps_key(eps)}_s"] = time.perf_counter() - t
+        timings[f"expert_{key}_s"] = time.perf_counter() - t
         # What the provider receives: the spec and the tensors, rebuilt without client code.
-        experts[eps_key(eps)] = load_expert_state(trained.spec, {k: v.clone() for k, v in trained.model.state_dict().items()})
-        dp[eps_key(eps)] = trained.dp.to_dict()
+        experts[key] = load_expert_state(trained.spec, {k: v.clone() for k, v in trained.model.state_dict().items()})
+        dp[key] = trained.dp.to_dict()
         if eps is not None:
-            log(f"[client] DP-SGD expert: target ε={eps:g}, achieved ε={trained.dp.epsilon:.3f} at δ={trained.dp.delta:.2e} "
+            log(f"[client] DP-SGD expert ({rule}): target ε={eps:g}, achieved ε={trained.dp.epsilon:.3f} at δ={trained.dp.delta:.2e} "
                 f"(σ={trained.dp.noise_multiplier:.3f}, q={trained.dp.sample_rate:.4f}, {trained.dp.steps} steps)")
     timings["client_s"] = time.perf_counter() - t0
 
@@ -104,8 +121,18 @@ def run_pipeline(table: TableRef | str = "titanic", epsilons: tuple[float | None
         rows.append(row)
     majority = np.bincount(result.y_true).argmax()
     rows.append({"dataset": dataset, "method": "majority_class", "epsilon": None, **scores(result.y_true, np.full_like(result.y_true, majority)), "n_test": len(test), "seed": seed})
+    decision_rows = []
+    for rule in extra:
+        expert_method, llamdex_method = DECISION_METHODS[rule]
+        for eps in epsilons:
+            key = eps_key(eps, rule)
+            decision_rows.append({"dataset": dataset, "method": expert_method, "epsilon": eps, **scores(result.y_true, result.expert_pred[key]),
+                                  "n_test": len(test), "seed": seed})
+            decision_rows.append({"dataset": dataset, "method": llamdex_method, "epsilon": eps, **scores(result.y_true, result.llamdex_pred[key]),
+                                  "n_test": len(test), "seed": seed,
+                                  "agreement_with_expert": float((result.llamdex_pred[key] == result.expert_pred[key]).mean())})
     return PipelineResult(dataset, rows, result.extraction, model.config.metrics, trained_now, dp, timings, len(train), len(test),
-                          model=model, experts=experts, questions=result.questions, phrasing=result.phrasing)
+                          model=model, experts=experts, questions=result.questions, phrasing=result.phrasing, decision_rows=decision_rows)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

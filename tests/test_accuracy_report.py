@@ -79,3 +79,27 @@ def test_markdown_names_each_tables_run_when_the_runs_differ():
     payload["runs"]["u"] = {"command": "first", "date": "d1"}
     md = markdown(payload)
     assert "- t: `rerun t` (d2; encoder window 9 tokens × 2 mixer layers)" in md and "- u: `first` (d1)" in md
+
+
+def test_markdown_sets_the_plain_accuracy_rule_beside_the_default_one():
+    payload = _payload()
+    assert "### The two decision rules" not in markdown(payload)   # nothing measured, no section
+    base = {"dataset": "t", "epsilon": None, "macro_f1": 0.7, "n_test": 10, "seed": 0}
+    payload["decisions"] = {"t": [{**base, "method": "expert_calibrated", "accuracy": 0.9, "balanced_accuracy": 0.6},
+                                  {**base, "method": "llamdex_calibrated", "accuracy": 0.89, "balanced_accuracy": 0.6, "agreement_with_expert": 0.99}]}
+    md = markdown(payload)
+    assert "### The two decision rules" in md
+    assert "| t | – | 0.700 | 0.900 | 0.890 | -1.0 | 0.990 |" in md
+
+
+def test_the_decisions_flag_takes_the_other_rule_or_none():
+    import argparse
+
+    import pytest
+
+    from simulations.benchmarks.accuracy import decision_list
+
+    assert decision_list("calibrated") == ["calibrated"] and decision_list("none") == []
+    for bad in ("balanced", "plain", "calibrated,x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="unknown decision rule"):
+            decision_list(bad)

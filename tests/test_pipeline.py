@@ -51,6 +51,24 @@ def test_pipeline_end_to_end_on_small_subset(store_with_tiny):
     assert set(res.extraction) == {"sex", "age", "passengerClass"}
     assert "| titanic | llamdex | 1 |" in format_table(res.rows)
     assert_llamdex_follows_its_expert(res.model, res.experts["no-dp"], res.questions)
+    assert res.decision_rows == []
+
+
+def test_a_second_decision_rule_is_evaluated_through_the_same_connectors(store_with_tiny):
+    """`decisions=("calibrated",)` trains a plain-accuracy expert beside each default one and reports it apart from `rows`."""
+    res = run_pipeline("titanic", (None, 1.0), preset="quick", seed=0, max_train=300, max_test=24, decisions=("calibrated",),
+                       connectors_root=store_with_tiny.root, progress=False, log=lambda *_: None)
+    assert [(r["method"], r["epsilon"]) for r in res.decision_rows] == [
+        ("expert_calibrated", None), ("llamdex_calibrated", None), ("expert_calibrated", 1.0), ("llamdex_calibrated", 1.0)]
+    assert {r["method"] for r in res.rows} == {"base_llm", "expert", "llamdex", "majority_class"}
+    assert set(res.experts) == {"no-dp", "eps=1", "no-dp/calibrated", "eps=1/calibrated"}
+    assert res.dp["eps=1/calibrated"]["epsilon"] <= 1.0
+    # Trained differently: the two no-DP experts are not the same weights.
+    import torch
+    a, b = res.experts["no-dp"].state_dict(), res.experts["no-dp/calibrated"].state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="extra decision rules"):
+        run_pipeline("titanic", (None,), decisions=("plain",), connectors_root=store_with_tiny.root, progress=False, log=lambda *_: None)
 
 
 def assert_llamdex_follows_its_expert(model, expert, questions) -> None:

@@ -128,7 +128,7 @@ def test_cli_draft_writes_beside_the_table_prints_one_line_per_column_and_check_
     code, out, _ = _llamdex(["schema", "draft", str(loans_csv), "--label", "status", "--subject", "loan applicant"], capsys)
     target = loans_csv.with_name("loans.csv.schema.json")
     assert code == 0 and target.is_file()
-    assert sum(1 for line in out.splitlines() if line.startswith("  - ")) == 9  # 8 columns + the subject line
+    assert sum(1 for line in out.splitlines() if line.startswith("  - ")) == 10  # 8 columns, the subject line and the level-phrase hint
     assert "6 range bounds still hold a placeholder" in out
     code, _, err = _llamdex(["schema", "draft", str(loans_csv), "--label", "status"], capsys)
     assert code == 2 and "--force" in err  # an existing draft is not overwritten

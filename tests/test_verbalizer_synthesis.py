@@ -7,7 +7,7 @@ import pytest
 
 from client_party.datasets import DATASETS, load_schema, load_table
 from protocol.encoding import FeatureEncoder, is_missing
-from protocol.verbalizer import ORDINAL_WORDS, Verbalizer, unambiguous_levels
+from protocol.verbalizer import BOOL_WORDS, ORDINAL_WORDS, Verbalizer, unambiguous_levels
 from provider_party.model.synthesis import spread_over_magnitudes, synthesize
 
 
@@ -26,10 +26,15 @@ def test_every_present_column_is_stated_and_its_value_span_is_exact(name):
                 continue
             a, b = u.spans[col.name]
             said = u.text[a:b]
+            if col.type in ("bool", "category") and said.lower() in {p.lower() for p in col.phrases}:
+                continue   # one of several fields sharing a value said once: its span is its own name (see the group test)
+            level = (row[col.name] if col.type == "bool" else str(row[col.name]))
+            if said.lower() in {p.lower() for p in col.phrases_for(level)}:
+                continue   # the schema's own phrase for this level
             if col.is_numeric:
                 assert abs(float(said.replace(",", "")) - float(row[col.name])) <= 0.5 * 10 ** -((col.decimals or 1) - 1) + 1e-9, (col.name, said)
             elif col.type == "bool":
-                yes = {"yes", "with", "has", "has a", "included", "true"}
+                yes = {word for word, _ in BOOL_WORDS["yes"]}
                 assert (said.lower() in yes) == (row[col.name] == "yes"), (col.name, said, row[col.name])
             else:
                 level = str(row[col.name]).replace("_", " ")
@@ -38,6 +43,48 @@ def test_every_present_column_is_stated_and_its_value_span_is_exact(name):
             named = any(alias.lower() in u.text.lower() for alias in col.phrases)
             alone = (col.name, str(row[col.name]).replace("_", " ").lower()) in unambiguous_levels(schema) or (col.is_numeric and col.unit)
             assert named or alone, (col.name, u.text)
+
+
+def test_fields_that_share_a_value_may_be_said_once_each_pointing_at_its_own_name():
+    """"No for device protection, streaming movies and tech support": each column's span is its name, and the
+    shared value is said once, before or after the list."""
+    from protocol.encoding import bool_level
+
+    schema = load_schema("telco")
+    rows, _ = synthesize(schema, n=400, seed=0)
+    v = Verbalizer(schema, seed=0, group_rate=1.0, phrase_rate=0.0)   # no level phrase that equals an alias
+    groups = 0
+    for row in rows.to_dict("records")[:200]:
+        u = v.utterance(row)
+        named = {k: u.text[a:b] for k, (a, b) in u.spans.items()
+                 if schema.column(k).type in ("bool", "category") and u.text[a:b].lower() in {p.lower() for p in schema.column(k).phrases}}
+        if len(named) < 2:
+            continue
+        groups += 1
+        values = {(bool_level(row[k]) if schema.column(k).type == "bool" else str(row[k]).lower()) for k in named}
+        assert len(values) == 1, (u.text, named)       # one group, one shared value
+        a = min(u.spans[k][0] for k in named)
+        b = max(u.spans[k][1] for k in named)
+        assert any(w in u.text[a:b] for w in (" and ", " or ", " nor ")), u.text[a:b]   # a list of names
+    assert groups >= 100
+
+
+def test_a_v3_schemas_level_phrases_are_said_with_no_field_name():
+    import json
+
+    d = json.loads(load_schema("credit").to_json())
+    d["format"] = "llamdex.schema/v3"
+    records = next(c for c in d["columns"] if c["name"] == "Records")
+    records["level_phrases"] = {"yes": ["has missed payments before"], "no": ["always paid on time"]}
+    from protocol.schema import PublicSchema
+
+    schema = PublicSchema.from_dict(d)
+    rows, _ = synthesize(schema, n=300, seed=0)
+    v = Verbalizer(schema, seed=0, phrase_rate=1.0, group_rate=0.0)
+    for row in rows.to_dict("records")[:50]:
+        u = v.utterance(row)
+        a, b = u.spans["Records"]
+        assert u.text[a:b].lower() == ("has missed payments before" if row["Records"] == "yes" else "always paid on time")
 
 
 def test_levels_shared_by_several_columns_are_never_stated_without_the_field_name():

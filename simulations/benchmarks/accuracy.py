@@ -10,7 +10,8 @@ encoder's reading of the real held-out questions), `phrasing` (per table: Llamde
 with the non-DP expert, its `llamdex_accuracy` and `n` on the evaluation-only phrasings of
 `simulations.phrasings`, with the same for each DP expert under `by_expert`), `connectors` (the
 connector-training metrics, self-check included), `runs` (per table: the command, date and encoder
-settings it was measured with).
+settings it was measured with), `decisions` (per table: the same expert/Llamdex rows for experts trained with
+the plain-accuracy decision rule, `--decisions`; the client's default rule maximises balanced accuracy).
 
 Rows of methods another benchmark owns (the comparison's baselines) are kept as they are.
 `--update` reruns only the tables named by `--data` and keeps every other table's entries as
@@ -30,7 +31,7 @@ from simulations.cli.common import add_connectors_arg, add_data_args, add_out_ar
 
 DATASETS = ("titanic", "default", "credit", "churn", "penguins", "telco", "attrition")
 OWN_METHODS = ("base_llm", "expert", "llamdex", "majority_class")   # the rows this benchmark writes; others come from `compare`
-PER_TABLE = ("extraction", "phrasing", "connectors", "dp", "timings", "runs")
+PER_TABLE = ("extraction", "phrasing", "connectors", "dp", "timings", "runs", "decisions")
 
 
 def table_order(dataset: str) -> tuple[int, str]:
@@ -81,6 +82,7 @@ def markdown(payload: dict) -> str:
                     f"{100 * (r['accuracy'] - ex['accuracy']):+.1f} | {ex['balanced_accuracy']:.3f} | {r['balanced_accuracy']:.3f} | "
                     f"{100 * (r['balanced_accuracy'] - ex['balanced_accuracy']):+.1f} | {100 * (r['accuracy'] - base['accuracy']):+.1f} | {r['agreement_with_expert']:.3f} |"
                 )
+    lines += decision_lines(payload, rows)
     lines += ["", "### Evaluation-only phrasings (never used in training)", "",
               "Llamdex with the non-DP expert on the same held-out records asked in the phrasings of `simulations/phrasings.py` "
               "(half hand-written for the table's domain, half general templates), next to the verbalizer's phrasing.", "",
@@ -120,6 +122,29 @@ def markdown(payload: dict) -> str:
             lines.append(f"| {ds if i == 0 else ''} | {col} | {qual} | {_fmt(q.get('missing_flag_accuracy'))} | {t} | {k} | {verdict} |")
     lines += ["", "![accuracy](results/accuracy.png)"]
     return "\n".join(lines)
+
+
+def decision_lines(payload: dict, rows: list[dict]) -> list[str]:
+    """The two decision rules side by side: each measured by the metric it maximises, through the same connectors."""
+    tables = [ds for ds in payload["datasets"] if payload.get("decisions", {}).get(ds)]
+    if not tables:
+        return []
+    lines = ["", "### The two decision rules", "",
+             "The client's experts decide for balanced accuracy by default (class-weighted training); an expert trained for plain "
+             "accuracy (`TrainConfig(decision=\"calibrated\")`) goes through the same connectors and questions. Each rule is "
+             "read on the metric it maximises: balanced accuracy for the default, plain accuracy for the other.", "",
+             "| dataset | ε | Llamdex bal. acc. (balanced rule) | expert acc. (plain rule) | Llamdex acc. (plain rule) | "
+             "Llamdex − expert (pts) | agreement (plain rule) |", "|---|---|---|---|---|---|---|"]
+    for ds in tables:
+        for r in payload["decisions"][ds]:
+            if r["method"] != "llamdex_calibrated":
+                continue
+            ex = next(e for e in payload["decisions"][ds] if e["method"] == "expert_calibrated" and e["epsilon"] == r["epsilon"])
+            bal = next((b for b in rows if b["dataset"] == ds and b["method"] == "llamdex" and b["epsilon"] == r["epsilon"]), None)
+            lines.append(f"| {ds} | {'–' if r['epsilon'] is None else format(r['epsilon'], 'g')} | {_fmt(bal and bal['balanced_accuracy'])} | "
+                         f"{ex['accuracy']:.3f} | {r['accuracy']:.3f} | {100 * (r['accuracy'] - ex['accuracy']):+.1f} | "
+                         f"{r['agreement_with_expert']:.3f} |")
+    return lines
 
 
 def phrasing_entry(phrasing: dict[str, dict]) -> dict:
@@ -167,11 +192,24 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_connectors_arg(ap, help="connector store (default $LLAMDEX_HOME/connectors)")
     ap.add_argument("--no-retrain", action="store_true", help="reuse stored connectors (timing then not measured)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--decisions", type=decision_list, default=["calibrated"], metavar="RULES",
+                    help="other decision rules to train a second expert with at every ε, reported beside the default (balanced) "
+                         "rule: 'calibrated' maximises plain accuracy; 'none' skips them (default: calibrated)")
     ap.add_argument("--update", action="store_true",
                     help="rerun only the --data tables and keep every other table of the existing accuracy.json as measured")
     add_out_arg(ap, default=RESULTS_DIR, help="folder of the JSON, the plot and RESULTS.md's section (default: docs/results)",
                 aliases=("--results-dir",))
     return ap
+
+
+def decision_list(text: str) -> list[str]:
+    from client_party.expert_training import DECISIONS
+
+    rules = [] if text.strip().lower() == "none" else [t.strip() for t in text.split(",") if t.strip()]
+    bad = [r for r in rules if r not in DECISIONS or r == "balanced"]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown decision rule(s) {bad}; the other rule is 'calibrated' (or 'none')")
+    return rules
 
 
 def run(args: argparse.Namespace, command: str) -> int:
@@ -188,7 +226,7 @@ def run(args: argparse.Namespace, command: str) -> int:
     for table in tables:
         ds = table.id
         res = run_pipeline(table, tuple(args.epsilons), preset=args.preset, seed=args.seed, max_test=args.max_test,
-                           connectors_root=args.connectors, retrain=not args.no_retrain)
+                           connectors_root=args.connectors, retrain=not args.no_retrain, decisions=tuple(args.decisions))
         payload["rows"] = [r for r in payload["rows"] if r["dataset"] != ds or r["method"] not in OWN_METHODS] + res.rows
         cfg = res.model.config
         payload["runs"][ds] = {"command": command, "date": env["date"], "encoder": {k: getattr(cfg, k) for k in (
@@ -197,6 +235,10 @@ def run(args: argparse.Namespace, command: str) -> int:
         payload["phrasing"][ds] = phrasing_entry(res.phrasing)
         payload["connectors"][ds] = {**res.connector_metrics, "trained_in_this_run": res.connectors_trained_now}
         payload["dp"][ds] = res.dp
+        if res.decision_rows:
+            payload["decisions"][ds] = res.decision_rows
+        else:
+            payload["decisions"].pop(ds, None)
         payload.setdefault("timings", {})[ds] = res.timings
         print(format_table(res.rows), flush=True)
         write_json("accuracy.json", payload, args.out)  # partial results survive an interruption
