@@ -6,26 +6,18 @@ question during training. Variety keeps the expert encoder from keying on one su
 templates, field order, paraphrased field names, the value before or after the name, values stated
 with no name where the schema makes them unambiguous, yes/no columns said with words ("with",
 "has no", "without"), ordinal levels said as words ("first"), irrelevant context sentences, number
-formats, missing values said or omitted, the schema's own level phrases ("has missed payments
-before", format v3), and several yes/no or categorical fields that share a value said once ("without
-online backup or tech support"). Everything is derived from the schema by general rules; nothing
-here knows a particular table.
-
-The wider template sets (connectives, yes/no verbs, missing words, openings) were written from
-general English by an author who did not see the evaluation-only question templates; the few that
-coincided with an evaluation template were left out, so that evaluation still measures wording the
-reader never trained on.
+formats, missing values said or omitted, and the schema's own level phrases where it gives them
+("has missed payments before", format v3). Everything is derived from the schema by general rules;
+nothing here knows a particular table.
 
 `Verbalizer.utterance` also returns, per column, the character span of the value it stated: the
-expert encoder is trained to point at that span (and at nothing when the value is missing). In a
-group of fields that share one value, each column's span is its own name in the list, which the
-reader can tell apart, and the shared value word sits a few tokens away.
+expert encoder is trained to point at that span (and at nothing when the value is missing).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,10 +33,6 @@ INTROS = (
     "Below is a short profile of a {subject}.",
     "We are reviewing one {subject}.",
     "",
-    "Here are the details of one {subject}.", "The details below concern a single {subject}.", "Let me tell you about this {subject}.",
-    "Here is what we know about the {subject}.", "This note is about one particular {subject}.", "Please look at the following {subject}.",
-    "I would like your view on this {subject}.", "These are the facts about the {subject} in question.",
-    "Suppose we have the following {subject}.", "Here is a quick summary of the {subject}.",
 )
 # The field's name, then its value.
 NAME_FIRST = (
@@ -55,13 +43,7 @@ NAME_FIRST = (
     "{name} is {value}",
     "with {name} {value}",
     "{name} {value}",
-    "{name} is listed as {value}", "{name} recorded as {value}", "{name} set to {value}", "{name} ({value})",
-    "when it comes to {name}, {value}", "regarding {name}: {value}", "the recorded {name} was {value}", "{name} was noted as {value}",
-    "the value of {name} is {value}", "{name} given as {value}", "{name} entered as {value}", "{name} reported as {value}",
-    "{name} on file: {value}", "the {name} in question is {value}", "{name} is put down as {value}", "{name} happens to be {value}",
 )
-# Name-first forms that read well with a number only.
-NUMBER_FIRST = ("{name} stands at {value}", "{name} comes to {value}", "{name} amounts to {value}")
 # The value, then the field's name.
 VALUE_FIRST = (
     "{value} {name}",
@@ -69,41 +51,21 @@ VALUE_FIRST = (
     "{value} for {name}",
     "{value} ({name})",
     "{value} for the {name}",
-    "{value} is listed as the {name}", "{value} recorded for {name}", "{value} under {name}", "{value}, which is the {name}",
-    "{value} in terms of {name}", "{value} when it comes to {name}", "{value} as the recorded {name}", "{value} is given for {name}",
-    "{value} noted under {name}", "{value}: that is the {name}", "{value} entered for {name}", "{value} with respect to {name}",
-    "{value} where {name} is concerned",
 )
 FIELD_FORMS = NAME_FIRST  # kept for callers of the first version
 # A yes/no column said with words: (the value's words, template).
 BOOL_WORDS = {
     "yes": (("with", "{value} {name}"), ("has", "{value} {name}"), ("has a", "{value} {name}"), ("yes", "{value} to {name}"),
-            ("included", "{name} {value}"), ("true", "{name}: {value}"),
-            ("signed up for", "{value} {name}"), ("is enrolled in", "{value} {name}"), ("comes with", "{value} {name}"),
-            ("opted in to", "{value} {name}"), ("currently has", "{value} {name}"), ("uses", "{value} {name}"),
-            ("yes", "{value} on {name}"), ("ticked", "the box for {name} is {value}")),
+            ("included", "{name} {value}"), ("true", "{name}: {value}")),
     "no": (("without", "{value} {name}"), ("no", "{value} {name}"), ("has no", "{value} {name}"), ("not", "{value} {name}"),
-           ("none", "{name}: {value}"), ("false", "{name}: {value}"),
-           ("doesn't use", "{value} {name}"), ("has never had", "{value} {name}"), ("opted out of", "{value} {name}"),
-           ("declined", "{value} {name}"), ("without any", "{value} {name}"), ("is not enrolled in", "{value} {name}")),
+           ("none", "{name}: {value}"), ("false", "{name}: {value}")),
 }
 # Ordinal levels ("1st") may be said as words; general English, not any table's knowledge.
 ORDINAL_WORDS = {"1st": "first", "2nd": "second", "3rd": "third", "4th": "fourth", "5th": "fifth",
                  "6th": "sixth", "7th": "seventh", "8th": "eighth", "9th": "ninth", "10th": "tenth"}
-JOINERS = (", ", "; ", ". ", "\n- ", " and ", ", while ", "; also ", ", plus ", "; in addition, ", ", and also ", "; furthermore, ")
-# Several yes/no fields with one shared value, said once: (the value's words, template over the list of names).
-GROUP_YES = (("with", "{value} {names}"), ("has", "{value} {names}"), ("yes", "{names}: {value}"), ("included", "{names} {value}"),
-             ("both", "{names}, {value} included"))
-GROUP_NO = (("without", "{value} {names_or}"), ("no", "{value} {names_or}"), ("no", "{names}: {value}"), ("not", "{value} {names_or}"),
-            ("neither", "{value} {names_nor}"))
-# Several categorical fields with one shared level, said once ({value}: the level as the verbalizer writes it).
-GROUP_LEVEL = ("{names}: {value}", "{value} for {names}", "{names} are all {value}", "{names} both {value}", "{value} on {names}")
-GROUP_MAX = 3  # more names than this sit too far from the shared value for a local reader
-MISSING_WORDS = ("unknown", "not recorded", "not available", "missing", "unrecorded", "not given", "left blank", "not specified",
-                 "not reported", "unavailable", "not provided", "n/a")
-MISSING_FORMS = ("{name}: {missing}", "the {name} is {missing}", "{name} {missing}", "no information on {name}", "{name} not stated",
-                 "{name} ({missing})", "the {name} was {missing}", "{name} is currently {missing}", "no one recorded the {name}",
-                 "nothing is on file for {name}", "there is no entry for {name}", "the {name} could not be determined")
+JOINERS = (", ", "; ", ". ", "\n- ", " and ")
+MISSING_WORDS = ("unknown", "not recorded", "not available", "missing")
+MISSING_FORMS = ("{name}: {missing}", "the {name} is {missing}", "{name} {missing}", "no information on {name}", "{name} not stated")
 DISTRACTORS = (
     "The record was pulled from an archive last week.",
     "This is part of a routine review.",
@@ -139,8 +101,9 @@ class _Pieces:
         self.text = ""
         self.spans: dict[str, tuple[int, int]] = {}
 
-    def add(self, text: str, spans: Sequence[tuple[str, int, int]] = ()) -> None:
-        for name, a, b in spans:
+    def add(self, text: str, span: tuple[str, int, int] | None = None) -> None:
+        if span is not None:
+            name, a, b = span
             self.spans[name] = (len(self.text) + a, len(self.text) + b)
         self.text += text
 
@@ -166,8 +129,7 @@ class Verbalizer:
     """Seeded question generator for one schema."""
 
     def __init__(self, schema: PublicSchema, seed: int = 0, distractor_rate: float = 0.35, omit_missing_rate: float = 0.5,
-                 value_first_rate: float = 0.25, word_rate: float = 0.3, nameless_rate: float = 0.15, phrase_rate: float = 0.3,
-                 group_rate: float = 0.25):
+                 value_first_rate: float = 0.25, word_rate: float = 0.3, nameless_rate: float = 0.15, phrase_rate: float = 0.3):
         self.schema = schema
         self.rng = random.Random(seed)
         self.distractor_rate = distractor_rate
@@ -176,7 +138,6 @@ class Verbalizer:
         self.word_rate = word_rate
         self.nameless_rate = nameless_rate
         self.phrase_rate = phrase_rate
-        self.group_rate = group_rate
         self._alone = unambiguous_levels(schema)
         units = [c.unit for c in schema.columns if c.is_numeric and c.unit]
         self._unique_units = {u for u in units if units.count(u) == 1}
@@ -221,7 +182,9 @@ class Verbalizer:
             return text, -1, -1
         level = (bool_level(value) or "no") if col.type == "bool" else str(value) if col.type == "category" else None
         phrases = col.phrases_for(level) if level is not None else ()
-        if phrases and r.random() < self.phrase_rate:   # the schema's own words for this level, with no field name
+        # The schema's own words for this level, with no field name (draws from the generator only when there are
+        # some, so a schema without level phrases gets the questions it always got).
+        if phrases and r.random() < self.phrase_rate:
             text = r.choice(phrases)
             return text, 0, len(text)
         if col.type == "bool" and r.random() < self.word_rate:
@@ -238,64 +201,24 @@ class Verbalizer:
         if r.random() < self.value_first_rate:
             template = r.choice(VALUE_FIRST)
         else:
-            template = form if r.random() < 0.8 else r.choice(NAME_FIRST + NUMBER_FIRST if col.is_numeric else NAME_FIRST)
+            template = form if r.random() < 0.8 else r.choice(NAME_FIRST)
         filled, start, _ = _fill(template, name, text)
         return filled, start + a, start + b
 
     def describe_fields(self, row: Mapping[str, Any]) -> list[str]:
         return [text for text, _ in self._fields(row)]
 
-    def _fields(self, row: Mapping[str, Any], keep: set[str] | None = None) -> list[tuple[str, list[tuple[str, int, int]]]]:
+    def _fields(self, row: Mapping[str, Any], keep: set[str] | None = None) -> list[tuple[str, tuple[str, int, int] | None]]:
         cols = [c for c in self.schema.columns if keep is None or c.name in keep]
         self.rng.shuffle(cols)
         form = self.rng.choice(NAME_FIRST)
-        group = self._group(cols, row) if self.rng.random() < self.group_rate else []
         out = []
         for col in cols:
-            if group and col.name == group[0].name:
-                out.append(self._group_field(group, row[col.name]))
-                continue
-            if any(col.name == g.name for g in group):
-                continue
             f = self._field(col, row.get(col.name), form)
             if f is not None:
                 text, a, b = f
-                out.append((text, [(col.name, a, b)] if a >= 0 else []))
+                out.append((text, (col.name, a, b) if a >= 0 else None))
         return out
-
-    def _group(self, cols: list[ColumnSpec], row: Mapping[str, Any]) -> list[ColumnSpec]:
-        """2..GROUP_MAX yes/no or categorical columns of `cols` whose stated values are the same words; [] if none."""
-        by_value: dict[str, list[ColumnSpec]] = {}
-        for col in cols:
-            value = row.get(col.name)
-            if col.type in ("bool", "category") and not is_missing(value):
-                words = (bool_level(value) or "no") if col.type == "bool" else str(value).replace("_", " ").lower()
-                by_value.setdefault(f"{col.type}:{words}", []).append(col)
-        groups = [g for g in by_value.values() if len(g) >= 2]
-        if not groups:
-            return []
-        g = self.rng.choice(groups)
-        return g[:self.rng.randint(2, min(GROUP_MAX, len(g)))]
-
-    def _group_field(self, group: list[ColumnSpec], value: Any) -> tuple[str, list[tuple[str, int, int]]]:
-        """One clause stating the shared value of `group` once; each column's span is its name in the list."""
-        r = self.rng
-        names = [r.choice(c.phrases) for c in group]
-        if group[0].type == "bool":
-            word, template = r.choice(GROUP_YES if bool_level(value) == "yes" else GROUP_NO)
-        else:
-            word, template = self._format(group[0], value)[0], r.choice(GROUP_LEVEL)
-        last = {"{names}": " and ", "{names_or}": " or ", "{names_nor}": " nor "}
-        key = next(k for k in last if k in template)
-        head, tail = template.split(key)
-        text = head.replace("{value}", word)
-        spans = []
-        for i, name in enumerate(names):
-            if i:
-                text += ", " if i < len(names) - 1 else last[key]
-            spans.append((group[i].name, len(text), len(text) + len(name)))
-            text += name
-        return text + tail.replace("{value}", word), spans
 
     def utterance(self, row: Mapping[str, Any], keep: set[str] | None = None) -> Utterance:
         """One natural question about `row` (a mapping from column name to value), with its value spans.
@@ -308,14 +231,13 @@ class Verbalizer:
         joiner = r.choice(JOINERS)
         listed = joiner == "\n- "
         body = _Pieces()
-        for i, (text, spans) in enumerate(fields):
+        for i, (text, span) in enumerate(fields):
             if i == 0:
                 text = ("- " if listed else "") + text[0].upper() + text[1:]
-                shift = 2 if listed else 0
-                spans = [(name, a + shift, b + shift) for name, a, b in spans]
+                span = None if span is None else (span[0], span[1] + (2 if listed else 0), span[2] + (2 if listed else 0))
             else:
                 body.add(joiner)
-            body.add(text, spans)
+            body.add(text, span)
         if fields and not listed:
             body.add(".")
         pieces: list[str | _Pieces] = [p for p in (intro, body if fields else "") if p]

@@ -14,13 +14,13 @@ from protocol.schema import PublicSchema
 # Connectors are keyed by schema digest: changing a bundled schema orphans every connector trained
 # for it. Update these only on purpose (and bump the schema's "version").
 GOLDEN_DIGESTS = {
-    "titanic": "sha256:ed55e27c565e02b3ea16f62d52ebf40826c41295b72444f3efc0baa57aea0b83",
-    "default": "sha256:4054aa6c236d51d302283d2d0e5a04c1b60755a5da6b0d89d0e27a92b7315d42",
-    "credit": "sha256:c7cc5fcdd85b272bbf1616494eed8e820f70fec7a493cd3a64a5ee004350fc9b",
-    "churn": "sha256:06bd2d4a9c5a571b519b17f0639d85e957289b5b37c1a70bd28a51b25b283afc",
-    "penguins": "sha256:513c74d0d8ad1d1d44dfbec9388d692db001def6955369f04178e289fb2f05b1",
-    "telco": "sha256:5e2eca7db30d751fb23c17d4c1473dcdc12188ae21d3e841d57bae2e9bbba0eb",
-    "attrition": "sha256:1382dc26cf3f6b710ec4f61b077125b48d4082fe155e92baa6e2843606e46aa5",
+    "titanic": "sha256:d0dd4dd28c1cad8ae4cb5c73bc3d7575acb86360285874116b6f1102b98628be",
+    "default": "sha256:6db7ecffc8b6d282f8e8d9ebd30cc8534f342fb38c5dffbe36a071db230ae1d7",
+    "credit": "sha256:03d17b39287f5e2c55ce1dc1d896e8fc2f51012151a630293a37767d88f0e258",
+    "churn": "sha256:7f05727cb2f600feb5d5edcc0486f7caf56a8b890e7959822d27edcec35ce394",
+    "penguins": "sha256:0586068b35d3bb655b80692d4d3f1ed897b475d3c773f770896eeb038bffc4d2",
+    "telco": "sha256:20359b5f685736c1479a8415c34662db4eb9692bfcc879a9510b6f197b8690a7",
+    "attrition": "sha256:f784cc6bf70fd1a0b5a2447ddc2626a353d98040e06e9e19464183e113116564",
 }
 SENSITIVE = {"titanic": "sex", "default": "student", "credit": "Marital", "churn": "international_plan", "penguins": "sex", "telco": "female",
              "attrition": "Gender"}
