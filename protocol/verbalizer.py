@@ -188,7 +188,7 @@ class Verbalizer:
             text = r.choice(phrases)
             return text, 0, len(text)
         if col.type == "bool" and r.random() < self.word_rate:
-            word, template = r.choice(BOOL_WORDS[bool_level(value) or "no"])
+            word, template = r.choice(BOOL_WORDS[level])
             return _fill(template, name, word)
         text, a, b = self._format(col, value)
         if col.type == "category" and (col.name, str(value).replace("_", " ").lower()) in self._alone and r.random() < self.nameless_rate:

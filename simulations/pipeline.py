@@ -68,6 +68,9 @@ def run_pipeline(table: TableRef | str = "titanic", epsilons: tuple[float | None
     `table` is a `TableRef` (a registered table, or a CSV/Parquet file with its schema) or the text
     `--data` takes (a registered name or a file path). Rows and results are named by `table.id`.
     """
+    unknown = [d for d in decisions if d not in DECISION_METHODS]
+    if unknown:
+        raise ValueError(f"decisions {unknown}: the extra decision rules are {sorted(DECISION_METHODS)}")
     table = table if isinstance(table, TableRef) else TableRef.parse(table)
     dataset = table.id
     timings: dict[str, float] = {}
@@ -82,9 +85,6 @@ def run_pipeline(table: TableRef | str = "titanic", epsilons: tuple[float | None
 
     # Client: train the experts (the data never leaves this block).
     x_train, y_train = encode_table(train, schema)
-    unknown = [d for d in decisions if d not in DECISION_METHODS]
-    if unknown:
-        raise ValueError(f"decisions {unknown}: the extra decision rules are {sorted(DECISION_METHODS)}")
     extra = [d for d in dict.fromkeys(decisions) if d != decision]
     experts, dp = {}, {}
     for rule, eps in [(decision, e) for e in epsilons] + [(d, e) for d in extra for e in epsilons]:
@@ -114,25 +114,24 @@ def run_pipeline(table: TableRef | str = "titanic", epsilons: tuple[float | None
     timings["evaluate_s"] = time.perf_counter() - t
     rows = [{"dataset": dataset, "method": "base_llm", "epsilon": None, **scores(result.y_true, result.base_pred), "n_test": len(test), "seed": seed}]
     for eps in epsilons:
-        key = eps_key(eps)
-        rows.append({"dataset": dataset, "method": "expert", "epsilon": eps, **scores(result.y_true, result.expert_pred[key]), "n_test": len(test), "seed": seed})
-        row = {"dataset": dataset, "method": "llamdex", "epsilon": eps, **scores(result.y_true, result.llamdex_pred[key]), "n_test": len(test), "seed": seed}
-        row["agreement_with_expert"] = float((result.llamdex_pred[key] == result.expert_pred[key]).mean())
-        rows.append(row)
+        rows += _expert_rows(result, eps_key(eps), ("expert", "llamdex"), dataset=dataset, eps=eps, seed=seed)
     majority = np.bincount(result.y_true).argmax()
     rows.append({"dataset": dataset, "method": "majority_class", "epsilon": None, **scores(result.y_true, np.full_like(result.y_true, majority)), "n_test": len(test), "seed": seed})
-    decision_rows = []
-    for rule in extra:
-        expert_method, llamdex_method = DECISION_METHODS[rule]
-        for eps in epsilons:
-            key = eps_key(eps, rule)
-            decision_rows.append({"dataset": dataset, "method": expert_method, "epsilon": eps, **scores(result.y_true, result.expert_pred[key]),
-                                  "n_test": len(test), "seed": seed})
-            decision_rows.append({"dataset": dataset, "method": llamdex_method, "epsilon": eps, **scores(result.y_true, result.llamdex_pred[key]),
-                                  "n_test": len(test), "seed": seed,
-                                  "agreement_with_expert": float((result.llamdex_pred[key] == result.expert_pred[key]).mean())})
+    decision_rows = [r for rule in extra for eps in epsilons
+                     for r in _expert_rows(result, eps_key(eps, rule), DECISION_METHODS[rule], dataset=dataset, eps=eps, seed=seed)]
     return PipelineResult(dataset, rows, result.extraction, model.config.metrics, trained_now, dp, timings, len(train), len(test),
                           model=model, experts=experts, questions=result.questions, phrasing=result.phrasing, decision_rows=decision_rows)
+
+
+def _expert_rows(result, key: str, methods: tuple[str, str], *, dataset: str, eps: float | None, seed: int) -> list[dict[str, Any]]:
+    """The expert named `key` and Llamdex with it, as rows of `methods` (expert's, Llamdex's); Llamdex's row
+    carries its agreement with the expert."""
+    expert, llamdex = result.expert_pred[key], result.llamdex_pred[key]
+
+    def row(method: str, pred) -> dict[str, Any]:
+        return {"dataset": dataset, "method": method, "epsilon": eps, **scores(result.y_true, pred), "n_test": len(result.y_true), "seed": seed}
+
+    return [row(methods[0], expert), {**row(methods[1], llamdex), "agreement_with_expert": float((llamdex == expert).mean())}]
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

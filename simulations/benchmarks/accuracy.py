@@ -203,10 +203,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def decision_list(text: str) -> list[str]:
-    from client_party.expert_training import DECISIONS
+    from simulations.pipeline import DECISION_METHODS  # the rules the pipeline can train beside the default one
 
     rules = [] if text.strip().lower() == "none" else [t.strip() for t in text.split(",") if t.strip()]
-    bad = [r for r in rules if r not in DECISIONS or r == "balanced"]
+    bad = [r for r in rules if r not in DECISION_METHODS]
     if bad:
         raise argparse.ArgumentTypeError(f"unknown decision rule(s) {bad}; the other rule is 'calibrated' (or 'none')")
     return rules
