@@ -51,12 +51,14 @@ class PipelineResult:
     # Rows of the experts trained with the other decision rules of `decisions` (methods `DECISION_METHODS`);
     # kept apart from `rows` because the comparison benchmark owns rows of those names in accuracy.json.
     decision_rows: list[dict[str, Any]] = field(default_factory=list)
+    # With expert_seeds > 1, per expert name (e.g. "no-dp", "eps=1/calibrated"): `seed_spread` over its seeds.
+    seed_runs: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
 
 def run_pipeline(table: TableRef | str = "titanic", epsilons: tuple[float | None, ...] = (None, 1.0, 4.0), *, preset: Preset | str = "default",
                  seed: int = 0, max_test: int | None = None, max_train: int | None = None, base_model: str = EMBEDDED,
                  connectors_root=None, retrain: bool = False, progress: bool = True, log=print,
-                 decision: str = "balanced", decisions: tuple[str, ...] = ()) -> PipelineResult:
+                 decision: str = "balanced", decisions: tuple[str, ...] = (), expert_seeds: int = 1) -> PipelineResult:
     """Client experts (one per ε; None = no DP), the provider's connectors for the schema, and the evaluation.
 
     decision: the experts' decision rule (`TrainConfig.decision`): "balanced" (the client's default) or
@@ -64,10 +66,16 @@ def run_pipeline(table: TableRef | str = "titanic", epsilons: tuple[float | None
     decisions: further rules to train a second expert with at every ε, evaluated through the same
     connectors and questions (the connectors depend on the schema alone) and reported in `decision_rows`:
     each rule is measured by the metric it maximises, side by side.
+    expert_seeds: experts trained per rule and ε, with seeds `seed`, `seed + 1`, ... (DP-SGD also draws
+    fresh noise each time); every one goes through the same connectors and questions, so `seed_runs`
+    tells a difference between two figures from the spread of one figure over training runs. The rows
+    report the first (`seed`).
 
     `table` is a `TableRef` (a registered table, or a CSV/Parquet file with its schema) or the text
     `--data` takes (a registered name or a file path). Rows and results are named by `table.id`.
     """
+    if not (isinstance(expert_seeds, int) and expert_seeds >= 1):
+        raise ValueError(f"expert_seeds must be an integer >= 1, got {expert_seeds!r}")
     unknown = [d for d in decisions if d not in DECISION_METHODS]
     if unknown:
         raise ValueError(f"decisions {unknown}: the extra decision rules are {sorted(DECISION_METHODS)}")
@@ -87,14 +95,19 @@ def run_pipeline(table: TableRef | str = "titanic", epsilons: tuple[float | None
     x_train, y_train = encode_table(train, schema)
     extra = [d for d in dict.fromkeys(decisions) if d != decision]
     experts, dp = {}, {}
-    for rule, eps in [(decision, e) for e in epsilons] + [(d, e) for d in extra for e in epsilons]:
-        key = eps_key(eps) if rule == decision else eps_key(eps, rule)
-        cfg = TrainConfig(seed=seed, decision=rule) if eps is None else TrainConfig.private(eps, seed=seed, decision=rule)
+    replicas: dict[str, list[str]] = {}   # expert name -> its names under every seed, the first being itself
+    for rule, eps, i in [(r, e, i) for r in [decision, *extra] for e in epsilons for i in range(expert_seeds)]:
+        name = eps_key(eps) if rule == decision else eps_key(eps, rule)
+        key = name if i == 0 else f"{name}#seed={seed + i}"
+        replicas.setdefault(name, []).append(key)
+        cfg = TrainConfig(seed=seed + i, decision=rule) if eps is None else TrainConfig.private(eps, seed=seed + i, decision=rule)
         t = time.perf_counter()
         trained = train_expert(x_train, y_train, schema, cfg, progress=progress)
-        timings[f"expert_{key}_s"] = time.perf_counter() - t
         # What the provider receives: the spec and the tensors, rebuilt without client code.
         experts[key] = load_expert_state(trained.spec, {k: v.clone() for k, v in trained.model.state_dict().items()})
+        if i > 0:
+            continue
+        timings[f"expert_{key}_s"] = time.perf_counter() - t
         dp[key] = trained.dp.to_dict()
         if eps is not None:
             log(f"[client] DP-SGD expert ({rule}): target ε={eps:g}, achieved ε={trained.dp.epsilon:.3f} at δ={trained.dp.delta:.2e} "
@@ -119,8 +132,26 @@ def run_pipeline(table: TableRef | str = "titanic", epsilons: tuple[float | None
     rows.append({"dataset": dataset, "method": "majority_class", "epsilon": None, **scores(result.y_true, np.full_like(result.y_true, majority)), "n_test": len(test), "seed": seed})
     decision_rows = [r for rule in extra for eps in epsilons
                      for r in _expert_rows(result, eps_key(eps, rule), DECISION_METHODS[rule], dataset=dataset, eps=eps, seed=seed)]
+    seed_runs = {name: seed_spread(result, keys, first_seed=seed) for name, keys in replicas.items()} if expert_seeds > 1 else {}
+    phrasing = {k: v for k, v in result.phrasing.items() if "#" not in k}
     return PipelineResult(dataset, rows, result.extraction, model.config.metrics, trained_now, dp, timings, len(train), len(test),
-                          model=model, experts=experts, questions=result.questions, phrasing=result.phrasing, decision_rows=decision_rows)
+                          model=model, experts=experts, questions=result.questions, phrasing=phrasing, decision_rows=decision_rows,
+                          seed_runs=seed_runs)
+
+
+def seed_spread(result, keys: list[str], *, first_seed: int) -> dict[str, list[float]]:
+    """One expert recipe's figures under each training seed (lists in seed order): the expert's and Llamdex's
+    accuracy and balanced accuracy, their agreement, and the agreement on the evaluation-only phrasings."""
+    out: dict[str, list[float]] = {"seeds": [first_seed + i for i in range(len(keys))]}
+    for key in keys:
+        for who, pred in (("expert", result.expert_pred[key]), ("llamdex", result.llamdex_pred[key])):
+            s = scores(result.y_true, pred)
+            out.setdefault(f"{who}_accuracy", []).append(s["accuracy"])
+            out.setdefault(f"{who}_balanced_accuracy", []).append(s["balanced_accuracy"])
+        out.setdefault("agreement", []).append(float((result.llamdex_pred[key] == result.expert_pred[key]).mean()))
+        if key in result.phrasing:
+            out.setdefault("phrasing_agreement", []).append(result.phrasing[key]["agreement"])
+    return out
 
 
 def _expert_rows(result, key: str, methods: tuple[str, str], *, dataset: str, eps: float | None, seed: int) -> list[dict[str, Any]]:

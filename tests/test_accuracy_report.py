@@ -103,3 +103,30 @@ def test_the_decisions_flag_takes_the_other_rule_or_none():
     for bad in ("balanced", "plain", "calibrated,x"):
         with pytest.raises(argparse.ArgumentTypeError, match="unknown decision rule"):
             decision_list(bad)
+
+
+def test_markdown_reports_each_recipes_spread_over_training_seeds():
+    payload = _payload()
+    assert "### Across expert training seeds" not in markdown(payload)   # one seed, no section
+    payload["seeds"] = {"t": {"no-dp": {"seeds": [0, 1, 2], "expert_accuracy": [0.8, 0.9, 0.7], "llamdex_accuracy": [0.8, 0.9, 0.7],
+                                        "expert_balanced_accuracy": [0.7, 0.7, 0.7], "llamdex_balanced_accuracy": [0.7, 0.6, 0.8],
+                                        "agreement": [1.0, 0.98, 0.99]}}}
+    md = markdown(payload)
+    assert "### Across expert training seeds" in md
+    assert "| t | no-dp | 0.800 ± 0.100 (0.700–0.900) | 0.800 ± 0.100 (0.700–0.900) | +0.0 (worst +0.0) | " \
+           "0.700 ± 0.000 (0.700–0.700) | 0.700 ± 0.100 (0.600–0.800) | +0.0 (worst -10.0) | 0.980 | – | 3 |" in md
+
+
+def test_counts_on_the_command_line_are_whole_and_positive():
+    import argparse
+
+    import pytest
+
+    from simulations.benchmarks.accuracy import add_arguments
+
+    ap = add_arguments(argparse.ArgumentParser(exit_on_error=False))
+    assert ap.parse_args(["--expert-seeds", "5"]).expert_seeds == 5
+    assert ap.parse_args([]).expert_seeds == 5   # the published table's setting
+    for bad in ("0", "-2", "two", "1.5"):
+        with pytest.raises(argparse.ArgumentError, match="expert-seeds"):
+            ap.parse_args(["--expert-seeds", bad])

@@ -71,6 +71,30 @@ def test_a_second_decision_rule_is_evaluated_through_the_same_connectors(store_w
         run_pipeline("titanic", (None,), decisions=("plain",), connectors_root=store_with_tiny.root, progress=False, log=lambda *_: None)
 
 
+def test_every_expert_seed_goes_through_the_same_questions_and_is_reported_as_a_spread(store_with_tiny):
+    """`expert_seeds=3` trains each recipe three times (seeds 0, 1, 2); the rows report the first, `seed_runs` all three."""
+    kwargs = dict(preset="quick", max_train=300, max_test=24, connectors_root=store_with_tiny.root, progress=False, log=lambda *_: None)
+    one = run_pipeline("titanic", (None,), seed=0, **kwargs)
+    res = run_pipeline("titanic", (None, 1.0), seed=0, expert_seeds=3, decisions=("calibrated",), **kwargs)
+    assert set(res.seed_runs) == {"no-dp", "eps=1", "no-dp/calibrated", "eps=1/calibrated"}
+    spread = res.seed_runs["no-dp"]
+    assert spread["seeds"] == [0, 1, 2]
+    assert all(len(spread[k]) == 3 for k in ("expert_accuracy", "llamdex_accuracy", "expert_balanced_accuracy",
+                                              "llamdex_balanced_accuracy", "agreement", "phrasing_agreement"))
+    # The first seed is the expert the rows report, and the same as a one-seed run's.
+    row = next(r for r in res.rows if r["method"] == "llamdex" and r["epsilon"] is None)
+    assert spread["llamdex_accuracy"][0] == row["accuracy"] and spread["agreement"][0] == row["agreement_with_expert"]
+    assert next(r for r in one.rows if r["method"] == "llamdex" and r["epsilon"] is None)["accuracy"] == row["accuracy"]
+    # The other seeds are other experts, and they stay out of the rows, the DP statements and the phrasing report.
+    import torch
+    a, b = res.experts["no-dp"].state_dict(), res.experts["no-dp#seed=1"].state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert not any("#" in k for k in (*res.dp, *res.phrasing))
+    assert one.seed_runs == {}
+    with pytest.raises(ValueError, match="expert_seeds"):
+        run_pipeline("titanic", (None,), seed=0, expert_seeds=0, **kwargs)
+
+
 def assert_llamdex_follows_its_expert(model, expert, questions) -> None:
     """The same questions with the expert's classes rotated: on every question, Llamdex's probability of the class its
     expert said drops, and it agrees with its expert at least as often. Fails if the expert's output does not reach the

@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from simulations.benchmarks.privacy_utility import Cache, main, measured_with, parse_args
+from simulations.benchmarks.privacy_utility import Cache, main, measured_with, parse_args, piece_settings
 
 
 def test_a_rerun_reuses_every_cached_piece_and_renders_the_same_report(tmp_path):
     argv = ["--tables", "titanic", "--seats", "provider", "--epsilons", "none", "--shadows", "2", "--canaries", "50", "--canary-seeds", "1",
             "--broken-seeds", "0", "--no-anchor", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
     assert main(argv) == 0
-    cache = Cache(tmp_path / "cache")
+    cache = Cache(tmp_path / "cache", settings=piece_settings(parse_args(argv)))
     piece, weights = cache.path("titanic", None, "provider.json"), cache.path("titanic", None, "experts.safetensors")
     stamps = (piece.stat().st_mtime_ns, weights.stat().st_mtime_ns)
     first = json.loads((tmp_path / "out" / "attacks.json").read_text())
@@ -85,3 +85,17 @@ def test_pieces_of_another_split_are_not_reused(tmp_path):
     assert Cache(tmp_path, target=1000, challenge=500, seed=0).load("titanic", 1.0, "provider.json") == {"auc": 0.5}
     for other in ({"target": 500}, {"challenge": 200}, {"seed": 1}):
         assert Cache(tmp_path, **other).load("titanic", 1.0, "provider.json") is None
+
+
+def test_pieces_measured_with_other_attack_settings_are_not_reused(tmp_path):
+    """Shadows, population, canaries and query sizes change a piece's figures: a piece of other settings is another piece."""
+    default = piece_settings(parse_args([]))
+    Cache(tmp_path, settings=default).save("titanic", 1.0, "provider.json", {"auc": 0.5})
+    Cache(tmp_path, settings=default).save("titanic", 1.0, "query.json", {"auc": 0.6})
+    assert Cache(tmp_path, settings=piece_settings(parse_args([]))).load("titanic", 1.0, "provider.json") == {"auc": 0.5}
+    for flag, value in (("--shadows", "8"), ("--population", "100"), ("--canaries", "200"), ("--canary-seeds", "1")):
+        assert Cache(tmp_path, settings=piece_settings(parse_args([flag, value]))).load("titanic", 1.0, "provider.json") is None, flag
+    for flag, value in (("--shadows", "8"), ("--query-records", "100"), ("--query-population", "50"), ("--query-shadows", "4")):
+        assert Cache(tmp_path, settings=piece_settings(parse_args([flag, value]))).load("titanic", 1.0, "query.json") is None, flag
+    # Settings a piece does not depend on leave it as it is: the query seat's sizes do not touch the provider seat.
+    assert Cache(tmp_path, settings=piece_settings(parse_args(["--query-records", "100"]))).load("titanic", 1.0, "provider.json") == {"auc": 0.5}

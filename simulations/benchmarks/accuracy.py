@@ -11,7 +11,10 @@ with the non-DP expert, its `llamdex_accuracy` and `n` on the evaluation-only ph
 `simulations.phrasings`, with the same for each DP expert under `by_expert`), `connectors` (the
 connector-training metrics, self-check included), `runs` (per table: the command, date and encoder
 settings it was measured with), `decisions` (per table: the same expert/Llamdex rows for experts trained with
-the plain-accuracy decision rule, `--decisions`; the client's default rule maximises balanced accuracy).
+the plain-accuracy decision rule, `--decisions`; the client's default rule maximises balanced accuracy),
+`seeds` (with `--expert-seeds N` > 1, per table and expert: the figures of N experts trained with
+seeds seed..seed+N-1 through the same connectors and questions, lists in seed order; the rows report
+the first).
 
 Rows of methods another benchmark owns (the comparison's baselines) are kept as they are.
 `--update` reruns only the tables named by `--data` and keeps every other table's entries as
@@ -22,16 +25,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
 
 from simulations.benchmarks.results_md import RESULTS_DIR, environment, results_md_path, update_section, write_json
-from simulations.cli.common import add_connectors_arg, add_data_args, add_out_arg, epsilon_list, set_threads, table_refs
+from simulations.cli.common import add_connectors_arg, add_data_args, add_out_arg, epsilon_list, positive_int, set_threads, table_refs
 
 DATASETS = ("titanic", "default", "credit", "churn", "penguins", "telco", "attrition")
 OWN_METHODS = ("base_llm", "expert", "llamdex", "majority_class")   # the rows this benchmark writes; others come from `compare`
-PER_TABLE = ("extraction", "phrasing", "connectors", "dp", "timings", "runs", "decisions")
+PER_TABLE = ("extraction", "phrasing", "connectors", "dp", "timings", "runs", "decisions", "seeds")
 
 
 def table_order(dataset: str) -> tuple[int, str]:
@@ -83,6 +87,7 @@ def markdown(payload: dict) -> str:
                     f"{100 * (r['balanced_accuracy'] - ex['balanced_accuracy']):+.1f} | {100 * (r['accuracy'] - base['accuracy']):+.1f} | {r['agreement_with_expert']:.3f} |"
                 )
     lines += decision_lines(payload, rows)
+    lines += seed_lines(payload)
     lines += ["", "### Evaluation-only phrasings (never used in training)", "",
               "Llamdex with the non-DP expert on the same held-out records asked in the phrasings of `simulations/phrasings.py` "
               "(half hand-written for the table's domain, half general templates), next to the verbalizer's phrasing.", "",
@@ -130,7 +135,7 @@ def decision_lines(payload: dict, rows: list[dict]) -> list[str]:
     if not tables:
         return []
     lines = ["", "### The two decision rules", "",
-             "The client's experts decide for balanced accuracy by default (class-weighted training); an expert trained for plain "
+             "The client's experts decide for balanced accuracy by default (the log label prior folded out of the head's bias); an expert trained for plain "
              "accuracy (`TrainConfig(decision=\"calibrated\")`) goes through the same connectors and questions. Each rule is "
              "read on the metric it maximises: balanced accuracy for the default, plain accuracy for the other.", "",
              "| dataset | ε | Llamdex bal. acc. (balanced rule) | expert acc. (plain rule) | Llamdex acc. (plain rule) | "
@@ -144,6 +149,42 @@ def decision_lines(payload: dict, rows: list[dict]) -> list[str]:
             lines.append(f"| {ds} | {'–' if r['epsilon'] is None else format(r['epsilon'], 'g')} | {_fmt(bal and bal['balanced_accuracy'])} | "
                          f"{ex['accuracy']:.3f} | {r['accuracy']:.3f} | {100 * (r['accuracy'] - ex['accuracy']):+.1f} | "
                          f"{r['agreement_with_expert']:.3f} |")
+    return lines
+
+
+def _spread(values: list[float]) -> str:
+    """mean ± sample sd (min–max), for a figure measured once per training seed."""
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.3f} ± {sd:.3f} ({min(values):.3f}–{max(values):.3f})"
+
+
+def _gap(llamdex: list[float], expert: list[float]) -> str:
+    """Llamdex − expert in points, paired by seed: the mean, and the seed where Llamdex falls furthest behind."""
+    gaps = [100 * (a - b) for a, b in zip(llamdex, expert)]
+    return f"{statistics.fmean(gaps):+.1f} (worst {min(gaps):+.1f})"
+
+
+def seed_lines(payload: dict) -> list[str]:
+    """Each expert recipe over several training seeds: how far one figure moves when only the seed changes."""
+    tables = [ds for ds in payload["datasets"] if payload.get("seeds", {}).get(ds)]
+    if not tables:
+        return []
+    n = sorted({len(v["seeds"]) for ds in tables for v in payload["seeds"][ds].values()})
+    lines = ["", "### Across expert training seeds", "",
+             f"Each expert recipe trained with {'/'.join(map(str, n))} seeds (parameter initialisation and data order; DP-SGD also "
+             "draws fresh noise), every expert through the same connectors and the same questions: mean ± sample standard "
+             "deviation (min–max) over the seeds, and Llamdex − expert paired by seed. Two single runs that differ by less than "
+             "this spread do not tell two recipes apart. The rows above are the first seed's.", "",
+             "| dataset | expert | expert acc. | Llamdex acc. | Llamdex − expert (pts) | expert bal. acc. | Llamdex bal. acc. | "
+             "Llamdex − expert bal. (pts) | agreement (min) | eval-only agreement | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for ds in tables:
+        for name, v in payload["seeds"][ds].items():
+            phr = _spread(v["phrasing_agreement"]) if v.get("phrasing_agreement") else "–"
+            lines.append(f"| {ds} | {name} | {_spread(v['expert_accuracy'])} | {_spread(v['llamdex_accuracy'])} | "
+                         f"{_gap(v['llamdex_accuracy'], v['expert_accuracy'])} | {_spread(v['expert_balanced_accuracy'])} | "
+                         f"{_spread(v['llamdex_balanced_accuracy'])} | {_gap(v['llamdex_balanced_accuracy'], v['expert_balanced_accuracy'])} | "
+                         f"{min(v['agreement']):.3f} | {phr} | {len(v['seeds'])} |")
     return lines
 
 
@@ -195,6 +236,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--decisions", type=decision_list, default=["calibrated"], metavar="RULES",
                     help="other decision rules to train a second expert with at every ε, reported beside the default (balanced) "
                          "rule: 'calibrated' maximises plain accuracy; 'none' skips them (default: calibrated)")
+    ap.add_argument("--expert-seeds", type=positive_int, default=5, metavar="N",
+                    help="train each expert N times (seeds --seed..--seed+N-1) and report the spread of every figure over them; "
+                         "the questions run through the LLM once for all; 1 reports single runs (default 5)")
     ap.add_argument("--update", action="store_true",
                     help="rerun only the --data tables and keep every other table of the existing accuracy.json as measured")
     add_out_arg(ap, default=RESULTS_DIR, help="folder of the JSON, the plot and RESULTS.md's section (default: docs/results)",
@@ -226,7 +270,8 @@ def run(args: argparse.Namespace, command: str) -> int:
     for table in tables:
         ds = table.id
         res = run_pipeline(table, tuple(args.epsilons), preset=args.preset, seed=args.seed, max_test=args.max_test,
-                           connectors_root=args.connectors, retrain=not args.no_retrain, decisions=tuple(args.decisions))
+                           connectors_root=args.connectors, retrain=not args.no_retrain, decisions=tuple(args.decisions),
+                           expert_seeds=args.expert_seeds)
         payload["rows"] = [r for r in payload["rows"] if r["dataset"] != ds or r["method"] not in OWN_METHODS] + res.rows
         cfg = res.model.config
         payload["runs"][ds] = {"command": command, "date": env["date"], "encoder": {k: getattr(cfg, k) for k in (
@@ -239,6 +284,10 @@ def run(args: argparse.Namespace, command: str) -> int:
             payload["decisions"][ds] = res.decision_rows
         else:
             payload["decisions"].pop(ds, None)
+        if res.seed_runs:
+            payload["seeds"][ds] = res.seed_runs
+        else:
+            payload["seeds"].pop(ds, None)
         payload.setdefault("timings", {})[ds] = res.timings
         print(format_table(res.rows), flush=True)
         write_json("accuracy.json", payload, args.out)  # partial results survive an interruption

@@ -97,22 +97,46 @@ def sizes_for(n_rows: int, target: int = 1000, challenge: int = 500) -> Sizes:
     return Sizes(t, min(challenge, t), nonmembers)
 
 
+# The options each piece's figures depend on beyond the split (which names the cache folder): a piece
+# measured with other values is another piece (its file name carries their digest), never reused for these.
+PIECE_SETTINGS = {
+    "provider.json": ("shadows", "population", "canaries", "canary_seeds"),
+    "query.json": ("shadows", "query_records", "query_population", "query_shadows"),
+    "broken_dp.json": ("canaries",),
+}
+
+
+def piece_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Per cached piece, the values of `PIECE_SETTINGS` in this run."""
+    return {name: {k: getattr(args, k) for k in keys} for name, keys in PIECE_SETTINGS.items()}
+
+
 class Cache:
     """The per-(table, ε) pieces of the benchmark as files; a piece that exists is never recomputed.
 
     Pieces live under the digest of the client's default recipe (`default_recipe_digest`) and under the
     split's settings (`sizes_for`'s rule, --target-size, --challenge, --seed): every piece rests on
     experts trained with that recipe on that split, so a change of either starts afresh instead of
-    silently mixing attacks on other experts or other records into the report."""
+    silently mixing attacks on other experts or other records into the report. A piece whose figures
+    also depend on attack settings (`PIECE_SETTINGS`: shadows, population, canaries, query sizes) is
+    named by their digest too, so a run with other settings measures its own pieces."""
 
-    def __init__(self, root: Path, recipe: str | None = None, *, target: int = 1000, challenge: int = 500, seed: int = 0):
+    def __init__(self, root: Path, recipe: str | None = None, *, target: int = 1000, challenge: int = 500, seed: int = 0,
+                 settings: dict[str, dict[str, Any]] | None = None):
         from client_party.expert_training import default_recipe_digest
 
         self.recipe = recipe or default_recipe_digest()
         self.root = (root / ("recipe-" + self.recipe.removeprefix("sha256:"))
                      / f"split-v{SPLIT_RULE}-t{target}-c{challenge}-s{seed}")
+        self.settings = settings or {}
 
     def path(self, table: str, eps: float | None, name: str) -> Path:
+        if name in self.settings:
+            import hashlib
+
+            digest = hashlib.sha256(json.dumps(self.settings[name], sort_keys=True).encode()).hexdigest()[:12]
+            stem, _, ext = name.rpartition(".")
+            name = f"{stem}-{digest}.{ext}"
         return self.root / table / eps_key(eps) / name
 
     def load(self, table: str, eps: float | None, name: str) -> Any:
@@ -558,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
     tables = [t.strip() for t in args.tables.split(",") if t.strip()]
-    cache = Cache(args.cache, target=args.target_size, challenge=args.challenge, seed=args.seed)
+    cache = Cache(args.cache, target=args.target_size, challenge=args.challenge, seed=args.seed, settings=piece_settings(args))
     if not args.render_only:
         torch.set_num_threads(args.threads or max(1, min(2, os.cpu_count() or 1)))   # the LLM passes; experts switch to one
         llm = None

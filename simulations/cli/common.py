@@ -61,6 +61,17 @@ def epsilon_list(text: str) -> list[float | None]:
     return out
 
 
+def positive_int(text: str) -> int:
+    """A count given on the command line (1 or more), refused in a sentence otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
+    return value
+
+
 def set_threads(n: int | None) -> None:
     import torch
 
