@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--code {args.code}: no client_party package there")
     sys.path.insert(0, str(args.code.resolve()))
 
-    import numpy as np
+    from sklearn.metrics import balanced_accuracy_score
 
     from client_party.datasets import encode_table, load_table, split_table
     from client_party.expert_training import TrainConfig, predict_proba, train_expert
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                 for seed in range(args.seeds):
                     pred = predict_proba(train_expert(x, y, schema, replace(base, seed=seed)).model, xt).argmax(1)
                     accs.append(float((pred == yt).mean()))
-                    bals.append(float(np.mean([(pred[yt == c] == c).mean() for c in np.unique(yt)])))
+                    bals.append(float(balanced_accuracy_score(yt, pred)))
                 key = f"{rule or 'filed'}/{'no-dp' if eps is None else f'eps={eps:g}'}"
                 per[key] = {"accuracy": accs, "balanced_accuracy": bals}
                 lines.append(f"| {name} | {rule or '(one rule)'} | {'–' if eps is None else f'{eps:g}'} | {_spread(accs)} | {_spread(bals)} |")

@@ -30,6 +30,7 @@ RULES = ("val_loss_p8", "val_loss_p20", "val_metric_up_to_stop", "val_metric_p8"
 def trajectories(name: str, seeds: int, epochs: int, max_test: int) -> list[list[dict]]:
     import numpy as np
     import torch
+    from sklearn.metrics import balanced_accuracy_score as bal
     from torch import nn
 
     from client_party.datasets import encode_table, load_table, split_table
@@ -47,9 +48,6 @@ def trajectories(name: str, seeds: int, epochs: int, max_test: int) -> list[list
     x, y, xt = torch.as_tensor(x_np), torch.as_tensor(y_np), torch.as_tensor(xt)
     k = len(schema.label.classes)
     log_prior = np.log(np.maximum(np.bincount(y_np, minlength=k), 0.5) / len(y_np))
-
-    def bal(pred, truth):
-        return float(np.mean([(pred[truth == c] == c).mean() for c in np.unique(truth)]))
 
     runs = []
     for seed in range(seeds):
@@ -73,9 +71,9 @@ def trajectories(name: str, seeds: int, epochs: int, max_test: int) -> list[list
                 lv, lt = model(xv), model(xt).numpy()
                 vloss, lv = float(loss_fn(lv, yv)), lv.numpy()
             yvn = yv.numpy()
-            traj.append({"val_loss": vloss, "val_plain": float((lv.argmax(1) == yvn).mean()), "val_balanced": bal((lv - log_prior).argmax(1), yvn),
-                         "acc_plain": float((lt.argmax(1) == yt).mean()), "bal_plain": bal(lt.argmax(1), yt),
-                         "acc_balanced": float(((lt - log_prior).argmax(1) == yt).mean()), "bal_balanced": bal((lt - log_prior).argmax(1), yt)})
+            traj.append({"val_loss": vloss, "val_plain": float((lv.argmax(1) == yvn).mean()), "val_balanced": float(bal(yvn, (lv - log_prior).argmax(1))),
+                         "acc_plain": float((lt.argmax(1) == yt).mean()), "bal_plain": float(bal(yt, lt.argmax(1))),
+                         "acc_balanced": float(((lt - log_prior).argmax(1) == yt).mean()), "bal_balanced": float(bal(yt, (lt - log_prior).argmax(1)))})
         runs.append(traj)
     return runs
 

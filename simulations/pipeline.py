@@ -133,7 +133,7 @@ def run_pipeline(table: TableRef | str = "titanic", epsilons: tuple[float | None
     decision_rows = [r for rule in extra for eps in epsilons
                      for r in _expert_rows(result, eps_key(eps, rule), DECISION_METHODS[rule], dataset=dataset, eps=eps, seed=seed)]
     seed_runs = {name: seed_spread(result, keys, first_seed=seed) for name, keys in replicas.items()} if expert_seeds > 1 else {}
-    phrasing = {k: v for k, v in result.phrasing.items() if "#" not in k}
+    phrasing = {k: v for k, v in result.phrasing.items() if k in replicas}   # the first seed's, as the rows
     return PipelineResult(dataset, rows, result.extraction, model.config.metrics, trained_now, dp, timings, len(train), len(test),
                           model=model, experts=experts, questions=result.questions, phrasing=phrasing, decision_rows=decision_rows,
                           seed_runs=seed_runs)
