@@ -17,6 +17,7 @@ expert encoder is trained to point at that span (and at nothing when the value i
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,13 +25,13 @@ from typing import Any
 from protocol.encoding import bool_level, is_missing
 from protocol.schema import ColumnSpec, PublicSchema
 
-INTROS = (
-    "Consider a {subject} with the following details.",
-    "Here is the record of a {subject}.",
-    "I have information about a {subject}.",
-    "The following describes a {subject}.",
+INTROS = (  # {a_subject}: the subject with its indefinite article ("a passenger", "an employee")
+    "Consider {a_subject} with the following details.",
+    "Here is the record of {a_subject}.",
+    "I have information about {a_subject}.",
+    "The following describes {a_subject}.",
     "Take a look at this {subject}.",
-    "Below is a short profile of a {subject}.",
+    "Below is a short profile of {a_subject}.",
     "We are reviewing one {subject}.",
     "",
 )
@@ -106,6 +107,22 @@ class _Pieces:
             name, a, b = span
             self.spans[name] = (len(self.text) + a, len(self.text) + b)
         self.text += text
+
+
+# Words that start with a vowel letter but a consonant sound ("a user", "a one-off"), and with a silent h ("an hour").
+_CONSONANT_SOUND = re.compile(r"^(uni|use|usu|ute|uti|ura|uro|eu|ewe|one\b|once)")
+_SILENT_H = re.compile(r"^(hour|honest|honou?r|heir)")
+
+
+def with_article(phrase: str) -> str:
+    """`phrase` after "a" or "an" by how its first word sounds: "an employee", "a loan applicant", "a user".
+
+    Schemas name their subject and levels freely, and a question that reads "a employee" is text no user
+    writes; the connectors should be trained and measured on the text people do write.
+    """
+    word = phrase.strip().lower()
+    vowel = (word[:1] in "aeiou" and not _CONSONANT_SOUND.match(word)) or bool(_SILENT_H.match(word))
+    return ("an " if vowel else "a ") + phrase
 
 
 def _fill(template: str, name: str, value: str) -> tuple[str, int, int]:
@@ -193,7 +210,7 @@ class Verbalizer:
         text, a, b = self._format(col, value)
         if col.type == "category" and (col.name, str(value).replace("_", " ").lower()) in self._alone and r.random() < self.nameless_rate:
             if r.random() < 0.5:  # as a word describing the subject: "a female passenger"
-                head = "a "
+                head = with_article(text).removesuffix(text)
                 return f"{head}{text} {self.schema.subject}", len(head) + a, len(head) + b
             return text, a, b
         if col.is_numeric and col.unit in self._unique_units and text.endswith(" " + col.unit) and r.random() < self.nameless_rate:
@@ -226,7 +243,7 @@ class Verbalizer:
         `keep` limits the question to those columns (the others are left unsaid, as a user may do).
         """
         r = self.rng
-        intro = r.choice(INTROS).format(subject=self.schema.subject)
+        intro = r.choice(INTROS).format(subject=self.schema.subject, a_subject=with_article(self.schema.subject))
         fields = self._fields(row, keep)
         joiner = r.choice(JOINERS)
         listed = joiner == "\n- "

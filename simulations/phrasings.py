@@ -23,6 +23,7 @@ from typing import Any
 
 from protocol.encoding import bool_level, is_missing
 from protocol.schema import ColumnSpec, PublicSchema
+from protocol.verbalizer import with_article
 
 Row = Mapping[str, Any]
 
@@ -30,8 +31,8 @@ ORDINALS = {"1st": "first", "2nd": "second", "3rd": "third", "4th": "fourth", "5
 
 # --- the general mechanism ---------------------------------------------------------------------------
 
-OPENINGS = ("Quick question about a {subject}.", "A {subject} I am looking at:", "Here's what we know about one {subject}.",
-            "Suppose a {subject} fits this description.", "")
+OPENINGS = ("Quick question about {a_subject}.", "{A_subject} I am looking at:", "Here's what we know about one {subject}.",
+            "Suppose {a_subject} fits this description.", "")
 NAMED = ("{name} was {value}", "their {name} reads {value}", "{name} \u2014 {value}", "{value} is the {name}",
          "{value}, as far as {name} goes", "on {name}, {value}", "{name} equals {value}")
 YES = ("does have {name}", "{name} applies", "answers yes on {name}", "{name}: affirmative")
@@ -73,7 +74,8 @@ def general_question(schema: PublicSchema, row: Row, rng: random.Random) -> str:
     parts = [p for p in (general_field(c, row.get(c.name), rng) for c in cols) if p]
     body = rng.choice(JOINS).join(parts)
     body = (body[0].upper() + body[1:] + ".") if body else ""
-    opening = rng.choice(OPENINGS).format(subject=schema.subject)
+    a_subject = with_article(schema.subject)
+    opening = rng.choice(OPENINGS).format(subject=schema.subject, a_subject=a_subject, A_subject=a_subject[0].upper() + a_subject[1:])
     return " ".join(p for p in (opening, body, schema.label.question) if p)
 
 

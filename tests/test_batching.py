@@ -228,7 +228,7 @@ def serving_provider(tmp_path, monkeypatch, base_llm, tiny_model, tiny_default_m
     base LLM stands in for a second load of the same model, and the tiny connectors sit in its store."""
     import provider_party.model.base_llm as base_module
     from provider_party.model.connector_store import ConnectorStore
-    from provider_party.model.connectors import save_connectors
+    from provider_party.model.connector_training import TrainedConnectors
     from provider_party.service.config import ProviderLimits
     from provider_party.service.core import ProviderParty
     from tests._grpc_fixtures import make_parties, provider_config
@@ -240,7 +240,7 @@ def serving_provider(tmp_path, monkeypatch, base_llm, tiny_model, tiny_default_m
     cfg = provider_config(p, clients=("alice", "bob", "carol"), limits=limits)
     store = ConnectorStore(cfg.connectors)
     for m in (tiny_model, tiny_default_model):
-        save_connectors(store.path_for(base_llm.model_id, m.schema.digest), m.config, m.encoder, m.decoder, m.schema)
+        store.save(base_llm, m.schema, TrainedConnectors(m.config, m.encoder, m.decoder, surrogate=None))
     party = ProviderParty(cfg)
     schemas = {"alice": tiny_model.schema, "bob": tiny_model.schema, "carol": tiny_default_model.schema}
     for i, (name, schema) in enumerate(schemas.items()):

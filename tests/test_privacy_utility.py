@@ -97,5 +97,11 @@ def test_pieces_measured_with_other_attack_settings_are_not_reused(tmp_path):
         assert Cache(tmp_path, settings=piece_settings(parse_args([flag, value]))).load("titanic", 1.0, "provider.json") is None, flag
     for flag, value in (("--shadows", "8"), ("--query-records", "100"), ("--query-population", "50"), ("--query-shadows", "4")):
         assert Cache(tmp_path, settings=piece_settings(parse_args([flag, value]))).load("titanic", 1.0, "query.json") is None, flag
+    # The experts (target and shadows) are a piece of their own: a run with other shadows trains its own set.
+    Cache(tmp_path, settings=default).save("titanic", 1.0, "experts.json", {"shadows": 16})
+    assert Cache(tmp_path, settings=piece_settings(parse_args(["--shadows", "8"]))).load("titanic", 1.0, "experts.json") is None
+    assert Cache(tmp_path, settings=default).path("titanic", 1.0, "experts.safetensors") != \
+        Cache(tmp_path, settings=piece_settings(parse_args(["--shadows", "8"]))).path("titanic", 1.0, "experts.safetensors")
+    assert Cache(tmp_path, settings=piece_settings(parse_args(["--canaries", "200"]))).load("titanic", 1.0, "experts.json") == {"shadows": 16}
     # Settings a piece does not depend on leave it as it is: the query seat's sizes do not touch the provider seat.
     assert Cache(tmp_path, settings=piece_settings(parse_args(["--query-records", "100"]))).load("titanic", 1.0, "provider.json") == {"auc": 0.5}

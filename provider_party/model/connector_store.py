@@ -1,4 +1,9 @@
-"""Connector sets on disk, keyed by (base model, schema digest): one set serves every client of a schema."""
+"""Connector sets on disk, keyed by (base model, schema digest): one set serves every client of a schema.
+
+A stored set is served only if it was trained on the question format the current code writes for
+its schema (`question_format`); after an upgrade that rewrites a schema's questions, its set is
+retrained rather than left to misread them.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from provider_party.model.base_llm import BaseLLM, llamdex_home
 from provider_party.model.connector_training import Preset, TrainedConnectors, train_connectors
 from provider_party.model.connectors import load_connectors, read_connector_meta, save_connectors
 from provider_party.model.llamdex_model import LlamdexModel
+from provider_party.model.question_format import question_format_fingerprint
 
 
 def _safe(name: str) -> str:
@@ -20,6 +26,14 @@ def _safe(name: str) -> str:
 class ConnectorStore:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else llamdex_home() / "connectors"
+        self._formats: dict[tuple[int, str], str] = {}
+
+    def question_format(self, base: BaseLLM, schema: PublicSchema) -> str:
+        """The fingerprint of the questions this code writes for `schema` under `base`'s tokenizer (cached)."""
+        key = (id(base.tokenizer), schema.digest)
+        if key not in self._formats:
+            self._formats[key] = question_format_fingerprint(base.tokenizer, schema)
+        return self._formats[key]
 
     def model_dir(self, base_model_id: str) -> Path:
         return self.root / _safe(base_model_id)
@@ -27,13 +41,24 @@ class ConnectorStore:
     def path_for(self, base_model_id: str, schema_digest: str) -> Path:
         return self.model_dir(base_model_id) / schema_digest.replace("sha256:", "")[:32]
 
-    def has(self, base: BaseLLM, schema: PublicSchema) -> bool:
-        """A usable set is stored: present and in the current connector format (older sets are retrained)."""
+    def unusable(self, base: BaseLLM, schema: PublicSchema) -> str | None:
+        """Why no stored set can serve `schema` on `base` (None when one can): absent, an older connector
+        format, or trained on questions written differently from the ones this code writes."""
+        path = self.path_for(base.model_id, schema.digest)
         try:
-            read_connector_meta(self.path_for(base.model_id, schema.digest))
-        except (OSError, ValueError):
-            return False
-        return True
+            meta = read_connector_meta(path)
+        except FileNotFoundError:
+            return "no connectors stored"
+        except (OSError, ValueError) as e:
+            return f"the stored set is unreadable or of another version ({e})"
+        if meta.get("question_format") != self.question_format(base, schema):
+            return ("the stored set was trained on questions written differently from the ones this version writes "
+                    "(verbalizer, prompt or tokenizer changed), so it would misread them")
+        return None
+
+    def has(self, base: BaseLLM, schema: PublicSchema) -> bool:
+        """A usable set is stored: present, in the current connector format, trained on the current question format."""
+        return self.unusable(base, schema) is None
 
     def load(self, base: BaseLLM, schema: PublicSchema) -> LlamdexModel:
         config, enc, dec, stored_schema = load_connectors(self.path_for(base.model_id, schema.digest))
@@ -43,6 +68,7 @@ class ConnectorStore:
         final = self.path_for(base.model_id, schema.digest)
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
+        trained.config.question_format = self.question_format(base, schema)  # trained in this process, on this code's questions
         save_connectors(tmp, trained.config, trained.encoder, trained.decoder, schema)
         if final.exists():
             shutil.rmtree(final)

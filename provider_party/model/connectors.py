@@ -39,6 +39,7 @@ class ConnectorConfig:
     encoder_kernel: int = 9            # tokens each mixer block sees around a token (5 misread numbers sharing a unit; see DESIGN_NOTES)
     decoder_ffn: int = 512
     format: str = CONNECTOR_FORMAT
+    question_format: str = ""          # fingerprint of the questions trained on (`question_format`); the store fills it in
     metrics: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

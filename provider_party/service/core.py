@@ -284,9 +284,10 @@ class ProviderParty:
         if m is not None:
             return m
         base = self.ensure_base()
-        if not self.connectors.has(base, schema):
-            raise RpcError("NOT_CUSTOMIZED", f"no connectors for schema {schema.digest[:19]}… on {base.model_id}; call Customize and "
-                           "wait for its job (WatchJob) first", rule="customize before asking")
+        why = self.connectors.unusable(base, schema)
+        if why is not None:
+            raise RpcError("NOT_CUSTOMIZED", f"no usable connectors for schema {schema.digest[:19]}… on {base.model_id}: {why}; call "
+                           "Customize and wait for its job (WatchJob) first", rule="customize before asking")
         m = self.connectors.load(base, schema)
         with self._cache_lock:
             self._models[schema.digest] = m

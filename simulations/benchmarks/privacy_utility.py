@@ -100,6 +100,8 @@ def sizes_for(n_rows: int, target: int = 1000, challenge: int = 500) -> Sizes:
 # The options each piece's figures depend on beyond the split (which names the cache folder): a piece
 # measured with other values is another piece (its file name carries their digest), never reused for these.
 PIECE_SETTINGS = {
+    "experts.json": ("shadows",),         # the target expert and its shadow experts
+    "experts.safetensors": ("shadows",),
     "provider.json": ("shadows", "population", "canaries", "canary_seeds"),
     "query.json": ("shadows", "query_records", "query_population", "query_shadows"),
     "broken_dp.json": ("canaries",),
@@ -173,7 +175,7 @@ def experts(table: str, eps: float | None, data: dict[str, Any], args: argparse.
 
     meta = cache.load(table, eps, "experts.json")
     weights = cache.path(table, eps, "experts.safetensors")
-    if meta is not None and weights.exists() and meta["shadows"] == args.shadows:
+    if meta is not None and weights.exists():   # both named by the shadow count (PIECE_SETTINGS)
         tensors = load_file(str(weights))
         spec = ExpertSpec.from_dict(meta["spec"])
 
@@ -194,7 +196,9 @@ def experts(table: str, eps: float | None, data: dict[str, Any], args: argparse.
     for i, m in enumerate(shadows.models):
         tensors.update({f"shadow{i}.{k}": v.contiguous() for k, v in m.state_dict().items()})
     weights.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(weights))
+    tmp = weights.with_name(weights.name + ".tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(weights)   # experts.json, written next, is what marks the pair complete
     meta = {"spec": trained.model.spec.to_dict(), "dp": trained.dp.to_dict(), "shadows": len(shadows), "shadow_rows": [r.tolist() for r in shadows.rows],
             "seconds": round(time.perf_counter() - t0, 1), "epochs_run": trained.epochs_run}
     cache.save(table, eps, "experts.json", meta)

@@ -43,6 +43,9 @@ def _connectors(args: argparse.Namespace) -> int:
     schema = load_schema(args.schema)
     base = load_base_llm(args.base_model)
     store = ConnectorStore(args.connectors)
+    why = None if args.retrain else store.unusable(base, schema)
+    if why is not None:
+        print(f"training connectors: {why}")
     model, trained = store.get_or_train(base, schema, args.preset, seed=args.seed, retrain=args.retrain)
     print(f"connectors {'trained' if trained else 'reused'}: {store.path_for(base.model_id, schema.digest)}")
     print(json.dumps(model.config.metrics, indent=2))
