@@ -1,0 +1,101 @@
+"""How much do Llamdex's figures move when only the connectors' training seed changes?
+
+    python scripts/connector_seeds.py --data credit,telco --seeds 1,2 --out docs/results/connector_seeds.json
+
+A comparison between two connector recipes (or two verbalizers) rests on one connector training per
+side, so it needs the spread of one recipe over its own training runs. For each table and seed this
+trains the default preset's connectors with that seed into a store of its own (`--store`), then runs
+`bench accuracy`'s pipeline with everything else fixed at seed 0: the same held-out records (the
+`--max-test` subsample), the same expert (no DP), the same questions in both phrasings. Seed 0 is read
+from the main store when it is there (`--seed0-store`, default: the store `bench accuracy` fills), so a
+run over seeds 1 and 2 adds two trainings per table. Per run it records the extraction on real
+held-out questions (the weakest column), Llamdex's agreement with the expert on the verbalizer's
+phrasing and on the evaluation-only phrasings (general templates and hand-written), and Llamdex −
+expert. Writes one JSON object and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+
+def _weakest(extraction: dict[str, dict]) -> tuple[str, float]:
+    """The column read worst on real held-out questions (categorical accuracy, numeric exactness, missing flag)."""
+    def score(v: dict) -> float:
+        return min(v.get("accuracy", v.get("exact", 1.0)), v.get("missing_flag_accuracy", 1.0))
+    name = min(extraction, key=lambda c: score(extraction[c]))
+    return name, score(extraction[name])
+
+
+def measure(table: str, seed: int, store: Path, max_test: int) -> dict:
+    from client_party.datasets import load_schema
+    from provider_party.model.base_llm import load_base_llm
+    from provider_party.model.connector_store import ConnectorStore
+    from simulations.pipeline import run_pipeline
+
+    schema = load_schema(table)
+    base = load_base_llm()
+    t = time.perf_counter()
+    _, trained = ConnectorStore(store).get_or_train(base, schema, "default", seed=seed)
+    train_s = time.perf_counter() - t if trained else None
+    res = run_pipeline(table, (None,), seed=0, max_test=max_test, connectors_root=store, retrain=False)
+    ph = res.phrasing["no-dp"]
+    by = {r["method"]: r for r in res.rows if r["epsilon"] is None}
+    col, worst = _weakest(res.extraction)
+    return {"table": table, "connector_seed": seed, "train_s": None if train_s is None else round(train_s, 1),
+            "weakest_column": col, "weakest_column_score": worst,
+            "verbalizer_agreement": ph["verbalizer_agreement"], "phrasing_agreement": ph["agreement"],
+            "general_agreement": ph["by_mechanism"]["general"]["agreement"],
+            "hand_agreement": ph.get("by_mechanism", {}).get("hand", {}).get("agreement"),
+            "gap_accuracy": by["llamdex"]["accuracy"] - by["expert"]["accuracy"],
+            "gap_balanced_accuracy": by["llamdex"]["balanced_accuracy"] - by["expert"]["balanced_accuracy"],
+            "self_check_passed": res.connector_metrics.get("self_check", {}).get("passed")}
+
+
+def _spread(xs: list[float]) -> str:
+    xs = [x for x in xs if x is not None]
+    if len(xs) < 2:
+        return f"{xs[0]:.3f}" if xs else "–"
+    return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f} ({min(xs):.3f}–{max(xs):.3f})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from provider_party.model.base_llm import llamdex_home
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="credit,telco", help="registered tables, comma-separated")
+    ap.add_argument("--seeds", default="1,2", help="connector training seeds to train now, comma-separated (default 1,2)")
+    ap.add_argument("--max-test", type=int, default=500, help="held-out subsample, as bench accuracy's (default 500)")
+    ap.add_argument("--store", type=Path, default=Path("runs/connector_seeds"), help="root of the per-seed connector stores")
+    ap.add_argument("--seed0-store", type=Path, default=None, help="store holding seed 0's connectors (default: $LLAMDEX_HOME/connectors); "
+                    "'none' to leave seed 0 out")
+    ap.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    args = ap.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    seed0 = None if str(args.seed0_store) == "none" else (args.seed0_store or llamdex_home() / "connectors")
+
+    runs = []
+    for table in [t for t in args.data.split(",") if t]:
+        plan = ([(0, Path(seed0))] if seed0 is not None else []) + [(s, args.store / f"seed{s}") for s in seeds]
+        for seed, store in plan:
+            print(f"== {table}, connector seed {seed} ({store})", flush=True)
+            runs.append(measure(table, seed, store, args.max_test))
+            args.out.write_text(json.dumps({"command": "python scripts/connector_seeds.py " + " ".join(argv or []), "runs": runs}, indent=1) + "\n")
+    keys = ("weakest_column_score", "verbalizer_agreement", "phrasing_agreement", "general_agreement", "hand_agreement", "gap_accuracy",
+            "gap_balanced_accuracy")
+    print("| table | seeds | " + " | ".join(keys) + " |")
+    print("|---|---|" + "---|" * len(keys))
+    for table in dict.fromkeys(r["table"] for r in runs):
+        rs = [r for r in runs if r["table"] == table]
+        print(f"| {table} | {','.join(str(r['connector_seed']) for r in rs)} | " + " | ".join(_spread([r[k] for r in rs]) for k in keys) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))
