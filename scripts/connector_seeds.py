@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
@@ -56,11 +55,11 @@ def measure(table: str, seed: int, store: Path, max_test: int) -> dict:
             "self_check_passed": res.connector_metrics.get("self_check", {}).get("passed")}
 
 
-def _spread(xs: list[float]) -> str:
-    xs = [x for x in xs if x is not None]
-    if len(xs) < 2:
-        return f"{xs[0]:.3f}" if xs else "–"
-    return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f} ({min(xs):.3f}–{max(xs):.3f})"
+def _cell(values: list[float | None]) -> str:
+    from simulations.benchmarks.accuracy import format_spread
+
+    values = [v for v in values if v is not None]   # hand_agreement is None on a table without hand-written templates
+    return format_spread(values) if values else "–"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|" + "---|" * len(keys))
     for table in dict.fromkeys(r["table"] for r in runs):
         rs = [r for r in runs if r["table"] == table]
-        print(f"| {table} | {','.join(str(r['connector_seed']) for r in rs)} | " + " | ".join(_spread([r[k] for r in rs]) for k in keys) + " |")
+        print(f"| {table} | {','.join(str(r['connector_seed']) for r in rs)} | " + " | ".join(_cell([r[k] for r in rs]) for k in keys) + " |")
     return 0
 
 

@@ -26,11 +26,11 @@ def _safe(name: str) -> str:
 class ConnectorStore:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else llamdex_home() / "connectors"
-        self._formats: dict[tuple[int, str], str] = {}
+        self._formats: dict[tuple[str, str], str] = {}
 
     def question_format(self, base: BaseLLM, schema: PublicSchema) -> str:
         """The fingerprint of the questions this code writes for `schema` under `base`'s tokenizer (cached)."""
-        key = (id(base.tokenizer), schema.digest)
+        key = (base.model_id, schema.digest)   # the store's own key: a model id names its tokenizer
         if key not in self._formats:
             self._formats[key] = question_format_fingerprint(base.tokenizer, schema)
         return self._formats[key]

@@ -152,7 +152,7 @@ def decision_lines(payload: dict, rows: list[dict]) -> list[str]:
     return lines
 
 
-def _spread(values: list[float]) -> str:
+def format_spread(values: list[float]) -> str:
     """mean ± sample sd (min–max), for a figure measured once per training seed."""
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.fmean(values):.3f} ± {sd:.3f} ({min(values):.3f}–{max(values):.3f})"
@@ -180,10 +180,10 @@ def seed_lines(payload: dict) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for ds in tables:
         for name, v in payload["seeds"][ds].items():
-            phr = _spread(v["phrasing_agreement"]) if v.get("phrasing_agreement") else "–"
-            lines.append(f"| {ds} | {name} | {_spread(v['expert_accuracy'])} | {_spread(v['llamdex_accuracy'])} | "
-                         f"{_gap(v['llamdex_accuracy'], v['expert_accuracy'])} | {_spread(v['expert_balanced_accuracy'])} | "
-                         f"{_spread(v['llamdex_balanced_accuracy'])} | {_gap(v['llamdex_balanced_accuracy'], v['expert_balanced_accuracy'])} | "
+            phr = format_spread(v["phrasing_agreement"]) if v.get("phrasing_agreement") else "–"
+            lines.append(f"| {ds} | {name} | {format_spread(v['expert_accuracy'])} | {format_spread(v['llamdex_accuracy'])} | "
+                         f"{_gap(v['llamdex_accuracy'], v['expert_accuracy'])} | {format_spread(v['expert_balanced_accuracy'])} | "
+                         f"{format_spread(v['llamdex_balanced_accuracy'])} | {_gap(v['llamdex_balanced_accuracy'], v['expert_balanced_accuracy'])} | "
                          f"{min(v['agreement']):.3f} | {phr} | {len(v['seeds'])} |")
     return lines
 
