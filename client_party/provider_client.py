@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,12 +230,18 @@ class ProviderClient:
             attempts += 1
             header = self._header(upload_id, dataset_id, artifact_name, tar, tar_digest, offset)
             holder: list[Any] = []
-            cut = (cut_after_bytes, lambda: holder[0].cancel()) if (cut_after_bytes is not None and attempts == 1) else None
+            made = threading.Event()   # the request iterator runs on gRPC's thread and may reach the cut before `future()` returns
+
+            def cancel_call() -> None:
+                if made.wait(30):
+                    holder[0].cancel()
+            cut = (cut_after_bytes, cancel_call) if (cut_after_bytes is not None and attempts == 1) else None
             try:
                 known = first[1] if offset == first[0] else None
                 fut = self.stub.UploadExpert.future(self._messages(header, tar, offset, chunk_bytes, cut, alg, known), timeout=timeout_s,
                                                metadata=self.metadata)
                 holder.append(fut)
+                made.set()
                 resp = fut.result()
             except grpc.FutureCancelledError:
                 resp = provider_pb2.UploadResponse(upload_id=upload_id, complete=False, received_bytes=-1)

@@ -344,6 +344,36 @@ def test_stream_cut_mid_upload_keeps_what_arrived_and_resumes(env, tmp_path):
     assert r2.attempts >= 2 and r2.receipt.sequence == result.receipt.sequence + 1
 
 
+class _SlowToReturnStub:
+    """The real stub, except that `UploadExpert.future()` returns late, as on a loaded machine: gRPC's request
+    thread then reaches the client's cut before the caller holds the call it must cancel."""
+
+    def __init__(self, stub):
+        self._stub = stub
+        self.UploadExpert = self
+
+    def future(self, *args, **kwargs):
+        fut = self._stub.UploadExpert.future(*args, **kwargs)
+        time.sleep(0.5)
+        return fut
+
+    def __getattr__(self, name):
+        return getattr(self._stub, name)
+
+
+def test_cut_reached_before_the_call_is_returned_still_resumes(env, tmp_path):
+    """Regression: the cut used to index the not-yet-filled call holder and broke the stream with an IndexError."""
+    p = env["p"]
+    carol = provider_client(p, env["server"].address, "bob")
+    try:
+        carol.stub = _SlowToReturnStub(carol.stub)
+        art = make_artifact(tmp_path / "a", p.keys["bob"], seed=27, hidden=(64, 32))
+        r = carol.upload(art, "other", chunk_bytes=4096, cut_after_bytes=4096)
+        assert r.attempts >= 2 and r.receipt.kind == "upload"
+    finally:
+        carol.close()
+
+
 def test_two_clients_uploading_at_once_both_get_receipts(env, tmp_path):
     p = env["p"]
     bob = provider_client(p, env["server"].address, "bob")
