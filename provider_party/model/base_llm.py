@@ -129,9 +129,21 @@ def _convert_embedded(gguf: Path, target: Path) -> None:
     try:
         fresh.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        os.replace(tmp, target)  # atomic: a half-written cache is never visible
+        _publish(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Moves a finished conversion into place atomically, so a half-written cache is never visible. Two processes
+    started together on a fresh machine (a provider and a client, or test workers) both convert; the later rename
+    finds the folder taken, and the earlier one's identical cache is kept."""
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+        log.info("another process converted %s first; using its cache", target.name)
 
 
 def embedded_cache_dir() -> Path:
