@@ -125,6 +125,7 @@ def test_an_unknown_table_is_refused_before_anything_runs(tmp_path):
     assert not (tmp_path / "compare.json").exists()
 
 
+@pytest.mark.slow   # ~1 min: every method end to end; each method has its own test in the default run (tests/test_baselines_*.py)
 def test_quick_comparison_of_every_method_resumes_and_merges(tmp_path, base_llm, titanic_schema, tiny_connectors):
     """The quick preset on titanic at ε = 1: every method, then a rerun that has nothing left to do."""
     from provider_party.model.connector_store import ConnectorStore

@@ -38,6 +38,7 @@ def _assert_clean_run(run, clients):
     return report
 
 
+@pytest.mark.slow   # ~1 min of process start-ups; the app, its SuperLink process and its clean-up run by default in tests/test_flower_simulation.py
 def test_a_superlink_and_two_supernodes_on_loopback_run_the_app(tmp_path, connector_store):
     from simulations.flower.deployment import run_deployment
 

@@ -8,11 +8,35 @@ from provider_party.model.connector_store import ConnectorStore
 from simulations.pipeline import format_table, run_pipeline
 
 
+QUICK = dict(preset="quick", seed=0, max_train=300, max_test=24, progress=False, log=lambda *_: None)
+
+
 @pytest.fixture()
 def store_with_tiny(tmp_path, base_llm, titanic_schema, tiny_connectors):
     store = ConnectorStore(tmp_path / "connectors")
     store.save(base_llm, titanic_schema, tiny_connectors)
     return store
+
+
+@pytest.fixture(scope="module")
+def shared_store(tmp_path_factory, base_llm, titanic_schema, tiny_connectors):
+    """One store for the module's pipeline runs (the test that deletes from a store has its own)."""
+    store = ConnectorStore(tmp_path_factory.mktemp("connectors"))
+    store.save(base_llm, titanic_schema, tiny_connectors)
+    return store
+
+
+@pytest.fixture(scope="module")
+def one_run(shared_store):
+    """The pipeline's defaults: one expert seed, one decision rule, no DP."""
+    return run_pipeline("titanic", (None,), connectors_root=shared_store.root, **QUICK)
+
+
+@pytest.fixture(scope="module")
+def full_run(shared_store):
+    """Every option at once (DP, three expert seeds, a second decision rule), so that the module trains its experts
+    twice instead of once per test; each test checks its own option's part of the result."""
+    return run_pipeline("titanic", (None, 1.0), expert_seeds=3, decisions=("calibrated",), connectors_root=shared_store.root, **QUICK)
 
 
 def test_connector_store_reuses_by_base_model_and_schema(store_with_tiny, base_llm, titanic_schema):
@@ -37,9 +61,8 @@ def shifted(expert):
     return out
 
 
-def test_pipeline_end_to_end_on_small_subset(store_with_tiny):
-    res = run_pipeline("titanic", (None, 1.0), preset="quick", seed=0, max_train=300, max_test=24,
-                       connectors_root=store_with_tiny.root, progress=False, log=lambda *_: None)
+def test_pipeline_end_to_end_on_small_subset(full_run, one_run):
+    res = full_run
     assert not res.connectors_trained_now
     methods = [(r["method"], r["epsilon"]) for r in res.rows]
     assert methods == [("base_llm", None), ("expert", None), ("llamdex", None), ("expert", 1.0), ("llamdex", 1.0), ("majority_class", None)]
@@ -51,31 +74,28 @@ def test_pipeline_end_to_end_on_small_subset(store_with_tiny):
     assert set(res.extraction) == {"sex", "age", "passengerClass"}
     assert "| titanic | llamdex | 1 |" in format_table(res.rows)
     assert_llamdex_follows_its_expert(res.model, res.experts["no-dp"], res.questions)
-    assert res.decision_rows == []
+    assert one_run.decision_rows == [] and one_run.seed_runs == {}   # neither option is on by default
 
 
-def test_a_second_decision_rule_is_evaluated_through_the_same_connectors(store_with_tiny):
+def test_a_second_decision_rule_is_evaluated_through_the_same_connectors(full_run, shared_store):
     """`decisions=("calibrated",)` trains a plain-accuracy expert beside each default one and reports it apart from `rows`."""
-    res = run_pipeline("titanic", (None, 1.0), preset="quick", seed=0, max_train=300, max_test=24, decisions=("calibrated",),
-                       connectors_root=store_with_tiny.root, progress=False, log=lambda *_: None)
+    res = full_run
     assert [(r["method"], r["epsilon"]) for r in res.decision_rows] == [
         ("expert_calibrated", None), ("llamdex_calibrated", None), ("expert_calibrated", 1.0), ("llamdex_calibrated", 1.0)]
     assert {r["method"] for r in res.rows} == {"base_llm", "expert", "llamdex", "majority_class"}
-    assert set(res.experts) == {"no-dp", "eps=1", "no-dp/calibrated", "eps=1/calibrated"}
+    assert {k for k in res.experts if "#" not in k} == {"no-dp", "eps=1", "no-dp/calibrated", "eps=1/calibrated"}
     assert res.dp["eps=1/calibrated"]["epsilon"] <= 1.0
     # Trained differently: the two no-DP experts are not the same weights.
     import torch
     a, b = res.experts["no-dp"].state_dict(), res.experts["no-dp/calibrated"].state_dict()
     assert any(not torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="extra decision rules"):
-        run_pipeline("titanic", (None,), decisions=("plain",), connectors_root=store_with_tiny.root, progress=False, log=lambda *_: None)
+        run_pipeline("titanic", (None,), decisions=("plain",), connectors_root=shared_store.root, progress=False, log=lambda *_: None)
 
 
-def test_every_expert_seed_goes_through_the_same_questions_and_is_reported_as_a_spread(store_with_tiny):
+def test_every_expert_seed_goes_through_the_same_questions_and_is_reported_as_a_spread(full_run, one_run, shared_store):
     """`expert_seeds=3` trains each recipe three times (seeds 0, 1, 2); the rows report the first, `seed_runs` all three."""
-    kwargs = dict(preset="quick", max_train=300, max_test=24, connectors_root=store_with_tiny.root, progress=False, log=lambda *_: None)
-    one = run_pipeline("titanic", (None,), seed=0, **kwargs)
-    res = run_pipeline("titanic", (None, 1.0), seed=0, expert_seeds=3, decisions=("calibrated",), **kwargs)
+    res, one = full_run, one_run
     assert set(res.seed_runs) == {"no-dp", "eps=1", "no-dp/calibrated", "eps=1/calibrated"}
     spread = res.seed_runs["no-dp"]
     assert spread["seeds"] == [0, 1, 2]
@@ -90,9 +110,8 @@ def test_every_expert_seed_goes_through_the_same_questions_and_is_reported_as_a_
     a, b = res.experts["no-dp"].state_dict(), res.experts["no-dp#seed=1"].state_dict()
     assert any(not torch.equal(a[k], b[k]) for k in a)
     assert not any("#" in k for k in (*res.dp, *res.phrasing))
-    assert one.seed_runs == {}
     with pytest.raises(ValueError, match="expert_seeds"):
-        run_pipeline("titanic", (None,), seed=0, expert_seeds=0, **kwargs)
+        run_pipeline("titanic", (None,), expert_seeds=0, connectors_root=shared_store.root, **QUICK)
 
 
 def assert_llamdex_follows_its_expert(model, expert, questions) -> None:
@@ -129,14 +148,13 @@ def test_full_benchmark_meets_targets_on_titanic(tmp_path):
             assert r["agreement_with_expert"] >= 0.9, r
 
 
-def test_latency_measured_on_the_pipelines_own_model(store_with_tiny):
+def test_latency_measured_on_the_pipelines_own_model(one_run):
     """`llamdex demo --in-process` times the model, expert and questions the pipeline built (nothing rebuilt)."""
     from simulations.benchmarks.inference import measure_model
 
-    res = run_pipeline("titanic", (None,), preset="quick", seed=0, max_train=200, max_test=16,
-                       connectors_root=store_with_tiny.root, progress=False, log=lambda *_: None)
-    qs = res.questions
-    assert len(qs) == 16
+    res = one_run
+    qs = res.questions[:16]
+    assert len(res.questions) == 24
     lat = measure_model("titanic", res.model, res.experts["no-dp"], qs, (1, 4), reps=2)
     assert [b["batch_size"] for b in lat["batches"]] == [1, 4]
     for b in lat["batches"]:

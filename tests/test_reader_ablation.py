@@ -23,6 +23,7 @@ def test_summary_takes_the_lower_of_reading_and_missing_flag_per_column():
     assert s["worst"] == 0.9 and s["below"] == {"b": 0.9, "a": 0.95} and s["mean"] == pytest.approx((0.95 + 0.9 + 1.0) / 3)
 
 
+@pytest.mark.slow   # a research script (~20 s); the reader it varies is tested by tests/test_extraction.py in the default run
 def test_two_variants_on_titanic_read_the_same_real_questions(tmp_path):
     """A small run end to end: both variants are trained and read the verbalizer's and the evaluation-only phrasings of the
     same 16 held-out passengers; the report names each variant."""
