@@ -76,11 +76,33 @@ def test_asking_with_stale_connectors_is_refused_with_the_reason(tmp_path, tiny_
     monkeypatch.setattr(verbalizer, "INTROS", ("Think about {a_subject}.",))
     party = ProviderParty(cfg)
     try:
+        assert party.schemas_ready() == [titanic_schema.digest]   # before the base LLM loads, the format cannot be checked
         with pytest.raises(RpcError, match="written differently") as e:
             party.model_for(titanic_schema)
         assert e.value.code == "NOT_CUSTOMIZED"
+        assert party.schemas_ready() == []   # once it is loaded, Hello no longer announces the set Ask refuses
     finally:
         party.close()
+
+
+def test_the_ready_list_names_schema_digests_of_sets_that_can_serve(tmp_path, tiny_connectors, base_llm, titanic_schema, monkeypatch):
+    import shutil
+
+    store = ConnectorStore(tmp_path / "store")
+    assert store.ready_schemas(base_llm.model_id, base_llm) == []
+    final = store.save(base_llm, titanic_schema, tiny_connectors)
+    assert store.ready_schemas(base_llm.model_id) == store.ready_schemas(base_llm.model_id, base_llm) == [titanic_schema.digest]
+    # a save cut short, a folder whose schema is unreadable, and a set filed under another schema's folder are not sets
+    shutil.copytree(final, final.with_name(final.name + ".tmp"))
+    (final.with_name("0" * 32) / "connectors.json").parent.mkdir()
+    (final.with_name("0" * 32) / "connectors.json").write_text("{}")
+    shutil.copytree(final, final.with_name("1" * 32))
+    assert store.ready_schemas(base_llm.model_id, base_llm) == [titanic_schema.digest]
+    # after an upgrade that writes the questions differently, only the unchecked listing still names it
+    monkeypatch.setattr(verbalizer, "INTROS", ("Think about {a_subject}.",))
+    upgraded = ConnectorStore(tmp_path / "store")
+    assert upgraded.ready_schemas(base_llm.model_id, base_llm) == []
+    assert upgraded.ready_schemas(base_llm.model_id) == [titanic_schema.digest]
 
 
 @pytest.mark.parametrize("phrase, expected", [

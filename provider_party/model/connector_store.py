@@ -56,6 +56,27 @@ class ConnectorStore:
                     "(verbalizer, prompt or tokenizer changed), so it would misread them")
         return None
 
+    def ready_schemas(self, base_model_id: str, base: BaseLLM | None = None) -> list[str]:
+        """Digests of the schemas with a stored set for `base_model_id`. With `base` (its tokenizer writes the
+        questions) only the sets that can serve are listed, as `unusable` decides; without it every complete set
+        is, since the question format cannot be checked. A half-written or unreadable folder is never listed."""
+        mdir = self.model_dir(base_model_id)
+        if not mdir.is_dir():
+            return []
+        ready: set[str] = set()
+        for folder in mdir.iterdir():
+            if folder.name.endswith(".tmp") or not (folder / "connectors.json").is_file():
+                continue
+            try:
+                schema = PublicSchema.load(folder / "schema.json")
+            except (OSError, ValueError):
+                continue
+            if folder != self.path_for(base_model_id, schema.digest):
+                continue
+            if base is None or self.unusable(base, schema) is None:
+                ready.add(schema.digest)
+        return sorted(ready)
+
     def has(self, base: BaseLLM, schema: PublicSchema) -> bool:
         """A usable set is stored: present, in the current connector format, trained on the current question format."""
         return self.unusable(base, schema) is None

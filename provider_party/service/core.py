@@ -264,9 +264,10 @@ class ProviderParty:
         return w
 
     def schemas_ready(self) -> list[str]:
-        """Folders of the connector sets stored for the current base model."""
-        mdir = self.connectors.model_dir(self.base_model_id())
-        return sorted(p.name for p in mdir.iterdir() if (p / "connectors.json").is_file()) if mdir.is_dir() else []
+        """Digests of the schemas whose connectors can serve now. Once the base LLM is loaded (at warm-up, by
+        default) a set trained on another question format is left out, as Ask would refuse it; before that,
+        every stored set is listed, because checking needs the tokenizer and Hello must stay cheap."""
+        return self.connectors.ready_schemas(self.base_model_id(), self._base)
 
     def preset(self, name: str) -> Any:
         from provider_party.model.connector_training import PRESETS, Preset
