@@ -10,10 +10,11 @@ and verification of every receipt the provider returns.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import queue
 import secrets
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,19 +230,18 @@ class ProviderClient:
         while attempts < max_attempts:
             attempts += 1
             header = self._header(upload_id, dataset_id, artifact_name, tar, tar_digest, offset)
-            holder: list[Any] = []
-            made = threading.Event()   # the request iterator runs on gRPC's thread and may reach the cut before `future()` returns
+            # the request iterator runs on gRPC's thread and may reach the cut before `future()` returns: it waits for the call
+            call: queue.Queue[Any] = queue.Queue(maxsize=1)
 
             def cancel_call() -> None:
-                if made.wait(30):
-                    holder[0].cancel()
+                with contextlib.suppress(queue.Empty):
+                    call.get(timeout=30).cancel()
             cut = (cut_after_bytes, cancel_call) if (cut_after_bytes is not None and attempts == 1) else None
             try:
                 known = first[1] if offset == first[0] else None
                 fut = self.stub.UploadExpert.future(self._messages(header, tar, offset, chunk_bytes, cut, alg, known), timeout=timeout_s,
                                                metadata=self.metadata)
-                holder.append(fut)
-                made.set()
+                call.put(fut)
                 resp = fut.result()
             except grpc.FutureCancelledError:
                 resp = provider_pb2.UploadResponse(upload_id=upload_id, complete=False, received_bytes=-1)

@@ -63,18 +63,18 @@ class ConnectorStore:
         mdir = self.model_dir(base_model_id)
         if not mdir.is_dir():
             return []
-        ready: set[str] = set()
+        ready: list[str] = []
         for folder in mdir.iterdir():
-            if folder.name.endswith(".tmp") or not (folder / "connectors.json").is_file():
+            if not (folder / "connectors.json").is_file():
                 continue
             try:
                 schema = PublicSchema.load(folder / "schema.json")
             except (OSError, ValueError):
                 continue
-            if folder != self.path_for(base_model_id, schema.digest):
+            if folder != self.path_for(base_model_id, schema.digest):   # a save's `.tmp` folder, or a set filed under another schema
                 continue
             if base is None or self.unusable(base, schema) is None:
-                ready.add(schema.digest)
+                ready.append(schema.digest)
         return sorted(ready)
 
     def has(self, base: BaseLLM, schema: PublicSchema) -> bool:
