@@ -45,6 +45,19 @@ def env(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(autouse=True)
+def _no_leftover_uploads(env):
+    """Every test shares Alice's provider: an unfinished upload a failing test leaves behind is expired after it,
+    as `upload_ttl_s` would, so that one failure cannot fill `max_open_uploads` and fail the tests after it (it
+    did on CI). A passing test leaves nothing that a later one needs."""
+    yield
+    uploads = env["svc"].uploads
+    uploads._exec("UPDATE uploads SET updated_at=0 WHERE state='receiving'")
+    with uploads._lock:
+        for client in ("alice", "bob"):
+            uploads._settle_idle(client)
+
+
 def snapshot(env) -> dict:
     svc = env["svc"]
     return {

@@ -184,9 +184,9 @@ def test_the_client_asks_again_when_the_provider_sheds_and_gives_up_at_its_timeo
         assert pc.stub.calls == 1
 
 
-def _header(p, who: str, tar: bytes, upload_id: str) -> provider_pb2.UploadHeader:
+def _header(p, who: str, tar: bytes, upload_id: str, resume_offset: int = 0) -> provider_pb2.UploadHeader:
     h = provider_pb2.UploadHeader(upload_id=upload_id, dataset_id="titanic", artifact_name="expert", total_bytes=len(tar),
-                                  artifact_sha256=hashlib.sha256(tar).hexdigest())
+                                  artifact_sha256=hashlib.sha256(tar).hexdigest(), resume_offset=resume_offset)
     h.auth.CopyFrom(common_pb2.RequestSignature(**sign_request(p.keys[who], who, UPLOAD_METHOD, upload_body(h)).to_proto_kwargs()))
     return h
 
@@ -268,6 +268,77 @@ def test_a_stalled_upload_stream_is_cut_at_its_deadline_and_keeps_what_arrived(p
             assert pc.upload(tar, "titanic", upload_id="c" * 20).receipt.sequence == 1   # resumed from the kept bytes
     finally:
         server.stop()
+
+
+def _received(uploads, who: str, upload_id: str) -> int:
+    """Bytes the provider holds of an upload; 0 before its row exists (the stream's header may still be on its way)."""
+    try:
+        return uploads.received_bytes(uploads.get(upload_id, who))
+    except RpcError:
+        return 0
+
+
+def _age(uploads, upload_id: str, seconds: float) -> None:
+    """Stands for `seconds` passing with no byte of the upload arriving (the row's last-activity time moves back)."""
+    uploads._exec("UPDATE uploads SET updated_at=updated_at-? WHERE upload_id=?", (seconds, upload_id))
+
+
+def test_an_abandoned_upload_expires_at_runtime_and_frees_its_place(parties):
+    """Before, unfinished uploads expired only at the next start: a client whose links dropped `max_open_uploads`
+    times was refused every upload until the operator restarted the provider."""
+    p = parties
+    tar = pack_artifact(make_artifact(p.root / "a", p.keys["alice"]))
+    server = ProviderServer(provider_config(p, limits=_limits(p, max_open_uploads=1, upload_ttl_s=3600))).start()
+    uploads = server.servicer.party.uploads
+    held = _Stalled(p, server.address, "alice", tar, "d" * 20)   # a stream still writing its upload
+    try:
+        _wait(lambda: _received(uploads, "alice", "d" * 20) == 4096)
+        _age(uploads, "d" * 20, 7200)
+        with provider_client(p, server.address) as pc, pytest.raises(grpc.RpcError) as ei:
+            pc.upload(tar, "titanic", max_attempts=1)
+        assert error_code(ei.value) == "TOO_MANY_UPLOADS" and "upload_ttl_s" in ei.value.details()   # held: never expired
+        held.close()
+        _wait(lambda: not uploads._streams)
+        assert uploads.get("d" * 20, "alice").state == "receiving"                  # the stream ended: kept for a resume
+        with provider_client(p, server.address) as pc, pytest.raises(grpc.RpcError) as ei:
+            pc.upload(tar, "titanic", max_attempts=1)
+        assert error_code(ei.value) == "TOO_MANY_UPLOADS"                            # idle, but not yet for upload_ttl_s
+        _age(uploads, "d" * 20, 7200)
+        part = uploads.part_path("alice", "d" * 20)
+        assert part.exists()
+        with provider_client(p, server.address) as pc:
+            assert pc.upload(tar, "titanic").receipt.sequence == 1                   # the expired one gave up its place
+            st = pc.upload_status("d" * 20)
+            assert st.state == "failed" and "UPLOAD_EXPIRED" in st.error and not part.exists()
+            with pytest.raises(grpc.RpcError) as ei:                                 # and does not resume
+                pc.stub.UploadExpert(iter([provider_pb2.UploadRequest(header=_header(p, "alice", tar, "d" * 20, resume_offset=4096))]), timeout=10)
+            assert error_code(ei.value) == "UPLOAD_FAILED"
+        assert server.servicer.party.ledger.count() == 1
+    finally:
+        if not held.release.is_set():
+            held.close()
+        server.stop()
+
+
+def test_unfinished_uploads_past_their_ttl_are_discarded_at_start(parties):
+    from provider_party.service.core import ProviderParty
+
+    p = parties
+    cfg = provider_config(p, limits=_limits(p, upload_ttl_s=3600))
+    tar = pack_artifact(make_artifact(p.root / "a", p.keys["alice"]))
+    server = ProviderServer(cfg).start()
+    try:
+        for uid in ("e" * 20, "f" * 20):
+            s = _Stalled(p, server.address, "alice", tar, uid)
+            _wait(lambda: _received(server.servicer.party.uploads, "alice", uid) == 4096)
+            s.close()
+        _age(server.servicer.party.uploads, "e" * 20, 7200)
+    finally:
+        server.stop()
+    again = ProviderParty(cfg)
+    assert again.recovery["expired"] == 1
+    assert (again.uploads.get("e" * 20, "alice").state, again.uploads.get("f" * 20, "alice").state) == ("failed", "receiving")
+    assert not again.uploads.part_path("alice", "e" * 20).exists() and again.uploads.part_path("alice", "f" * 20).exists()
 
 
 def test_connector_jobs_are_limited_per_client(tmp_path):

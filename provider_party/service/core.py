@@ -99,7 +99,7 @@ class ProviderParty:
                              endorsement=self.receipt_key_list.endorsement_for(self.key) if self.receipt_key_list else None,
                              trusted_keys=[k.public_key for k in self.receipt_key_list.keys] if self.receipt_key_list else None)
         self.auth = Authenticator(config, state / "state.db")
-        self.uploads = UploadManager(state / "uploads", state / "state.db", config.limits)
+        self.uploads = UploadManager(state / "uploads", state / "state.db", config.limits, self._receipt_for_upload)
         self.experts = ExpertStore(state / "experts")
         self.forgets = ForgetJournal(state / "state.db")
         self.connectors = ConnectorStore(config.connectors)

@@ -248,8 +248,12 @@ class ReadAhead:
 
 
 class UploadManager:
-    def __init__(self, root: str | Path, db_path: str | Path, limits: ProviderLimits):
+    def __init__(self, root: str | Path, db_path: str | Path, limits: ProviderLimits,
+                 ledger_receipt_for: Callable[[str, str], tuple[str, dict] | None] | None = None):
         self.root = Path(root)
+        # (client, upload_id) -> (artifact digest, receipt) when the ledger charged that upload: an unfinished
+        # row it names is completed, never expired (None: no ledger to ask, nothing is expired at runtime)
+        self._ledger_receipt_for = ledger_receipt_for
         self.parts = self.root / "parts"
         self.parts.mkdir(parents=True, exist_ok=True)
         self.db_path = Path(db_path)
@@ -332,6 +336,8 @@ class UploadManager:
                 raise RpcError("TOO_MANY_UPLOADS", f"client {cid!r} already has {self._streams[cid]} upload streams open; the limit is "
                                f"{self.limits.max_upload_streams_per_client} (max_upload_streams_per_client): finish one first",
                                rule="max_upload_streams_per_client")
+            if self._ledger_receipt_for is not None:
+                self._settle_idle(cid)   # before the lookups: an expired upload neither resumes nor takes a place
             rows = self._exec("SELECT * FROM uploads WHERE upload_id=?", (h.upload_id,))
             now = time.time()
             if rows:
@@ -354,7 +360,8 @@ class UploadManager:
                 open_count = self._exec("SELECT COUNT(*) AS n FROM uploads WHERE client_id=? AND state='receiving'", (cid,))[0]["n"]
                 if open_count >= self.limits.max_open_uploads:
                     raise RpcError("TOO_MANY_UPLOADS", f"client {cid!r} has {open_count} unfinished uploads; the limit is "
-                                   f"{self.limits.max_open_uploads} (finish or let them expire)", rule="max_open_uploads")
+                                   f"{self.limits.max_open_uploads}: resume one (GetUploadStatus lists where each stopped), or wait until one has had "
+                                   f"no byte for {self.limits.upload_ttl_s} s (upload_ttl_s) and expires", rule="max_open_uploads")
                 b3 = getattr(h, "artifact_blake3", "") or None
                 self._exec("INSERT INTO uploads (upload_id, client_id, dataset_id, artifact_name, total_bytes, artifact_sha256, artifact_blake3, "
                            "state, created_at, updated_at) VALUES (?,?,?,?,?,?,?,'receiving',?,?)",
@@ -493,18 +500,39 @@ class UploadManager:
         counts = {"completed": 0, "expired": 0}
         now = time.time()
         for r in self._exec("SELECT * FROM uploads WHERE state='receiving'"):
-            rec = UploadRecord(**dict(r))
-            found = ledger_receipt_for(rec.client_id, rec.upload_id)
-            if found is not None:
-                digest, receipt = found
-                self._exec("UPDATE uploads SET state='complete', artifact_digest=?, receipt=?, updated_at=? WHERE upload_id=?",
-                           (digest, json.dumps(receipt, sort_keys=True, separators=(",", ":")), now, rec.upload_id))
-                self.part_path(rec.client_id, rec.upload_id).unlink(missing_ok=True)
-                counts["completed"] += 1
-            elif now - rec.updated_at > self.limits.upload_ttl_s:
-                self._fail(rec, CodedError("UPLOAD_EXPIRED", f"no byte arrived for {self.limits.upload_ttl_s} s"))
-                counts["expired"] += 1
+            outcome = self._settle(UploadRecord(**dict(r)), now, ledger_receipt_for)
+            if outcome:
+                counts[outcome] += 1
         return counts
+
+    def _settle_idle(self, client_id: str) -> None:
+        """At runtime, under the lock: `client_id`'s unfinished uploads with no byte for `upload_ttl_s` are
+        settled as at start. Without this a long-running provider would never expire them, and a client
+        whose links dropped `max_open_uploads` times would be refused every new upload until a restart.
+        An upload a stream or a finalize holds is left alone, whatever its age."""
+        now = time.time()
+        stale = self._exec("SELECT * FROM uploads WHERE client_id=? AND state='receiving' AND updated_at<?",
+                           (client_id, now - self.limits.upload_ttl_s))
+        for r in stale:
+            if r["upload_id"] not in self._busy:
+                outcome = self._settle(UploadRecord(**dict(r)), now, self._ledger_receipt_for)
+                if outcome:
+                    log.info("upload %s of %s: %s (no byte for %s s)", r["upload_id"], client_id, outcome, self.limits.upload_ttl_s)
+
+    def _settle(self, rec: UploadRecord, now: float, ledger_receipt_for: Callable[[str, str], tuple[str, dict] | None]) -> str | None:
+        """'completed' when the ledger charged `rec` (a crash between the charge and the row), 'expired' when it
+        is past its TTL (its row fails and its bytes go), None when it stays open."""
+        found = ledger_receipt_for(rec.client_id, rec.upload_id)
+        if found is not None:
+            digest, receipt = found
+            self._exec("UPDATE uploads SET state='complete', artifact_digest=?, receipt=?, updated_at=? WHERE upload_id=?",
+                       (digest, json.dumps(receipt, sort_keys=True, separators=(",", ":")), now, rec.upload_id))
+            self.part_path(rec.client_id, rec.upload_id).unlink(missing_ok=True)
+            return "completed"
+        if now - rec.updated_at > self.limits.upload_ttl_s:
+            self._fail(rec, CodedError("UPLOAD_EXPIRED", f"no byte arrived for {self.limits.upload_ttl_s} s"))
+            return "expired"
+        return None
 
     def touch(self, upload_id: str) -> None:
         """Best effort (the time only delays the TTL): a full disk must not hide the refusal that ended the stream."""
