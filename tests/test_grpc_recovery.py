@@ -62,6 +62,60 @@ def test_crash_after_the_ledger_commit_is_completed_at_restart(tmp_path, monkeyp
     assert done.state == "complete" and done.receipt and done.artifact_digest == _visible(again)[0]
 
 
+def test_an_error_after_the_charge_is_not_charged_again_when_the_upload_is_retried(tmp_path, monkeypatch):
+    """Not a crash (a restart would promote the staged copy) but an error the process survives, such as EIO on
+    the rename that makes the expert visible: the client's retry of the same upload used to stage and charge it
+    a second time."""
+    import errno
+
+    p = make_parties(tmp_path)
+    cfg = provider_config(p)
+    svc = ProviderParty(cfg)
+    alice = cfg.client("alice")
+    tar = pack_artifact(make_artifact(tmp_path / "a", p.keys["alice"]))
+    rec = _write_all(svc, alice, tar, "w" * 20)
+    promote = svc.experts.promote
+
+    def fails_once(*a, **k):
+        monkeypatch.setattr(svc.experts, "promote", promote)
+        raise OSError(errno.EIO, "Input/output error")
+    monkeypatch.setattr(svc.experts, "promote", fails_once)
+    with pytest.raises(OSError):
+        svc.uploads.finalize(rec, alice, svc.ledger, svc.experts, svc.ledger_lock)
+    assert svc.ledger.count() == 1 and _visible(svc) == []           # charged, not visible
+    receipt = svc.ledger.upload_entry("alice", svc.ledger.entries()[0][0].artifact_digest).receipt
+    fin = svc.uploads.finalize(svc.uploads.get("w" * 20, "alice"), alice, svc.ledger, svc.experts, svc.ledger_lock)
+    assert svc.ledger.count() == 1 and svc.ledger.verify_chain() == []  # the retry is not charged again
+    assert fin.entry.receipt == receipt and "made visible now" in fin.checks[-1]
+    assert _visible(svc) == [fin.record.artifact_digest] and svc.uploads.get("w" * 20, "alice").state == "complete"
+
+
+def test_a_staged_copy_left_by_a_crash_before_the_charge_is_charged_once(tmp_path, monkeypatch):
+    """The other side of that check: a staged copy with no charge of its own (the process died between staging
+    and the charge, while the ledger holds an older upload of the same bytes) is charged, not taken for charged."""
+    p = make_parties(tmp_path)
+    cfg = provider_config(p, budgets={"alice": 100.0})
+    svc = ProviderParty(cfg)
+    alice = cfg.client("alice")
+    tar = pack_artifact(make_artifact(tmp_path / "a", p.keys["alice"]))
+    first = svc.uploads.finalize(_write_all(svc, alice, tar, "x" * 20), alice, svc.ledger, svc.experts, svc.ledger_lock)
+    svc.experts.remove("alice", first.record.artifact_digest)        # as a Forget does (its ledger entry aside)
+    rec = _write_all(svc, alice, tar, "y" * 20)
+
+    def fault(point):
+        if point == "before_commit":
+            raise Crash()
+    svc.ledger._fault = fault
+    monkeypatch.setattr(svc.experts, "discard_staged", lambda *a: None)   # a dead process discards nothing
+    with pytest.raises(Crash):
+        svc.uploads.finalize(rec, alice, svc.ledger, svc.experts, svc.ledger_lock)
+    svc.ledger._fault = None
+    monkeypatch.undo()
+    assert svc.experts.staged("alice", first.record.artifact_digest) is not None and svc.ledger.count() == 1
+    again = svc.uploads.finalize(svc.uploads.get("y" * 20, "alice"), alice, svc.ledger, svc.experts, svc.ledger_lock)
+    assert svc.ledger.count() == 2 and again.entry.receipt_id != first.entry.receipt_id
+
+
 def test_crash_before_the_ledger_commit_leaves_nothing_and_the_upload_resumes(tmp_path):
     p = make_parties(tmp_path)
     cfg = provider_config(p)

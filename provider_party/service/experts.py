@@ -122,6 +122,15 @@ class ExpertStore:
         return StoredExpert(client_id, m["artifact_digest"], m["dataset_id"], m["schema_digest"], m.get("artifact_name", "expert"),
                             m.get("receipt_id", ""), m.get("uploaded_at", ""), folder)
 
+    def staged(self, client_id: str, digest: str) -> StoredExpert | None:
+        """The staged (verified, not yet visible) copy, if one is there: an upload whose making-visible failed after
+        its charge is found here on retry rather than charged again."""
+        try:
+            p = self.staging_dir(client_id, digest)
+        except ValueError:
+            return None
+        return self._read(client_id, p) if p.is_dir() else None
+
     def live(self, client_id: str | None = None) -> list[StoredExpert]:
         """Visible experts (of one client, or all), oldest first."""
         base = self.root / "live"

@@ -417,8 +417,8 @@ class UploadManager:
             except (OSError, sqlite3.OperationalError) as e:
                 if not _is_disk_full(e):
                     raise
-                raise disk_full(f"upload {rec.upload_id!r} is complete but could not be verified and stored ({e}); nothing was charged; "
-                                "send the same upload again (same upload_id) later") from None
+                raise disk_full(f"upload {rec.upload_id!r} is complete but could not be verified and stored ({e}); send the same upload "
+                                "again (same upload_id) later: it is charged once, whichever step the disk stopped") from None
         except CodedError as e:
             if not isinstance(e, RpcError) or e.code not in ("UPLOAD_BUSY", "DISK_FULL"):
                 self._fail(rec, e)
@@ -453,11 +453,17 @@ class UploadManager:
             with ledger_lock:
                 live = experts.get(client.client_id, verified.digest)
                 if live is not None:
-                    charged = _charged_by_this_upload(experts, ledger, live, rec.upload_id)
+                    charged = _charged_by_this_upload(ledger, live, rec.upload_id)
                     if charged is not None:   # charged by this very upload before (its answer was lost): the same receipt
                         return self._complete(rec, charged, verified.digest, path, t0, c0, checks + ["already charged by this upload_id"])
                     raise RpcError("ARTIFACT_EXISTS", f"expert {verified.digest} is already stored for {client.client_id!r}; nothing was charged",
                                    rule="one copy per artifact")
+                staged = experts.staged(client.client_id, verified.digest)
+                charged = _charged_by_this_upload(ledger, staged, rec.upload_id, same_receipt=True) if staged is not None else None
+                if charged is not None:   # charged, then making it visible failed with an error the process survived: no second charge
+                    experts.promote(client.client_id, verified.digest)
+                    return self._complete(rec, charged, verified.digest, path, t0, c0,
+                                          checks + ["already charged by this upload_id (made visible now)"])
                 if ledger.budget(client.client_id, rec.dataset_id) is None:
                     e_b, d_b = client.budget_for(rec.dataset_id)
                     ledger.set_budget(client.client_id, rec.dataset_id, e_b, d_b)
@@ -542,17 +548,23 @@ class UploadManager:
             log.warning("upload %s: its last activity could not be recorded: %s", upload_id, e)
 
 
-def _charged_by_this_upload(experts: ExpertStore, ledger: Ledger, live: Any, upload_id: str) -> LedgerEntry | None:
-    """The ledger entry that charged `live` if this upload_id is the one that stored it (idempotent by upload id)."""
+def _charged_by_this_upload(ledger: Ledger, stored: Any, upload_id: str, same_receipt: bool = False) -> LedgerEntry | None:
+    """The ledger entry that charged `stored` (live or staged) if this upload_id is the one that stored it
+    (idempotent by upload id). `same_receipt`: the entry must also carry the receipt id written beside the
+    copy before its charge; a staged copy needs it, because a crash before the charge leaves one behind while
+    the ledger may hold an older, forgotten upload of the same bytes."""
     from provider_party.service.experts import META_FILE
 
     try:
-        meta = json.loads((live.folder / META_FILE).read_text())
+        meta = json.loads((stored.folder / META_FILE).read_text())
     except (OSError, ValueError):
         return None
     if meta.get("upload_id") != upload_id:
         return None
-    return ledger.upload_entry(live.client_id, live.artifact_digest)
+    entry = ledger.upload_entry(stored.client_id, stored.artifact_digest)
+    if entry is not None and same_receipt and entry.receipt_id != meta.get("receipt_id"):
+        return None
+    return entry
 
 
 def _is_disk_full(e: BaseException) -> bool:
