@@ -40,19 +40,31 @@ def _visible(svc: ProviderParty) -> list[str]:
     return [e.artifact_digest for e in svc.experts.live()]
 
 
-def test_crash_after_the_ledger_commit_is_completed_at_restart(tmp_path, monkeypatch):
+def _party(tmp_path, **config):
+    """The parties, a provider party on fresh state, its config, Alice's registration and one packed artifact of hers."""
     p = make_parties(tmp_path)
-    cfg = provider_config(p)
-    svc = ProviderParty(cfg)
-    alice = cfg.client("alice")
-    tar = pack_artifact(make_artifact(tmp_path / "a", p.keys["alice"]))
+    cfg = provider_config(p, **config)
+    return p, cfg, ProviderParty(cfg), cfg.client("alice"), pack_artifact(make_artifact(tmp_path / "a", p.keys["alice"]))
+
+
+def _finalize(svc: ProviderParty, rec, client):
+    return svc.uploads.finalize(rec, client, svc.ledger, svc.experts, svc.ledger_lock)
+
+
+def _crash_before_the_ledger_commit(point: str) -> None:
+    if point == "before_commit":
+        raise Crash()
+
+
+def test_crash_after_the_ledger_commit_is_completed_at_restart(tmp_path, monkeypatch):
+    p, cfg, svc, alice, tar = _party(tmp_path)
     rec = _write_all(svc, alice, tar, "u" * 20)
 
     def die(*a, **k):
         raise Crash()
     monkeypatch.setattr(svc.experts, "promote", die)
     with pytest.raises(Crash):
-        svc.uploads.finalize(rec, alice, svc.ledger, svc.experts, svc.ledger_lock)
+        _finalize(svc, rec, alice)
     assert svc.ledger.count() == 1 and _visible(svc) == []          # charged, not yet visible
     monkeypatch.undo()
     again = ProviderParty(cfg)                                     # the restarted provider
@@ -68,11 +80,7 @@ def test_an_error_after_the_charge_is_not_charged_again_when_the_upload_is_retri
     a second time."""
     import errno
 
-    p = make_parties(tmp_path)
-    cfg = provider_config(p)
-    svc = ProviderParty(cfg)
-    alice = cfg.client("alice")
-    tar = pack_artifact(make_artifact(tmp_path / "a", p.keys["alice"]))
+    p, cfg, svc, alice, tar = _party(tmp_path)
     rec = _write_all(svc, alice, tar, "w" * 20)
     promote = svc.experts.promote
 
@@ -81,10 +89,10 @@ def test_an_error_after_the_charge_is_not_charged_again_when_the_upload_is_retri
         raise OSError(errno.EIO, "Input/output error")
     monkeypatch.setattr(svc.experts, "promote", fails_once)
     with pytest.raises(OSError):
-        svc.uploads.finalize(rec, alice, svc.ledger, svc.experts, svc.ledger_lock)
+        _finalize(svc, rec, alice)
     assert svc.ledger.count() == 1 and _visible(svc) == []           # charged, not visible
     receipt = svc.ledger.upload_entry("alice", svc.ledger.entries()[0][0].artifact_digest).receipt
-    fin = svc.uploads.finalize(svc.uploads.get("w" * 20, "alice"), alice, svc.ledger, svc.experts, svc.ledger_lock)
+    fin = _finalize(svc, svc.uploads.get("w" * 20, "alice"), alice)
     assert svc.ledger.count() == 1 and svc.ledger.verify_chain() == []  # the retry is not charged again
     assert fin.entry.receipt == receipt and "made visible now" in fin.checks[-1]
     assert _visible(svc) == [fin.record.artifact_digest] and svc.uploads.get("w" * 20, "alice").state == "complete"
@@ -93,44 +101,29 @@ def test_an_error_after_the_charge_is_not_charged_again_when_the_upload_is_retri
 def test_a_staged_copy_left_by_a_crash_before_the_charge_is_charged_once(tmp_path, monkeypatch):
     """The other side of that check: a staged copy with no charge of its own (the process died between staging
     and the charge, while the ledger holds an older upload of the same bytes) is charged, not taken for charged."""
-    p = make_parties(tmp_path)
-    cfg = provider_config(p, budgets={"alice": 100.0})
-    svc = ProviderParty(cfg)
-    alice = cfg.client("alice")
-    tar = pack_artifact(make_artifact(tmp_path / "a", p.keys["alice"]))
-    first = svc.uploads.finalize(_write_all(svc, alice, tar, "x" * 20), alice, svc.ledger, svc.experts, svc.ledger_lock)
+    p, cfg, svc, alice, tar = _party(tmp_path, budgets={"alice": 100.0})
+    first = _finalize(svc, _write_all(svc, alice, tar, "x" * 20), alice)
     svc.experts.remove("alice", first.record.artifact_digest)        # as a Forget does (its ledger entry aside)
     rec = _write_all(svc, alice, tar, "y" * 20)
 
-    def fault(point):
-        if point == "before_commit":
-            raise Crash()
-    svc.ledger._fault = fault
+    svc.ledger._fault = _crash_before_the_ledger_commit
     monkeypatch.setattr(svc.experts, "discard_staged", lambda *a: None)   # a dead process discards nothing
     with pytest.raises(Crash):
-        svc.uploads.finalize(rec, alice, svc.ledger, svc.experts, svc.ledger_lock)
+        _finalize(svc, rec, alice)
     svc.ledger._fault = None
     monkeypatch.undo()
     assert svc.experts.staged("alice", first.record.artifact_digest) is not None and svc.ledger.count() == 1
-    again = svc.uploads.finalize(svc.uploads.get("y" * 20, "alice"), alice, svc.ledger, svc.experts, svc.ledger_lock)
+    again = _finalize(svc, svc.uploads.get("y" * 20, "alice"), alice)
     assert svc.ledger.count() == 2 and again.entry.receipt_id != first.entry.receipt_id
 
 
 def test_crash_before_the_ledger_commit_leaves_nothing_and_the_upload_resumes(tmp_path):
-    p = make_parties(tmp_path)
-    cfg = provider_config(p)
-    svc = ProviderParty(cfg)
-    alice = cfg.client("alice")
-    tar = pack_artifact(make_artifact(tmp_path / "a", p.keys["alice"]))
+    p, cfg, svc, alice, tar = _party(tmp_path)
     upload_id = "v" * 20
     rec = _write_all(svc, alice, tar, upload_id)
-
-    def fault(point):
-        if point == "before_commit":
-            raise Crash()
-    svc.ledger._fault = fault
+    svc.ledger._fault = _crash_before_the_ledger_commit
     with pytest.raises(Crash):
-        svc.uploads.finalize(rec, alice, svc.ledger, svc.experts, svc.ledger_lock)
+        _finalize(svc, rec, alice)
     from provider_party.service.server import ProviderServer
 
     server = ProviderServer(cfg).start()                              # restart on the same state
@@ -354,11 +347,8 @@ def test_watchjob_after_a_restart_reports_old_jobs_final_state_and_cut_off_jobs_
 
 
 def test_a_budget_changed_in_the_configuration_applies_at_restart_unless_below_the_spend(tmp_path, caplog):
-    p = make_parties(tmp_path)
-    cfg = provider_config(p, budgets={"alice": 2.0})
-    svc = ProviderParty(cfg)
-    rec = _write_all(svc, cfg.client("alice"), pack_artifact(make_artifact(tmp_path / "a", p.keys["alice"])), "u" * 20)
-    fin = svc.uploads.finalize(rec, cfg.client("alice"), svc.ledger, svc.experts, svc.ledger_lock)
+    p, cfg, svc, alice, tar = _party(tmp_path, budgets={"alice": 2.0})
+    fin = _finalize(svc, _write_all(svc, alice, tar, "u" * 20), alice)
     spent = svc.ledger.budget("alice", "titanic").epsilon_spent
     assert fin.entry.receipt and 0 < spent < 2.0 and svc.budget_changes == []
 

@@ -148,7 +148,7 @@ class ProviderParty:
             raise RuntimeError(f"the ledger at {self.ledger.path} does not verify: {[p.reason for p in problems[:5]]}")
         counts = self.experts.reconcile(self._last_kind)
         counts.update(self._finish_forgets())
-        counts.update(self.uploads.recover(self._receipt_for_upload))
+        counts.update(self.uploads.recover())
         if any(counts.values()):
             log.warning("recovered after an unclean stop: %s", counts)
         return counts

@@ -249,10 +249,10 @@ class ReadAhead:
 
 class UploadManager:
     def __init__(self, root: str | Path, db_path: str | Path, limits: ProviderLimits,
-                 ledger_receipt_for: Callable[[str, str], tuple[str, dict] | None] | None = None):
+                 ledger_receipt_for: Callable[[str, str], tuple[str, dict] | None]):
         self.root = Path(root)
         # (client, upload_id) -> (artifact digest, receipt) when the ledger charged that upload: an unfinished
-        # row it names is completed, never expired (None: no ledger to ask, nothing is expired at runtime)
+        # row it names is completed, never expired (at start and at runtime)
         self._ledger_receipt_for = ledger_receipt_for
         self.parts = self.root / "parts"
         self.parts.mkdir(parents=True, exist_ok=True)
@@ -336,8 +336,7 @@ class UploadManager:
                 raise RpcError("TOO_MANY_UPLOADS", f"client {cid!r} already has {self._streams[cid]} upload streams open; the limit is "
                                f"{self.limits.max_upload_streams_per_client} (max_upload_streams_per_client): finish one first",
                                rule="max_upload_streams_per_client")
-            if self._ledger_receipt_for is not None:
-                self._settle_idle(cid)   # before the lookups: an expired upload neither resumes nor takes a place
+            self._settle_idle(cid)   # before the lookups: an expired upload neither resumes nor takes a place
             rows = self._exec("SELECT * FROM uploads WHERE upload_id=?", (h.upload_id,))
             now = time.time()
             if rows:
@@ -500,13 +499,13 @@ class UploadManager:
         return FinalizedUpload(rec, entry, time.perf_counter() - t0, checks, time.thread_time() - c0)
 
     # --- recovery ---------------------------------------------------------------------------------------
-    def recover(self, ledger_receipt_for: Callable[[str, str], tuple[str, dict] | None]) -> dict[str, int]:
+    def recover(self) -> dict[str, int]:
         """At start: an upload whose ledger entry committed but whose row did not is completed from the
         ledger; unfinished uploads past their TTL are discarded with their bytes."""
         counts = {"completed": 0, "expired": 0}
         now = time.time()
         for r in self._exec("SELECT * FROM uploads WHERE state='receiving'"):
-            outcome = self._settle(UploadRecord(**dict(r)), now, ledger_receipt_for)
+            outcome = self._settle(UploadRecord(**dict(r)), now)
             if outcome:
                 counts[outcome] += 1
         return counts
@@ -521,14 +520,14 @@ class UploadManager:
                            (client_id, now - self.limits.upload_ttl_s))
         for r in stale:
             if r["upload_id"] not in self._busy:
-                outcome = self._settle(UploadRecord(**dict(r)), now, self._ledger_receipt_for)
+                outcome = self._settle(UploadRecord(**dict(r)), now)
                 if outcome:
                     log.info("upload %s of %s: %s (no byte for %s s)", r["upload_id"], client_id, outcome, self.limits.upload_ttl_s)
 
-    def _settle(self, rec: UploadRecord, now: float, ledger_receipt_for: Callable[[str, str], tuple[str, dict] | None]) -> str | None:
+    def _settle(self, rec: UploadRecord, now: float) -> str | None:
         """'completed' when the ledger charged `rec` (a crash between the charge and the row), 'expired' when it
         is past its TTL (its row fails and its bytes go), None when it stays open."""
-        found = ledger_receipt_for(rec.client_id, rec.upload_id)
+        found = self._ledger_receipt_for(rec.client_id, rec.upload_id)
         if found is not None:
             digest, receipt = found
             self._exec("UPDATE uploads SET state='complete', artifact_digest=?, receipt=?, updated_at=? WHERE upload_id=?",
