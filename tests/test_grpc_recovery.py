@@ -4,6 +4,7 @@ ever visible, and the upload either completes from what the disk holds or is cha
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import signal
@@ -96,6 +97,26 @@ def test_an_error_after_the_charge_is_not_charged_again_when_the_upload_is_retri
     assert svc.ledger.count() == 1 and svc.ledger.verify_chain() == []  # the retry is not charged again
     assert fin.entry.receipt == receipt and "made visible now" in fin.checks[-1]
     assert _visible(svc) == [fin.record.artifact_digest] and svc.uploads.get("w" * 20, "alice").state == "complete"
+
+
+def test_a_charged_upload_nobody_retried_is_completed_not_expired_at_runtime(tmp_path, monkeypatch):
+    """The same error after the charge, but the client never retries. When its upload passes `upload_ttl_s` and
+    the client opens another upload, the runtime expiry used to look only at visible experts: it marked the
+    charged upload failed and left its expert staged, unserved until a restart."""
+    import errno
+
+    p, cfg, svc, alice, tar = _party(tmp_path, budgets={"alice": 100.0})
+    rec = _write_all(svc, alice, tar, "v" * 20)
+    monkeypatch.setattr(svc.experts, "promote", lambda *a: (_ for _ in ()).throw(OSError(errno.EIO, "Input/output error")))
+    with pytest.raises(OSError):
+        _finalize(svc, rec, alice)
+    monkeypatch.undo()
+    receipt = svc.ledger.entries()[0][0].receipt
+    svc.uploads._exec("UPDATE uploads SET updated_at=updated_at-? WHERE upload_id=?", (cfg.limits.upload_ttl_s + 60, "v" * 20))
+    _write_all(svc, alice, pack_artifact(make_artifact(tmp_path / "b", p.keys["alice"], seed=1)), "t" * 20)   # opening it settles the idle one
+    done = svc.uploads.get("v" * 20, "alice")
+    assert done.state == "complete" and json.loads(done.receipt) == receipt
+    assert _visible(svc) == [done.artifact_digest] and svc.ledger.count() == 1
 
 
 def test_a_staged_copy_left_by_a_crash_before_the_charge_is_charged_once(tmp_path, monkeypatch):

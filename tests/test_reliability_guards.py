@@ -320,6 +320,30 @@ def test_an_abandoned_upload_expires_at_runtime_and_frees_its_place(parties):
         server.stop()
 
 
+def test_upload_status_reports_an_upload_past_its_ttl_as_expired_at_once(parties):
+    """Expiry used to wait for the client's next upload: until then GetUploadStatus said `receiving` for an upload
+    that could no longer be finished in time."""
+    p = parties
+    tar = pack_artifact(make_artifact(p.root / "a", p.keys["alice"]))
+    server = ProviderServer(provider_config(p, limits=_limits(p, upload_ttl_s=3600))).start()
+    uploads = server.servicer.party.uploads
+    held = _Stalled(p, server.address, "alice", tar, "g" * 20)
+    try:
+        _wait(lambda: _received(uploads, "alice", "g" * 20) == 4096)
+        _age(uploads, "g" * 20, 7200)
+        with provider_client(p, server.address) as pc:
+            assert pc.upload_status("g" * 20).state == "receiving"            # a stream holds it: never expired
+            held.close()
+            _wait(lambda: not uploads._streams)
+            _age(uploads, "g" * 20, 7200)
+            st = pc.upload_status("g" * 20)
+            assert st.state == "failed" and "UPLOAD_EXPIRED" in st.error and not uploads.part_path("alice", "g" * 20).exists()
+    finally:
+        if not held.release.is_set():
+            held.close()
+        server.stop()
+
+
 def test_unfinished_uploads_past_their_ttl_are_discarded_at_start(parties):
     from provider_party.service.core import ProviderParty
 

@@ -32,7 +32,7 @@ from provider_party.service.config import ProviderConfig, RegisteredClient
 from provider_party.service.experts import ExpertStore, ForgetJournal, StoredExpert
 from provider_party.service.jobs import Job, JobManager, JobStore
 from provider_party.service.ledger import Ledger, LedgerEntry
-from provider_party.service.uploads import FinalizedUpload, UploadManager, UploadRecord
+from provider_party.service.uploads import FinalizedUpload, UploadManager, UploadRecord, charged_by_this_upload
 
 log = logging.getLogger(__name__)
 EXPERT_CACHE = 32
@@ -134,12 +134,20 @@ class ProviderParty:
         return kinds[-1] if kinds else None
 
     def _receipt_for_upload(self, client_id: str, upload_id: str) -> tuple[str, dict] | None:
+        """(artifact digest, receipt) when the ledger charged `upload_id`, else None. A copy still staged with that
+        charge (making it visible failed with an error the process survived, and nobody retried) is made visible
+        here, as a restart would, so that expiring the upload's row cannot leave a charged expert unserved."""
         for e in self.experts.live(client_id):
-            meta = json.loads((e.folder / "provider.json").read_text())
-            if meta.get("upload_id") == upload_id:
-                for entry in reversed(self.client_entries(client_id)):
-                    if entry.artifact_digest == e.artifact_digest and entry.kind == "upload":
-                        return e.artifact_digest, entry.receipt
+            entry = charged_by_this_upload(self.ledger, e, upload_id)
+            if entry is not None:
+                return e.artifact_digest, entry.receipt
+        with self.ledger_lock:
+            for e in self.experts.staged_of(client_id):
+                entry = charged_by_this_upload(self.ledger, e, upload_id, same_receipt=True)
+                if entry is not None:
+                    self.experts.promote(client_id, e.artifact_digest)
+                    log.warning("upload %s of %s: its charged expert %s was still staged; made visible", upload_id, client_id, e.artifact_digest)
+                    return e.artifact_digest, entry.receipt
         return None
 
     def _recover(self) -> dict[str, Any]:

@@ -133,7 +133,14 @@ class ExpertStore:
 
     def live(self, client_id: str | None = None) -> list[StoredExpert]:
         """Visible experts (of one client, or all), oldest first."""
-        base = self.root / "live"
+        return self._listed("live", client_id)
+
+    def staged_of(self, client_id: str) -> list[StoredExpert]:
+        """`client_id`'s staged copies: verified, not visible; charged ones are those whose making-visible failed."""
+        return self._listed("staging", client_id)
+
+    def _listed(self, area: str, client_id: str | None) -> list[StoredExpert]:
+        base = self.root / area
         clients = [client_id] if client_id else sorted(p.name for p in base.iterdir() if p.is_dir())
         out = []
         for c in clients:

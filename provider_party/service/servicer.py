@@ -108,7 +108,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
     def GetUploadStatus(self, request, context):
         client = self.auth.identify(context)
         uploads = self.party.uploads
-        rec = uploads.get(request.upload_id, client.client_id)
+        rec = uploads.status(request.upload_id, client.client_id)
         msg = provider_pb2.UploadStatus(upload_id=rec.upload_id, state=rec.state, received_bytes=uploads.received_bytes(rec),
                                         total_bytes=rec.total_bytes, artifact_digest=rec.artifact_digest or "", error=rec.error or "",
                                         digest=rec.tar_digest[0])

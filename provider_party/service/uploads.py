@@ -292,6 +292,18 @@ class UploadManager:
             raise RpcError("UPLOAD_NOT_FOUND", f"no upload {upload_id!r} for client {client_id!r}", rule="own uploads")
         return UploadRecord(**dict(rows[0]))
 
+    def status(self, upload_id: str, client_id: str) -> UploadRecord:
+        """The record GetUploadStatus reports. One past its TTL is settled first, so the answer says `failed`
+        (or `complete`, if the ledger charged it) as soon as that is true, rather than `receiving` until its
+        client next opens an upload."""
+        rec = self.get(upload_id, client_id)
+        if rec.state == "receiving" and time.time() - rec.updated_at > self.limits.upload_ttl_s:
+            with self._lock:
+                if upload_id not in self._busy:
+                    self._settle(self.get(upload_id, client_id), time.time())
+            rec = self.get(upload_id, client_id)
+        return rec
+
     def received_bytes(self, rec: UploadRecord) -> int:
         p = self.part_path(rec.client_id, rec.upload_id)
         if rec.state == "complete":
@@ -452,13 +464,13 @@ class UploadManager:
             with ledger_lock:
                 live = experts.get(client.client_id, verified.digest)
                 if live is not None:
-                    charged = _charged_by_this_upload(ledger, live, rec.upload_id)
+                    charged = charged_by_this_upload(ledger, live, rec.upload_id)
                     if charged is not None:   # charged by this very upload before (its answer was lost): the same receipt
                         return self._complete(rec, charged, verified.digest, path, t0, c0, checks + ["already charged by this upload_id"])
                     raise RpcError("ARTIFACT_EXISTS", f"expert {verified.digest} is already stored for {client.client_id!r}; nothing was charged",
                                    rule="one copy per artifact")
                 staged = experts.staged(client.client_id, verified.digest)
-                charged = _charged_by_this_upload(ledger, staged, rec.upload_id, same_receipt=True) if staged is not None else None
+                charged = charged_by_this_upload(ledger, staged, rec.upload_id, same_receipt=True) if staged is not None else None
                 if charged is not None:   # charged, then making it visible failed with an error the process survived: no second charge
                     experts.promote(client.client_id, verified.digest)
                     return self._complete(rec, charged, verified.digest, path, t0, c0,
@@ -547,7 +559,7 @@ class UploadManager:
             log.warning("upload %s: its last activity could not be recorded: %s", upload_id, e)
 
 
-def _charged_by_this_upload(ledger: Ledger, stored: Any, upload_id: str, same_receipt: bool = False) -> LedgerEntry | None:
+def charged_by_this_upload(ledger: Ledger, stored: Any, upload_id: str, same_receipt: bool = False) -> LedgerEntry | None:
     """The ledger entry that charged `stored` (live or staged) if this upload_id is the one that stored it
     (idempotent by upload id). `same_receipt`: the entry must also carry the receipt id written beside the
     copy before its charge; a staged copy needs it, because a crash before the charge leaves one behind while
@@ -576,4 +588,4 @@ def disk_full(what: str) -> RpcError:
     return RpcError("DISK_FULL", f"the provider's disk is full: {what}", rule="disk space")
 
 
-__all__ = ["FinalizedUpload", "ReadAhead", "UploadManager", "UploadRecord", "UploadSession", "UPLOAD_ID_RE"]
+__all__ = ["FinalizedUpload", "charged_by_this_upload", "ReadAhead", "UploadManager", "UploadRecord", "UploadSession", "UPLOAD_ID_RE"]
