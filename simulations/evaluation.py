@@ -109,9 +109,15 @@ def evaluate_phrasings(model: LlamdexModel, test: pd.DataFrame, experts: dict[st
             "by_mechanism": {k: {"agreement": float(agree[kinds_arr == k].mean()), "n": int((kinds_arr == k).sum())}
                              for k in sorted(set(kinds))},
         }
-    extraction = extraction_quality(fe, fe.encode_frame(test), x_pred)
+    x_true = fe.encode_frame(test)
+    extraction = extraction_quality(fe, x_true, x_pred)
+    # per mechanism too: a column read well on the general templates but not on the hand-written ones needs domain
+    # words (the schema's level phrases), one misread on both needs a better reader
+    by_mechanism = {k: extraction_quality(fe, x_true[kinds_arr == k], x_pred[kinds_arr == k]) for k in sorted(set(kinds))}
     for name in out:
         out[name]["extraction"] = extraction
+        for k, ex in by_mechanism.items():
+            out[name]["by_mechanism"][k]["extraction"] = ex
     return out
 
 

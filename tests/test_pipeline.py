@@ -72,6 +72,14 @@ def test_pipeline_end_to_end_on_small_subset(full_run, one_run):
             assert 0.0 <= r[key] <= 1.0
     assert res.dp["eps=1"]["epsilon"] <= 1.0
     assert set(res.extraction) == {"sex", "age", "passengerClass"}
+    ph = one_run.phrasing["no-dp"]   # the evaluation-only phrasings' extraction, whole and per mechanism
+    by = ph["by_mechanism"]
+    assert set(by) <= {"hand", "general"} and sum(m["n"] for m in by.values()) == ph["n"]
+    for m in by.values():
+        assert set(m["extraction"]) == set(ph["extraction"])
+    if set(by) == {"hand", "general"}:   # the whole is the two parts, weighted by their questions
+        acc = {k: m["extraction"]["sex"]["accuracy"] for k, m in by.items()}
+        assert ph["extraction"]["sex"]["accuracy"] == pytest.approx(sum(acc[k] * by[k]["n"] for k in by) / ph["n"])
     assert "| titanic | llamdex | 1 |" in format_table(res.rows)
     assert_llamdex_follows_its_expert(res.model, res.experts["no-dp"], res.questions)
     assert one_run.decision_rows == [] and one_run.seed_runs == {}   # neither option is on by default
