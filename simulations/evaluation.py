@@ -96,6 +96,7 @@ def evaluate_phrasings(model: LlamdexModel, test: pd.DataFrame, experts: dict[st
     questions, kinds = eval_questions(schema, test[schema.feature_names].to_dict("records"), seed=seed)
     ll_pred, x_pred = _llamdex(model, questions, experts, batch_size, progress, f"phrasings {schema.name}")
     kinds_arr = np.asarray(kinds)
+    mechanisms = sorted(set(kinds))
     out: dict[str, dict] = {}
     for name in experts:
         agree = ll_pred[name] == expert_pred[name]
@@ -107,13 +108,13 @@ def evaluate_phrasings(model: LlamdexModel, test: pd.DataFrame, experts: dict[st
             "verbalizer_agreement": float((verbalizer_pred[name] == expert_pred[name]).mean()),
             "n": len(questions),
             "by_mechanism": {k: {"agreement": float(agree[kinds_arr == k].mean()), "n": int((kinds_arr == k).sum())}
-                             for k in sorted(set(kinds))},
+                             for k in mechanisms},
         }
     x_true = fe.encode_frame(test)
     extraction = extraction_quality(fe, x_true, x_pred)
     # per mechanism too: a column read well on the general templates but not on the hand-written ones needs domain
     # words (the schema's level phrases), one misread on both needs a better reader
-    by_mechanism = {k: extraction_quality(fe, x_true[kinds_arr == k], x_pred[kinds_arr == k]) for k in sorted(set(kinds))}
+    by_mechanism = {k: extraction_quality(fe, x_true[kinds_arr == k], x_pred[kinds_arr == k]) for k in mechanisms}
     for name in out:
         out[name]["extraction"] = extraction
         for k, ex in by_mechanism.items():
