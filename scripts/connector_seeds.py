@@ -42,7 +42,7 @@ def measure(table: str, seed: int, store: Path, max_test: int) -> dict:
     t = time.perf_counter()
     _, trained = ConnectorStore(store).get_or_train(base, schema, "default", seed=seed)
     train_s = time.perf_counter() - t if trained else None
-    res = run_pipeline(table, (None,), seed=0, max_test=max_test, connectors_root=store, retrain=False)
+    res = run_pipeline(table, (None,), seed=0, max_test=max_test, connectors_root=store, retrain=False, base_model=base)
     ph = res.phrasing["no-dp"]
     by = {r["method"]: r for r in res.rows if r["epsilon"] is None}
     col, worst = _weakest(res.extraction)

@@ -16,7 +16,7 @@ import numpy as np
 from client_party.datasets import TableRef, encode_table, split_table
 from client_party.expert_training import TrainConfig, train_expert
 from protocol.expert_spec import load_expert_state
-from provider_party.model.base_llm import EMBEDDED, load_base_llm
+from provider_party.model.base_llm import EMBEDDED, BaseLLM, load_base_llm
 from provider_party.model.connector_store import ConnectorStore
 from provider_party.model.connector_training import Preset
 from simulations.evaluation import evaluate, scores
@@ -56,7 +56,7 @@ class PipelineResult:
 
 
 def run_pipeline(table: TableRef | str = "titanic", epsilons: tuple[float | None, ...] = (None, 1.0, 4.0), *, preset: Preset | str = "default",
-                 seed: int = 0, max_test: int | None = None, max_train: int | None = None, base_model: str = EMBEDDED,
+                 seed: int = 0, max_test: int | None = None, max_train: int | None = None, base_model: str | BaseLLM = EMBEDDED,
                  connectors_root=None, retrain: bool = False, progress: bool = True, log=print,
                  decision: str = "balanced", decisions: tuple[str, ...] = (), expert_seeds: int = 1) -> PipelineResult:
     """Client experts (one per ε; None = no DP), the provider's connectors for the schema, and the evaluation.
@@ -66,6 +66,7 @@ def run_pipeline(table: TableRef | str = "titanic", epsilons: tuple[float | None
     decisions: further rules to train a second expert with at every ε, evaluated through the same
     connectors and questions (the connectors depend on the schema alone) and reported in `decision_rows`:
     each rule is measured by the metric it maximises, side by side.
+    base_model: a name `load_base_llm` takes, or a base LLM the caller has loaded already.
     expert_seeds: experts trained per rule and ε, with seeds `seed`, `seed + 1`, ... (DP-SGD also draws
     fresh noise each time); every one goes through the same connectors and questions, so `seed_runs`
     tells a difference between two figures from the spread of one figure over training runs. The rows
@@ -116,7 +117,7 @@ def run_pipeline(table: TableRef | str = "titanic", epsilons: tuple[float | None
 
     # Provider: base LLM + connectors for this schema (trained from the schema alone, or reused).
     t = time.perf_counter()
-    base = load_base_llm(base_model)
+    base = base_model if isinstance(base_model, BaseLLM) else load_base_llm(base_model)   # a caller's loaded model is reused
     model, trained_now = ConnectorStore(connectors_root).get_or_train(base, schema, preset, seed=seed, progress=progress, retrain=retrain)
     timings["connectors_s"] = time.perf_counter() - t
     log(f"[provider] connectors for {base.model_id} × {schema.name}: {'trained' if trained_now else 'reused'} "

@@ -27,9 +27,9 @@ def shared_store(tmp_path_factory, base_llm, titanic_schema, tiny_connectors):
 
 
 @pytest.fixture(scope="module")
-def one_run(shared_store):
-    """The pipeline's defaults: one expert seed, one decision rule, no DP."""
-    return run_pipeline("titanic", (None,), connectors_root=shared_store.root, **QUICK)
+def one_run(shared_store, base_llm):
+    """The pipeline's defaults: one expert seed, one decision rule, no DP (on the base LLM the module loaded)."""
+    return run_pipeline("titanic", (None,), connectors_root=shared_store.root, base_model=base_llm, **QUICK)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def shifted(expert):
     return out
 
 
-def test_pipeline_end_to_end_on_small_subset(full_run, one_run):
+def test_pipeline_end_to_end_on_small_subset(full_run, one_run, base_llm):
     res = full_run
     assert not res.connectors_trained_now
     methods = [(r["method"], r["epsilon"]) for r in res.rows]
@@ -83,6 +83,7 @@ def test_pipeline_end_to_end_on_small_subset(full_run, one_run):
     assert "| titanic | llamdex | 1 |" in format_table(res.rows)
     assert_llamdex_follows_its_expert(res.model, res.experts["no-dp"], res.questions)
     assert one_run.decision_rows == [] and one_run.seed_runs == {}   # neither option is on by default
+    assert one_run.model.base is base_llm and res.model.base is not base_llm   # a loaded base LLM is reused, a name is loaded
 
 
 def test_a_second_decision_rule_is_evaluated_through_the_same_connectors(full_run, shared_store):
