@@ -12,7 +12,8 @@ run over seeds 1 and 2 adds two trainings per table. Per run it records the extr
 held-out questions (the weakest column), Llamdex's agreement with the expert on the verbalizer's
 phrasing and on the evaluation-only phrasings (general templates and hand-written), Llamdex −
 expert, and per mechanism the columns read below 0.97 on the evaluation-only phrasings. Writes one JSON
-object and prints two Markdown tables. `--seeds ''` measures the main store's connectors alone.
+object and prints two Markdown tables. `--seeds ''` measures the main store's connectors alone;
+`--questions-factor 2 --seeds 0 --seed0-store none` trains seed 0 again with twice the question budget.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def _weakest(extraction: dict[str, dict]) -> tuple[str, float]:
     return name, score(extraction[name])
 
 
-def measure(table: str, seed: int, store: Path, max_test: int) -> dict:
+def measure(table: str, seed: int, store: Path, max_test: int, questions_factor: float = 1.0) -> dict:
     from client_party.datasets import load_schema
     from provider_party.model.base_llm import load_base_llm
     from provider_party.model.connector_store import ConnectorStore
@@ -40,13 +41,13 @@ def measure(table: str, seed: int, store: Path, max_test: int) -> dict:
     schema = load_schema(table)
     base = load_base_llm()
     t = time.perf_counter()
-    _, trained = ConnectorStore(store).get_or_train(base, schema, "default", seed=seed)
+    _, trained = ConnectorStore(store).get_or_train(base, schema, _preset(questions_factor), seed=seed)
     train_s = time.perf_counter() - t if trained else None
     res = run_pipeline(table, (None,), seed=0, max_test=max_test, connectors_root=store, retrain=False, base_model=base)
     ph = res.phrasing["no-dp"]
     by = {r["method"]: r for r in res.rows if r["epsilon"] is None}
     col, worst = _weakest(res.extraction)
-    return {"table": table, "connector_seed": seed, "train_s": None if train_s is None else round(train_s, 1),
+    return {"table": table, "connector_seed": seed, "questions_factor": questions_factor, "train_s": None if train_s is None else round(train_s, 1),
             "weakest_column": col, "weakest_column_score": worst,
             "verbalizer_agreement": ph["verbalizer_agreement"], "phrasing_agreement": ph["agreement"],
             "general_agreement": ph["by_mechanism"]["general"]["agreement"],
@@ -55,6 +56,17 @@ def measure(table: str, seed: int, store: Path, max_test: int) -> dict:
             "gap_balanced_accuracy": by["llamdex"]["balanced_accuracy"] - by["expert"]["balanced_accuracy"],
             "self_check_passed": res.connector_metrics.get("self_check", {}).get("passed"),
             "phrasing_misreads": {k: _misreads(m["extraction"]) for k, m in ph["by_mechanism"].items()}}
+
+
+def _preset(questions_factor: float):
+    """The default preset, with its encoder question budget scaled (1.0: the default itself)."""
+    from dataclasses import replace
+
+    from provider_party.model.connector_training import PRESETS
+
+    p = PRESETS["default"]
+    return p if questions_factor == 1.0 else replace(p, name=f"default-x{questions_factor:g}",
+                                                   encoder_questions=round(p.encoder_questions * questions_factor))
 
 
 def _misreads(extraction: dict[str, dict], threshold: float = 0.97) -> dict[str, float]:
@@ -81,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store", type=Path, default=Path("runs/connector_seeds"), help="root of the per-seed connector stores")
     ap.add_argument("--seed0-store", type=Path, default=None, help="store holding seed 0's connectors (default: $LLAMDEX_HOME/connectors); "
                     "'none' to leave seed 0 out")
+    ap.add_argument("--questions-factor", type=float, default=1.0, help="scale the default preset's encoder question budget for the "
+                    "seeds trained now (default 1.0); use a store of its own")
     ap.add_argument("--out", type=Path, required=True, help="JSON file to write")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s]
@@ -88,10 +102,11 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = []
     for table in [t for t in args.data.split(",") if t]:
-        plan = ([(0, Path(seed0))] if seed0 is not None else []) + [(s, args.store / f"seed{s}") for s in seeds]
-        for seed, store in plan:
+        # the main store's seed 0 was trained with the default budget, whatever --questions-factor says
+        plan = ([(0, Path(seed0), 1.0)] if seed0 is not None else []) + [(s, args.store / f"seed{s}", args.questions_factor) for s in seeds]
+        for seed, store, factor in plan:
             print(f"== {table}, connector seed {seed} ({store})", flush=True)
-            runs.append(measure(table, seed, store, args.max_test))
+            runs.append(measure(table, seed, store, args.max_test, factor))
             args.out.write_text(json.dumps({"command": "python scripts/connector_seeds.py " + " ".join(argv or []), "runs": runs}, indent=1) + "\n")
     keys = ("weakest_column_score", "verbalizer_agreement", "phrasing_agreement", "general_agreement", "hand_agreement", "gap_accuracy",
             "gap_balanced_accuracy")
