@@ -8,7 +8,8 @@ with no name where the schema makes them unambiguous, yes/no columns said with w
 "has no", "without"), ordinal levels said as words ("first"), irrelevant context sentences, number
 formats, missing values said or omitted, and the schema's own level phrases where it gives them
 ("has missed payments before", format v3). Everything is derived from the schema by general rules;
-nothing here knows a particular table.
+nothing here knows a particular table. A caller may also ask for filler words in place of some
+connectives (`filler_rate`, `filler_words`; off by default, measured not to help).
 
 `Verbalizer.utterance` also returns, per column, the character span of the value it stated: the
 expert encoder is trained to point at that span (and at nothing when the value is missing).
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,7 +147,8 @@ class Verbalizer:
     """Seeded question generator for one schema."""
 
     def __init__(self, schema: PublicSchema, seed: int = 0, distractor_rate: float = 0.35, omit_missing_rate: float = 0.5,
-                 value_first_rate: float = 0.25, word_rate: float = 0.3, nameless_rate: float = 0.15, phrase_rate: float = 0.3):
+                 value_first_rate: float = 0.25, word_rate: float = 0.3, nameless_rate: float = 0.15, phrase_rate: float = 0.3,
+                 filler_rate: float = 0.0, filler_words: Sequence[str] = ()):
         self.schema = schema
         self.rng = random.Random(seed)
         self.distractor_rate = distractor_rate
@@ -155,6 +157,8 @@ class Verbalizer:
         self.word_rate = word_rate
         self.nameless_rate = nameless_rate
         self.phrase_rate = phrase_rate
+        self.filler_rate = filler_rate if filler_words else 0.0
+        self.filler_words = tuple(filler_words)
         self._alone = unambiguous_levels(schema)
         units = [c.unit for c in schema.columns if c.is_numeric and c.unit]
         self._unique_units = {u for u in units if units.count(u) == 1}
@@ -219,8 +223,22 @@ class Verbalizer:
             template = r.choice(VALUE_FIRST)
         else:
             template = form if r.random() < 0.8 else r.choice(NAME_FIRST)
+        if self.filler_rate and r.random() < self.filler_rate:
+            template = self._filler_template(template)
         filled, start, _ = _fill(template, name, text)
         return filled, start + a, start + b
+
+    def _filler_template(self, template: str) -> str:
+        """The template's connective replaced by one to three words that carry nothing about the value.
+
+        Users join a field to its value with words no template list foresees; with fillers the encoder
+        learns to find the value by the field's name and the value's own form, whatever stands between
+        them, instead of by the few connectives it was shown. Drawn
+        only when `filler_rate` > 0, so the default questions (and their fingerprint) are unchanged.
+        """
+        r = self.rng
+        words = " ".join(r.choice(self.filler_words) for _ in range(r.randint(1, 3)))
+        return f"{{value}} {words} {{name}}" if template.index("{value}") < template.index("{name}") else f"{{name}} {words} {{value}}"
 
     def describe_fields(self, row: Mapping[str, Any]) -> list[str]:
         return [text for text, _ in self._fields(row)]

@@ -11,12 +11,14 @@ from protocol.verbalizer import BOOL_WORDS, ORDINAL_WORDS, Verbalizer, unambiguo
 from provider_party.model.synthesis import spread_over_magnitudes, synthesize
 
 
+@pytest.mark.parametrize("fillers", [False, True], ids=["plain", "fillers"])
 @pytest.mark.parametrize("name", sorted(DATASETS))
-def test_every_present_column_is_stated_and_its_value_span_is_exact(name):
-    """Each present value is stated, and the span the verbalizer reports holds exactly that value's text."""
+def test_every_present_column_is_stated_and_its_value_span_is_exact(name, fillers):
+    """Each present value is stated, and the span the verbalizer reports holds exactly that value's text
+    (also with filler words in place of every connective: `Preset.filler_rate`)."""
     schema = load_schema(name)
     rows, _ = synthesize(schema, n=300, seed=0)
-    v = Verbalizer(schema, seed=0)
+    v = Verbalizer(schema, seed=0, **({"filler_rate": 1.0, "filler_words": ("apple", "river", "quietly")} if fillers else {}))
     for row in rows.to_dict("records")[:100]:
         u = v.utterance(row)
         assert u.text.rstrip().endswith(schema.label.question)

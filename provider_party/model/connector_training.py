@@ -35,6 +35,7 @@ from provider_party.model.connectors import (
     build_connectors,
 )
 from provider_party.model.decoder_training import evaluate_decoder, train_decoder
+from provider_party.model.filler_words import filler_vocabulary
 from provider_party.model.encoder_training import (
     Thresholds,
     describe_shortfalls,
@@ -89,6 +90,9 @@ class Preset:
     check_categorical: float = 0.97    # self-check thresholds on synthetic validation questions
     check_numeric: float = 0.97
     check_missing: float = 0.97
+    filler_rate: float = 0.0           # share of named fields whose connective is replaced by filler words (0: off; measured
+                                       # not to help wordings never seen in training, docs/DESIGN_NOTES.md)
+    filler_vocabulary: int = 1000      # ... drawn from this many of the tokenizer's most common words
 
     def questions_for(self, schema: PublicSchema) -> tuple[int, int]:
         """(encoder-only questions, decoder questions) for this schema; together they are the encoder's."""
@@ -230,8 +234,10 @@ def train_connectors(
     t0 = time.perf_counter()
     enc_q, dec_q = p.questions_for(schema)
     reserve = p.retrain_rounds * max(round(p.retrain_questions * (enc_q + dec_q)), p.batch_size)
+    options = {"filler_rate": p.filler_rate, "filler_words": filler_vocabulary(base.tokenizer, schema, p.filler_vocabulary)} if p.filler_rate else {}
     corpus = build_corpus(schema, n_synthetic=p.n_synthetic, encoder_questions=enc_q, decoder_questions=dec_q,
-                          val_questions=p.val_questions, surrogate_epochs=p.surrogate_epochs, seed=seed, reserve=reserve)
+                          val_questions=p.val_questions, surrogate_epochs=p.surrogate_epochs, seed=seed, reserve=reserve,
+                          verbalizer_options=options)
     timings["synthesis_and_surrogate_s"] = time.perf_counter() - t0
     probe = LlamdexModel(base, schema, config, encoder, ExpertDecoder(schema.label.num_classes, base.hidden_size, p.num_tokens))
 

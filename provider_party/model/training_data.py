@@ -13,7 +13,7 @@ every epoch, so each question runs through it once, in length-sorted batches (li
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -51,6 +51,7 @@ class SyntheticCorpus:
     decoder_val_idx: np.ndarray
     seed: int
     next_row: int                    # first row no question has used yet (for extra questions)
+    verbalizer_options: dict = field(default_factory=dict)  # extra Verbalizer arguments (fillers), for the extra questions too
 
     @property
     def questions(self) -> list[str]:
@@ -61,7 +62,7 @@ class SyntheticCorpus:
         time): shorter questions with more examples of the columns that need them."""
         rng = np.random.default_rng(seed)
         idx = np.arange(self.next_row, min(self.next_row + n, len(self.rows)))
-        v = Verbalizer(self.schema, seed=seed)
+        v = Verbalizer(self.schema, seed=seed, **self.verbalizer_options)
         others = [c.name for c in self.schema.columns if c.name not in focus]
         for i in idx:
             keep = set(focus) | {c for c in others if rng.random() < 0.5}
@@ -71,17 +72,18 @@ class SyntheticCorpus:
 
 
 def build_corpus(schema: PublicSchema, *, n_synthetic: int, encoder_questions: int, decoder_questions: int, val_questions: int,
-                 surrogate_epochs: int, seed: int, reserve: int = 0) -> SyntheticCorpus:
+                 surrogate_epochs: int, seed: int, reserve: int = 0, verbalizer_options: dict | None = None) -> SyntheticCorpus:
     """Synthesizes rows (with `reserve` spare rows for extra questions), trains the surrogate, verbalizes the splits."""
     fe = FeatureEncoder(schema)
     n_q = encoder_questions + decoder_questions + 2 * val_questions
     rows, labels = synthesize(schema, n=max(n_synthetic, n_q + reserve), seed=seed)
     x = fe.encode_frame(rows)
     surrogate = train_surrogate(schema, x, labels, epochs=surrogate_epochs, seed=seed)
-    utterances = dict(enumerate(Verbalizer(schema, seed=seed).utterances(rows.to_dict("records")[:n_q])))
+    options = dict(verbalizer_options or {})
+    utterances = dict(enumerate(Verbalizer(schema, seed=seed, **options).utterances(rows.to_dict("records")[:n_q])))
     cuts = np.cumsum([encoder_questions, val_questions, decoder_questions, val_questions])
     enc, enc_val, dec, dec_val = (np.arange(a, b) for a, b in zip([0, *cuts[:-1]], cuts))
-    return SyntheticCorpus(schema, rows, labels, x, surrogate, utterances, enc, enc_val, dec, dec_val, seed, n_q)
+    return SyntheticCorpus(schema, rows, labels, x, surrogate, utterances, enc, enc_val, dec, dec_val, seed, n_q, options)
 
 
 def pointer_targets(fe: FeatureEncoder, prompts: PromptBuilder, utterances: list[Utterance], rows: pd.DataFrame, batch: QueryBatch) -> PointerTargets:
