@@ -233,8 +233,8 @@ class Verbalizer:
 
         Users join a field to its value with words no template list foresees; with fillers the encoder
         learns to find the value by the field's name and the value's own form, whatever stands between
-        them, instead of by the few connectives it was shown. Drawn
-        only when `filler_rate` > 0, so the default questions (and their fingerprint) are unchanged.
+        them, instead of by the few connectives it was shown. Drawn only when `filler_rate` > 0, so the
+        default questions (and their fingerprint) are unchanged.
         """
         r = self.rng
         words = " ".join(r.choice(self.filler_words) for _ in range(r.randint(1, 3)))

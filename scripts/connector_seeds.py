@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = []
     for table in [t for t in args.data.split(",") if t]:
-        # the main store's seed 0 was trained with the default budget, whatever --questions-factor says
+        # the main store's seed 0 was trained with the default preset, whatever --questions-factor and --filler-rate say
         plan = ([(0, Path(seed0), 1.0, 0.0)] if seed0 is not None else []) + \
             [(s, args.store / f"seed{s}", args.questions_factor, args.filler_rate) for s in seeds]
         for seed, store, factor, filler in plan:

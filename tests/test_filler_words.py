@@ -13,13 +13,6 @@ from provider_party.model.synthesis import synthesize
 WORDS = ("apple", "river", "quietly")
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    from provider_party.model.base_llm import _tokenizer, embedded_source
-
-    return _tokenizer(str(embedded_source()), local_files_only=True)
-
-
 @pytest.mark.parametrize("name", ["credit", "telco"])
 def test_without_a_filler_rate_the_questions_are_the_ones_the_stored_connectors_were_trained_on(name):
     """No draw happens at rate 0, so the default preset's questions (and every stored set's fingerprint) stay as they were."""
@@ -44,7 +37,8 @@ def test_fillers_stand_between_a_field_and_its_value_never_inside_it(name):
     assert seen >= 60, "with rate 1 nearly every named field should carry filler words"
 
 
-def test_the_vocabulary_holds_common_words_and_none_that_could_state_or_deny_a_value(tokenizer):
+def test_the_vocabulary_holds_common_words_and_none_that_could_state_or_deny_a_value(base_llm):
+    tokenizer = base_llm.tokenizer
     schema = load_schema("credit")
     words = filler_vocabulary(tokenizer, schema, n=500)
     assert len(words) == len(set(words)) == 500

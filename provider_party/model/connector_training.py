@@ -35,7 +35,6 @@ from provider_party.model.connectors import (
     build_connectors,
 )
 from provider_party.model.decoder_training import evaluate_decoder, train_decoder
-from provider_party.model.filler_words import filler_vocabulary
 from provider_party.model.encoder_training import (
     Thresholds,
     describe_shortfalls,
@@ -44,6 +43,7 @@ from provider_party.model.encoder_training import (
     thresholds_dict,
     train_encoder,
 )
+from provider_party.model.filler_words import filler_vocabulary
 from provider_party.model.llamdex_model import LlamdexModel
 from provider_party.model.training_data import (
     DecoderBatch,
