@@ -14,7 +14,8 @@ phrasing and on the evaluation-only phrasings (general templates and hand-writte
 expert, and per mechanism the columns read below 0.97 on the evaluation-only phrasings. Writes one JSON
 object and prints two Markdown tables. `--seeds ''` measures the main store's connectors alone;
 `--questions-factor 2 --seeds 0 --seed0-store none` trains seed 0 again with twice the question budget;
-`--filler-rate 0.3` with filler words in place of 30 % of the connectives.
+`--filler-rate 0.3` with filler words in place of 30 % of the connectives; `--encoder-layer 20` with the
+expert encoder reading the states entering layer 20 instead of the preset's 12.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def _weakest(extraction: dict[str, dict]) -> tuple[str, float]:
     return name, score(extraction[name])
 
 
-def measure(table: str, seed: int, store: Path, max_test: int, questions_factor: float = 1.0, filler_rate: float = 0.0) -> dict:
+def measure(table: str, seed: int, store: Path, max_test: int, questions_factor: float = 1.0, filler_rate: float = 0.0,
+            encoder_layer: int | None = None) -> dict:
     from client_party.datasets import load_schema
     from provider_party.model.base_llm import load_base_llm
     from provider_party.model.connector_store import ConnectorStore
@@ -42,13 +44,15 @@ def measure(table: str, seed: int, store: Path, max_test: int, questions_factor:
     schema = load_schema(table)
     base = load_base_llm()
     t = time.perf_counter()
-    _, trained = ConnectorStore(store).get_or_train(base, schema, _preset(questions_factor, filler_rate), seed=seed)
+    preset = _preset(questions_factor, filler_rate, encoder_layer)
+    _, trained = ConnectorStore(store).get_or_train(base, schema, preset, seed=seed)
     train_s = time.perf_counter() - t if trained else None
     res = run_pipeline(table, (None,), seed=0, max_test=max_test, connectors_root=store, retrain=False, base_model=base)
     ph = res.phrasing["no-dp"]
     by = {r["method"]: r for r in res.rows if r["epsilon"] is None}
     col, worst = _weakest(res.extraction)
-    return {"table": table, "connector_seed": seed, "questions_factor": questions_factor, "filler_rate": filler_rate, "train_s": None if train_s is None else round(train_s, 1),
+    return {"table": table, "connector_seed": seed, "questions_factor": questions_factor, "filler_rate": filler_rate,
+            "encoder_layer": preset.encoder_layer, "train_s": None if train_s is None else round(train_s, 1),
             "weakest_column": col, "weakest_column_score": worst,
             "verbalizer_agreement": ph["verbalizer_agreement"], "phrasing_agreement": ph["agreement"],
             "general_agreement": ph["by_mechanism"]["general"]["agreement"],
@@ -59,8 +63,9 @@ def measure(table: str, seed: int, store: Path, max_test: int, questions_factor:
             "phrasing_misreads": {k: _misreads(m["extraction"]) for k, m in ph["by_mechanism"].items()}}
 
 
-def _preset(questions_factor: float, filler_rate: float = 0.0):
-    """The default preset, with its encoder question budget scaled (1.0: the default itself) and filler words (0: none)."""
+def _preset(questions_factor: float, filler_rate: float = 0.0, encoder_layer: int | None = None):
+    """The default preset, with its encoder question budget scaled (1.0: the default itself), filler words (0: none) and
+    the layer the encoder reads (None: the preset's)."""
     from dataclasses import replace
 
     from provider_party.model.connector_training import PRESETS
@@ -70,6 +75,8 @@ def _preset(questions_factor: float, filler_rate: float = 0.0):
         p = replace(p, name=f"{p.name}-x{questions_factor:g}", encoder_questions=round(p.encoder_questions * questions_factor))
     if filler_rate:
         p = replace(p, name=f"{p.name}-filler{filler_rate:g}", filler_rate=filler_rate)
+    if encoder_layer is not None and encoder_layer != p.encoder_layer:
+        p = replace(p, name=f"{p.name}-j{encoder_layer}", encoder_layer=encoder_layer)
     return p
 
 
@@ -101,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                     "seeds trained now (default 1.0); use a store of its own")
     ap.add_argument("--filler-rate", type=float, default=0.0, help="share of named fields said with filler words instead of a "
                     "connective, for the seeds trained now (default 0: the default preset); use a store of its own")
+    ap.add_argument("--encoder-layer", type=int, default=None, help="the layer whose states the expert encoder reads, for the seeds "
+                    "trained now (default: the preset's, 12); use a store of its own")
     ap.add_argument("--out", type=Path, required=True, help="JSON file to write")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s]
@@ -109,11 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for table in [t for t in args.data.split(",") if t]:
         # the main store's seed 0 was trained with the default preset, whatever --questions-factor and --filler-rate say
-        plan = ([(0, Path(seed0), 1.0, 0.0)] if seed0 is not None else []) + \
-            [(s, args.store / f"seed{s}", args.questions_factor, args.filler_rate) for s in seeds]
-        for seed, store, factor, filler in plan:
+        plan = ([(0, Path(seed0), 1.0, 0.0, None)] if seed0 is not None else []) + \
+            [(s, args.store / f"seed{s}", args.questions_factor, args.filler_rate, args.encoder_layer) for s in seeds]
+        for seed, store, factor, filler, layer in plan:
             print(f"== {table}, connector seed {seed} ({store})", flush=True)
-            runs.append(measure(table, seed, store, args.max_test, factor, filler))
+            runs.append(measure(table, seed, store, args.max_test, factor, filler, layer))
             args.out.write_text(json.dumps({"command": "python scripts/connector_seeds.py " + " ".join(argv or []), "runs": runs}, indent=1) + "\n")
     keys = ("weakest_column_score", "verbalizer_agreement", "phrasing_agreement", "general_agreement", "hand_agreement", "gap_accuracy",
             "gap_balanced_accuracy")

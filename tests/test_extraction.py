@@ -26,6 +26,7 @@ from provider_party.model.llamdex_model import LlamdexModel
 from provider_party.model.prompting import PromptBuilder
 from provider_party.model.training_data import (
     build_corpus,
+    cache_encoder_states,
     cache_questions,
     pointer_targets,
 )
@@ -172,3 +173,17 @@ def test_nothing_stated_is_an_outcome_for_nullable_columns_and_numbers_only():
     for b in fe.blocks:
         col = decoded[b.column.name]
         assert col.isna().all() == can_be_missing(b), b.column.name
+
+
+def test_states_cached_at_several_layers_in_one_pass_equal_those_cached_one_layer_at_a_time(survey_reader):
+    """The reader ablation compares layers from one frozen pass; each layer's batches must be exactly what connector
+    training caches for an encoder reading that layer."""
+    model, _, _ = survey_reader
+    corpus = build_corpus(model.schema, n_synthetic=40, encoder_questions=12, decoder_questions=0, val_questions=4, surrogate_epochs=1, seed=5)
+    both = cache_encoder_states(model, corpus, corpus.encoder_idx, 8, [12, 16], desc="", progress=False)
+    alone, _ = cache_questions(model, corpus, corpus.encoder_idx, 8, candidates=None, desc="", progress=False)   # the model reads layer 12
+    assert set(both) == {12, 16} and len(both[12]) == len(alone) == len(both[16]) == 2
+    for (h, m, n, t), (h1, m1, n1, t1), (h16, m16, _, _) in zip(both[12], alone, both[16]):
+        assert torch.equal(h, h1) and torch.equal(m, m1) and torch.equal(t.tokens, t1.tokens)
+        torch.testing.assert_close(n, n1, rtol=0, atol=0, equal_nan=True)   # NaN where a token is no number
+        assert h16.shape == h.shape and torch.equal(m16, m) and not torch.equal(h16, h)

@@ -12,7 +12,7 @@ every epoch, so each question runs through it once, in length-sorted batches (li
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -138,31 +138,51 @@ def length_sorted(questions: list[str], prompts: PromptBuilder) -> np.ndarray:
     return np.argsort(lengths, kind="stable")
 
 
+def _batches(model: LlamdexModel, corpus: SyntheticCorpus, idx: np.ndarray, batch_size: int, *, desc: str, progress: bool,
+             on_batch: Callable[[float], None] | None) -> Iterator[tuple[np.ndarray, list[Utterance]]]:
+    """The questions of `idx` in length-sorted batches (little padding), with a progress bar and `on_batch(fraction done)`."""
+    texts = [corpus.utterances[int(i)].text for i in idx]
+    order = idx[length_sorted(texts, model.prompts)]
+    chunks = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    for ci, ids in enumerate(tqdm(chunks, desc=desc, disable=not progress, leave=False)):
+        if on_batch is not None:
+            on_batch(ci / max(len(chunks), 1))
+        yield ids, [corpus.utterances[int(i)] for i in ids]
+
+
 @torch.no_grad()
 def cache_questions(model: LlamdexModel, corpus: SyntheticCorpus, idx: np.ndarray, batch_size: int, *, candidates: list[int] | None,
                     desc: str, progress: bool, on_batch: Callable[[float], None] | None = None) -> tuple[list[EncoderBatch], list[DecoderBatch]]:
     """One frozen pass per question of `idx`: encoder batches always; decoder batches too when `candidates` are given
     (the pass then runs to the last layer, with slots)."""
-    fe, prompts, j = FeatureEncoder(model.schema), model.prompts, model.config.encoder_layer
-    texts = [corpus.utterances[int(i)].text for i in idx]
-    order = idx[length_sorted(texts, prompts)]
-    chunks = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    j = model.config.encoder_layer
+    if candidates is None:
+        return cache_encoder_states(model, corpus, idx, batch_size, [j], desc=desc, progress=progress, on_batch=on_batch)[j], []
+    fe, prompts = FeatureEncoder(model.schema), model.prompts
     enc: list[EncoderBatch] = []
     dec: list[DecoderBatch] = []
-    for ci, ids in enumerate(tqdm(chunks, desc=desc, disable=not progress, leave=False)):
-        if on_batch is not None:
-            on_batch(ci / max(len(chunks), 1))
-        utts = [corpus.utterances[int(i)] for i in ids]
-        batch = model.batch([u.text for u in utts], with_slots=candidates is not None)
+    for ids, utts in _batches(model, corpus, idx, batch_size, desc=desc, progress=progress, on_batch=on_batch):
+        batch = model.batch([u.text for u in utts], with_slots=True)
         targets = pointer_targets(fe, prompts, utts, corpus.rows.iloc[ids], batch)
-        if candidates is None:
-            h = model.lm.lower(batch, [j])[j]
-        else:
-            kept, ctx = full_pass(model.lm, batch, [j], candidates)
-            h = kept[j]
-            dec.append((ctx, corpus.surrogate(torch.as_tensor(corpus.x[ids]))))
-        enc.append(_trim(batch, h, targets))
+        kept, ctx = full_pass(model.lm, batch, [j], candidates)
+        dec.append((ctx, corpus.surrogate(torch.as_tensor(corpus.x[ids]))))
+        enc.append(_trim(batch, kept[j], targets))
     return enc, dec
 
 
-__all__ = ["DecoderBatch", "EncoderBatch", "SyntheticCorpus", "build_corpus", "cache_questions", "length_sorted", "pointer_targets"]
+@torch.no_grad()
+def cache_encoder_states(model: LlamdexModel, corpus: SyntheticCorpus, idx: np.ndarray, batch_size: int, layers: list[int], *,
+                         desc: str, progress: bool, on_batch: Callable[[float], None] | None = None) -> dict[int, list[EncoderBatch]]:
+    """Encoder batches of the questions of `idx` at each of `layers`, from one frozen pass that stops at the deepest:
+    the reader ablation compares layers on the same questions for the price of one pass."""
+    fe, prompts = FeatureEncoder(model.schema), model.prompts
+    out: dict[int, list[EncoderBatch]] = {l: [] for l in layers}
+    for ids, utts in _batches(model, corpus, idx, batch_size, desc=desc, progress=progress, on_batch=on_batch):
+        batch = model.batch([u.text for u in utts], with_slots=False)
+        targets = pointer_targets(fe, prompts, utts, corpus.rows.iloc[ids], batch)
+        for l, h in model.lm.lower(batch, list(layers)).items():
+            out[l].append(_trim(batch, h, targets))
+    return out
+
+
+__all__ = ["DecoderBatch", "EncoderBatch", "SyntheticCorpus", "build_corpus", "cache_encoder_states", "cache_questions", "length_sorted", "pointer_targets"]

@@ -1,8 +1,10 @@
 """Reader ablation: how the expert encoder's design reads real questions, column by column.
 
 Run: `python -m simulations.benchmarks.reader_ablation` (defaults: churn, attrition and telco; mixer
-windows 5, 9 and 13 with two blocks, and three blocks of 5). Writes docs/results/reader_ablation.json
-and the `reader_ablation` section of docs/RESULTS.md.
+windows 5, 9 and 13 with two blocks, and three blocks of 5, all reading the preset's layer). Writes
+docs/results/reader_ablation.json and the `reader_ablation` section of docs/RESULTS.md (`--name`
+another). A variant `9x2@20` reads the states entering layer 20 instead: every layer the variants
+name comes from the same frozen pass.
 
 What it isolates: only the encoder changes between variants. Each table's synthetic training
 questions (the `default` preset's count for the schema) and its real held-out questions (the
@@ -11,9 +13,11 @@ frozen LLM once, to layer `j`; every variant then trains an encoder from the sam
 cached states and reads the same questions. No self-check round, decoder or expert is involved, so a
 difference is the reader's alone; `bench accuracy` measures the whole model with the chosen design.
 
-reader_ablation.json: `tables` → table → variant (`"<window>x<blocks>"`) → `train_s`, `synthetic`
-(the self-check's report on synthetic validation questions), `verbalizer` and `phrasings`
-(`simulations.evaluation.extraction_quality` on the real held-out questions).
+reader_ablation.json: `tables` → table → variant (`"<window>x<blocks>"`, `"@<layer>"` when not the
+preset's) → `layer`, `train_s`, `synthetic` (the self-check's report on synthetic validation
+questions), `verbalizer` and `phrasings` (`simulations.evaluation.extraction_quality` on the real
+held-out questions) and `phrasings_by_mechanism` (the same, for the general templates and the
+hand-written sentences apart).
 """
 
 from __future__ import annotations
@@ -30,17 +34,25 @@ from simulations.cli.common import add_data_args, add_out_arg, set_threads, tabl
 THRESHOLD = 0.97
 
 
-def parse_variants(text: str) -> list[tuple[int, int]]:
-    """"5x2,9x2" → [(5, 2), (9, 2)]: (window in tokens, odd; mixer blocks)."""
+Variant = tuple[int, int, int | None]   # (window in tokens, mixer blocks, layer read or None for the preset's)
+
+
+def parse_variants(text: str) -> list[Variant]:
+    """"5x2,9x2@20" → [(5, 2, None), (9, 2, 20)]: window in tokens (odd), mixer blocks, and the layer whose
+    states the encoder reads (default: the preset's)."""
     out = []
     for item in (t.strip() for t in text.split(",") if t.strip()):
+        shape, sep, at = item.lower().partition("@")
         try:
-            window, blocks = (int(v) for v in item.lower().split("x"))
+            window, blocks = (int(v) for v in shape.split("x"))
+            layer = int(at) if sep else None
         except ValueError:
-            raise argparse.ArgumentTypeError(f"variant {item!r} is not WINDOWxBLOCKS (e.g. 9x2)") from None
+            raise argparse.ArgumentTypeError(f"variant {item!r} is not WINDOWxBLOCKS or WINDOWxBLOCKS@LAYER (e.g. 9x2, 9x2@20)") from None
         if window < 1 or window % 2 == 0 or blocks < 1:
             raise argparse.ArgumentTypeError(f"variant {item!r}: the window must be an odd number >= 1 and the blocks >= 1")
-        out.append((window, blocks))
+        if layer is not None and layer < 1:
+            raise argparse.ArgumentTypeError(f"variant {item!r}: the layer must be >= 1")
+        out.append((window, blocks, layer))
     if not out:
         raise argparse.ArgumentTypeError("give at least one variant")
     return out
@@ -60,7 +72,7 @@ def summary(extraction: dict[str, dict]) -> dict:
             "below": {c: round(s, 3) for c, s in sorted(scores.items(), key=lambda kv: kv[1]) if s < THRESHOLD}}
 
 
-def measure_table(base, table, variants: list[tuple[int, int]], *, seed: int, max_test: int, questions: int | None, progress: bool) -> dict:
+def measure_table(base, table, variants: list[Variant], *, seed: int, max_test: int, questions: int | None, progress: bool) -> dict:
     """Every variant of the encoder for one table, on the frozen `base` LLM's states of its questions."""
     import numpy as np
     import torch
@@ -73,7 +85,7 @@ def measure_table(base, table, variants: list[tuple[int, int]], *, seed: int, ma
     from provider_party.model.connectors import ExpertDecoder, build_connectors
     from provider_party.model.encoder_training import extraction_report, train_encoder
     from provider_party.model.llamdex_model import LlamdexModel
-    from provider_party.model.training_data import build_corpus, cache_questions
+    from provider_party.model.training_data import build_corpus, cache_encoder_states
     from simulations.evaluation import extraction_quality
     from simulations.phrasings import eval_questions
 
@@ -88,74 +100,99 @@ def measure_table(base, table, variants: list[tuple[int, int]], *, seed: int, ma
     config, _ = _config_for(base, schema, p)
     encoder, _ = build_connectors(config, schema)
     probe = LlamdexModel(base, schema, config, encoder, ExpertDecoder(schema.label.num_classes, base.hidden_size, p.num_tokens))
-    fe, j = FeatureEncoder(schema), config.encoder_layer
+    fe = FeatureEncoder(schema)
+    layers = sorted({layer or config.encoder_layer for _, _, layer in variants})
+    if layers[-1] >= base.num_layers:
+        raise ValueError(f"{base.model_id} has {base.num_layers} layers: cannot read the states entering layer {layers[-1]}")
 
     t0 = time.perf_counter()
     enc_q, dec_q = p.questions_for(schema)
     corpus = build_corpus(schema, n_synthetic=p.n_synthetic, encoder_questions=enc_q, decoder_questions=dec_q, val_questions=p.val_questions,
                           surrogate_epochs=1, seed=seed)
-    train, _ = cache_questions(probe, corpus, np.concatenate([corpus.encoder_idx, corpus.decoder_idx]), p.batch_size, candidates=None,
-                               desc=f"{schema.name}: synthetic questions", progress=progress)
-    val, _ = cache_questions(probe, corpus, np.concatenate([corpus.encoder_val_idx, corpus.decoder_val_idx]), p.batch_size, candidates=None,
-                             desc=f"{schema.name}: synthetic validation", progress=progress)
+    train = cache_encoder_states(probe, corpus, np.concatenate([corpus.encoder_idx, corpus.decoder_idx]), p.batch_size, layers,
+                                 desc=f"{schema.name}: synthetic questions", progress=progress)
+    val = cache_encoder_states(probe, corpus, np.concatenate([corpus.encoder_val_idx, corpus.decoder_val_idx]), p.batch_size, layers,
+                               desc=f"{schema.name}: synthetic validation", progress=progress)
     rows = test[schema.feature_names].to_dict("records")
-    real = {"verbalizer": Verbalizer(schema, seed=10_000 + seed).questions(rows), "phrasings": eval_questions(schema, rows, seed=seed)[0]}
-    states = {}
+    phrased, kinds = eval_questions(schema, rows, seed=seed)
+    real = {"verbalizer": Verbalizer(schema, seed=10_000 + seed).questions(rows), "phrasings": phrased}
+    states: dict[str, dict[int, list]] = {}
     with torch.no_grad():
         for name, qs in real.items():
-            states[name] = []
+            states[name] = {l: [] for l in layers}
             for s in range(0, len(qs), p.batch_size):
                 b = probe.batch(qs[s:s + p.batch_size], with_slots=False)
-                states[name].append((probe.lm.lower(b, [j])[j].to(torch.float16), b.question_mask, b.numbers))
+                for l, h in probe.lm.lower(b, layers).items():
+                    states[name][l].append((h.to(torch.float16), b.question_mask, b.numbers))
     x_true = fe.encode_frame(test)
     out: dict = {"frozen_pass_s": round(time.perf_counter() - t0, 1), "questions": {"synthetic": len(corpus.encoder_idx) + len(corpus.decoder_idx),
                                                                                     "real": len(test)}, "variants": {}}
-    for window, blocks in variants:
-        cfg = replace(config, encoder_kernel=window, encoder_mixer_layers=blocks)
+    by_kind = {k: np.array([kind == k for kind in kinds]) for k in sorted(set(kinds))}
+    for window, blocks, layer in variants:
+        at = layer or config.encoder_layer
+        name = f"{window}x{blocks}" + (f"@{layer}" if layer else "")
+        cfg = replace(config, encoder_kernel=window, encoder_mixer_layers=blocks, encoder_layer=at, inject_layer=max(at, config.inject_layer))
         encoder = init_parameters(build_connectors(cfg, schema)[0], generator(seed))
         t = time.perf_counter()
-        encoder = train_encoder(encoder.train(), train, epochs=p.encoder_epochs, lr=p.encoder_lr, gen=generator(seed), progress=progress,
-                                desc=f"{schema.name}: encoder {window}x{blocks}", batch_size=p.encoder_batch, min_steps=p.encoder_min_steps)
-        res = {"train_s": round(time.perf_counter() - t, 1), "synthetic": extraction_report(encoder, val, fe)}
+        encoder = train_encoder(encoder.train(), train[at], epochs=p.encoder_epochs, lr=p.encoder_lr, gen=generator(seed), progress=progress,
+                                desc=f"{schema.name}: encoder {name}", batch_size=p.encoder_batch, min_steps=p.encoder_min_steps)
+        res = {"layer": at, "train_s": round(time.perf_counter() - t, 1), "synthetic": extraction_report(encoder, val[at], fe)}
         with torch.no_grad():
-            for name, batches in states.items():
-                x_pred = np.concatenate([encoder.to_expert_input(encoder(h.float(), m, n)).numpy() for h, m, n in batches])
-                res[name] = extraction_quality(fe, x_true, x_pred)
-        out["variants"][f"{window}x{blocks}"] = res
+            for kind, batches in states.items():
+                x_pred = np.concatenate([encoder.to_expert_input(encoder(h.float(), m, n)).numpy() for h, m, n in batches[at]])
+                res[kind] = extraction_quality(fe, x_true, x_pred)
+                if kind == "phrasings":
+                    res["phrasings_by_mechanism"] = {k: extraction_quality(fe, x_true[mask], x_pred[mask]) for k, mask in by_kind.items()}
+        out["variants"][name] = res
         s = summary(res["verbalizer"])
-        print(f"{schema.name} {window}x{blocks}: worst column {s['worst']:.3f} on the verbalizer's phrasing, "
-              f"{summary(res['phrasings'])['mean']:.3f} mean on the evaluation-only phrasings", flush=True)
+        mechanisms = ", ".join(f"{k} {summary(r)['mean']:.3f}" for k, r in res["phrasings_by_mechanism"].items())
+        print(f"{schema.name} {name}: worst column {s['worst']:.3f} on the verbalizer's phrasing, "
+              f"{summary(res['phrasings'])['mean']:.3f} mean on the evaluation-only phrasings ({mechanisms})", flush=True)
     return out
 
 
 def markdown(payload: dict) -> str:
-    lines = ["## Reader ablation: the expert encoder's mixer window, on real held-out questions", "",
+    lines = ["## Reader ablation: the expert encoder's mixer window and the layer it reads, on real held-out questions", "",
              f"Command: `{payload['command']}` ({payload['environment']['cpu_count']} CPU cores, {payload['environment']['date']}).",
              "Same cached states and seed for every variant; encoder alone (no self-check round). Per column the lower of its reading "
-             f"(accuracy, or exact share for numbers) and its missing flag; columns below {THRESHOLD} listed.", "",
-             "| table | window × blocks | worst column (verbalizer) | below 0.97 (verbalizer) | mean (eval-only phrasings) | worst (eval-only) | encoder training (s) |",
-             "|---|---|---|---|---|---|---|"]
+             f"(accuracy, or exact share for numbers) and its missing flag; columns below {THRESHOLD} listed. "
+             "Eval-only means are over columns, for all the phrasings and for the general templates and hand-written sentences apart.", "",
+             "| table | window × blocks @ layer | worst column (verbalizer) | below 0.97 (verbalizer) | mean (eval-only phrasings) | general | hand-written "
+             "| worst (eval-only) | encoder training (s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for table, info in payload["tables"].items():
         for i, (variant, res) in enumerate(info["variants"].items()):
             v, ph = summary(res["verbalizer"]), summary(res["phrasings"])
             below = ", ".join(f"{c} {s:.3f}" for c, s in v["below"].items()) or "none"
-            lines.append(f"| {table if i == 0 else ''} | {variant.replace('x', ' × ')} | {v['worst']:.3f} | {below} | {ph['mean']:.3f} | "
-                         f"{ph['worst']:.3f} | {res['train_s']:.0f} |")
+            by = {k: f"{summary(r)['mean']:.3f}" for k, r in res.get("phrasings_by_mechanism", {}).items()}
+            lines.append(f"| {table if i == 0 else ''} | {variant.split('@')[0].replace('x', ' × ')} @ {res['layer']} | {v['worst']:.3f} | {below} | "
+                         f"{ph['mean']:.3f} | {by.get('general', '–')} | {by.get('hand', '–')} | {ph['worst']:.3f} | {res['train_s']:.0f} |")
     return "\n".join(lines)
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_data_args(ap, multiple=True, default="churn,attrition,telco")
     ap.add_argument("--variants", type=parse_variants, default=parse_variants("5x2,9x2,13x2,5x3"),
-                    help="comma-separated WINDOWxBLOCKS: the mixer's window in tokens (odd) and its number of blocks (default 5x2,9x2,13x2,5x3)")
+                    help="comma-separated WINDOWxBLOCKS[@LAYER]: the mixer's window in tokens (odd), its number of blocks, and the layer "
+                         "whose states the encoder reads (default: the preset's, 12); all layers come from one frozen pass "
+                         "(default 5x2,9x2,13x2,5x3)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-test", type=int, default=500, help="stratified subsample of the held-out split (default 500)")
     ap.add_argument("--questions", type=int, default=None,
                     help="synthetic training questions, and a quarter as many for validation (default: the default preset's counts for the schema)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--name", default="reader_ablation", type=_report_name,
+                    help="the report's name: NAME.json and RESULTS.md's section NAME, so that a second study (of layers, say) "
+                         "keeps the first's report (default reader_ablation)")
     add_out_arg(ap, default=RESULTS_DIR, help="folder of the JSON and RESULTS.md's section (default: docs/results)")
     return ap
+
+
+def _report_name(text: str) -> str:
+    if not text.replace("_", "").replace("-", "").isalnum():
+        raise argparse.ArgumentTypeError(f"report name {text!r}: use letters, digits, '_' and '-' only")
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,17 +205,17 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m simulations.benchmarks.reader_ablation " + " ".join(sys.argv[1:] if argv is None else argv)
     tables = table_refs(args)
     payload = {"command": command.strip(), "environment": environment(), "seed": args.seed,
-               "variants": [f"{w}x{b}" for w, b in args.variants], "tables": {}}
+               "variants": [f"{w}x{b}" + (f"@{layer}" if layer else "") for w, b, layer in args.variants], "tables": {}}
     t0 = time.perf_counter()
     base = load_base_llm()   # once: every table reads through the same frozen LLM
     for table in tables:
         payload["tables"][table.id] = measure_table(base, table, args.variants, seed=args.seed, max_test=args.max_test, questions=args.questions,
                                                     progress=not args.quiet)
-        write_json("reader_ablation.json", payload, args.out)   # partial results survive an interruption
+        write_json(f"{args.name}.json", payload, args.out)   # partial results survive an interruption
     payload["wall_s"] = round(time.perf_counter() - t0, 1)
-    write_json("reader_ablation.json", payload, args.out)
-    update_section("reader_ablation", markdown(payload), results_md_path(Path(args.out)))
-    print(f"wrote {Path(args.out) / 'reader_ablation.json'} in {payload['wall_s'] / 60:.1f} min")
+    write_json(f"{args.name}.json", payload, args.out)
+    update_section(args.name, markdown(payload), results_md_path(Path(args.out)))
+    print(f"wrote {Path(args.out) / (args.name + '.json')} in {payload['wall_s'] / 60:.1f} min")
     return 0
 
 
