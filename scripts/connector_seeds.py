@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = []
     for table in [t for t in args.data.split(",") if t]:
-        # the main store's seed 0 was trained with the default preset, whatever --questions-factor and --filler-rate say
+        # the main store's seed 0 was trained with the default preset, whatever --questions-factor, --filler-rate and --encoder-layer say
         plan = ([(0, Path(seed0), 1.0, 0.0, None)] if seed0 is not None else []) + \
             [(s, args.store / f"seed{s}", args.questions_factor, args.filler_rate, args.encoder_layer) for s in seeds]
         for seed, store, factor, filler, layer in plan:

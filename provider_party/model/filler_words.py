@@ -9,7 +9,8 @@ common English.
 
 Some words would teach a wrong reading if they stood next to a value, and are never used:
 - negations and words for a missing value ("not", "without", "unknown"): with them between a field
-  and its "yes", the right reading would be "no" or "nothing stated";
+  and its "yes", the right reading would be "no" or "nothing stated"; likewise "yes" and "true",
+  which are yes/no values themselves;
 - number words and ordinals ("two", "third"): they are values of their own;
 - every word of the schema (column names, aliases, levels, level phrases, units, the subject): a
   filler "female" beside another field would state a value the row does not have.
@@ -21,7 +22,7 @@ import re
 
 from protocol.schema import PublicSchema
 
-# General English, not any table's: words that negate or deny what follows, or say a value is absent.
+# General English, not any table's: words that negate or deny what follows, say a value is absent, or state a yes/no value.
 NEGATIONS = frozenset(
     "not no nor neither never none nothing nobody nowhere without lack lacks lacking absent absence missing unknown unavailable "
     "false deny denies denied refuse refused non cannot cant dont doesnt didnt isnt wasnt arent werent hasnt havent hadnt wont "

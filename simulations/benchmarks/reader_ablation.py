@@ -9,8 +9,8 @@ name comes from the same frozen pass.
 What it isolates: only the encoder changes between variants. Each table's synthetic training
 questions (the `default` preset's count for the schema) and its real held-out questions (the
 verbalizer's phrasing and the evaluation-only phrasings of `simulations.phrasings`) go through the
-frozen LLM once, to layer `j`; every variant then trains an encoder from the same seed on the same
-cached states and reads the same questions. No self-check round, decoder or expert is involved, so a
+frozen LLM once, to the deepest layer a variant reads; every variant then trains an encoder from the
+same seed on the same cached states and reads the same questions. No self-check round, decoder or expert is involved, so a
 difference is the reader's alone; `bench accuracy` measures the whole model with the chosen design.
 
 reader_ablation.json: `tables` → table → variant (`"<window>x<blocks>"`, `"@<layer>"` when not the
@@ -56,6 +56,12 @@ def parse_variants(text: str) -> list[Variant]:
     if not out:
         raise argparse.ArgumentTypeError("give at least one variant")
     return out
+
+
+def variant_name(variant: Variant) -> str:
+    """The report's key for a variant: "9x2", or "9x2@20" when it names its layer."""
+    window, blocks, layer = variant
+    return f"{window}x{blocks}" + (f"@{layer}" if layer else "")
 
 
 def column_score(r: dict) -> float | None:
@@ -130,7 +136,7 @@ def measure_table(base, table, variants: list[Variant], *, seed: int, max_test: 
     by_kind = {k: np.array([kind == k for kind in kinds]) for k in sorted(set(kinds))}
     for window, blocks, layer in variants:
         at = layer or config.encoder_layer
-        name = f"{window}x{blocks}" + (f"@{layer}" if layer else "")
+        name = variant_name((window, blocks, layer))
         cfg = replace(config, encoder_kernel=window, encoder_mixer_layers=blocks, encoder_layer=at, inject_layer=max(at, config.inject_layer))
         encoder = init_parameters(build_connectors(cfg, schema)[0], generator(seed))
         t = time.perf_counter()
@@ -205,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m simulations.benchmarks.reader_ablation " + " ".join(sys.argv[1:] if argv is None else argv)
     tables = table_refs(args)
     payload = {"command": command.strip(), "environment": environment(), "seed": args.seed,
-               "variants": [f"{w}x{b}" + (f"@{layer}" if layer else "") for w, b, layer in args.variants], "tables": {}}
+               "variants": [variant_name(v) for v in args.variants], "tables": {}}
     t0 = time.perf_counter()
     base = load_base_llm()   # once: every table reads through the same frozen LLM
     for table in tables:
