@@ -37,14 +37,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from client_party.datasets import DATASETS, TableRef
+from client_party.datasets import DATASETS, ON_INVALID, TableRef
 from protocol.toml_config import ConfigError, check_keys, fail, positive, read_toml, section, string, string_list, tls_section
 from protocol.tls import TLSFiles
 
 ClientConfigError = ConfigError  # the name this module used to export
 CLIENT_KEYS = {"id", "key", "workspace", "max_epsilon", "datasets", "listen", "allowed_callers", "chunk_bytes", "timeout_s"}
 PROVIDER_KEYS = {"address", "public_key", "server_name"}
-TABLE_KEYS = {"data", "schema"}
+TABLE_KEYS = {"data", "schema", "on_invalid"}
 TOP_LEVEL = {"client", "provider", "tls", "tables"}
 DATASET_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -141,7 +141,8 @@ def load_client_config(path: str | Path) -> ClientConfig:
 
 
 def _tables(raw: Any, base: Path, path: Path) -> dict[str, TableRef]:
-    """`[tables.NAME]` entries: a data file (and optionally its schema), relative to the config's folder."""
+    """`[tables.NAME]` entries: a data file (and optionally its schema), relative to the config's folder, and what
+    loading does with records that violate the schema (`on_invalid`: reject, the default; drop; clip)."""
     if not isinstance(raw, dict):
         raise fail(f"{path} [tables]", f"must hold tables [tables.NAME], got {raw!r}")
     out: dict[str, TableRef] = {}
@@ -156,7 +157,10 @@ def _tables(raw: Any, base: Path, path: Path) -> dict[str, TableRef]:
         if not data:
             raise fail(where, "data (the table's CSV or Parquet file) is required")
         schema = string(t, "schema", where)
-        out[name] = TableRef(path=base / data, schema_path=base / schema if schema else None)
+        on_invalid = string(t, "on_invalid", where, "reject")
+        if on_invalid not in ON_INVALID:
+            raise fail(where, f"on_invalid must be one of {list(ON_INVALID)}, got {on_invalid!r}")
+        out[name] = TableRef(path=base / data, schema_path=base / schema if schema else None, on_invalid=on_invalid)
     return out
 
 

@@ -211,21 +211,29 @@ class TableRef:
     `TableRef.parse("titanic")` is the registered table; `TableRef.parse("loans.csv")` is a file whose
     schema is `schema` or the JSON beside it (`default_schema_path`). `id` names the table in budgets,
     reports and folders: the registered name, or the file's name without its data suffix.
+    `on_invalid` is what loading does with records that violate the schema (`load_table`); it travels
+    with the reference so that every process that loads the table (a client service, the held-out
+    split rebuilt for `evaluate`) applies the policy its owner chose, and splits the same records.
     """
 
     name: str | None = None
     path: Path | None = None
     schema_path: Path | None = None
+    on_invalid: str = "reject"
+
+    def __post_init__(self) -> None:
+        if self.on_invalid not in ON_INVALID:
+            raise ValueError(f"on_invalid={self.on_invalid!r}; use one of {list(ON_INVALID)}")
 
     @classmethod
-    def parse(cls, text: str | Path, schema: str | Path | None = None) -> "TableRef":
+    def parse(cls, text: str | Path, schema: str | Path | None = None, on_invalid: str = "reject") -> "TableRef":
         t = str(text)
         if t in DATASETS and not Path(t).exists():
-            return cls(name=t, schema_path=Path(schema) if schema else None)
+            return cls(name=t, schema_path=Path(schema) if schema else None, on_invalid=on_invalid)
         p = Path(t)
         if not p.is_file():
             raise FileNotFoundError(f"{t!r} is neither a registered table ({', '.join(sorted(DATASETS))}) nor an existing CSV/Parquet file")
-        return cls(path=p, schema_path=Path(schema) if schema else None)
+        return cls(path=p, schema_path=Path(schema) if schema else None, on_invalid=on_invalid)
 
     @property
     def id(self) -> str:
@@ -245,8 +253,9 @@ class TableRef:
             raise SchemaError(f"no schema for {self.path}: {sp} does not exist; write one (`llamdex schema draft {self.path}`) or pass --schema")
         return PublicSchema.load(sp)
 
-    def load(self, on_invalid: str = "reject") -> tuple[pd.DataFrame, PublicSchema]:
-        return load_table(self.name, path=self.path, schema_path=self.schema_path, on_invalid=on_invalid)
+    def load(self, on_invalid: str | None = None) -> tuple[pd.DataFrame, PublicSchema]:
+        """The table under `on_invalid`, by default the policy this reference carries (see `load_table`)."""
+        return load_table(self.name, path=self.path, schema_path=self.schema_path, on_invalid=on_invalid or self.on_invalid)
 
     def read_raw(self) -> pd.DataFrame:
         """The table as stored, before any conversion or validation (for `validate_table` and schema drafts)."""
@@ -408,7 +417,8 @@ def _describe(problems: list[Problem], schema: PublicSchema, where: str) -> str:
         lines.append(f"... and {len(problems) - MAX_LISTED_PROBLEMS} more (see .problems)")
     fix = "fix the table or the schema"
     if rows:
-        fix += ", or pass on_invalid='drop' (drop bad records) or 'clip' (clip out-of-range numbers, drop the rest)"
+        fix += (", or load it with --on-invalid drop (drop bad records) or clip (clip out-of-range numbers, drop the rest); "
+                "on_invalid in Python and in a client config's [tables.NAME]")
     return head + ":\n  " + "\n  ".join(lines) + f"\n{fix}"
 
 

@@ -210,12 +210,12 @@ class ClientParty:
 
     def heldout_questions(self, info: dict, max_questions: int = 0) -> tuple[list[str], Any, Any, Any]:
         """The client's held-out records (the split it trained without) as questions, with labels and features."""
-        from client_party.datasets import TableRef, encode_table, split_table
+        from client_party.datasets import encode_table, split_table
         from protocol.verbalizer import Verbalizer
 
         table = info.get("table")
         if table:       # what `train` remembered; older indexes only name the dataset
-            ref = TableRef.parse(table["name"]) if "name" in table else TableRef.parse(table["path"], table.get("schema"))
+            ref = _table_ref(table)
         else:
             ref = self.config.table(info["dataset_id"])
         df, schema = ref.load()
@@ -274,10 +274,21 @@ class ClientParty:
 
 
 def _table_text(ref: Any) -> dict[str, str]:
-    """How the artifact index remembers the table (to rebuild its held-out split for `evaluate`)."""
-    if ref.name is not None:
-        return {"name": ref.name}
-    return {"path": str(Path(ref.path).resolve()), **({"schema": str(Path(ref.schema_path).resolve())} if ref.schema_path else {})}
+    """How the artifact index remembers the table, to rebuild its held-out split for `evaluate`: the same records
+    need the same schema and the same policy for invalid ones (a dropped record shifts the split)."""
+    out = {"name": ref.name} if ref.name is not None else {"path": str(Path(ref.path).resolve())}
+    if ref.schema_path:
+        out["schema"] = str(Path(ref.schema_path).resolve())
+    if ref.on_invalid != "reject":
+        out["on_invalid"] = ref.on_invalid
+    return out
+
+
+def _table_ref(table: dict[str, str]) -> Any:
+    """The `TableRef` that `_table_text` wrote."""
+    from client_party.datasets import TableRef
+
+    return TableRef.parse(table.get("name") or table["path"], table.get("schema"), table.get("on_invalid", "reject"))
 
 
 def _artifact_name(dataset_id: str) -> str:

@@ -108,7 +108,8 @@ def write_client_config(path: Path, *, client_id: str, listen: str, provider_add
                 ("[tls]", {"plaintext": True} if plaintext else {"ca": "../certs/ca.pem", "cert": f"../certs/{client_id}.pem", "key": f"../certs/{client_id}.key"})]
     for name, ref in (tables or {}).items():
         sections.append((f"[tables.{name}]", {"data": str(Path(ref.path).resolve()),
-                                               "schema": str(Path(ref.schema_path).resolve()) if ref.schema_path else None}))
+                                               "schema": str(Path(ref.schema_path).resolve()) if ref.schema_path else None,
+                                               "on_invalid": ref.on_invalid if ref.on_invalid != "reject" else None}))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("# written by simulations/two_party_demo.py\n" + _toml(sections))
     return path
@@ -202,6 +203,9 @@ def run_two_party_demo(run_dir: Path, epsilon: float = 1.0, preset: str | dict =
 
     t_start = time.perf_counter()
     table = table if isinstance(table, TableRef) else TableRef.parse(table)
+    if table.name and table.schema_path:   # the client config names registered tables by name alone, with their bundled schema
+        raise ValueError(f"the two-party demo trains registered table {table.name!r} on its bundled schema, not {table.schema_path}; "
+                         "to use your own schema, write the table to a CSV file with the schema beside it, or run --in-process")
     dataset = table.id
     layout = RunLayout(Path(run_dir).resolve())
     layout.root.mkdir(parents=True, exist_ok=True)

@@ -224,6 +224,43 @@ def test_a_table_that_violates_its_schema_is_refused_in_one_line_naming_row_and_
     assert "row 1" in err and "'age'" in err and "--on-invalid drop or clip" in err
 
 
+def test_every_verb_that_loads_a_table_offers_on_invalid_and_hands_it_to_the_table(tmp_path):
+    from simulations.cli.common import table_ref
+
+    takes_data = [path for path, p in TREE if any("--data" in a.option_strings for a in p._actions)]
+    offers = [path for path, p in TREE if any("--on-invalid" in a.option_strings for a in p._actions)]
+    assert ("demo",) in offers and ("client", "train") in offers and ("simulate",) in offers and ("client", "round") in offers
+    assert set(takes_data) - set(offers) == {("schema", "check")}   # it reports the problems; there is nothing to load
+    csv = tmp_path / "people.csv"
+    csv.write_text("sex,age,passengerClass,survived\nfemale,29,1st,yes\n")
+    args = build_parser().parse_args(["demo", "--data", str(csv), "--on-invalid", "clip"])
+    assert table_ref(args).on_invalid == "clip"
+    assert table_ref(build_parser().parse_args(["demo", "--data", str(csv)])).on_invalid == "reject"
+
+
+def test_the_projects_warnings_are_one_line_and_a_librarys_keep_their_source_line():
+    import io
+
+    from simulations.cli.main import ROOT, show_warning
+
+    out = io.StringIO()
+    show_warning(UserWarning("loans.csv: dropped 3 of 40 records"), UserWarning, str(ROOT / "client_party" / "datasets.py"), 258, out)
+    assert out.getvalue() == "llamdex: warning: loans.csv: dropped 3 of 40 records\n"
+    out = io.StringIO()
+    show_warning(UserWarning("Optimal order is the largest alpha."), UserWarning, "/usr/lib/python3/site-packages/opacus/rdp.py", 332, out)
+    assert out.getvalue().startswith("/usr/lib/python3/site-packages/opacus/rdp.py:332: UserWarning: Optimal order")
+
+
+def test_records_dropped_under_on_invalid_are_counted_in_one_warning_line(tmp_path, capsys):
+    csv = tmp_path / "people.csv"
+    rows = "".join(f"{'female' if i % 2 else 'male'},{20 + i % 40},{('1st', '2nd', '3rd')[i % 3]},{'yes' if i % 3 else 'no'}\n" for i in range(60))
+    csv.write_text("sex,age,passengerClass,survived\n" + rows + "male,-4,3rd,no\n")
+    (tmp_path / "people.csv.schema.json").write_text((__import__("client_party.datasets", fromlist=["x"]).SCHEMA_DIR / "titanic.json").read_text())
+    code, _, err = run_main(["client", "train", "--data", str(csv), "--on-invalid", "drop", "--epochs", "1", "--out", str(tmp_path / "o")], capsys)
+    assert code == 0, err
+    assert f"llamdex: warning: {csv}: dropped 1 of 61 records that violate schema 'titanic' (age/out_of_range: 1)" in err
+
+
 def test_an_unreachable_provider_is_exit_7_with_what_to_check(tmp_path, capsys):
     """A real gRPC call to a port where nothing listens."""
     from protocol.keys import generate_keypair

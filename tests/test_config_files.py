@@ -47,6 +47,7 @@ timeout_s = 30.0
 [tables.loans]
 data = "data/loans.csv"
 schema = "data/loans-public.json"
+on_invalid = "drop"
 
 [tables.visits]
 data = "visits.parquet"
@@ -64,7 +65,7 @@ def test_a_full_client_config_loads_with_paths_relative_to_its_folder(folder):
     assert cfg.key == folder / "keys/alice.key" and cfg.workspace == folder / "ws" and cfg.provider_public_key == folder / "keys/provider.pub"
     assert (cfg.chunk_bytes, cfg.timeout_s, cfg.server_name, cfg.plaintext) == (65536, 30.0, "provider.example", False)
     assert (cfg.tls.ca, cfg.tls.cert, cfg.tls.key) == (folder / "certs/ca.pem", folder / "certs/me.pem", folder / "certs/me.key")
-    assert cfg.tables == {"loans": TableRef(path=folder / "data/loans.csv", schema_path=folder / "data/loans-public.json"),
+    assert cfg.tables == {"loans": TableRef(path=folder / "data/loans.csv", schema_path=folder / "data/loans-public.json", on_invalid="drop"),
                           "visits": TableRef(path=folder / "visits.parquet")}
     assert cfg.offered_datasets == ("titanic", "penguins", "loans", "visits")
     assert cfg.table("loans").path == folder / "data/loans.csv" and cfg.table("titanic") == TableRef(name="titanic")
@@ -99,6 +100,7 @@ def test_a_client_with_neither_datasets_nor_tables_offers_every_registered_table
     ('[tables.loans]\nschema = "s.json"\n', ["[tables.loans]", "data"]),
     ('[tables.loans]\ndata = "l.csv"\nschema_file = "s.json"\n', ["[tables.loans]", "unknown key 'schema_file'"]),
     ('[tables.titanic]\ndata = "t.csv"\n', ["[tables.titanic]", "registered table"]),
+    ('[tables.loans]\ndata = "l.csv"\non_invalid = "fix"\n', ["[tables.loans]", "on_invalid must be one of ['reject', 'drop', 'clip']", "'fix'"]),
     ('[tables."my loans"]\ndata = "l.csv"\n', ["my loans", "must match"]),
     ('tables = "l.csv"\n', ["[tables]", "must hold tables"]),
     ('[client\nid = "a"\n', ["cannot read client config"]),
@@ -210,10 +212,11 @@ def test_the_demo_writes_configs_the_strict_loaders_accept(tmp_path):
 
     layout = RunLayout(tmp_path)
     prepare_parties(layout, "alice")
-    table = TableRef(path=tmp_path / "loans.csv", schema_path=tmp_path / "loans.json")
+    table = TableRef(path=tmp_path / "loans.csv", schema_path=tmp_path / "loans.json", on_invalid="clip")
     ccfg = load_client_config(write_client_config(layout.client / "client.toml", client_id="alice", listen="127.0.0.1:1",
                                                   provider_address="127.0.0.1:2", max_epsilon=4.0, datasets=[], tables={"loans": table}))
-    assert ccfg.offered_datasets == ("loans",) and ccfg.table("loans") == TableRef(path=table.path.resolve(), schema_path=table.schema_path.resolve())
+    assert ccfg.offered_datasets == ("loans",)
+    assert ccfg.table("loans") == TableRef(path=table.path.resolve(), schema_path=table.schema_path.resolve(), on_invalid="clip")
     pcfg = load_provider_config(write_provider_config(layout.provider / "provider.toml", listen="127.0.0.1:2", preset={"name": "tiny"},
                                                       clients=[{"id": "alice", "public_key": "../keys/alice.pub", "epsilon_budget": 4.0}]))
     assert pcfg.clients[0].client_id == "alice" and pcfg.tls is not None and pcfg.preset.name == "tiny"

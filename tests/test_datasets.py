@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from client_party.datasets import DATASETS, Problem, encode_table, load_schema, load_table, split_table, validate_table
+from client_party.datasets import DATASETS, Problem, TableRef, encode_table, load_schema, load_table, split_table, validate_table
 from protocol.errors import DataValidationError, SchemaError
 from protocol.schema import PublicSchema
 
@@ -120,7 +120,7 @@ def test_reject_raises_listing_problems_with_rows_and_columns(toy_csv):
     assert "9 problem(s) in 9 record(s)" in msg
     assert "row 1, column 'age': 130 is outside the schema range [0, 100]" in msg
     assert "row 4, column 'colour': unknown category 'green'" in msg
-    assert "on_invalid='drop'" in msg
+    assert "--on-invalid drop" in msg and "on_invalid in Python" in msg
     assert [(p.row, p.column, p.kind) for p in e.value.problems] == EXPECTED
 
 
@@ -154,6 +154,19 @@ def test_clip_clips_out_of_range_numbers_and_drops_the_rest(toy_csv):
 def test_unknown_policy_is_refused(toy_csv):
     with pytest.raises(ValueError, match="on_invalid"):
         load_table(path=toy_csv, on_invalid="fix")
+    with pytest.raises(ValueError, match="on_invalid='fix'"):
+        TableRef.parse(toy_csv, on_invalid="fix")
+
+
+def test_a_table_reference_carries_its_policy_and_a_load_may_override_it(toy_csv):
+    """Whoever loads the reference later (a client service, the held-out split for `evaluate`) applies its owner's choice."""
+    with pytest.raises(DataValidationError):
+        TableRef.parse(toy_csv).load()
+    ref = TableRef.parse(toy_csv, on_invalid="drop")
+    with pytest.warns(UserWarning, match="dropped 9 of 11 records"):
+        assert len(ref.load()[0]) == 2
+    with pytest.warns(UserWarning, match="clipped 2"):
+        assert len(ref.load(on_invalid="clip")[0]) == 4
 
 
 def test_parquet_and_csv_with_schema_beside_or_explicit(tmp_path):

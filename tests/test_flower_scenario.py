@@ -37,6 +37,7 @@ def test_clients_spread_round_robin_over_tables_and_lists_cycle():
     ({"preset": "fastest"}, "preset"),
     ({"preset": "{\"name\": \"x\", \"bogus\": 1}"}, "preset"),
     ({"provider-device": "tpu"}, "provider-device"),
+    ({"on-invalid": "fix"}, "on-invalid"),
     ({"schema": "s.json", "data": "titanic,default", "clients": 2}, "schema"),
     ({"test-size": 0.9}, "test-size"),
     ({"out-dir": "runs/x"}, "out-dir"),
@@ -54,6 +55,12 @@ def test_a_federation_must_name_a_table_of_the_run_with_two_clients():
         Scenario.from_run_config({"federated": "credit"}).federated_tables()
     with pytest.raises(ScenarioError, match="at least two clients"):
         Scenario.from_run_config({"data": "titanic,default", "clients": 3, "federated": "default"}).federated_tables()
+
+
+def test_the_invalid_record_policy_rides_on_every_table_of_the_run():
+    assert Scenario.from_run_config({}).table_refs()[0].on_invalid == "reject"
+    refs = Scenario.from_run_config({"data": "titanic,default", "clients": 2, "on-invalid": "drop"}).table_refs()
+    assert [r.on_invalid for r in refs] == ["drop", "drop"]
 
 
 def test_a_missing_table_file_is_refused_with_the_registered_names():

@@ -128,3 +128,27 @@ def test_the_rounds_client_trains_on_a_table_file_and_rebuilds_its_held_out_ques
     assert info["table"] == {"path": str(csv.resolve())}
     questions, x, y, _ = party.heldout_questions(info)
     assert len(questions) == len(y) == art.n_test and all("?" in q for q in questions)
+
+
+def test_a_table_trained_with_invalid_records_dropped_rebuilds_the_same_held_out_split(tmp_path):
+    """The index remembers the policy: the held-out split is rebuilt from the same records, not refused or shifted."""
+    import pandas as pd
+
+    from client_party.datasets import TableRef, load_table
+    from client_party.service import ClientParty
+
+    df, schema = load_table("titanic")
+    bad = df.iloc[:5].assign(age=-4.0)                  # five records outside the schema's age range
+    csv = tmp_path / "passengers.csv"
+    pd.concat([df.iloc[:300], bad]).to_csv(csv, index=False)
+    schema.save(tmp_path / "passengers.schema.json")
+    b = make_bundles(tmp_path / "b", "10.77.0.1", "10.77.0.2", preset="tiny")
+    party = ClientParty(load_client_config(b.client / "client.toml"))
+    with pytest.warns(UserWarning, match="dropped 5 of 305 records"):
+        art = party.train(TableRef.parse(csv, on_invalid="drop"), None, epochs=2)
+    assert art.n_train + art.n_test == 300
+    info = party.index()[art.artifact_digest]
+    assert info["table"] == {"path": str(csv.resolve()), "on_invalid": "drop"}
+    with pytest.warns(UserWarning, match="dropped 5"):
+        questions, _, y, _ = party.heldout_questions(info)
+    assert len(questions) == len(y) == art.n_test

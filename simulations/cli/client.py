@@ -22,7 +22,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_data_args(t, default=None, required=True, aliases=("--dataset",))
-    t.add_argument("--on-invalid", choices=["reject", "drop", "clip"], default="reject", help="what to do with records that violate the schema (default: reject the table)")
     t.add_argument("--epsilon", type=float, default=None, help="target ε for DP-SGD; omit for no DP")
     t.add_argument("--delta", type=float, default=None, help="target δ (default 1/(10 n), must be below 1/n)")
     t.add_argument("--epochs", type=int, default=None)
@@ -45,7 +44,7 @@ def _train(args: argparse.Namespace) -> int:
     from client_party.expert_training import TrainConfig, predict_proba, train_expert
     from protocol.expert_spec import save_expert
 
-    df, schema = table_ref(args).load(on_invalid=args.on_invalid)
+    df, schema = table_ref(args).load()
     train, test = split_table(df, schema, seed=args.seed)
     cfg = TrainConfig(seed=args.seed) if args.epsilon is None else TrainConfig.private(args.epsilon, seed=args.seed, target_delta=args.delta)
     if args.epochs:

@@ -82,15 +82,17 @@ def set_threads(n: int | None) -> None:
 
 
 def add_data_args(p: argparse.ArgumentParser, *, multiple: bool = False, default: str | None = "titanic", required: bool = False,
-                  aliases: tuple[str, ...] = ()) -> None:
+                  aliases: tuple[str, ...] = (), on_invalid: bool = True) -> None:
     """`--data NAME|FILE [--schema S]`, the one way every command names its table(s).
 
     NAME is a registered table (titanic, default, credit, churn, penguins, ...); FILE is a CSV or Parquet file
     whose public schema is `--schema` or the JSON beside it. With `multiple`, `--data` takes a comma-separated
     list. `aliases` are old flag names (e.g. `--dataset`) kept as hidden aliases. `required` is enforced by
-    argparse, or, when there are aliases (which argparse would not count), by `table_refs`.
+    argparse, or, when there are aliases (which argparse would not count), by `table_refs`. With `on_invalid`,
+    `--on-invalid reject|drop|clip` says what loading does with records that violate the schema; the policy
+    rides on each `TableRef`, so a service or worker that loads the table later applies the same one.
     """
-    from client_party.datasets import DATASETS
+    from client_party.datasets import DATASETS, ON_INVALID
 
     what = "comma-separated registered tables and/or CSV/Parquet files" if multiple else "a registered table or a CSV/Parquet file"
     registered = ", ".join(sorted(DATASETS))
@@ -98,6 +100,10 @@ def add_data_args(p: argparse.ArgumentParser, *, multiple: bool = False, default
                    help=f"{what}; registered: {registered}" + (" (required)" if required else " (default: %(default)s)"))
     p.add_argument("--schema", default=None, metavar="S",
                    help="the public schema JSON of a --data file (default: the .schema.json beside it; `llamdex schema draft` writes one)")
+    if on_invalid:
+        p.add_argument("--on-invalid", choices=ON_INVALID, default="reject",
+                       help="records that violate the schema: reject the table (default), drop them, or clip out-of-range "
+                       "numbers to the schema's range and drop the rest; the counts are printed")
     for old in aliases:
         add_alias(p, old, "--data", "data")
 
@@ -111,7 +117,7 @@ def table_refs(args: argparse.Namespace) -> list:
     items = [t.strip() for t in str(args.data).split(",") if t.strip()]
     if args.schema and len(items) != 1:
         raise argparse.ArgumentTypeError("--schema goes with exactly one --data file")
-    return [TableRef.parse(t, args.schema) for t in items]
+    return [TableRef.parse(t, args.schema, getattr(args, "on_invalid", None) or "reject") for t in items]
 
 
 def table_ref(args: argparse.Namespace):

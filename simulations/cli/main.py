@@ -24,7 +24,9 @@ import importlib
 import logging
 import sys
 import traceback
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 from simulations.cli.bench import split_passthrough
 from simulations.cli.common import UsageError
@@ -174,7 +176,7 @@ def _data_error_line(e: Exception) -> str:
     problems = list(getattr(e, "problems", []) or [])
     head = str(e).splitlines()[0].rstrip(":")
     first = f" (first: {problems[0]})" if problems else ""
-    return f"{head}{first}; fix the table or the schema, or pass --on-invalid drop or clip where the command offers it"
+    return f"{head}{first}; fix the table or the schema, or pass --on-invalid drop or clip"
 
 
 def describe_error(e: BaseException) -> ErrorReport:
@@ -223,7 +225,31 @@ def describe_error(e: BaseException) -> ErrorReport:
                                       "and report it")
 
 
+ROOT = Path(__file__).resolve().parents[2]
+OWN_PACKAGES = ("client_party", "protocol", "provider_party", "simulations")
+
+
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file=None, line: str | None = None) -> None:
+    """The project's own warnings (records dropped under --on-invalid, ...) as one line a user reads, like its errors;
+    a library's warnings keep Python's form, whose file and line make a useful bug report upstream."""
+    out = file if file is not None else sys.stderr
+    try:
+        parts = Path(filename).resolve().relative_to(ROOT).parts
+    except ValueError:
+        parts = ()
+    if parts and parts[0] in OWN_PACKAGES:
+        out.write(f"llamdex: warning: {message}\n")
+    else:
+        out.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: list[str] | None = None) -> int:
+    with warnings.catch_warnings():      # restored on return, for callers that run main() in their own process (tests)
+        warnings.showwarning = show_warning
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     argv, passthrough = split_passthrough(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)

@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=_draft)
     c = ssub.add_parser("check", help="validate a schema, a table against it, and the label's answer words",
                         description=CHECK_DESCRIPTION, epilog=CHECK_EPILOG, formatter_class=fmt)
-    add_data_args(c, default=None, required=True)
+    add_data_args(c, default=None, required=True, on_invalid=False)
     c.add_argument("--base-model", default="embedded", help="whose tokenizer reads the answer words (default: the embedded SmolLM2)")
     c.add_argument("--no-tokenizer", action="store_true", help="skip the answer-word check (no base LLM is loaded)")
     add_json_arg(c, "the check's findings")

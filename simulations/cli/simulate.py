@@ -72,7 +72,7 @@ def run_config_from_args(args: argparse.Namespace) -> dict[str, Any]:
     from simulations.flower.scenario import Scenario
 
     table_refs(args)   # a table that does not exist is refused here, before anything starts
-    rc: dict[str, Any] = {"data": str(args.data), "schema": str(args.schema or "")}
+    rc: dict[str, Any] = {"data": str(args.data), "schema": str(args.schema or ""), "on-invalid": args.on_invalid}
     for name in RUN_CONFIG_FLAGS:
         rc[name.replace("_", "-")] = getattr(args, name)
     rc["connectors"] = str(Path(rc["connectors"]).resolve()) if rc["connectors"] else ""

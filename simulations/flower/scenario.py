@@ -57,6 +57,7 @@ class Scenario:
 
     data: tuple[str, ...] = ("titanic",)
     schema: str = ""
+    on_invalid: str = "reject"                      # records that violate the schema: reject | drop | clip (as --on-invalid)
     clients: int = 3
     partition: str = "iid"
     alpha: float = 0.5
@@ -108,6 +109,11 @@ class Scenario:
         schema = str(get("schema", ""))
         if schema and len(data) != 1:
             raise _bad("schema", schema, "goes with exactly one data file", "name one file in 'data' or put each file's schema beside it")
+        from client_party.datasets import ON_INVALID
+
+        on_invalid = str(get("on-invalid", "reject")).lower()
+        if on_invalid not in ON_INVALID:
+            raise _bad("on-invalid", on_invalid, f"must be one of {list(ON_INVALID)}", "use 'reject' (the default), 'drop' or 'clip'")
         partition = str(get("partition", "iid")).lower()
         if partition not in PARTITIONS:
             raise _bad("partition", partition, f"must be one of {list(PARTITIONS)}", "use 'iid' or 'dirichlet'")
@@ -124,7 +130,7 @@ class Scenario:
                            f"use e.g. {key}=\"{Path(path).resolve()}\"")
         federated = tuple(t.strip() for t in str(get("federated", "")).split(",") if t.strip())
         out = cls(
-            data=data, schema=schema, clients=clients, partition=partition, alpha=number("alpha", 0.5, 0.0),
+            data=data, schema=schema, on_invalid=on_invalid, clients=clients, partition=partition, alpha=number("alpha", 0.5, 0.0),
             seed=integer("seed", 0, 0), epsilon=_epsilons("epsilon", get("epsilon", "1"), allow_none=True),
             budget=tuple(float(b) for b in _epsilons("budget", get("budget", "4"), allow_none=True)),
             epochs=integer("epochs", 0, 0), test_size=number("test-size", 0.2, 0.0, 0.5),
@@ -166,7 +172,7 @@ class Scenario:
         from client_party.datasets import TableRef
 
         try:
-            return [TableRef.parse(t, self.schema or None) for t in self.data]
+            return [TableRef.parse(t, self.schema or None, self.on_invalid) for t in self.data]
         except FileNotFoundError as e:
             raise _bad("data", ",".join(self.data), str(e), "name a registered table or an existing CSV/Parquet file") from None
 
