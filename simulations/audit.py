@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from protocol.errors import LedgerError
+
 RDP_TOLERANCE = 0.01     # Opacus RDP vs dp-accounting RDP: same bound, but dp-accounting drops fractional orders whose
                          # series fails to converge (ε = 8: 7.991 vs 8.000, 0.11 %), so exact agreement is not guaranteed
 PRV_TOLERANCE = 0.03     # Opacus PRV vs dp-accounting PLD (different numerical methods)
@@ -319,12 +321,14 @@ def audit_ledger(report: AuditReport, path: Path, provider_key: Any) -> list[dic
 
     subject = f"ledger {path}"
     if not path.is_file():
-        report.add(subject, "ledger", False, "file does not exist")
+        inside = path / "ledger.db"
+        report.add(subject, "ledger", False, f"is a folder; give the ledger file in it, {inside}" if path.is_dir() and inside.is_file()
+                   else "file does not exist")
         return []
     with tempfile.TemporaryDirectory(prefix="llamdex-audit-") as tmp:
         copy = _snapshot(path, Path(tmp))
         try:
-            ledger = Ledger(copy)
+            ledger = Ledger(copy, create=False)
             discrepancies = ledger.verify_chain(provider_key)
             con = sqlite3.connect(str(copy))
             con.row_factory = sqlite3.Row
@@ -332,6 +336,9 @@ def audit_ledger(report: AuditReport, path: Path, provider_key: Any) -> list[dic
             budgets = [dict(r) for r in con.execute("SELECT * FROM budgets")]
             con.close()
             chain_budgets, revocations, fmt = ledger_budgets_and_revocations(ledger, rows)
+        except LedgerError as e:
+            report.add(subject, "ledger", False, str(e).replace(str(copy), str(path)))
+            return []
         except Exception as e:
             report.add(subject, "ledger", False, f"cannot read the ledger: {type(e).__name__}: {e}")
             return []

@@ -15,6 +15,7 @@ from client_party.datasets import encode_table, load_table
 from client_party.expert_training import TrainConfig, train_expert
 from protocol.artifact import ArtifactVerifier, write_artifact
 from protocol.dp import compute_epsilon
+from protocol.errors import LedgerError
 from protocol.keys import generate_private_key
 from protocol.receipts import issue_receipt
 from provider_party.service.ledger import Ledger
@@ -226,3 +227,31 @@ def test_receipts_from_an_export_file_and_from_the_client_store(world):
         report = run_audit(receipts=[source], ledger=world["tmp"] / "ledger.sqlite", provider_key=world["provider_key"].public_key())
         assert report.ok, failures(report)
         assert sum(1 for f in report.findings if f.check == "receipt") == 2
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda p: sqlite3.connect(str(p)).executescript("CREATE TABLE jobs (id TEXT); CREATE TABLE nonces (n TEXT);"),
+     "its tables are jobs, nonces"),                                   # the provider's state.db, beside ledger.db
+    (lambda p: p.write_bytes(b""), "it holds no table"),
+    (lambda p: p.write_text("not a database at all, just text\n" * 4), "is not a ledger: file is not a database"),
+])
+def test_a_file_that_is_not_a_ledger_fails_the_audit_instead_of_passing_as_empty(tmp_path, make, says):
+    """Opening a ledger creates its tables; a verifier must not, or any wrong file passes as a ledger of 0 entries."""
+    path = tmp_path / "state.db"
+    make(path)
+    before = path.read_bytes()
+    report = run_audit(ledger=path, provider_key=generate_private_key().public_key())
+    assert not report.ok and [f.check for f in report.failures] == ["ledger"]
+    assert "NOT_A_LEDGER" in report.failures[0].detail and says in report.failures[0].detail and str(path) in report.failures[0].detail
+    assert path.read_bytes() == before                                # the evidence is never written
+    with pytest.raises(LedgerError, match="NOT_A_LEDGER"):
+        Ledger(path, create=False)
+
+
+def test_a_state_folder_given_as_the_ledger_names_the_ledger_file_in_it(world):
+    report = run_audit(ledger=world["tmp"], provider_key=world["provider_key"].public_key())
+    assert not report.ok   # the fixture's ledger is ledger.sqlite, so the folder has no ledger.db: "does not exist"
+    (world["tmp"] / "state").mkdir()
+    Ledger(world["tmp"] / "state" / "ledger.db", world["provider_key"])
+    report = run_audit(ledger=world["tmp"] / "state", provider_key=world["provider_key"].public_key())
+    assert "is a folder; give the ledger file in it" in failures(report) and "ledger.db" in failures(report)

@@ -231,6 +231,30 @@ def _num_or_none(x: float) -> float | None:
     return None if math.isinf(x) else float(x)
 
 
+def existing_ledger_format(path: str | Path) -> str:
+    """The format of the ledger file at `path`, read without writing to it; `NOT_A_LEDGER` for any other file.
+
+    Opening a `Ledger` creates its tables where they are missing: right for the provider's own state, wrong
+    for a verifier. An auditor pointed at another SQLite file (the provider's `state.db` sits beside
+    `ledger.db`) or at an empty file would otherwise find a valid ledger of 0 entries, and pass it.
+    """
+    p = Path(path)
+    try:
+        con = sqlite3.connect(p.resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            tables = sorted(r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'"))
+            fmt_row = con.execute("SELECT value FROM meta WHERE key='format'").fetchone() if "meta" in tables else None
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        raise LedgerError("NOT_A_LEDGER", f"{p} is not a ledger: {e}", file=str(p)) from None
+    if "entries" not in tables:
+        found = f"its tables are {', '.join(tables)}" if tables else "it holds no table"
+        raise LedgerError("NOT_A_LEDGER", f"{p} is not a ledger: {found}, and a ledger has 'entries' and 'meta' "
+                          "(a provider keeps it as ledger.db in its state folder)", file=str(p))
+    return fmt_row[0] if fmt_row is not None else LEDGER_FORMAT_V1
+
+
 class Ledger:
     """Append-only privacy ledger of one provider.
 
@@ -239,13 +263,16 @@ class Ledger:
     carrying `endorsement`, the previous key's handover statement, when given). `trusted_keys`: earlier
     receipt keys `verify_chain` trusts by default besides the signing key (the provider's key list). Datasets need a budget:
     `set_budget(...)`, or `default_epsilon_budget` / `default_delta_budget` applied on first upload;
-    either way a signed `budget` event enters the chain.
+    either way a signed `budget` event enters the chain. `create=False` (verifiers) refuses a file that is not
+    already a ledger (`existing_ledger_format`) instead of making it one.
     """
 
     def __init__(self, path: str | Path, signing_key: PrivateKey | None = None, *,
                  default_epsilon_budget: float | None = None, default_delta_budget: float = math.inf,
-                 endorsement: dict[str, Any] | None = None, trusted_keys: Sequence[PublicKey] | None = None):
+                 endorsement: dict[str, Any] | None = None, trusted_keys: Sequence[PublicKey] | None = None, create: bool = True):
         self.path = Path(path)
+        if not create:
+            existing_ledger_format(self.path)
         self.signing_key = signing_key
         self.trusted_keys = list(trusted_keys or [])   # receipt keys verify_chain trusts by default (with the signing key)
         self.default_epsilon_budget = default_epsilon_budget
