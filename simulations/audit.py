@@ -238,20 +238,35 @@ def load_receipts(paths: Iterable[str | Path]) -> list[tuple[str, Any]]:
 
 
 def _receipt_store_envelopes(path: Path) -> list[tuple[str, Any]]:
+    """The envelopes of a client's receipt store; one unreadable entry, saying why, for a file that is not one
+    (another SQLite file or no database at all must fail the audit by name, not crash it or pass as empty)."""
     with tempfile.TemporaryDirectory(prefix="llamdex-audit-") as tmp:
-        con = sqlite3.connect(str(_snapshot(path, Path(tmp))))
+        copy = _snapshot(path, Path(tmp))
         try:
-            rows = con.execute("SELECT sequence, envelope FROM receipts ORDER BY sequence").fetchall()
-        finally:
-            con.close()
+            con = sqlite3.connect(copy.resolve().as_uri() + "?mode=ro", uri=True)
+            try:
+                tables = sorted(r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'"))
+                if "receipts" not in tables:
+                    found = f"its tables are {', '.join(tables)}" if tables else "it holds no table"
+                    return [(str(path), _unreadable(f"not a receipt store: {found}, and a client's receipt store has 'receipts' "
+                                                    "(a client keeps it as receipts.db in its workspace)"))]
+                rows = con.execute("SELECT sequence, envelope FROM receipts ORDER BY sequence").fetchall()
+            finally:
+                con.close()
+        except sqlite3.DatabaseError as e:
+            return [(str(path), _unreadable(f"not a receipt store: {e}"))]
     return [(f"{path}#sequence={seq}", _loads(env)) for seq, env in rows]
+
+
+def _unreadable(reason: str) -> dict[str, str]:
+    return {"__unreadable__": reason}
 
 
 def _loads(text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        return {"__unreadable__": str(e)}
+        return _unreadable(f"not JSON: {e}")
 
 
 def audit_receipts(report: AuditReport, envelopes: Sequence[tuple[str, Any]], provider_key: Any) -> list[Any]:
@@ -263,7 +278,7 @@ def audit_receipts(report: AuditReport, envelopes: Sequence[tuple[str, Any]], pr
     for source, env in envelopes:
         subject = f"receipt {source}"
         if isinstance(env, dict) and "__unreadable__" in env:
-            report.add(subject, "receipt", False, f"not JSON: {env['__unreadable__']}")
+            report.add(subject, "receipt", False, env["__unreadable__"])
             continue
         if provider_key is None:
             report.add(subject, "receipt", False, "no provider public key given (--provider-key); receipts cannot be verified")

@@ -248,6 +248,19 @@ def test_a_file_that_is_not_a_ledger_fails_the_audit_instead_of_passing_as_empty
         Ledger(path, create=False)
 
 
+@pytest.mark.parametrize("make, says", [
+    (lambda p: sqlite3.connect(str(p)).executescript("CREATE TABLE jobs (id TEXT); CREATE TABLE nonces (n TEXT);"), "its tables are jobs, nonces"),
+    (lambda p: p.write_bytes(b""), "it holds no table"),
+    (lambda p: p.write_text("not a database at all, just text\n" * 4), "file is not a database"),
+])
+def test_a_file_that_is_not_a_receipt_store_fails_the_audit_by_name_instead_of_crashing_it(tmp_path, make, says):
+    path = tmp_path / "state.db"
+    make(path)
+    report = run_audit(receipts=[path], provider_key=generate_private_key().public_key())
+    assert [(f.check, f.subject) for f in report.failures] == [("receipt", f"receipt {path}")]
+    assert f"not a receipt store: {says}" in report.failures[0].detail
+
+
 def test_a_state_folder_given_as_the_ledger_names_the_ledger_file_in_it(world):
     report = run_audit(ledger=world["tmp"], provider_key=world["provider_key"].public_key())
     assert not report.ok   # the fixture's ledger is ledger.sqlite, so the folder has no ledger.db: "does not exist"
