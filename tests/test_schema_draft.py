@@ -64,6 +64,7 @@ def test_a_draft_takes_types_categories_nullability_label_and_aliases_from_the_t
     assert label["classes"] == ["bad", "good", "very_good"] and label["verbalizers"] == ["Bad", "Good", "Very good"]
     assert label["question"].endswith("?") and "loan applicant" in label["question"]
     assert draft.schema["subject"] == "loan applicant" and draft.schema["name"] == "loans"
+    assert any(n.startswith("aliases: ") and "add the names your users say" in n for n in draft.notes)
 
 
 def test_a_draft_never_holds_a_numeric_value_of_the_data():
@@ -128,7 +129,7 @@ def test_cli_draft_writes_beside_the_table_prints_one_line_per_column_and_check_
     code, out, _ = _llamdex(["schema", "draft", str(loans_csv), "--label", "status", "--subject", "loan applicant"], capsys)
     target = loans_csv.with_name("loans.csv.schema.json")
     assert code == 0 and target.is_file()
-    assert sum(1 for line in out.splitlines() if line.startswith("  - ")) == 10  # 8 columns, the subject line and the level-phrase hint
+    assert sum(1 for line in out.splitlines() if line.startswith("  - ")) == 11  # 8 columns, the subject line, the alias and level-phrase hints
     assert "6 range bounds still hold a placeholder" in out
     code, _, err = _llamdex(["schema", "draft", str(loans_csv), "--label", "status"], capsys)
     assert code == 2 and "--force" in err  # an existing draft is not overwritten

@@ -295,7 +295,7 @@ def run(args: argparse.Namespace, command: str) -> int:
     write_json("accuracy.json", payload, args.out)
     plot(payload, args.out / "accuracy.png")
     update_section("accuracy", markdown(payload), results_md_path(args.out))
-    print(f"wrote {args.out / 'accuracy.json'} and docs/RESULTS.md in {payload['wall_s'] / 60:.1f} min")
+    print(f"wrote {args.out / 'accuracy.json'} and {results_md_path(args.out)} in {payload['wall_s'] / 60:.1f} min")
     return 0
 
 
