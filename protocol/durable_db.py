@@ -53,3 +53,22 @@ def immediate_transaction(con: sqlite3.Connection) -> Iterator[sqlite3.Connectio
         if con.in_transaction:
             con.execute("ROLLBACK")
         raise
+
+
+@contextlib.contextmanager
+def read_only_store(path: str | Path) -> Iterator[tuple[sqlite3.Connection, list[str]]]:
+    """A read-only connection to an existing SQLite file and the names of its tables, for verifiers.
+
+    Opening a store the usual way creates its tables; a verifier must not, or a wrong file (another
+    store, an empty file) reads as an empty store of the right kind. `sqlite3.DatabaseError` when the
+    file is no database."""
+    con = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        yield con, sorted(r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'"))
+    finally:
+        con.close()
+
+
+def describe_tables(tables: list[str]) -> str:
+    """`its tables are a, b` or `it holds no table`, for a message about a file that is not the store expected."""
+    return f"its tables are {', '.join(tables)}" if tables else "it holds no table"

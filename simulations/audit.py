@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from protocol.durable_db import describe_tables, read_only_store
 from protocol.errors import LedgerError
 
 RDP_TOLERANCE = 0.01     # Opacus RDP vs dp-accounting RDP: same bound, but dp-accounting drops fractional orders whose
@@ -243,16 +244,11 @@ def _receipt_store_envelopes(path: Path) -> list[tuple[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="llamdex-audit-") as tmp:
         copy = _snapshot(path, Path(tmp))
         try:
-            con = sqlite3.connect(copy.resolve().as_uri() + "?mode=ro", uri=True)
-            try:
-                tables = sorted(r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'"))
+            with read_only_store(copy) as (con, tables):
                 if "receipts" not in tables:
-                    found = f"its tables are {', '.join(tables)}" if tables else "it holds no table"
-                    return [(str(path), _unreadable(f"not a receipt store: {found}, and a client's receipt store has 'receipts' "
-                                                    "(a client keeps it as receipts.db in its workspace)"))]
+                    return [(str(path), _unreadable(f"not a receipt store: {describe_tables(tables)}, and a client's receipt store "
+                                                    "has 'receipts' (a client keeps it as receipts.db in its workspace)"))]
                 rows = con.execute("SELECT sequence, envelope FROM receipts ORDER BY sequence").fetchall()
-            finally:
-                con.close()
         except sqlite3.DatabaseError as e:
             return [(str(path), _unreadable(f"not a receipt store: {e}"))]
     return [(f"{path}#sequence={seq}", _loads(env)) for seq, env in rows]

@@ -50,6 +50,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from protocol.canonical import LEGACY, RFC8785, digest_json, sha256_hex
 from protocol.crashpoints import crashpoint
+from protocol.durable_db import describe_tables, read_only_store
 from protocol.errors import BudgetError, LedgerError, ReceiptError
 from protocol.keys import PrivateKey, PublicKey, fingerprint, public_key_of, public_key_pem
 from protocol.receipts import (
@@ -240,17 +241,12 @@ def existing_ledger_format(path: str | Path) -> str:
     """
     p = Path(path)
     try:
-        con = sqlite3.connect(p.resolve().as_uri() + "?mode=ro", uri=True)
-        try:
-            tables = sorted(r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'"))
+        with read_only_store(p) as (con, tables):
             fmt_row = con.execute("SELECT value FROM meta WHERE key='format'").fetchone() if "meta" in tables else None
-        finally:
-            con.close()
     except sqlite3.DatabaseError as e:
         raise LedgerError("NOT_A_LEDGER", f"{p} is not a ledger: {e}", file=str(p)) from None
     if "entries" not in tables:
-        found = f"its tables are {', '.join(tables)}" if tables else "it holds no table"
-        raise LedgerError("NOT_A_LEDGER", f"{p} is not a ledger: {found}, and a ledger has 'entries' and 'meta' "
+        raise LedgerError("NOT_A_LEDGER", f"{p} is not a ledger: {describe_tables(tables)}, and a ledger has 'entries' and 'meta' "
                           "(a provider keeps it as ledger.db in its state folder)", file=str(p))
     return fmt_row[0] if fmt_row is not None else LEDGER_FORMAT_V1
 
