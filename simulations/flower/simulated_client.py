@@ -49,11 +49,9 @@ class TrainedUpload:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_table(ref_text: str, schema: str, on_invalid: str) -> tuple[Any, Any]:
-    """A table loaded once per process (a simulation engine worker serves many clients)."""
-    from client_party.datasets import TableRef
-
-    return TableRef.parse(ref_text, schema or None, on_invalid).load()
+def _load_table(ref: Any) -> tuple[Any, Any]:
+    """A table (a `TableRef`, hashable) loaded once per process (a simulation engine worker serves many clients)."""
+    return ref.load()
 
 
 class SimulatedClient:
@@ -95,11 +93,12 @@ class SimulatedClient:
         from simulations.flower.partitioning import client_partition, split_heldout
 
         s, t = self.scenario, self.scenario.table_index(self.index)
-        df, schema = _load_table(s.data[t], s.schema, s.on_invalid)
+        ref = s.table_refs()[t]
+        df, schema = _load_table(ref)
         part, n_parts = s.part_of(self.index)
         mine = client_partition(df, schema.label.name, part, n_parts, s.partition, s.alpha, seed=s.seed * 1009 + t)
         train, heldout = split_heldout(mine, schema.label.name, s.test_size, seed=s.seed + self.index)
-        return ClientData(s.table_refs()[t].id, schema, train, heldout)
+        return ClientData(ref.id, schema, train, heldout)
 
     # --- the individual expert ------------------------------------------------------------------------------
     def target_epsilon(self) -> float | None:
