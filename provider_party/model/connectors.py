@@ -3,7 +3,8 @@
 Encoder: per column, a learned pointer onto the value the question states for it (a token of the
 question for categorical and yes/no columns, a stated number for numeric ones) or onto "nothing
 stated", over the frozen LLM's layer-`j` states mixed locally on both sides; a categorical value is
-classified against the column's public levels, a number's value is taken from the text. Decoder:
+classified against the column's public levels, a number's value is taken from the text, and the stated
+numbers are given to the numeric columns jointly, each to one column at most. Decoder:
 SwiGLU from the expert's class probabilities to `num_tokens` hidden states, LayerNorm. Together they are a few MB, saved as safetensors plus a JSON config.
 """
 
@@ -21,6 +22,7 @@ from torch import nn
 
 from protocol.encoding import FeatureEncoder
 from protocol.schema import PublicSchema
+from provider_party.model.number_matching import match_numbers
 
 CONNECTOR_FORMAT = "llamdex.connectors/v3"  # v3: every column read by a pointer onto the value the question states, or onto "nothing stated"
 
@@ -107,9 +109,17 @@ class ExpertEncoder(nn.Module):
       column's public range. The small LLM cannot carry a multi-digit number precisely in its hidden
       states, but it can tell which field a number belongs to.
 
+    - Numbers are assigned jointly (`number_matching`): a number stated once is the value of one
+      column at most, so two columns never take the same number.
+
     Outputs per column: categorical (B, levels + 1) log-probabilities, the last entry "missing";
     numeric (B, 2) = (value in [0, 1], missing logit: positive when "nothing stated" wins).
     """
+
+    # How numbers are given to columns: "matching" (jointly, each number to one column at most), "independent" (each
+    # column its own best number, as before matching) or "claim-all" (matching, and every stated number goes to some
+    # column; `match_numbers`). Not stored with the connectors: a reading rule, not a weight.
+    number_decoding: str = "matching"
 
     def __init__(self, feature_encoder: FeatureEncoder, hidden_size: int, dim: int = 256, mixer_layers: int = 2, kernel: int = 5):
         super().__init__()
@@ -156,7 +166,7 @@ class ExpertEncoder(nn.Module):
 
     def _levels(self, reading: Reading, weights: torch.Tensor) -> list[torch.Tensor]:
         """Level logits per categorical column from the value states, weighted over positions (B, C, T)."""
-        idx = torch.tensor(self.categorical, device=weights.device)
+        idx = torch.tensor(self.categorical, dtype=torch.long, device=weights.device)  # long even when empty (an all-numeric schema)
         pooled = torch.einsum("bct,btd->bcd", weights[:, idx], reading.values)
         return [head(pooled[:, c]) for c, head in enumerate(self.level_heads)]
 
@@ -171,11 +181,15 @@ class ExpertEncoder(nn.Module):
             outs[i] = torch.cat([torch.logsumexp(stated[:, i], -1, keepdim=True) + lv.log_softmax(-1), logp[:, i, -1:]], -1)
         values = (torch.nan_to_num(numbers.float())[:, None, :] - self.num_min) / self.num_span  # (B, N, T)
         num_scores = r.scores[:, self.numeric]
-        best = num_scores[..., :-1].argmax(-1, keepdim=True)
+        if self.number_decoding in ("matching", "claim-all"):   # each stated number goes to one column at most
+            best, missing = match_numbers(num_scores, mask & torch.isfinite(numbers), claim_all=self.number_decoding == "claim-all")
+            best = best[..., None]
+        else:   # "independent": each column takes its own best number (the reading before matching; kept to measure the difference)
+            best = num_scores[..., :-1].argmax(-1, keepdim=True)
+            missing = num_scores[..., -1] - num_scores[..., :-1].max(-1).values  # > 0: "nothing stated" wins
         value = values.gather(-1, best).squeeze(-1)
         any_number = r.allowed[:, self.numeric].any(-1)
         value = torch.where(any_number, value, torch.full_like(value, 0.5))
-        missing = num_scores[..., -1] - num_scores[..., :-1].max(-1).values  # > 0: "nothing stated" wins
         for c, i in enumerate(self.numeric):
             outs[i] = torch.stack([value[:, c], missing[:, c].clamp(-1e4, 1e4)], 1)
         return outs
@@ -221,7 +235,9 @@ def can_be_missing(block) -> bool:
     words it in a way training never showed ("a gentleman" for sex: male), and the pointer still
     ranks such a word first (measured on hand-written test sentences). So such a column always reads
     its best-scoring value. A number the question does not state is different: the pointer would
-    otherwise take another column's number, so every numeric column keeps "nothing stated".
+    otherwise take another column's number, so every numeric column keeps "nothing stated" (and the
+    joint assignment of numbers, `number_matching`, leaves it there once the number's own column
+    has taken it).
     """
     return bool(block.column.nullable or block.kind == "numeric")
 
