@@ -80,11 +80,12 @@ def _preset(questions_factor: float, filler_rate: float = 0.0, encoder_layer: in
     return p
 
 
-def _misreads(extraction: dict[str, dict], threshold: float = 0.97) -> dict[str, float]:
-    """`column.metric` -> value for every reading below the issue's 0.97 on one mechanism's questions: which
-    columns need domain words (misread on the hand-written sentences only) and which a better reader (on both)."""
-    return {f"{col}.{key}": round(v, 3) for col, e in extraction.items() for key in ("accuracy", "exact", "missing_flag_accuracy")
-            if (v := e.get(key)) is not None and v < threshold}
+def _misreads(extraction: dict[str, dict]) -> dict[str, float]:
+    """Every reading below the issue's 0.97 on one mechanism's questions: which columns need domain words
+    (misread on the hand-written sentences only) and which a better reader (on both)."""
+    from simulations.evaluation import readings_below
+
+    return readings_below(extraction)
 
 
 def _cell(values: list[float | None]) -> str:

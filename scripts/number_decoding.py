@@ -78,13 +78,11 @@ def _readings(model, questions: list[str], batch_size: int = 16) -> dict[str, np
 def _summary(fe, expert, x_true: np.ndarray, x_pred: np.ndarray) -> dict:
     import torch
 
-    from simulations.evaluation import extraction_quality
+    from simulations.evaluation import extraction_quality, readings_below
 
     with torch.inference_mode():
         agree = expert(torch.as_tensor(x_true)).argmax(-1) == expert(torch.as_tensor(x_pred)).argmax(-1)
-    ex = extraction_quality(fe, x_true, x_pred)
-    low = {f"{c}.{k}": round(v, 3) for c, e in ex.items() for k in ("accuracy", "exact", "missing_flag_accuracy")
-           if (v := e.get(k)) is not None and v < 0.97}
+    low = readings_below(extraction_quality(fe, x_true, x_pred))
     worst = min(low.items(), key=lambda kv: kv[1]) if low else None
     return {"agreement": round(float(agree.float().mean()), 4), "n": len(x_true), "readings_below_0.97": len(low),
             "worst": worst, "below": low}
@@ -93,20 +91,19 @@ def _summary(fe, expert, x_true: np.ndarray, x_pred: np.ndarray) -> dict:
 def measure(table: str, max_test: int) -> dict:
     import pandas as pd
 
-    from client_party.datasets import TableRef, encode_table, split_table
+    from client_party.datasets import TableRef, encode_table
     from client_party.expert_training import TrainConfig, train_expert
     from protocol.encoding import FeatureEncoder
     from protocol.expert_spec import load_expert_state
     from provider_party.model.base_llm import load_base_llm
     from provider_party.model.connector_store import ConnectorStore
+    from simulations.baselines.methods import split_like_pipeline
     from simulations.evaluation import test_questions
     from simulations.phrasings import eval_questions
 
     t0 = time.perf_counter()
     df, schema = TableRef.parse(table).load()
-    train, test = split_table(df, schema, test_size=0.2, seed=0)
-    if len(test) > max_test:
-        test, _ = split_table(test, schema, test_size=1 - max_test / len(test), seed=0)
+    train, test = split_like_pipeline(df, schema, seed=0, max_train=None, max_test=max_test)
     x_train, y_train = encode_table(train, schema)
     trained = train_expert(x_train, y_train, schema, TrainConfig(seed=0))
     expert = load_expert_state(trained.spec, {k: v.clone() for k, v in trained.model.state_dict().items()}).eval()
@@ -120,6 +117,7 @@ def measure(table: str, max_test: int) -> dict:
     for name, aside in (("left-out", False), ("aside", True)):
         questions, asked, left_out = _left_out_questions(schema, rows, seed=0, aside=aside)
         sets[name] = (questions, fe.encode_frame(pd.DataFrame(asked, columns=schema.feature_names)), None, left_out)
+    missing_index = {b.column.name: b.missing_index for b in fe.blocks}
     out: dict = {"table": table, "n": len(test)}
     for name, (questions, xt, by, left_out) in sets.items():
         readings = _readings(model, questions)
@@ -129,8 +127,8 @@ def measure(table: str, max_test: int) -> dict:
             if by is not None:
                 res["by_mechanism"] = {k: _summary(fe, expert, xt[by == k], readings[d][by == k]) for k in sorted(set(by))}
             if left_out is not None:    # the column left out of each question: read as missing, or given another number?
-                idx = {b.column.name: b.missing_index for b in fe.blocks}
-                res["left_out_read_missing"] = round(float(np.mean([readings[d][i, idx[c]] > 0.5 for i, c in enumerate(left_out)])), 4)
+                res["left_out_read_missing"] = round(float(np.mean([readings[d][i, missing_index[c]] > 0.5
+                                                                    for i, c in enumerate(left_out)])), 4)
             out[name][d] = res
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out

@@ -122,6 +122,13 @@ def evaluate_phrasings(model: LlamdexModel, test: pd.DataFrame, experts: dict[st
     return out
 
 
+def readings_below(extraction: dict[str, dict], threshold: float = 0.97) -> dict[str, float]:
+    """`column.metric` -> value for every reading of `extraction_quality` below `threshold` (the issue's 0.97):
+    category accuracy, numeric exactness, missing flag."""
+    return {f"{col}.{key}": round(v, 3) for col, e in extraction.items() for key in ("accuracy", "exact", "missing_flag_accuracy")
+            if (v := e.get(key)) is not None and v < threshold}
+
+
 def extraction_quality(fe: FeatureEncoder, x_true: np.ndarray, x_pred: np.ndarray) -> dict[str, dict]:
     """Per column on real questions. Categorical: `accuracy` over every record (a missing value must be read
     as missing), `stated_accuracy` over records with a value. Numeric: `mae` in the column's units and `exact`

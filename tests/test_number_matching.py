@@ -10,9 +10,6 @@ from protocol.seeding import generator, init_parameters
 from provider_party.model.connectors import ConnectorConfig, build_connectors
 from provider_party.model.number_matching import match_numbers
 
-NOTHING = -1   # index of "nothing stated" in the score rows below
-
-
 def _scores(rows: list[list[float]]) -> torch.Tensor:
     """One question: per column, scores over 4 positions and then "nothing stated"."""
     return torch.tensor([rows], dtype=torch.float32)
