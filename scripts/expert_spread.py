@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from sklearn.metrics import balanced_accuracy_score
 
-    from client_party.datasets import encode_table, load_table, split_table
+    from client_party.datasets import encode_table, load_table
+    from simulations.pipeline import held_out_split
     from client_party.expert_training import TrainConfig, predict_proba, train_expert
 
     rules = ("calibrated", "balanced") if "decision" in TrainConfig.__dataclass_fields__ else (None,)
@@ -47,9 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["| table | rule | ε | accuracy | balanced accuracy |", "|---|---|---|---|---|"]
     for name in args.data.split(","):
         df, schema = load_table(name)
-        train, test = split_table(df, schema, test_size=0.2, seed=0)
-        if len(test) > args.max_test:
-            test, _ = split_table(test, schema, test_size=1 - args.max_test / len(test), seed=0)
+        train, test = held_out_split(df, schema, seed=0, max_test=args.max_test)
         x, y = encode_table(train, schema)
         xt, yt = encode_table(test, schema)
         per = out["tables"][name] = {}

@@ -97,13 +97,13 @@ def measure(table: str, max_test: int) -> dict:
     from protocol.expert_spec import load_expert_state
     from provider_party.model.base_llm import load_base_llm
     from provider_party.model.connector_store import ConnectorStore
-    from simulations.baselines.methods import split_like_pipeline
+    from simulations.pipeline import held_out_split
     from simulations.evaluation import test_questions
     from simulations.phrasings import eval_questions
 
     t0 = time.perf_counter()
     df, schema = TableRef.parse(table).load()
-    train, test = split_like_pipeline(df, schema, seed=0, max_train=None, max_test=max_test)
+    train, test = held_out_split(df, schema, seed=0, max_test=max_test)
     x_train, y_train = encode_table(train, schema)
     trained = train_expert(x_train, y_train, schema, TrainConfig(seed=0))
     expert = load_expert_state(trained.spec, {k: v.clone() for k, v in trained.model.state_dict().items()}).eval()

@@ -33,16 +33,15 @@ def trajectories(name: str, seeds: int, epochs: int, max_test: int) -> list[list
     from sklearn.metrics import balanced_accuracy_score as bal
     from torch import nn
 
-    from client_party.datasets import encode_table, load_table, split_table
+    from client_party.datasets import encode_table, load_table
+    from simulations.pipeline import held_out_split
     from client_party.expert_training import expert_spec, validation_split
     from protocol.expert_spec import build_expert
     from protocol.seeding import generator, init_parameters
 
     torch.set_num_threads(1)
     df, schema = load_table(name)
-    train, test = split_table(df, schema, test_size=0.2, seed=0)
-    if len(test) > max_test:
-        test, _ = split_table(test, schema, test_size=1 - max_test / len(test), seed=0)
+    train, test = held_out_split(df, schema, seed=0, max_test=max_test)
     x_np, y_np = encode_table(train, schema)
     xt, yt = encode_table(test, schema)
     x, y, xt = torch.as_tensor(x_np), torch.as_tensor(y_np), torch.as_tensor(xt)

@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from client_party.datasets import TableRef, encode_table, split_table
 from client_party.expert_training import TrainConfig, train_expert
 from protocol.expert_spec import load_expert_state
+from protocol.schema import PublicSchema
 from provider_party.model.base_llm import EMBEDDED, BaseLLM, load_base_llm
 from provider_party.model.connector_store import ConnectorStore
 from provider_party.model.connector_training import Preset
@@ -55,6 +57,21 @@ class PipelineResult:
     seed_runs: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
 
+def held_out_split(df: pd.DataFrame, schema: PublicSchema, *, seed: int = 0, max_train: int | None = None,
+                   max_test: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The pipeline's 80/20 split, each side cut to a stratified subsample when capped.
+
+    Every benchmark and study that compares with `run_pipeline` takes its records from here, so that two
+    figures side by side are always measured on the same held-out records.
+    """
+    train, test = split_table(df, schema, test_size=0.2, seed=seed)
+    if max_train is not None and len(train) > max_train:
+        train, _ = split_table(train, schema, test_size=1 - max_train / len(train), seed=seed)
+    if max_test is not None and len(test) > max_test:
+        test, _ = split_table(test, schema, test_size=1 - max_test / len(test), seed=seed)
+    return train, test
+
+
 def run_pipeline(table: TableRef | str = "titanic", epsilons: tuple[float | None, ...] = (None, 1.0, 4.0), *, preset: Preset | str = "default",
                  seed: int = 0, max_test: int | None = None, max_train: int | None = None, base_model: str | BaseLLM = EMBEDDED,
                  connectors_root=None, retrain: bool = False, progress: bool = True, log=print,
@@ -85,11 +102,7 @@ def run_pipeline(table: TableRef | str = "titanic", epsilons: tuple[float | None
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     df, schema = table.load()
-    train, test = split_table(df, schema, test_size=0.2, seed=seed)
-    if max_train is not None and len(train) > max_train:
-        train, _ = split_table(train, schema, test_size=1 - max_train / len(train), seed=seed)
-    if max_test is not None and len(test) > max_test:
-        test, _ = split_table(test, schema, test_size=1 - max_test / len(test), seed=seed)
+    train, test = held_out_split(df, schema, seed=seed, max_train=max_train, max_test=max_test)
     log(f"[client] {dataset}: {len(train)} training and {len(test)} held-out records (schema {schema.digest[:19]}…)")
 
     # Client: train the experts (the data never leaves this block).

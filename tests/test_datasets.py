@@ -212,6 +212,22 @@ def test_split_is_seeded_stratified_and_disjoint():
     assert (test["survived"] == "yes").mean() == pytest.approx(rate, abs=0.005)
 
 
+
+def test_the_pipelines_held_out_split_caps_each_side_within_the_full_split():
+    """Every study that sits beside `run_pipeline` takes its records from `held_out_split`: capped sides are
+    stratified subsets of the uncapped ones, so a capped test set never holds a training record."""
+    from simulations.pipeline import held_out_split
+
+    df, schema = load_table("titanic")
+    train, test = held_out_split(df, schema, seed=0)
+    assert (list(train.index), list(test.index)) == tuple(list(x.index) for x in split_table(df, schema, test_size=0.2, seed=0))
+    small_train, small_test = held_out_split(df, schema, seed=0, max_train=300, max_test=100)
+    assert len(small_test) == 100 and len(small_train) == 300
+    assert set(small_test.index) <= set(test.index) and set(small_train.index) <= set(train.index)
+    assert list(held_out_split(df, schema, seed=0, max_test=100)[1].index) == list(small_test.index)
+    assert (small_test["survived"] == "yes").mean() == pytest.approx((test["survived"] == "yes").mean(), abs=0.02)
+    assert held_out_split(df, schema, seed=0, max_test=10_000)[1].equals(test)
+
 @pytest.mark.parametrize("name", ["cards.schema.json", "cards.drafted.schema.json"])
 def test_the_worked_example_of_a_table_of_your_own_loads_under_its_schema(tmp_path, name):
     """docs/examples/cards.schema.json on the CreditCard table (not registered): seven applicants aged under one

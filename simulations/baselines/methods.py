@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from client_party.datasets import TableRef, encode_table, split_table
+from client_party.datasets import TableRef, encode_table
 from client_party.expert_training import TrainConfig, TrainedExpert, train_expert
 from protocol.dp import DPStatement
 from protocol.encoding import FeatureEncoder
@@ -40,6 +40,7 @@ from simulations.baselines.icl import ICLPrompter, choose_demonstrations
 from simulations.baselines.lora import LoRAConfig, LowerStates, lower_states, train_lora
 from simulations.baselines.mst import MST, MSTConfig
 from simulations.evaluation import extraction_quality, scores
+from simulations.pipeline import held_out_split
 
 SYNTH_QUESTION_SEED = 20_000   # verbalizer seed of training questions (held-out questions use 10_000 + seed)
 ICL_QUESTION_SEED = 30_000
@@ -81,16 +82,6 @@ class MethodResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def split_like_pipeline(df: pd.DataFrame, schema: PublicSchema, seed: int, max_train: int | None, max_test: int | None):
-    """The train/test split of `run_pipeline` (same calls, same seeds), so both score the same records."""
-    train, test = split_table(df, schema, test_size=0.2, seed=seed)
-    if max_train is not None and len(train) > max_train:
-        train, _ = split_table(train, schema, test_size=1 - max_train / len(train), seed=seed)
-    if max_test is not None and len(test) > max_test:
-        test, _ = split_table(test, schema, test_size=1 - max_test / len(test), seed=seed)
-    return train, test
-
-
 def balanced_decision(probs: np.ndarray, train_share: np.ndarray) -> np.ndarray:
     """The balanced-accuracy decision of a model fitted by cross-entropy to labels with these counts: argmax of
     p(y | x) / prior(y) (add-one prior). The prior is the model's own training labels (synthetic, or the real
@@ -122,7 +113,7 @@ class Workbench:
         if key not in self._splits:
             ref = TableRef.parse(table)
             df, schema = ref.load()
-            train, test = split_like_pipeline(df, schema, seed, self.settings.max_train, self.settings.max_test)
+            train, test = held_out_split(df, schema, seed=seed, max_train=self.settings.max_train, max_test=self.settings.max_test)
             questions = Verbalizer(schema, seed=10_000 + seed).questions(test[schema.feature_names].to_dict("records"))
             y = FeatureEncoder(schema).label_index(test[schema.label.name])
             self._splits[key] = TableSplit(ref.id, schema, seed, train, test, questions, y)

@@ -29,12 +29,13 @@ def curve(table: str, lr: float, checkpoints: list[int], fit_questions: int, val
     from protocol.verbalizer import Verbalizer
     from provider_party.model.base_llm import load_base_llm
     from simulations.baselines.lora import LoRAConfig, lower_states, train_lora
-    from simulations.baselines.methods import SYNTH_QUESTION_SEED, split_like_pipeline
+    from simulations.baselines.methods import SYNTH_QUESTION_SEED
+    from simulations.pipeline import held_out_split
     from simulations.evaluation import scores
 
     base = load_base_llm()
     df, schema = TableRef.parse(table).load()
-    train, _ = split_like_pipeline(df, schema, seed, None, None)       # the comparison's training split; its test records stay unseen
+    train, _ = held_out_split(df, schema, seed=seed)       # the comparison's training split; its test records stay unseen
     fit, val = split_table(train, schema, test_size=min(val_records, len(train) // 4) / len(train), seed=seed + 1)
     fit = fit.sample(n=min(fit_questions, len(fit)), random_state=seed)
     fe = FeatureEncoder(schema)

@@ -83,7 +83,7 @@ def measure_table(base, table, variants: list[Variant], *, seed: int, max_test: 
     import numpy as np
     import torch
 
-    from client_party.datasets import split_table
+    from simulations.pipeline import held_out_split
     from protocol.encoding import FeatureEncoder
     from protocol.seeding import generator, init_parameters
     from protocol.verbalizer import Verbalizer
@@ -96,9 +96,7 @@ def measure_table(base, table, variants: list[Variant], *, seed: int, max_test: 
     from simulations.phrasings import eval_questions
 
     df, schema = table.load()
-    _, test = split_table(df, schema, test_size=0.2, seed=seed)
-    if len(test) > max_test:
-        test, _ = split_table(test, schema, test_size=1 - max_test / len(test), seed=seed)
+    _, test = held_out_split(df, schema, seed=seed, max_test=max_test)
     p = PRESETS["default"]
     if questions is not None:
         p = replace(p, encoder_questions=questions, decoder_questions=0, min_encoder_questions=min(questions, p.min_encoder_questions),
