@@ -461,7 +461,7 @@ def run(out_dir: Path, *, artifact_mb: int = 100, reps: int = 3, ask_reps: int =
     (out_dir / "protocol.md").write_text(markdown(results) + "\n")
     from simulations.benchmarks.results_md import results_md_path, update_section
 
-    update_section("protocol", "## Protocol overheads (issue: two-party protocol)\n\n" + markdown(results), results_md_path(out_dir))
+    update_section("protocol", SECTION_TITLE + markdown(results), results_md_path(out_dir))
     log(markdown(results))
     return results
 
@@ -473,6 +473,9 @@ def heldout_questions(n: int) -> list[str]:
     df, schema = load_table("titanic")
     _, test = split_table(df, schema, test_size=0.2, seed=0)
     return Verbalizer(schema, seed=10_000).questions(test[schema.feature_names].iloc[:n].to_dict("records"))
+
+
+SECTION_TITLE = "## Protocol overheads (issue: two-party protocol)\n\n"
 
 
 def markdown(r: dict[str, Any]) -> str:
