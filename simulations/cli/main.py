@@ -60,6 +60,8 @@ Tools:
   certs      a small CA and the mutual-TLS certificates of the provider, clients and orchestrator
   attack     privacy attacks on an expert: membership inference, attribute inference, canary audit
   audit      offline verification of artifacts, receipts and the ledger; every ε recomputed twice
+  health     a provider's (or client's) liveness or readiness over gRPC health, from any host
+  hosts      two hosts: key, certificate and config bundles; check a host's setup
   simulate   many clients, one base LLM: the Flower app (simulation or deployment engine)
 """
 
