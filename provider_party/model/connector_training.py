@@ -110,7 +110,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "default": Preset("default"),
     "quick": Preset("quick", n_synthetic=4000, encoder_questions=480, decoder_questions=128, val_questions=64, min_encoder_questions=240,
-                    encoder_epochs=8, decoder_epochs=2, inject_candidates=(24,), surrogate_epochs=5),
+                    encoder_epochs=8, inject_candidates=(24,), surrogate_epochs=5),   # decoder_epochs 6 as the default's (scripts/decoder_epochs.py)
 }
 
 
