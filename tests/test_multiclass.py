@@ -51,6 +51,9 @@ def test_answer_words_that_share_a_first_token_are_refused_with_the_words_and_th
     assert "label 'species'" in msg and "change 'verbalizers'" in msg and "llamdex schema check" in msg
 
 
+# Slow (62 s with its fixture): the default run keeps three classes end to end through the two-party demo smoke
+# (tests/test_two_party_demo.py, penguins over gRPC), so this in-process twin runs with `make test-slow`.
+@pytest.mark.slow
 def test_multiclass_pipeline_end_to_end(penguins_store):
     from simulations.pipeline import run_pipeline
 
