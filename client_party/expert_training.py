@@ -69,7 +69,7 @@ from protocol.crashpoints import crashpoint
 from protocol.dp import ACCOUNTANTS, DPStatement, compute_epsilon, no_privacy_statement, size_bucket
 from protocol.encoding import FeatureEncoder
 from protocol.errors import BudgetError
-from protocol.expert_spec import MAX_BINS, ExpertSpec, block_release, build_expert
+from protocol.expert_spec import MAX_BINS, ExpertSpec, block_release, build_expert, load_expert_state
 from protocol.schema import PublicSchema
 from protocol.seeding import generator, init_parameters
 
@@ -193,6 +193,11 @@ class TrainedExpert:
     @property
     def spec(self) -> ExpertSpec:
         return self.model.spec
+
+    def as_received(self) -> nn.Module:
+        """The expert as the provider rebuilds it from its spec and tensors alone (no client code), on copies of
+        the tensors: what evaluations put behind the connectors, so they measure the uploaded model."""
+        return load_expert_state(self.spec, {k: v.clone() for k, v in self.model.state_dict().items()})
 
 
 class DPStepObserver(Protocol):

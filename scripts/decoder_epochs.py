@@ -28,11 +28,10 @@ def measure(table, preset_name: str, epochs: list[int], expert_seeds: int, max_t
 
     from client_party.datasets import encode_table
     from client_party.expert_training import TrainConfig, train_expert
-    from protocol.expert_spec import load_expert_state
     from provider_party.model.connector_store import ConnectorStore
     from provider_party.model.connector_training import PRESETS
     from simulations.evaluation import test_questions
-    from simulations.pipeline import held_out_split
+    from simulations.pipeline import eps_key, held_out_split
 
     df, schema = table.load()
     train, test = held_out_split(df, schema, seed=0, max_test=max_test)
@@ -42,8 +41,7 @@ def measure(table, preset_name: str, epochs: list[int], expert_seeds: int, max_t
         for s in range(expert_seeds):
             cfg = TrainConfig(seed=s) if eps is None else TrainConfig.private(eps, seed=s)
             trained = train_expert(x, y, schema, cfg, progress=False)
-            name = "no-dp" if eps is None else f"eps={eps:g}"
-            experts[f"{name}#seed={s}"] = load_expert_state(trained.spec, {k: v.clone() for k, v in trained.model.state_dict().items()})
+            experts[f"{eps_key(eps)}#seed={s}"] = trained.as_received()
     out: dict = {"n_test": len(test), "by_epochs": {}}
     for n in epochs:
         preset = replace(PRESETS[preset_name], name=f"{preset_name}-decoder-epochs-{n}", decoder_epochs=n)

@@ -94,7 +94,6 @@ def measure(table: str, max_test: int) -> dict:
     from client_party.datasets import TableRef, encode_table
     from client_party.expert_training import TrainConfig, train_expert
     from protocol.encoding import FeatureEncoder
-    from protocol.expert_spec import load_expert_state
     from provider_party.model.base_llm import load_base_llm
     from provider_party.model.connector_store import ConnectorStore
     from simulations.pipeline import held_out_split
@@ -106,7 +105,7 @@ def measure(table: str, max_test: int) -> dict:
     train, test = held_out_split(df, schema, seed=0, max_test=max_test)
     x_train, y_train = encode_table(train, schema)
     trained = train_expert(x_train, y_train, schema, TrainConfig(seed=0))
-    expert = load_expert_state(trained.spec, {k: v.clone() for k, v in trained.model.state_dict().items()}).eval()
+    expert = trained.as_received().eval()
     model, _ = ConnectorStore().get_or_train(load_base_llm(), schema, "default", seed=0)
     fe = FeatureEncoder(schema)
     rows = test[schema.feature_names].to_dict("records")

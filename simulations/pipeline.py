@@ -16,7 +16,6 @@ import pandas as pd
 
 from client_party.datasets import TableRef, encode_table, split_table
 from client_party.expert_training import TrainConfig, train_expert
-from protocol.expert_spec import load_expert_state
 from protocol.schema import PublicSchema
 from provider_party.model.base_llm import EMBEDDED, BaseLLM, load_base_llm
 from provider_party.model.connector_store import ConnectorStore
@@ -118,7 +117,7 @@ def run_pipeline(table: TableRef | str = "titanic", epsilons: tuple[float | None
         t = time.perf_counter()
         trained = train_expert(x_train, y_train, schema, cfg, progress=progress)
         # What the provider receives: the spec and the tensors, rebuilt without client code.
-        experts[key] = load_expert_state(trained.spec, {k: v.clone() for k, v in trained.model.state_dict().items()})
+        experts[key] = trained.as_received()
         if i > 0:
             continue
         timings[f"expert_{key}_s"] = time.perf_counter() - t

@@ -36,13 +36,14 @@ def test_the_tree_has_every_verb():
         assert path in VERB_PATHS, path
 
 
-
 def test_the_overview_names_every_verb():
     """`llamdex --help` opens with a line per verb; a verb added without one is found only by reading the list below it."""
     from simulations.cli.main import DESCRIPTION
 
     listed = {line.split()[0] for line in DESCRIPTION.splitlines() if line.startswith("  ")}
     assert listed == {path[0] for path in VERB_PATHS if len(path) == 1}
+
+
 @pytest.mark.parametrize("path", VERB_PATHS, ids=lambda p: " ".join(p) or "llamdex")
 def test_every_verb_and_sub_verb_has_help_with_an_example(path, capsys):
     code, out, _ = run_main([*path, "--help"], capsys)

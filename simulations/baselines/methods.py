@@ -30,7 +30,6 @@ from client_party.datasets import TableRef, encode_table
 from client_party.expert_training import TrainConfig, TrainedExpert, train_expert
 from protocol.dp import DPStatement
 from protocol.encoding import FeatureEncoder
-from protocol.expert_spec import load_expert_state
 from protocol.schema import PublicSchema
 from protocol.verbalizer import Verbalizer
 from provider_party.model.base_llm import BaseLLM
@@ -125,7 +124,7 @@ class Workbench:
         if key not in self._experts:
             s = self.split(table, seed)
             trained = train_expert(*encode_table(s.train, s.schema), s.schema, TrainConfig.private(epsilon, seed=seed))
-            rebuilt = load_expert_state(trained.spec, {k: v.clone() for k, v in trained.model.state_dict().items()})
+            rebuilt = trained.as_received()
             self._experts[key] = TrainedExpert(rebuilt, trained.dp, trained.history)
         return self._experts[key]
 

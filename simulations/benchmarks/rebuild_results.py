@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import importlib
 import json
 import re
 from collections.abc import Callable
@@ -33,29 +34,16 @@ def _load(results_dir: Path, name: str) -> dict[str, Any]:
     return json.loads((results_dir / name).read_text())
 
 
-def _accuracy(d: Path) -> str:
-    from simulations.benchmarks.accuracy import markdown
-    return markdown(_load(d, "accuracy.json"))
-
-
-def _inference(d: Path) -> str:
-    from simulations.benchmarks.inference import markdown
-    return markdown(_load(d, "inference.json"))
+def _plain(module: str, file: str, writer: str = "markdown") -> Callable[[Path], str]:
+    """A section that is `module.writer(<file's JSON>)`, as most benchmarks write theirs."""
+    def render(d: Path) -> str:
+        return getattr(importlib.import_module(module), writer)(_load(d, file))
+    return render
 
 
 def _protocol(d: Path) -> str:
     from simulations.benchmarks.protocol_bench import SECTION_TITLE, markdown
     return SECTION_TITLE + markdown(_load(d, "protocol.json"))
-
-
-def _two_hosts(d: Path) -> str:
-    from simulations.benchmarks.two_hosts_bench import markdown
-    return markdown(_load(d, "two_hosts.json"))
-
-
-def _simulation(d: Path) -> str:
-    from simulations.benchmarks.simulation import markdown
-    return markdown(_load(d, "simulation.json"))
 
 
 def _multi_tenant(d: Path) -> str:
@@ -64,26 +52,9 @@ def _multi_tenant(d: Path) -> str:
     return markdown(data["multi_tenant"], data["multi_tenant_run"])
 
 
-def _lora_curve(d: Path) -> str:
-    from simulations.benchmarks.lora_curve import markdown
-    return markdown(_load(d, "lora_curve.json"))
-
-
 def _reliability(d: Path) -> str:
     from simulations.benchmarks.reliability_report import NAME, render
     return render(_load(d, NAME))
-
-
-def _dp(file: str, writer: str) -> Callable[[Path], str]:
-    def render(d: Path) -> str:
-        from simulations.benchmarks import dp_recipe
-        return getattr(dp_recipe, writer)(_load(d, file))
-    return render
-
-
-def _attacks(d: Path) -> str:
-    from simulations.attacks.report import markdown
-    return markdown(_load(d, "attacks.json"))
 
 
 def _compare(d: Path) -> str:
@@ -93,28 +64,28 @@ def _compare(d: Path) -> str:
     return markdown(data, plotted)
 
 
-def _reader_ablation(name: str) -> Callable[[Path], str]:
-    def render(d: Path) -> str:
-        from simulations.benchmarks.reader_ablation import markdown
-        return markdown(_load(d, f"{name}.json"))
-    return render
-
-
+_B = "simulations.benchmarks."
 # Section name → what its benchmark writes there, from the stored JSON. A benchmark that writes a new
 # section (reader_ablation's `--name`) is added here, or --check reports the section as unregistered.
 WRITERS: dict[str, Callable[[Path], str]] = {
-    "accuracy": _accuracy, "inference": _inference, "protocol": _protocol, "two-hosts": _two_hosts,
-    "simulation": _simulation, "multi_tenant": _multi_tenant, "lora_curve": _lora_curve, "reliability": _reliability,
-    "dp-experts": _dp("dp_experts.json", "markdown"), "dp-encoding": _dp("dp_encoding.json", "encoding_markdown"),
-    "dp-headroom": _dp("dp_headroom.json", "headroom_markdown"), "attacks": _attacks, "compare": _compare,
-    "reader_ablation": _reader_ablation("reader_ablation"), "reader_layers": _reader_ablation("reader_layers"),
+    "accuracy": _plain(_B + "accuracy", "accuracy.json"), "inference": _plain(_B + "inference", "inference.json"),
+    "protocol": _protocol, "two-hosts": _plain(_B + "two_hosts_bench", "two_hosts.json"),
+    "simulation": _plain(_B + "simulation", "simulation.json"), "multi_tenant": _multi_tenant,
+    "lora_curve": _plain(_B + "lora_curve", "lora_curve.json"), "reliability": _reliability,
+    "dp-experts": _plain(_B + "dp_recipe", "dp_experts.json"),
+    "dp-encoding": _plain(_B + "dp_recipe", "dp_encoding.json", "encoding_markdown"),
+    "dp-headroom": _plain(_B + "dp_recipe", "dp_headroom.json", "headroom_markdown"),
+    "attacks": _plain("simulations.attacks.report", "attacks.json"), "compare": _compare,
+    "reader_ablation": _plain(_B + "reader_ablation", "reader_ablation.json"),
+    "reader_layers": _plain(_B + "reader_ablation", "reader_layers.json"),
 }
 
 
 @dataclass(frozen=True)
 class Stale:
     section: str
-    reason: str   # "unregistered", "unreadable: ...", or a unified diff (stored → rebuilt)
+    reason: str                # "unregistered: ...", "unreadable: ...", or a unified diff (stored → rebuilt)
+    rebuilt: str | None = None  # what the writer renders; None when it cannot render the section
 
 
 def sections(text: str) -> list[str]:
@@ -143,18 +114,21 @@ def check(md_path: Path = RESULTS_MD, results_dir: Path = RESULTS_DIR) -> list[S
         stored = current(text, section)
         if rebuilt != stored:
             diff = difflib.unified_diff(stored.splitlines(), rebuilt.splitlines(), "RESULTS.md", "rebuilt", lineterm="", n=0)
-            out.append(Stale(section, "\n".join(diff)))
+            out.append(Stale(section, "\n".join(diff), rebuilt))
     return out
+
+
+def _write(stale: list[Stale], md_path: Path) -> list[str]:
+    """Writes the sections a writer could render; returns their names."""
+    written = [s for s in stale if s.rebuilt is not None]
+    for s in written:
+        update_section(s.section, s.rebuilt, md_path)
+    return [s.section for s in written]
 
 
 def rebuild(md_path: Path = RESULTS_MD, results_dir: Path = RESULTS_DIR) -> list[str]:
     """Rewrites every registered section from its JSON; returns the sections whose text changed."""
-    changed = []
-    for stale in check(md_path, results_dir):
-        if stale.section in WRITERS and not stale.reason.startswith("unreadable"):
-            update_section(stale.section, WRITERS[stale.section](results_dir), md_path)
-            changed.append(stale.section)
-    return changed
+    return _write(check(md_path, results_dir), md_path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,14 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", type=Path, default=RESULTS_MD, help="the Markdown file (default: %(default)s)")
     ap.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="the stored JSON (default: %(default)s)")
     args = ap.parse_args(argv)
+    stale = check(args.results, args.results_dir)
     if args.check:
-        stale = check(args.results, args.results_dir)
         for s in stale:
             print(f"== {s.section}\n{s.reason}\n")
         print(f"{len(stale)} section(s) differ from what their writers render" if stale else "every generated section is current")
         return 1 if stale else 0
-    changed = rebuild(args.results, args.results_dir)
-    left = check(args.results, args.results_dir)
+    changed = _write(stale, args.results)
+    left = [s for s in stale if s.rebuilt is None]
     print(f"rewrote {', '.join(changed) or 'nothing'}" + "".join(f"\nleft alone: {s.section} ({s.reason.splitlines()[0]})" for s in left))
     return 1 if left else 0
 
