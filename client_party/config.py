@@ -14,6 +14,7 @@
     [tables.loans]                      # a table of this client's own, offered as dataset "loans"
     data = "data/loans.csv"             # CSV (optionally .gz/.bz2/.zip) or Parquet
     schema = "data/loans.schema.json"   # optional: default is the .schema.json beside the file
+    # on_invalid = "reject"             # rows that violate the schema: reject the table | drop them | clip out-of-range numbers
 
     [provider]
     address = "127.0.0.1:50051"

@@ -1,4 +1,4 @@
-"""The expert artifact (DESIGN.md §5): a flat folder, or a deterministic tar of it, holding
+"""The expert artifact (docs/PROTOCOL.md, "Upload"): a flat folder, or a deterministic tar of it, holding
 
     expert.safetensors   the expert's tensors (safetensors only; never pickle)
     expert.json          the architecture spec (protocol.expert_spec.ExpertSpec)

@@ -69,6 +69,13 @@ def test_a_public_table_can_train_the_shadows(artifact, tmp_path):
     assert data["shadow_pool"].startswith("public table (150") and data["nonmembers_attacked"] == artifact["n_test"]
 
 
+def test_json_alone_puts_the_results_and_nothing_else_on_standard_output(artifact, capsys):
+    assert main(["attack", "attribute", *target_args(artifact), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["column"] == "sex"         # the whole of standard output is one JSON document
+    assert "advantage over the population" in err     # the report is still shown, on standard error
+
+
 def test_attribute_and_canary_on_an_artifact(artifact, tmp_path, capsys):
     out = tmp_path / "attr.json"
     assert main(["attack", "attribute", *target_args(artifact), "--json", str(out)]) == 0

@@ -121,7 +121,7 @@ def test_bad_options_are_refused_with_the_rule(argv, message, capsys):
 
 def test_an_unknown_table_is_refused_before_anything_runs(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a registered table"):
-        main(["--data", "nosuchtable", "--results-dir", str(tmp_path), "--quiet"])
+        main(["--data", "nosuchtable", "--out", str(tmp_path), "--quiet"])
     assert not (tmp_path / "compare.json").exists()
 
 
@@ -135,7 +135,7 @@ def test_quick_comparison_of_every_method_resumes_and_merges(tmp_path, base_llm,
     res.mkdir()
     (res / "accuracy.json").write_text(json.dumps({"rows": [{"dataset": "credit", "method": "llamdex", "epsilon": 1.0, "seed": 0}], "keep": True}))
     argv = ["--data", "titanic", "--preset", "quick", "--epsilons", "1", "--seeds", "0", "--curve", "1", "--latency-reps", "1", "--threads", "1",
-            "--connectors", str(tmp_path / "connectors"), "--work", str(tmp_path / "work"), "--results-dir", str(res), "--quiet"]
+            "--connectors", str(tmp_path / "connectors"), "--work", str(tmp_path / "work"), "--out", str(res), "--quiet"]
     assert main(argv) == 0
     units = json.loads((res / "compare.json").read_text())["units"]
     assert {u["method"] for u in units.values()} == set(METHODS) | {"latency"}
@@ -207,7 +207,7 @@ def test_a_dry_run_lists_what_is_left_with_estimates_from_the_stored_units_and_r
     assert estimate_s(api4, stored, form_filled=True) == 10.0            # the form filling is reused at another ε
     assert estimate_s(plan(["credit"], ["icl_dp"], [1.0], [0], [1.0], [], [], [0], None)[0], stored) is None
     (tmp_path / "compare.json").write_text(json.dumps({"units": {}}))
-    assert main(["--data", "titanic", "--seeds", "0", "--no-curve", "--dry-run", "--results-dir", str(tmp_path)]) == 0
+    assert main(["--data", "titanic", "--seeds", "0", "--no-curve", "--dry-run", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "titanic|lora_dp_gan|eps=4|seed=0" in out and "0 done" in out
     assert json.loads((tmp_path / "compare.json").read_text()) == {"units": {}}   # nothing ran, nothing was written

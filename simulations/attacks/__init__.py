@@ -1,4 +1,4 @@
-"""Privacy attacks on uploaded experts (DESIGN.md §7): membership inference (score attacks and LiRA),
+"""Privacy attacks on uploaded experts (README, "Attacks and audits"): membership inference (score attacks and LiRA),
 attribute inference of a sensitive column, the one-run canary audit, their metrics and reports.
 
 Modules: `metrics` (ROC AUC, TPR at FPR, Clopper–Pearson), `mia`, `attribute`, `canary`, `report`.

@@ -18,7 +18,7 @@ Each LoRA unit reports two read-outs of the same model: argmax (plain accuracy, 
 balanced rule the client's default expert uses; no privacy cost), so that balanced accuracy compares
 like with like.
 
-The grid (defaults): every registered table at ε ∈ {1, 4}, seeds 0, 1, 2 at ε = 1 and seed 0
+The grid (defaults): titanic, default, credit and churn (`--data`) at ε ∈ {1, 4}, seeds 0, 1, 2 at ε = 1 and seed 0
 elsewhere (`--all-seeds-at`), plus the ε curve {0.5, 1, 2, 4, 8} on titanic (`--curve`,
 `--curve-data`); `lora_real` at seed 0 (`--real-seeds`); query latency of every method on every
 table (seed 0, ε = 1). `--curve-methods` limits which methods run the curve's extra ε. Before a
@@ -33,7 +33,7 @@ After every unit the new rows are merged into docs/results/accuracy.json (rows o
 methods and of `llamdex_calibrated` with its experts, replaced by (dataset, method, epsilon, seed);
 nothing else in the file changes), the
 costs into the `compare` list of docs/results/inference.json, and the `compare` section of
-docs/RESULTS.md and docs/results/compare_epsilon.png are redrawn. To refresh only Llamdex's rows
+docs/RESULTS.md and docs/results/compare_epsilon_<table>.png are redrawn. To refresh only Llamdex's rows
 (after its connectors change): `llamdex bench compare --methods llamdex --redo`.
 """
 
@@ -61,7 +61,7 @@ from simulations.benchmarks.results_md import (
     update_section,
     write_json,
 )
-from simulations.cli.common import add_data_args, epsilon_list, set_threads
+from simulations.cli.common import add_data_args, add_out_arg, epsilon_list, set_threads
 
 METHODS = ("llamdex", "llamdex_calibrated", "expert_api", "icl_dp", "lora_dp_mst", "lora_dp_gan", "lora_real")
 LLAMDEX_METHODS = ("llamdex", "llamdex_calibrated")   # one unit runs several ε; the connectors are part of the method
@@ -318,7 +318,7 @@ def parser() -> argparse.ArgumentParser:
                                  epilog="examples:\n  llamdex bench compare                         # the whole grid (resumes)\n"
                                         "  llamdex bench compare --seeds 0 --dry-run       # what is left of a one-seed grid, and how long it should take\n"
                                         "  llamdex bench compare --methods llamdex --redo  # refresh Llamdex's rows only\n"
-                                        "  llamdex bench compare --data titanic --preset quick --results-dir /tmp/c")
+                                        "  llamdex bench compare --data titanic --preset quick --out /tmp/c")
     add_data_args(ap, multiple=True, default=DATASETS)
     ap.add_argument("--methods", type=_methods, default=list(METHODS), help=f"comma-separated, from {', '.join(METHODS)} (default: all)")
     ap.add_argument("--epsilons", type=_finite_epsilons, default=[1.0, 4.0], help="ε of the per-ε tables (default 1,4)")
@@ -344,7 +344,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--merge-only", action="store_true", help="run nothing: merge compare.json into accuracy.json / inference.json and redraw the report")
     ap.add_argument("--work", type=Path, default=Path("runs/compare"), help="folder of the synthetic tables (default runs/compare)")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    add_out_arg(ap, default=RESULTS_DIR, help="folder of compare.json, accuracy.json, inference.json, the plots and RESULTS.md's section "
+                "(default: docs/results)", aliases=("--results-dir",))
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap
 
@@ -365,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     datasets = _csv(str, args.data)
     for t in datasets:
         TableRef.parse(t)  # a precise error for an unknown table, before anything runs
-    store = CompareStore(args.results_dir)
+    store = CompareStore(args.out)
     if args.latency_only and args.no_latency:
         raise SystemExit("llamdex bench compare: --latency-only and --no-latency exclude each other")
     units = plan(datasets, args.methods, args.epsilons, args.seeds, args.all_seeds_at, args.curve,
@@ -388,8 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compare: {len(units)} units in the grid, {len(units) - len(todo)} already done, {len(todo)} to run", flush=True)
         if todo:
             _run(todo, settings, digests, connector_preset, args, store, command)
-    store.save(args.results_dir)
-    publish(store, digests, args.results_dir, command)
+    store.save(args.out)
+    publish(store, digests, args.out, command)
     return 0
 
 
@@ -437,8 +438,8 @@ def _run(todo: list[Unit], settings: MethodSettings, digests: dict[str, str], co
         wall = time.perf_counter() - t
         store.put(unit, digests[unit.method], result, wall, command)
         store.data["last_run_wall_s"] = time.perf_counter() - t0
-        store.save(args.results_dir)  # a finished unit survives an interruption
-        publish(store, digests, args.results_dir, command)
+        store.save(args.out)  # a finished unit survives an interruption
+        publish(store, digests, args.out, command)
         tqdm.write(f"[{unit.key}] {wall:.0f} s: " + ", ".join(f"{r['method']} acc {r['accuracy']:.3f}" for r in result.rows if "accuracy" in r))
 
 

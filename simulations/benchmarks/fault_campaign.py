@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from protocol import crashpoints
+from simulations.cli.common import add_out_arg
 from simulations.two_party_demo import (
     RunLayout,
     free_port,
@@ -671,7 +672,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int, default=20, help="kill points per scenario (default 20)")
     ap.add_argument("--scenario", action="append", choices=SCENARIOS, help="only these scenarios (repeatable)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--results-dir", type=Path, default=None)
+    add_out_arg(ap, default=None, help="folder of reliability.json and RESULTS.md's section (default: docs/results)",
+                aliases=("--results-dir",))
     ap.add_argument("--keep", action="store_true", help="keep the run folder (logs, states)")
     a = ap.parse_args(argv)
     from simulations.benchmarks.reliability_report import merge_and_render
@@ -695,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
         v["command"], v["seconds"] = command, round(sum(t["seconds"] for t in v["trials"]), 1)
     merge_and_render("faults", {"trials_per_scenario": a.trials, "seed": a.seed,
                                 "command": "python -m simulations.benchmarks.fault_campaign --trials 20 [--scenario NAME ...]",
-                                "scenarios": {**_earlier_scenarios(a.results_dir), **summary}}, a.results_dir)
+                                "scenarios": {**_earlier_scenarios(a.out), **summary}}, a.out)
     print(json.dumps({k: {x: v[x] for x in ("injected", "survived", "lost")} for k, v in summary.items()}, indent=1))
     if not a.keep:
         shutil.rmtree(root, ignore_errors=True)

@@ -8,7 +8,7 @@ deleted and truncated bytes; JSON members replaced, deleted or added; messages r
 key so that the checks *behind* the signature are reached) and checks the property every reader must
 have: it accepts the input, or it refuses it with the project's precise error (a `CodedError` or
 `LlamdexError` naming the input and the rule), in bounded time and without changing any state. Any other
-exception is a crash; an input that took longer than `HANG_S` is a hang. `tests/test_fuzz_*.py` run the
+exception is a crash; an input that took longer than `HANG_S` is a hang. `tests/test_fuzz.py` runs the
 same targets (a few hundred cases each by default, thousands under `-m slow`).
 
 Targets: the artifact tar, the signature bundle, the signed statement (manifest), the safetensors header,
@@ -39,6 +39,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocol.errors import CodedError, LlamdexError
+from simulations.cli.common import add_out_arg
 
 HANG_S = 10.0
 # what the first runs of these targets found (each fixed, each case now refused precisely; the campaign's own counts
@@ -792,7 +793,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--examples", type=int, default=2000, help="cases per target (default 2000)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--results-dir", type=Path, default=None)
+    add_out_arg(ap, default=None, help="folder of reliability.json and RESULTS.md's section (default: docs/results)",
+                aliases=("--results-dir",))
     a = ap.parse_args(argv)
     from simulations.benchmarks.reliability_report import merge_and_render
 
@@ -800,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
     res = run_campaign(a.examples, seed=a.seed)
     merge_and_render("fuzz", {"examples_per_target": a.examples, "seed": a.seed, "seconds": round(time.perf_counter() - t0, 1),
                               "command": "python -m simulations.benchmarks.fuzz_campaign " + " ".join(sys.argv[1:] if argv is None else argv),
-                              "found_during_development": FOUND_DURING_DEVELOPMENT, "targets": res}, a.results_dir)
+                              "found_during_development": FOUND_DURING_DEVELOPMENT, "targets": res}, a.out)
     bad = {k: v for k, v in res.items() if v["crashes"] or v["hangs"] or v["state_changes"]}
     print(json.dumps(res, indent=1))
     return 1 if bad else 0

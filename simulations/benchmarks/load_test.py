@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from simulations.cli.common import add_out_arg
 from simulations.two_party_demo import RunLayout, free_port, spawn, wait_healthy, write_provider_config
 
 TINY = {"name": "tiny", "n_synthetic": 300, "encoder_questions": 16, "decoder_questions": 8, "val_questions": 8, "encoder_epochs": 1,
@@ -574,7 +575,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="4 uploaders, 8 askers, 40 s")
     ap.add_argument("--run-dir", type=Path)
     ap.add_argument("--connectors", type=Path, help="a connector store to reuse (default: trained in the run folder)")
-    ap.add_argument("--results-dir", type=Path, default=None)
+    add_out_arg(ap, default=None, help="folder of reliability.json and RESULTS.md's section (default: docs/results)",
+                aliases=("--results-dir",))
     a = ap.parse_args(argv)
     if a.quick:
         a.uploaders, a.askers, a.duration = 4, 8, 40.0
@@ -590,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     res["command"] = "python -m simulations.benchmarks.load_test " + " ".join(argv)
     from simulations.benchmarks.reliability_report import merge_and_render
 
-    merge_and_render("load", res, a.results_dir)
+    merge_and_render("load", res, a.out)
     print(json.dumps({k: res[k] for k in ("calls", "unloaded", "ask_p99_over_unloaded_p50", "memory", "cpu_seconds", "checks", "verdict")}, indent=1, default=str))
     return 0 if not res["checks"]["problems"] and res["calls"]["Ask"]["errors"] + res["calls"]["UploadExpert"]["errors"] == 0 else 1
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, replace
 import numpy as np
 
 from simulations.benchmarks.results_md import RESULTS_DIR, environment, results_md_path, update_section, write_json
-from simulations.cli.common import add_data_args, set_threads
+from simulations.cli.common import add_data_args, add_out_arg, set_threads
 
 
 def curve(table: str, lr: float, checkpoints: list[int], fit_questions: int, val_records: int, seed: int = 0,
@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fit-questions", type=int, default=640, help="distinct training questions (default 640)")
     ap.add_argument("--val-records", type=int, default=200, help="validation records from the training split (default 200)")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--results-dir", type=lambda p: __import__("pathlib").Path(p), default=RESULTS_DIR)
+    add_out_arg(ap, default=RESULTS_DIR, help="folder of lora_curve.json and RESULTS.md's section (default: docs/results)",
+                aliases=("--results-dir",))
     args = ap.parse_args(argv)
     set_threads(args.threads)
     checkpoints = sorted({int(c) for c in args.checkpoints.split(",") if c.strip()})
@@ -115,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     curves = [curve(t.strip(), lr, checkpoints, args.fit_questions, args.val_records) for t in args.data.split(",") if t.strip()]
     for c in curves:
         c["command"] = command
-    payload = {"command": command, "environment": environment(), "curves": merged(args.results_dir, curves)}
-    write_json("lora_curve.json", payload, args.results_dir)
-    update_section("lora_curve", markdown(payload), results_md_path(args.results_dir))
+    payload = {"command": command, "environment": environment(), "curves": merged(args.out, curves)}
+    write_json("lora_curve.json", payload, args.out)
+    update_section("lora_curve", markdown(payload), results_md_path(args.out))
     print(markdown(payload))
     return 0
 

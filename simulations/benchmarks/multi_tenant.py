@@ -52,7 +52,7 @@ import torch
 from tqdm.auto import tqdm
 
 from simulations.benchmarks.results_md import RESULTS_DIR, environment, results_md_path, update_section
-from simulations.cli.common import add_data_args, set_threads, table_refs
+from simulations.cli.common import add_data_args, add_out_arg, set_threads, table_refs
 
 SIMULATION_JSON = "simulation.json"
 
@@ -492,7 +492,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--preset", default="quick", choices=["quick", "default"], help="used only for schemas without stored connectors")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    add_out_arg(ap, default=RESULTS_DIR, help="folder of simulation.json, multi_tenant.png and RESULTS.md's section (default: docs/results)",
+                aliases=("--results-dir",))
     args = ap.parse_args(argv)
     if args.reps < 1 or args.naive_copies < 1:
         ap.error("--reps and --naive-copies must be at least 1")
@@ -571,10 +572,9 @@ def main(argv: list[str] | None = None) -> int:
                    "measured bytes per copy (marked). A copy here carries every schema's connectors, so it overstates a client's copy by "
                    f"{_mib(sum(parameter_bytes(m.encoder) + parameter_bytes(m.decoder) for m in setup.models.values()))} MiB at most."]}
         setup.party.close()
-    results_dir = args.results_dir
-    merge_json(results_dir / SIMULATION_JSON, {"multi_tenant": rows, "multi_tenant_run": run})
-    update_section("multi_tenant", markdown(rows, run), results_md_path(results_dir))
-    plot(rows, run, results_dir / "multi_tenant.png")
+    merge_json(args.out / SIMULATION_JSON, {"multi_tenant": rows, "multi_tenant_run": run})
+    update_section("multi_tenant", markdown(rows, run), results_md_path(args.out))
+    plot(rows, run, args.out / "multi_tenant.png")
     print(markdown(rows, run))
     return 0
 

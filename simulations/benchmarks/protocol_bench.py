@@ -55,6 +55,8 @@ from typing import Any
 import grpc
 from tqdm import tqdm
 
+from simulations.cli.common import add_out_arg
+
 MiB = 1 << 20
 CHUNK = MiB           # chunk size of both the raw stream and UploadExpert (the client's default)
 RAW_METHOD = "/llamdex.bench.Raw/Push"
@@ -542,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
         link_client(json.loads(argv[1]))
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out-dir", type=Path, default=Path("docs/results"))
+    add_out_arg(ap, default=Path("docs/results"), help="folder of protocol.json, protocol.md and RESULTS.md's section (default: docs/results)",
+                aliases=("--out-dir",))
     ap.add_argument("--quick", action="store_true", help="a ~17 MB artifact and fewer repetitions (smoke run)")
     ap.add_argument("--reps", type=int, default=9, help="uploads of distinct ~100 MB artifacts, each against a raw push and a raw "
                     "push + store (default 9; the machine is noisy)")
@@ -556,9 +559,9 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     links = tuple(int(x) for x in a.links.split(",") if x.strip())
     if a.quick:
-        run(a.out_dir, artifact_mb=17, reps=2, ask_reps=4, skip_ask=a.skip_ask, threads=a.threads, links_mbit=links, link_reps=2)
+        run(a.out, artifact_mb=17, reps=2, ask_reps=4, skip_ask=a.skip_ask, threads=a.threads, links_mbit=links, link_reps=2)
     else:
-        run(a.out_dir, artifact_mb=100, reps=a.reps, skip_ask=a.skip_ask, threads=a.threads, links_mbit=links, link_reps=a.link_reps)
+        run(a.out, artifact_mb=100, reps=a.reps, skip_ask=a.skip_ask, threads=a.threads, links_mbit=links, link_reps=a.link_reps)
     return 0
 
 

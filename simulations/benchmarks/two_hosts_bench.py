@@ -19,7 +19,7 @@ network namespaces joined by a veth pair, simulations/netns.py; needs root):
      → the first Ask (sent the moment readiness is SERVING) → a second Ask; once with the warm-up
      (the default) and once with `--no-preload` (the behaviour before readiness waited for it).
 
-Writes docs/results/two_hosts.json and its section of docs/RESULTS.md (`--results-dir` elsewhere).
+Writes docs/results/two_hosts.json and its section of docs/RESULTS.md (`--out` elsewhere).
 Times are wall seconds on this machine (2 shared cores); the command line is recorded with them.
 """
 
@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from simulations.cli.common import add_alias, add_out_arg
 
 PORT = 50051
 HAND_TYPED = "Mrs. Ann Smith, 34, travelled in second class and embarked at Southampton. Did she survive?"
@@ -182,10 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="quick", choices=("quick", "default", "tiny"), help="connector preset (default: %(default)s)")
     ap.add_argument("--epsilon", type=float, default=1.0, help="ε of the expert (default: %(default)s)")
     ap.add_argument("--epochs", type=int, default=None, help="training epochs (default: the trainer's)")
-    ap.add_argument("--max-questions", type=int, default=0, help="held-out questions (default: %(default)s = all)")
+    ap.add_argument("--max-test", type=int, default=0, help="held-out questions (default: %(default)s = all)")
+    add_alias(ap, "--max-questions", "--max-test", "max_test", type=int)
     ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of every process (default: torch's)")
     ap.add_argument("--work", type=Path, default=None, help="folder for bundles and logs (default: a temporary one)")
-    ap.add_argument("--results-dir", type=Path, default=Path("docs/results"), help="where the JSON goes (default: %(default)s)")
+    add_out_arg(ap, default=Path("docs/results"), help="where the JSON goes (default: %(default)s)", aliases=("--results-dir",))
     args = ap.parse_args(argv)
 
     import tempfile
@@ -194,11 +197,11 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="llamdex-two-hosts-") as tmp:
         rec = run_two_hosts(args.work or Path(tmp), data=args.data, preset=args.preset, epsilon=args.epsilon, epochs=args.epochs,
-                            max_questions=args.max_questions, threads=args.threads)
+                            max_questions=args.max_test, threads=args.threads)
     rec["command"] = "python -m simulations.benchmarks.two_hosts_bench" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     rec["environment"] = environment()
-    path = write_json("two_hosts.json", rec, args.results_dir)
-    update_section("two-hosts", markdown(rec), results_md_path(args.results_dir))
+    path = write_json("two_hosts.json", rec, args.out)
+    update_section("two-hosts", markdown(rec), results_md_path(args.out))
     print(markdown(rec))
     print(f"wrote {path}")
     return 0

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
-from simulations.cli.common import add_data_args, table_refs
+from simulations.cli.common import add_connectors_arg, add_data_args, add_json_arg, emit_json, table_refs
 
 DESCRIPTION = """\
 Measure what an expert reveals about the records it was trained on. Two ways to name the target:
@@ -87,7 +90,7 @@ def _target_args(p: argparse.ArgumentParser, *, members_files: bool = True) -> N
     if members_files:
         art.add_argument("--nonmembers", type=Path, metavar="FILE", help="CSV/Parquet: records it was not trained on")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON")
+    add_json_arg(p, "the results")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -109,23 +112,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "artifact with --provider: ask about N members + N non-members (default: every attacked record)")
     q.add_argument("--query-shadows", type=int, default=None, help="simulated: shadows pushed through the LLM (default: all)")
     q.add_argument("--preset", default="quick", help="simulated: connector preset for the query seat (default: %(default)s)")
-    q.add_argument("--connector-root", type=Path, help="simulated: connector store (default: $LLAMDEX_HOME/connectors-quick)")
+    add_connectors_arg(q, help="simulated: connector store (default: $LLAMDEX_HOME/connectors-quick)", aliases=("--connector-root",))
     from simulations.cli.client_protocol import _common as provider_flags
 
     provider_flags(m)   # --provider ADDRESS and the client's identity and TLS flags (artifact: the query seat through Ask)
     m.add_argument("--roc", type=Path, metavar="PNG", help="plot the ROC curves")
-    m.set_defaults(func=_mia)
+    m.set_defaults(func=_json_on_stdout_alone(_mia))
     a = asub.add_parser("attribute", help="attribute inference of the schema's sensitive column", epilog=ATTRIBUTE_EPILOG, formatter_class=fmt)
     _target_args(a)
     a.add_argument("--column", help="the column to infer (default: the schema's first sensitive column)")
-    a.set_defaults(func=_attribute)
+    a.set_defaults(func=_json_on_stdout_alone(_attribute))
     c = asub.add_parser("canary", help="one-run canary audits (input-space and gradient canaries): empirical ε lower bound at 95 %%",
                         epilog=CANARY_EPILOG, formatter_class=fmt)
     _target_args(c, members_files=False)
     c.add_argument("--canaries", type=int, default=1000, help="number of canaries m (default: %(default)s)")
     c.add_argument("--seeds", type=int, default=1, help="independent audit runs (default: %(default)s)")
     c.add_argument("--confidence", type=float, default=0.95, help="confidence of the bound (default: %(default)s)")
-    c.set_defaults(func=_canary)
+    c.set_defaults(func=_json_on_stdout_alone(_canary))
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
@@ -133,11 +136,25 @@ class UsageError(Exception):
     """Bad flags: printed with the verb's name, exit status 2."""
 
 
-def _write_json(path: Path | None, data: dict) -> None:
-    if path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=1, default=str) + "\n")
-        print(f"results written to {path}")
+def _json_on_stdout_alone(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """With `--json` alone, standard output carries the JSON and nothing else (so it can be piped): the attack's
+    report text goes to standard error instead, as its progress bars already do."""
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        if args.json != "-":
+            return handler(args)
+        args.json_stream = sys.stdout
+        with contextlib.redirect_stdout(sys.stderr):
+            return handler(args)
+    return run
+
+
+def _write_json(args: argparse.Namespace, data: dict[str, Any]) -> None:
+    if args.json == "-":
+        args.json_stream.write(json.dumps(data, indent=2, default=str) + "\n")
+    elif args.json is not None:
+        emit_json(args.json, data)
+        print(f"results written to {args.json}")
 
 
 def _mode(args: argparse.Namespace, verb: str, need_nonmembers: bool = True) -> str:
@@ -210,7 +227,7 @@ def _mia_impl(args: argparse.Namespace) -> int:
         from provider_party.model.base_llm import llamdex_home, load_base_llm
         from provider_party.model.connector_store import ConnectorStore
 
-        store = ConnectorStore(args.connector_root or llamdex_home() / "connectors-quick")
+        store = ConnectorStore(args.connectors or llamdex_home() / "connectors-quick")
         llamdex, _ = store.get_or_train(load_base_llm(), schema, args.preset, progress=True)
     report = run_mia((df, schema), cfg, llamdex=llamdex, progress=True)
     dp = report.dp
@@ -224,7 +241,7 @@ def _mia_impl(args: argparse.Namespace) -> int:
         if b:
             print(f"best {seat}-seat attack: {b['attack']} AUC {b['auc']:.3f}, family-wise interval [{b['auc_ci_family'][0]:.3f}, "
                   f"{b['auc_ci_family'][1]:.3f}] over {b['attacks_compared']} attacks: {'beats' if b['beats_chance'] else 'does not beat'} chance")
-    _write_json(args.json, report.to_dict(with_roc=True))
+    _write_json(args, report.to_dict(with_roc=True))
     if args.roc:
         _plot(report.results, args.roc, f"{args.data}, {eps}")
     return 0
@@ -258,7 +275,7 @@ def _mia_artifact(args: argparse.Namespace, attacks: tuple[str, ...]) -> int:
         if b:
             print(f"best {seat}-seat attack: {b['attack']} AUC {b['auc']:.3f}, family-wise interval [{b['auc_ci_family'][0]:.3f}, "
                   f"{b['auc_ci_family'][1]:.3f}]: {'beats' if b['beats_chance'] else 'does not beat'} chance")
-    _write_json(args.json, report.to_dict(with_roc=True))
+    _write_json(args, report.to_dict(with_roc=True))
     if args.roc:
         _plot(report.results, args.roc, f"{args.artifact.name}, {eps}")
     return 0
@@ -310,7 +327,7 @@ def _attribute_impl(args: argparse.Namespace) -> int:
     print(f"advantage over the population on members: {fmt(res.advantage, 'advantage')}; members − non-members: "
           f"{fmt(res.membership_gap, 'membership_gap')} ({res.n_members} members, {res.n_nonmembers} non-members): "
           f"{'leaks (an interval excludes 0)' if res.to_dict()['leaks'] else 'no leakage shown (both intervals include 0)'}")
-    _write_json(args.json, {"target": name, "dp": dp, **res.to_dict()})
+    _write_json(args, {"target": name, "dp": dp, **res.to_dict()})
     return 0
 
 
@@ -362,7 +379,7 @@ def _canary_impl(args: argparse.Namespace) -> int:
                       + ("  ** EXCEEDS THE CLAIM **" if audit.exceeds_claim else ""))
     worst = max(r["epsilon_lb"] for r in runs)
     print(f"max ε lower bound over {len(runs)} run(s): {worst:.3f}")
-    _write_json(args.json, {"target": name, "runs": runs})
+    _write_json(args, {"target": name, "runs": runs})
     return 1 if any(r["exceeds_claim"] for r in runs) else 0
 
 

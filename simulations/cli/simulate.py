@@ -25,8 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "own table, makes its own signing key, trains its expert (DP-SGD at its own ε, or no DP), signs it and hands it over; "
         "the provider verifies, recomputes ε, charges the budget and signs a receipt that the client verifies; connectors are "
         "trained once per schema; every client scores base LLM, its expert and Llamdex on its own held-out records. One "
-        "progress bar per phase; the report lands in --out (report.json, report.md). Every flag is the run-config key of the "
-        "same name in pyproject's [tool.flwr.app.config], so `flwr run . --run-config ...` runs the same scenario.",
+        "progress bar per phase; the report lands in --out (report.json, report.md). Every flag that describes the scenario is the "
+        "run-config key of the same name in pyproject's [tool.flwr.app.config] (--out is the key out-dir), so `flwr run . "
+        "--run-config ...` runs the same scenario; --engine, --num-cpus, --num-gpus and --timeout only say how this command "
+        "launches it.",
         epilog="examples:\n  llamdex simulate --clients 3\n  llamdex simulate --data titanic,default,credit --clients 9 --epsilon 1,4,none\n"
         "  llamdex simulate --clients 10 --partition dirichlet --alpha 0.3 --federated titanic --fed-epsilon 4 --epsilon 4\n"
         "  llamdex simulate --engine deployment --clients 2",
