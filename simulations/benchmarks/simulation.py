@@ -20,6 +20,7 @@ benchmark is kept as it is), docs/results/simulation.png and the `simulation` se
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shlex
 import sys
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from simulations.benchmarks.results_md import RESULTS_DIR, environment, results_md_path, update_section, write_json
+from simulations.cli.common import add_out_arg
 
 SERIES = ("scaling", "schemas", "federated", "deployment")
 
@@ -41,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--schemas-clients", type=int, default=6)
     p.add_argument("--federated-clients", type=int, default=10)
     p.add_argument("--federated-epsilons", default="1,4", help="ε of both the federated (client-level) and the individual experts (default 1,4)")
+    p.add_argument("--federated-seeds", default="0,1,2",
+                   help="one federated run per seed and ε (default 0,1,2): the seed moves the partition and the training order, and "
+                        "the DP noise is fresh in every run, so one run's accuracy is one draw")
     p.add_argument("--fed-rounds", type=int, default=5)
     p.add_argument("--deployment-clients", type=int, default=3)
     p.add_argument("--preset", default="quick")
@@ -48,7 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-test", type=int, default=16)
     p.add_argument("--connectors", default="", help="reuse this connector store everywhere instead of training in the first run of each series")
     p.add_argument("--work-dir", type=Path, default=None, help="where the runs' folders go (default runs/bench-simulation-<time>)")
-    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    add_out_arg(p, default=RESULTS_DIR, help="folder of simulation.json, simulation.png and RESULTS.md's section (default: docs/results)",
+                aliases=("--results-dir",))
     p.add_argument("--timeout-s", type=float, default=900.0, help="the app's phase timeout (default 900)")
     p.add_argument("--render-only", action="store_true", help="only rewrite the plot and the RESULTS.md section from simulation.json")
     return p.parse_args(argv)
@@ -59,6 +65,7 @@ def _means(report: dict[str, Any]) -> dict[str, float | None]:
     for m in ("base_llm", "expert", "llamdex"):
         vals = [c["scores"][m]["accuracy"] for c in report["clients"] if not c["excluded"] and m in c["scores"]]
         out[m] = sum(vals) / len(vals) if vals else None
+    out["llamdex_expert_agreement"] = _mean([c["scores"].get("llamdex_expert_agreement") for c in report["clients"] if not c["excluded"]])
     return out
 
 
@@ -125,21 +132,37 @@ def deployment(args: argparse.Namespace, work: Path, base_rc: dict[str, Any], st
 
 def federated(args: argparse.Namespace, work: Path, base_rc: dict[str, Any], store: str) -> list[dict[str, Any]]:
     out = []
-    for eps in [float(e) for e in args.federated_epsilons.split(",")]:
+    epsilons = [float(e) for e in args.federated_epsilons.split(",")]
+    for eps, seed in itertools.product(epsilons, [int(s) for s in args.federated_seeds.split(",")]):
         rc = {**base_rc, "data": args.data, "connectors": store, "epsilon": f"{eps:g}", "federated": args.data, "fed-epsilon": eps,
-              "fed-rounds": args.fed_rounds}
-        run, report = _simulate(work, f"federated-eps{eps:g}", rc, args.federated_clients)
+              "fed-rounds": args.fed_rounds, "seed": seed}
+        run, report = _simulate(work, f"federated-eps{eps:g}-seed{seed}", rc, args.federated_clients)
         for f in report["federations"]:
             members = [c for c in report["clients"] if c["client_id"] in f["clients"]]
-            out.append({"dataset": f["dataset_id"], "epsilon": eps, "clients": len(f["clients"]), "federated_accuracy": f["federated_accuracy"],
+            out.append({"dataset": f["dataset_id"], "epsilon": eps, "seed": seed, "clients": len(f["clients"]),
+                        "federated_accuracy": f["federated_accuracy"],
                         "individual_accuracy_mean": f["individual_accuracy_mean"],
                         "individual_llamdex_accuracy_mean": _mean([c["scores"].get("llamdex", {}).get("accuracy") for c in members]),
                         "majority_class_accuracy_mean": _mean([c["scores"].get("majority_class", {}).get("accuracy") for c in members]),
+                        "individual_llamdex_expert_agreement_mean": _mean([c["scores"].get("llamdex_expert_agreement") for c in members]),
                         "epsilon_unit": {"federated": "client (all records of one client)", "individual": "record (one row of one client's table)"},
                         "epsilon_flower": f["epsilon_flower"], "epsilon_provider": f["epsilon_provider"], "delta_client_level": f["delta"],
                         "individual_epsilons": f["individual_epsilons"], "rounds": f["rounds"], "noise_multiplier": f["noise_multiplier"],
                         "clip": f["clip"], "receipt_id": f["receipt_id"], "error": f["error"], "run_dir": str(run.out_dir)})
     return out
+
+
+def _spread(runs: list[dict[str, Any]], key: str) -> str:
+    """Mean over the runs, with [min–max] when there is more than one."""
+    vals = [r[key] for r in runs if r.get(key) is not None]
+    if not vals:
+        return "–"
+    return f"{sum(vals) / len(vals):.3f}" + (f" [{min(vals):.3f}–{max(vals):.3f}]" if len(vals) > 1 else "")
+
+
+def _largest(runs: list[dict[str, Any]], key: str) -> str:
+    vals = [r[key] for r in runs if r.get(key) is not None]
+    return f"{max(vals):.3f}" if vals else "–"
 
 
 def _mean(vals: list[float | None]) -> float | None:
@@ -183,13 +206,14 @@ def markdown(payload: dict[str, Any]) -> str:
              f"`{payload['command']}` ({env['cpu_count']} CPU cores shared with other jobs, {env['date']}). Every run goes end to end "
              "through `flwr run .` (the deployment run through `flower-superlink` + one `flower-supernode` per client): each client makes "
              "its key, trains and signs its expert, the provider verifies, recomputes ε, charges the ledger and signs a receipt the client "
-             "verifies, connectors are trained once per schema, every client scores base LLM, expert and Llamdex on its held-out records. "
+             "verifies, connectors are trained once per schema, every client scores base LLM, expert and Llamdex on its held-out records "
+             "(and how often Llamdex answers as its expert does: `Llamdex = expert`). "
              "`total` is the wall time of the whole run (SuperLink, Ray and the processes' start and stop included); `per extra client` "
              "is (total − connector training) at N minus the same at the smallest N, per client added. What a client costs is mostly its "
              "held-out questions (each answered twice by the provider, by Llamdex and by the base LLM for comparison) and its DP training: "
              "a table split among more clients leaves each fewer held-out rows, so fewer questions.", "",
              "| series | engine | clients | schemas | connectors | total | connector training | per extra client | questions / client | "
-             "finished / excluded | mean acc. base / expert / Llamdex |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "finished / excluded | mean acc. base / expert / Llamdex | Llamdex = expert |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in payload["runs"]:
         acc = r["accuracy_mean"]
         f3 = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
@@ -198,20 +222,29 @@ def markdown(payload: dict[str, Any]) -> str:
         lines.append(f"| {r['series']} | {r['engine']} | {r['clients']} | {r['schemas']} ({', '.join(r['tables'])}) | {r['connectors']} ({r['preset']}) | "
                      f"{r['total_s'] / 60:.1f} min | {r['connector_training_s'] / 60:.1f} min | {per} | {'–' if q is None else f'{q:.1f}'} | "
                      f"{r['finished']} / {len(r['excluded'])} | "
-                     f"{f3(acc['base_llm'])} / {f3(acc['expert'])} / {f3(acc['llamdex'])} |")
+                     f"{f3(acc['base_llm'])} / {f3(acc['expert'])} / {f3(acc['llamdex'])} | {f3(acc.get('llamdex_expert_agreement'))} |")
     if payload.get("federated"):
         lines += ["", "Federated (DP-FedAvg, one expert per table, uploaded once by a lead client) against the same clients' individual "
                   "DP-SGD experts at the same ε number, accuracy of the expert alone on each client's held-out questions (mean over clients). "
                   "**The two ε protect different units**: the federated ε is client-level (a whole client, every record it holds, "
                   "δ = 1/(10 × clients)); an individual expert's ε is record-level (one row of one client's table). They are not comparable "
-                  "as privacy and never add up; the ledger charges them to different datasets.", "",
-                  "| table | ε | clients | federated acc. (client-level DP) | individual acc. mean (record-level DP) | individual Llamdex | "
-                  "majority class | rounds | noise multiplier | ε Flower / provider |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "as privacy and never add up; the ledger charges them to different datasets. One run per seed: the seed moves the "
+                  "partition and the training order, and the DP noise (the server's on the federated average, Opacus' on each client's "
+                  "gradients) is drawn fresh in every run, as DP requires, so one run's accuracy is one draw; each cell is the mean over "
+                  "the runs with [min–max].", "",
+                  "| table | ε | clients | runs (seeds) | federated acc. (client-level DP) | individual acc. mean (record-level DP) | "
+                  "individual Llamdex | Llamdex = individual expert | majority class | rounds | noise multiplier | ε Flower / provider (largest) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
         for f in payload["federated"]:
-            g = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
-            lines.append(f"| {f['dataset']} | {f['epsilon']:g} | {f['clients']} | {g(f['federated_accuracy'])} | {g(f['individual_accuracy_mean'])} | "
-                         f"{g(f['individual_llamdex_accuracy_mean'])} | {g(f['majority_class_accuracy_mean'])} | {f['rounds']} | "
-                         f"{f['noise_multiplier']:.3g} | {g(f['epsilon_flower'])} / {g(f['epsilon_provider'])} |")
+            groups.setdefault((f["dataset"], f["epsilon"]), []).append(f)
+        for (dataset, eps), fs in groups.items():
+            lines.append(f"| {dataset} | {eps:g} | {fs[0]['clients']} | {len(fs)} ({', '.join(str(f.get('seed', 0)) for f in fs)}) | "
+                         f"{_spread(fs, 'federated_accuracy')} | {_spread(fs, 'individual_accuracy_mean')} | "
+                         f"{_spread(fs, 'individual_llamdex_accuracy_mean')} | {_spread(fs, 'individual_llamdex_expert_agreement_mean')} | "
+                         f"{_spread(fs, 'majority_class_accuracy_mean')} | "
+                         f"{fs[0]['rounds']} | {fs[0]['noise_multiplier']:.3g} | "
+                         f"{_largest(fs, 'epsilon_flower')} / {_largest(fs, 'epsilon_provider')} |")
     lines += ["", "![total time and time per extra client](results/simulation.png)"]
     return "\n".join(lines)
 
@@ -224,9 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--only: unknown series {sorted(unknown)}; choose from {list(SERIES)}", file=sys.stderr)
         return 2
     if args.render_only:
-        payload = json.loads((Path(args.results_dir) / "simulation.json").read_text())
-        plot(payload["runs"], Path(args.results_dir) / "simulation.png")
-        update_section("simulation", markdown(payload), results_md_path(Path(args.results_dir)))
+        payload = json.loads((Path(args.out) / "simulation.json").read_text())
+        plot(payload["runs"], Path(args.out) / "simulation.png")
+        update_section("simulation", markdown(payload), results_md_path(Path(args.out)))
         return 0
     work = (args.work_dir or Path("runs") / time.strftime("bench-simulation-%Y%m%d-%H%M%S")).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -242,16 +275,16 @@ def main(argv: list[str] | None = None) -> int:
         fed = federated(args, work, base_rc, store)
     if "deployment" in only:
         runs += deployment(args, work, base_rc, store)
-    path = Path(args.results_dir) / "simulation.json"
+    path = Path(args.out) / "simulation.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
     measured = {r["series"] for r in runs}
     payload = {**old, "command": "python -m simulations.benchmarks.simulation " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
                "environment": environment(),
                "runs": [r for r in old.get("runs", []) if r.get("series") not in measured] + runs,
                "federated": fed if "federated" in only else old.get("federated", [])}
-    write_json("simulation.json", payload, Path(args.results_dir))
-    plot(payload["runs"], Path(args.results_dir) / "simulation.png")
-    update_section("simulation", markdown(payload), results_md_path(Path(args.results_dir)))
+    write_json("simulation.json", payload, Path(args.out))
+    plot(payload["runs"], Path(args.out) / "simulation.png")
+    update_section("simulation", markdown(payload), results_md_path(Path(args.out)))
     print(markdown(payload))
     return 0
 

@@ -118,13 +118,15 @@ class RunReport:
                   f"total {self.total_s:.1f} s; ledger chain {'verifies' if self.ledger_verified else 'DOES NOT verify'}; "
                   f"{self.receipts_verified} receipts verified by their clients.", "",
                   "| phase | seconds |", "|---|---|"] + [f"| {k} | {v:.1f} |" for k, v in self.phases.items()]
-        lines += ["", "| client | table | ε (charged) | budget | n train / held out | base LLM | expert | Llamdex | receipt | excluded |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", "| client | table | ε (charged) | budget | n train / held out | accuracy: base LLM | expert | Llamdex | "
+                  "Llamdex = expert | receipt | excluded |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for c in self.clients:
             acc = {k: (f"{v['accuracy']:.3f}" if isinstance(v, dict) else "–") for k, v in c.scores.items()}
+            agree = c.scores.get("llamdex_expert_agreement")
             eps = "–" if not c.receipt_id else ("no DP" if c.epsilon is None else f"{c.epsilon:.3g}")
             lines.append(f"| {c.client_id} | {c.dataset_id} | {eps} | {_num(c.budget)} | {c.n_train} / {c.n_heldout} | {acc.get('base_llm', '–')} | "
-                         f"{acc.get('expert', '–')} | {acc.get('llamdex', '–')} | {'verified' if c.receipt_verified else '–'} | {c.excluded or ''} |")
+                         f"{acc.get('expert', '–')} | {acc.get('llamdex', '–')} | {'–' if agree is None else f'{agree:.3f}'} | "
+                         f"{'verified' if c.receipt_verified else '–'} | {c.excluded or ''} |")
         lines += ["", "| schema | tables | clients sharing it | connectors | seconds |", "|---|---|---|---|---|"]
         for s in self.schemas:
             lines.append(f"| {s.schema_digest[:19]}… | {', '.join(s.dataset_ids)} | {len(s.clients)} | {s.connectors} | {s.seconds:.1f} |")

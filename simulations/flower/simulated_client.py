@@ -173,9 +173,11 @@ class SimulatedClient:
         x, y = encode_table(rows, d.schema)
         if len(llamdex) != len(y) or len(base) != len(y):
             raise ValueError(f"{len(llamdex)} Llamdex and {len(base)} base answers for {len(y)} questions")
+        expert = predict_proba(self._individual_expert(), x).argmax(1)
         out = {"n_questions": int(len(y)), "base_llm": _scores(y, np.asarray(base)), "llamdex": _scores(y, np.asarray(llamdex)),
-               "expert": _scores(y, predict_proba(self._individual_expert(), x).argmax(1)),
-               "majority_class": _scores(y, np.full_like(y, np.bincount(y).argmax()))}
+               "expert": _scores(y, expert), "majority_class": _scores(y, np.full_like(y, np.bincount(y).argmax())),
+               # what Llamdex is for: the share of questions it answers as the client's expert does (accuracy alone hides it)
+               "llamdex_expert_agreement": float(np.mean(np.asarray(llamdex) == expert))}
         if federated_arrays is not None:
             out["federated_expert"] = _scores(y, predict_proba(self._expert_from(federated_arrays, d.schema), x).argmax(1))
         return out
