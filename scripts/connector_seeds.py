@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from simulations.benchmarks.results_md import command_line
+
 
 def _weakest(extraction: dict[str, dict]) -> tuple[str, float]:
     """The column read worst on real held-out questions (categorical accuracy, numeric exactness, missing flag)."""
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed, store, factor, filler, layer in plan:
             print(f"== {table}, connector seed {seed} ({store})", flush=True)
             runs.append(measure(table, seed, store, args.max_test, factor, filler, layer))
-            args.out.write_text(json.dumps({"command": "python scripts/connector_seeds.py " + " ".join(sys.argv[1:] if argv is None else argv), "runs": runs}, indent=1) + "\n")
+            args.out.write_text(json.dumps({"command": command_line("python scripts/connector_seeds.py", argv), "runs": runs}, indent=1) + "\n")
     keys = ("weakest_column_score", "verbalizer_agreement", "phrasing_agreement", "general_agreement", "hand_agreement", "gap_accuracy",
             "gap_balanced_accuracy")
     print("| table | seeds | " + " | ".join(keys) + " |")

@@ -87,7 +87,7 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from provider_party.model.base_llm import load_base_llm
-    from simulations.benchmarks.results_md import environment
+    from simulations.benchmarks.results_md import command_line, environment
     from simulations.cli.common import add_data_args, set_threads, table_refs
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     set_threads(args.threads)
     base = load_base_llm()
-    results = {"command": "python scripts/decoder_epochs.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    results = {"command": command_line("python scripts/decoder_epochs.py", argv),
                "environment": environment(), "preset": args.preset, "epochs": args.epochs, "tables": {}}
     for table in table_refs(args):
         results["tables"][table.id] = measure(table, args.preset, args.epochs, args.expert_seeds, args.max_test, args.store, base)

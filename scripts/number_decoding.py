@@ -28,11 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from simulations.benchmarks.results_md import command_line
 
 DECODINGS = ("independent", "matching", "claim-all")
 # Asides that state a number belonging to no field of any table: general English, not any table's knowledge.
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     for table in [t for t in args.data.split(",") if t]:
         print(f"== {table}", flush=True)
         runs.append(measure(table, args.max_test))
-        args.out.write_text(json.dumps({"command": "python scripts/number_decoding.py " + " ".join(sys.argv[1:] if argv is None else argv), "runs": runs}, indent=1) + "\n")
+        args.out.write_text(json.dumps({"command": command_line("python scripts/number_decoding.py", argv), "runs": runs}, indent=1) + "\n")
     print("| table | decoding | verbalizer | eval-only | general | hand-written | readings < 0.97 (eval-only) | left out: read missing "
           "| with an aside: read missing | agreement, with an aside |")
     print("|---|---|---|---|---|---|---|---|---|---|")

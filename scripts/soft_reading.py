@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from simulations.benchmarks.results_md import command_line
 
 WAYS = ("hard", "expected-input", "expected-output")
 
@@ -54,25 +55,17 @@ def _answers(enc, expert, outs, samples: int, seed: int) -> dict[str, np.ndarray
     """The expert's answer under each way of passing the reading on."""
     import torch
 
-    hard = enc.to_expert_input(outs)
-    soft_parts, widths = [], []
-    for b, o in zip(enc.fe.blocks, outs):
-        if b.kind == "numeric":
-            missing = (o[:, 1] > 0).float()
-            soft_parts.append(torch.stack([o[:, 0].clamp(0, 1) * (1 - missing), missing], 1))
-        else:
-            soft_parts.append(o.softmax(-1))
-        widths.append(soft_parts[-1].shape[1])
-    expected_input = torch.cat(soft_parts, 1)
+    hard = enc.to_expert_input(outs)          # numbers as the provider reads them; categorical blocks one-hot
+    categorical = [(b, o.softmax(-1)) for b, o in zip(enc.fe.blocks, outs) if b.kind != "numeric"]
+    expected_input = hard.clone()
+    for b, p in categorical:
+        expected_input[:, b.start:b.stop] = p
     gen = torch.Generator().manual_seed(seed)
     n = hard.shape[0]
-    draws = expected_input.repeat_interleave(samples, 0).clone()
-    at = 0
-    for b, w, p in zip(enc.fe.blocks, widths, soft_parts):
-        if b.kind != "numeric":
-            pick = torch.multinomial(p.clamp(min=0), samples, replacement=True, generator=gen).reshape(-1)
-            draws[:, at:at + w] = torch.nn.functional.one_hot(pick, w).float()
-        at += w
+    draws = hard.repeat_interleave(samples, 0)
+    for b, p in categorical:
+        pick = torch.multinomial(p, samples, replacement=True, generator=gen).reshape(-1)
+        draws[:, b.start:b.stop] = torch.nn.functional.one_hot(pick, b.stop - b.start).float()
     with torch.inference_mode():
         out = {"hard": expert(hard).argmax(-1).numpy(),
                "expected-input": expert(expected_input).argmax(-1).numpy(),
@@ -147,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     for table in [t for t in args.data.split(",") if t]:
         print(f"== {table}", flush=True)
         runs.append(measure(table, args.max_test, args.samples))
-        args.out.write_text(json.dumps({"command": "python scripts/soft_reading.py " + " ".join(sys.argv[1:] if argv is None else argv), "runs": runs}, indent=1) + "\n")
+        args.out.write_text(json.dumps({"command": command_line("python scripts/soft_reading.py", argv), "runs": runs}, indent=1) + "\n")
     print("| table | way | verbalizer | eval-only | general | hand-written |")
     print("|---|---|---|---|---|---|")
     for r in runs:

@@ -19,6 +19,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from simulations.benchmarks.results_md import command_line
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             counts[kind] += 1
             if len(examples[kind]) < 8:
                 examples[kind].append(f"{pkg}/{item}:{col} {lab['verbalizers']}")
-    print(json.dumps({"command": "python scripts/verbalizer_collisions.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    print(json.dumps({"command": command_line("python scripts/verbalizer_collisions.py", argv),
                       "counts": counts, "examples": examples}, indent=2))
     return 0
 

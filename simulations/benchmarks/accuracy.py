@@ -26,11 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-from simulations.benchmarks.results_md import RESULTS_DIR, environment, results_md_path, update_section, write_json
+from simulations.benchmarks.results_md import RESULTS_DIR, command_line, environment, results_md_path, update_section, write_json
 from simulations.cli.common import add_connectors_arg, add_data_args, add_out_arg, epsilon_list, positive_int, set_threads, table_refs
 
 DATASETS = ("titanic", "default", "credit", "churn", "penguins", "telco", "attrition")
@@ -320,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = add_arguments(argparse.ArgumentParser(prog="python -m simulations.benchmarks.accuracy", description=__doc__,
                                                formatter_class=argparse.RawDescriptionHelpFormatter))
     args = ap.parse_args(argv)
-    return run(args, "python -m simulations.benchmarks.accuracy " + " ".join(sys.argv[1:] if argv is None else argv))
+    return run(args, command_line("python -m simulations.benchmarks.accuracy", argv))
 
 
 if __name__ == "__main__":

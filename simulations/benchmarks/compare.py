@@ -42,8 +42,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shlex
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -56,6 +54,7 @@ from simulations.baselines.methods import MethodResult, MethodSettings, Workbenc
 from simulations.baselines.mst import MSTConfig
 from simulations.benchmarks.results_md import (
     RESULTS_DIR,
+    command_line,
     environment,
     results_md_path,
     update_section,
@@ -355,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     from client_party.datasets import TableRef
 
     set_threads(args.threads)
-    command = "llamdex bench compare " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = command_line("llamdex bench compare", argv)
     settings = PRESETS[args.preset]
     if args.max_test is not None:
         settings = replace(settings, max_test=args.max_test)

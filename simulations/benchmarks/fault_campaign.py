@@ -36,7 +36,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from protocol import crashpoints
+from simulations.benchmarks.results_md import command_line
 from simulations.cli.common import add_out_arg
 from simulations.two_party_demo import (
     RunLayout,
@@ -692,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             results[name] = run_scenario(name, root / "runs", a.trials, rng, tick)
     summary = summarize(results)
-    command = "python -m simulations.benchmarks.fault_campaign " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = command_line("python -m simulations.benchmarks.fault_campaign", argv)
     for v in summary.values():
         v["command"], v["seconds"] = command, round(sum(t["seconds"] for t in v["trials"]), 1)
     merge_and_render("faults", {"trials_per_scenario": a.trials, "seed": a.seed,

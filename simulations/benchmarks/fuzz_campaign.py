@@ -39,6 +39,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocol.errors import CodedError, LlamdexError
+from simulations.benchmarks.results_md import command_line
 from simulations.cli.common import add_out_arg
 
 HANG_S = 10.0
@@ -788,7 +789,6 @@ def run_campaign(examples: int, root: Path | None = None, seed: int = 0) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    import sys
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--examples", type=int, default=2000, help="cases per target (default 2000)")
@@ -801,7 +801,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     res = run_campaign(a.examples, seed=a.seed)
     merge_and_render("fuzz", {"examples_per_target": a.examples, "seed": a.seed, "seconds": round(time.perf_counter() - t0, 1),
-                              "command": "python -m simulations.benchmarks.fuzz_campaign " + " ".join(sys.argv[1:] if argv is None else argv),
+                              "command": command_line("python -m simulations.benchmarks.fuzz_campaign", argv),
                               "found_during_development": FOUND_DURING_DEVELOPMENT, "targets": res}, a.out)
     bad = {k: v for k, v in res.items() if v["crashes"] or v["hangs"] or v["state_changes"]}
     print(json.dumps(res, indent=1))

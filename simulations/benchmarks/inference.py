@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from simulations.benchmarks.accuracy import DATASETS, table_order  # every registered table, as the accuracy benchmark
-from simulations.benchmarks.results_md import RESULTS_DIR, environment, results_md_path, update_section, write_json
+from simulations.benchmarks.results_md import RESULTS_DIR, command_line, environment, results_md_path, update_section, write_json
 from simulations.cli.common import add_connectors_arg, add_data_args, add_out_arg, set_threads, table_refs
 
 
@@ -144,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = add_arguments(argparse.ArgumentParser(prog="python -m simulations.benchmarks.inference", description=__doc__,
                                                formatter_class=argparse.RawDescriptionHelpFormatter))
     args = ap.parse_args(argv)
-    return run(args, "python -m simulations.benchmarks.inference " + " ".join(sys.argv[1:] if argv is None else argv))
+    return run(args, command_line("python -m simulations.benchmarks.inference", argv))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from dataclasses import asdict, replace
 
 import numpy as np
 
-from simulations.benchmarks.results_md import RESULTS_DIR, environment, results_md_path, update_section, write_json
+from simulations.benchmarks.results_md import RESULTS_DIR, command_line, environment, results_md_path, update_section, write_json
 from simulations.cli.common import add_data_args, add_out_arg, set_threads
 
 
@@ -91,7 +91,6 @@ def markdown(payload: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import sys
 
     ap = argparse.ArgumentParser(prog="python -m simulations.benchmarks.lora_curve", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoints = sorted({int(c) for c in args.checkpoints.split(",") if c.strip()})
     if not checkpoints or checkpoints[0] < 1:
         ap.error("--checkpoints: positive step counts, e.g. 20,40,80")
-    command = "python -m simulations.benchmarks.lora_curve " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = command_line("python -m simulations.benchmarks.lora_curve", argv)
     from simulations.baselines.lora import LoRAConfig
 
     lr = args.lr if args.lr is not None else LoRAConfig().lr

@@ -38,7 +38,6 @@ import gc
 import hashlib
 import json
 import math
-import sys
 import tempfile
 import threading
 import time
@@ -51,7 +50,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from simulations.benchmarks.results_md import RESULTS_DIR, environment, results_md_path, update_section
+from simulations.benchmarks.results_md import RESULTS_DIR, command_line, environment, results_md_path, update_section
 from simulations.cli.common import add_data_args, add_out_arg, set_threads, table_refs
 
 SIMULATION_JSON = "simulation.json"
@@ -510,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(tables) < 2:
         raise SystemExit("--data needs at least two tables: mixed batches must mix schemas")
     base_model = f"random-init:{args.random_init_model}" if args.random_init_model else "embedded"
-    command = "python -m simulations.benchmarks.multi_tenant " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = command_line("python -m simulations.benchmarks.multi_tenant", argv)
     n_max = max(args.clients)
     with tempfile.TemporaryDirectory(prefix="llamdex-multi-tenant-") as tmp:
         setup = build_setup(Path(tmp), tables, n_max, base_model=base_model, device=str(device), connectors=args.connectors,

@@ -23,12 +23,11 @@ hand-written sentences apart).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from simulations.benchmarks.results_md import RESULTS_DIR, environment, results_md_path, update_section, write_json
+from simulations.benchmarks.results_md import RESULTS_DIR, command_line, environment, results_md_path, update_section, write_json
 from simulations.cli.common import add_data_args, add_out_arg, set_threads, table_refs
 
 THRESHOLD = 0.97
@@ -209,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                                                formatter_class=argparse.RawDescriptionHelpFormatter))
     args = ap.parse_args(argv)
     set_threads(args.threads)
-    command = "python -m simulations.benchmarks.reader_ablation " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = command_line("python -m simulations.benchmarks.reader_ablation", argv)
     tables = table_refs(args)
     payload = {"command": command.strip(), "environment": environment(), "seed": args.seed,
                "variants": [variant_name(v) for v in args.variants], "tables": {}}

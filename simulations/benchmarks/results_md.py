@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import platform
+import shlex
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,12 @@ from typing import Any
 RESULTS_DIR = Path("docs/results")
 RESULTS_MD = Path("docs/RESULTS.md")
 HEADER = "# Measured results\n\nEvery figure below is written by a benchmark; the command that reproduces it is given with it.\n"
+
+
+def command_line(program: str, argv: list[str] | None) -> str:
+    """The command stored beside a run's results so that anyone can rerun it: `program` and the arguments it was
+    given (the process's own when `argv` is None, as when run from a shell), quoted for pasting into one."""
+    return f"{program} {shlex.join(sys.argv[1:] if argv is None else argv)}"
 
 
 def environment() -> dict[str, Any]:

@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from simulations.benchmarks.results_md import RESULTS_DIR, environment, results_md_path, update_section, write_json
+from simulations.benchmarks.results_md import RESULTS_DIR, command_line, environment, results_md_path, update_section, write_json
 from simulations.cli.common import add_out_arg
 
 SERIES = ("scaling", "schemas", "federated", "deployment")
@@ -63,8 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _means(report: dict[str, Any]) -> dict[str, float | None]:
     out = {}
     for m in ("base_llm", "expert", "llamdex"):
-        vals = [c["scores"][m]["accuracy"] for c in report["clients"] if not c["excluded"] and m in c["scores"]]
-        out[m] = sum(vals) / len(vals) if vals else None
+        out[m] = _mean([c["scores"][m]["accuracy"] for c in report["clients"] if not c["excluded"] and m in c["scores"]])
     out["llamdex_expert_agreement"] = _mean([c["scores"].get("llamdex_expert_agreement") for c in report["clients"] if not c["excluded"]])
     return out
 
@@ -157,7 +155,7 @@ def _spread(runs: list[dict[str, Any]], key: str) -> str:
     vals = [r[key] for r in runs if r.get(key) is not None]
     if not vals:
         return "–"
-    return f"{sum(vals) / len(vals):.3f}" + (f" [{min(vals):.3f}–{max(vals):.3f}]" if len(vals) > 1 else "")
+    return f"{_mean(vals):.3f}" + (f" [{min(vals):.3f}–{max(vals):.3f}]" if len(vals) > 1 else "")
 
 
 def _largest(runs: list[dict[str, Any]], key: str) -> str:
@@ -278,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.out) / "simulation.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
     measured = {r["series"] for r in runs}
-    payload = {**old, "command": "python -m simulations.benchmarks.simulation " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
+    payload = {**old, "command": command_line("python -m simulations.benchmarks.simulation", argv),
                "environment": environment(),
                "runs": [r for r in old.get("runs", []) if r.get("series") not in measured] + runs,
                "federated": fed if "federated" in only else old.get("federated", [])}

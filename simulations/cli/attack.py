@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -151,7 +150,8 @@ def _json_on_stdout_alone(handler: Callable[[argparse.Namespace], int]) -> Calla
 
 def _write_json(args: argparse.Namespace, data: dict[str, Any]) -> None:
     if args.json == "-":
-        args.json_stream.write(json.dumps(data, indent=2, default=str) + "\n")
+        with contextlib.redirect_stdout(args.json_stream):   # the real standard output, set aside by _json_on_stdout_alone
+            emit_json("-", data)
     elif args.json is not None:
         emit_json(args.json, data)
         print(f"results written to {args.json}")
