@@ -106,6 +106,15 @@ def test_one_name_per_concept(path):
         assert a.nargs == "?" and a.const == "-", f"`llamdex {' '.join(path)} --json` must take an optional FILE"
 
 
+@pytest.mark.parametrize("path", VERB_PATHS, ids=lambda p: " ".join(p) or "llamdex")
+def test_every_option_says_what_it_is_for(path):
+    """--help teaches: an option listed without a word (`--seed SEED`) leaves the reader to guess what it seeds."""
+    parser = dict(TREE)[path]
+    silent = sorted((a.option_strings or [a.dest])[0] for a in parser._actions
+                    if a.help is None and not isinstance(a, argparse._SubParsersAction))
+    assert not silent, f"`llamdex {' '.join(path)}`: options without a help text: {silent}"
+
+
 @pytest.mark.parametrize("argv, dest, value", [
     (["demo", "--run-dir", "r"], "out", "r"),
     (["demo", "--dataset", "default"], "data", "default"),

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from simulations.benchmarks.results_md import RESULTS_DIR, command_line, environment, results_md_path, update_section, write_json
-from simulations.cli.common import add_connectors_arg, add_data_args, add_out_arg, epsilon_list, positive_int, set_threads, table_refs
+from simulations.cli.common import add_connectors_arg, add_data_args, add_out_arg, epsilon_list, positive_int, add_threads_arg, set_threads, table_refs
 
 DATASETS = ("titanic", "default", "credit", "churn", "penguins", "telco", "attrition")
 OWN_METHODS = ("base_llm", "expert", "llamdex", "majority_class")   # the rows this benchmark writes; others come from `compare`
@@ -226,12 +226,13 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The benchmark's options, shared by `python -m simulations.benchmarks.accuracy` and `llamdex bench accuracy`."""
     add_data_args(ap, multiple=True, default=",".join(DATASETS), aliases=("--datasets",))
     ap.add_argument("--epsilons", type=epsilon_list, default=[None, 1.0, 4.0], help="ε of the DP experts; 'none' = no DP (default: none,1,4)")
-    ap.add_argument("--preset", default="default", choices=["default", "quick"])
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--preset", default="default", choices=["default", "quick"],
+                    help="connector training preset, used only for schemas with no stored connectors (default: default)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the held-out split, the questions and the first expert (default 0)")
     ap.add_argument("--max-test", type=int, default=1000, help="stratified subsample of the held-out split (default 1000)")
     add_connectors_arg(ap, help="connector store (default $LLAMDEX_HOME/connectors)")
     ap.add_argument("--no-retrain", action="store_true", help="reuse stored connectors (timing then not measured)")
-    ap.add_argument("--threads", type=int, default=None)
+    add_threads_arg(ap)
     ap.add_argument("--decisions", type=decision_list, default=["calibrated"], metavar="RULES",
                     help="other decision rules to train a second expert with at every ε, reported beside the default (balanced) "
                          "rule: 'calibrated' maximises plain accuracy; 'none' skips them (default: calibrated)")
@@ -315,10 +316,13 @@ def previous_results(path: Path, update: bool, datasets: list[str], payload: dic
     payload["datasets"] = sorted(set(keep_tables) | set(datasets), key=table_order)
 
 
+def parser() -> argparse.ArgumentParser:
+    return add_arguments(argparse.ArgumentParser(prog="python -m simulations.benchmarks.accuracy", description=__doc__,
+                                                 formatter_class=argparse.RawDescriptionHelpFormatter))
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = add_arguments(argparse.ArgumentParser(prog="python -m simulations.benchmarks.accuracy", description=__doc__,
-                                               formatter_class=argparse.RawDescriptionHelpFormatter))
-    args = ap.parse_args(argv)
+    args = parser().parse_args(argv)
     return run(args, command_line("python -m simulations.benchmarks.accuracy", argv))
 
 

@@ -60,7 +60,7 @@ from simulations.benchmarks.results_md import (
     update_section,
     write_json,
 )
-from simulations.cli.common import add_data_args, add_out_arg, epsilon_list, set_threads
+from simulations.cli.common import add_data_args, add_out_arg, epsilon_list, add_threads_arg, set_threads
 
 METHODS = ("llamdex", "llamdex_calibrated", "expert_api", "icl_dp", "lora_dp_mst", "lora_dp_gan", "lora_real")
 LLAMDEX_METHODS = ("llamdex", "llamdex_calibrated")   # one unit runs several ε; the connectors are part of the method
@@ -342,7 +342,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--dry-run", action="store_true", help="run nothing: list the units still to run with an estimate of each from the stored ones")
     ap.add_argument("--merge-only", action="store_true", help="run nothing: merge compare.json into accuracy.json / inference.json and redraw the report")
     ap.add_argument("--work", type=Path, default=Path("runs/compare"), help="folder of the synthetic tables (default runs/compare)")
-    ap.add_argument("--threads", type=int, default=None)
+    add_threads_arg(ap)
     add_out_arg(ap, default=RESULTS_DIR, help="folder of compare.json, accuracy.json, inference.json, the plots and RESULTS.md's section "
                 "(default: docs/results)", aliases=("--results-dir",))
     ap.add_argument("--quiet", action="store_true", help="no progress bars")

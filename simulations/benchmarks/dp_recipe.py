@@ -408,12 +408,14 @@ def headroom_markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     from simulations.cli.common import epsilon_list
 
     p = argparse.ArgumentParser(prog="python -m simulations.benchmarks.dp_recipe", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=("study", "encoding", "verify", "headroom"))
+    p.add_argument("part", choices=("study", "encoding", "verify", "headroom"),
+                   help="study: choose the DP-SGD recipe on schema-synthetic tasks; encoding: choose the numeric bins on public tables; "
+                        "verify: measure the chosen recipe on the registered tables; headroom: raise ε to see whether the recipe or the noise limits it")
     p.add_argument("--schemas", type=lambda s: [t for t in s.split(",") if t], help="study: registered schemas (default: all)")
     p.add_argument("--candidates", type=lambda s: [t for t in s.split(",") if t], help="study: candidate names (default: all)")
     p.add_argument("--tables", type=lambda s: [t for t in s.split(",") if t], default=None,
@@ -425,7 +427,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr-without-dp", action="store_true", help="verify: also a non-DP logistic regression")
     p.add_argument("--cache", type=Path, default=Path("runs/cache"), help="JSONL caches of finished runs (default: runs/cache)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="output folder (default: docs/results)")
-    return p.parse_args(argv)
+    return p
 
 
 def _publish(out: Path, filename: str, section: str, data: dict[str, Any], md: str) -> int:
@@ -443,7 +445,7 @@ def _training_minutes(tables: dict[str, Any]) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parser().parse_args(argv)
     t0 = time.perf_counter()
     meta = {"command": "python -m simulations.benchmarks.dp_recipe " + " ".join(argv if argv is not None else sys.argv[1:]),
             "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, Python {platform.python_version()}", "date": time.strftime("%Y-%m-%d")}

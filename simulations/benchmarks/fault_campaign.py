@@ -665,17 +665,22 @@ def _earlier_scenarios(results_dir: Path | None) -> dict[str, Any]:
         return {}
 
 
-def main(argv: list[str] | None = None) -> int:
-    from tqdm import tqdm
-
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m simulations.benchmarks.fault_campaign", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=20, help="kill points per scenario (default 20)")
     ap.add_argument("--scenario", action="append", choices=SCENARIOS, help="only these scenarios (repeatable)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the kill points drawn in each scenario (default 0)")
     add_out_arg(ap, default=None, help="folder of reliability.json and RESULTS.md's section (default: docs/results)",
                 aliases=("--results-dir",))
     ap.add_argument("--keep", action="store_true", help="keep the run folder (logs, states)")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tqdm import tqdm
+
+    a = parser().parse_args(argv)
     from simulations.benchmarks.reliability_report import merge_and_render
 
     rng = random.Random(a.seed)

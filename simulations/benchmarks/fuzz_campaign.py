@@ -788,14 +788,18 @@ def run_campaign(examples: int, root: Path | None = None, seed: int = 0) -> dict
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m simulations.benchmarks.fuzz_campaign", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--examples", type=int, default=2000, help="cases per target (default 2000)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the hostile inputs generated for each target (default 0)")
     add_out_arg(ap, default=None, help="folder of reliability.json and RESULTS.md's section (default: docs/results)",
                 aliases=("--results-dir",))
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
     from simulations.benchmarks.reliability_report import merge_and_render
 
     t0 = time.perf_counter()

@@ -22,7 +22,7 @@ import numpy as np
 
 from simulations.benchmarks.accuracy import DATASETS, table_order  # every registered table, as the accuracy benchmark
 from simulations.benchmarks.results_md import RESULTS_DIR, command_line, environment, results_md_path, update_section, write_json
-from simulations.cli.common import add_connectors_arg, add_data_args, add_out_arg, set_threads, table_refs
+from simulations.cli.common import add_connectors_arg, add_data_args, add_out_arg, add_threads_arg, set_threads, table_refs
 
 
 def measure(table, batch_sizes: tuple[int, ...], reps: int, preset: str, connectors: Path | None, seed: int = 0) -> dict:
@@ -98,11 +98,11 @@ def markdown(payload: dict) -> str:
 def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The benchmark's options, shared by `python -m simulations.benchmarks.inference` and `llamdex bench inference`."""
     add_data_args(ap, multiple=True, default=",".join(DATASETS), aliases=("--datasets",))
-    ap.add_argument("--batch-sizes", default="1,16")
+    ap.add_argument("--batch-sizes", default="1,16", help="comma-separated questions per pass to time (default 1,16)")
     ap.add_argument("--reps", type=int, default=30, help="repetitions per batch size (batch 16 uses a third)")
     ap.add_argument("--preset", default="default", choices=["default", "quick"], help="preset used only if no connectors are stored yet")
     add_connectors_arg(ap, help="connector store (default $LLAMDEX_HOME/connectors)")
-    ap.add_argument("--threads", type=int, default=None)
+    add_threads_arg(ap)
     ap.add_argument("--update", action="store_true", help="remeasure only the --data tables and keep every other table's result as measured")
     add_out_arg(ap, default=RESULTS_DIR, help="folder of the JSON and RESULTS.md's section (default: docs/results)", aliases=("--results-dir",))
     return ap
@@ -139,10 +139,13 @@ def kept_results(path: Path, update: bool) -> dict:
     return {**kept, "results": results}
 
 
+def parser() -> argparse.ArgumentParser:
+    return add_arguments(argparse.ArgumentParser(prog="python -m simulations.benchmarks.inference", description=__doc__,
+                                                 formatter_class=argparse.RawDescriptionHelpFormatter))
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = add_arguments(argparse.ArgumentParser(prog="python -m simulations.benchmarks.inference", description=__doc__,
-                                               formatter_class=argparse.RawDescriptionHelpFormatter))
-    args = ap.parse_args(argv)
+    args = parser().parse_args(argv)
     return run(args, command_line("python -m simulations.benchmarks.inference", argv))
 
 

@@ -559,13 +559,11 @@ def verdict(r: dict[str, Any]) -> str:
     return "; ".join(parts) + "."
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--worker"]:
-        return worker_main(argv[1])
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--uploaders", type=int, default=32)
-    ap.add_argument("--askers", type=int, default=64)
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m simulations.benchmarks.load_test", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--uploaders", type=int, default=32, help="clients that keep uploading signed experts (default 32)")
+    ap.add_argument("--askers", type=int, default=64, help="clients that keep asking questions of their uploaded expert (default 64)")
     ap.add_argument("--duration", type=float, default=300.0, help="seconds of load (default 300)")
     ap.add_argument("--workers", type=int, default=4, help="client processes (default 4)")
     ap.add_argument("--questions", type=int, default=4, help="questions per Ask call (default 4)")
@@ -573,10 +571,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", action="append", default=[], metavar="KEY=VALUE",
                     help="a provider [limits] setting for this run, e.g. --limit ask_admission_wait_s=0.05 (repeatable)")
     ap.add_argument("--quick", action="store_true", help="4 uploaders, 8 askers, 40 s")
-    ap.add_argument("--run-dir", type=Path)
+    ap.add_argument("--run-dir", type=Path, help="folder of the provider's state, keys and logs during the run (default: a temporary one)")
     ap.add_argument("--connectors", type=Path, help="a connector store to reuse (default: trained in the run folder)")
     add_out_arg(ap, default=None, help="folder of reliability.json and RESULTS.md's section (default: docs/results)",
                 aliases=("--results-dir",))
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:
+        return worker_main(argv[1])
+    ap = parser()
     a = ap.parse_args(argv)
     if a.quick:
         a.uploaders, a.askers, a.duration = 4, 8, 40.0

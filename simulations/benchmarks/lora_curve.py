@@ -17,7 +17,7 @@ from dataclasses import asdict, replace
 import numpy as np
 
 from simulations.benchmarks.results_md import RESULTS_DIR, command_line, environment, results_md_path, update_section, write_json
-from simulations.cli.common import add_data_args, add_out_arg, set_threads
+from simulations.cli.common import add_data_args, add_out_arg, add_threads_arg, set_threads
 
 
 def curve(table: str, lr: float, checkpoints: list[int], fit_questions: int, val_records: int, seed: int = 0,
@@ -90,8 +90,7 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m simulations.benchmarks.lora_curve", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="example:\n  python -m simulations.benchmarks.lora_curve --data titanic,credit --threads 2")
@@ -100,9 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoints", default="20,40,80,120,160,240", help="steps at which to score (default 20,40,80,120,160,240)")
     ap.add_argument("--fit-questions", type=int, default=640, help="distinct training questions (default 640)")
     ap.add_argument("--val-records", type=int, default=200, help="validation records from the training split (default 200)")
-    ap.add_argument("--threads", type=int, default=None)
+    add_threads_arg(ap)
     add_out_arg(ap, default=RESULTS_DIR, help="folder of lora_curve.json and RESULTS.md's section (default: docs/results)",
                 aliases=("--results-dir",))
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser()
     args = ap.parse_args(argv)
     set_threads(args.threads)
     checkpoints = sorted({int(c) for c in args.checkpoints.split(",") if c.strip()})

@@ -51,7 +51,7 @@ import torch
 from tqdm.auto import tqdm
 
 from simulations.benchmarks.results_md import RESULTS_DIR, command_line, environment, results_md_path, update_section
-from simulations.cli.common import add_data_args, add_out_arg, set_threads, table_refs
+from simulations.cli.common import add_data_args, add_out_arg, add_threads_arg, set_threads, table_refs
 
 SIMULATION_JSON = "simulation.json"
 
@@ -471,7 +471,7 @@ def _ints(text: str) -> list[int]:
     return out
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m simulations.benchmarks.multi_tenant", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(ap, multiple=True, default="titanic,default,credit")
@@ -481,18 +481,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--naive-copies", type=int, default=4, help="model copies actually built for the one-copy-per-client design (default: 4)")
     ap.add_argument("--callers", type=_ints, default=[16, 64], help="concurrent Ask threads (default: 16,64); --callers 0 is refused, use --no-asks")
     ap.add_argument("--no-asks", action="store_true", help="skip the concurrent-Ask measurement")
-    ap.add_argument("--asks-per-caller", type=int, default=2)
-    ap.add_argument("--questions-per-ask", type=int, default=2)
+    ap.add_argument("--asks-per-caller", type=int, default=2, help="Ask calls each concurrent caller makes (default 2)")
+    ap.add_argument("--questions-per-ask", type=int, default=2, help="questions in each of those Ask calls (default 2)")
     ap.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     ap.add_argument("--random-init-model", default=None, metavar="SIZE",
                     help="BENCHMARKING ONLY: a random-weight Llama-architecture base of this size (1B, 360M, 135M, tiny) instead of the "
                          "embedded SmolLM2; connectors get random weights too, answers mean nothing")
     ap.add_argument("--connectors", type=Path, default=None, help="connector store (default $LLAMDEX_HOME/connectors)")
     ap.add_argument("--preset", default="quick", choices=["quick", "default"], help="used only for schemas without stored connectors")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
+    add_threads_arg(ap)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the questions drawn and the connectors trained for missing schemas (default 0)")
     add_out_arg(ap, default=RESULTS_DIR, help="folder of simulation.json, multi_tenant.png and RESULTS.md's section (default: docs/results)",
                 aliases=("--results-dir",))
+    return ap
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = parser()
     args = ap.parse_args(argv)
     if args.reps < 1 or args.naive_copies < 1:
         ap.error("--reps and --naive-copies must be at least 1")

@@ -538,7 +538,7 @@ def write(args: argparse.Namespace, cache: Cache, tables: list[str], argv: list[
     return data
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     from simulations.cli.common import add_connectors_arg, epsilon_list
 
     p = argparse.ArgumentParser(prog="python -m simulations.benchmarks.privacy_utility", description=__doc__,
@@ -565,11 +565,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        aliases=("--connector-root",))
     p.add_argument("--no-anchor", dest="anchor", action="store_false", help="skip the overfit sanity anchor")
     p.add_argument("--render-only", action="store_true", help="run nothing: rebuild the report from the cache")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the member/non-member split, the shadows and the attacks (default 0)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads of the LLM passes (default: 2, or 1 on a 1-core machine); the experts train on one")
     p.add_argument("--cache", type=Path, default=CACHE_DIR, help="cache of finished pieces and trained experts, one subfolder per client recipe (default: %(default)s)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="output folder (default: docs/results)")
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = parser()
     args = p.parse_args(argv)
     args.seats = [s.strip() for s in args.seats.split(",") if s.strip()]
     bad = set(args.seats) - {"provider", "query"}

@@ -535,15 +535,9 @@ def link_row(lk: dict[str, Any], mb: float) -> str:
             f"{u['ratio_transfer_paired']:.2f}, to the receipt {u['ratio_end_to_end']:.2f}; {target}) |")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--raw-server"]:
-        raw_server(*argv[1:6])
-        return 0
-    if argv[:1] == ["--link-client"]:
-        link_client(json.loads(argv[1]))
-        return 0
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m simulations.benchmarks.protocol_bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_out_arg(ap, default=Path("docs/results"), help="folder of protocol.json, protocol.md and RESULTS.md's section (default: docs/results)",
                 aliases=("--out-dir",))
     ap.add_argument("--quick", action="store_true", help="a ~17 MB artifact and fewer repetitions (smoke run)")
@@ -556,7 +550,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-ask", action="store_true", help="measure uploads and verification only (nothing is written)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the provider and of the in-process model (default 1: "
                     "robust on a shared machine, where 2-thread OpenMP stalls when another process holds a core)")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--raw-server"]:
+        raw_server(*argv[1:6])
+        return 0
+    if argv[:1] == ["--link-client"]:
+        link_client(json.loads(argv[1]))
+        return 0
+    a = parser().parse_args(argv)
     links = tuple(int(x) for x in a.links.split(",") if x.strip())
     if a.quick:
         run(a.out, artifact_mb=17, reps=2, ask_reps=4, skip_ask=a.skip_ask, threads=a.threads, links_mbit=links, link_reps=2)

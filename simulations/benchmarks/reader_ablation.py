@@ -28,7 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from simulations.benchmarks.results_md import RESULTS_DIR, command_line, environment, results_md_path, update_section, write_json
-from simulations.cli.common import add_data_args, add_out_arg, set_threads, table_refs
+from simulations.cli.common import add_data_args, add_out_arg, add_threads_arg, set_threads, table_refs
 
 THRESHOLD = 0.97
 # Runs stored before each variant recorded its layer all read the default preset's layer, which was 12 then
@@ -182,11 +182,11 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
                     help="comma-separated WINDOWxBLOCKS[@LAYER]: the mixer's window in tokens (odd), its number of blocks, and the layer "
                          "whose states the encoder reads (default: the preset's, 12); all layers come from one frozen pass "
                          "(default 5x2,9x2,13x2,5x3)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the split, the questions and every variant's initial weights (default 0)")
     ap.add_argument("--max-test", type=int, default=500, help="stratified subsample of the held-out split (default 500)")
     ap.add_argument("--questions", type=int, default=None,
                     help="synthetic training questions, and a quarter as many for validation (default: the default preset's counts for the schema)")
-    ap.add_argument("--threads", type=int, default=None)
+    add_threads_arg(ap)
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("--name", default="reader_ablation", type=_report_name,
                     help="the report's name: NAME.json and RESULTS.md's section NAME, so that a second study (of layers, say) "
@@ -201,12 +201,15 @@ def _report_name(text: str) -> str:
     return text
 
 
+def parser() -> argparse.ArgumentParser:
+    return add_arguments(argparse.ArgumentParser(prog="python -m simulations.benchmarks.reader_ablation", description=__doc__,
+                                                 formatter_class=argparse.RawDescriptionHelpFormatter))
+
+
 def main(argv: list[str] | None = None) -> int:
     from provider_party.model.base_llm import load_base_llm
 
-    ap = add_arguments(argparse.ArgumentParser(prog="python -m simulations.benchmarks.reader_ablation", description=__doc__,
-                                               formatter_class=argparse.RawDescriptionHelpFormatter))
-    args = ap.parse_args(argv)
+    args = parser().parse_args(argv)
     set_threads(args.threads)
     command = command_line("python -m simulations.benchmarks.reader_ablation", argv)
     tables = table_refs(args)

@@ -131,13 +131,17 @@ def rebuild(md_path: Path = RESULTS_MD, results_dir: Path = RESULTS_DIR) -> list
     return _write(check(md_path, results_dir), md_path)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m simulations.benchmarks.rebuild_results", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="change nothing; list the sections that differ and exit 1 if any")
     ap.add_argument("--results", type=Path, default=RESULTS_MD, help="the Markdown file (default: %(default)s)")
     ap.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="the stored JSON (default: %(default)s)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     stale = check(args.results, args.results_dir)
     if args.check:
         for s in stale:

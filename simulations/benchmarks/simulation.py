@@ -33,30 +33,30 @@ from simulations.cli.common import add_out_arg
 SERIES = ("scaling", "schemas", "federated", "deployment")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m simulations.benchmarks.simulation", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=",".join(SERIES), help=f"comma-separated series to run (default: all of {', '.join(SERIES)})")
     p.add_argument("--data", default="titanic", help="the table of the scaling and federated series (default titanic)")
     p.add_argument("--clients", default="50,2,10", help="client counts of the scaling series; the first trains the connectors (default 50,2,10)")
     p.add_argument("--schemas-data", default="titanic,default,credit", help="tables of the several-schemas run (default titanic,default,credit)")
-    p.add_argument("--schemas-clients", type=int, default=6)
-    p.add_argument("--federated-clients", type=int, default=10)
+    p.add_argument("--schemas-clients", type=int, default=6, help="clients of the several-schemas run, spread over --schemas-data (default 6)")
+    p.add_argument("--federated-clients", type=int, default=10, help="clients that train the federated expert together (default 10)")
     p.add_argument("--federated-epsilons", default="1,4", help="ε of both the federated (client-level) and the individual experts (default 1,4)")
     p.add_argument("--federated-seeds", default="0,1,2",
                    help="one federated run per seed and ε (default 0,1,2): the seed moves the partition and the training order, and "
                         "the DP noise is fresh in every run, so one run's accuracy is one draw")
-    p.add_argument("--fed-rounds", type=int, default=5)
-    p.add_argument("--deployment-clients", type=int, default=3)
-    p.add_argument("--preset", default="quick")
+    p.add_argument("--fed-rounds", type=int, default=5, help="FedAvg rounds of the federated expert (default 5)")
+    p.add_argument("--deployment-clients", type=int, default=3, help="SuperNodes of the deployment-engine run (default 3)")
+    p.add_argument("--preset", default="quick", help="connector training preset of every run (default quick)")
     p.add_argument("--epsilon", default="1", help="individual experts' ε in the scaling, schemas and deployment runs (default 1)")
-    p.add_argument("--max-test", type=int, default=16)
+    p.add_argument("--max-test", type=int, default=16, help="held-out questions each client asks (default 16)")
     p.add_argument("--connectors", default="", help="reuse this connector store everywhere instead of training in the first run of each series")
     p.add_argument("--work-dir", type=Path, default=None, help="where the runs' folders go (default runs/bench-simulation-<time>)")
     add_out_arg(p, default=RESULTS_DIR, help="folder of simulation.json, simulation.png and RESULTS.md's section (default: docs/results)",
                 aliases=("--results-dir",))
     p.add_argument("--timeout-s", type=float, default=900.0, help="the app's phase timeout (default 900)")
     p.add_argument("--render-only", action="store_true", help="only rewrite the plot and the RESULTS.md section from simulation.json")
-    return p.parse_args(argv)
+    return p
 
 
 def _means(report: dict[str, Any]) -> dict[str, float | None]:
@@ -248,7 +248,7 @@ def markdown(payload: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parser().parse_args(argv)
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = only - set(SERIES)
     if unknown:

@@ -178,8 +178,9 @@ def markdown(rec: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m simulations.benchmarks.two_hosts_bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="titanic", help="the client's table (default: %(default)s)")
     ap.add_argument("--preset", default="quick", choices=("quick", "default", "tiny"), help="connector preset (default: %(default)s)")
     ap.add_argument("--epsilon", type=float, default=1.0, help="ε of the expert (default: %(default)s)")
@@ -189,7 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of every process (default: torch's)")
     ap.add_argument("--work", type=Path, default=None, help="folder for bundles and logs (default: a temporary one)")
     add_out_arg(ap, default=Path("docs/results"), help="where the JSON goes (default: %(default)s)", aliases=("--results-dir",))
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
 
     import tempfile
 

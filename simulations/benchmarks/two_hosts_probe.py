@@ -18,12 +18,17 @@ import time
 from pathlib import Path
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m simulations.benchmarks.two_hosts_probe", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, required=True, help="the client's client.toml")
     ap.add_argument("--interval", type=float, default=0.05, help="seconds between health checks (default: %(default)s)")
     ap.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds (default: %(default)s)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
 
     from client_party.config import load_client_config
     from client_party.service import ClientParty

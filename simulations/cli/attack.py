@@ -88,7 +88,7 @@ def _target_args(p: argparse.ArgumentParser, *, members_files: bool = True) -> N
     art.add_argument("--members", type=Path, metavar="FILE", help="CSV/Parquet: records the artifact was trained on")
     if members_files:
         art.add_argument("--nonmembers", type=Path, metavar="FILE", help="CSV/Parquet: records it was not trained on")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the splits, shadow models and attack samples (default: %(default)s)")
     add_json_arg(p, "the results")
 
 

@@ -72,6 +72,12 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_threads_arg(p: argparse.ArgumentParser) -> None:
+    """`--threads N`, read by `set_threads`: one wording for every benchmark that runs the LLM in its own process."""
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: every core, or OMP_NUM_THREADS when it is set)")
+
+
 def set_threads(n: int | None) -> None:
     import torch
 

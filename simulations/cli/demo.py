@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="connector-training preset when no connectors are stored for the schema yet (default: quick, ~5 min; "
                    "'default' is what the benchmarks use)")
     p.add_argument("--quick", dest="preset", action="store_const", const="quick", help="same as --preset quick")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out split and of the expert's training (default: %(default)s)")
     p.add_argument("--max-test", type=int, default=None, metavar="N", help="ask at most N held-out records (default: all)")
     add_alias(p, "--max-questions", "--max-test", "max_test", type=int)
     add_out_arg(p, default=None, help="folder for the run's files (default runs/demo-<time>)", aliases=("--run-dir",))
