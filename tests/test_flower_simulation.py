@@ -63,6 +63,8 @@ def test_every_honest_client_finishes_with_scores_from_the_base_llm_its_expert_a
         assert c["excluded"] is None and c["receipt_verified"]
         assert 0 < c["epsilon"] <= 1.0 and c["n_train"] > 0
         assert {"base_llm", "expert", "llamdex"} <= set(c["scores"]) and c["scores"]["n_questions"] == 8
+        # its own expert answered, the one its scores compare with: the lead (client-000) also holds the federated expert, uploaded later
+        assert c["answered_by"] == c["artifact_digest"]
         s = c["scores"]   # where Llamdex answers as the expert does, both are right or both wrong: only disagreements move accuracy
         agree = s["llamdex_expert_agreement"]
         assert 0 <= agree <= 1 and abs(s["llamdex"]["accuracy"] - s["expert"]["accuracy"]) <= 1 - agree + 1e-9

@@ -198,10 +198,32 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _stamped(payload: dict[str, Any]) -> dict[str, Any]:
+    """Each series keeps the command and date it was measured with, so a rerun of one series (`--only`) does not
+    put its command over the others' rows; entries stored before this was kept get the file's own."""
+    for r in payload.get("runs", []) + payload.get("federated", []):
+        r.setdefault("command", payload.get("command", ""))
+        r.setdefault("date", payload.get("environment", {}).get("date", ""))
+    return payload
+
+
+def _provenance(payload: dict[str, Any]) -> str:
+    """`command` (date) once per distinct run of the benchmark, naming the series it measured when there are several."""
+    seen: dict[tuple[str, str], list[str]] = {}
+    for r in _stamped(payload)["runs"] + [{**f, "series": "federated"} for f in payload.get("federated", [])]:
+        names = seen.setdefault((r["command"], r["date"]), [])
+        if r["series"] not in names:
+            names.append(r["series"])
+    if len(seen) == 1:
+        ((command, date),) = seen
+        return f"`{command}` ({date})"
+    return "; ".join(f"{', '.join(names)}: `{command}` ({date})" for (command, date), names in seen.items())
+
+
 def markdown(payload: dict[str, Any]) -> str:
     env = payload["environment"]
     lines = ["## Many clients, one base LLM: the Flower app (issue: Flower orchestration)", "",
-             f"`{payload['command']}` ({env['cpu_count']} CPU cores shared with other jobs, {env['date']}). Every run goes end to end "
+             f"{_provenance(payload)}, {env['cpu_count']} CPU cores shared with other jobs. Every run goes end to end "
              "through `flwr run .` (the deployment run through `flower-superlink` + one `flower-supernode` per client): each client makes "
              "its key, trains and signs its expert, the provider verifies, recomputes ε, charges the ledger and signs a receipt the client "
              "verifies, connectors are trained once per schema, every client scores base LLM, expert and Llamdex on its held-out records "
@@ -249,6 +271,8 @@ def markdown(payload: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.connectors:   # the app runs from the bundle Flower installs elsewhere, so a relative path would point nowhere
+        args.connectors = str(Path(args.connectors).resolve())
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = only - set(SERIES)
     if unknown:
@@ -274,10 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     if "deployment" in only:
         runs += deployment(args, work, base_rc, store)
     path = Path(args.out) / "simulation.json"
-    old = json.loads(path.read_text()) if path.is_file() else {}
+    old = _stamped(json.loads(path.read_text())) if path.is_file() else {}
     measured = {r["series"] for r in runs}
-    payload = {**old, "command": command_line("python -m simulations.benchmarks.simulation", argv),
-               "environment": environment(),
+    command, env = command_line("python -m simulations.benchmarks.simulation", argv), environment()
+    for r in runs + fed:
+        r["command"], r["date"] = command, env["date"]
+    payload = {**old, "command": command, "environment": env,
                "runs": [r for r in old.get("runs", []) if r.get("series") not in measured] + runs,
                "federated": fed if "federated" in only else old.get("federated", [])}
     write_json("simulation.json", payload, Path(args.out))

@@ -371,12 +371,16 @@ class ProviderOrchestrator:
 
         def on_questions(node: int, r: Message) -> None:
             qs = [str(q) for q in r.content["questions"]["questions"]]
-            client = self.party.config.client(self.records[node].client_id)
+            rec = self.records[node]
+            client = self.party.config.client(rec.client_id)
             llamdex, base = [], []
             for s in range(0, len(qs), self.s.ask_batch):
-                res = self.party.ask(client, qs[s:s + self.s.ask_batch], include_base=True)
+                # named, not the client's latest: a federation's lead also holds the federated expert, uploaded after its own,
+                # and its scores compare Llamdex with its own expert
+                res = self.party.ask(client, qs[s:s + self.s.ask_batch], artifact_digest=rec.artifact_digest, include_base=True)
                 llamdex += [int(a.probs.argmax()) for a in res.answers]
                 base += [int(a.probs.argmax()) for a in res.base]
+                rec.answered_by = res.artifact_digest
             asked[node] = (llamdex, base)
 
         self._exchange("questions", {n: RecordDict() for n in self._active()}, "query.questions", on_questions)

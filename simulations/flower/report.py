@@ -30,6 +30,7 @@ class ClientRecord:
     n_train: int = 0
     n_heldout: int = 0
     artifact_digest: str = ""
+    answered_by: str = ""                 # the artifact whose expert answered its evaluation questions: its own, above
     receipt_id: str = ""
     receipt_verified: bool = False
     train_seconds: float = 0.0
