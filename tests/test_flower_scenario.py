@@ -49,6 +49,23 @@ def test_a_bad_run_config_value_is_refused_naming_the_key_and_the_fix(rc, key):
     assert e.value.code == "BAD_RUN_CONFIG" and e.value.rule == key and f"{key!r}" in str(e.value) and ";" in str(e.value)
 
 
+@pytest.mark.parametrize("launcher", ["simulation", "deployment"])
+@pytest.mark.parametrize("rc, key", [({"connectors": "relative/store"}, "connectors"), ({"federated": "credit"}, "federated"),
+                                     ({"preset": "huge"}, "preset")])
+def test_a_launcher_refuses_a_bad_run_config_before_starting_anything(launcher, rc, key, tmp_path, monkeypatch):
+    """The ServerApp would refuse it too, but only after a SuperLink, Ray and the processes started, in flwr.log."""
+    from simulations.flower import deployment, launcher as sim_launcher
+
+    started = []
+    monkeypatch.setattr(sim_launcher, "stream_process", lambda *a, **k: started.append(a))
+    monkeypatch.setattr(deployment.subprocess, "Popen", lambda *a, **k: started.append(a))
+    run = sim_launcher.run_simulation if launcher == "simulation" else deployment.run_deployment
+    with pytest.raises(ScenarioError) as e:
+        run({"data": "titanic", **rc}, clients=2, out_dir=tmp_path / "run")
+    assert e.value.code == "BAD_RUN_CONFIG" and e.value.rule == key
+    assert started == [] and not (tmp_path / "run").exists()
+
+
 def test_a_federation_must_name_a_table_of_the_run_with_two_clients():
     assert Scenario.from_run_config({"clients": 3, "federated": "all"}).federated_tables() == [0]
     with pytest.raises(ScenarioError, match="is not one of the run's tables"):

@@ -37,7 +37,7 @@ from simulations.flower.launcher import (
     stop_run_processes,
     stream_process,
 )
-from simulations.flower.scenario import run_config_toml
+from simulations.flower.scenario import checked_run_config, run_config_toml
 
 CONNECTION = "deploy"
 
@@ -79,6 +79,7 @@ def run_deployment(run_config: dict[str, Any], *, clients: int, out_dir: Path, h
     from protocol.tls import make_certs
 
     out_dir = Path(out_dir).resolve()
+    rc = checked_run_config(run_config, out_dir, clients)
     out_dir.mkdir(parents=True, exist_ok=True)
     use_tls = (not is_loopback(host)) if tls is None else tls
     if not use_tls and not is_loopback(host):
@@ -92,7 +93,7 @@ def run_deployment(run_config: dict[str, Any], *, clients: int, out_dir: Path, h
     (home / "config.toml").write_text(connection_toml(f"{host}:{port}", ca))
     env = flower_env(home, token)
     rc_path = out_dir / "run-config.toml"
-    rc_path.write_text(run_config_toml({**run_config, "out-dir": str(out_dir), "clients": clients}))
+    rc_path.write_text(run_config_toml(rc))
     logs = out_dir / "logs"
     logs.mkdir(exist_ok=True)
     t0 = time.perf_counter()

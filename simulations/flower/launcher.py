@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simulations.flower.scenario import run_config_toml
+from simulations.flower.scenario import checked_run_config, run_config_toml
 
 RUN_TOKEN_ENV = "LLAMDEX_FLWR_RUN"
 ROOT = Path(__file__).resolve().parents[2]   # the project: its pyproject.toml is the Flower app's
@@ -155,13 +155,14 @@ def run_simulation(run_config: dict[str, Any], *, clients: int, out_dir: Path, n
                    on_line: Callable[[str], None] | None = None, timeout_s: float = 6 * 3600, app_dir: Path = ROOT) -> FlowerRun:
     """`flwr run <app_dir> --run-config ... --federation-config ... --stream` on a fresh local SuperLink; stops it afterwards."""
     out_dir = Path(out_dir).resolve()
+    rc = checked_run_config(run_config, out_dir, clients)
     out_dir.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex
     home = out_dir / "flwr-home"
     home.mkdir(exist_ok=True)
     env = flower_env(home, token, {"FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()), "FLWR_LOCAL_CONTROL_API_PORT": str(free_port())})
     rc_path = out_dir / "run-config.toml"
-    rc_path.write_text(run_config_toml({**run_config, "out-dir": str(out_dir), "clients": clients}))
+    rc_path.write_text(run_config_toml(rc))
     federation = f"num-supernodes={clients} client-resources-num-cpus={max(1, int(num_cpus))}"
     if num_gpus:
         federation += f" client-resources-num-gpus={float(num_gpus)}"

@@ -241,6 +241,16 @@ def _faults(text: str, clients: int) -> dict[int, str]:
     return out
 
 
+def checked_run_config(run_config: dict[str, Any], out_dir: Path, clients: int) -> dict[str, Any]:
+    """The run config a launcher hands to `flwr run`, parsed here first: a bad value fails in the caller's process,
+    before any SuperLink starts, with the ScenarioError the ServerApp would otherwise write to flwr.log minutes later."""
+    rc = {**run_config, "out-dir": str(out_dir), "clients": clients}
+    scenario = Scenario.from_run_config(rc)
+    scenario.preset_value()
+    scenario.federated_tables()
+    return rc
+
+
 def run_config_toml(values: dict[str, Any]) -> str:
     """A `--run-config` TOML file of flat key = value lines (strings, integers, floats, booleans)."""
     lines = []
