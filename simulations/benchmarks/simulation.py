@@ -140,6 +140,11 @@ def federated(args: argparse.Namespace, work: Path, base_rc: dict[str, Any], sto
             out.append({"dataset": f["dataset_id"], "epsilon": eps, "seed": seed, "clients": len(f["clients"]),
                         "federated_accuracy": f["federated_accuracy"],
                         "individual_accuracy_mean": f["individual_accuracy_mean"],
+                        # balanced accuracy shows what accuracy near the majority class hides: an expert that answers one class
+                        # for every record scores 0.5 whichever class it is
+                        "federated_balanced_accuracy_mean": _mean([c["scores"].get("federated_expert", {}).get("balanced_accuracy")
+                                                                   for c in members]),
+                        "individual_balanced_accuracy_mean": _mean([c["scores"].get("expert", {}).get("balanced_accuracy") for c in members]),
                         "individual_llamdex_accuracy_mean": _mean([c["scores"].get("llamdex", {}).get("accuracy") for c in members]),
                         "majority_class_accuracy_mean": _mean([c["scores"].get("majority_class", {}).get("accuracy") for c in members]),
                         "individual_llamdex_expert_agreement_mean": _mean([c["scores"].get("llamdex_expert_agreement") for c in members]),
@@ -252,15 +257,19 @@ def markdown(payload: dict[str, Any]) -> str:
                   "partition and the training order, and the DP noise (the server's on the federated average, Opacus' on each client's "
                   "gradients) is drawn fresh in every run, as DP requires, so one run's accuracy is one draw; each cell is the mean over "
                   "the runs with [min–max].", "",
-                  "| table | ε | clients | runs (seeds) | federated acc. (client-level DP) | individual acc. mean (record-level DP) | "
+                  "Balanced accuracy (mean over classes of the share of each class answered right) is 0.500 for an expert that gives "
+                  "every record the same answer, whichever class it picks.", "",
+                  "| table | ε | clients | runs (seeds) | federated acc. (client-level DP) | federated bal. acc. | "
+                  "individual acc. mean (record-level DP) | individual bal. acc. | "
                   "individual Llamdex | Llamdex = individual expert | majority class | rounds | noise multiplier | ε Flower / provider (largest) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
         for f in payload["federated"]:
             groups.setdefault((f["dataset"], f["epsilon"]), []).append(f)
         for (dataset, eps), fs in groups.items():
             lines.append(f"| {dataset} | {eps:g} | {fs[0]['clients']} | {len(fs)} ({', '.join(str(f.get('seed', 0)) for f in fs)}) | "
-                         f"{_spread(fs, 'federated_accuracy')} | {_spread(fs, 'individual_accuracy_mean')} | "
+                         f"{_spread(fs, 'federated_accuracy')} | {_spread(fs, 'federated_balanced_accuracy_mean')} | "
+                         f"{_spread(fs, 'individual_accuracy_mean')} | {_spread(fs, 'individual_balanced_accuracy_mean')} | "
                          f"{_spread(fs, 'individual_llamdex_accuracy_mean')} | {_spread(fs, 'individual_llamdex_expert_agreement_mean')} | "
                          f"{_spread(fs, 'majority_class_accuracy_mean')} | "
                          f"{fs[0]['rounds']} | {fs[0]['noise_multiplier']:.3g} | "
