@@ -215,6 +215,20 @@ def test_simulate_flags_become_the_run_config_keys_of_pyproject():
                                                                                                          "dirichlet", 0.3)
 
 
+@pytest.mark.parametrize("flags, key", [(["--federated", "credit"], "federated"), (["--preset", "huge"], "preset"),
+                                        (["--data", "titanic,default", "--clients", "1"], "clients")])
+def test_simulate_refuses_a_bad_run_config_with_a_message_and_starts_nothing(flags, key, tmp_path, capsys, monkeypatch):
+    """The command makes the ServerApp's own checks (check_run_config) before it launches: exit 2, one line, no run folder."""
+    from simulations.cli.main import main
+    from simulations.flower import launcher
+
+    monkeypatch.setattr(launcher, "stream_process", lambda *a, **k: pytest.fail("a Flower process was started"))
+    assert main(["simulate", "--out", str(tmp_path / "run"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert "BAD_RUN_CONFIG" in err and f"{key!r}" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_csv_table_with_its_schema_joins_a_registered_table_in_one_run(tmp_path):
     """Several schemas at once: client 0 holds part of titanic, client 1 the whole of a CSV file described by the schema beside it."""
     from client_party.datasets import DATASETS, load_table

@@ -241,13 +241,20 @@ def _faults(text: str, clients: int) -> dict[int, str]:
     return out
 
 
-def checked_run_config(run_config: dict[str, Any], out_dir: Path, clients: int) -> dict[str, Any]:
-    """The run config a launcher hands to `flwr run`, parsed here first: a bad value fails in the caller's process,
-    before any SuperLink starts, with the ScenarioError the ServerApp would otherwise write to flwr.log minutes later."""
-    rc = {**run_config, "out-dir": str(out_dir), "clients": clients}
+def check_run_config(rc: dict[str, Any]) -> Scenario:
+    """Every check the ServerApp makes of a run config before its first phase (values, preset, federations), so that a
+    caller can refuse a bad one before any Flower process starts; raises ScenarioError."""
     scenario = Scenario.from_run_config(rc)
     scenario.preset_value()
     scenario.federated_tables()
+    return scenario
+
+
+def checked_run_config(run_config: dict[str, Any], out_dir: Path, clients: int) -> dict[str, Any]:
+    """The run config a launcher hands to `flwr run`, checked first: a bad value fails in the caller's process, before
+    any SuperLink starts, with the ScenarioError the ServerApp would otherwise write to flwr.log minutes later."""
+    rc = {**run_config, "out-dir": str(out_dir), "clients": clients}
+    check_run_config(rc)
     return rc
 
 
