@@ -97,12 +97,11 @@ def summarize(rows: list[dict[str, Any]], own_connectors: bool) -> dict[str, Any
                      "disagreements": int((~agree & m).sum())})
     # with the run's own connectors the replay must give what the run reported, client by client, or the analysis is of
     # something else (with another store the answers are meant to differ)
-    by_client: dict[tuple[str, str], list[bool]] = {}
+    by_client: dict[tuple[str, str], tuple[list[bool], float | None]] = {}
     for r, a in zip(rows, agree):
-        by_client.setdefault((r["run"], r["client"]), []).append(bool(a))
-    off = None if not own_connectors else sum(1 for (run, c), v in by_client.items()
-              if (rep := next(r["reported_agreement"] for r in rows if r["run"] == run and r["client"] == c)) is not None
-              and abs(float(np.mean(v)) - rep) > 1e-9)
+        by_client.setdefault((r["run"], r["client"]), ([], r["reported_agreement"]))[0].append(bool(a))
+    off = None if not own_connectors else sum(1 for v, reported in by_client.values()
+                                              if reported is not None and abs(float(np.mean(v)) - reported) > 1e-9)
     return {"questions": len(rows), "clients": len(by_client), "agreement": round(float(agree.mean()), 4),
             "disagreements": int((~agree).sum()), "from_extraction": int((~agree & extraction).sum()),
             "from_decoding": int(decoding.sum()),

@@ -214,9 +214,10 @@ def _stamped(payload: dict[str, Any]) -> dict[str, Any]:
 
 def _provenance(payload: dict[str, Any]) -> str:
     """`command` (date) once per distinct run of the benchmark, naming the series it measured when there are several."""
+    file_command, file_date = payload.get("command", ""), payload.get("environment", {}).get("date", "")
     seen: dict[tuple[str, str], list[str]] = {}
-    for r in _stamped(payload)["runs"] + [{**f, "series": "federated"} for f in payload.get("federated", [])]:
-        names = seen.setdefault((r["command"], r["date"]), [])
+    for r in payload.get("runs", []) + [{**f, "series": "federated"} for f in payload.get("federated", [])]:
+        names = seen.setdefault((r.get("command", file_command), r.get("date", file_date)), [])
         if r["series"] not in names:
             names.append(r["series"])
     if len(seen) == 1:
