@@ -31,6 +31,8 @@ def test_embedded_model_converts_and_loads_without_network(tmp_path):
         from provider_party.model.base_llm import load_base_llm, embedded_cache_dir
         b = load_base_llm()
         assert (embedded_cache_dir() / "model.safetensors").is_file()
+        import json
+        assert "quantization_config" not in json.loads((embedded_cache_dir() / "config.json").read_text())  # a plain checkpoint
         b2 = load_base_llm()  # second load reads the cache
         ids = b2.tokenizer("The capital of France is", return_tensors="pt").input_ids
         out = b2.model.generate(ids, max_new_tokens=3, do_sample=False)
