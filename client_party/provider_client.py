@@ -159,6 +159,12 @@ class ProviderClient:
         log.info("provider receipt key rotated: %s -> %s (endorsed through its key list)", pinned, announced)
         self.trusted_keys = trusted
 
+    def _greeted(self) -> provider_pb2.HelloResponse:
+        """This connection's Hello, made once before the first call that is charged or answered with a receipt. The
+        provider's key is checked (and a rotation accepted through its key list) before anything is uploaded or
+        deleted, and the upload knows the provider's digests and chunk limit."""
+        return self._hello if self._hello is not None else self.hello()
+
     def _provider_key(self) -> Any:
         if self.provider_key is None:
             self.hello()
@@ -211,10 +217,14 @@ class ProviderClient:
                chunk_bytes: int = DEFAULT_CHUNK, max_attempts: int = 5, timeout_s: float = 600.0,
                cut_after_bytes: int | None = None, digest: str | None = None) -> UploadResult:
         """Uploads a signed artifact (folder or tar bytes), resuming after a broken stream, and verifies
-        the receipt. Chunks and the whole tar are named by `digest` ("blake3" or "sha256"; default: the
-        cheapest one the provider announced in Hello, BLAKE3 before Hello). `cut_after_bytes` (tests)
-        abandons the first stream after that many bytes."""
+        the receipt. Hello comes first (once per connection): a receipt key the pinned key does not endorse
+        stops the upload before the budget is charged. Chunks and the whole tar are named by `digest`
+        ("blake3" or "sha256"; default: the cheapest one the provider announced); chunks are at most the
+        provider's `max_chunk_bytes`. `cut_after_bytes` (tests) abandons the first stream after that many bytes."""
         tar = artifact_tar(artifact)
+        limits = self._greeted().limits
+        if limits.max_chunk_bytes > 0:
+            chunk_bytes = min(chunk_bytes, limits.max_chunk_bytes)
         t0 = time.perf_counter()
         offset, resp, attempts = 0, None, 0
         if upload_id:  # resuming a known upload: start where the provider stopped, with the digest it started with
@@ -222,7 +232,7 @@ class ProviderClient:
             offset = status.received_bytes if status is not None and status.state == "receiving" else 0
             if status is not None and status.digest and digest is None:
                 digest = status.digest
-        alg = digest or preferred_upload_digest(self._hello.limits.upload_digests if self._hello is not None else None)
+        alg = digest or preferred_upload_digest(limits.upload_digests or None)
         tar_hex, chunk_digests = upload_digests(alg, tar, offset, chunk_bytes)   # the first stream's chunks, hashed beside the tar
         tar_digest, first = (alg, tar_hex), (offset, chunk_digests)
         digest = local_artifact_digest(tar)
@@ -336,6 +346,7 @@ class ProviderClient:
 
     @_explained
     def forget(self, artifact_digest: str = "") -> tuple[list[Receipt], list[str]]:
+        self._greeted()   # the deletion receipts are checked under the key the provider announces, endorsed from the pinned one
         req = provider_pb2.ForgetRequest(artifact_digest=artifact_digest)
         req.auth.CopyFrom(common_pb2.RequestSignature(**sign_request(self.key, self.client_id, FORGET_METHOD, forget_body(req)).to_proto_kwargs()))
         resp = self.stub.Forget(req, timeout=self.timeout_s, metadata=self.metadata)

@@ -331,6 +331,15 @@ def test_chunks_past_the_declared_size_or_corrupted_are_refused(env, tmp_path):
     assert_unchanged(env, before)
 
 
+def test_the_client_library_keeps_its_chunks_within_the_limit_the_provider_announces(env, tmp_path):
+    """A chunk size above the provider's `max_chunk_bytes` (a client config written for another provider) is capped at
+    the limit Hello announces, rather than refused with CHUNK_TOO_LARGE after the stream has started."""
+    tar = pack_artifact(make_artifact(tmp_path / "c", env["p"].keys["alice"], seed=26, hidden=(400, 200)))
+    assert len(tar) > 256 * 1024
+    result = env["alice"].upload(tar, "titanic", chunk_bytes=2 * MiB)
+    assert result.receipt.kind == "upload" and result.attempts == 1 and result.bytes == len(tar)
+
+
 def test_stream_cut_mid_upload_keeps_what_arrived_and_resumes(env, tmp_path):
     art = make_artifact(tmp_path / "a", env["p"].keys["alice"], seed=24, hidden=(64, 32))
     tar = pack_artifact(art)

@@ -246,8 +246,12 @@ def test_a_rotated_receipt_key_is_trusted_through_the_key_list_and_old_receipts_
             assert KeyList.from_json(hello.receipt_keys_json).fingerprints() == [fingerprint(p.keys["provider"]), fingerprint(new_key)]
             new = pc.upload(make_artifact(p.root / "a2", p.keys["alice"], seed=2), "titanic")
         assert new.receipt.provider_key == fingerprint(new_key) and old.receipt.provider_key == fingerprint(p.keys["provider"])
+        with provider_client(p, server.address, store=store) as pc:               # a new process (`llamdex client upload`): no Hello by hand
+            third = pc.upload(make_artifact(p.root / "a3", p.keys["alice"], seed=3), "titanic")
+        assert third.receipt.provider_key == fingerprint(new_key)
         chain = store.verify()                                                    # each receipt under the key that signed it
-        assert [(r.sequence, r.provider_key) for r in chain] == [(1, fingerprint(p.keys["provider"])), (2, fingerprint(new_key))]
+        assert [(r.sequence, r.provider_key) for r in chain] == [(1, fingerprint(p.keys["provider"])), (2, fingerprint(new_key)),
+                                                                 (3, fingerprint(new_key))]
         ledger = server.servicer.party.ledger
         assert [e.kind for e in ledger.events("receipt_key")] == ["receipt_key"]
         assert ledger.verify_chain(p.pubs["provider"]) == []                      # trust follows the endorsement from the old key
@@ -273,6 +277,10 @@ def test_a_new_receipt_key_without_the_old_keys_endorsement_is_refused_by_the_cl
                 pytest.raises(ReceiptError) as ei:
             pc.hello()
         assert ei.value.code == "UNTRUSTED_KEY" and "no receipt key list" in str(ei.value)
+        with provider_client(p, server.address) as pc, pytest.raises(ReceiptError) as ei:   # an upload stops before it is charged
+            pc.upload(make_artifact(p.root / "a-impostor", p.keys["alice"]), "titanic")
+        assert ei.value.code == "UNTRUSTED_KEY"
+        assert server.servicer.party.ledger.receipts("alice") == []
     finally:
         server.stop()
 

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from simulations.cli.common import UsageError, add_alias, add_json_arg, emit_json
+from simulations.cli.common import UsageError, add_alias, add_json_arg, emit_json, positive_int
 
 CONFIG_HELP = "client TOML config ([client], [provider], [tls]); flags override its values"
 
@@ -68,7 +68,8 @@ def register_actions(csub: argparse._SubParsersAction) -> None:
                         "  llamdex client upload --config client.toml --artifact art/ --dataset-id titanic")
     u.add_argument("--artifact", type=Path, required=True, help="signed artifact folder (from `llamdex client train --key ...`)")
     u.add_argument("--dataset-id", required=True, help="the dataset it was trained on: its privacy budget is charged")
-    u.add_argument("--chunk-bytes", type=int, default=1 << 20, help="chunk size (default 1 MiB)")
+    u.add_argument("--chunk-bytes", type=positive_int, default=None,
+                   help="upload chunk size in bytes (default: [client] chunk_bytes of the config, 1 MiB; capped at the provider's limit)")
     u.add_argument("--seed", type=int, default=0, help="the --seed it was trained with (names the held-out split for `evaluate`)")
     _common(u)
     u.set_defaults(func=_upload)
@@ -153,7 +154,8 @@ def _upload(args: argparse.Namespace) -> int:
     from client_party.receipt_store import describe
     from client_party.service import ClientParty
 
-    party = ClientParty(replace(config_from_args(args), chunk_bytes=args.chunk_bytes))
+    config = config_from_args(args)
+    party = ClientParty(replace(config, chunk_bytes=args.chunk_bytes) if args.chunk_bytes is not None else config)
     res = party.upload(args.artifact.resolve(), args.dataset_id, seed=args.seed)
     print(f"uploaded {res.bytes} bytes in {res.seconds:.2f} s ({res.attempts} stream(s)); artifact {res.artifact_digest}")
     print("receipt verified and stored: " + describe(res.receipt))
