@@ -173,10 +173,12 @@ def _cases():
         BudgetError,
         DataValidationError,
         KeyMaterialError,
+        LedgerError,
         ReceiptError,
         SchemaError,
         SignatureError,
     )
+    from protocol.tls import TransportError
     from protocol.toml_config import ConfigError
 
     return [
@@ -193,6 +195,10 @@ def _cases():
         (ArtifactIntegrityError("DIGEST_MISMATCH", "expert.safetensors digest differs"), 5, "verification failed: [DIGEST_MISMATCH]"),
         (ReceiptError("CHAIN_BROKEN", "receipt 3 does not follow receipt 2"), 5, "verification failed"),
         (SignatureError("BAD_SIGNATURE", "no signature verifies"), 5, "verification failed"),
+        (LedgerError("LEDGER_CORRUPT", "the ledger at s/ledger.db does not verify"), 5, "verification failed: [LEDGER_CORRUPT]"),
+        (TransportError("UNREACHABLE", "nothing answers at 10.0.0.2:50051"), 7, "[UNREACHABLE]"),
+        (TransportError("TLS_FILES_MISSING", "tls/provider.pem does not exist"), 4, "[TLS_FILES_MISSING]"),
+        (TransportError("TLS_PEER_UNTRUSTED", "the provider's certificate is not from your CA"), 3, "[TLS_PEER_UNTRUSTED]"),
         (_grpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "[BUDGET_EXCEEDED] ε 2 over the budget 4 - 3", "BUDGET_EXCEEDED"), 6,
          "the other party refused the call: RESOURCE_EXHAUSTED: [BUDGET_EXCEEDED]"),
         (_grpc_error(grpc.StatusCode.PERMISSION_DENIED, "unregistered", "UNREGISTERED_CLIENT"), 6, "PERMISSION_DENIED [UNREGISTERED_CLIENT]"),
@@ -203,7 +209,7 @@ def _cases():
     ]
 
 
-@pytest.mark.parametrize("case", range(18))
+@pytest.mark.parametrize("case", range(22))
 def test_each_kind_of_error_has_its_exit_status_and_one_line(case):
     error, code, text = _cases()[case]
     report = describe_error(error)

@@ -86,12 +86,41 @@ def test_client_round_and_provider_serve_print_the_plaintext_refusal_as_one_line
     from simulations.host_bundles import make_bundles
 
     b = make_bundles(tmp_path / "bundles", "10.77.0.1", "10.77.0.2", preset="tiny")
-    assert main(["client", "round", "--config", str(b.client / "client.toml"), "--plaintext"]) == 1
+    assert main(["client", "round", "--config", str(b.client / "client.toml"), "--plaintext"]) == 3   # invalid input (README)
     err = one_line(capsys.readouterr().err.strip())
     assert err.startswith("round stopped: [PLAINTEXT_NOT_LOOPBACK]") and "--tls-key" in err
-    assert main(["provider", "serve", "--config", str(b.provider / "provider.toml"), "--plaintext", "--no-preload"]) != 0
+    assert main(["provider", "serve", "--config", str(b.provider / "provider.toml"), "--plaintext", "--no-preload"]) == 3
     msg = one_line(capsys.readouterr().err.strip())
     assert "[PLAINTEXT_NOT_LOOPBACK]" in msg and "0.0.0.0:50051" in msg and "--tls-key" in msg
+
+
+def test_provider_serve_exits_with_the_status_of_what_stopped_it(tmp_path, capsys):
+    """A missing certificate is a missing file (4); a ledger edited behind the provider's back is a verification
+    failure (5) that names the altered row, not an internal error; both in one line, and the ledger is left as found."""
+    import sqlite3
+
+    from provider_party.service.core import ProviderParty
+    from provider_party.service.config import load_provider_config
+    from simulations.cli.main import main
+    from simulations.host_bundles import make_bundles
+
+    b = make_bundles(tmp_path / "bundles", "127.0.0.1", "127.0.0.1", preset="tiny")
+    config = b.provider / "provider.toml"
+    ProviderParty(load_provider_config(config)).close()          # the first start makes the state and its ledger
+    ledger = next(b.provider.rglob("ledger.db"))
+    clean = ledger.read_bytes()
+    con = sqlite3.connect(ledger, isolation_level=None)            # a budget no signed chain event explains
+    con.execute("INSERT INTO budgets (client_id, dataset_id, epsilon_budget, delta_budget) VALUES ('alice', 'titanic', 100, NULL)")
+    con.close()
+    altered = ledger.read_bytes()
+    assert main(["provider", "serve", "--config", str(config), "--no-preload"]) == 5
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "[LEDGER_CORRUPT]" in err and "no budget event in the chain explains" in err and "llamdex audit" in err, err
+    assert ledger.read_bytes() == altered
+    ledger.write_bytes(clean)
+    (b.provider / "certs" / "provider.pem").unlink()
+    assert main(["provider", "serve", "--config", str(config), "--no-preload"]) == 4
+    assert "[TLS_FILES_MISSING]" in capsys.readouterr().err
 
 
 # --- certificates ------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ def test_a_round_between_two_hosts_over_mutual_tls_driven_by_the_llamdex_command
     assert rec["client_loopback_reaches_provider"] is False
     # plaintext to the other host is refused before it dials, in one line that names the TLS flags
     refusal = rec["plaintext_refusal"]
-    assert refusal["exit_status"] == 1 and "\n" not in refusal["stderr"]
+    assert refusal["exit_status"] == 3 and "\n" not in refusal["stderr"]   # invalid input (README, Exit status)
     assert "[PLAINTEXT_NOT_LOOPBACK]" in refusal["stderr"] and "--tls-key" in refusal["stderr"]
     # SIGTERM drains and exits 0
     assert rec["drain"]["exit_status"] == 0

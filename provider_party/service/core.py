@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from protocol.errors import BudgetError
+from protocol.errors import BudgetError, LedgerError
 from protocol.keys import load_private_key
 from protocol.request_auth import UPLOAD_METHOD, upload_body
 from protocol.rpc_errors import RpcError
@@ -152,8 +152,11 @@ class ProviderParty:
 
     def _recover(self) -> dict[str, Any]:
         problems = self.ledger.verify_chain()
-        if problems:
-            raise RuntimeError(f"the ledger at {self.ledger.path} does not verify: {[p.reason for p in problems[:5]]}")
+        if problems:   # a verification failure (exit status 5), not a crash: the provider refuses to serve on an altered ledger
+            raise LedgerError("LEDGER_CORRUPT", f"the ledger at {self.ledger.path} does not verify, so the provider will not serve on it: "
+                              + "; ".join(p.reason if p.seq is None else f"seq {p.seq}: {p.reason}" for p in problems[:5])
+                              + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""), file=str(self.ledger.path),
+                              rule="ledger hash chain")
         counts = self.experts.reconcile(self._last_kind)
         counts.update(self._finish_forgets())
         counts.update(self.uploads.recover())

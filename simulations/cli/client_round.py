@@ -178,16 +178,15 @@ def _round(args: argparse.Namespace) -> int:
     import grpc
 
     from protocol.errors import CodedError
+    from simulations.cli.main import describe_error
 
     # with `--json` alone the record is the only thing on standard output: the phase lines go to standard error
     try:
         with contextlib.redirect_stdout(sys.stderr if args.json == "-" else sys.stdout):
             record = run_round(args)
-    except CodedError as e:
-        print(f"round stopped: {e}", file=sys.stderr)
-        return 1
-    except grpc.RpcError as e:
-        print(f"round stopped: the provider answered {e.code().name}: {e.details()}", file=sys.stderr)
-        return 1
+    except (CodedError, grpc.RpcError) as e:   # one line naming the phase's failure, and the exit status of its kind (README)
+        report = describe_error(e)
+        print(f"round stopped: {report.line}", file=sys.stderr)
+        return report.exit_code
     emit_json(args.json, record)
     return 0

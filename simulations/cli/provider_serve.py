@@ -95,7 +95,6 @@ def configure_logging(level: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from protocol.errors import CodedError
     from protocol.serving import serve_forever
     from protocol.tls import require_loopback_for_plaintext
 
@@ -103,14 +102,11 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(server_log_level(args, cfg.log_level))
     if not cfg.clients:
         raise SystemExit("no client is registered: add [[clients]] to the config or --client ID=PUBKEY")
-    try:
-        if cfg.plaintext:
-            require_loopback_for_plaintext(cfg.listen)    # before any state is opened
-        from provider_party.service.server import ProviderServer
+    if cfg.plaintext:
+        require_loopback_for_plaintext(cfg.listen)    # before any state is opened
+    from provider_party.service.server import ProviderServer
 
-        server = ProviderServer(cfg).start()
-    except CodedError as e:
-        raise SystemExit(f"provider serve: {e}") from None
+    server = ProviderServer(cfg).start()   # a refusal (missing TLS files, an altered ledger) goes to `llamdex`'s handler: its exit status says which kind
     rec = {k: v for k, v in server.servicer.party.recovery.items() if v}
     print(f"provider {cfg.provider_id} serving on {server.address} ({'plaintext' if cfg.plaintext else 'mutual TLS'}); "
           f"{len(cfg.clients)} registered client(s); ledger {server.servicer.party.ledger.count()} entries, chain verified"
