@@ -215,19 +215,21 @@ class ProviderClient:
     @_explained
     def upload(self, artifact: str | Path | bytes, dataset_id: str, *, artifact_name: str = "expert", upload_id: str | None = None,
                chunk_bytes: int = DEFAULT_CHUNK, max_attempts: int = 5, timeout_s: float = 600.0,
-               cut_after_bytes: int | None = None, digest: str | None = None) -> UploadResult:
+               cut_after_bytes: int | None = None, digest: str | None = None, resume: bool | None = None) -> UploadResult:
         """Uploads a signed artifact (folder or tar bytes), resuming after a broken stream, and verifies
         the receipt. Hello comes first (once per connection): a receipt key the pinned key does not endorse
         stops the upload before the budget is charged. Chunks and the whole tar are named by `digest`
         ("blake3" or "sha256"; default: the cheapest one the provider announced); chunks are at most the
-        provider's `max_chunk_bytes`. `cut_after_bytes` (tests) abandons the first stream after that many bytes."""
+        provider's `max_chunk_bytes`. `upload_id` names the upload; with `resume` (the default when an id is given) the
+        provider is first asked how much of it it holds; an id never sent before passes `resume=False`, which spares the
+        provider's log a refused GetUploadStatus. `cut_after_bytes` (tests) abandons the first stream after that many bytes."""
         tar = artifact_tar(artifact)
         limits = self._greeted().limits
         if limits.max_chunk_bytes > 0:
             chunk_bytes = min(chunk_bytes, limits.max_chunk_bytes)
         t0 = time.perf_counter()
         offset, resp, attempts = 0, None, 0
-        if upload_id:  # resuming a known upload: start where the provider stopped, with the digest it started with
+        if upload_id and resume is not False:  # resuming a known upload: start where the provider stopped, with the digest it started with
             status = self._status_or_none(upload_id)
             offset = status.received_bytes if status is not None and status.state == "receiving" else 0
             if status is not None and status.digest and digest is None:

@@ -14,7 +14,9 @@ import datetime as _dt
 TLS_FLAGS = "--ca, --cert and --tls-key (or [tls] ca, cert and key in the config)"
 
 
-def _when(t: _dt.datetime | float | int) -> str:
+def _when(t: _dt.datetime | float | int | str) -> str:
+    if isinstance(t, str):    # already a time as the ledger writes it (ISO 8601)
+        return t
     if not isinstance(t, _dt.datetime):
         t = _dt.datetime.fromtimestamp(float(t), _dt.timezone.utc)
     return t.astimezone(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -87,19 +89,14 @@ def stale_request(skew_s: float, window_s: float) -> str:
             "and send it again")
 
 
-def revoked_key(client_id: str, key_fingerprint: str, revoked_at: _dt.datetime | float | None = None, where: str = "provider.toml") -> str:
+def revoked_key(client_id: str, key_fingerprint: str, revoked_at: _dt.datetime | float | str | None = None, where: str = "provider.toml") -> str:
+    """`where`: what revoked it (the config entry, or the ledger event with its reason)."""
     when = f" on {_when(revoked_at)}" if revoked_at is not None else ""
-    return (f"the signing key {key_fingerprint} of client {client_id!r} was revoked{when} ({where}): the client makes a new key "
-            f"(`llamdex keygen --name {client_id}`) and signs with it (--key / [client] key); the provider's operator registers the new "
-            f".pub as public_key of [[clients]] id = \"{client_id}\"")
+    return (f"the signing key {key_fingerprint} of client {client_id!r} was revoked{when} ({where}); receipts it earned stay valid, but "
+            f"nothing new is accepted under it: the client makes a new key (`llamdex keygen --name {client_id}`) and signs with it "
+            f"(--key / [client] key); the provider's operator registers the new .pub as public_key of [[clients]] id = \"{client_id}\"")
 
 
-def expired_key(client_id: str, key_fingerprint: str, expired_at: _dt.datetime | float, where: str = "provider.toml") -> str:
-    return (f"the signing key {key_fingerprint} of client {client_id!r} expired on {_when(expired_at)} ({where}): the client makes a new key "
-            f"(`llamdex keygen --name {client_id}`) and signs with it (--key / [client] key); the provider's operator registers the new "
-            f".pub as public_key of [[clients]] id = \"{client_id}\"")
-
-
-__all__ = ["TLS_FLAGS", "expired_key", "plaintext_not_loopback", "revoked_key", "stale_request", "tls_cert_refused", "tls_files_missing",
+__all__ = ["TLS_FLAGS", "plaintext_not_loopback", "revoked_key", "stale_request", "tls_cert_refused", "tls_files_missing",
            "tls_key_mismatch", "tls_name_mismatch", "tls_own_cert_expired", "tls_own_cert_not_from_ca", "tls_peer_cert_expired",
            "tls_peer_untrusted", "unreachable", "unregistered_client"]

@@ -257,3 +257,20 @@ def test_phase_progress_lines_become_one_bar_per_phase():
     assert not bars.feed("some other log line")
     assert list(bars.bars) == ["register", "train"] and bars.bars["train"].n == 2
     bars.close()
+
+
+def test_simulation_docs_list_every_run_config_key_of_the_app():
+    """docs/SIMULATION.md's run-config table is where a user looks a key up: a key added to pyproject.toml's
+    [tool.flwr.app.config] without a row there (or a row for a key that is gone) fails here."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    keys = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
+    doc = (root / "docs" / "SIMULATION.md").read_text()
+    table = doc[doc.index("| key | default | meaning |"):]
+    table = table[:table.index("\n\n")]
+    documented = {k for line in table.splitlines()[2:] for k in re.findall(r"`([a-z-]+)`", line.split(" | ")[0])}
+    assert keys - documented == set(), f"run-config keys missing from docs/SIMULATION.md: {sorted(keys - documented)}"
+    assert documented - keys == set(), f"docs/SIMULATION.md documents keys the app does not have: {sorted(documented - keys)}"

@@ -64,8 +64,11 @@ def test_client_refuses_requests_outside_its_policy(world):
     assert (ei.value.code(), error_code(ei.value)) == (grpc.StatusCode.PERMISSION_DENIED, "CALLER_NOT_ALLOWED")
 
 
-def test_train_and_hand_over_returns_a_receipt_the_client_verified_and_kept(world):
-    resp = world["orch"].TrainExpert(client_pb2.TrainExpertRequest(dataset_id="titanic", max_epsilon=1.0, epochs=5, upload=True), timeout=600)
+def test_train_and_hand_over_returns_a_receipt_the_client_verified_and_kept(world, caplog):
+    with caplog.at_level("INFO", logger="llamdex.provider"):
+        resp = world["orch"].TrainExpert(client_pb2.TrainExpertRequest(dataset_id="titanic", max_epsilon=1.0, epochs=5, upload=True), timeout=600)
+    refused = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert refused == [], refused   # a first upload asks no GetUploadStatus for an id the provider never saw
     r = verify_receipt(receipt_envelope(resp.receipt), world["p"].pubs["provider"])
     dp = json.loads(resp.dp_statement_json)
     assert r.kind == "upload" and r.client_id == "alice" and r.artifact_digest == resp.artifact_digest

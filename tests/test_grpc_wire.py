@@ -142,3 +142,25 @@ def test_read_ahead_yields_in_order_holds_at_most_its_bound_and_passes_on_how_th
     while _reader_threads() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not _reader_threads()
+
+
+def test_the_protocol_docs_status_table_lists_every_error_code_under_its_status():
+    """docs/PROTOCOL.md's table of refusals is what a client author reads: a code added to `STATUS_BY_CODE` (or moved
+    to another status) without the table fails here."""
+    import re
+    from pathlib import Path
+
+    from protocol.rpc_errors import STATUS_BY_CODE
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md").read_text()
+    table = doc[doc.index("| status | codes | examples |"):doc.index("## Limits")]
+    listed: dict[str, str] = {}
+    for line in table.splitlines()[2:]:
+        cells = line.split(" | ")
+        if len(cells) >= 2 and line.startswith("| `"):
+            for code in re.findall(r"`([A-Z0-9_*]+)`", cells[1]):
+                listed[code] = cells[0].strip("| `")
+    for code, status in STATUS_BY_CODE.items():
+        row = listed.get(code) or next((s for c, s in listed.items() if c.endswith("*") and code.startswith(c[:-1])), None)
+        assert row == status.name, f"{code} ({status.name}) is {'under ' + row if row else 'missing'} in docs/PROTOCOL.md's status table"
+    assert not [c for c in listed if not c.endswith("*") and c not in STATUS_BY_CODE], "the table names codes the code does not have"

@@ -204,15 +204,13 @@ def test_a_clock_outside_the_replay_window_names_the_skew_the_window_and_ntp(wor
     assert "±300 s" in msg and "signature_max_skew_ms" in msg and "provider.toml" in msg and "NTP" in msg
 
 
-def test_a_revoked_or_expired_signing_key_is_named_with_keygen_the_key_flag_and_the_registration():
-    """The refusal itself is the provider's key-revocation rule (auth.py); its messages are built here."""
+def test_a_revoked_signing_key_is_named_with_keygen_the_key_flag_and_the_registration():
+    """Against a real server in tests/test_security.py (revocation); here the message's parts and its status."""
     revoked = one_line(operator_errors.revoked_key("alice", "sha256:ab12", 1_800_000_000, where="[[clients]] revoked in provider.toml"))
-    expired = one_line(operator_errors.expired_key("alice", "sha256:ab12", 1_800_000_000))
-    for msg in (revoked, expired):
-        assert "sha256:ab12" in msg and "llamdex keygen --name alice" in msg and "--key" in msg
-        assert '[[clients]] id = "alice"' in msg and "public_key" in msg
-    assert "revoked on 2027-01-15" in revoked and "expired on 2027-01-15" in expired
-    assert STATUS_BY_CODE["KEY_REVOKED"] == STATUS_BY_CODE["KEY_EXPIRED"] == grpc.StatusCode.PERMISSION_DENIED
+    assert "sha256:ab12" in revoked and "llamdex keygen --name alice" in revoked and "--key" in revoked
+    assert '[[clients]] id = "alice"' in revoked and "public_key" in revoked and "revoked on 2027-01-15" in revoked
+    assert "revoked on 2026-12-03T10:00:00Z" in operator_errors.revoked_key("alice", "sha256:ab12", "2026-12-03T10:00:00Z")
+    assert STATUS_BY_CODE["KEY_REVOKED"] == grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_hosts_check_names_a_key_readable_by_others_and_the_chmod_that_fixes_it(tmp_path, capsys):

@@ -10,7 +10,7 @@ from simulations.benchmarks.privacy_utility import Cache, main, measured_with, p
 
 
 def test_a_rerun_reuses_every_cached_piece_and_renders_the_same_report(tmp_path):
-    argv = ["--tables", "titanic", "--seats", "provider", "--epsilons", "none", "--shadows", "2", "--canaries", "50", "--canary-seeds", "1",
+    argv = ["--data", "titanic", "--seats", "provider", "--epsilons", "none", "--shadows", "2", "--canaries", "50", "--canary-seeds", "1",
             "--broken-seeds", "0", "--no-anchor", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
     assert main(argv) == 0
     cache = Cache(tmp_path / "cache", settings=piece_settings(parse_args(argv)))

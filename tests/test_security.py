@@ -159,7 +159,9 @@ def test_a_revoked_client_key_is_refused_and_its_receipts_still_verify_and_say_s
                 with pytest.raises(grpc.RpcError) as ei:
                     call()
                 assert _code(ei) == (grpc.StatusCode.PERMISSION_DENIED, "KEY_REVOKED")
-                assert fingerprint(p.keys["alice"]) in ei.value.details() and "laptop lost" in ei.value.details()
+                msg = ei.value.details()
+                assert fingerprint(p.keys["alice"]) in msg and "laptop lost" in msg and "receipts it earned stay valid" in msg
+                assert "llamdex keygen --name alice" in msg and "--key" in msg and '[[clients]] id = "alice"' in msg   # what to do
         with provider_client(p, server.address, "bob") as pc:                      # other clients are not affected
             assert pc.hello().client_id == "bob"
     finally:

@@ -79,9 +79,8 @@ class Authenticator:
             raise RpcError("UNREGISTERED_CLIENT", operator_errors.unregistered_client(cid, self.config.provider_id), rule="registered clients only")
         rev = self.revocations.get(client.key_fingerprint)
         if rev is not None:
-            raise RpcError("KEY_REVOKED", f"client {cid!r}'s registered signing key {client.key_fingerprint} was revoked at {rev.revoked_at} "
-                           f"(ledger seq {rev.seq}: {rev.reason}); its earlier receipts stay valid, but nothing new is accepted "
-                           "under it: ask the provider to register a new key", rule="revoked keys refused")
+            raise RpcError("KEY_REVOKED", operator_errors.revoked_key(cid, client.key_fingerprint, rev.revoked_at,
+                                                                      where=f"ledger seq {rev.seq}: {rev.reason}"), rule="revoked keys refused")
         if not self.buckets.take(cid):
             raise RpcError("RATE_LIMITED", f"client {cid!r} exceeds {self.config.limits.max_requests_per_second:g} requests/s; retry later",
                            rule="max_requests_per_second")

@@ -409,7 +409,7 @@ def headroom_markdown(data: dict[str, Any]) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    from simulations.cli.common import epsilon_list
+    from simulations.cli.common import add_alias, epsilon_list
 
     p = argparse.ArgumentParser(prog="python -m simulations.benchmarks.dp_recipe", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -418,8 +418,9 @@ def parser() -> argparse.ArgumentParser:
                         "verify: measure the chosen recipe on the registered tables; headroom: raise ε to see whether the recipe or the noise limits it")
     p.add_argument("--schemas", type=lambda s: [t for t in s.split(",") if t], help="study: registered schemas (default: all)")
     p.add_argument("--candidates", type=lambda s: [t for t in s.split(",") if t], help="study: candidate names (default: all)")
-    p.add_argument("--tables", type=lambda s: [t for t in s.split(",") if t], default=None,
+    p.add_argument("--data", dest="tables", type=lambda s: [t for t in s.split(",") if t], default=None,
                    help="verify: registered tables (default: titanic,default,credit,churn); encoding: public tables (default: telco,attrition,penguins)")
+    add_alias(p, "--tables", "--data", dest="tables", type=lambda s: [t for t in s.split(",") if t])
     p.add_argument("--bins", type=lambda s: [int(t) for t in s.split(",") if t], default=[0, 8, 16, 32],
                    help="encoding: numeric bin counts to compare (default: 0,8,16,32)")
     p.add_argument("--epsilons", type=epsilon_list, default=None, help="verify: ε list, 'none' = no DP (default: 1,4,none); headroom: default 4,16,64,1e4,none")

@@ -8,7 +8,7 @@ on rerun, so an interrupted run continues where it stopped):
     python -m simulations.benchmarks.privacy_utility --seats query             # query seat (needs the LLM), ε in --query-epsilons
     python -m simulations.benchmarks.privacy_utility --render-only             # rebuild the report from the cache
 
-Two processes on different `--tables` may share the cache (each (table, ε) piece is written by one of
+Two processes on different `--data` may share the cache (each (table, ε) piece is written by one of
 them), but on 2 cores they are slower than one: each process uses two threads by default, and four
 threads on two cores took 3-6 times longer per query-seat step than one process alone. On a bigger
 machine, give each process its share with `--threads`.
@@ -539,11 +539,12 @@ def write(args: argparse.Namespace, cache: Cache, tables: list[str], argv: list[
 
 
 def parser() -> argparse.ArgumentParser:
-    from simulations.cli.common import add_connectors_arg, epsilon_list
+    from simulations.cli.common import add_alias, add_connectors_arg, epsilon_list
 
     p = argparse.ArgumentParser(prog="python -m simulations.benchmarks.privacy_utility", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tables", default=",".join(DEFAULT_TABLES), help="comma-separated registered tables (default: %(default)s)")
+    p.add_argument("--data", dest="tables", default=",".join(DEFAULT_TABLES), help="comma-separated registered tables (default: %(default)s)")
+    add_alias(p, "--tables", "--data", dest="tables")
     p.add_argument("--epsilons", type=epsilon_list, default=epsilon_list(DEFAULT_EPSILONS), help="target ε list, 'none' = no DP (default: %(default)s)")
     p.add_argument("--seats", default="provider,query", help="provider, query or provider,query (default: %(default)s)")
     p.add_argument("--target-size", type=int, default=1000, help="client training-set size, smaller for small tables (default: %(default)s)")
