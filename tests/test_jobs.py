@@ -172,3 +172,17 @@ def test_a_stored_record_keeps_the_first_and_the_latest_events(tmp_path):
     assert len(back.events) == MAX_STORED_EVENTS
     assert back.events[0].stage == "step 0" and back.events[-1].stage == f"step {MAX_STORED_EVENTS + 49}"
     assert store.load("nope") is None
+
+
+def test_the_progress_fraction_never_goes_back_even_when_the_runner_reports_less():
+    def runner(job, progress):
+        progress("encoder", 0.6)
+        progress("encoder, weak columns again", 0.4)   # a runner may start a stage over
+        progress("decoder", 0.8)
+        return False, {}
+
+    jobs = JobManager(runner)
+    job = jobs.submit("alice", SCHEMA_A, BASE, "quick", False, payload=None)
+    events = list(jobs.watch(job, is_active=lambda: True))
+    assert [(e.stage, e.fraction) for e in events][2:] == [("encoder", 0.6), ("encoder, weak columns again", 0.6), ("decoder", 0.8), ("done", 1.0)]
+    jobs.stop()

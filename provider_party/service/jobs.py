@@ -184,7 +184,10 @@ class JobManager:
         with self._cond:
             changed = state != job.state or not job.events
             job.state = state
-            job.events.append(JobEventRecord(state, stage, max(0.0, min(1.0, float(fraction))), message, int(time.time() * 1000)))
+            fraction = max(0.0, min(1.0, float(fraction)))
+            if job.events:   # WatchJob promises a non-decreasing fraction, whatever the runner reports (a stage re-run, a retry)
+                fraction = max(fraction, job.events[-1].fraction)
+            job.events.append(JobEventRecord(state, stage, fraction, message, int(time.time() * 1000)))
             self._cond.notify_all()
         self._persist(job, force=changed)
 
