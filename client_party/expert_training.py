@@ -111,7 +111,7 @@ class TrainConfig:
     def private(cls, target_epsilon: float, **overrides) -> TrainConfig:
         """The DP-SGD recipe, chosen on tasks synthesized from the schemas alone (candidate `q1/4-e60-lr5e-3` of
         `python -m simulations.benchmarks.dp_recipe study`, docs/results/dp_recipe.json): expected batch
-        `dp_batch_size(n)` (sampling rate about 1/4), 60 epochs, AdamW lr 5e-3, clipping norm 1, and the
+        `dp_batch_size(n)` (sampling rate 1/4 or 1/5, lower above 4096 records), 60 epochs, AdamW lr 5e-3, clipping norm 1, and the
         calibration on the last 10 % of the steps (at least min(40, a quarter)).
 
         The DP expert also reads its numeric inputs through 16 piecewise-linear bins over the public
@@ -172,8 +172,10 @@ def dp_batch_size(n: int) -> int:
     """Expected DP-SGD batch size for n training records: n/4, at least 64 and at most 1024.
 
     Large batches raise the signal against the noise added once per step; a sampling rate near 1/4
-    keeps the steps few (240 at 60 epochs), which the study on schema-synthetic tasks found as good
-    as any smaller rate and cheapest (see `TrainConfig.private`)."""
+    keeps the steps few, which the study on schema-synthetic tasks found as good as any smaller rate
+    and cheapest (see `TrainConfig.private`). The rate is 1 / ceil(n / batch): 1/4 or 1/5 up to 4096
+    records (churn 1/4, titanic and credit 1/5: 240 or 300 steps at 60 epochs), lower once the cap
+    binds (Default, 8000 records: 1/8, 480 steps)."""
     return int(max(64, min(1024, n // 4)))
 
 

@@ -36,9 +36,10 @@ from provider_party.model.prompting import PromptBuilder, PromptRow, QueryBatch
 from provider_party.model.slot_pass import SlotContext, full_pass, slot_logits
 
 # The fixed cost of one extra sub-pass, in row-tokens (one token of one row through every layer).
-# CPU: on 2 cores a SmolLM2 pass costs ~36 ms plus ~2 ms per row-token (docs/results/inference.json:
-# 196 ms for one 80-token question, 3.03 s for 16), so a sub-pass is worth ~18 row-tokens of padding;
-# 32 errs toward fewer sub-passes. CUDA: launch and Python overhead of a few ms per pass against
+# CPU: on 2 cores a SmolLM2 pass cost ~36 ms plus ~2 ms per row-token when this was set (196 ms for one
+# 80-token question, 3.03 s for 16), so a sub-pass was worth ~18 row-tokens of padding; the stored
+# docs/results/inference.json (267 ms and 4.29 s on titanic) fits ~27-42 ms plus ~3 ms per row-token,
+# ~9-15 row-tokens. 32 errs toward fewer sub-passes either way. CUDA: launch and Python overhead of a few ms per pass against
 # microseconds per row-token; an estimate, not measured in this repository.
 SPLIT_COST_TOKENS = {"cpu": 32, "cuda": 1024}
 

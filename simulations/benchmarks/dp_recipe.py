@@ -404,7 +404,8 @@ def headroom_markdown(data: dict[str, Any]) -> str:
         tail = f"{ref['balanced_accuracy_mean']:.3f} ± {ref['balanced_accuracy_spread']:.3f} | {gap4} | {free}" if ref else "– | – | –"
         lines.append(f"| {table} | {t['train_records']} | " + " | ".join(cells) + f" | {tail} |")
     lines += ["", f"Reproduce: `{meta['command']}` ({meta['training_minutes']} minutes of training on {meta['machine']}; "
-                  "the ε = 4 and non-DP runs are shared with `verify` through runs/cache).", ""]
+                  "with the same `--cache` and recipe, its ε = 4 and non-DP runs are `verify`'s own cached runs; "
+                  "otherwise they are trained again, and the ε = 4 rows are another draw of the DP noise).", ""]
     return "\n".join(lines)
 
 
