@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import grpc
 
-from protocol.errors import CodedError, LlamdexError
+from protocol.errors import CodedError, DataValidationError, LlamdexError
 
 log = logging.getLogger(__name__)
 ERROR_CODE_METADATA = "llamdex-error-code"
@@ -26,7 +26,7 @@ STATUS_BY_CODE: dict[str, grpc.StatusCode] = {
     "KEY_REVOKED": S.PERMISSION_DENIED,   # message: protocol.operator_errors.revoked_key
     "OVERLOADED": S.RESOURCE_EXHAUSTED, "DISK_FULL": S.RESOURCE_EXHAUSTED, "TOO_MANY_JOBS": S.RESOURCE_EXHAUSTED, "LEDGER_CORRUPT": S.DATA_LOSS,
     # the upload stream
-    "BAD_REQUEST": S.INVALID_ARGUMENT, "ARTIFACT_TOO_LARGE": S.RESOURCE_EXHAUSTED, "CHUNK_TOO_LARGE": S.RESOURCE_EXHAUSTED,
+    "BAD_REQUEST": S.INVALID_ARGUMENT, "DATA_INVALID": S.FAILED_PRECONDITION, "ARTIFACT_TOO_LARGE": S.RESOURCE_EXHAUSTED, "CHUNK_TOO_LARGE": S.RESOURCE_EXHAUSTED,
     "TOO_MANY_UPLOADS": S.RESOURCE_EXHAUSTED, "OFFSET_MISMATCH": S.FAILED_PRECONDITION, "PAST_END": S.OUT_OF_RANGE,
     "CHUNK_DIGEST_MISMATCH": S.DATA_LOSS, "ARTIFACT_SHA256_MISMATCH": S.DATA_LOSS, "UPLOAD_MISMATCH": S.FAILED_PRECONDITION,
     "UPLOAD_BUSY": S.ABORTED, "UPLOAD_FAILED": S.FAILED_PRECONDITION, "UPLOAD_NOT_FOUND": S.NOT_FOUND,
@@ -69,6 +69,21 @@ def abort(context: Any, err: CodedError) -> None:
     context.abort(status_for(err), str(err))
 
 
+def redacted_data_error(e: DataValidationError) -> CodedError:
+    """What a remote caller learns when the served party's own table violates its schema: how many problems of which
+    kinds in which (public) columns, never a cell value, a row number or a file name. The values are private data;
+    the data owner sees them locally (`llamdex schema check`)."""
+    problems = list(getattr(e, "problems", []) or [])
+    by_column: dict[str, set[str]] = {}
+    for p in problems:
+        column = getattr(p, "column", None) if not isinstance(p, tuple) else (p[1] if len(p) > 1 else None)
+        kind = getattr(p, "kind", "invalid") if not isinstance(p, tuple) else "invalid"
+        by_column.setdefault(str(column), set()).add(str(kind))
+    where = "; ".join(f"{c} ({', '.join(sorted(k))})" for c, k in sorted(by_column.items())) or "no problem listed"
+    return CodedError("DATA_INVALID", f"the party's own table violates its schema: {len(problems)} problem(s) in: {where}. The values stay "
+                      "with the data owner: `llamdex schema check` on its host names them", rule="private values never leave")
+
+
 def guard(handler: Callable) -> Callable:
     """Decorator for servicer methods: CodedError → its status; other LlamdexError → INVALID_ARGUMENT;
     anything else → INTERNAL (logged, no details leak)."""
@@ -78,6 +93,8 @@ def guard(handler: Callable) -> Callable:
             return handler(self, request, context)
         except CodedError as e:
             abort(context, e)
+        except DataValidationError as e:
+            abort(context, redacted_data_error(e))
         except LlamdexError as e:
             abort(context, CodedError("BAD_REQUEST", str(e)))
         except grpc.RpcError:
@@ -97,6 +114,8 @@ def guard_stream(handler: Callable) -> Callable:
             yield from handler(self, request, context)
         except CodedError as e:
             abort(context, e)
+        except DataValidationError as e:
+            abort(context, redacted_data_error(e))
         except LlamdexError as e:
             abort(context, CodedError("BAD_REQUEST", str(e)))
         except Exception as e:  # noqa: BLE001

@@ -274,3 +274,29 @@ def test_simulation_docs_list_every_run_config_key_of_the_app():
     documented = {k for line in table.splitlines()[2:] for k in re.findall(r"`([a-z-]+)`", line.split(" | ")[0])}
     assert keys - documented == set(), f"run-config keys missing from docs/SIMULATION.md: {sorted(keys - documented)}"
     assert documented - keys == set(), f"docs/SIMULATION.md documents keys the app does not have: {sorted(documented - keys)}"
+
+
+def test_a_client_apps_failure_on_its_own_bad_table_reaches_the_server_app_without_a_value(tmp_path):
+    """Flower sends a ClientApp's exception text to the ServerApp (the provider's side): every handler of the app
+    turns a schema violation of the client's own table into counts, kinds and public columns."""
+    import inspect
+    import json
+
+    from client_party.datasets import load_schema, load_table
+    from protocol.errors import CodedError
+    from simulations.flower import client_app
+
+    handlers = [f for n, f in vars(client_app).items() if inspect.isfunction(f) and not n.startswith("_") and f.__module__ == client_app.__name__]
+    assert len(handlers) >= 7 and all(getattr(f, "__wrapped__", None) is not None for f in handlers)
+    table = tmp_path / "payroll.csv"
+    table.write_text("sex,age,passengerClass,survived\nfemale,29,1st,yes\nmale,73981244551902,3rd,no\nmale,abc,2nd,no\n")
+    (tmp_path / "payroll.csv.schema.json").write_text(json.dumps(load_schema("titanic").to_dict()))
+
+    @client_app._keeps_values_private
+    def loads_its_table(msg, context):
+        load_table(path=table)
+
+    with pytest.raises(CodedError) as ei:
+        loads_its_table(None, None)
+    assert ei.value.code == "DATA_INVALID" and "2 problem(s)" in str(ei.value)
+    assert "73981244551902" not in str(ei.value) and "abc" not in str(ei.value) and "payroll" not in str(ei.value)

@@ -163,3 +163,33 @@ def test_forget_deletes_expert_and_connectors_with_a_signed_deletion_receipt(wor
     assert [r.digest for r in store.verify()] == [r.digest for r in chain]
     assert svc.experts.live("alice") == [] and svc.ledger.verify_chain() == []
     assert not svc.connectors.path_for(svc.base_model_id(), chain[0].artifact_digest).exists()
+
+
+def test_a_table_that_violates_its_schema_is_refused_without_a_private_value_reaching_the_caller(world, tmp_path):
+    """The orchestrator (or provider) that asks a client to train learns how many problems of which kinds in which
+    public columns, never a cell value, a row number or the file's name: those are the data owner's."""
+    from client_party.datasets import TableRef
+
+    p = world["p"]
+    secret = "73981244551902"                    # a value that must not leave the client
+    table = tmp_path / "payroll-private.csv"
+    table.write_text("sex,age,passengerClass,survived\nfemale,29,1st,yes\nmale," + secret + ",3rd,no\nmale,abc,2nd,no\n")
+    titanic = tmp_path / "payroll-private.csv.schema.json"
+    from client_party.datasets import load_schema
+
+    titanic.write_text(json.dumps(load_schema("titanic").to_dict()))
+    ccfg = ClientConfig(client_id="alice", key=p.root / "keys" / "alice.key", workspace=tmp_path / "ws", max_epsilon=2.0, datasets=(),
+                        tables={"payroll": TableRef.parse(str(table))}, listen="127.0.0.1:0", provider_address=world["provider"].address,
+                        provider_public_key=p.pubs["provider"], tls=p.tls["alice"])
+    client = ClientServer(ccfg).start()
+    try:
+        with open_channel(client.address, p.tls["orchestrator"]) as ch, pytest.raises(grpc.RpcError) as ei:
+            client_pb2_grpc.ClientServiceStub(ch).TrainExpert(client_pb2.TrainExpertRequest(dataset_id="payroll", max_epsilon=1.0), timeout=60)
+    finally:
+        client.stop()
+    e = ei.value
+    assert (e.code(), error_code(e)) == (grpc.StatusCode.FAILED_PRECONDITION, "DATA_INVALID")
+    msg = e.details()
+    assert "2 problem(s)" in msg and "age (" in msg and "out_of_range" in msg and "non_numeric" in msg
+    for private in (secret, "abc", "payroll-private", "row "):
+        assert private not in msg, (private, msg)

@@ -15,8 +15,10 @@ weight, `over-budget` asks for twice its budget.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
+from collections.abc import Callable
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -34,11 +36,27 @@ def _client(context: Context) -> object:
     return SimulatedClient(scenario, int(nc["partition-id"]), scenario.out_path(context.run_id), nc.get("workspace") or None)
 
 
+def _keeps_values_private(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
+    """A client's table that violates its schema fails the handler with counts, kinds and columns only: Flower sends a
+    ClientApp's exception text to the ServerApp (the provider's side), and the validation message names cell values."""
+    @functools.wraps(handler)
+    def run(msg: Message, context: Context) -> Message:
+        from protocol.errors import DataValidationError
+        from protocol.rpc_errors import redacted_data_error
+
+        try:
+            return handler(msg, context)
+        except DataValidationError as e:
+            raise redacted_data_error(e) from None
+    return run
+
+
 def _reply(msg: Message, **records: object) -> Message:
     return Message(RecordDict(records), reply_to=msg)
 
 
 @app.query("register")
+@_keeps_values_private
 def register(msg: Message, context: Context) -> Message:
     client = _client(context)
     info = client.register(msg.content["provider"]["public-key"])
@@ -46,6 +64,7 @@ def register(msg: Message, context: Context) -> Message:
 
 
 @app.train("expert")
+@_keeps_values_private
 def train_expert(msg: Message, context: Context) -> Message:
     client = _client(context)
     fault = client.scenario.fault_for(client.index)
@@ -60,12 +79,14 @@ def train_expert(msg: Message, context: Context) -> Message:
 
 
 @app.query("receipt")
+@_keeps_values_private
 def receipt(msg: Message, context: Context) -> Message:
     r = msg.content["receipt"]
     return _reply(msg, receipt=ConfigRecord(_client(context).accept_receipt(str(r["envelope"]), str(r["artifact-digest"]))))
 
 
 @app.train()
+@_keeps_values_private
 def fedavg(msg: Message, context: Context) -> Message:
     cfg = msg.content["config"]
     arrays = msg.content["arrays"].to_numpy_ndarrays()
@@ -78,6 +99,7 @@ def fedavg(msg: Message, context: Context) -> Message:
 
 
 @app.query("sign_federated")
+@_keeps_values_private
 def sign_federated(msg: Message, context: Context) -> Message:
     rec = msg.content["arrays"]
     arrays = dict(zip(rec.keys(), rec.to_numpy_ndarrays(), strict=True))
@@ -87,11 +109,13 @@ def sign_federated(msg: Message, context: Context) -> Message:
 
 
 @app.query("questions")
+@_keeps_values_private
 def questions(msg: Message, context: Context) -> Message:
     return _reply(msg, questions=ConfigRecord({"questions": _client(context).questions()}))
 
 
 @app.query("score")
+@_keeps_values_private
 def score(msg: Message, context: Context) -> Message:
     a = msg.content["answers"]
     fed = msg.content["federated"] if "federated" in msg.content else None
