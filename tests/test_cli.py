@@ -115,6 +115,24 @@ def test_every_option_says_what_it_is_for(path):
     assert not silent, f"`llamdex {' '.join(path)}`: options without a help text: {silent}"
 
 
+COUNTS = ("--threads", "--batch-size", "--epochs", "--days", "--chunk-bytes", "--max-test")
+
+
+@pytest.mark.parametrize("path", [path for path, _ in TREE])
+def test_counts_and_seeds_refuse_what_cannot_be_one(path):
+    """A count (threads, batch size, epochs, days) of 0 or below and a negative seed are usage errors at the flag, not
+    an empty run, a crash deep inside a library, or exit 0 with nothing done."""
+    from simulations.cli.common import non_negative_int, positive_int
+
+    parser = dict(TREE)[path]
+    for a in parser._actions:
+        name = (a.option_strings or [a.dest])[0]
+        if name in COUNTS and a.help is not argparse.SUPPRESS:
+            assert a.type in (positive_int, non_negative_int), f"`llamdex {' '.join(path)} {name}` takes any int ({a.type})"
+        if name == "--seed":
+            assert a.type is non_negative_int, f"`llamdex {' '.join(path)} --seed` takes any int ({a.type})"
+
+
 @pytest.mark.parametrize("argv, dest, value", [
     (["demo", "--run-dir", "r"], "out", "r"),
     (["demo", "--dataset", "default"], "data", "default"),

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from simulations.benchmarks.results_md import RESULTS_DIR, command_line, environment, results_md_path, update_section, write_json
-from simulations.cli.common import add_connectors_arg, add_data_args, add_out_arg, epsilon_list, positive_int, add_threads_arg, set_threads, table_refs
+from simulations.cli.common import add_connectors_arg, add_data_args, add_out_arg, add_threads_arg, epsilon_list, non_negative_int, positive_int, set_threads, table_refs
 
 DATASETS = ("titanic", "default", "credit", "churn", "penguins", "telco", "attrition")
 OWN_METHODS = ("base_llm", "expert", "llamdex", "majority_class")   # the rows this benchmark writes; others come from `compare`
@@ -228,8 +228,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--epsilons", type=epsilon_list, default=[None, 1.0, 4.0], help="ε of the DP experts; 'none' = no DP (default: none,1,4)")
     ap.add_argument("--preset", default="default", choices=["default", "quick"],
                     help="connector training preset, used only for schemas with no stored connectors (default: default)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the held-out split, the questions and the first expert (default 0)")
-    ap.add_argument("--max-test", type=int, default=1000, help="stratified subsample of the held-out split (default 1000)")
+    ap.add_argument("--seed", type=non_negative_int, default=0, help="seed of the held-out split, the questions and the first expert (default 0)")
+    ap.add_argument("--max-test", type=positive_int, default=1000, help="stratified subsample of the held-out split (default 1000)")
     add_connectors_arg(ap, help="connector store (default $LLAMDEX_HOME/connectors)")
     ap.add_argument("--no-retrain", action="store_true", help="reuse stored connectors (timing then not measured)")
     add_threads_arg(ap)

@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from simulations.cli.common import positive_int
 
 DEFAULT_TABLES = ("titanic", "default", "credit", "churn")
 DEFAULT_EPSILONS = "0.5,1,2,4,8,none"
@@ -567,7 +568,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-anchor", dest="anchor", action="store_false", help="skip the overfit sanity anchor")
     p.add_argument("--render-only", action="store_true", help="run nothing: rebuild the report from the cache")
     p.add_argument("--seed", type=int, default=0, help="seed of the member/non-member split, the shadows and the attacks (default 0)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="torch threads of the LLM passes (default: 2, or 1 on a 1-core machine); the experts train on one")
     p.add_argument("--cache", type=Path, default=CACHE_DIR, help="cache of finished pieces and trained experts, one subfolder per client recipe (default: %(default)s)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="output folder (default: docs/results)")

@@ -55,7 +55,7 @@ from typing import Any
 import grpc
 from tqdm import tqdm
 
-from simulations.cli.common import add_out_arg
+from simulations.cli.common import add_out_arg, positive_int
 
 MiB = 1 << 20
 CHUNK = MiB           # chunk size of both the raw stream and UploadExpert (the client's default)
@@ -548,7 +548,7 @@ def parser() -> argparse.ArgumentParser:
                     "'' for none; default %(default)s)")
     ap.add_argument("--link-reps", type=int, default=5, help="repetitions per shaped link (default 5)")
     ap.add_argument("--skip-ask", action="store_true", help="measure uploads and verification only (nothing is written)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads of the provider and of the in-process model (default 1: "
+    ap.add_argument("--threads", type=positive_int, default=1, help="torch threads of the provider and of the in-process model (default 1: "
                     "robust on a shared machine, where 2-thread OpenMP stalls when another process holds a core)")
     return ap
 

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from simulations.cli.common import add_alias, add_out_arg
+from simulations.cli.common import add_alias, add_out_arg, positive_int
 
 PORT = 50051
 HAND_TYPED = "Mrs. Ann Smith, 34, travelled in second class and embarked at Southampton. Did she survive?"
@@ -187,7 +187,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--epochs", type=int, default=None, help="training epochs (default: the trainer's)")
     ap.add_argument("--max-test", type=int, default=0, help="held-out questions (default: %(default)s = all)")
     add_alias(ap, "--max-questions", "--max-test", "max_test", type=int)
-    ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of every process (default: torch's)")
+    ap.add_argument("--threads", type=positive_int, default=None, help="OMP_NUM_THREADS of every process (default: torch's)")
     ap.add_argument("--work", type=Path, default=None, help="folder for bundles and logs (default: a temporary one)")
     add_out_arg(ap, default=Path("docs/results"), help="where the JSON goes (default: %(default)s)", aliases=("--results-dir",))
     return ap

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from simulations.cli.common import add_connectors_arg, add_data_args, add_json_arg, emit_json, table_refs
+from simulations.cli.common import add_connectors_arg, add_data_args, add_json_arg, emit_json, non_negative_int, positive_int, table_refs
 
 DESCRIPTION = """\
 Measure what an expert reveals about the records it was trained on. Two ways to name the target:
@@ -77,8 +77,8 @@ def _target_args(p: argparse.ArgumentParser, *, members_files: bool = True) -> N
     sim.add_argument("--target-size", type=int, default=1000, help="records in the client's training set (default: %(default)s)")
     sim.add_argument("--n-members", type=int, default=500, help="members attacked (default: %(default)s)")
     sim.add_argument("--n-nonmembers", type=int, default=500, help="non-members attacked (default: %(default)s)")
-    sim.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
-    sim.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
+    sim.add_argument("--epochs", type=positive_int, default=None, help="override the recipe's epochs")
+    sim.add_argument("--batch-size", type=positive_int, default=None, help="override the recipe's batch size")
     sim.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
     sim.add_argument("--no-early-stopping", dest="early_stopping", action="store_false", default=None,
                      help="without DP: train every epoch on every record (a deliberately overfit expert)")
@@ -88,7 +88,7 @@ def _target_args(p: argparse.ArgumentParser, *, members_files: bool = True) -> N
     art.add_argument("--members", type=Path, metavar="FILE", help="CSV/Parquet: records the artifact was trained on")
     if members_files:
         art.add_argument("--nonmembers", type=Path, metavar="FILE", help="CSV/Parquet: records it was not trained on")
-    p.add_argument("--seed", type=int, default=0, help="seed of the splits, shadow models and attack samples (default: %(default)s)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the splits, shadow models and attack samples (default: %(default)s)")
     add_json_arg(p, "the results")
 
 

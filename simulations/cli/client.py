@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from simulations.cli.common import add_data_args, table_ref
+from simulations.cli.common import add_data_args, non_negative_int, positive_int, table_ref
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,8 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_args(t, default=None, required=True, aliases=("--dataset",))
     t.add_argument("--epsilon", type=float, default=None, help="target ε for DP-SGD; omit for no DP")
     t.add_argument("--delta", type=float, default=None, help="target δ (default 1/(10 n), must be below 1/n)")
-    t.add_argument("--epochs", type=int, default=None, help="training epochs (default: the trainer's)")
-    t.add_argument("--seed", type=int, default=0, help="training seed; also names the held-out split (default: %(default)s)")
+    t.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default: the trainer's)")
+    t.add_argument("--seed", type=non_negative_int, default=0, help="training seed; also names the held-out split (default: %(default)s)")
     t.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     t.add_argument("--key", type=Path, default=None, help="sign the output folder as an artifact with this key (model.sig, OpenSSF model-signing format)")
     t.set_defaults(func=_train)

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from simulations.cli.common import UsageError, add_alias, add_json_arg, emit_json, positive_int
+from simulations.cli.common import add_alias, add_json_arg, emit_json, non_negative_int, positive_int, UsageError
 
 CONFIG_HELP = "client TOML config ([client], [provider], [tls]); flags override its values"
 
@@ -70,7 +70,7 @@ def register_actions(csub: argparse._SubParsersAction) -> None:
     u.add_argument("--dataset-id", required=True, help="the dataset it was trained on: its privacy budget is charged")
     u.add_argument("--chunk-bytes", type=positive_int, default=None,
                    help="upload chunk size in bytes (default: [client] chunk_bytes of the config, 1 MiB; capped at the provider's limit)")
-    u.add_argument("--seed", type=int, default=0, help="the --seed it was trained with (names the held-out split for `evaluate`)")
+    u.add_argument("--seed", type=non_negative_int, default=0, help="the --seed it was trained with (names the held-out split for `evaluate`)")
     _common(u)
     u.set_defaults(func=_upload)
 
@@ -90,7 +90,7 @@ def register_actions(csub: argparse._SubParsersAction) -> None:
     a.add_argument("--file", type=Path, help="a text file with one question per line")
     a.add_argument("--artifact-digest", default="", help="which expert (default: the latest uploaded)")
     a.add_argument("--include-base", action="store_true", help="also show the base LLM's answer alone")
-    a.add_argument("--batch-size", type=int, default=16, help="questions per Ask (default: %(default)s)")
+    a.add_argument("--batch-size", type=positive_int, default=16, help="questions per Ask (default: %(default)s)")
     add_json_arg(a, "the answers")
     _common(a)
     a.set_defaults(func=_ask)
@@ -109,9 +109,9 @@ def register_actions(csub: argparse._SubParsersAction) -> None:
                         "Prints accuracy, balanced accuracy and macro F1 of the base LLM, the expert alone and Llamdex.",
                         formatter_class=fmt, epilog="example:\n  llamdex client evaluate --config client.toml --max-test 100")
     e.add_argument("--artifact-digest", default="", help="which expert (default: the latest uploaded)")
-    e.add_argument("--max-test", type=int, default=0, metavar="N", help="ask at most N held-out records (default 0 = every one)")
-    add_alias(e, "--max-questions", "--max-test", "max_test", type=int)
-    e.add_argument("--batch-size", type=int, default=16, help="questions per Ask (default: %(default)s)")
+    e.add_argument("--max-test", type=non_negative_int, default=0, metavar="N", help="ask at most N held-out records (default 0 = every one)")
+    add_alias(e, "--max-questions", "--max-test", "max_test", type=non_negative_int)
+    e.add_argument("--batch-size", type=positive_int, default=16, help="questions per Ask (default: %(default)s)")
     e.add_argument("--no-base", action="store_true", help="skip the base-LLM-alone answers (half the cost)")
     add_json_arg(e, "the scores")
     _common(e)

@@ -72,9 +72,20 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """A seed or an index given on the command line (0 or more), refused in a sentence otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {value}")
+    return value
+
+
 def add_threads_arg(p: argparse.ArgumentParser) -> None:
     """`--threads N`, read by `set_threads`: one wording for every benchmark that runs the LLM in its own process."""
-    p.add_argument("--threads", type=int, default=None, metavar="N",
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="torch CPU threads (default: every core, or OMP_NUM_THREADS when it is set)")
 
 

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from simulations.cli.common import add_alias, add_connectors_arg, add_data_args, add_out_arg, table_ref
+from simulations.cli.common import add_alias, add_connectors_arg, add_data_args, add_out_arg, non_negative_int, positive_int, table_ref
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,13 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="connector-training preset when no connectors are stored for the schema yet (default: quick, ~5 min; "
                    "'default' is what the benchmarks use)")
     p.add_argument("--quick", dest="preset", action="store_const", const="quick", help="same as --preset quick")
-    p.add_argument("--seed", type=int, default=0, help="seed of the held-out split and of the expert's training (default: %(default)s)")
-    p.add_argument("--max-test", type=int, default=None, metavar="N", help="ask at most N held-out records (default: all)")
-    add_alias(p, "--max-questions", "--max-test", "max_test", type=int)
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the held-out split and of the expert's training (default: %(default)s)")
+    p.add_argument("--max-test", type=positive_int, default=None, metavar="N", help="ask at most N held-out records (default: all)")
+    add_alias(p, "--max-questions", "--max-test", "max_test", type=positive_int)
     add_out_arg(p, default=None, help="folder for the run's files (default runs/demo-<time>)", aliases=("--run-dir",))
     add_connectors_arg(p, help="connector store to reuse across runs (default: the run folder for the two-party demo, "
                        "$LLAMDEX_HOME/connectors in-process)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores; --in-process only)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: all cores; --in-process only)")
     p.add_argument("--in-process", action="store_true", help="run client and provider code in one process, without gRPC")
     p.set_defaults(func=run)
 

@@ -18,6 +18,7 @@ import argparse
 import sys
 import tomllib
 from pathlib import Path
+from simulations.cli.common import positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--budget", type=float, default=4.0, help="ε budget per dataset of the client, at the provider (default: %(default)s)")
     b.add_argument("--preset", choices=PRESET_CHOICES, default="quick",
                    help="the provider's connector-training preset (default: %(default)s; tiny = seconds-long, smoke tests only)")
-    b.add_argument("--days", type=int, default=365, help="validity of the certificates in days (default: %(default)s)")
+    b.add_argument("--days", type=positive_int, default=365, help="validity of the certificates in days (default: %(default)s)")
     b.add_argument("--force", action="store_true", help="replace bundles already in --out")
     b.set_defaults(func=_bundle)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from simulations.cli.common import positive_int
 
 DEFAULT_HOSTS = "localhost,127.0.0.1,::1"
 
@@ -36,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--out", type=Path, default=Path("certs"), help="folder (default: certs/)")
     c.add_argument("--party", action="append", metavar="NAME=HOST[,HOST...]",
                    help=f"a party and the hosts in its certificate (repeat). Default: provider, alice and orchestrator on {DEFAULT_HOSTS}")
-    c.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
+    c.add_argument("--days", type=positive_int, default=365, help="validity in days (default 365)")
     c.add_argument("--force", action="store_true", help="replace existing certificate keys")
     c.set_defaults(func=_certs)
 

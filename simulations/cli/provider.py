@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from simulations.cli.common import add_connectors_arg
+from simulations.cli.common import add_connectors_arg, non_negative_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--quick", dest="preset", action="store_const", const="quick", help="same as --preset quick")
     add_connectors_arg(c, help="connector store (default $LLAMDEX_HOME/connectors)", aliases=("--store",))
     c.add_argument("--retrain", action="store_true", help="train even if connectors for this schema exist")
-    c.add_argument("--seed", type=int, default=0, help="seed of the synthetic questions and the connectors' initial weights (default: %(default)s)")
+    c.add_argument("--seed", type=non_negative_int, default=0, help="seed of the synthetic questions and the connectors' initial weights (default: %(default)s)")
     c.set_defaults(func=_connectors)
     from simulations.cli.provider_serve import register_serve
 

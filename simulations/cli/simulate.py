@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from simulations.cli.common import non_negative_int, positive_int
 
 # flag -> run-config key of [tool.flwr.app.config] (the same names, kebab-case)
 RUN_CONFIG_FLAGS = ("clients", "partition", "alpha", "seed", "epsilon", "budget", "epochs", "test_size", "max_test", "ask_batch",
@@ -38,13 +39,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clients", type=int, default=3, help="number of clients, one SuperNode each, spread round-robin over the tables (default 3)")
     p.add_argument("--partition", choices=("iid", "dirichlet"), default="iid", help="how the clients of one table split it (default iid)")
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration for --partition dirichlet (default 0.5; smaller = more skewed)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the partition, each client's held-out split, training and questions (default 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the partition, each client's held-out split, training and questions (default 0)")
     p.add_argument("--epsilon", default="1", help="per-client ε targets, cycled over the clients; 'none' = no DP (default 1)")
     p.add_argument("--budget", default="4", help="per-client ε budgets the provider enforces, cycled; 'inf' = unbounded (default 4)")
-    p.add_argument("--epochs", type=int, default=0, help="expert training epochs (default: the trainer's)")
+    p.add_argument("--epochs", type=positive_int, default=0, help="expert training epochs (default: the trainer's)")
     p.add_argument("--test-size", type=float, default=0.2, help="share of each client's rows held out for evaluation (default 0.2)")
-    p.add_argument("--max-test", type=int, default=32, help="held-out questions each client asks (default 32)")
-    add_alias(p, "--max-questions", "--max-test", "max_test", type=int)
+    p.add_argument("--max-test", type=positive_int, default=32, help="held-out questions each client asks (default 32)")
+    add_alias(p, "--max-questions", "--max-test", "max_test", type=positive_int)
     p.add_argument("--ask-batch", type=int, default=16, help="questions per Ask (default 16)")
     p.add_argument("--preset", default="quick", help="connector-training preset: quick (default), default, or a JSON object of Preset fields")
     p.add_argument("--connectors", default="", help="a connector store to reuse (default: a fresh one in the run folder)")
