@@ -142,6 +142,20 @@ def spawn(argv: list[str], log_path: Path, *, threads: int | None = None, extra_
                             start_new_session=True)
 
 
+def _interrupt_on_sigterm() -> Any:
+    """SIGTERM raises KeyboardInterrupt in the main thread, so that `finally` blocks stop what was started (SIGTERM's
+    default ends the process at once, leaving children of their own session running). Returns the handler it replaced,
+    or None off the main thread (where Python cannot set one)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
 def stop(proc: subprocess.Popen, timeout_s: float = 15.0) -> int | None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -220,14 +234,14 @@ def run_two_party_demo(run_dir: Path, epsilon: float = 1.0, preset: str | dict =
     ccfg = write_client_config(layout.client / "client.toml", client_id=client_id, listen=c_addr, provider_address=p_addr,
                                max_epsilon=max(epsilon, 1.0) * 4, datasets=[table.name] if table.name else [],
                                tables={} if table.name else {dataset: table})
-    procs = [
-        ("provider", spawn(["provider", "serve", "--config", str(pcfg)], layout.provider / "provider.log"), layout.provider / "provider.log"),
-        ("client", spawn(["client", "serve", "--config", str(ccfg)], layout.client / "client.log", threads=1), layout.client / "client.log"),
-    ]
-    log(f"[run] provider pid {procs[0][1].pid} on {p_addr}, client pid {procs[1][1].pid} on {c_addr} (mutual TLS; logs in provider/ and client/)")
     orch = TLSFiles.in_folder(layout.certs, ORCHESTRATOR_ID)
     results: dict[str, Any] = {"dataset": dataset, "data": str(table), "epsilon_target": epsilon, "preset": preset if isinstance(preset, str) else preset.get("name", "custom"), "seed": seed, "provider": p_addr, "client": c_addr}
+    procs: list[tuple[str, subprocess.Popen, Path]] = []
+    previous_handler = _interrupt_on_sigterm()   # the services run in sessions of their own: a SIGTERM to the demo must stop them too
     try:
+        procs.append(("provider", spawn(["provider", "serve", "--config", str(pcfg)], layout.provider / "provider.log"), layout.provider / "provider.log"))
+        procs.append(("client", spawn(["client", "serve", "--config", str(ccfg)], layout.client / "client.log", threads=1), layout.client / "client.log"))
+        log(f"[run] provider pid {procs[0][1].pid} on {p_addr}, client pid {procs[1][1].pid} on {c_addr} (mutual TLS; logs in provider/ and client/)")
         wait_healthy(p_addr, orch, "llamdex.v1.ProviderService", procs)
         wait_healthy(c_addr, orch, "llamdex.v1.ClientService", procs)
         results["startup_s"] = time.perf_counter() - t_start
@@ -305,6 +319,8 @@ def run_two_party_demo(run_dir: Path, epsilon: float = 1.0, preset: str | dict =
         return 1
     finally:
         codes = {name: stop(p) for name, p, _ in procs}
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
         results["exit_codes"] = codes
         results["total_s"] = time.perf_counter() - t_start
         (layout.root / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")

@@ -85,3 +85,55 @@ def test_two_party_demo_smoke_on_a_csv_file_with_three_classes(tmp_path, capsys)
     assert "[tables.birds]" in (run / "client" / "client.toml").read_text()
     bars = capsys.readouterr().out
     assert "held-out questions through Ask" in bars and "4/4" in bars
+
+
+def test_a_sigterm_to_the_demo_stops_the_provider_and_client_it_started(tmp_path):
+    """The services run in sessions of their own (so a Ctrl-C in the terminal reaches the demo, which stops them in
+    order); a SIGTERM to the demo (a CI timeout, `kill`) must stop them too, not leave two servers training."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    demo = subprocess.Popen([sys.executable, "-m", "simulations.cli.main", "demo", "--out", str(tmp_path / "run")], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    pids: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not pids:
+            line = demo.stdout.readline()
+            m = re.search(r"provider pid (\d+) .* client pid (\d+)", line)
+            if m:
+                pids = [int(m.group(1)), int(m.group(2))]
+            assert line or demo.poll() is None, "the demo ended before it started the services"
+        assert pids, "the demo never said which processes it started"
+        demo.send_signal(signal.SIGTERM)
+        assert demo.wait(60) == 130                              # interrupted (README, Exit status)
+        deadline = time.monotonic() + 30
+        alive = pids
+        while alive and time.monotonic() < deadline:
+            alive = [p for p in pids if _alive(p)]
+            time.sleep(0.2)
+        assert not alive, f"still running after the demo stopped: {alive}"
+        assert json.loads((tmp_path / "run" / "results.json").read_text())["exit_codes"].keys() == {"provider", "client"}
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+        for p in pids:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:   # a zombie (exited, not yet reaped by its parent) counts as stopped
+        return open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
