@@ -163,7 +163,14 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.accountant must be one of {list(ACCOUNTANTS)}, got {self.accountant!r}")
         if self.target_epsilon is not None and not (isinstance(self.target_epsilon, (int, float)) and math.isfinite(self.target_epsilon) and self.target_epsilon > 0):
             raise BudgetError(f"TrainConfig.target_epsilon must be a positive finite number (or None for no DP), got {self.target_epsilon!r}")
+        if self.target_epsilon is not None and self.target_epsilon > MAX_TARGET_EPSILON:
+            raise BudgetError(f"target ε {self.target_epsilon:g} is above {MAX_TARGET_EPSILON:g}, where DP-SGD's noise is nil and the guarantee "
+                              "means nothing (and the noise calibration loses its precision); train without DP instead (omit --epsilon)")
 
+
+# Above this target the calibrated noise multiplier is below 1e-5: no privacy, and the accountant's search loses precision
+# (a target of 1e30 never returned). The DP studies go up to 1e4.
+MAX_TARGET_EPSILON = 1e6
 
 DP_NUMERIC_BINS = 16
 
@@ -490,8 +497,12 @@ def _train_private(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: T
         delta = config.resolved_delta(n)
         bs = config.resolved_batch_size(n)
         total_steps = config.epochs * math.ceil(n / bs)
-        noise = float(get_noise_multiplier(target_epsilon=float(config.target_epsilon), target_delta=delta, sample_rate=1.0 / math.ceil(n / bs),
-                                           steps=total_steps, accountant=config.accountant))
+        try:
+            noise = float(get_noise_multiplier(target_epsilon=float(config.target_epsilon), target_delta=delta, sample_rate=1.0 / math.ceil(n / bs),
+                                               steps=total_steps, accountant=config.accountant))
+        except ValueError as e:   # Opacus: "The privacy budget is too low." (no noise multiplier reaches the target)
+            raise BudgetError(f"no DP-SGD noise reaches ε {config.target_epsilon:g} at δ {delta:.3g} in {total_steps} steps over {n} records "
+                              f"({e}); raise --epsilon, or train on more records") from None
     clip = float(config.max_grad_norm)
     loader = DataLoader(TensorDataset(x, y), batch_size=bs, generator=dp_generator(dp_seed, 0))   # Poisson sampling draws from it
     noise_gen = dp_generator(dp_seed, 1)

@@ -217,6 +217,7 @@ def _cases():
         (TransportError("UNREACHABLE", "nothing answers at 10.0.0.2:50051"), 7, "[UNREACHABLE]"),
         (TransportError("TLS_FILES_MISSING", "tls/provider.pem does not exist"), 4, "[TLS_FILES_MISSING]"),
         (TransportError("TLS_PEER_UNTRUSTED", "the provider's certificate is not from your CA"), 3, "[TLS_PEER_UNTRUSTED]"),
+        (KeyMaterialError("KEY_NOT_FOUND", "private key keys/alice.key does not exist"), 4, "keys/alice.key does not exist"),
         (_grpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "[BUDGET_EXCEEDED] ε 2 over the budget 4 - 3", "BUDGET_EXCEEDED"), 6,
          "the other party refused the call: RESOURCE_EXHAUSTED: [BUDGET_EXCEEDED]"),
         (_grpc_error(grpc.StatusCode.PERMISSION_DENIED, "unregistered", "UNREGISTERED_CLIENT"), 6, "PERMISSION_DENIED [UNREGISTERED_CLIENT]"),
@@ -227,7 +228,7 @@ def _cases():
     ]
 
 
-@pytest.mark.parametrize("case", range(22))
+@pytest.mark.parametrize("case", range(23))
 def test_each_kind_of_error_has_its_exit_status_and_one_line(case):
     error, code, text = _cases()[case]
     report = describe_error(error)
@@ -298,6 +299,57 @@ def test_records_dropped_under_on_invalid_are_counted_in_one_warning_line(tmp_pa
     code, _, err = run_main(["client", "train", "--data", str(csv), "--on-invalid", "drop", "--epochs", "1", "--out", str(tmp_path / "o")], capsys)
     assert code == 0, err
     assert f"llamdex: warning: {csv}: dropped 1 of 61 records that violate schema 'titanic' (age/out_of_range: 1)" in err
+
+
+def _small_table(tmp_path):
+    csv = tmp_path / "people.csv"
+    rows = "".join(f"{'female' if i % 2 else 'male'},{20 + i % 40},{('1st', '2nd', '3rd')[i % 3]},{'yes' if i % 3 else 'no'}\n" for i in range(60))
+    csv.write_text("sex,age,passengerClass,survived\n" + rows)
+    (tmp_path / "people.csv.schema.json").write_text((__import__("client_party.datasets", fromlist=["x"]).SCHEMA_DIR / "titanic.json").read_text())
+    return csv
+
+
+def test_client_train_refuses_a_bad_out_or_key_before_training_and_leaves_nothing(tmp_path, capsys):
+    """Each refusal comes before the first epoch (a key that cannot sign used to be found after the training, with an
+    unsigned artifact left behind), and a refused command writes nothing."""
+    import os
+
+    from protocol.keys import generate_keypair
+
+    csv = _small_table(tmp_path)
+    train = ["client", "train", "--data", str(csv), "--epochs", "1"]
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / "notes.txt").write_text("mine")
+    _, pub, _ = generate_keypair(tmp_path / "keys", "alice")
+    loose = tmp_path / "keys" / "loose.key"
+    loose.write_bytes((tmp_path / "keys" / "alice.key").read_bytes())
+    os.chmod(loose, 0o644)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for argv, status, said in ((["--out", str(held)], 2, "already holds ['notes.txt']"), (["--out", ""], 2, "a folder of its own"),
+                               (["--out", str(csv)], 2, "is a file"), (["--out", str(tmp_path / "a"), "--key", str(pub)], 3, ""),
+                               (["--out", str(tmp_path / "a"), "--key", str(loose)], 3, "chmod 600"),
+                               (["--out", str(tmp_path / "a"), "--key", str(tmp_path / "nope.key")], 4, "nope.key")):
+        code, _, err = run_main(train + argv, capsys)
+        assert code == status and said in err and "epoch" not in err.lower(), (argv, code, err)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_client_train_replaces_an_artifact_only_with_force_and_the_result_verifies(tmp_path, capsys):
+    from protocol.artifact import ArtifactVerifier
+    from protocol.keys import generate_keypair
+
+    csv = _small_table(tmp_path)
+    key, _, priv = generate_keypair(tmp_path / "keys", "alice")
+    art = tmp_path / "art"
+    base = ["client", "train", "--data", str(csv), "--epochs", "1", "--key", str(key), "--out", str(art)]
+    assert run_main(base, capsys)[0] == 0
+    first = ArtifactVerifier([priv.public_key()]).verify(art).digest
+    assert run_main(base + ["--seed", "1"], capsys)[0] == 2                      # the signed artifact is kept as it was
+    assert ArtifactVerifier([priv.public_key()]).verify(art).digest == first
+    assert run_main(base + ["--seed", "1", "--force"], capsys)[0] == 0
+    assert ArtifactVerifier([priv.public_key()]).verify(art).digest != first   # a whole new artifact, signed
+    assert not list(tmp_path.glob(".partial-*"))
 
 
 def test_an_unreachable_provider_is_exit_7_with_what_to_check(tmp_path, capsys):

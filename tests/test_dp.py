@@ -176,6 +176,16 @@ def test_delta_must_be_below_one_over_n(titanic):
         train_expert(xtr, ytr, schema, TrainConfig.private(1.0, target_delta=1 / len(xtr)))
 
 
+def test_an_epsilon_no_noise_can_reach_or_one_that_means_no_privacy_is_a_budget_error(titanic):
+    """Both used to fail outside the rules: 1e-30 as Opacus' ValueError (an internal error at the command line), 1e30
+    as a calibration that never returned."""
+    schema, xtr, ytr, _, _ = titanic
+    with pytest.raises(BudgetError, match="no DP-SGD noise reaches ε 1e-30"):
+        train_expert(xtr, ytr, schema, TrainConfig.private(1e-30, epochs=1))
+    with pytest.raises(BudgetError, match="above 1e\\+06.*omit --epsilon"):
+        TrainConfig.private(1e30).validate()
+
+
 def test_non_private_training_stops_early_on_its_validation_split(titanic):
     schema, xtr, ytr, xte, yte = titanic
     trained = train_expert(xtr, ytr, schema, TrainConfig(epochs=60, patience=3))

@@ -155,8 +155,8 @@ class ErrorReport:
 
 
 VERIFICATION_ERRORS = ("SignatureError", "ArtifactError", "ReceiptError", "LedgerError")
-# `protocol.tls.TransportError` codes whose kind is not "invalid input": the peer cannot be reached, a named file is missing
-TRANSPORT_EXITS = {"UNREACHABLE": EXIT_UNREACHABLE, "TLS_FILES_MISSING": EXIT_MISSING_FILE}
+# Codes raised locally whose kind is not "invalid input": the peer cannot be reached, a file the user named is missing
+CODE_EXITS = {"UNREACHABLE": EXIT_UNREACHABLE, "TLS_FILES_MISSING": EXIT_MISSING_FILE, "KEY_NOT_FOUND": EXIT_MISSING_FILE}
 GRPC_HINTS = {
     "UNAVAILABLE": "check that the server is running at that address and that both sides trust the same CA (mutual TLS)",
     "DEADLINE_EXCEEDED": "the call took longer than its deadline; retry, or check the server's load and log",
@@ -214,8 +214,8 @@ def describe_error(e: BaseException) -> ErrorReport:
     if isinstance(e, DataValidationError):
         return ErrorReport(EXIT_INVALID, one_line(_data_error_line(e)))
     if isinstance(e, CodedError):
-        if e.code in TRANSPORT_EXITS:   # raised locally for a transport fault; the same kinds as the gRPC statuses above
-            return ErrorReport(TRANSPORT_EXITS[e.code], one_line(str(e)))
+        if e.code in CODE_EXITS:   # the same kinds as the gRPC statuses and the OSErrors above
+            return ErrorReport(CODE_EXITS[e.code], one_line(str(e)))
         family = {c.__name__ for c in type(e).__mro__}
         if family & set(VERIFICATION_ERRORS):
             return ErrorReport(EXIT_VERIFICATION, f"verification failed: {one_line(str(e))} — do not use it; `llamdex audit` gives the full report")
