@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from protocol.encoding import FeatureEncoder, bool_level, is_missing
-from protocol.errors import DataValidationError, SchemaError
+from protocol.errors import DataValidationError, SchemaError, TableReadError, TooFewRecordsError
 from protocol.schema import ColumnSpec, PublicSchema
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
@@ -193,15 +193,29 @@ def _read_rdataset(info: DatasetInfo) -> pd.DataFrame:
 def read_table_file(p: Path) -> pd.DataFrame:
     """A CSV (every cell as text, types come from the schema) or Parquet file, as it is."""
     p = Path(p)
+    if p.is_dir():
+        raise IsADirectoryError(21, "Is a directory", str(p))
     if not p.is_file():
         raise FileNotFoundError(2, "No such file", str(p))
     low = p.name.lower()
-    if low.endswith((".parquet", ".pq")):
-        return pd.read_parquet(p)
-    if any(low.endswith(s) for s in (".csv", ".csv.gz", ".csv.bz2", ".csv.zip")):
-        # Everything as text: types are converted (and violations reported) against the schema.
-        return pd.read_csv(p, dtype=object)
-    raise ValueError(f"{p}: unsupported file type; use .csv (optionally .gz/.bz2/.zip) or .parquet")
+    try:
+        if low.endswith((".parquet", ".pq")):
+            return pd.read_parquet(p)
+        if any(low.endswith(s) for s in (".csv", ".csv.gz", ".csv.bz2", ".csv.zip")):
+            # Everything as text: types are converted (and violations reported) against the schema.
+            return pd.read_csv(p, dtype=object)
+    except pd.errors.EmptyDataError:
+        raise TableReadError(f"{p} is empty: a table needs a header line and records") from None
+    except UnicodeDecodeError as e:
+        raise TableReadError(f"{p} is not UTF-8 text ({e.reason}); save the table as UTF-8 CSV") from None
+    except pd.errors.ParserError as e:
+        raise TableReadError(f"{p} is not a well-formed CSV file: {str(e).strip()}") from None
+    except (OSError, ValueError) as e:   # pyarrow: ArrowInvalid (a ValueError) or an OSError for a file that is not Parquet
+        if isinstance(e, (FileNotFoundError, PermissionError)):
+            raise
+        raise TableReadError(f"{p} cannot be read as {'Parquet' if low.endswith(('.parquet', '.pq')) else 'CSV'}: "
+                             f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+    raise TableReadError(f"{p}: unsupported file type; use .csv (optionally .gz/.bz2/.zip) or .parquet")
 
 
 @dataclass(frozen=True)
@@ -432,7 +446,8 @@ def split_table(df: pd.DataFrame, schema: PublicSchema, test_size: float = 0.2, 
     label = df[schema.label.name]
     counts = label.value_counts()
     if (counts < 2).any():
-        raise ValueError(f"cannot stratify on {schema.label.name!r}: classes {list(counts[counts < 2].index)} have fewer than 2 records")
+        raise TooFewRecordsError(f"cannot split {schema.label.name!r} into training and held-out records: classes "
+                                 f"{list(counts[counts < 2].index)} have fewer than 2 records; the table is too small")
     train, test = train_test_split(df, test_size=test_size, random_state=seed, stratify=label)
     return train, test
 

@@ -68,7 +68,7 @@ from torch import nn
 from protocol.crashpoints import crashpoint
 from protocol.dp import ACCOUNTANTS, DPStatement, compute_epsilon, no_privacy_statement, size_bucket
 from protocol.encoding import FeatureEncoder
-from protocol.errors import BudgetError
+from protocol.errors import BudgetError, TooFewRecordsError
 from protocol.expert_spec import MAX_BINS, ExpertSpec, block_release, build_expert, load_expert_state
 from protocol.schema import PublicSchema
 from protocol.seeding import generator, init_parameters
@@ -306,7 +306,8 @@ def _check_inputs(x: np.ndarray, y: np.ndarray, schema: PublicSchema) -> tuple[t
     if y.shape != (len(x),):
         raise ValueError(f"y must have shape ({len(x)},), got {y.shape}")
     if len(x) < 2:
-        raise ValueError("need at least 2 training records")
+        raise TooFewRecordsError(f"need at least 2 training records, got {len(x)}: the table is too small to train an expert on "
+                                 "(what is left of it after the held-out split)")
     if not np.isfinite(x).all():
         raise ValueError("x contains NaN or infinity; encode the table with FeatureEncoder (missing values become indicators)")
     if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= k:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from protocol.encoding import bool_level, is_missing
+from protocol.errors import LlamdexError
 from protocol.schema import SCHEMA_FORMAT
 
 PLACEHOLDER = "FILL IN: a public {bound} bound of {column} (not the data's {extreme})"
@@ -31,6 +32,10 @@ RARE_CATEGORY = 5            # a category held by fewer records reveals them; th
 UNIT_SUFFIXES = {"mm": "mm", "cm": "cm", "m": "meters", "km": "km", "g": "grams", "kg": "kg", "lb": "pounds", "lbs": "pounds",
                  "years": "years", "yrs": "years", "months": "months", "days": "days", "hours": "hours", "usd": "dollars",
                  "dollars": "dollars", "eur": "euros", "pct": "percent", "percent": "percent"}
+
+
+class DraftError(LlamdexError, ValueError):
+    """The table cannot give a schema as asked (no such label column, a label of one class or too many, no feature)."""
 
 
 @dataclass(frozen=True)
@@ -160,9 +165,9 @@ def draft_label(name: str, values: pd.Series, subject: str) -> tuple[dict[str, A
     present = _present(values)
     levels = _levels(present)
     if len(levels) < 2:
-        raise ValueError(f"label column {name!r} has {len(levels)} distinct value(s); a label needs at least 2 classes: choose another --label")
+        raise DraftError(f"label column {name!r} has {len(levels)} distinct value(s); a label needs at least 2 classes: choose another --label")
     if len(levels) > MAX_CATEGORIES:
-        raise ValueError(f"label column {name!r} has {len(levels)} distinct values; a label is a class with at most {MAX_CATEGORIES} values "
+        raise DraftError(f"label column {name!r} has {len(levels)} distinct values; a label is a class with at most {MAX_CATEGORIES} values "
                          "(bin a numeric target first, or choose another --label)")
     words = words_of(name)
     if _is_bool(levels):
@@ -183,7 +188,7 @@ def draft_label(name: str, values: pd.Series, subject: str) -> tuple[dict[str, A
 def draft_schema(df: pd.DataFrame, *, label: str, name: str, subject: str = "record", source: str = "the table") -> Draft:
     """A draft of the public schema of `df` with `label` as the prediction target (see the module docstring)."""
     if label not in df.columns:
-        raise ValueError(f"--label {label!r} is not a column of {source}; columns: {', '.join(map(str, df.columns))}")
+        raise DraftError(f"--label {label!r} is not a column of {source}; columns: {', '.join(map(str, df.columns))}")
     columns, notes = [], []
     for col_name in df.columns:
         if col_name == label:
@@ -193,7 +198,7 @@ def draft_schema(df: pd.DataFrame, *, label: str, name: str, subject: str = "rec
         if col is not None:
             columns.append(col)
     if not columns:
-        raise ValueError(f"{source} has no usable feature column besides the label {label!r}")
+        raise DraftError(f"{source} has no usable feature column besides the label {label!r}")
     lab, lab_note = draft_label(label, df[label], subject)
     notes.append(lab_note)
     notes.append(f"subject {subject!r}: what one row describes, used in every question (--subject); "

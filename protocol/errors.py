@@ -19,6 +19,14 @@ class DataValidationError(LlamdexError, ValueError):
         self.problems = problems or []
 
 
+class TableReadError(LlamdexError, ValueError):
+    """A table file cannot be read as the table its name says (empty, not UTF-8 text, not Parquet, an unknown type)."""
+
+
+class TooFewRecordsError(LlamdexError, ValueError):
+    """A table (or its training split) has too few records for what was asked of it."""
+
+
 class SpecError(LlamdexError, ValueError):
     """An expert architecture spec or its tensors do not match."""
 

@@ -172,6 +172,10 @@ class PublicSchema:
             data = json.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise SchemaError(f"schema file {p} does not exist") from None
+        except IsADirectoryError:
+            raise SchemaError(f"{p} is a folder, not a schema file") from None
+        except UnicodeDecodeError as e:
+            raise SchemaError(f"schema file {p} is not UTF-8 text ({e.reason}); a schema is a JSON file") from None
         except json.JSONDecodeError as e:
             raise SchemaError(f"schema file {p} is not valid JSON: {e}") from None
         return _parse_schema(data, where=str(p))
@@ -290,6 +294,8 @@ def _parse_schema(data: Any, where: str = "schema") -> PublicSchema:
         if str(e).startswith(where):
             raise
         raise SchemaError(f"{where}: {e}") from None
+    except OverflowError:   # an integer too large for a float (JSON has no limit): min, max or decimals
+        raise SchemaError(f"{where}: a number is too large to be read as a float (min, max and decimals must be finite numbers)") from None
     return PublicSchema(
         name=data["name"], version=data["version"], description=data["description"],
         subject=data["subject"], columns=cols, label=label, format=fmt,

@@ -226,7 +226,7 @@ def load_receipts(paths: Iterable[str | Path]) -> list[tuple[str, Any]]:
             if f.suffix in SQLITE_SUFFIXES:
                 out.extend(_receipt_store_envelopes(f))
                 continue
-            text = f.read_text(encoding="utf-8")
+            text = f.read_text(encoding="utf-8", errors="replace")   # bytes that are not text fail as JSON: a finding, not a crash
             if f.suffix == ".jsonl":
                 for i, line in enumerate(text.splitlines(), 1):
                     if line.strip():

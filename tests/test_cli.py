@@ -218,6 +218,7 @@ def _cases():
         (TransportError("TLS_FILES_MISSING", "tls/provider.pem does not exist"), 4, "[TLS_FILES_MISSING]"),
         (TransportError("TLS_PEER_UNTRUSTED", "the provider's certificate is not from your CA"), 3, "[TLS_PEER_UNTRUSTED]"),
         (KeyMaterialError("KEY_NOT_FOUND", "private key keys/alice.key does not exist"), 4, "keys/alice.key does not exist"),
+        (UnicodeDecodeError("utf-8", b"\xa9", 0, 1, "invalid start byte"), 3, "is not UTF-8 (invalid start byte at byte 0)"),
         (_grpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "[BUDGET_EXCEEDED] ε 2 over the budget 4 - 3", "BUDGET_EXCEEDED"), 6,
          "the other party refused the call: RESOURCE_EXHAUSTED: [BUDGET_EXCEEDED]"),
         (_grpc_error(grpc.StatusCode.PERMISSION_DENIED, "unregistered", "UNREGISTERED_CLIENT"), 6, "PERMISSION_DENIED [UNREGISTERED_CLIENT]"),
@@ -228,7 +229,7 @@ def _cases():
     ]
 
 
-@pytest.mark.parametrize("case", range(23))
+@pytest.mark.parametrize("case", range(24))
 def test_each_kind_of_error_has_its_exit_status_and_one_line(case):
     error, code, text = _cases()[case]
     report = describe_error(error)
@@ -307,6 +308,46 @@ def _small_table(tmp_path):
     csv.write_text("sex,age,passengerClass,survived\n" + rows)
     (tmp_path / "people.csv.schema.json").write_text((__import__("client_party.datasets", fromlist=["x"]).SCHEMA_DIR / "titanic.json").read_text())
     return csv
+
+
+@pytest.mark.parametrize("case", ["empty csv", "latin-1 csv", "text as parquet", "folder as table", "header only", "one-class label",
+                                  "binary schema", "huge number in schema", "binary questions", "binary receipts", "too few records"])
+def test_files_that_are_not_what_their_name_says_are_refused_in_a_sentence(case, tmp_path, capsys):
+    """Each of these was an internal error (exit 70, "report it") with a library's exception; each is the user's input."""
+    import json
+
+    from client_party.datasets import SCHEMA_DIR
+
+    schema = tmp_path / "s.json"
+    schema.write_text((SCHEMA_DIR / "titanic.json").read_text())
+    files = {"empty csv": ("t.csv", b""), "latin-1 csv": ("t.csv", b"sex,age\n\xe9,1\n"), "text as parquet": ("t.parquet", b"hello"),
+             "header only": ("t.csv", b"a,b,label\n"), "one-class label": ("t.csv", b"a,label\n1,x\n2,x\n"), "binary schema": ("b.json", b"\xa9\xff\x00"),
+             "binary questions": ("q.txt", b"\xa9\xff"), "binary receipts": ("r.json", b"\xa9\xff"),
+             "too few records": ("t.csv", b"sex,age,passengerClass,survived\nfemale,29,1st,yes\nmale,40,3rd,no\n")}
+    if case in files:
+        name, data = files[case]
+        (tmp_path / name).write_bytes(data)
+    big = json.loads(schema.read_text())
+    big["columns"][1]["max"] = 10 ** 400
+    (tmp_path / "big.json").write_text(json.dumps(big))
+    (tmp_path / "dir.csv").mkdir()
+    t, out = str(tmp_path / files.get(case, ("t.csv",))[0]), str(tmp_path / "o")
+    argv, status, said = {
+        "empty csv": (["schema", "draft", t, "--label", "survived", "--out", out], 3, "is empty"),
+        "latin-1 csv": (["client", "train", "--data", t, "--schema", str(schema), "--out", out], 3, "is not UTF-8 text"),
+        "text as parquet": (["client", "train", "--data", t, "--schema", str(schema), "--out", out], 3, "cannot be read as Parquet"),
+        "folder as table": (["schema", "draft", str(tmp_path / "dir.csv"), "--label", "survived", "--out", out], 4, "dir.csv"),
+        "header only": (["schema", "draft", t, "--label", "label", "--out", out], 3, "no usable feature column"),
+        "one-class label": (["schema", "draft", t, "--label", "label", "--out", out], 3, "at least 2 classes"),
+        "binary schema": (["schema", "check", "--data", "titanic", "--schema", t], 3, "is not UTF-8 text"),
+        "huge number in schema": (["schema", "check", "--data", "titanic", "--schema", str(tmp_path / "big.json")], 3, "too large"),
+        "binary questions": (["client", "ask", "--file", t, "--provider", "127.0.0.1:1", "--plaintext", "--id", "alice",
+                              "--workspace", str(tmp_path / "ws")], 2, "is not UTF-8 text"),
+        "binary receipts": (["audit", "--receipts", t], 1, ""),
+        "too few records": (["client", "train", "--data", t, "--schema", str(schema), "--out", out], 3, "too small"),
+    }[case]
+    code, _, err = run_main(argv, capsys)
+    assert code == status and said in err and "internal error" not in err, (code, err)
 
 
 def test_client_train_refuses_a_bad_out_or_key_before_training_and_leaves_nothing(tmp_path, capsys):

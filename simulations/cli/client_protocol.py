@@ -187,7 +187,11 @@ def _customize(args: argparse.Namespace) -> int:
 def _ask(args: argparse.Namespace) -> int:
     qs = list(args.questions)
     if args.file:
-        qs += [line.strip() for line in args.file.read_text().splitlines() if line.strip()]
+        try:
+            text = args.file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise UsageError(f"--file {args.file} is not UTF-8 text ({e.reason}); give a text file with one question per line") from None
+        qs += [line.strip() for line in text.splitlines() if line.strip()]
     if not qs:
         raise UsageError("give questions as arguments or --file")
     from tqdm.auto import tqdm

@@ -225,6 +225,8 @@ def describe_error(e: BaseException) -> ErrorReport:
         return ErrorReport(EXIT_INVALID, f"{one_line(str(e))}{hint}")
     if isinstance(e, (SpecError, BudgetError, LlamdexError)):
         return ErrorReport(EXIT_INVALID, one_line(str(e)))
+    if isinstance(e, UnicodeDecodeError):   # a file read as text that is not (the reader names it where it can)
+        return ErrorReport(EXIT_INVALID, f"a file given as text is not UTF-8 ({e.reason} at byte {e.start}); check the file you named")
     if isinstance(e, OSError) and getattr(e, "filename", None):
         return ErrorReport(EXIT_MISSING_FILE, f"{e.filename}: {e.strerror or e}")
     return ErrorReport(EXIT_INTERNAL, f"internal error: {type(e).__name__}: {one_line(str(e), 300)} — rerun with --debug for the traceback "
