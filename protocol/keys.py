@@ -99,7 +99,7 @@ def _write_new_file(path: Path, data: bytes, mode: int, overwrite: bool) -> None
     try:
         fd = os.open(target, flags, mode)
     except FileExistsError:
-        raise KeyMaterialError("KEY_EXISTS", f"{path} already exists; pass overwrite=True to replace it", file=str(path)) from None
+        raise KeyMaterialError("KEY_EXISTS", f"{path} already exists; choose another name, or replace it on purpose (`llamdex keygen --force`, overwrite=True)", file=str(path)) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -448,3 +448,12 @@ def test_pass_through_benchmarks_take_their_options_with_or_without_the_separato
 def test_help_of_a_pass_through_benchmark_stays_with_llamdex(capsys):
     code, out, _ = run_main(["bench", "compare", "--help"], capsys)
     assert code == 0 and out.startswith("usage: llamdex bench compare") and "-- --help" in out
+
+
+@pytest.mark.parametrize("argv", [["keygen", "--name", "../evil"], ["keygen", "--name", ""], ["keygen", "--name", "a/b"],
+                                  ["certs", "--party", "../x=localhost"], ["certs", "--party", "p="]])
+def test_names_that_become_file_names_cannot_leave_the_output_folder(argv, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = run_main(argv + ["--out", str(out)], capsys)
+    assert code == 2 and ("--name" in err or "--party" in err), err
+    assert not out.exists() and list(tmp_path.iterdir()) == []

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
-from simulations.cli.common import positive_int
+
+from simulations.cli.common import UsageError, positive_int
 
 DEFAULT_HOSTS = "localhost,127.0.0.1,::1"
 
@@ -50,9 +52,20 @@ def _keygen(args: argparse.Namespace) -> int:
         password = os.environ.get(args.password_env)
         if not password:
             raise SystemExit(f"environment variable {args.password_env} is empty or unset")
+    check_file_name(args.name, "--name", "NAME.key and NAME.pub inside --out")
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a file; give the folder the keys go in")
     priv, pub, key = generate_keypair(args.out, args.name, password, args.curve, overwrite=args.force)
     print(f"private key {priv} (mode 0600)\npublic key  {pub}\nfingerprint {fingerprint(key)}")
     return 0
+
+
+def check_file_name(name: str | None, flag: str, files: str) -> str:
+    """A party or key name becomes file names: letters, digits, '.', '_' and '-' only, so it cannot leave the folder."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name or "") or ".." in (name or ""):
+        raise UsageError(f"{flag} {name!r}: a name is a letter or digit followed by letters, digits, '.', '_' or '-' (it names the files "
+                         f"{files})")
+    return name
 
 
 def parse_parties(items: list[str] | None) -> dict[str, list[str]]:
@@ -64,7 +77,11 @@ def parse_parties(items: list[str] | None) -> dict[str, list[str]]:
         name, sep, hosts = it.partition("=")
         if not sep or not name:
             raise SystemExit(f"--party {it!r}: expected NAME=HOST[,HOST...]")
-        out[name] = [h.strip() for h in hosts.split(",") if h.strip()] or DEFAULT_HOSTS.split(",")
+        check_file_name(name, "--party", "NAME.pem and NAME.key inside --out")
+        named = [h.strip() for h in hosts.split(",") if h.strip()]
+        if not named:
+            raise SystemExit(f"--party {it!r}: name at least one host, e.g. {name}=localhost,127.0.0.1")
+        out[name] = named
     return out
 
 
