@@ -162,11 +162,12 @@ class ClientParty:
         from protocol.artifact import ArtifactVerifier
 
         digest = ArtifactVerifier([self.key.public_key()]).verify(folder).digest
+        provider = self.provider()   # a transport the client refuses (plaintext to another host) leaves no pending upload behind
         pending = self.index().get(digest, {}).get("pending_upload_id")
         upload_id = pending or secrets.token_urlsafe(24)
         self._remember(digest, {"folder": str(folder), "dataset_id": dataset_id, "pending_upload_id": upload_id})
         try:
-            result = self.provider().upload(folder, dataset_id, artifact_name=_artifact_name(dataset_id), chunk_bytes=self.config.chunk_bytes,
+            result = provider.upload(folder, dataset_id, artifact_name=_artifact_name(dataset_id), chunk_bytes=self.config.chunk_bytes,
                                             upload_id=upload_id, resume=pending is not None)
         except grpc.RpcError as e:
             if error_code(e) == "UPLOAD_FAILED":   # that id is spent (the provider refused its bytes): the next try starts afresh

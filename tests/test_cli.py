@@ -457,3 +457,17 @@ def test_names_that_become_file_names_cannot_leave_the_output_folder(argv, tmp_p
     code, _, err = run_main(argv + ["--out", str(out)], capsys)
     assert code == 2 and ("--name" in err or "--party" in err), err
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_artifact_or_tls_file_is_a_missing_file_and_a_refused_upload_records_nothing(tmp_path, capsys):
+    from protocol.keys import generate_keypair
+
+    key, _, _ = generate_keypair(tmp_path / "keys", "alice")
+    ws = tmp_path / "ws"
+    code, _, err = run_main(["client", "upload", "--artifact", str(tmp_path / "nope"), "--dataset-id", "titanic", "--id", "alice", "--key", str(key),
+                             "--workspace", str(ws), "--provider", "127.0.0.1:1", "--plaintext"], capsys)
+    assert code == 4 and "nope does not exist" in err, err
+    code, _, err = run_main(["health", "127.0.0.1:1", "--live"], capsys)          # no TLS files given: the caller's, not "no answer"
+    assert code == 4 and "TLS_FILES_MISSING" in err, err
+    code, _, err = run_main(["health", "127.0.0.1:1", "--live", "--plaintext", "--timeout", "1"], capsys)
+    assert code == 7, err

@@ -154,6 +154,9 @@ def _upload(args: argparse.Namespace) -> int:
     from client_party.receipt_store import describe
     from client_party.service import ClientParty
 
+    if not args.artifact.is_dir():   # a path that is not there is a missing file (4), not a failed verification (5)
+        raise (NotADirectoryError(20, "Not a directory", str(args.artifact)) if args.artifact.exists()
+               else FileNotFoundError(2, "No such file or directory", str(args.artifact)))
     config = config_from_args(args)
     party = ClientParty(replace(config, chunk_bytes=args.chunk_bytes) if args.chunk_bytes is not None else config)
     res = party.upload(args.artifact.resolve(), args.dataset_id, seed=args.seed)
@@ -226,7 +229,14 @@ def _receipts(args: argparse.Namespace) -> int:
         store.export(args.export)
     if emit_json(args.json, [r.to_dict() for r in chain]):
         return 0
-    print(f"{len(chain)} receipt(s), chain verified under provider key {chain[0].provider_key if chain else '-'}:")
+    from protocol.keys import fingerprint
+
+    pinned = fingerprint(store.provider_key)
+    if not chain:
+        print(f"no receipt yet (pinned provider key {pinned})")
+        return 0
+    print(f"{len(chain)} receipt(s), chain verified under the pinned provider key {pinned}"
+          + ("" if len(store.keys) == 1 else f" and the {len(store.keys) - 1} key(s) it endorsed") + ":")
     for r in chain:
         print("  " + describe(r))
     return 0

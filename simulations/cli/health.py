@@ -7,7 +7,8 @@ drains; readiness (`--ready`, the default; health name `llamdex.v1.ProviderServi
 
     0  SERVING
     1  the server answered, but not SERVING (starting, warming up, draining, or the name is unknown)
-    2  bad arguments
+    2  bad arguments (an address that is not HOST:PORT, --plaintext to another host)
+    4  a TLS file named (or defaulted) here does not exist
     7  no answer: nothing listens, or the transport failed (the line says which file or flag to fix)
 
 (the same statuses as every verb's: README, "Exit status")
@@ -86,7 +87,10 @@ def _health(args: argparse.Namespace) -> int:
         ans = wait_for(args.address, tls, service=service, wait_s=args.wait, plaintext=plaintext, server_name=args.server_name,
                        timeout_s=args.timeout, on_wait=waiting if args.wait else None)
     except CodedError as e:
+        from simulations.cli.main import describe_error
+
         print(f"{args.address}: {e}", file=sys.stderr)
-        return EXIT_NO_ANSWER
+        # no answer (7) only when something was asked; missing TLS files or a malformed address are the caller's (4, 3)
+        return {"TLS_FILES_MISSING": describe_error(e).exit_code, "BAD_ADDRESS": 2, "PLAINTEXT_NOT_LOOPBACK": 2}.get(e.code, EXIT_NO_ANSWER)
     print(f"{args.address} {ans.what}: {ans.status} ({1000 * ans.seconds:.0f} ms)")
     return EXIT_SERVING if ans.serving else EXIT_NOT_SERVING
