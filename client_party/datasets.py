@@ -393,6 +393,8 @@ def _convert_label(name: str, classes: list[str], values: np.ndarray, problems: 
 
 def _apply_policy(clean: pd.DataFrame, problems: list[Problem], schema: PublicSchema, on_invalid: str, where: str) -> pd.DataFrame:
     whole = [p for p in problems if p.row is None]
+    if len(clean) == 0 and not whole:
+        raise TooFewRecordsError(f"{where} has no records (a header line alone); a table needs records to train on")
     if whole or (problems and on_invalid == "reject"):
         raise DataValidationError(_describe(problems, schema, where), problems)
     clipped = 0

@@ -169,7 +169,7 @@ class PublicSchema:
     def load(cls, path: str | Path) -> "PublicSchema":
         p = Path(path)
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
+            data = json.loads(p.read_text(encoding="utf-8-sig"))   # a byte-order mark (some editors write one) is not an error
         except FileNotFoundError:
             raise SchemaError(f"schema file {p} does not exist") from None
         except IsADirectoryError:

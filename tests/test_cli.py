@@ -471,3 +471,21 @@ def test_a_missing_artifact_or_tls_file_is_a_missing_file_and_a_refused_upload_r
     assert code == 4 and "TLS_FILES_MISSING" in err, err
     code, _, err = run_main(["health", "127.0.0.1:1", "--live", "--plaintext", "--timeout", "1"], capsys)
     assert code == 7, err
+
+
+def test_the_advice_fits_the_problem_a_table_has(tmp_path, capsys):
+    """--on-invalid drop or clip is offered only where a record policy helps: not for a table without records, nor for
+    a schema whose columns the table lacks (another table's schema); a schema saved with a byte-order mark is read."""
+    from client_party.datasets import SCHEMA_DIR
+
+    schema = tmp_path / "s.json"
+    schema.write_bytes(b"\xef\xbb\xbf" + (SCHEMA_DIR / "titanic.json").read_bytes())
+    header = tmp_path / "h.csv"
+    header.write_text("sex,age,passengerClass,survived\n")
+    code, out, _ = run_main(["schema", "check", "--data", str(header), "--schema", str(schema)], capsys)
+    assert code == 3 and "no records" in out and "--on-invalid" not in out
+    code, _, err = run_main(["client", "train", "--data", str(header), "--schema", str(schema), "--out", str(tmp_path / "o")], capsys)
+    assert code == 3 and "no records" in err and "--on-invalid" not in err
+    code, _, err = run_main(["client", "train", "--data", "titanic", "--schema", str(SCHEMA_DIR / "credit.json"), "--on-invalid", "drop",
+                             "--out", str(tmp_path / "o")], capsys)
+    assert code == 3 and "check that the schema is this table's" in err and "pass --on-invalid" not in err, err

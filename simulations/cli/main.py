@@ -180,6 +180,10 @@ def _data_error_line(e: Exception) -> str:
     problems = list(getattr(e, "problems", []) or [])
     head = str(e).splitlines()[0].rstrip(":")
     first = f" (first: {problems[0]})" if problems else ""
+    if any(getattr(p, "row", 0) is None for p in problems):   # a whole column: no record policy helps
+        return f"{head}{first}; a column the schema names is not in the table: check that the schema is this table's (`llamdex schema check`)"
+    if "no valid record left" in head:                        # --on-invalid drop or clip was given, and nothing survived it
+        return f"{head}{first}; every record violates the schema: check that the schema is this table's (`llamdex schema check`)"
     return f"{head}{first}; fix the table or the schema, or pass --on-invalid drop or clip"
 
 

@@ -68,7 +68,7 @@ def _draft(args: argparse.Namespace) -> int:
     from client_party.schema_draft import default_draft_path, draft_schema
 
     if not args.file.is_file():
-        raise FileNotFoundError(2, "No such file", str(args.file))
+        raise (IsADirectoryError(21, "Is a directory", str(args.file)) if args.file.is_dir() else FileNotFoundError(2, "No such file", str(args.file)))
     out = args.out or default_draft_path(args.file)
     if out.exists() and not args.force:
         raise UsageError(f"{out} exists; pass --force to replace it, or --out another file")
@@ -110,7 +110,7 @@ def _check(args: argparse.Namespace) -> int:
             words_error = str(e)
             findings["answer_words"] = {"ok": False, "error": words_error}
     if emit_json(args.json, findings):
-        return 3 if problems or words_error else 0
+        return 3 if problems or words_error or len(raw) == 0 else 0
     print(f"schema {schema.name!r} ({schema.digest[:19]}…): valid; {len(schema.columns)} columns, label {schema.label.name!r} "
           f"with {schema.label.num_classes} classes")
     if problems:
@@ -120,11 +120,16 @@ def _check(args: argparse.Namespace) -> int:
             print(f"  {p}")
         if len(problems) > 20:
             print(f"  … and {len(problems) - 20} more (--json lists them all)")
-        print("fix the table or the schema, or train with --on-invalid drop (drop bad records) or clip (clip out-of-range numbers)")
+        if rows and not any(p.row is None for p in problems):
+            print("fix the table or the schema, or train with --on-invalid drop (drop bad records) or clip (clip out-of-range numbers)")
+        else:   # a column is missing: no record policy helps
+            print("a column the schema names is not in the table: check that this schema is the table's (or fix the column's name)")
+    elif len(raw) == 0:
+        print(f"table {ref}: no records (a header line alone); a table needs records to train on")
     else:
         print(f"table {ref}: all {len(raw)} records valid")
     if words_error:
         print(f"answer words: {words_error}")
     elif findings["answer_words"]:
         print(f"answer words {list(schema.label.verbalizers)}: first tokens differ under {args.base_model}'s tokenizer")
-    return 3 if problems or words_error else 0
+    return 3 if problems or words_error or len(raw) == 0 else 0
