@@ -369,6 +369,7 @@ def test_client_train_refuses_a_bad_out_or_key_before_training_and_leaves_nothin
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     for argv, status, said in ((["--out", str(held)], 2, "already holds ['notes.txt']"), (["--out", ""], 2, "a folder of its own"),
                                (["--out", str(csv)], 2, "is a file"), (["--out", str(tmp_path / "a"), "--key", str(pub)], 3, ""),
+                               (["--out", str(tmp_path / "a"), "--delta", "1e-5"], 2, "give it with --epsilon"),
                                (["--out", str(tmp_path / "a"), "--key", str(loose)], 3, "chmod 600"),
                                (["--out", str(tmp_path / "a"), "--key", str(tmp_path / "nope.key")], 4, "nope.key")):
         code, _, err = run_main(train + argv, capsys)

@@ -48,6 +48,10 @@ def _train(args: argparse.Namespace) -> int:
     from client_party.expert_training import TrainConfig, predict_proba, train_expert
     from protocol.expert_spec import save_expert
 
+    if args.delta is not None and args.epsilon is None:
+        from simulations.cli.common import UsageError
+
+        raise UsageError("--delta is the δ of DP training: give it with --epsilon (without --epsilon the expert trains without DP)")
     out = _checked_out(args.out, args.force)
     key = None
     if getattr(args, "key", None):   # a key that cannot sign is refused before the training, not after it
