@@ -31,7 +31,7 @@ from protocol.request_auth import FORGET_METHOD, UPLOAD_METHOD, forget_body, sig
 from protocol.rpc.llamdex.v1 import common_pb2, provider_pb2, provider_pb2_grpc
 from protocol.rpc_errors import error_code
 from protocol.tls import IDENTITY_METADATA, TLSFiles, TransportError, open_channel
-from protocol.wire import preferred_upload_digest, receipt_envelope, upload_digest_hex, upload_digests
+from protocol.wire import check_wire_name, preferred_upload_digest, receipt_envelope, upload_digest_hex, upload_digests
 
 log = logging.getLogger(__name__)
 MiB = 1 << 20
@@ -223,6 +223,7 @@ class ProviderClient:
         provider's `max_chunk_bytes`. `upload_id` names the upload; with `resume` (the default when an id is given) the
         provider is first asked how much of it it holds; an id never sent before passes `resume=False`, which spares the
         provider's log a refused GetUploadStatus. `cut_after_bytes` (tests) abandons the first stream after that many bytes."""
+        check_wire_name(dataset_id, "dataset_id"), check_wire_name(artifact_name, "artifact_name")   # the provider's rule, before a byte is sent
         tar = artifact_tar(artifact)
         limits = self._greeted().limits
         if limits.max_chunk_bytes > 0:

@@ -34,7 +34,7 @@ from protocol.crashpoints import crashpoint
 from protocol.rpc_errors import RpcError, error_code, guard, guard_stream
 from protocol.serving import announce_serving
 from protocol.tls import add_port, peer_identity
-from protocol.wire import JOB_STATE_NAMES, receipt_envelope, receipt_message
+from protocol.wire import JOB_STATE_NAMES, check_wire_name, receipt_envelope, receipt_message
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "llamdex.v1.ClientService"
@@ -162,6 +162,7 @@ class ClientParty:
         from protocol.artifact import ArtifactVerifier
 
         digest = ArtifactVerifier([self.key.public_key()]).verify(folder).digest
+        check_wire_name(dataset_id, "dataset_id")   # refused before anything is recorded
         provider = self.provider()   # a transport the client refuses (plaintext to another host) leaves no pending upload behind
         pending = self.index().get(digest, {}).get("pending_upload_id")
         upload_id = pending or secrets.token_urlsafe(24)

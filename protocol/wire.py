@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 from typing import Any
 
@@ -20,6 +21,19 @@ JOB_STATE_NAMES = {v: k for k, v in JOB_STATES.items()}
 
 # Digests accepted for upload chunks and whole tars, preferred first (Hello announces them).
 UPLOAD_DIGESTS: tuple[str, ...] = ("blake3", "sha256")
+# An upload's dataset_id and artifact_name: they name ledger rows and folders on the provider. The provider refuses others
+# (BAD_REQUEST); the client checks them before it sends a byte.
+WIRE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def check_wire_name(value: str, what: str) -> str:
+    """`value` if it is a valid dataset_id / artifact_name; a BAD_REQUEST naming the rule otherwise."""
+    from protocol.errors import CodedError
+
+    if not WIRE_NAME_RE.match(value or ""):
+        raise CodedError("BAD_REQUEST", f"{what} {value!r} must be a letter or digit followed by up to 63 letters, digits, '.', '_' or '-' "
+                         "(it names the provider's ledger rows and folders)", rule=what)
+    return value
 
 
 def preferred_upload_digest(accepted: Any = None) -> str:

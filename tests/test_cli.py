@@ -490,3 +490,19 @@ def test_the_advice_fits_the_problem_a_table_has(tmp_path, capsys):
     code, _, err = run_main(["client", "train", "--data", "titanic", "--schema", str(SCHEMA_DIR / "credit.json"), "--on-invalid", "drop",
                              "--out", str(tmp_path / "o")], capsys)
     assert code == 3 and "check that the schema is this table's" in err and "pass --on-invalid" not in err, err
+
+
+def test_a_dataset_id_the_provider_would_refuse_is_refused_before_anything_is_recorded(tmp_path, capsys):
+    from protocol.keys import generate_keypair
+
+    key, _, _ = generate_keypair(tmp_path / "keys", "alice")
+    _, provider_pub, _ = generate_keypair(tmp_path / "keys", "provider")
+    art = tmp_path / "art"
+    csv = _small_table(tmp_path)
+    assert run_main(["client", "train", "--data", str(csv), "--epochs", "1", "--key", str(key), "--out", str(art)], capsys)[0] == 0
+    ws = tmp_path / "ws"
+    code, _, err = run_main(["client", "upload", "--artifact", str(art), "--dataset-id", "../x y", "--id", "alice", "--key", str(key),
+                             "--workspace", str(ws), "--provider", "127.0.0.1:1", "--plaintext", "--provider-key", str(provider_pub)], capsys)
+    assert code == 3 and "[BAD_REQUEST] dataset_id '../x y'" in err, err
+    index = ws / "artifacts.json"
+    assert not index.exists() or "../x y" not in index.read_text()

@@ -43,14 +43,14 @@ from protocol.durable_db import connect_durable, durable_connection, init_schema
 from protocol.errors import BudgetError, CodedError
 from protocol.receipts import utc_now_rfc3339
 from protocol.rpc_errors import RpcError
-from protocol.wire import UPLOAD_DIGESTS, upload_digest_hex
+from protocol.wire import UPLOAD_DIGESTS, WIRE_NAME_RE, upload_digest_hex
 from provider_party.service.config import ProviderLimits, RegisteredClient
 from provider_party.service.experts import ExpertStore
 from provider_party.service.ledger import Ledger, LedgerEntry
 
 log = logging.getLogger(__name__)
 UPLOAD_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_RE = WIRE_NAME_RE
 HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 READ_BLOCK = 8 << 20
 
