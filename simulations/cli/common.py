@@ -18,6 +18,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 
@@ -61,26 +62,21 @@ def epsilon_list(text: str) -> list[float | None]:
     return out
 
 
-def positive_int(text: str) -> int:
-    """A count given on the command line (1 or more), refused in a sentence otherwise."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
-    return value
+def _whole_number_at_least(lo: int, doc: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"expected a number of at least {lo}, got {value}")
+        return value
+    parse.__doc__ = doc
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """A seed or an index given on the command line (0 or more), refused in a sentence otherwise."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {value}")
-    return value
+positive_int = _whole_number_at_least(1, "A count given on the command line (1 or more), refused in a sentence otherwise.")
+non_negative_int = _whole_number_at_least(0, "A seed or an index given on the command line (0 or more), refused in a sentence otherwise.")
 
 
 def add_threads_arg(p: argparse.ArgumentParser) -> None:
