@@ -76,7 +76,7 @@ def test_the_bare_command_runs_both_seats_with_the_benchmarks_connectors():
 def test_a_thread_count_below_one_is_refused(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--threads", "0"])
-    assert "--threads: 0 is not a thread count" in capsys.readouterr().err
+    assert "argument --threads: expected a number of at least 1, got 0" in capsys.readouterr().err
 
 
 def test_pieces_of_another_split_are_not_reused(tmp_path):

@@ -582,8 +582,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     bad = set(args.seats) - {"provider", "query"}
     if bad:
         p.error(f"--seats: unknown {sorted(bad)}; use provider, query or provider,query")
-    if args.threads is not None and args.threads < 1:
-        p.error(f"--threads: {args.threads} is not a thread count (give 1 or more)")
     return args
 
 
