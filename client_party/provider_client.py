@@ -223,7 +223,8 @@ class ProviderClient:
         provider's `max_chunk_bytes`. `upload_id` names the upload; with `resume` (the default when an id is given) the
         provider is first asked how much of it it holds; an id never sent before passes `resume=False`, which spares the
         provider's log a refused GetUploadStatus. `cut_after_bytes` (tests) abandons the first stream after that many bytes."""
-        check_wire_name(dataset_id, "dataset_id"), check_wire_name(artifact_name, "artifact_name")   # the provider's rule, before a byte is sent
+        check_wire_name(dataset_id, "dataset_id")   # the provider's rule, before a byte is sent
+        check_wire_name(artifact_name, "artifact_name")
         tar = artifact_tar(artifact)
         limits = self._greeted().limits
         if limits.max_chunk_bytes > 0:

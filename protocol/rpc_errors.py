@@ -75,13 +75,22 @@ def redacted_data_error(e: DataValidationError) -> CodedError:
     the data owner sees them locally (`llamdex schema check`)."""
     problems = list(getattr(e, "problems", []) or [])
     by_column: dict[str, set[str]] = {}
-    for p in problems:
-        column = getattr(p, "column", None) if not isinstance(p, tuple) else (p[1] if len(p) > 1 else None)
-        kind = getattr(p, "kind", "invalid") if not isinstance(p, tuple) else "invalid"
+    for p in problems:   # `client_party.datasets.Problem`s, or (row, column, message) triples
+        column, kind = (p[1], "invalid") if isinstance(p, tuple) else (p.column, p.kind)
         by_column.setdefault(str(column), set()).add(str(kind))
     where = "; ".join(f"{c} ({', '.join(sorted(k))})" for c, k in sorted(by_column.items())) or "no problem listed"
     return CodedError("DATA_INVALID", f"the party's own table violates its schema: {len(problems)} problem(s) in: {where}. The values stay "
                       "with the data owner: `llamdex schema check` on its host names them", rule="private values never leave")
+
+
+def as_coded(e: LlamdexError) -> CodedError:
+    """What a handler's refusal says to the caller: a CodedError as it is; a schema violation of the party's own table
+    with its values redacted; any other deliberate error as BAD_REQUEST."""
+    if isinstance(e, CodedError):
+        return e
+    if isinstance(e, DataValidationError):
+        return redacted_data_error(e)
+    return CodedError("BAD_REQUEST", str(e))
 
 
 def guard(handler: Callable) -> Callable:
@@ -91,12 +100,8 @@ def guard(handler: Callable) -> Callable:
     def wrapper(self, request, context):
         try:
             return handler(self, request, context)
-        except CodedError as e:
-            abort(context, e)
-        except DataValidationError as e:
-            abort(context, redacted_data_error(e))
         except LlamdexError as e:
-            abort(context, CodedError("BAD_REQUEST", str(e)))
+            abort(context, as_coded(e))
         except grpc.RpcError:
             raise
         except Exception as e:  # noqa: BLE001
@@ -112,12 +117,8 @@ def guard_stream(handler: Callable) -> Callable:
     def wrapper(self, request, context):
         try:
             yield from handler(self, request, context)
-        except CodedError as e:
-            abort(context, e)
-        except DataValidationError as e:
-            abort(context, redacted_data_error(e))
         except LlamdexError as e:
-            abort(context, CodedError("BAD_REQUEST", str(e)))
+            abort(context, as_coded(e))
         except Exception as e:  # noqa: BLE001
             log.exception("internal error in %s", handler.__name__)
             context.set_trailing_metadata(((ERROR_CODE_METADATA, "INTERNAL"),))

@@ -43,14 +43,13 @@ from protocol.durable_db import connect_durable, durable_connection, init_schema
 from protocol.errors import BudgetError, CodedError
 from protocol.receipts import utc_now_rfc3339
 from protocol.rpc_errors import RpcError
-from protocol.wire import UPLOAD_DIGESTS, WIRE_NAME_RE, upload_digest_hex
+from protocol.wire import UPLOAD_DIGESTS, check_wire_name, upload_digest_hex
 from provider_party.service.config import ProviderLimits, RegisteredClient
 from provider_party.service.experts import ExpertStore
 from provider_party.service.ledger import Ledger, LedgerEntry
 
 log = logging.getLogger(__name__)
 UPLOAD_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
-NAME_RE = WIRE_NAME_RE
 HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 READ_BLOCK = 8 << 20
 
@@ -315,8 +314,7 @@ class UploadManager:
         if not UPLOAD_ID_RE.match(h.upload_id or ""):
             raise RpcError("BAD_REQUEST", f"upload_id {h.upload_id!r} must be 16..64 of [A-Za-z0-9_-]", rule="upload_id")
         for name in ("dataset_id", "artifact_name"):
-            if not NAME_RE.match(getattr(h, name) or ""):
-                raise RpcError("BAD_REQUEST", f"{name} {getattr(h, name)!r} must match {NAME_RE.pattern}", rule=name)
+            check_wire_name(getattr(h, name), name)
         sha, b3 = h.artifact_sha256 or "", getattr(h, "artifact_blake3", "") or ""
         if bool(sha) == bool(b3):
             raise RpcError("BAD_REQUEST", "the header must carry exactly one of artifact_sha256 and artifact_blake3 (the whole tar's digest)",

@@ -60,7 +60,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from simulations.cli.common import positive_int
 
 DEFAULT_TABLES = ("titanic", "default", "credit", "churn")
 DEFAULT_EPSILONS = "0.5,1,2,4,8,none"
@@ -540,7 +539,7 @@ def write(args: argparse.Namespace, cache: Cache, tables: list[str], argv: list[
 
 
 def parser() -> argparse.ArgumentParser:
-    from simulations.cli.common import add_alias, add_connectors_arg, epsilon_list
+    from simulations.cli.common import add_alias, add_connectors_arg, epsilon_list, positive_int
 
     p = argparse.ArgumentParser(prog="python -m simulations.benchmarks.privacy_utility", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

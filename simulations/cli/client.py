@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from simulations.cli.common import add_data_args, non_negative_int, positive_int, table_ref
+from simulations.cli.common import UsageError, add_data_args, non_negative_int, positive_int, table_ref
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,8 +49,6 @@ def _train(args: argparse.Namespace) -> int:
     from protocol.expert_spec import save_expert
 
     if args.delta is not None and args.epsilon is None:
-        from simulations.cli.common import UsageError
-
         raise UsageError("--delta is the δ of DP training: give it with --epsilon (without --epsilon the expert trains without DP)")
     out = _checked_out(args.out, args.force)
     key = None
@@ -90,9 +88,7 @@ def _train(args: argparse.Namespace) -> int:
 def _checked_out(out: Path, force: bool) -> Path:
     """The artifact folder `client train` writes: a new or empty folder (or, with --force, one it replaces), refused
     before any training. Files left in it would be mixed into the artifact, and an old model.sig would sign nothing."""
-    from simulations.cli.common import UsageError
-
-    if str(out).strip() in ("", ".") or out.resolve() == Path.cwd():
+    if out.resolve() == Path.cwd():   # also --out "" (argparse's Path("") is ".")
         raise UsageError("--out must name a folder of its own for the artifact, not the current folder")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a folder for the artifact")

@@ -18,6 +18,7 @@ import argparse
 import sys
 import tomllib
 from pathlib import Path
+
 from simulations.cli.common import positive_int
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from pathlib import Path
 
+from protocol.wire import WIRE_NAME_RE
 from simulations.cli.common import UsageError, positive_int
 
 DEFAULT_HOSTS = "localhost,127.0.0.1,::1"
@@ -62,7 +62,7 @@ def _keygen(args: argparse.Namespace) -> int:
 
 def check_file_name(name: str | None, flag: str, files: str) -> str:
     """A party or key name becomes file names: letters, digits, '.', '_' and '-' only, so it cannot leave the folder."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name or "") or ".." in (name or ""):
+    if not WIRE_NAME_RE.match(name or "") or ".." in (name or ""):
         raise UsageError(f"{flag} {name!r}: a name is a letter or digit followed by letters, digits, '.', '_' or '-' (it names the files "
                          f"{files})")
     return name

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
 from simulations.cli.common import non_negative_int, positive_int
 
 # flag -> run-config key of [tool.flwr.app.config] (the same names, kebab-case)
