@@ -66,7 +66,9 @@ import torch
 from torch import nn
 
 from protocol.crashpoints import crashpoint
-from protocol.dp import ACCOUNTANTS, DPStatement, compute_epsilon, no_privacy_statement, size_bucket
+from protocol.dp import (
+    ACCOUNTANTS, DPStatement, compute_epsilon, no_privacy_statement, noise_for_epsilon, quiet_largest_order, rdp_bound_at_largest_order, size_bucket,
+)
 from protocol.encoding import FeatureEncoder
 from protocol.errors import BudgetError, TooFewRecordsError
 from protocol.expert_spec import MAX_BINS, ExpertSpec, block_release, build_expert, load_expert_state
@@ -487,7 +489,6 @@ def _endless(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
 def _train_private(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig, progress: bool,
                    observer: DPStepObserver | None, replay: DPStatement | None, dp_seed: int | None = None):
     from opacus import PrivacyEngine
-    from opacus.accountants.utils import get_noise_multiplier
     from torch.utils.data import DataLoader, TensorDataset
 
     n = len(x)
@@ -499,8 +500,7 @@ def _train_private(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: T
         bs = config.resolved_batch_size(n)
         total_steps = config.epochs * math.ceil(n / bs)
         try:
-            noise = float(get_noise_multiplier(target_epsilon=float(config.target_epsilon), target_delta=delta, sample_rate=1.0 / math.ceil(n / bs),
-                                               steps=total_steps, accountant=config.accountant))
+            noise = noise_for_epsilon(config.target_epsilon, delta, 1.0 / math.ceil(n / bs), total_steps, config.accountant)
         except ValueError as e:   # Opacus: "The privacy budget is too low." (no noise multiplier reaches the target)
             raise BudgetError(f"no DP-SGD noise reaches ε {config.target_epsilon:g} at δ {delta:.3g} in {total_steps} steps over {n} records "
                               f"({e}); raise --epsilon, or train on more records") from None
@@ -572,7 +572,12 @@ def _train_private(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: T
     accounted = sum(s for (_, _, s) in engine.accountant.history)
     if accounted != steps or any((nm, sr) != (noise, sample_rate) for (nm, sr, _) in engine.accountant.history):
         raise BudgetError(f"accountant history {engine.accountant.history} disagrees with the training loop ({steps} steps)")
-    achieved = float(engine.get_epsilon(delta))
+    with quiet_largest_order():
+        achieved = float(engine.get_epsilon(delta))
+    if config.accountant == "rdp" and rdp_bound_at_largest_order(noise, sample_rate, steps, delta):
+        warnings.warn(f"ε {achieved:.3g} is a loose bound: the RDP accountant's best Rényi order is its largest, so the true ε of this "
+                      f"noise is lower and the expert got more noise than its target needs (the stated guarantee holds, and the provider "
+                      f"recomputes the same figure); more records or a larger ε avoid it", UserWarning, stacklevel=2)
     if replay is None and not achieved <= float(config.target_epsilon):
         raise BudgetError(f"DP training spent epsilon {achieved:.4f} > target {config.target_epsilon:g}; lower epochs or raise the batch size")
     recomputed = compute_epsilon(noise, sample_rate, steps, delta, config.accountant)

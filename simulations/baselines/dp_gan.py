@@ -34,11 +34,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from opacus.accountants.utils import get_noise_multiplier
 from torch import nn
 from torch.nn import functional as F
 
-from protocol.dp import compute_epsilon
+from protocol.dp import compute_epsilon, noise_for_epsilon
 from protocol.errors import BudgetError
 from protocol.schema import PublicSchema
 from protocol.seeding import generator, init_parameters
@@ -112,8 +111,7 @@ class DPGAN:
         opt_d = torch.optim.Adam(d_net.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
         loader = DataLoader(TensorDataset(real), batch_size=min(cfg.batch_size, n), shuffle=True, generator=gen)
         sample_rate = 1 / len(loader)  # what Opacus' Poisson loader will use
-        noise = get_noise_multiplier(target_epsilon=float(epsilon), target_delta=float(delta), sample_rate=sample_rate,
-                                     steps=cfg.steps, accountant="rdp")
+        noise = noise_for_epsilon(epsilon, delta, sample_rate, cfg.steps, "rdp")
         with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # Opacus draws its Poisson batches and noise from torch's global generator (forked here)
             warnings.filterwarnings("ignore", message=".*Secure RNG.*")

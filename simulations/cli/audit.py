@@ -17,8 +17,8 @@ Verify, offline and from files only, what a client uploaded and what a provider 
   ledger     the SQLite ledger's row hash chain, every receipt in it, budget arithmetic, the budgets
              table, and that no dataset spent more than its budget (the file is copied, never written);
   epsilon    every DP statement and receipt recomputed with Opacus AND with Google's dp-accounting
-             (RDP for 'rdp' claims, PLD for 'prv' claims); claims must match Opacus to 0.1 %
-             and dp-accounting to 1 % (RDP) or 3 % (PLD vs PRV);
+             (RDP over Opacus' Rényi orders for 'rdp' claims, PLD for 'prv' claims); claims must
+             match Opacus to 0.1 % and dp-accounting to 1 % (RDP) or 3 % (PLD vs PRV);
   cross      each artifact is named by an upload receipt and a ledger row with the same DP
              parameters; receipts given and ledger receipts of the same clients match one to one;
   canary     (--canary, with --data: the records the artifact was trained on) the white-box one-run

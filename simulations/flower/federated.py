@@ -24,7 +24,7 @@ from typing import Any
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from protocol.dp import DPStatement, compute_epsilon, size_bucket
+from protocol.dp import DPStatement, compute_epsilon, quiet_largest_order, size_bucket
 
 
 def flower_accountant(population: int, delta: float, max_epsilon: float | None = None) -> Any:
@@ -50,13 +50,14 @@ def calibrate_noise(target_epsilon: float, rounds: int, population: int, delta: 
         return max(flower_epsilon(z, rounds, population, delta), compute_epsilon(z, 1.0, rounds, delta))
 
     lo, hi = 1e-2, 1.0
-    while eps(hi) > target_epsilon:
-        lo, hi = hi, hi * 2
-        if hi > 1e6:
-            raise ValueError(f"no noise multiplier reaches ε {target_epsilon:g} in {rounds} rounds at δ {delta:g}")
-    while hi - lo > 1e-3 * hi:
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if eps(mid) <= target_epsilon else (mid, hi)
+    with quiet_largest_order():
+        while eps(hi) > target_epsilon:
+            lo, hi = hi, hi * 2
+            if hi > 1e6:
+                raise ValueError(f"no noise multiplier reaches ε {target_epsilon:g} in {rounds} rounds at δ {delta:g}")
+        while hi - lo > 1e-3 * hi:
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if eps(mid) <= target_epsilon else (mid, hi)
     return hi
 
 
