@@ -203,7 +203,11 @@ def read_table_file(p: Path) -> pd.DataFrame:
             return pd.read_parquet(p)
         if any(low.endswith(s) for s in (".csv", ".csv.gz", ".csv.bz2", ".csv.zip")):
             # Everything as text: types are converted (and violations reported) against the schema.
-            return pd.read_csv(p, dtype=object)
+            df = pd.read_csv(p, dtype=object)
+            _refuse_repeated_names(p, pd.read_csv(p, header=None, nrows=1, dtype=object).iloc[0].tolist())
+            return df
+    except TableReadError:
+        raise
     except pd.errors.EmptyDataError:
         raise TableReadError(f"{p} is empty: a table needs a header line and records") from None
     except UnicodeDecodeError as e:
@@ -216,6 +220,17 @@ def read_table_file(p: Path) -> pd.DataFrame:
         raise TableReadError(f"{p} cannot be read as {'Parquet' if low.endswith(('.parquet', '.pq')) else 'CSV'}: "
                              f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
     raise TableReadError(f"{p}: unsupported file type; use .csv (optionally .gz/.bz2/.zip) or .parquet")
+
+
+def _refuse_repeated_names(p: Path, header: list) -> None:
+    """pandas renames a repeated header name ("age", "age.1"), so the second column would be read, or left out,
+    under a name nobody wrote; which of the two holds the field is the owner's to say, not ours."""
+    names = [str(h).strip() for h in header if isinstance(h, str)]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        where = "; ".join(f"{n!r} in columns {', '.join(str(i + 1) for i, h in enumerate(header) if isinstance(h, str) and h.strip() == n)}"
+                          for n in repeated)
+        raise TableReadError(f"{p}: the header names a column more than once ({where}); give each column its own name")
 
 
 @dataclass(frozen=True)

@@ -75,8 +75,12 @@ def _present(values: pd.Series) -> pd.Series:
     return values[[not (is_missing(v) or (isinstance(v, str) and v.strip() == "")) for v in values]]
 
 
-def _as_numbers(values: pd.Series) -> np.ndarray | None:
-    out = []
+def _as_numbers(values: pd.Series) -> tuple[np.ndarray, int] | None:
+    """The finite numbers and the count of non-finite ones ("inf", "-Infinity"), or None when a value is not a number.
+
+    A column of numbers with one "inf" is still a numeric column with one bad record: drafted as text, it became a
+    category of every distinct number, or was left out as free text."""
+    out, non_finite = [], 0
     for v in values:
         if isinstance(v, (bool, np.bool_)):
             return None
@@ -84,10 +88,11 @@ def _as_numbers(values: pd.Series) -> np.ndarray | None:
             x = float(v.strip() if isinstance(v, str) else v)
         except (TypeError, ValueError):
             return None
-        if not math.isfinite(x):
-            return None
-        out.append(x)
-    return np.asarray(out, dtype=np.float64)
+        if math.isfinite(x):
+            out.append(x)
+        else:
+            non_finite += 1
+    return (np.asarray(out, dtype=np.float64), non_finite) if out else None
 
 
 def _decimals(values: pd.Series) -> int:
@@ -124,12 +129,16 @@ def draft_column(name: str, values: pd.Series) -> tuple[dict[str, Any] | None, s
     col: dict[str, Any] = {"name": str(name), "description": f"The {base}.", "aliases": [base]}
     if len(present) == 0:
         return None, f"{name}: left out: it has no value at all"
-    numbers = _as_numbers(present)
+    parsed = _as_numbers(present)
+    numbers, non_finite = parsed if parsed is not None else (None, 0)
     levels = _levels(present)
     if _is_bool(levels):
         col["type"] = "bool"
         note = f"{name}: bool ({' / '.join(levels)}); check the description and aliases"
     elif numbers is not None:
+        if non_finite:
+            present = present[[math.isfinite(float(v.strip() if isinstance(v, str) else v)) for v in present]]
+            levels = _levels(present)
         integral = bool(np.all(numbers == np.round(numbers)))
         if integral and _looks_like_identifier(name, numbers):
             return None, f"{name}: left out: every value is a distinct integer (a row number or an identifier?); add it by hand if it is a feature"
@@ -143,6 +152,9 @@ def draft_column(name: str, values: pd.Series) -> tuple[dict[str, Any] | None, s
         few = f"; only {len(levels)} distinct values: if they are codes, make it a category" if len(levels) <= 5 else ""
         note = (f"{name}: {col['type']}{f' in {unit}' if unit else ''}: fill in min and max from public knowledge (a physical, legal or "
                 f"documented range), never from the data: its smallest and largest values are records{few}")
+        if non_finite:
+            note += (f"; {non_finite} record{'s hold' if non_finite > 1 else ' holds'} an infinite value, which a number column refuses: "
+                     f"fix {'them' if non_finite > 1 else 'it'} in the table, or load with --on-invalid drop")
     else:
         if len(levels) == len(present) >= MIN_IDENTIFIER_ROWS:
             return None, f"{name}: left out: every value is distinct (an identifier or free text?); add it by hand if it is a feature"

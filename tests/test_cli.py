@@ -311,7 +311,8 @@ def _small_table(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["empty csv", "latin-1 csv", "text as parquet", "folder as table", "header only", "one-class label",
-                                  "binary schema", "huge number in schema", "binary questions", "binary receipts", "too few records"])
+                                  "binary schema", "huge number in schema", "binary questions", "binary receipts", "too few records",
+                                  "repeated header"])
 def test_files_that_are_not_what_their_name_says_are_refused_in_a_sentence(case, tmp_path, capsys):
     """Each of these was an internal error (exit 70, "report it") with a library's exception; each is the user's input."""
     import json
@@ -323,7 +324,8 @@ def test_files_that_are_not_what_their_name_says_are_refused_in_a_sentence(case,
     files = {"empty csv": ("t.csv", b""), "latin-1 csv": ("t.csv", b"sex,age\n\xe9,1\n"), "text as parquet": ("t.parquet", b"hello"),
              "header only": ("t.csv", b"a,b,label\n"), "one-class label": ("t.csv", b"a,label\n1,x\n2,x\n"), "binary schema": ("b.json", b"\xa9\xff\x00"),
              "binary questions": ("q.txt", b"\xa9\xff"), "binary receipts": ("r.json", b"\xa9\xff"),
-             "too few records": ("t.csv", b"sex,age,passengerClass,survived\nfemale,29,1st,yes\nmale,40,3rd,no\n")}
+             "too few records": ("t.csv", b"sex,age,passengerClass,survived\nfemale,29,1st,yes\nmale,40,3rd,no\n"),
+             "repeated header": ("t.csv", b"sex,age,passengerClass,age,survived\n" + b"female,29,1st,30,yes\nmale,40,3rd,41,no\n" * 40)}
     if case in files:
         name, data = files[case]
         (tmp_path / name).write_bytes(data)
@@ -345,6 +347,7 @@ def test_files_that_are_not_what_their_name_says_are_refused_in_a_sentence(case,
                               "--workspace", str(tmp_path / "ws")], 2, "is not UTF-8 text"),
         "binary receipts": (["audit", "--receipts", t], 1, ""),
         "too few records": (["client", "train", "--data", t, "--schema", str(schema), "--out", out], 3, "too small"),
+        "repeated header": (["client", "train", "--data", t, "--schema", str(schema), "--out", out], 3, "'age' in columns 2, 4"),
     }[case]
     code, _, err = run_main(argv, capsys)
     assert code == status and said in err and "internal error" not in err, (code, err)

@@ -89,6 +89,20 @@ def test_one_note_per_column_says_what_to_fill_in_or_check():
                                   "debt_ratio_pct.max"]
 
 
+def test_a_numeric_column_with_an_infinite_value_is_drafted_as_a_number_and_the_record_named():
+    """It was drafted as a category of every distinct number (or left out as free text, past 30 of them)."""
+    df = loans_frame().astype({"income_usd": str, "debt_ratio_pct": str})
+    df.loc[4, "income_usd"], df.loc[8, "debt_ratio_pct"], df.loc[10, "debt_ratio_pct"] = "inf", "-Infinity", "INF"
+    draft = draft_schema(df, label="status", name="loans")
+    cols = {c["name"]: c for c in draft.schema["columns"]}
+    assert cols["income_usd"]["type"] == "int" and cols["debt_ratio_pct"]["type"] == "float" and cols["debt_ratio_pct"]["decimals"] == 3
+    notes = {n.split(":")[0]: n for n in draft.notes}
+    assert "1 record holds an infinite value" in notes["income_usd"] and "2 records hold an infinite value" in notes["debt_ratio_pct"]
+    assert "--on-invalid drop" in notes["income_usd"]
+    only_inf = pd.DataFrame({"x": ["inf", "-inf"] * 10, "status": ["a", "b"] * 10})
+    assert [c["type"] for c in draft_schema(only_inf, label="status", name="t").schema["columns"]] == ["category"]
+
+
 def test_validation_refuses_a_draft_until_public_bounds_are_filled_in_and_then_the_table_loads(loans_csv):
     draft = draft_schema(pd.read_csv(loans_csv, dtype=object), label="status", name="loans")
     with pytest.raises(SchemaError) as err:
