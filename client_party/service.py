@@ -60,10 +60,10 @@ class ClientParty:
     def __init__(self, config: ClientConfig):
         self.config = config
         self.workspace = Path(config.workspace)
+        self.key = config.signing_key()          # both refuse a bad configuration before any folder is made
+        self.store = config.receipt_store()
         (self.workspace / "artifacts").mkdir(parents=True, exist_ok=True)
         (self.workspace / "jobs").mkdir(parents=True, exist_ok=True)
-        self.key = config.signing_key()
-        self.store = config.receipt_store()
         self._provider = None
         self._lock = threading.Lock()
         for partial in (self.workspace / "artifacts").glob(f"{PARTIAL_PREFIX}*"):   # a training cut off before its artifact was signed

@@ -509,3 +509,17 @@ def test_a_dataset_id_the_provider_would_refuse_is_refused_before_anything_is_re
     assert code == 3 and "[BAD_REQUEST] dataset_id '../x y'" in err, err
     index = ws / "artifacts.json"
     assert not index.exists() or "../x y" not in index.read_text()
+
+
+def test_a_client_command_refused_for_its_configuration_makes_no_workspace(tmp_path, capsys):
+    """`client upload` without the provider's key used to leave an empty workspace (artifacts/, jobs/) behind."""
+    from protocol.keys import generate_keypair
+
+    generate_keypair(tmp_path / "keys", "alice")
+    artifact = tmp_path / "artifact"
+    artifact.mkdir()
+    ws = tmp_path / "ws"
+    code, _, err = run_main(["client", "upload", "--dataset-id", "titanic", "--artifact", str(artifact), "--provider", "127.0.0.1:1",
+                             "--plaintext", "--id", "alice", "--key", str(tmp_path / "keys" / "alice.key"), "--workspace", str(ws)], capsys)
+    assert code == 3 and "provider's public key is not configured" in err, (code, err)
+    assert not ws.exists()

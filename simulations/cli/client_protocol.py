@@ -86,7 +86,7 @@ def register_actions(csub: argparse._SubParsersAction) -> None:
     a = csub.add_parser("ask", help="ask questions through the provider's Ask (one, several, or a file of them)",
                         description="Send questions (batched) to the provider's customized LLM and print each answer with its probabilities.",
                         formatter_class=fmt, epilog='example:\n  llamdex client ask --config client.toml "A woman of 29 in first class. Did she survive?"')
-    a.add_argument("questions", nargs="*", help="questions (or use --file)")
+    a.add_argument("questions", nargs="*", help="questions, each one argument (quote it); asked before those of --file when both are given")
     a.add_argument("--file", type=Path, help="a text file with one question per line")
     a.add_argument("--artifact-digest", default="", help="which expert (default: the latest uploaded)")
     a.add_argument("--include-base", action="store_true", help="also show the base LLM's answer alone")
