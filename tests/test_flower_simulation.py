@@ -118,6 +118,13 @@ def test_the_federated_expert_is_uploaded_once_under_a_client_level_receipt(run,
     assert fed["error"] is None and fed["clients"] == HONEST and fed["lead"] == "client-000" and fed["rounds"] == 2
     assert 0 < fed["epsilon_provider"] <= 2.0 and abs(fed["epsilon_flower"] - fed["epsilon_provider"]) / fed["epsilon_provider"] < 0.05
     assert fed["federated_accuracy"] is not None and fed["individual_accuracy_mean"] is not None
+    # asked through Llamdex too, on every member's questions, and scored by each member against the federated expert alone
+    assert fed["llamdex_error"] is None and 0 <= fed["federated_llamdex_accuracy"] <= 1
+    for cid in HONEST:
+        s = _client(report, cid)["scores"]
+        agree = s["federated_llamdex_agreement"]
+        assert 0 <= agree <= 1 and abs(s["federated_llamdex"]["accuracy"] - s["federated_expert"]["accuracy"]) <= 1 - agree + 1e-9
+    assert fed["federated_llamdex_agreement"] == sum(_client(report, c)["scores"]["federated_llamdex_agreement"] for c in HONEST) / len(HONEST)
     entries = [json.loads(e) for e in _ledger_receipts(run, "client-000")]
     params = [e["accountant_params"] for e in entries if e["dataset_id"] == "titanic-fedavg"]
     assert params and params[0]["mechanism"] == "dp-fedavg"

@@ -148,6 +148,9 @@ def federated(args: argparse.Namespace, work: Path, base_rc: dict[str, Any], sto
                         "individual_llamdex_accuracy_mean": _mean([c["scores"].get("llamdex", {}).get("accuracy") for c in members]),
                         "majority_class_accuracy_mean": _mean([c["scores"].get("majority_class", {}).get("accuracy") for c in members]),
                         "individual_llamdex_expert_agreement_mean": _mean([c["scores"].get("llamdex_expert_agreement") for c in members]),
+                        # the federated expert asked through Llamdex, on the same members' questions
+                        "federated_llamdex_accuracy": f.get("federated_llamdex_accuracy"),
+                        "federated_llamdex_agreement": f.get("federated_llamdex_agreement"),
                         "epsilon_unit": {"federated": "client (all records of one client)", "individual": "record (one row of one client's table)"},
                         "epsilon_flower": f["epsilon_flower"], "epsilon_provider": f["epsilon_provider"], "delta_client_level": f["delta"],
                         "individual_epsilons": f["individual_epsilons"], "rounds": f["rounds"], "noise_multiplier": f["noise_multiplier"],
@@ -261,15 +264,16 @@ def markdown(payload: dict[str, Any]) -> str:
                   "Balanced accuracy (mean over classes of the share of each class answered right) is 0.500 for an expert that gives "
                   "every record the same answer, whichever class it picks.", "",
                   "| table | ε | clients | runs (seeds) | federated acc. (client-level DP) | federated bal. acc. | "
-                  "individual acc. mean (record-level DP) | individual bal. acc. | "
+                  "federated through Llamdex | Llamdex = federated expert | individual acc. mean (record-level DP) | individual bal. acc. | "
                   "individual Llamdex | Llamdex = individual expert | majority class | rounds | noise multiplier | ε Flower / provider (largest) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
         for f in payload["federated"]:
             groups.setdefault((f["dataset"], f["epsilon"]), []).append(f)
         for (dataset, eps), fs in groups.items():
             lines.append(f"| {dataset} | {eps:g} | {fs[0]['clients']} | {len(fs)} ({', '.join(str(f.get('seed', 0)) for f in fs)}) | "
                          f"{_spread(fs, 'federated_accuracy')} | {_spread(fs, 'federated_balanced_accuracy_mean')} | "
+                         f"{_spread(fs, 'federated_llamdex_accuracy')} | {_spread(fs, 'federated_llamdex_agreement')} | "
                          f"{_spread(fs, 'individual_accuracy_mean')} | {_spread(fs, 'individual_balanced_accuracy_mean')} | "
                          f"{_spread(fs, 'individual_llamdex_accuracy_mean')} | {_spread(fs, 'individual_llamdex_expert_agreement_mean')} | "
                          f"{_spread(fs, 'majority_class_accuracy_mean')} | "

@@ -120,7 +120,8 @@ def score(msg: Message, context: Context) -> Message:
     a = msg.content["answers"]
     fed = msg.content["federated"] if "federated" in msg.content else None
     fed_arrays = dict(zip(fed.keys(), fed.to_numpy_ndarrays(), strict=True)) if fed is not None else None
-    scores = _client(context).score([int(v) for v in a["llamdex"]], [int(v) for v in a["base"]], fed_arrays)
+    fed_llamdex = [int(v) for v in a["federated-llamdex"]] if "federated-llamdex" in a else None
+    scores = _client(context).score([int(v) for v in a["llamdex"]], [int(v) for v in a["base"]], fed_arrays, fed_llamdex)
     return _reply(msg, scores=ConfigRecord({"json": json.dumps(scores, sort_keys=True)}))
 
 

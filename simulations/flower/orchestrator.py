@@ -368,6 +368,9 @@ class ProviderOrchestrator:
 
     def _evaluate(self) -> None:
         asked: dict[int, tuple[list[int], list[int]]] = {}
+        fed_asked: dict[int, list[int]] = {}
+        # a federation's expert is the lead's upload; the provider asks it each member's questions under the lead's identity
+        federation_of = {cid: fr for fr in self.report.federations if fr.artifact_digest and fr.error is None for cid in fr.clients}
 
         def on_questions(node: int, r: Message) -> None:
             qs = [str(q) for q in r.content["questions"]["questions"]]
@@ -382,6 +385,14 @@ class ProviderOrchestrator:
                 base += [int(a.probs.argmax()) for a in res.base]
                 rec.answered_by = res.artifact_digest
             asked[node] = (llamdex, base)
+            fr = federation_of.get(rec.client_id)
+            if fr is not None:
+                try:
+                    lead = self.party.config.client(fr.lead)
+                    fed_asked[node] = [int(a.probs.argmax()) for s in range(0, len(qs), self.s.ask_batch)
+                                       for a in self.party.ask(lead, qs[s:s + self.s.ask_batch], artifact_digest=fr.artifact_digest).answers]
+                except Exception as e:  # noqa: BLE001 - the member keeps its own scores; the federation says why its Llamdex has none
+                    fr.llamdex_error = fr.llamdex_error or f"asking the federated expert through Llamdex failed: {_reason(e)}"
 
         self._exchange("questions", {n: RecordDict() for n in self._active()}, "query.questions", on_questions)
 
@@ -391,7 +402,8 @@ class ProviderOrchestrator:
         contents = {}
         for node in self._active():
             llamdex, base = asked[node]
-            rd = RecordDict({"answers": ConfigRecord({"llamdex": llamdex, "base": base})})
+            answers = {"llamdex": llamdex, "base": base} | ({"federated-llamdex": fed_asked[node]} if node in fed_asked else {})
+            rd = RecordDict({"answers": ConfigRecord(answers)})
             if node in self.federated_arrays:
                 rd["federated"] = ArrayRecord({k: Array(v) for k, v in self.federated_arrays[node].items()})
             contents[node] = rd
@@ -401,6 +413,10 @@ class ProviderOrchestrator:
             if recs:
                 fr.federated_accuracy = sum(r.scores["federated_expert"]["accuracy"] for r in recs) / len(recs)
                 fr.individual_accuracy_mean = sum(r.scores["expert"]["accuracy"] for r in recs) / len(recs)
+            through = [r for r in recs if "federated_llamdex" in r.scores]
+            if through:
+                fr.federated_llamdex_accuracy = sum(r.scores["federated_llamdex"]["accuracy"] for r in through) / len(through)
+                fr.federated_llamdex_agreement = sum(r.scores["federated_llamdex_agreement"] for r in through) / len(through)
 
 
 def _reason(e: BaseException) -> str:

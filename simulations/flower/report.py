@@ -66,6 +66,9 @@ class FederationRecord:
     receipt_id: str = ""
     federated_accuracy: float | None = None
     individual_accuracy_mean: float | None = None
+    federated_llamdex_accuracy: float | None = None     # the federated expert asked through Llamdex, members' questions
+    federated_llamdex_agreement: float | None = None    # share of those answers that equal the federated expert's own
+    llamdex_error: str | None = None
     individual_epsilons: list[float | None] = field(default_factory=list)
     seconds: float = 0.0
     error: str | None = None
@@ -132,11 +135,13 @@ class RunReport:
         for s in self.schemas:
             lines.append(f"| {s.schema_digest[:19]}… | {', '.join(s.dataset_ids)} | {len(s.clients)} | {s.connectors} | {s.seconds:.1f} |")
         if self.federations:
-            lines += ["", "| federation | clients | rounds | ε client-level (Flower / provider) | federated acc. | individual acc. (mean) | note |",
-                      "|---|---|---|---|---|---|---|"]
+            lines += ["", "| federation | clients | rounds | ε client-level (Flower / provider) | federated acc. | through Llamdex (agreement) | "
+                      "individual acc. (mean) | note |", "|---|---|---|---|---|---|---|---|"]
             for f in self.federations:
+                through = "–" if f.federated_llamdex_accuracy is None else f"{f.federated_llamdex_accuracy:.3f} ({f.federated_llamdex_agreement:.3f})"
                 lines.append(f"| {f.dataset_id} | {len(f.clients)} | {f.rounds} | {_num(f.epsilon_flower)} / {_num(f.epsilon_provider)} | "
-                             f"{_num(f.federated_accuracy)} | {_num(f.individual_accuracy_mean)} | {f.error or f.unit_note} |")
+                             f"{_num(f.federated_accuracy)} | {through} | {_num(f.individual_accuracy_mean)} | "
+                             f"{f.error or f.llamdex_error or f.unit_note} |")
         return "\n".join(lines) + "\n"
 
 

@@ -163,8 +163,10 @@ class SimulatedClient:
         rows = d.heldout.iloc[: self.scenario.max_test]
         return Verbalizer(d.schema, seed=10_000 + self.scenario.seed + self.index).questions(rows[d.schema.feature_names].to_dict("records"))
 
-    def score(self, llamdex: list[int], base: list[int], federated_arrays: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Scores, here, the answers to its own questions: base LLM, its expert alone, Llamdex (labels never leave)."""
+    def score(self, llamdex: list[int], base: list[int], federated_arrays: dict[str, Any] | None = None,
+              federated_llamdex: list[int] | None = None) -> dict[str, Any]:
+        """Scores, here, the answers to its own questions: base LLM, its expert alone, Llamdex (labels never leave);
+        for a federation's member also the federated expert, alone and asked through Llamdex."""
         from client_party.datasets import encode_table
         from client_party.expert_training import predict_proba
 
@@ -179,7 +181,13 @@ class SimulatedClient:
                # what Llamdex is for: the share of questions it answers as the client's expert does (accuracy alone hides it)
                "llamdex_expert_agreement": float(np.mean(np.asarray(llamdex) == expert))}
         if federated_arrays is not None:
-            out["federated_expert"] = _scores(y, predict_proba(self._expert_from(federated_arrays, d.schema), x).argmax(1))
+            federated = predict_proba(self._expert_from(federated_arrays, d.schema), x).argmax(1)
+            out["federated_expert"] = _scores(y, federated)
+            if federated_llamdex is not None:
+                if len(federated_llamdex) != len(y):
+                    raise ValueError(f"{len(federated_llamdex)} answers of the federated expert through Llamdex for {len(y)} questions")
+                out["federated_llamdex"] = _scores(y, np.asarray(federated_llamdex))
+                out["federated_llamdex_agreement"] = float(np.mean(np.asarray(federated_llamdex) == federated))
         return out
 
     def _individual_expert(self) -> Any:
