@@ -34,9 +34,18 @@ def durable_connection(path: str | Path, *, rows: bool = True) -> Iterator[sqlit
 
 
 def init_schema(path: str | Path, script: str) -> None:
-    """Creates a store's tables (the script uses IF NOT EXISTS, so opening an existing store is a no-op)."""
-    with durable_connection(path) as con:
-        con.executescript(script)
+    """Creates a store's tables (the script uses IF NOT EXISTS, so opening an existing store is a no-op).
+
+    A file that is not SQLite (random bytes, a folder) or holds other tables of the same names is refused as
+    STORE_CORRUPT naming it, and left as it is."""
+    from protocol.errors import LedgerError
+
+    try:
+        with durable_connection(path) as con:
+            con.executescript(script)
+    except sqlite3.DatabaseError as e:
+        raise LedgerError("STORE_CORRUPT", f"{path} cannot be opened as this party's state store ({e}); it was not changed. Restore it "
+                          "from a backup, or point the party at its own state folder", file=str(path)) from None
 
 
 @contextlib.contextmanager

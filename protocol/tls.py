@@ -211,20 +211,40 @@ def channel_credentials(tls: TLSFiles) -> Any:
     return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
 
 
-def add_port(server: Any, address: str, tls: TLSFiles | None, *, plaintext: bool = False) -> int:
-    """Binds `server` to `address` with mutual TLS (or plaintext on loopback when asked); returns the port."""
+def check_listen(address: str, tls: TLSFiles | None, *, plaintext: bool = False) -> None:
+    """What a server can check before it binds or opens any state: the address's form, plaintext only on
+    loopback, and (with TLS) that its three files exist, parse, and belong together (CA, certificate, key).
+
+    gRPC reports every one of these as "Failed to bind to address", naming the address for a bad file."""
+    split_address(address)
     if plaintext:
         require_loopback_for_plaintext(address)
-        port = server.add_insecure_port(address)
-    else:
-        if not tls_policy.EFFECTIVE:
-            logging.getLogger(__name__).error("gRPC was imported before protocol.tls_policy: %s accepts TLS 1.2 as well as 1.3 in this "
-                                              "process; import `protocol` before `grpc`", address)
-        if tls is None:
-            raise TransportError("TLS_FILES_MISSING", operator_errors.tls_files_missing(address), rule="mutual TLS")
-        port = server.add_secure_port(address, server_credentials(tls))
+        return
+    if tls is None:
+        raise TransportError("TLS_FILES_MISSING", operator_errors.tls_files_missing(address), rule="mutual TLS")
+    tls.read()
+    from protocol.tls_diagnosis import check_own_files
+
+    # not the expiry: a server's certificate can expire while it runs too, and its clients name that case themselves
+    # (TLS_PEER_CERT_EXPIRED); `llamdex hosts check` reports it before a start
+    problem = check_own_files(tls, expiry=False)
+    if problem is not None:
+        raise problem
+
+
+def add_port(server: Any, address: str, tls: TLSFiles | None, *, plaintext: bool = False) -> int:
+    """Binds `server` to `address` with mutual TLS (or plaintext on loopback when asked); returns the port."""
+    check_listen(address, tls, plaintext=plaintext)
+    if not plaintext and not tls_policy.EFFECTIVE:
+        logging.getLogger(__name__).error("gRPC was imported before protocol.tls_policy: %s accepts TLS 1.2 as well as 1.3 in this "
+                                          "process; import `protocol` before `grpc`", address)
+    try:
+        port = server.add_insecure_port(address) if plaintext else server.add_secure_port(address, server_credentials(tls))
+    except RuntimeError:   # grpc >= 1.5x raises instead of returning 0
+        port = 0
     if port == 0:
-        raise TransportError("BAD_ADDRESS", f"could not bind {address!r} (in use, or not an address of this host)")
+        raise TransportError("BAD_ADDRESS", f"could not bind {address!r}: the port is in use, or the host is not an address of this machine",
+                             rule="HOST:PORT")
     return port
 
 

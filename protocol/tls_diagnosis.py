@@ -20,6 +20,7 @@ import datetime as _dt
 import socket
 import ssl
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -57,15 +58,27 @@ def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
 
 
-def check_own_files(tls: TLSFiles) -> TransportError | None:
-    """This party's certificate: not expired, issued by the CA it trusts, matching its key."""
-    cert = x509.load_pem_x509_certificate(Path(tls.cert).read_bytes())
-    if cert.not_valid_after_utc < _now():
+def check_own_files(tls: TLSFiles, *, expiry: bool = True) -> TransportError | None:
+    """This party's files: each a PEM of its kind; the certificate not expired (unless `expiry` is False), issued by
+    the CA it trusts, matching its key."""
+    def parsed(path: Path, what: str, load: Any) -> Any:
+        try:
+            return load(Path(path).read_bytes())
+        except (ValueError, TypeError) as e:   # not PEM, another kind of PEM, an encrypted key
+            reason = ' '.join(str(e).split())[:200] or type(e).__name__
+            return TransportError("TLS_FILE_INVALID", f"{path} is not {what} ({reason}); take ca.pem, NAME.pem "
+                                  "and NAME.key from one `llamdex certs` (or `hosts bundle`) folder", file=str(path))
+
+    cert = parsed(tls.cert, "a PEM certificate", x509.load_pem_x509_certificate)
+    cas = parsed(tls.ca, "a PEM CA certificate", x509.load_pem_x509_certificates)
+    key = parsed(tls.key, "an unencrypted PEM private key", lambda b: serialization.load_pem_private_key(b, password=None))
+    for got in (cert, cas, key):
+        if isinstance(got, TransportError):
+            return got
+    if expiry and cert.not_valid_after_utc < _now():
         return TransportError("TLS_OWN_CERT_EXPIRED", msg.tls_own_cert_expired(str(tls.cert), cert.not_valid_after_utc), file=str(tls.cert))
-    cas = x509.load_pem_x509_certificates(Path(tls.ca).read_bytes())
     if not any(_issued_by(cert, ca) for ca in cas):
         return TransportError("TLS_OWN_CERT_NOT_FROM_CA", msg.tls_own_cert_not_from_ca(str(tls.cert), str(tls.ca)), file=str(tls.cert))
-    key = serialization.load_pem_private_key(Path(tls.key).read_bytes(), password=None)
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     if key.public_key().public_bytes(serialization.Encoding.DER, spki) != cert.public_key().public_bytes(serialization.Encoding.DER, spki):
         return TransportError("TLS_KEY_MISMATCH", msg.tls_key_mismatch(str(tls.cert), str(tls.key)), file=str(tls.key))

@@ -63,7 +63,7 @@ PROVIDER_KEYS = {"id", "listen", "key", "state", "connectors", "base_model", "de
 
 
 ZERO_ALLOWED_LIMITS = {"batch_max_wait_ms", "background_wait_s"}
-INTEGER_LIMITS = {"batch_max_rows", "batch_max_queued_rows", "max_resident_experts"}
+GRPC_MAX_MESSAGE_BYTES = 2**31 - 1   # gRPC takes message limits as a signed 32-bit integer
 
 
 @dataclass(frozen=True)
@@ -118,8 +118,11 @@ class ProviderLimits:
             zero_ok = f.name in ZERO_ALLOWED_LIMITS
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0 if zero_ok else v > 0):
                 raise ConfigError("BAD_CONFIG", f"[limits] {f.name} must be a {'non-negative' if zero_ok else 'positive'} number, got {v!r}")
-            if f.name in INTEGER_LIMITS and not isinstance(v, int):
+            if f.type in ("int", int) and not isinstance(v, int):   # counts, bytes, threads: 0.5 of a thread started a server
                 raise ConfigError("BAD_CONFIG", f"[limits] {f.name} must be a whole number, got {v!r}")
+        if out.max_message_bytes > GRPC_MAX_MESSAGE_BYTES:
+            raise ConfigError("BAD_CONFIG", f"[limits] max_message_bytes must be at most {GRPC_MAX_MESSAGE_BYTES} (gRPC's limit), "
+                              f"got {out.max_message_bytes}")
         if out.max_chunk_bytes + 64 * 1024 > out.max_message_bytes:
             raise ConfigError("BAD_CONFIG", "[limits] max_chunk_bytes + 64 KiB must fit in max_message_bytes")
         if out.batch_max_queued_rows < 2 * out.max_batch_questions:
@@ -269,6 +272,14 @@ def check_device(value: Any, where: str = "[provider] device") -> str:
         raise ConfigError("BAD_CONFIG", f"{where}: {str(e).split('] ', 1)[-1]}") from None
 
 
+def check_clients(clients: tuple[RegisteredClient, ...], where: str) -> tuple[RegisteredClient, ...]:
+    """Each client id once: a second registration would silently replace the first's key and budget."""
+    ids = [c.client_id for c in clients]
+    if len(set(ids)) != len(ids):
+        raise ConfigError("BAD_CONFIG", f"{where}: a client id is registered twice: {ids}")
+    return clients
+
+
 def load_provider_config(path: str | Path) -> ProviderConfig:
     """Reads a provider TOML file strictly: every table and key known, `[tls]` whole or absent, each client checked."""
     path = Path(path)
@@ -278,16 +289,20 @@ def load_provider_config(path: str | Path) -> ProviderConfig:
     p = section(data, "provider", PROVIDER_KEYS, path)
     tls, plaintext = tls_section(data, base, path)
     rel = lambda v: None if v in (None, "") else (base / v)  # noqa: E731
+
+    def required_path(name: str, default: str) -> Path:
+        v = string(p, name, where, default)
+        if not v.strip():
+            raise ConfigError("BAD_CONFIG", f"{where} {name} must be a path, got an empty string (leave it out for {default!r})")
+        return base / v
+
     raw_clients = data.get("clients", [])
     if not isinstance(raw_clients, list):
         raise fail(f"{path} [[clients]]", "must be an array of tables: write each client as [[clients]]")
-    clients = tuple(parse_client(c, base, i) for i, c in enumerate(raw_clients))
-    ids = [c.client_id for c in clients]
-    if len(set(ids)) != len(ids):
-        raise ConfigError("BAD_CONFIG", f"{path}: a client id is registered twice: {ids}")
+    clients = check_clients(tuple(parse_client(c, base, i) for i, c in enumerate(raw_clients)), str(path))
     return ProviderConfig(
         provider_id=check_id(p.get("id", "provider"), "[provider] id"), listen=string(p, "listen", where, "127.0.0.1:50051"),
-        key=rel(string(p, "key", where, "provider.key")), state=rel(string(p, "state", where, "provider-state")),
+        key=required_path("key", "provider.key"), state=required_path("state", "provider-state"),
         connectors=rel(string(p, "connectors", where)), base_model=string(p, "base_model", where, "embedded"),
         device=check_device(p.get("device", "cpu")), preset=_preset(p.get("preset", "quick")), preload=boolean(p, "preload", where, True),
         tls=tls, plaintext=plaintext, limits=ProviderLimits.from_dict(section(data, "limits", {f.name for f in fields(ProviderLimits)}, path)),
@@ -296,5 +311,5 @@ def load_provider_config(path: str | Path) -> ProviderConfig:
     )
 
 
-__all__ = ["ConfigError", "LOG_LEVELS", "ProviderConfig", "ProviderLimits", "RegisteredClient", "check_device", "check_id", "load_provider_config",
+__all__ = ["ConfigError", "LOG_LEVELS", "check_clients", "ProviderConfig", "ProviderLimits", "RegisteredClient", "check_device", "check_id", "load_provider_config",
            "parse_client"]

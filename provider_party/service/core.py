@@ -92,6 +92,8 @@ class ProviderParty:
     def __init__(self, config: ProviderConfig, *, on_job_done: Callable[[Job], None] | None = None):
         self.config = config
         state = Path(config.state)
+        if state.exists() and not state.is_dir():
+            raise NotADirectoryError(20, "the state folder is a file, not a folder", str(state))
         state.mkdir(parents=True, exist_ok=True)
         self.key = load_private_key(config.key)
         self.receipt_key_list = load_key_list(config.receipt_keys, self.key)

@@ -274,6 +274,22 @@ class Ledger:
         self.default_epsilon_budget = default_epsilon_budget
         self.default_delta_budget = default_delta_budget
         self._fault: Callable[[str], None] | None = None   # test hook: called at named points inside a write
+        try:
+            fmt = self._open_tables()
+        except sqlite3.DatabaseError as e:   # random bytes, a folder, another program's database
+            raise LedgerError("LEDGER_CORRUPT", f"{self.path} cannot be opened as a ledger ({e}); it was not changed. Restore it from a "
+                              "backup, or point the provider at its own state folder", file=str(self.path)) from None
+        if fmt not in (LEDGER_FORMAT, LEDGER_FORMAT_V1):
+            raise LedgerError("LEDGER_FORMAT", f"ledger {self.path} has format {fmt!r}; this version reads {LEDGER_FORMAT!r} "
+                              f"(and upgrades {LEDGER_FORMAT_V1!r}); use the provider version that wrote it", file=str(self.path))
+        self.format = fmt
+        if fmt == LEDGER_FORMAT_V1 and signing_key is not None:
+            self._upgrade_v1()
+        if signing_key is not None and self.format == LEDGER_FORMAT:
+            self._note_receipt_key(endorsement)
+
+    def _open_tables(self) -> str:
+        """Creates the tables of a new ledger; returns the file's format."""
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(_OTHER)
@@ -286,14 +302,7 @@ class Ledger:
                 fmt = LEDGER_FORMAT
             else:
                 fmt = fmt_row[0] if fmt_row is not None else LEDGER_FORMAT_V1
-        if fmt not in (LEDGER_FORMAT, LEDGER_FORMAT_V1):
-            raise LedgerError("LEDGER_FORMAT", f"ledger {self.path} has format {fmt!r}; this version reads {LEDGER_FORMAT!r} "
-                              f"(and upgrades {LEDGER_FORMAT_V1!r}); use the provider version that wrote it", file=str(self.path))
-        self.format = fmt
-        if fmt == LEDGER_FORMAT_V1 and signing_key is not None:
-            self._upgrade_v1()
-        if signing_key is not None and self.format == LEDGER_FORMAT:
-            self._note_receipt_key(endorsement)
+        return fmt
 
     # --- connections -----------------------------------------------------------------------------
 

@@ -38,19 +38,24 @@ class ProviderServer:
     def __init__(self, config: ProviderConfig):
         self.config = config
         self.created = time.monotonic()
-        self.servicer = ProviderServicer(config)
-        jobs = self.servicer.party.jobs
-        jobs.runner = log_jobs(jobs.runner)
         self.calls = CallLog(plaintext=config.plaintext)
         lim = config.limits
         self.server = grpc.server(ThreadPoolExecutor(max_workers=lim.max_workers, thread_name_prefix="llamdex-provider"),
                                   interceptors=[self.calls, MalformedRequestInterceptor()],
                                   options=[("grpc.max_receive_message_length", lim.max_message_bytes),
                                            ("grpc.max_send_message_length", lim.max_message_bytes)])
+        # bound before any state is opened: a bad address, a busy port or bad TLS files leave no state folder behind
+        self.port = add_port(self.server, config.listen, config.tls, plaintext=config.plaintext)
+        try:
+            self.servicer = ProviderServicer(config)
+        except BaseException:
+            self.server.stop(None)
+            raise
+        jobs = self.servicer.party.jobs
+        jobs.runner = log_jobs(jobs.runner)
         provider_pb2_grpc.add_ProviderServiceServicer_to_server(self.servicer, self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = add_port(self.server, config.listen, config.tls, plaintext=config.plaintext)
         host = config.listen.rsplit(":", 1)[0]
         self.address = f"{host}:{self.port}"
         self.ready = threading.Event()

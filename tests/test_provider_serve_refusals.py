@@ -1,0 +1,131 @@
+"""`llamdex provider serve` refusing a start: each bad setting is one line with the project's exit status, and a
+refused start opens no state (no state folder, no ledger), or leaves the state it found as it was.
+
+Each case was an internal error (exit 70, "Failed to bind to address", a sqlite3 or TypeError) or made a state
+folder before the refusal, or, for the flags, was not refused at all."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from protocol.keys import generate_keypair
+from protocol.tls import make_certs
+from simulations.cli import main as cli
+
+
+@pytest.fixture()
+def world(tmp_path):
+    generate_keypair(tmp_path / "keys", "provider")
+    generate_keypair(tmp_path / "keys", "alice")
+    make_certs(tmp_path / "certs", {"provider": ["localhost", "127.0.0.1"]})
+    return tmp_path
+
+
+def config(world, *, listen: str = "127.0.0.1:0", state: str = "state", extra: str = "", tls: dict | None = None) -> str:
+    tls = {"ca": "certs/ca.pem", "cert": "certs/provider.pem", "key": "certs/provider.key", **(tls or {})}
+    path = world / "provider.toml"
+    path.write_text(f'[provider]\nlisten = "{listen}"\nkey = "keys/provider.key"\nstate = "{state}"\npreload = false\n{extra}\n'
+                    f'[tls]\nca = "{tls["ca"]}"\ncert = "{tls["cert"]}"\nkey = "{tls["key"]}"\n\n'
+                    '[[clients]]\nid = "alice"\npublic_key = "keys/alice.pub"\n')
+    return str(path)
+
+
+def serve(argv: list[str], capsys) -> tuple[int, str]:
+    try:
+        code = cli.main(["provider", "serve", *argv])
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("listen", ["host", ":", "[::1", "127.0.0.1:abc", "127.0.0.1:99999", "127.0.0.1:-1", ""])
+def test_a_malformed_listen_address_is_refused_before_any_state(world, capsys, listen):
+    code, err = serve(["--config", config(world, listen=listen)], capsys)
+    assert code == 3 and "[BAD_ADDRESS]" in err and "internal error" not in err, (code, err)
+    assert not (world / "state").exists()
+
+
+def test_a_busy_port_is_refused_in_a_sentence_before_any_state(world, capsys):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        code, err = serve(["--config", config(world, listen=f"127.0.0.1:{port}")], capsys)
+    assert code == 3 and "[BAD_ADDRESS]" in err and "in use" in err, (code, err)
+    assert not (world / "state").exists()
+
+
+@pytest.mark.parametrize("case", ["ca is random bytes", "cert is text", "key of another party"])
+def test_bad_tls_files_are_named_not_blamed_on_the_address(world, capsys, case):
+    (world / "junk.pem").write_bytes(bytes(range(256)) * 4)
+    (world / "notes.pem").write_text("not a certificate\n")
+    generate_keypair(world / "other", "x")
+    tls = {"ca is random bytes": {"ca": "junk.pem"}, "cert is text": {"cert": "notes.pem"}, "key of another party": {"key": "other/x.key"}}[case]
+    code, err = serve(["--config", config(world, tls=tls)], capsys)
+    named = next(iter(tls.values()))
+    assert code == 3 and named in err and "Failed to bind" not in err and "internal error" not in err, (code, err)
+    assert ("[TLS_KEY_MISMATCH]" if case == "key of another party" else "[TLS_FILE_INVALID]") in err
+    assert not (world / "state").exists()
+
+
+@pytest.mark.parametrize("store", ["ledger.db", "state.db"])
+def test_a_store_that_is_not_one_is_refused_as_corrupt_and_left_as_it_was(world, capsys, store):
+    state = world / "state"
+    state.mkdir()
+    junk = bytes(range(256)) * 160
+    (state / store).write_bytes(junk)
+    code, err = serve(["--config", config(world)], capsys)
+    assert code == 5 and ("[LEDGER_CORRUPT]" if store == "ledger.db" else "[STORE_CORRUPT]") in err and str(state / store) in err, (code, err)
+    assert (state / store).read_bytes() == junk
+
+
+def test_a_ledger_with_other_tables_of_the_same_names_is_corrupt_not_an_internal_error(world, capsys):
+    import sqlite3
+
+    (world / "state").mkdir()
+    con = sqlite3.connect(world / "state" / "ledger.db")
+    con.executescript("create table entries(x); create table meta(y);")
+    con.close()
+    code, err = serve(["--config", config(world)], capsys)
+    assert code == 5 and "[LEDGER_CORRUPT]" in err, (code, err)
+
+
+@pytest.mark.parametrize("flags, said", [(["--client", "bob=PUB", "--epsilon-budget", "-1"], "--epsilon-budget must be a positive number"),
+                                         (["--client", "bob=PUB", "--epsilon-budget", "nan"], "--epsilon-budget must be a positive number"),
+                                         (["--grace", "-5"], "--grace must be a positive number"),
+                                         (["--preset", "huge"], "preset 'huge' is not one of"),
+                                         (["--client", "alice=PUB"], "a client id is registered twice")])
+def test_serve_flags_pass_the_checks_of_the_config_keys_they_override(world, capsys, flags, said):
+    flags = [f.replace("PUB", str(world / "keys" / "alice.pub")) for f in flags]
+    code, err = serve(["--config", config(world), *flags], capsys)
+    assert code == 3 and said in err, (code, err)
+    assert not (world / "state").exists()
+
+
+@pytest.mark.parametrize("extra, said", [('key = ""', "key must be a path"),
+                                         ("[limits]\nmax_workers = 0.5", "max_workers must be a whole number"),
+                                         ("[limits]\nmax_message_bytes = 2147483648", "max_message_bytes must be at most 2147483647")])
+def test_config_values_the_server_cannot_take_are_refused_in_a_sentence(world, capsys, extra, said):
+    path = config(world)
+    text = open(path).read()
+    if extra.startswith("key"):
+        text = text.replace('key = "keys/provider.key"', extra)
+    else:
+        text = text.replace("[tls]", extra + "\n\n[tls]")
+    open(path, "w").write(text)
+    code, err = serve(["--config", path], capsys)
+    assert code == 3 and said in err, (code, err)
+    assert not (world / "state").exists()
+
+
+def test_keygen_refused_for_an_existing_public_key_writes_no_private_key(tmp_path, capsys):
+    (tmp_path / "a.pub").write_text("old\n")
+    try:
+        code = cli.main(["keygen", "--name", "a", "--out", str(tmp_path)])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 3 and "[KEY_EXISTS]" in err and "a.pub" in err, (code, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pub"]
