@@ -21,6 +21,7 @@ import datetime as _dt
 import ipaddress
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -151,9 +152,48 @@ def issue_cert(ca_cert_path: str | os.PathLike, ca_key_path: str | os.PathLike, 
     return _write_cert(cert, folder / f"{name}.pem"), key_path
 
 
+MAX_DAYS = 36_500   # a hundred years; past the year 9999 a certificate's date cannot be written at all
+_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def check_host(host: str) -> str:
+    """A name a certificate can hold and a TLS peer can match: an IP address, or an ASCII DNS name (IDNs as A-labels)."""
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    if host.isascii() and len(host) <= 253 and all(_DNS_LABEL.match(label) for label in host.rstrip(".").split(".")):
+        return host
+    hint = (f"; write it as its A-label ({host.encode('idna').decode()})" if not host.isascii() and _idna(host) else
+            "; give the host without the port (the port goes in [provider] listen / address)" if ":" in host and not host.startswith("[") else
+            "; an IPv6 address goes without brackets" if host.startswith("[") else "")
+    raise TransportError("BAD_HOST", f"{host!r} is neither an IP address nor a DNS name (letters, digits and '-' between dots){hint}",
+                         rule="certificate host")
+
+
+def _idna(host: str) -> bool:
+    try:
+        host.encode("idna")
+        return True
+    except UnicodeError:
+        return False
+
+
 def make_certs(folder: str | os.PathLike, parties: dict[str, Sequence[str]], days: int = DEFAULT_DAYS, *, overwrite: bool = False) -> dict[str, TLSFiles]:
-    """A CA (reused when ca.pem/ca.key exist) and one certificate per party: {name: hosts}."""
+    """A CA (reused when ca.pem/ca.key exist) and one certificate per party: {name: hosts}.
+
+    Every name, host and the validity are checked before the first file is written."""
     folder = Path(folder)
+    if not 1 <= days <= MAX_DAYS:
+        raise TransportError("BAD_VALIDITY", f"a certificate's validity must be 1 to {MAX_DAYS} days, got {days}", rule="validity")
+    for name, hosts in parties.items():
+        if name == "ca":
+            raise TransportError("BAD_NAME", "party name 'ca' is the certificate authority's own (ca.pem, ca.key); choose another name")
+        for h in hosts:
+            check_host(h)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(20, "the certificate folder is a file, not a folder", str(folder))
     if not ((folder / "ca.pem").is_file() and (folder / "ca.key").is_file()):
         create_ca(folder, days=days, overwrite=overwrite)
     out = {}

@@ -129,3 +129,36 @@ def test_keygen_refused_for_an_existing_public_key_writes_no_private_key(tmp_pat
     err = capsys.readouterr().err
     assert code == 3 and "[KEY_EXISTS]" in err and "a.pub" in err, (code, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pub"]
+
+
+def test_a_connector_store_that_is_a_file_is_refused_before_state_or_training(world, capsys):
+    """`provider connectors` used to run the frozen passes and fail only at the save; `provider serve` started and
+    reported ready."""
+    (world / "connfile").write_text("hi\n")
+    path = config(world, extra='connectors = "connfile"')
+    code, err = serve(["--config", path], capsys)
+    assert code == 4 and "connfile" in err and "not a folder" in err, (code, err)
+    assert not (world / "state").exists()
+    try:
+        code = cli.main(["provider", "connectors", "--schema", "titanic", "--quick", "--connectors", str(world / "connfile" / "sub")])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 4 and "connfile" in err and "frozen" not in err.lower(), (code, err)
+
+
+@pytest.mark.parametrize("argv, said", [(["--days", "100000000"], "1 to 36500 days"),
+                                        (["--party", "provider=ünïcode.example"], "xn--"),
+                                        (["--party", "provider=127.0.0.1:50051"], "without the port"),
+                                        (["--party", "provider=host name"], "neither an IP address nor a DNS name"),
+                                        (["--party", "ca=localhost"], "certificate authority's own"),
+                                        (["--party", "provider=localhost", "--party", "provider=127.0.0.1"], "given twice")])
+def test_certs_refuses_a_host_name_or_validity_it_cannot_write_before_writing_anything(tmp_path, capsys, argv, said):
+    out = tmp_path / "c"
+    try:
+        code = cli.main(["certs", "--out", str(out), *argv])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code in (2, 3) and said in err and "internal error" not in err, (code, err)
+    assert not out.exists() or not any(out.iterdir())

@@ -7,6 +7,7 @@ retrained rather than left to misread them.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -34,6 +35,20 @@ class ConnectorStore:
         if key not in self._formats:
             self._formats[key] = question_format_fingerprint(base.tokenizer, schema)
         return self._formats[key]
+
+    def check_writable(self) -> None:
+        """Refuses a store that could not take a trained set: found only after minutes of training otherwise.
+
+        The root, or the nearest folder above it that exists, must be a folder this process may write."""
+        p = self.root
+        while not p.exists() and p != p.parent:
+            if p.is_symlink():   # a dangling link: the folder it names is not there
+                break
+            p = p.parent
+        if p.exists() and not p.is_dir():
+            raise NotADirectoryError(20, "the connector store (or a folder above it) is a file, not a folder", str(p))
+        if p.exists() and not os.access(p, os.W_OK | os.X_OK):
+            raise PermissionError(13, "the connector store cannot be written by this user", str(p))
 
     def model_dir(self, base_model_id: str) -> Path:
         return self.root / _safe(base_model_id)

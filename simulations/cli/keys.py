@@ -78,6 +78,8 @@ def parse_parties(items: list[str] | None) -> dict[str, list[str]]:
         if not sep or not name:
             raise SystemExit(f"--party {it!r}: expected NAME=HOST[,HOST...]")
         check_file_name(name, "--party", "NAME.pem and NAME.key inside --out")
+        if name in out:
+            raise UsageError(f"--party {name} is given twice; give all its hosts in one --party {name}=HOST,HOST")
         named = [h.strip() for h in hosts.split(",") if h.strip()]
         if not named:
             raise SystemExit(f"--party {it!r}: name at least one host, e.g. {name}=localhost,127.0.0.1")

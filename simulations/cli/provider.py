@@ -41,8 +41,9 @@ def _connectors(args: argparse.Namespace) -> int:
     from provider_party.model.connector_store import ConnectorStore
 
     schema = load_schema(args.schema)
-    base = load_base_llm(args.base_model)
     store = ConnectorStore(args.connectors)
+    store.check_writable()
+    base = load_base_llm(args.base_model)
     why = None if args.retrain else store.unusable(base, schema)
     if why is not None:
         print(f"training connectors: {why}")
