@@ -29,12 +29,16 @@ def fail(where: str, message: str) -> ConfigError:
 def read_toml(path: str | Path, what: str) -> dict[str, Any]:
     """The parsed file; a missing file is a FileNotFoundError, an unreadable or malformed one a ConfigError naming it."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(21, f"the {what} config is a folder; give its TOML file", str(path))
     if not path.is_file():
         raise FileNotFoundError(2, f"{what} config file not found", str(path))
     try:
         return tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ConfigError("BAD_CONFIG", f"cannot read {what} config {path}: {e}") from None
+    except RecursionError:
+        raise ConfigError("BAD_CONFIG", f"cannot read {what} config {path}: its arrays or tables nest deeper than the parser follows") from None
 
 
 def check_keys(table: Any, allowed: set[str] | tuple[str, ...], where: str) -> dict[str, Any]:

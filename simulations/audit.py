@@ -271,6 +271,8 @@ def _loads(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         return _unreadable(f"not JSON: {e}")
+    except RecursionError:   # arrays nested thousands deep: no receipt looks like that
+        return _unreadable("not a receipt: its JSON nests deeper than Python's parser follows")
 
 
 def audit_receipts(report: AuditReport, envelopes: Sequence[tuple[str, Any]], provider_key: Any) -> list[Any]:

@@ -162,3 +162,23 @@ def test_certs_refuses_a_host_name_or_validity_it_cannot_write_before_writing_an
     err = capsys.readouterr().err
     assert code in (2, 3) and said in err and "internal error" not in err, (code, err)
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_config_nested_past_the_parser_or_a_folder_as_config_is_refused_in_a_sentence(world, capsys):
+    deep = world / "deep.toml"
+    deep.write_text("[provider]\nid = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    code, err = serve(["--config", str(deep)], capsys)
+    assert code == 3 and "nest deeper" in err, (code, err)
+    code, err = serve(["--config", str(world)], capsys)
+    assert code == 4 and "is a folder" in err, (code, err)
+
+
+def test_an_audited_receipt_file_nested_past_the_parser_is_a_finding(tmp_path, capsys):
+    deep = tmp_path / "r.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    try:
+        code = cli.main(["audit", "--receipts", str(deep)])
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    assert code == 1 and "nests deeper" in out.out + out.err, (code, out)
