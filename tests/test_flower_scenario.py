@@ -300,3 +300,27 @@ def test_a_client_apps_failure_on_its_own_bad_table_reaches_the_server_app_witho
         loads_its_table(None, None)
     assert ei.value.code == "DATA_INVALID" and "2 problem(s)" in str(ei.value)
     assert "73981244551902" not in str(ei.value) and "abc" not in str(ei.value) and "payroll" not in str(ei.value)
+
+
+@pytest.mark.parametrize("flags, said", [(["--data", "NOSCHEMA"], "has no usable schema"),
+                                         (["--data", "titanic", "--schema", "MISSING"], "'schema'"),
+                                         (["--provider-device", "cuda:x"], "must be cpu, cuda or cuda:N"),
+                                         (["--timeout", "-5"], "positive finite number"),
+                                         (["--num-gpus", "nan"], "non-negative finite number"),
+                                         (["--num-cpus", "0"], "at least 1")])
+def test_simulate_refuses_values_that_used_to_reach_a_run(flags, said, tmp_path, capsys, monkeypatch):
+    """Each of these passed the command's checks and would have started Flower: a table without its schema failed in
+    every ClientApp, `cuda:x` on the provider, and a negative timeout or 0 CPUs were silently replaced."""
+    from simulations.cli.main import main
+    from simulations.flower import launcher
+
+    (tmp_path / "t.csv").write_text("a,b\n1,2\n")
+    flags = [f.replace("NOSCHEMA", str(tmp_path / "t.csv")).replace("MISSING", str(tmp_path / "nope.json")) for f in flags]
+    monkeypatch.setattr(launcher, "stream_process", lambda *a, **k: pytest.fail("a Flower process was started"))
+    try:
+        code = main(["simulate", "--out", str(tmp_path / "run"), *flags])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and said in err and "Traceback" not in err, (code, err)
+    assert not (tmp_path / "run").exists()

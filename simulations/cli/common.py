@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -77,6 +78,23 @@ def _whole_number_at_least(lo: int, doc: str) -> Callable[[str], int]:
 
 positive_int = _whole_number_at_least(1, "A count given on the command line (1 or more), refused in a sentence otherwise.")
 non_negative_int = _whole_number_at_least(0, "A seed or an index given on the command line (0 or more), refused in a sentence otherwise.")
+
+
+def _finite_number(positive: bool, doc: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or (value <= 0 if positive else value < 0):
+            raise argparse.ArgumentTypeError(f"expected a {'positive' if positive else 'non-negative'} finite number, got {text!r}")
+        return value
+    parse.__doc__ = doc
+    return parse
+
+
+positive_float = _finite_number(True, "A duration or size given on the command line (above 0, finite), refused in a sentence otherwise.")
+non_negative_float = _finite_number(False, "A share given on the command line (0 or more, finite), refused in a sentence otherwise.")
 
 
 def add_threads_arg(p: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from simulations.cli.common import non_negative_int, positive_int
+from simulations.cli.common import non_negative_float, non_negative_int, positive_float, positive_int
 
 # flag -> run-config key of [tool.flwr.app.config] (the same names, kebab-case)
 RUN_CONFIG_FLAGS = ("clients", "partition", "alpha", "seed", "epsilon", "budget", "epochs", "test_size", "max_test", "ask_batch",
@@ -60,13 +60,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fed-local-epochs", type=int, default=2, help="epochs each client trains on its records per DP-FedAvg round (default 2)")
     p.add_argument("--fed-lr", type=float, default=0.05, help="SGD learning rate of that local training (default 0.05)")
     p.add_argument("--provider-device", default="cpu", help="the provider's device: cpu (default), cuda or cuda:N")
-    p.add_argument("--num-cpus", type=int, default=1, help="CPUs per simulated client (federation: client-resources-num-cpus, default 1)")
-    p.add_argument("--num-gpus", type=float, default=0.0, help="GPU share per simulated client (client-resources-num-gpus, default 0)")
+    p.add_argument("--num-cpus", type=positive_int, default=1, help="CPUs per simulated client (federation: client-resources-num-cpus, default 1)")
+    p.add_argument("--num-gpus", type=non_negative_float, default=0.0, help="GPU share per simulated client (client-resources-num-gpus, default 0)")
     p.add_argument("--engine", choices=("simulation", "deployment"), default="simulation",
                    help="simulation: `flwr run` on the simulation engine (default); deployment: flower-superlink and one "
                    "flower-supernode per client as processes on loopback")
     p.add_argument("--out", type=Path, default=None, help="the run's folder (default runs/simulate-<time>)")
-    p.add_argument("--timeout", type=float, default=6 * 3600, help="wall-clock limit of the whole run in seconds (default 6 h)")
+    p.add_argument("--timeout", type=positive_float, default=6 * 3600, help="wall-clock limit of the whole run in seconds (default 6 h)")
     p.set_defaults(func=run)
 
 

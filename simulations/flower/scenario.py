@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,6 @@ from protocol.errors import CodedError
 
 PARTITIONS = ("iid", "dirichlet")
 FAULTS = ("crash", "timeout", "tamper", "over-budget")
-DEVICE_PREFIXES = ("cpu", "cuda")
 
 
 class ScenarioError(CodedError):
@@ -121,7 +121,7 @@ class Scenario:
         if clients < len(data):
             raise _bad("clients", clients, f"is below the number of tables ({len(data)})", f"run at least {len(data)} clients")
         device = str(get("provider-device", "cpu"))
-        if device.split(":")[0] not in DEVICE_PREFIXES:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
             raise _bad("provider-device", device, "must be cpu, cuda or cuda:N", "use cpu (the default)")
         out_dir, connectors = str(get("out-dir", "")), str(get("connectors", ""))
         for key, path in (("out-dir", out_dir), ("connectors", connectors)):
@@ -247,6 +247,13 @@ def check_run_config(rc: dict[str, Any]) -> Scenario:
     scenario = Scenario.from_run_config(rc)
     scenario.preset_value()
     scenario.federated_tables()
+    for ref in scenario.table_refs():   # a table file without its schema (or with a broken one) fails here, not in every ClientApp
+        try:
+            ref.schema()
+        except (OSError, ValueError) as e:   # FileNotFoundError, SchemaError, a file that is not UTF-8
+            key = "schema" if scenario.schema else "data"
+            raise _bad(key, scenario.schema or ref.name or str(ref.path), f"has no usable schema ({' '.join(str(e).split())})",
+                       "write one with `llamdex schema draft`, or name it with --schema") from None
     return scenario
 
 
