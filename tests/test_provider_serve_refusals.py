@@ -182,3 +182,33 @@ def test_an_audited_receipt_file_nested_past_the_parser_is_a_finding(tmp_path, c
         code = e.code
     out = capsys.readouterr()
     assert code == 1 and "nests deeper" in out.out + out.err, (code, out)
+
+
+@pytest.mark.parametrize("alteration", ["DELETE FROM meta", "DROP TRIGGER entries_no_delete"])
+def test_an_altered_ledger_is_caught_by_the_audit_and_handled_by_the_provider(tmp_path, alteration):
+    """Without its format row the server crashed (TypeError, exit 70) while the audit passed it as a v1 ledger; with a
+    dropped guard both went on, and the guard stayed dropped."""
+    import sqlite3
+
+    from protocol.keys import generate_private_key
+    from protocol.errors import LedgerError
+    from provider_party.service.ledger import Ledger
+    from simulations.audit import run_audit
+
+    key = generate_private_key()
+    path = tmp_path / "ledger.db"
+    Ledger(path, signing_key=key).set_budget("alice", "titanic", 4.0)
+    con = sqlite3.connect(path)
+    con.execute(alteration)
+    con.commit()
+    con.close()
+    report = run_audit(ledger=path, provider_key=key.public_key())
+    assert not report.ok
+    if alteration.startswith("DELETE"):
+        assert any("no format row" in f.detail for f in report.failures)
+        with pytest.raises(LedgerError, match="LEDGER_CORRUPT"):
+            Ledger(path, signing_key=key)
+    else:
+        assert any("entries_no_delete" in f.detail for f in report.failures)
+        Ledger(path, signing_key=key)            # the provider's own open restores the guard
+        assert run_audit(ledger=path, provider_key=key.public_key()).ok

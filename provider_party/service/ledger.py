@@ -42,6 +42,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import math
 import sqlite3
 from dataclasses import dataclass
@@ -248,7 +249,9 @@ def existing_ledger_format(path: str | Path) -> str:
     if "entries" not in tables:
         raise LedgerError("NOT_A_LEDGER", f"{p} is not a ledger: {describe_tables(tables)}, and a ledger has 'entries' and 'meta' "
                           "(a provider keeps it as ledger.db in its state folder)", file=str(p))
-    return fmt_row[0] if fmt_row is not None else LEDGER_FORMAT_V1
+    if fmt_row is None:   # every ledger, v1 included, wrote its format row with its first table
+        raise LedgerError("LEDGER_CORRUPT", f"{p} has ledger entries but no format row in its meta table: the file was altered", file=str(p))
+    return fmt_row[0]
 
 
 class Ledger:
@@ -291,17 +294,29 @@ class Ledger:
     def _open_tables(self) -> str:
         """Creates the tables of a new ledger; returns the file's format."""
         with self._connect() as con:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            has_entries = "entries" in tables
+            if has_entries and ("meta" not in tables or con.execute("SELECT value FROM meta WHERE key='format'").fetchone() is None):
+                # every ledger, v1 included, wrote its format row with its first table: this one was altered
+                raise LedgerError("LEDGER_CORRUPT", f"{self.path} has ledger entries but no format row in its meta table: the file was "
+                                  "altered; it was not changed. Restore it from a backup", file=str(self.path))
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(_OTHER)
             fmt_row = con.execute("SELECT value FROM meta WHERE key='format'").fetchone()
-            has_entries = con.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='entries'").fetchone() is not None
             if fmt_row is None and not has_entries:
                 con.executescript(_ENTRIES + _INDEXES)
                 con.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('format', ?)", (LEDGER_FORMAT,))
                 con.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('v2_from_seq', '1')")
                 fmt = LEDGER_FORMAT
             else:
-                fmt = fmt_row[0] if fmt_row is not None else LEDGER_FORMAT_V1
+                fmt = fmt_row[0]
+                triggers = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='trigger' AND tbl_name='entries'")}
+                lost = sorted({"entries_no_update", "entries_no_delete"} - triggers)
+                if lost and fmt == LEDGER_FORMAT and self.signing_key is not None:   # the provider's own open, not an auditor's
+                    logging.getLogger(__name__).warning("ledger %s had lost its append-only guard(s) %s (someone dropped them); "
+                                                        "restored. Run `llamdex audit --ledger` to check its chain", self.path, lost)
+                    for stmt in _index_statements():
+                        con.execute(stmt)
         return fmt
 
     # --- connections -----------------------------------------------------------------------------
