@@ -212,3 +212,27 @@ def test_an_altered_ledger_is_caught_by_the_audit_and_handled_by_the_provider(tm
         assert any("entries_no_delete" in f.detail for f in report.failures)
         Ledger(path, signing_key=key)            # the provider's own open restores the guard
         assert run_audit(ledger=path, provider_key=key.public_key()).ok
+
+
+def test_a_second_provider_process_on_the_same_state_folder_is_refused(world, capsys):
+    """Both used to start, the second running start-up recovery on the first's live uploads and jobs."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    path = config(world)
+    port_file = world / "port"
+    first = subprocess.Popen([sys.executable, "-m", "simulations.cli.main", "provider", "serve", "--config", path, "--port-file", str(port_file)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not port_file.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert port_file.exists(), first.stderr.read().decode() if first.poll() is not None else "the first provider did not start"
+        second = config(world, listen="127.0.0.1:0")
+        code, err = serve(["--config", second], capsys)
+        assert code == 3 and "[STATE_IN_USE]" in err and f"pid {first.pid}" in err, (code, err)
+    finally:
+        first.terminate()
+        first.wait(timeout=60)

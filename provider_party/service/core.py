@@ -32,6 +32,7 @@ from provider_party.service.config import ProviderConfig, RegisteredClient
 from provider_party.service.experts import ExpertStore, ForgetJournal, StoredExpert
 from provider_party.service.jobs import Job, JobManager, JobStore
 from provider_party.service.ledger import Ledger, LedgerEntry
+from provider_party.service.state_lock import hold_state_lock
 from provider_party.service.uploads import FinalizedUpload, UploadManager, UploadRecord, charged_by_this_upload
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class ProviderParty:
         if state.exists() and not state.is_dir():
             raise NotADirectoryError(20, "the state folder is a file, not a folder", str(state))
         state.mkdir(parents=True, exist_ok=True)
+        hold_state_lock(state)   # before recovery: a second process would recover the first's live uploads and jobs
         self.key = load_private_key(config.key)
         self.receipt_key_list = load_key_list(config.receipt_keys, self.key)
         self.ledger = Ledger(state / "ledger.db", signing_key=self.key,
