@@ -344,7 +344,7 @@ def audit_ledger(report: AuditReport, path: Path, provider_key: Any) -> list[dic
     if not path.is_file():
         inside = path / "ledger.db"
         report.add(subject, "ledger", False, f"is a folder; give the ledger file in it, {inside}" if path.is_dir() and inside.is_file()
-                   else "file does not exist")
+                   else "is a folder, not a ledger file" if path.is_dir() else "file does not exist")
         return []
     with tempfile.TemporaryDirectory(prefix="llamdex-audit-") as tmp:
         copy = _snapshot(path, Path(tmp))
@@ -559,7 +559,8 @@ def run_audit(*, artifacts: Sequence[str | Path] = (), receipts: Sequence[str | 
     rows = audit_ledger(report, Path(ledger), pkey) if ledger is not None else None
     cross_check(report, verified, rs, rows, receipts_given=bool(receipts))
     if not report.findings:
-        report.add("audit", "inputs", False, "nothing to audit: give artifact folders, receipts and/or a ledger file")
+        report.add("audit", "inputs", False, "nothing to audit: the receipts given hold no receipt" if receipts else
+                   "nothing to audit: give artifact folders, receipts and/or a ledger file")
     return report
 
 
