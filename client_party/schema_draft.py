@@ -12,7 +12,6 @@ publishes anyway and which the notes ask the owner to review.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,24 +74,21 @@ def _present(values: pd.Series) -> pd.Series:
     return values[[not (is_missing(v) or (isinstance(v, str) and v.strip() == "")) for v in values]]
 
 
-def _as_numbers(values: pd.Series) -> tuple[np.ndarray, int] | None:
-    """The finite numbers and the count of non-finite ones ("inf", "-Infinity"), or None when a value is not a number.
+def _as_numbers(values: pd.Series) -> np.ndarray | None:
+    """Every value as a float ("inf" and "-Infinity" included), or None when a value is not a number.
 
     A column of numbers with one "inf" is still a numeric column with one bad record: drafted as text, it became a
     category of every distinct number, or was left out as free text."""
-    out, non_finite = [], 0
+    out = []
     for v in values:
         if isinstance(v, (bool, np.bool_)):
             return None
         try:
-            x = float(v.strip() if isinstance(v, str) else v)
+            out.append(float(v.strip() if isinstance(v, str) else v))
         except (TypeError, ValueError):
             return None
-        if math.isfinite(x):
-            out.append(x)
-        else:
-            non_finite += 1
-    return (np.asarray(out, dtype=np.float64), non_finite) if out else None
+    numbers = np.asarray(out, dtype=np.float64)
+    return numbers if np.isfinite(numbers).any() else None
 
 
 def _decimals(values: pd.Series) -> int:
@@ -129,15 +125,16 @@ def draft_column(name: str, values: pd.Series) -> tuple[dict[str, Any] | None, s
     col: dict[str, Any] = {"name": str(name), "description": f"The {base}.", "aliases": [base]}
     if len(present) == 0:
         return None, f"{name}: left out: it has no value at all"
-    parsed = _as_numbers(present)
-    numbers, non_finite = parsed if parsed is not None else (None, 0)
+    numbers = _as_numbers(present)
     levels = _levels(present)
     if _is_bool(levels):
         col["type"] = "bool"
         note = f"{name}: bool ({' / '.join(levels)}); check the description and aliases"
     elif numbers is not None:
-        if non_finite:
-            present = present[[math.isfinite(float(v.strip() if isinstance(v, str) else v)) for v in present]]
+        finite = np.isfinite(numbers)
+        non_finite = int((~finite).sum())
+        if non_finite:   # the draft describes the finite values; the note names the others
+            numbers, present = numbers[finite], present[finite]
             levels = _levels(present)
         integral = bool(np.all(numbers == np.round(numbers)))
         if integral and _looks_like_identifier(name, numbers):

@@ -338,7 +338,7 @@ def _snapshot(path: Path, into: Path) -> Path:
 def audit_ledger(report: AuditReport, path: Path, provider_key: Any) -> list[dict[str, Any]]:
     """Verifies the ledger file; returns its rows (as dicts, receipts parsed) for cross-checks."""
     from protocol.dsse import Envelope
-    from provider_party.service.ledger import Ledger
+    from provider_party.service.ledger import LEDGER_FORMAT, Ledger, lost_append_only_triggers
 
     subject = f"ledger {path}"
     if not path.is_file():
@@ -355,7 +355,7 @@ def audit_ledger(report: AuditReport, path: Path, provider_key: Any) -> list[dic
             con.row_factory = sqlite3.Row
             rows = [dict(r) for r in con.execute("SELECT * FROM entries WHERE kind IN ('upload', 'deletion') ORDER BY seq")]
             budgets = [dict(r) for r in con.execute("SELECT * FROM budgets")]
-            triggers = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='trigger' AND tbl_name='entries'")}
+            lost = lost_append_only_triggers(con)
             con.close()
             chain_budgets, revocations, fmt = ledger_budgets_and_revocations(ledger, rows)
         except LedgerError as e:
@@ -370,10 +370,7 @@ def audit_ledger(report: AuditReport, path: Path, provider_key: Any) -> list[dic
         report.add(f"ledger {path.name} seq {d.seq}" if d.seq is not None else f"ledger {path.name}", "ledger", False, d.reason)
     if not discrepancies:
         report.add(subject, "ledger", True, f"{len(rows)} entries: hash chain, receipts, per-client chains and budget arithmetic verify")
-    from provider_party.service.ledger import LEDGER_FORMAT
-
-    lost = sorted({"entries_no_update", "entries_no_delete"} - triggers) if fmt == LEDGER_FORMAT else []   # v1 had no guards
-    if lost:   # the chain still verifies what is there; without the guards a row could go without SQLite refusing it
+    if lost and fmt == LEDGER_FORMAT:   # v1 had no guards; the chain still verifies what is there, but a row could go unrefused
         report.add(subject, "ledger", False, f"the append-only guard(s) {lost} of table entries were dropped: the file was altered "
                    "(the provider restores them at its next start)")
     spent: dict[tuple[str, str], float] = defaultdict(float)

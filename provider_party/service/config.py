@@ -156,7 +156,7 @@ class RegisteredClient:
         return float(self.budgets.get(dataset_id, self.epsilon_budget)), float(self.delta_budget)
 
 
-def _num(v: Any, where: str) -> float:
+def positive_number(v: Any, where: str) -> float:
     if isinstance(v, str) and v.lower() in ("inf", "unbounded"):
         return math.inf
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
@@ -212,10 +212,10 @@ def parse_client(d: dict[str, Any], base: Path, i: int) -> RegisteredClient:
     raw_budgets = d.get("budgets") or {}
     if not isinstance(raw_budgets, dict):
         raise fail(where, f"budgets must be a table {{ DATASET = EPSILON, ... }}, got {raw_budgets!r}")
-    budgets = {check_id(k, f"{where} budgets key"): _num(v, f"{where} budgets.{k}") for k, v in raw_budgets.items()}
+    budgets = {check_id(k, f"{where} budgets key"): positive_number(v, f"{where} budgets.{k}") for k, v in raw_budgets.items()}
     string(d, "callback", where)
-    return RegisteredClient(cid, key, _num(d.get("epsilon_budget", 4.0), f"{where} epsilon_budget"),
-                            _num(d.get("delta_budget", "inf"), f"{where} delta_budget"), budgets, d.get("callback") or None,
+    return RegisteredClient(cid, key, positive_number(d.get("epsilon_budget", 4.0), f"{where} epsilon_budget"),
+                            positive_number(d.get("delta_budget", "inf"), f"{where} delta_budget"), budgets, d.get("callback") or None,
                             _revoked_keys(d.get("revoked_keys", []), base, f"{where} ({cid}) revoked_keys"))
 
 
@@ -233,7 +233,7 @@ def _revoked_keys(items: Any, base: Path, where: str) -> tuple[tuple[str, str], 
     return tuple(out)
 
 
-def _preset(v: Any) -> Any:
+def preset_setting(v: Any) -> Any:
     """A preset name ("quick", "default"), or an inline table of Preset fields (e.g. a tiny preset for tests)."""
     from provider_party.model.connector_training import PRESETS, Preset
 
@@ -304,12 +304,12 @@ def load_provider_config(path: str | Path) -> ProviderConfig:
         provider_id=check_id(p.get("id", "provider"), "[provider] id"), listen=string(p, "listen", where, "127.0.0.1:50051"),
         key=required_path("key", "provider.key"), state=required_path("state", "provider-state"),
         connectors=rel(string(p, "connectors", where)), base_model=string(p, "base_model", where, "embedded"),
-        device=check_device(p.get("device", "cpu")), preset=_preset(p.get("preset", "quick")), preload=boolean(p, "preload", where, True),
+        device=check_device(p.get("device", "cpu")), preset=preset_setting(p.get("preset", "quick")), preload=boolean(p, "preload", where, True),
         tls=tls, plaintext=plaintext, limits=ProviderLimits.from_dict(section(data, "limits", {f.name for f in fields(ProviderLimits)}, path)),
         clients=clients, allow_retrain=boolean(p, "allow_retrain", where, False), log_level=_log_level(p.get("log_level")),
-        drain_grace_s=_num(p.get("drain_grace_s", 10.0), "[provider] drain_grace_s"), receipt_keys=rel(string(p, "receipt_keys", where)),
+        drain_grace_s=positive_number(p.get("drain_grace_s", 10.0), "[provider] drain_grace_s"), receipt_keys=rel(string(p, "receipt_keys", where)),
     )
 
 
-__all__ = ["ConfigError", "LOG_LEVELS", "check_clients", "ProviderConfig", "ProviderLimits", "RegisteredClient", "check_device", "check_id", "load_provider_config",
-           "parse_client"]
+__all__ = ["ConfigError", "LOG_LEVELS", "ProviderConfig", "ProviderLimits", "RegisteredClient", "check_clients", "check_device", "check_id",
+           "load_provider_config", "parse_client", "positive_number", "preset_setting"]

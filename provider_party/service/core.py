@@ -92,8 +92,8 @@ class ProviderParty:
 
     def __init__(self, config: ProviderConfig, *, on_job_done: Callable[[Job], None] | None = None):
         self.config = config
-        connectors = ConnectorStore(config.connectors)
-        connectors.check_writable()   # before the state is opened: a refused start leaves none
+        self.connectors = ConnectorStore(config.connectors)
+        self.connectors.check_writable()   # before the state is opened: a refused start leaves none
         state = Path(config.state)
         if state.exists() and not state.is_dir():
             raise NotADirectoryError(20, "the state folder is a file, not a folder", str(state))
@@ -108,7 +108,6 @@ class ProviderParty:
         self.uploads = UploadManager(state / "uploads", state / "state.db", config.limits, self._receipt_for_upload)
         self.experts = ExpertStore(state / "experts")
         self.forgets = ForgetJournal(state / "state.db")
-        self.connectors = connectors
         self.ledger_lock = threading.Lock()
         self._base = None
         self._base_lock = threading.Lock()

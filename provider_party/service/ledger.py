@@ -249,9 +249,24 @@ def existing_ledger_format(path: str | Path) -> str:
     if "entries" not in tables:
         raise LedgerError("NOT_A_LEDGER", f"{p} is not a ledger: {describe_tables(tables)}, and a ledger has 'entries' and 'meta' "
                           "(a provider keeps it as ledger.db in its state folder)", file=str(p))
-    if fmt_row is None:   # every ledger, v1 included, wrote its format row with its first table
-        raise LedgerError("LEDGER_CORRUPT", f"{p} has ledger entries but no format row in its meta table: the file was altered", file=str(p))
+    if fmt_row is None:
+        raise _format_row_missing(p)
     return fmt_row[0]
+
+
+def _format_row_missing(path: Path) -> LedgerError:
+    """Every ledger, v1 included, wrote its format row with its first table: entries without one mean an altered file."""
+    return LedgerError("LEDGER_CORRUPT", f"{path} has ledger entries but no format row in its meta table: the file was altered; "
+                       "restore it from a backup", file=str(path))
+
+
+APPEND_ONLY_TRIGGERS = ("entries_no_update", "entries_no_delete")   # made with `entries` in format v2 (v1 had none)
+
+
+def lost_append_only_triggers(con: sqlite3.Connection) -> list[str]:
+    """The append-only triggers of `entries` that the file no longer holds (someone dropped them)."""
+    present = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='trigger' AND tbl_name='entries'")}
+    return [t for t in APPEND_ONLY_TRIGGERS if t not in present]
 
 
 class Ledger:
@@ -297,9 +312,7 @@ class Ledger:
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             has_entries = "entries" in tables
             if has_entries and ("meta" not in tables or con.execute("SELECT value FROM meta WHERE key='format'").fetchone() is None):
-                # every ledger, v1 included, wrote its format row with its first table: this one was altered
-                raise LedgerError("LEDGER_CORRUPT", f"{self.path} has ledger entries but no format row in its meta table: the file was "
-                                  "altered; it was not changed. Restore it from a backup", file=str(self.path))
+                raise _format_row_missing(self.path)   # before anything is written to it
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(_OTHER)
             fmt_row = con.execute("SELECT value FROM meta WHERE key='format'").fetchone()
@@ -310,8 +323,7 @@ class Ledger:
                 fmt = LEDGER_FORMAT
             else:
                 fmt = fmt_row[0]
-                triggers = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='trigger' AND tbl_name='entries'")}
-                lost = sorted({"entries_no_update", "entries_no_delete"} - triggers)
+                lost = lost_append_only_triggers(con)
                 if lost and fmt == LEDGER_FORMAT and self.signing_key is not None:   # the provider's own open, not an auditor's
                     logging.getLogger(__name__).warning("ledger %s had lost its append-only guard(s) %s (someone dropped them); "
                                                         "restored. Run `llamdex audit --ledger` to check its chain", self.path, lost)
@@ -978,5 +990,5 @@ def _index_statements() -> list[str]:
     ]
 
 
-__all__ = ["ALL_KINDS", "BudgetStatus", "Discrepancy", "EVENT_KINDS", "LEDGER_FORMAT", "LEDGER_FORMAT_V1", "Ledger", "LedgerEntry",
-           "RECEIPT_KINDS", "Revocation", "entry_digest"]
+__all__ = ["ALL_KINDS", "APPEND_ONLY_TRIGGERS", "BudgetStatus", "Discrepancy", "EVENT_KINDS", "LEDGER_FORMAT", "LEDGER_FORMAT_V1", "Ledger", "LedgerEntry",
+           "RECEIPT_KINDS", "Revocation", "entry_digest", "lost_append_only_triggers"]

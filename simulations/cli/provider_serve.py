@@ -55,7 +55,9 @@ def register_serve(psub: argparse._SubParsersAction) -> None:
 def config_from_args(args: argparse.Namespace):
     from protocol.keys import load_public_key
     from protocol.tls import TLSFiles
-    from provider_party.service.config import ProviderConfig, RegisteredClient, _num, _preset, check_clients, check_id, load_provider_config
+    from provider_party.service.config import (
+        ProviderConfig, RegisteredClient, check_clients, check_id, load_provider_config, positive_number, preset_setting,
+    )
 
     cfg = load_provider_config(args.config) if args.config else ProviderConfig()
     tls = cfg.tls
@@ -69,12 +71,12 @@ def config_from_args(args: argparse.Namespace):
         if not sep:
             raise SystemExit(f"--client {item!r}: expected ID=PUBLIC_KEY_FILE")
         clients.append(RegisteredClient(check_id(cid, "--client id"), load_public_key(Path(pub)),
-                                        epsilon_budget=_num(args.epsilon_budget, "--epsilon-budget")))
+                                        epsilon_budget=positive_number(args.epsilon_budget, "--epsilon-budget")))
     # the flags pass the same checks as the config's keys (a negative budget or grace, an unknown preset, an id twice)
     return cfg.with_overrides(listen=args.listen, key=args.key, state=args.state, connectors=args.connectors, base_model=args.base_model,
-                              preset=None if args.preset is None else _preset(args.preset), tls=tls, plaintext=args.plaintext,
+                              preset=None if args.preset is None else preset_setting(args.preset), tls=tls, plaintext=args.plaintext,
                               clients=check_clients(tuple(clients), "--client"), port_file=args.port_file,
-                              preload=False if args.no_preload else None, drain_grace_s=None if args.grace is None else _num(args.grace, "--grace"))
+                              preload=False if args.no_preload else None, drain_grace_s=None if args.grace is None else positive_number(args.grace, "--grace"))
 
 
 def server_log_level(args: argparse.Namespace, config_level: str | None) -> str:
