@@ -366,6 +366,13 @@ class ProviderOrchestrator:
                 sr.connectors = f"reused from the connector store, shared by {len(sr.clients)} clients"
             self.report.schemas.append(sr)
 
+    def _ask_in_batches(self, client_id: str, questions: list[str], artifact_digest: str, *, include_base: bool = False) -> list[Any]:
+        """The provider's answers to `questions` from one named expert, `ask-batch` questions per Ask."""
+        client = self.party.config.client(client_id)
+        step = self.s.ask_batch
+        return [self.party.ask(client, questions[s:s + step], artifact_digest=artifact_digest, include_base=include_base)
+                for s in range(0, len(questions), step)]
+
     def _evaluate(self) -> None:
         asked: dict[int, tuple[list[int], list[int]]] = {}
         fed_asked: dict[int, list[int]] = {}
@@ -375,22 +382,17 @@ class ProviderOrchestrator:
         def on_questions(node: int, r: Message) -> None:
             qs = [str(q) for q in r.content["questions"]["questions"]]
             rec = self.records[node]
-            client = self.party.config.client(rec.client_id)
-            llamdex, base = [], []
-            for s in range(0, len(qs), self.s.ask_batch):
-                # named, not the client's latest: a federation's lead also holds the federated expert, uploaded after its own,
-                # and its scores compare Llamdex with its own expert
-                res = self.party.ask(client, qs[s:s + self.s.ask_batch], artifact_digest=rec.artifact_digest, include_base=True)
-                llamdex += [int(a.probs.argmax()) for a in res.answers]
-                base += [int(a.probs.argmax()) for a in res.base]
-                rec.answered_by = res.artifact_digest
-            asked[node] = (llamdex, base)
+            # named, not the client's latest: a federation's lead also holds the federated expert, uploaded after its own,
+            # and its scores compare Llamdex with its own expert
+            results = self._ask_in_batches(rec.client_id, qs, rec.artifact_digest, include_base=True)
+            if results:
+                rec.answered_by = results[-1].artifact_digest
+            asked[node] = ([int(a.probs.argmax()) for res in results for a in res.answers],
+                           [int(a.probs.argmax()) for res in results for a in res.base])
             fr = federation_of.get(rec.client_id)
             if fr is not None:
                 try:
-                    lead = self.party.config.client(fr.lead)
-                    fed_asked[node] = [int(a.probs.argmax()) for s in range(0, len(qs), self.s.ask_batch)
-                                       for a in self.party.ask(lead, qs[s:s + self.s.ask_batch], artifact_digest=fr.artifact_digest).answers]
+                    fed_asked[node] = [int(a.probs.argmax()) for res in self._ask_in_batches(fr.lead, qs, fr.artifact_digest) for a in res.answers]
                 except Exception as e:  # noqa: BLE001 - the member keeps its own scores; the federation says why its Llamdex has none
                     fr.llamdex_error = fr.llamdex_error or f"asking the federated expert through Llamdex failed: {_reason(e)}"
 
