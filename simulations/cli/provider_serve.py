@@ -101,14 +101,11 @@ def configure_logging(level: str) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from protocol.serving import serve_forever
-    from protocol.tls import require_loopback_for_plaintext
 
     cfg = config_from_args(args)
     configure_logging(server_log_level(args, cfg.log_level))
     if not cfg.clients:
         raise SystemExit("no client is registered: add [[clients]] to the config or --client ID=PUBKEY")
-    if cfg.plaintext:
-        require_loopback_for_plaintext(cfg.listen)    # before any state is opened
     from provider_party.service.server import ProviderServer
 
     server = ProviderServer(cfg).start()   # a refusal (missing TLS files, an altered ledger) goes to `llamdex`'s handler: its exit status says which kind
