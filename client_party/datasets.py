@@ -106,6 +106,10 @@ def load_schema(name_or_path: str | Path) -> PublicSchema:
     if isinstance(name_or_path, str) and name_or_path in DATASETS:
         return PublicSchema.load(DATASETS[name_or_path].schema_path)
     p = Path(name_or_path)
+    if p.is_dir():
+        raise IsADirectoryError(21, "is a folder, not a schema file", str(p))
+    if not p.is_file() and (p.suffix or len(p.parts) > 1):   # written as a path: the file is missing, not the name unknown
+        raise FileNotFoundError(2, "schema file does not exist", str(p))
     if not p.is_file():
         raise SchemaError(
             f"{str(name_or_path)!r} is neither a registered dataset ({sorted(DATASETS)}) nor an existing schema file"
@@ -175,6 +179,8 @@ def load_table(
         if not p.is_file():
             raise FileNotFoundError(f"data file {p} does not exist")
         sp = Path(schema_path) if schema_path is not None else default_schema_path(p)
+        if schema_path is not None and not sp.is_file():   # named by the caller: a missing file, as everywhere
+            raise FileNotFoundError(2, "schema file does not exist", str(sp))
         if not sp.is_file():
             raise SchemaError(f"no schema for {p}: {sp} does not exist; write one or pass schema_path=...")
         schema = PublicSchema.load(sp)
@@ -278,6 +284,8 @@ class TableRef:
         if self.name is not None:
             return load_schema(self.schema_path if self.schema_path is not None else self.name)
         sp = self.schema_path if self.schema_path is not None else default_schema_path(self.path)
+        if self.schema_path is not None and not Path(sp).is_file():   # named with --schema: a missing file
+            raise FileNotFoundError(2, "schema file does not exist", str(sp))
         if not Path(sp).is_file():
             raise SchemaError(f"no schema for {self.path}: {sp} does not exist; write one (`llamdex schema draft {self.path}`) or pass --schema")
         return PublicSchema.load(sp)

@@ -32,7 +32,7 @@ from protocol.request_guard import MalformedRequestInterceptor
 from protocol.rpc.llamdex.v1 import client_pb2, client_pb2_grpc, common_pb2
 from protocol.crashpoints import crashpoint
 from protocol.rpc_errors import RpcError, error_code, guard, guard_stream
-from protocol.serving import announce_serving
+from protocol.serving import announce_serving, check_port_file
 from protocol.tls import add_port, peer_identity
 from protocol.wire import JOB_STATE_NAMES, check_wire_name, receipt_envelope, receipt_message
 
@@ -410,6 +410,7 @@ class ClientServer:
 
     def __init__(self, config: ClientConfig, party: ClientParty | None = None):
         self.config = config
+        check_port_file(config.port_file)
         self.party = party or ClientParty(config)
         self.server = grpc.server(ThreadPoolExecutor(max_workers=8, thread_name_prefix="llamdex-client"),
                                   interceptors=[MalformedRequestInterceptor()], options=[("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 8 << 20)])

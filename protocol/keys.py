@@ -134,11 +134,12 @@ def generate_keypair(folder: PathLike, name: str = "signing", password: str | by
     """Writes `<name>.key` (0600) and `<name>.pub` into `folder`; returns both paths and the key."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if not overwrite:   # both refused before either is written: a new .key beside an old .pub would be a pair that does not match
-        for path in (folder / f"{name}.key", folder / f"{name}.pub"):
-            if os.path.lexists(path):
-                raise KeyMaterialError("KEY_EXISTS", f"{path} already exists; choose another name, or replace it on purpose "
-                                       "(`llamdex keygen --force`, overwrite=True)", file=str(path))
+    for path in (folder / f"{name}.key", folder / f"{name}.pub"):   # both refused before either is written: a new .key
+        if path.is_dir():                                           # beside an old .pub would be a pair that does not match
+            raise IsADirectoryError(21, "is a folder, not a key file", str(path))   # --force replaces files, never folders
+        if not overwrite and os.path.lexists(path):
+            raise KeyMaterialError("KEY_EXISTS", f"{path} already exists; choose another name, or replace it on purpose "
+                                   "(`llamdex keygen --force`, overwrite=True)", file=str(path))
     key = generate_private_key(curve)
     priv = save_private_key(key, folder / f"{name}.key", password, overwrite=overwrite)
     pub = save_public_key(key, folder / f"{name}.pub", overwrite=overwrite)

@@ -48,6 +48,21 @@ def announce_serving(health: Any, service_name: str, address: str, port_file: st
         tmp.replace(port_file)
 
 
+def check_port_file(port_file: str | Path | None) -> None:
+    """Refuses a port file that could not be written, before the server binds or opens any state: it is written only
+    once serving, when a failure would leave a live server that its caller never hears about."""
+    if not port_file:
+        return
+    path = Path(port_file)
+    if path.is_dir():
+        raise IsADirectoryError(21, "is a folder, not a file", str(path))
+    existing = next(p for p in (*path.parents, Path(path.anchor or ".")) if p.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(20, "is not a folder", str(existing))
+    if existing != path.parent:
+        raise FileNotFoundError(2, "does not exist", str(path.parent))
+
+
 def mark_ready(health: Any, service_name: str) -> None:
     """Readiness: `service_name` answers SERVING (ignored once a drain has started)."""
     health.set(service_name, SERVING)
@@ -85,4 +100,4 @@ def serve_forever(server: Any, grace_s: float = DEFAULT_GRACE_S, name: str = "se
     return got[0]
 
 
-__all__ = ["DEFAULT_GRACE_S", "LIVENESS", "announce_serving", "mark_ready", "serve_forever"]
+__all__ = ["DEFAULT_GRACE_S", "LIVENESS", "announce_serving", "check_port_file", "mark_ready", "serve_forever"]

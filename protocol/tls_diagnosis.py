@@ -75,6 +75,11 @@ def check_own_files(tls: TLSFiles, *, expiry: bool = True) -> TransportError | N
     for got in (cert, cas, key):
         if isinstance(got, TransportError):
             return got
+    leaf = next((c for c in cas if not _is_ca(c)), None)
+    if leaf is not None:   # a party's own certificate given as the CA: no handshake can verify against it
+        return TransportError("TLS_FILE_INVALID", f"{tls.ca} holds a certificate that is not a CA's ({leaf.subject.rfc4514_string()}); "
+                              "the CA file is ca.pem of the `llamdex certs` (or `hosts bundle`) folder, not a party's NAME.pem",
+                              file=str(tls.ca))
     if expiry and cert.not_valid_after_utc < _now():
         return TransportError("TLS_OWN_CERT_EXPIRED", msg.tls_own_cert_expired(str(tls.cert), cert.not_valid_after_utc), file=str(tls.cert))
     if not any(_issued_by(cert, ca) for ca in cas):
@@ -83,6 +88,14 @@ def check_own_files(tls: TLSFiles, *, expiry: bool = True) -> TransportError | N
     if key.public_key().public_bytes(serialization.Encoding.DER, spki) != cert.public_key().public_bytes(serialization.Encoding.DER, spki):
         return TransportError("TLS_KEY_MISMATCH", msg.tls_key_mismatch(str(tls.cert), str(tls.key)), file=str(tls.key))
     return None
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    """Marked a CA, or an old (v1) self-signed root that carries no basic constraints at all."""
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return cert.subject == cert.issuer
 
 
 def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:

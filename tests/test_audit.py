@@ -289,3 +289,15 @@ def test_a_state_folder_given_as_the_ledger_names_the_ledger_file_in_it(world):
     Ledger(world["tmp"] / "state" / "ledger.db", world["provider_key"])
     report = run_audit(ledger=world["tmp"] / "state", provider_key=world["provider_key"].public_key())
     assert "is a folder; give the ledger file in it" in failures(report) and "ledger.db" in failures(report)
+
+
+@pytest.mark.parametrize("flag", ["--ledger", "--artifact", "--receipts", "--client-key", "--provider-key"])
+def test_a_named_path_that_does_not_exist_stops_the_audit_with_exit_4(tmp_path, capsys, flag):
+    """A mistyped path is the user's slip, not a finding: every verb answers it with exit 4 and the path; the audit used
+    to report a missing ledger or artifact as one FAIL line (exit 1), and a missing artifact under the wrong check."""
+    from simulations.cli.main import main
+
+    argv = ["audit", "--receipts", str(tmp_path), flag, str(tmp_path / "nope")]   # the folder exists (and holds no receipt)
+    assert main(argv) == 4
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'nope'} does not exist" in err and "FAIL" not in err

@@ -21,6 +21,7 @@ TLS = '[tls]\nca = "certs/ca.pem"\ncert = "certs/me.pem"\nkey = "certs/me.key"\n
 @pytest.fixture()
 def folder(tmp_path) -> Path:
     generate_keypair(tmp_path / "keys", "alice")
+    generate_keypair(tmp_path / "keys", "bob")
     return tmp_path
 
 
@@ -151,7 +152,7 @@ budgets = { titanic = 1.0 }
 
 [[clients]]
 id = "bob"
-public_key = "keys/alice.pub"
+public_key = "keys/bob.pub"
 epsilon_budget = "inf"
 ''' + TLS
 
@@ -184,6 +185,8 @@ CLIENT_OK = '[[clients]]\nid = "alice"\npublic_key = "keys/alice.pub"\n'
     ('[provider]\nstate = 5\n', ["[provider]", "state must be a string"]),
     ('[provider]\npreset = "fast"\n', ["preset 'fast'"]),
     ('[provider]\npreset = { name = "x", speed = 2 }\n', ["preset table", "speed"]),
+    ('[provider]\npreset = { name = "x", n_synthetic = "many" }\n', ["preset table", "'n_synthetic' must be a whole number"]),
+    ('[provider]\npreset = { name = "x", check_missing = 1.5 }\n', ["preset table", "'check_missing' must be between 0 and 1"]),
     ('[limits]\nmax_artifact_byte = 5\n', ["[limits]", "unknown key 'max_artifact_byte'"]),
     ('[limits]\nmax_batch_questions = -1\n', ["max_batch_questions must be a positive number"]),
     ('[tls]\nca = "ca.pem"\nkey = "k.pem"\n', ["[tls]", "missing cert"]),
@@ -195,6 +198,11 @@ CLIENT_OK = '[[clients]]\nid = "alice"\npublic_key = "keys/alice.pub"\n'
     ('[[clients]]\nid = "alice"\npublic_key = "keys/alice.pub"\nepsilon_budget = 0\n', ["epsilon_budget must be a positive number"]),
     ('[clients]\nid = "alice"\n', ["[[clients]]", "array of tables"]),
     (CLIENT_OK + CLIENT_OK, ["registered twice"]),
+    (CLIENT_OK + CLIENT_OK.replace('"alice"', '"bob"', 1), ["'alice' and 'bob' are registered with one public key"]),
+    (CLIENT_OK + 'delta_budget = 2\n', ["(alice) delta_budget must be below 1"]),
+    (CLIENT_OK + 'delta_budget = 1\n', ["(alice) delta_budget must be below 1"]),
+    (CLIENT_OK + 'callback = "not an address"\n', ["(alice) callback must be the client's HOST:PORT"]),
+    (CLIENT_OK + 'revoked_keys = ["keys/alice.pub"]\n', ["(alice) public_key is also in its revoked_keys"]),
 ])
 def test_a_bad_provider_config_is_refused_naming_the_key(folder, text, names):
     path = write(folder, text)

@@ -307,7 +307,11 @@ def test_a_client_apps_failure_on_its_own_bad_table_reaches_the_server_app_witho
                                          (["--provider-device", "cuda:x"], "must be cpu, cuda or cuda:N"),
                                          (["--timeout", "-5"], "positive finite number"),
                                          (["--num-gpus", "nan"], "non-negative finite number"),
-                                         (["--num-cpus", "0"], "at least 1")])
+                                         (["--num-cpus", "0"], "at least 1"),
+                                         (["--preset", '{"name": "t", "encoder_lr": -1}'], "'encoder_lr' must be above 0"),
+                                         (["--preset", '{"name": 3}'], "'name' must be a non-empty string"),
+                                         (["--clients", "1000"], "table titanic: a table of 1309 rows cannot give 1000 clients"),
+                                         (["--clients", "80", "--partition", "dirichlet", "--alpha", "0.01"], "left some client below 10 rows")])
 def test_simulate_refuses_values_that_used_to_reach_a_run(flags, said, tmp_path, capsys, monkeypatch):
     """Each of these passed the command's checks and would have started Flower: a table without its schema failed in
     every ClientApp, `cuda:x` on the provider, and a negative timeout or 0 CPUs were silently replaced."""

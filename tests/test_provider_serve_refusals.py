@@ -57,12 +57,14 @@ def test_a_busy_port_is_refused_in_a_sentence_before_any_state(world, capsys):
     assert not (world / "state").exists()
 
 
-@pytest.mark.parametrize("case", ["ca is random bytes", "cert is text", "key of another party"])
+@pytest.mark.parametrize("case", ["ca is random bytes", "cert is text", "key of another party", "a party's certificate beside the CA"])
 def test_bad_tls_files_are_named_not_blamed_on_the_address(world, capsys, case):
     (world / "junk.pem").write_bytes(bytes(range(256)) * 4)
     (world / "notes.pem").write_text("not a certificate\n")
+    (world / "ca+leaf.pem").write_bytes((world / "certs" / "ca.pem").read_bytes() + (world / "certs" / "provider.pem").read_bytes())
     generate_keypair(world / "other", "x")
-    tls = {"ca is random bytes": {"ca": "junk.pem"}, "cert is text": {"cert": "notes.pem"}, "key of another party": {"key": "other/x.key"}}[case]
+    tls = {"ca is random bytes": {"ca": "junk.pem"}, "cert is text": {"cert": "notes.pem"}, "key of another party": {"key": "other/x.key"},
+           "a party's certificate beside the CA": {"ca": "ca+leaf.pem"}}[case]
     code, err = serve(["--config", config(world, tls=tls)], capsys)
     named = next(iter(tls.values()))
     assert code == 3 and named in err and "Failed to bind" not in err and "internal error" not in err, (code, err)
@@ -129,6 +131,20 @@ def test_keygen_refused_for_an_existing_public_key_writes_no_private_key(tmp_pat
     err = capsys.readouterr().err
     assert code == 3 and "[KEY_EXISTS]" in err and "a.pub" in err, (code, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pub"]
+
+
+@pytest.mark.parametrize("folder", ["a.key", "a.pub"])
+def test_keygen_force_refuses_a_folder_where_a_key_file_goes_and_writes_nothing(tmp_path, capsys, folder):
+    """--force replaces files; a folder in the way was found at the write, named by its temp file (`.a.key.x.tmp`),
+    with the private key possibly written already."""
+    (tmp_path / folder).mkdir()
+    try:
+        code = cli.main(["keygen", "--name", "a", "--out", str(tmp_path), "--force"])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 4 and f"{tmp_path / folder} is a folder" in err and ".tmp" not in err, (code, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [folder]
 
 
 def test_a_connector_store_that_is_a_file_is_refused_before_state_or_training(world, capsys):
@@ -236,3 +252,25 @@ def test_a_second_provider_process_on_the_same_state_folder_is_refused(world, ca
     finally:
         first.terminate()
         first.wait(timeout=60)
+
+
+@pytest.mark.parametrize("where", ["under a file", "a folder", "in a missing folder"])
+def test_a_port_file_that_cannot_be_written_is_refused_before_the_server_binds(world, capsys, where):
+    """The port file is written once serving; a bad one was found only then (a temp file's name in the message, after
+    the state folder was made, and the server had to be torn down)."""
+    (world / "plain").write_text("x")
+    (world / "taken").mkdir()
+    path = {"under a file": world / "plain" / "port", "a folder": world / "taken",
+            "in a missing folder": world / "nowhere" / "port"}[where]
+    code, err = serve(["--config", config(world), "--port-file", str(path)], capsys)
+    named = {"under a file": world / "plain", "a folder": world / "taken", "in a missing folder": world / "nowhere"}[where]
+    assert code == 4 and f"{named} " in err and ".tmp" not in err, (code, err)
+    assert not (world / "state").exists()
+
+
+def test_a_state_path_below_a_file_names_the_file_in_the_way(world, capsys):
+    """The OS says `plain/state is not a folder`: the message pointed at the folder to be made, not the file."""
+    (world / "plain").write_text("x")
+    code, err = serve(["--config", config(world, state="plain/state")], capsys)
+    assert code == 4 and f"{world / 'plain'} is not a folder" in err, (code, err)
+    assert (world / "plain").read_text() == "x"

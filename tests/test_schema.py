@@ -126,7 +126,12 @@ def test_schema_file_errors_name_the_file(tmp_path):
     with pytest.raises(SchemaError, match="bad.json.*'age'"):
         PublicSchema.load(p)
     with pytest.raises(SchemaError, match="neither a registered dataset"):
+        load_schema("titanik")   # a bare word is a name: the registered ones are listed
+    with pytest.raises(FileNotFoundError) as missing:   # written as a path: the file is missing (exit 4 in the CLI)
         load_schema(tmp_path / "missing.json")
+    assert missing.value.filename == str(tmp_path / "missing.json")
+    with pytest.raises(IsADirectoryError):
+        load_schema(tmp_path)
 
 
 def test_a_v1_schema_keeps_its_pre_rfc8785_digest_and_v2_uses_rfc8785():

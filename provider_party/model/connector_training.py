@@ -17,10 +17,13 @@ touches torch's global random state: every draw comes from a generator seeded by
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
@@ -105,6 +108,49 @@ class Preset:
     @property
     def thresholds(self) -> Thresholds:
         return Thresholds(self.check_categorical, self.check_numeric, self.check_missing)
+
+    @classmethod
+    def from_fields(cls, fields_: dict[str, Any]) -> "Preset":
+        """A preset written by a person (a config table, a run-config JSON object): each field of its type and range, so a
+        typo fails here with the field named instead of as a TypeError deep inside connector training; raises ValueError."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        if "name" not in fields_:
+            raise ValueError("a preset needs a 'name'")
+        out: dict[str, Any] = {}
+        for key, value in fields_.items():
+            if key not in known:
+                raise ValueError(f"unknown field {key!r}; the fields are {sorted(known)}")
+            out[key] = _preset_field(key, value, getattr(cls, key, None))
+        return cls(**out)
+
+
+_AT_LEAST_ZERO = {"decoder_questions", "encoder_layer", "encoder_min_steps", "retrain_rounds"}
+_SHARES = {"check_categorical", "check_numeric", "check_missing", "filler_rate"}
+
+
+def _preset_field(key: str, value: Any, default: Any) -> Any:
+    """One preset field checked against its default's type: whole numbers (at least 1, or 0 where that means none),
+    finite positive rates, shares in [0, 1], a non-empty list of layers."""
+    if key == "name":
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"'name' must be a non-empty string, got {value!r}")
+        return value
+    if key == "inject_candidates":
+        if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+            raise ValueError(f"'inject_candidates' must be a non-empty list of layer numbers, got {value!r}")
+        return tuple(value)
+    if isinstance(default, int):
+        least = 0 if key in _AT_LEAST_ZERO else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ValueError(f"{key!r} must be a whole number of at least {least}, got {value!r}")
+        return value
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise ValueError(f"{key!r} must be a finite number, got {value!r}")
+    if key in _SHARES and not 0 <= value <= 1:
+        raise ValueError(f"{key!r} must be between 0 and 1, got {value!r}")
+    if key not in _SHARES and value <= 0:
+        raise ValueError(f"{key!r} must be above 0, got {value!r}")
+    return float(value)
 
 
 PRESETS: dict[str, Preset] = {

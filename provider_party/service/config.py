@@ -32,14 +32,16 @@
 
     [[clients]]                        # only registered clients are served
     id = "alice"                       # = the CN of its TLS certificate
-    public_key = "keys/alice.pub"      # verifies its artifacts and signed requests
+    public_key = "keys/alice.pub"      # verifies its artifacts and signed requests (one key per client)
     epsilon_budget = 4.0               # per dataset, basic composition ("inf" = unbounded)
-    delta_budget = 1e-4                # optional
-    callback = "127.0.0.1:50061"       # optional: its ClientService, for job results
+    delta_budget = 1e-4                # optional, below 1
+    callback = "127.0.0.1:50061"       # optional: its ClientService (HOST:PORT), for job results
     budgets = { titanic = 2.0 }        # optional per-dataset epsilon budgets
     revoked_keys = [{ key = "keys/alice-old.pub", reason = "laptop lost" }]   # optional: refused from now on
 
-Unknown tables or keys, a half-filled `[tls]` and values of the wrong type are refused with the key named.
+Unknown tables or keys, a half-filled `[tls]` and values of the wrong type are refused with the key named, and so
+are settings that contradict each other: two clients with one public key, a client whose public_key is among its
+own revoked_keys.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from typing import Any
 
 from protocol.errors import CodedError
 from protocol.keys import PublicKey, fingerprint, load_public_key
-from protocol.tls import TLSFiles
+from protocol.tls import TLSFiles, TransportError, split_address
 from protocol.toml_config import ConfigError, boolean, check_keys, fail, read_toml, section, string, tls_section
 
 MiB = 1 << 20
@@ -214,9 +216,21 @@ def parse_client(d: dict[str, Any], base: Path, i: int) -> RegisteredClient:
         raise fail(where, f"budgets must be a table {{ DATASET = EPSILON, ... }}, got {raw_budgets!r}")
     budgets = {check_id(k, f"{where} budgets key"): positive_number(v, f"{where} budgets.{k}") for k, v in raw_budgets.items()}
     string(d, "callback", where)
+    callback = d.get("callback") or None
+    if callback is not None:   # a job result would go nowhere, found only when the first job ends
+        try:
+            split_address(callback)
+        except TransportError:
+            raise fail(where, f"({cid}) callback must be the client's HOST:PORT, got {callback!r}") from None
+    delta_budget = positive_number(d.get("delta_budget", "inf"), f"{where} delta_budget")
+    if 1 <= delta_budget < math.inf:
+        raise fail(where, f"({cid}) delta_budget must be below 1 (δ is a probability), got {delta_budget}; leave it out for no δ budget")
+    revoked = _revoked_keys(d.get("revoked_keys", []), base, f"{where} ({cid}) revoked_keys")
+    if fingerprint(key) in {fp for fp, _ in revoked}:
+        raise fail(where, f"({cid}) public_key is also in its revoked_keys: every request it signs would be refused; "
+                          "register the client's new key as public_key")
     return RegisteredClient(cid, key, positive_number(d.get("epsilon_budget", 4.0), f"{where} epsilon_budget"),
-                            positive_number(d.get("delta_budget", "inf"), f"{where} delta_budget"), budgets, d.get("callback") or None,
-                            _revoked_keys(d.get("revoked_keys", []), base, f"{where} ({cid}) revoked_keys"))
+                            delta_budget, budgets, callback, revoked)
 
 
 def _revoked_keys(items: Any, base: Path, where: str) -> tuple[tuple[str, str], ...]:
@@ -243,8 +257,8 @@ def preset_setting(v: Any) -> Any:
         return v
     if isinstance(v, dict):
         try:
-            return Preset(**{k: tuple(x) if isinstance(x, list) else x for k, x in v.items()})
-        except TypeError as e:
+            return Preset.from_fields(v)
+        except ValueError as e:
             raise ConfigError("BAD_CONFIG", f"[provider] preset table: {e}") from None
     raise ConfigError("BAD_CONFIG", f"[provider] preset must be a name or a table, got {v!r}")
 
@@ -277,6 +291,12 @@ def check_clients(clients: tuple[RegisteredClient, ...], where: str) -> tuple[Re
     ids = [c.client_id for c in clients]
     if len(set(ids)) != len(ids):
         raise ConfigError("BAD_CONFIG", f"{where}: a client id is registered twice: {ids}")
+    by_key: dict[str, str] = {}
+    for c in clients:   # whoever holds the key could sign as either, and spend the other's budget
+        other = by_key.setdefault(c.key_fingerprint, c.client_id)
+        if other != c.client_id:
+            raise ConfigError("BAD_CONFIG", f"{where}: clients {other!r} and {c.client_id!r} are registered with one public key; "
+                                            "each client signs with its own (`llamdex keygen --name ID`)")
     return clients
 
 

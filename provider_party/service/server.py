@@ -22,7 +22,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from protocol.request_guard import MalformedRequestInterceptor
 from protocol.rpc.llamdex.v1 import provider_pb2_grpc
-from protocol.serving import announce_serving, mark_ready
+from protocol.serving import announce_serving, check_port_file, mark_ready
 from protocol.tls import add_port
 from provider_party.service.config import ProviderConfig
 from provider_party.service.core import WarmUp
@@ -45,6 +45,7 @@ class ProviderServer:
                                   options=[("grpc.max_receive_message_length", lim.max_message_bytes),
                                            ("grpc.max_send_message_length", lim.max_message_bytes)])
         # bound before any state is opened: a bad address, a busy port or bad TLS files leave no state folder behind
+        check_port_file(config.port_file)
         self.port = add_port(self.server, config.listen, config.tls, plaintext=config.plaintext)
         try:
             self.servicer = ProviderServicer(config)

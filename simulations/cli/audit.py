@@ -28,7 +28,7 @@ Verify, offline and from files only, what a client uploaded and what a provider 
              bound above the claimed ε fails the artifact.
 
 Exit status: 0 when every check passes, 1 on any discrepancy (each FAIL line names the record and
-the rule), 2 on bad usage."""
+the rule), 2 on bad usage, 4 when a file or folder named does not exist (nothing is checked then)."""
 
 EPILOG = """\
 examples:
@@ -81,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not (args.artifact or args.receipts or args.ledger):
         raise UsageError("give at least one of --artifact, --receipts, --ledger")
+    _require_named_paths(args)
     canary = None
     if args.canary:
         try:
@@ -94,6 +95,15 @@ def run(args: argparse.Namespace) -> int:
     if not emit_json(args.json, report.to_dict()):
         print(report.render(verbose=args.show_passing))
     return 0 if report.ok else 1
+
+
+def _require_named_paths(args: argparse.Namespace) -> None:
+    """A path typed wrong is a usage slip, not a discrepancy in what is audited: it stops the audit with exit 4
+    (as every verb does) instead of becoming one FAIL line among the checks that did run."""
+    named = [*args.artifact, *args.receipts, *args.client_key, *filter(None, (args.ledger, args.provider_key))]
+    for path in named:
+        if not path.exists():
+            raise FileNotFoundError(2, "does not exist", str(path))
 
 
 def _canary_spec(args: argparse.Namespace):

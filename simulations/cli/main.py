@@ -210,6 +210,8 @@ def describe_error(e: BaseException) -> ErrorReport:
         hint = GRPC_HINTS.get(status, "see the message")
         return ErrorReport(exit_code, f"{what}: {status}{f' [{coded}]' if coded and f'[{coded}]' not in detail else ''}: {detail} — {hint}")
     if isinstance(e, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
+        if isinstance(e, NotADirectoryError) and e.filename is not None:
+            e.filename = _file_in_the_way(Path(e.filename))
         if e.filename is not None:
             what = {FileNotFoundError: "does not exist", NotADirectoryError: "is not a folder", IsADirectoryError: "is a folder, not a file",
                     PermissionError: "cannot be read or written (permission denied)"}.get(type(e), e.strerror or "cannot be opened")
@@ -235,6 +237,15 @@ def describe_error(e: BaseException) -> ErrorReport:
         return ErrorReport(EXIT_MISSING_FILE, f"{e.filename}: {e.strerror or e}")
     return ErrorReport(EXIT_INTERNAL, f"internal error: {type(e).__name__}: {one_line(str(e), 300)} — rerun with --debug for the traceback "
                                       "and report it")
+
+
+def _file_in_the_way(path: Path) -> Path:
+    """The file that stands where a folder of `path` should be: the OS names the whole path (`file/sub is not a
+    folder`), which points at the wrong part of it."""
+    for part in (path, *path.parents):
+        if part.exists():
+            return part if not part.is_dir() else path
+    return path
 
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -73,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_config_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The run config the flags describe (checked as the app will check it)."""
     from simulations.cli.common import table_refs
-    from simulations.flower.scenario import check_run_config
+    from simulations.flower.scenario import check_partitions, check_run_config
 
     table_refs(args)   # a table that does not exist is refused here, before anything starts
     rc: dict[str, Any] = {"data": str(args.data), "schema": str(args.schema or ""), "on-invalid": args.on_invalid}
@@ -83,7 +83,7 @@ def run_config_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.schema:
         rc["schema"] = str(Path(args.schema).resolve())
     rc["data"] = ",".join(t if not Path(t).exists() else str(Path(t).resolve()) for t in str(args.data).split(","))
-    check_run_config(rc)
+    check_partitions(check_run_config(rc))
     return rc
 
 

@@ -202,8 +202,10 @@ class Scenario:
         if text.startswith("{"):
             try:
                 d = json.loads(text)
-                return Preset(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-            except (json.JSONDecodeError, TypeError) as e:
+                if not isinstance(d, dict):
+                    raise ValueError("not an object")
+                return Preset.from_fields(d)
+            except ValueError as e:   # json.JSONDecodeError is one
                 raise _bad("preset", text, f"is not a JSON object of Preset fields ({e})", f"use one of {sorted(PRESETS)}") from None
         if text not in PRESETS:
             raise _bad("preset", text, f"is not one of {sorted(PRESETS)}", "use 'quick' or give a JSON object of Preset fields")
@@ -252,9 +254,25 @@ def check_run_config(rc: dict[str, Any]) -> Scenario:
             ref.schema()
         except (OSError, ValueError) as e:   # FileNotFoundError, SchemaError, a file that is not UTF-8
             key = "schema" if scenario.schema else "data"
-            raise _bad(key, scenario.schema or ref.name or str(ref.path), f"has no usable schema ({' '.join(str(e).split())})",
+            why = f"{e.filename} {e.strerror}" if isinstance(e, OSError) and e.filename else " ".join(str(e).split())
+            raise _bad(key, scenario.schema or ref.name or str(ref.path), f"has no usable schema ({why})",
                        "write one with `llamdex schema draft`, or name it with --schema") from None
     return scenario
+
+
+def check_partitions(scenario: Scenario) -> None:
+    """Every client of every table gets its rows (at least MIN_PART_ROWS, also under a Dirichlet split). The process that
+    starts the clients on this machine calls it: it reads the tables, which the ServerApp never does, so that a run whose
+    clients cannot all get data is refused before Flower starts rather than failing in every ClientApp."""
+    from simulations.flower.partitioning import client_partition
+
+    for t, ref in enumerate(scenario.table_refs()):
+        df, schema = ref.load()
+        try:   # the partition the table's first client draws: every client's rows come from that one draw
+            client_partition(df, schema.label.name, 0, len(scenario.table_clients(t)), scenario.partition, scenario.alpha,
+                             seed=scenario.seed * 1009 + t)
+        except ScenarioError as e:
+            raise ScenarioError(e.code, f"table {ref.id}: {str(e).split('] ', 1)[-1]}", rule=e.rule) from None
 
 
 def checked_run_config(run_config: dict[str, Any], out_dir: Path, clients: int) -> dict[str, Any]:
