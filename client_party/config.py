@@ -149,7 +149,7 @@ def _tables(raw: Any, base: Path, path: Path) -> dict[str, TableRef]:
     out: dict[str, TableRef] = {}
     for name, t in raw.items():
         where = f"{path} [tables.{name}]"
-        if not DATASET_ID_RE.match(name):
+        if not DATASET_ID_RE.fullmatch(name):
             raise fail(where, f"the name {name!r} must match {DATASET_ID_RE.pattern} (it names the dataset in budgets and receipts)")
         if name in DATASETS:
             raise fail(where, f"{name!r} is a registered table; give your own table another name")

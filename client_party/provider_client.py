@@ -302,7 +302,29 @@ class ProviderClient:
         return self.stub.Customize(provider_pb2.CustomizeRequest(artifact_digest=artifact_digest, preset=preset), timeout=self.timeout_s, metadata=self.metadata)
 
     def watch_job(self, job_id: str, timeout_s: float = 6 * 3600) -> Iterator[Any]:
-        return self.stub.WatchJob(provider_pb2.WatchJobRequest(job_id=job_id), timeout=timeout_s, metadata=self.metadata)
+        """The job's events until it ends. A provider holding its limit of streams refuses the watch at once
+        (TOO_MANY_STREAMS) rather than queueing it behind other clients' streams; it is opened again after a jittered,
+        growing pause until `timeout_s` has passed."""
+        deadline, attempt = time.monotonic() + timeout_s, 0
+        while True:
+            call = self.stub.WatchJob(provider_pb2.WatchJobRequest(job_id=job_id), timeout=max(1.0, deadline - time.monotonic()),
+                                      metadata=self.metadata)
+            try:
+                first = next(call)
+            except StopIteration:
+                return
+            except grpc.RpcError as e:
+                pause = secrets.SystemRandom().uniform(0.5, min(10.0, 2 ** attempt))
+                if error_code(e) != "TOO_MANY_STREAMS" or time.monotonic() + pause >= deadline:
+                    raise
+                (log.warning if attempt == 0 else log.debug)("provider holds its limit of streams; watching job %s again in %.1f s",
+                                                             job_id, pause)
+                time.sleep(pause)
+                attempt += 1
+                continue
+            yield first
+            yield from call
+            return
 
     @_explained
     def ask(self, questions: Sequence[str], artifact_digest: str = "", include_base: bool = False, batch_size: int = 16,

@@ -34,7 +34,7 @@ from protocol.crashpoints import crashpoint
 from protocol.rpc_errors import RpcError, error_code, guard, guard_stream
 from protocol.serving import announce_serving, check_port_file
 from protocol.tls import add_port, peer_identity
-from protocol.wire import JOB_STATE_NAMES, check_wire_name, receipt_envelope, receipt_message
+from protocol.wire import JOB_STATE_NAMES, check_job_id, check_wire_name, receipt_envelope, receipt_message
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "llamdex.v1.ClientService"
@@ -207,7 +207,7 @@ class ClientParty:
         """Keeps a job result: `watched` (followed with WatchJob) or `delivered` (pushed by the provider)."""
         from google.protobuf.json_format import MessageToDict
 
-        p = self.workspace / "jobs" / f"{result.job_id}.{source}.json"
+        p = self.workspace / "jobs" / f"{check_job_id(result.job_id)}.{source}.json"   # a job id from the wire names a file
         p.write_text(json.dumps(MessageToDict(result, preserving_proto_field_name=True), indent=2, sort_keys=True) + "\n")
         return p
 
@@ -322,6 +322,18 @@ def _evaluate_response(ev: dict[str, Any]) -> client_pb2.EvaluateResponse:
     return out
 
 
+def _whole_number(name: str, value: int) -> None:
+    """Counts and seeds of a request are 0 or more (a negative one failed deep inside training, or silently meant
+    "all but the last N" held-out records)."""
+    if value < 0:
+        raise RpcError("BAD_REQUEST", f"{name} must be 0 or more, got {value}", rule=name)
+
+
+def _evaluate_sizes(request: Any) -> None:
+    _whole_number("max_questions", request.max_questions)   # 0: every held-out record
+    _whole_number("batch_size", request.batch_size)         # 0: 16 per Ask
+
+
 class ClientServicer(client_pb2_grpc.ClientServiceServicer):
     def __init__(self, party: ClientParty):
         self.party = party
@@ -346,6 +358,8 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
     @guard
     def TrainExpert(self, request, context):
         self._caller(context)
+        _whole_number("epochs", request.epochs)   # 0: the recipe's default
+        _whole_number("seed", request.seed)
         self.party.check_policy(request.dataset_id, request.max_epsilon)
         art = self.party.train(request.dataset_id, request.max_epsilon, delta=request.delta or None, epochs=request.epochs or None, seed=request.seed)
         out = client_pb2.TrainExpertResponse(artifact_digest=art.artifact_digest, dp_statement_json=json.dumps(art.dp.to_dict(), sort_keys=True),
@@ -367,12 +381,14 @@ class ClientServicer(client_pb2_grpc.ClientServiceServicer):
     @guard
     def Evaluate(self, request, context):
         self._caller(context)
+        _evaluate_sizes(request)
         return _evaluate_response(self.party.evaluate(request.artifact_digest, request.max_questions, request.batch_size or 16,
                                                       request.include_base))
 
     @guard_stream
     def WatchEvaluate(self, request, context):
         self._caller(context)
+        _evaluate_sizes(request)
         for asked, total, result in self.party.evaluate_steps(request.artifact_digest, request.max_questions, request.batch_size or 16,
                                                               request.include_base):
             event = client_pb2.EvaluateEvent(asked=asked, total=total)

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
-from protocol.canonical import canonical_json
+from protocol.canonical import canonical_json, parse_json
 from protocol.dsse import (
     INTOTO_PAYLOAD_TYPE,
     Envelope,
@@ -139,9 +139,9 @@ def root_digest(resources: Iterable[tuple[str, str]]) -> str:
     return h.hexdigest()
 
 
-def _scan_folder(folder: Path, limits: dict[str, int], *, require_signature: bool) -> dict[str, os.stat_result]:
+def _scan_folder(folder: Path, limits: dict[str, int], *, require_signature: bool, where: str | None = None) -> dict[str, os.stat_result]:
     """Layout checks of step 1; returns lstat results of the files, by name."""
-    where = str(folder)
+    where = where or str(folder)
     try:
         st = os.lstat(folder)
     except FileNotFoundError:
@@ -325,7 +325,7 @@ class ArtifactVerifier:
             return ArtifactSignatureError("BAD_BUNDLE", f"{where}/{SIGNATURE_FILE}: {msg}", file=SIGNATURE_FILE, rule=rule)
 
         try:
-            bundle = json.loads(raw)
+            bundle = parse_json(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise bad(f"not valid JSON: {e}", "json") from None
         if not isinstance(bundle, dict):
@@ -362,7 +362,7 @@ class ArtifactVerifier:
         else:
             raise ArtifactSignatureError("BAD_SIGNATURE", f"{where}/{SIGNATURE_FILE}: the ECDSA signature over the DSSE PAE does not verify under trusted key(s) {[fingerprint(k) for k in candidates]}", file=SIGNATURE_FILE, rule="ECDSA over PAE")
         try:
-            statement = json.loads(env.payload)
+            statement = parse_json(env.payload)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ArtifactSignatureError("BAD_STATEMENT", f"{where}/{SIGNATURE_FILE}: signed payload is not JSON: {e}", file=SIGNATURE_FILE) from None
         return statement, k
@@ -420,11 +420,12 @@ class ArtifactVerifier:
             raise bad("statement carries no file sizes (predicate.llamdex.sizes) and this verifier requires them", "llamdex.sizes")
         return name, "sha256:" + root, digests, sizes
 
-    def verify(self, folder: str | os.PathLike) -> VerifiedArtifact:
+    def verify(self, folder: str | os.PathLike, *, name: str | None = None) -> VerifiedArtifact:
+        """`name`: what the messages call the folder (the provider names the upload, never its own state folders)."""
         folder = Path(folder)
-        where = str(folder)
+        where = name or str(folder)
         # 1. layout
-        found = _scan_folder(folder, self.limits, require_signature=True)
+        found = _scan_folder(folder, self.limits, require_signature=True, where=where)
         # 2. signature and statement
         raw_sig = _read_regular(folder, SIGNATURE_FILE, self.limits[SIGNATURE_FILE])
         statement, key = self._verify_bundle(raw_sig, where)
@@ -474,7 +475,7 @@ def read_safetensors_header(data: bytes, where: str = TENSORS_FILE) -> dict[str,
     if n > min(len(data) - 8, 100 * MiB):
         raise bad(f"header length {n} exceeds the file")
     try:
-        header = json.loads(data[8 : 8 + n])
+        header = parse_json(data[8 : 8 + n])
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise bad(f"header is not JSON: {e}") from None
     if not isinstance(header, dict):
@@ -503,7 +504,7 @@ def _check_content(files: dict[str, bytes], where: str) -> tuple[Any, Any, Any, 
 
     def load_json(name: str, code: str) -> Any:
         try:
-            return json.loads(files[name].decode("utf-8"))
+            return parse_json(files[name].decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ArtifactContentError(code, f"{where}: {name!r} is not valid UTF-8 JSON: {e}", file=name, rule="json") from None
 

@@ -23,6 +23,28 @@ SCHEMES = (RFC8785, LEGACY)
 SAFE_INTEGER = 2**53 - 1      # RFC 8785 (I-JSON) numbers are IEEE doubles: larger integers would lose digits
 
 
+MAX_JSON_DEPTH = 64           # every document of the protocol nests fewer than 8 levels
+
+
+def parse_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """`json.loads` for text that crossed the wire or a file someone else wrote. A document nested past `max_depth` is a
+    `json.JSONDecodeError` like any other malformed one: Python's parser gives up with a RecursionError near 1000 levels,
+    which no caller expects, and shallower ones could still exhaust the stack of the recursive code that reads them."""
+    doc = text if isinstance(text, str) else ""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError(f"nested deeper than {max_depth} levels", doc, 0) from None
+    stack = [(value, 1)]
+    while stack:   # iterative: the check itself must not recurse
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > max_depth:
+                raise json.JSONDecodeError(f"nested deeper than {max_depth} levels", doc, 0)
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return value
+
+
 def _check(value: Any, path: str = "$") -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{path}: non-finite float {value!r} has no canonical JSON form")

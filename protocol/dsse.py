@@ -24,6 +24,7 @@ from typing import Any, Iterable, Union
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from protocol.canonical import parse_json
 from protocol.errors import SignatureError
 from protocol.keys import PrivateKey, PublicKey, fingerprint, hash_for, load_public_key
 
@@ -109,7 +110,7 @@ class Envelope:
     @classmethod
     def from_json(cls, text: str | bytes) -> "Envelope":
         try:
-            d = json.loads(text)
+            d = parse_json(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise SignatureError("MALFORMED_ENVELOPE", f"DSSE envelope is not valid JSON: {e}", rule="json") from None
         return cls.from_dict(d)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from protocol.canonical import canonical_json
+from protocol.canonical import canonical_json, parse_json
 from protocol.dsse import Envelope, sign_envelope, verify_envelope
 from protocol.errors import ReceiptError, SignatureError
 from protocol.keys import PrivateKey, PublicKey, fingerprint, load_public_key, public_key_of, public_key_pem
@@ -68,7 +68,7 @@ def verify_endorsement(endorsement: Any, previous: PublicKey, new_key: PublicKey
     """Checks that `previous` signed the handover to `new_key`; returns its valid_from. Raises ReceiptError."""
     try:
         v = verify_envelope(Envelope.from_dict(endorsement), [previous], expected_payload_type=HANDOVER_PAYLOAD_TYPE)
-        st = json.loads(v.payload)
+        st = parse_json(v.payload)
     except SignatureError as e:
         raise ReceiptError("BAD_SIGNATURE", f"the handover to receipt key {fingerprint(new_key)} is not signed by {fingerprint(previous)}: {e}",
                            rule="endorsed by the previous key") from None
@@ -116,7 +116,7 @@ class KeyList:
     @classmethod
     def from_json(cls, text: str | bytes) -> "KeyList":
         try:
-            return cls.from_dict(json.loads(text))
+            return cls.from_dict(parse_json(text))
         except (ValueError, UnicodeDecodeError) as e:
             raise ReceiptError("BAD_RECEIPT", f"receipt key list is not JSON: {e}", rule="key list format") from None
 

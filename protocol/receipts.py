@@ -39,7 +39,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from protocol.canonical import LEGACY, RFC8785, canonical_json, sha256_hex
+from protocol.canonical import LEGACY, RFC8785, canonical_json, parse_json, sha256_hex
 from protocol.dsse import INTOTO_PAYLOAD_TYPE, Envelope, sign_envelope, verify_envelope
 from protocol.errors import ReceiptError, SignatureError
 from protocol.keys import PrivateKey, fingerprint
@@ -194,9 +194,9 @@ def _check_semantics(r: Receipt) -> None:
         if not isinstance(v, str) or not v:
             raise bad(f"{name} must be a non-empty string", name)
     for name in ("artifact_digest", "previous_receipt_digest", "provider_key"):
-        if not isinstance(getattr(r, name), str) or not _DIGEST_RE.match(getattr(r, name)):
+        if not isinstance(getattr(r, name), str) or not _DIGEST_RE.fullmatch(getattr(r, name)):
             raise bad(f"{name} {getattr(r, name)!r} is not 'sha256:<64 hex>'", name)
-    if not isinstance(r.issued_at, str) or not _RFC3339_RE.match(r.issued_at):
+    if not isinstance(r.issued_at, str) or not _RFC3339_RE.fullmatch(r.issued_at):
         raise bad(f"issued_at {r.issued_at!r} is not an RFC 3339 UTC time (YYYY-MM-DDTHH:MM:SS[.frac]Z)", "issued_at")
     if r.sequence == 1 and r.previous_receipt_digest != GENESIS_DIGEST:
         raise bad("the first receipt of a client must link to the genesis digest", "genesis", "CHAIN_BROKEN")
@@ -344,7 +344,7 @@ def verify_receipt(envelope: Envelope | dict | str | bytes, provider_public_key:
         raise ReceiptError(code, f"receipt signature: {e}", rule=e.rule) from None
     digest = "sha256:" + sha256_hex(v.payload)
     try:
-        statement = json.loads(v.payload)
+        statement = parse_json(v.payload)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ReceiptError("BAD_RECEIPT", f"receipt {digest}: payload is not JSON: {e}", rule="json") from None
     try:
@@ -459,7 +459,7 @@ def _check_event(kind: str, fields: dict[str, Any], where: str) -> None:
         if name in fields and (not isinstance(fields[name], str) or (name != "reason" and not fields[name])):
             raise bad(f"{name} must be a {'string' if name == 'reason' else 'non-empty string'}", name)
     for name in ("key_fingerprint", "previous_key_fingerprint"):
-        if name in fields and fields[name] is not None and (not isinstance(fields[name], str) or not _DIGEST_RE.match(fields[name])):
+        if name in fields and fields[name] is not None and (not isinstance(fields[name], str) or not _DIGEST_RE.fullmatch(fields[name])):
             raise bad(f"{name} {fields[name]!r} is not 'sha256:<64 hex>'", name)
     if kind == "receipt_key" and fields["endorsement"] is not None and not isinstance(fields["endorsement"], dict):
         raise bad("endorsement must be a DSSE envelope object or null", "endorsement")
@@ -509,7 +509,7 @@ def verify_ledger_event(envelope: Envelope | dict | str | bytes, provider_public
         return ReceiptError("BAD_RECEIPT", f"ledger event {digest}: {msg}", rule=rule)
 
     try:
-        st = json.loads(v.payload)
+        st = parse_json(v.payload)
         canonical = canonical_json(st)
     except (ValueError, UnicodeDecodeError) as e:
         raise bad(f"payload is not canonical JSON: {e}", "canonical json") from None
@@ -523,7 +523,7 @@ def verify_ledger_event(envelope: Envelope | dict | str | bytes, provider_public
         raise bad(f"predicate must hold {sorted(_EVENT_COMMON)}", "predicate members")
     fields = {k: x for k, x in p.items() if k not in _EVENT_COMMON}
     _check_event(p["kind"], fields, digest)
-    if not (isinstance(p["event_id"], str) and p["event_id"] and isinstance(p["issued_at"], str) and _RFC3339_RE.match(p["issued_at"])
+    if not (isinstance(p["event_id"], str) and p["event_id"] and isinstance(p["issued_at"], str) and _RFC3339_RE.fullmatch(p["issued_at"])
             and isinstance(p["ledger_seq"], int) and not isinstance(p["ledger_seq"], bool) and p["ledger_seq"] >= 1):
         raise bad("event_id, issued_at (RFC 3339 UTC) and ledger_seq (>= 1) are required", "predicate members")
     name, digest_hex = event_subject(p["kind"], fields)

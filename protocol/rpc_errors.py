@@ -27,7 +27,7 @@ STATUS_BY_CODE: dict[str, grpc.StatusCode] = {
     "OVERLOADED": S.RESOURCE_EXHAUSTED, "DISK_FULL": S.RESOURCE_EXHAUSTED, "TOO_MANY_JOBS": S.RESOURCE_EXHAUSTED, "LEDGER_CORRUPT": S.DATA_LOSS,
     # the upload stream
     "BAD_REQUEST": S.INVALID_ARGUMENT, "DATA_INVALID": S.FAILED_PRECONDITION, "ARTIFACT_TOO_LARGE": S.RESOURCE_EXHAUSTED, "CHUNK_TOO_LARGE": S.RESOURCE_EXHAUSTED,
-    "TOO_MANY_UPLOADS": S.RESOURCE_EXHAUSTED, "OFFSET_MISMATCH": S.FAILED_PRECONDITION, "PAST_END": S.OUT_OF_RANGE,
+    "TOO_MANY_UPLOADS": S.RESOURCE_EXHAUSTED, "TOO_MANY_STREAMS": S.RESOURCE_EXHAUSTED, "OFFSET_MISMATCH": S.FAILED_PRECONDITION, "PAST_END": S.OUT_OF_RANGE,
     "CHUNK_DIGEST_MISMATCH": S.DATA_LOSS, "ARTIFACT_SHA256_MISMATCH": S.DATA_LOSS, "UPLOAD_MISMATCH": S.FAILED_PRECONDITION,
     "UPLOAD_BUSY": S.ABORTED, "UPLOAD_FAILED": S.FAILED_PRECONDITION, "UPLOAD_NOT_FOUND": S.NOT_FOUND,
     "ARTIFACT_EXISTS": S.ALREADY_EXISTS,
@@ -63,10 +63,29 @@ def status_for(err: CodedError) -> grpc.StatusCode:
     return STATUS_BY_CODE.get(err.code, S.INVALID_ARGUMENT)
 
 
+MAX_DETAILS_CHARS = 2000   # gRPC refuses a status whose (percent-encoded) message passes its 16 KiB metadata limit
+
+
+def capped(text: str, limit: int = MAX_DETAILS_CHARS) -> str:
+    """A message short enough to reach the caller: one that echoes a huge input (a 100k-character id) would otherwise
+    arrive as a bare RESOURCE_EXHAUSTED without its status or code."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text) - limit} more characters)"
+
+
 def abort(context: Any, err: CodedError) -> None:
     """Ends the call with the mapped status, the message and the code in trailing metadata (raises)."""
     context.set_trailing_metadata(((ERROR_CODE_METADATA, err.code),))
-    context.abort(status_for(err), str(err))
+    context.abort(status_for(err), capped(str(err)))
+
+
+def relay(context: Any, e: grpc.Call) -> None:
+    """Ends the call with the status and code of a call this handler made that was refused (the ClientService calling
+    the provider): the caller learns what the other party said, not UNKNOWN with the refusal's debug string."""
+    status = e.code() or S.UNKNOWN
+    details = e.details()
+    code = error_code(e) or status.name
+    context.set_trailing_metadata(((ERROR_CODE_METADATA, code),))
+    context.abort(status, capped(f"the other party refused a call this one made: {status.name}: {details or '(no message)'}"))
 
 
 def redacted_data_error(e: DataValidationError) -> CodedError:
@@ -102,8 +121,10 @@ def guard(handler: Callable) -> Callable:
             return handler(self, request, context)
         except LlamdexError as e:
             abort(context, as_coded(e))
-        except grpc.RpcError:
-            raise
+        except grpc.RpcError as e:
+            if not isinstance(e, grpc.Call):   # the caller's own stream ended (cancelled, cut): nothing to tell it
+                raise
+            relay(context, e)
         except Exception as e:  # noqa: BLE001
             log.exception("internal error in %s", handler.__name__)
             context.set_trailing_metadata(((ERROR_CODE_METADATA, "INTERNAL"),))
@@ -119,6 +140,10 @@ def guard_stream(handler: Callable) -> Callable:
             yield from handler(self, request, context)
         except LlamdexError as e:
             abort(context, as_coded(e))
+        except grpc.RpcError as e:
+            if not isinstance(e, grpc.Call):   # the caller's own stream ended (cancelled, cut): nothing to tell it
+                raise
+            relay(context, e)
         except Exception as e:  # noqa: BLE001
             log.exception("internal error in %s", handler.__name__)
             context.set_trailing_metadata(((ERROR_CODE_METADATA, "INTERNAL"),))
@@ -137,4 +162,5 @@ def error_code(err: grpc.RpcError) -> str | None:
     return None
 
 
-__all__ = ["ERROR_CODE_METADATA", "RpcError", "STATUS_BY_CODE", "abort", "error_code", "guard", "guard_stream", "status_for"]
+__all__ = ["ERROR_CODE_METADATA", "MAX_DETAILS_CHARS", "RpcError", "STATUS_BY_CODE", "abort", "capped", "error_code", "guard", "guard_stream",
+           "relay", "status_for"]

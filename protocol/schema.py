@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocol.canonical import LEGACY, RFC8785, digest_json
+from protocol.canonical import LEGACY, RFC8785, digest_json, parse_json
 from protocol.errors import SchemaError
 
 SCHEMA_FORMAT = "llamdex.schema/v3"
@@ -169,7 +169,7 @@ class PublicSchema:
     def load(cls, path: str | Path) -> "PublicSchema":
         p = Path(path)
         try:
-            data = json.loads(p.read_text(encoding="utf-8-sig"))   # a byte-order mark (some editors write one) is not an error
+            data = parse_json(p.read_text(encoding="utf-8-sig"))   # a byte-order mark (some editors write one) is not an error
         except FileNotFoundError:
             raise SchemaError(f"schema file {p} does not exist") from None
         except IsADirectoryError:
@@ -183,7 +183,7 @@ class PublicSchema:
     @classmethod
     def from_json(cls, text: str | bytes) -> "PublicSchema":
         try:
-            data = json.loads(text)
+            data = parse_json(text)
         except json.JSONDecodeError as e:
             raise SchemaError(f"schema is not valid JSON: {e}") from None
         return _parse_schema(data)

@@ -163,7 +163,7 @@ def check_host(host: str) -> str:
         return host
     except ValueError:
         pass
-    if host.isascii() and len(host) <= 253 and all(_DNS_LABEL.match(label) for label in host.rstrip(".").split(".")):
+    if host.isascii() and len(host) <= 253 and all(_DNS_LABEL.fullmatch(label) for label in host.rstrip(".").split(".")):
         return host
     hint = (f"; write it as its A-label ({host.encode('idna').decode()})" if not host.isascii() and _idna(host) else
             "; give the host without the port (the port goes in [provider] listen / address)" if ":" in host and not host.startswith("[") else

@@ -10,6 +10,7 @@ from typing import Any
 
 import blake3 as _blake3   # ~5x cheaper than SHA-256 per byte; a dependency of this package (and of model-signing)
 
+from protocol.canonical import parse_json
 from protocol.dsse import Envelope
 from protocol.receipts import receipt_digest
 from protocol.rpc.llamdex.v1 import common_pb2
@@ -30,9 +31,22 @@ def check_wire_name(value: str, what: str) -> str:
     """`value` if it is a valid dataset_id / artifact_name; a BAD_REQUEST naming the rule otherwise."""
     from protocol.errors import CodedError
 
-    if not WIRE_NAME_RE.match(value or ""):
+    if not WIRE_NAME_RE.fullmatch(value or ""):
         raise CodedError("BAD_REQUEST", f"{what} {value!r} must be a letter or digit followed by up to 63 letters, digits, '.', '_' or '-' "
                          "(it names the provider's ledger rows and folders)", rule=what)
+    return value
+
+
+# A job id as the provider makes them (uuid4 hex); the client names a delivered result's file by it.
+JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_job_id(value: str) -> str:
+    """`value` if it can be a job id; a BAD_REQUEST otherwise (it becomes a file name on the receiving side)."""
+    from protocol.errors import CodedError
+
+    if not JOB_ID_RE.fullmatch(value or ""):
+        raise CodedError("BAD_REQUEST", f"job_id {value[:80]!r} must be 1 to 64 letters, digits, '_' or '-'", rule="job_id")
     return value
 
 
@@ -84,11 +98,11 @@ def upload_digests(alg: str, data: Any, offset: int, chunk: int) -> tuple[str, l
 def receipt_message(envelope: dict[str, Any] | Envelope | str) -> common_pb2.Receipt:
     """A Receipt message from a DSSE envelope (dict, Envelope or JSON text)."""
     if isinstance(envelope, str):
-        envelope = json.loads(envelope)
+        envelope = parse_json(envelope)
     if isinstance(envelope, Envelope):
         envelope = envelope.to_dict()
     env = Envelope.from_dict(envelope)
-    pred = json.loads(env.payload).get("predicate", {})
+    pred = parse_json(env.payload).get("predicate", {})
     return common_pb2.Receipt(envelope_json=json.dumps(envelope, sort_keys=True, separators=(",", ":")), digest=receipt_digest(env),
                               receipt_id=str(pred.get("receipt_id", "")), sequence=int(pred.get("sequence", 0) or 0),
                               kind=str(pred.get("kind", "")))
@@ -99,7 +113,7 @@ def receipt_envelope(msg: common_pb2.Receipt) -> dict[str, Any]:
     from protocol.errors import ReceiptError
 
     try:
-        return json.loads(msg.envelope_json)
+        return parse_json(msg.envelope_json)
     except ValueError as e:
         raise ReceiptError("BAD_RECEIPT", f"Receipt.envelope_json is not JSON: {e}", rule="dsse envelope") from None
 

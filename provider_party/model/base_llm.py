@@ -42,7 +42,7 @@ DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 def resolve_device(device: str | torch.device) -> torch.device:
     """The torch device named by a provider setting, refused precisely if this machine does not have it."""
     name = str(device).strip()
-    if not DEVICE_RE.match(name):
+    if not DEVICE_RE.fullmatch(name):
         raise CodedError("BAD_DEVICE", f"device {name!r} is not one of cpu, cuda, cuda:N; set the provider's device to one of them",
                          rule="device")
     if name.startswith("cuda"):

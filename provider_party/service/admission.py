@@ -12,6 +12,13 @@ same whether the core answers each call in its own pass or batches concurrent ca
 
 Counters (admitted, refused, waits) are kept for the load test and the operator's log.
 
+`StreamSlots` bounds the server threads that long-lived streams hold (an UploadExpert stream from its first byte, a
+WatchJob stream for the life of its job). The gRPC server runs each call on one of `max_workers` threads; without a
+bound, one client opening 16 streams that never sent a header (or watched one job 16 times) left no thread for any
+other client's call, nor for the health probe (wire sweep, 2026-12). Each client holds at most
+`max_streams_per_client`, and all together at most `max_workers - reserved_workers`, so that short calls always find
+a thread.
+
 `InteractiveFirst` orders the provider's own CPU work: an upload's verification (hashing, signature,
 tensor headers, ledger and receipt) waits while an Ask pass runs, at most `background_wait_s`. Why: on
 a small CPU the pass's intra-op threads and the verifier compete for the same cores and for Python's
@@ -39,6 +46,41 @@ class GateStats:
     wait_s_total: float = 0.0
     busy_s_ewma: float = 0.0       # exponentially weighted service time of admitted calls (retry hint)
     per_client: dict[str, int] = field(default_factory=dict)
+
+
+class StreamSlots:
+    """At most `total` long-lived streams at once, each client at most `per_client`; beyond that a stream is refused at
+    once (RESOURCE_EXHAUSTED `TOO_MANY_STREAMS`) instead of waiting for a thread another client holds."""
+
+    def __init__(self, total: int, per_client: int):
+        self.total, self.per_client = int(total), int(per_client)
+        self._lock = threading.Lock()
+        self._held: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def hold(self, client_id: str, call: str) -> Iterator[None]:
+        with self._lock:
+            mine, everyone = self._held.get(client_id, 0), sum(self._held.values())
+            if mine >= self.per_client:
+                raise RpcError("TOO_MANY_STREAMS", f"client {client_id!r} already holds {mine} UploadExpert/WatchJob streams, its limit "
+                               f"(max_streams_per_client); finish or cancel one before opening this {call}", rule="max_streams_per_client")
+            if everyone >= self.total:
+                raise RpcError("TOO_MANY_STREAMS", f"the provider holds {everyone} UploadExpert/WatchJob streams, its limit (max_workers - "
+                               f"reserved_workers); retry this {call} in a few seconds", rule="max_workers - reserved_workers")
+            self._held[client_id] = mine + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                left = self._held[client_id] - 1
+                if left:
+                    self._held[client_id] = left
+                else:
+                    del self._held[client_id]
+
+    def held(self, client_id: str | None = None) -> int:
+        with self._lock:
+            return self._held.get(client_id, 0) if client_id is not None else sum(self._held.values())
 
 
 class AskGate:

@@ -77,6 +77,9 @@ class ProviderLimits:
     max_chunk_bytes: int = 2 * MiB
     max_batch_questions: int = 64
     max_question_chars: int = 4000
+    # ... and tokens: what a pass costs (its attention grows with the square of the longest row). 4000 characters of
+    # English are ~1000 tokens; of CJK or math letters, 12,000, which held the single pass thread for minutes
+    max_question_tokens: int = 1024
     signature_max_skew_ms: int = 300_000
     upload_ttl_s: int = 24 * 3600
     max_open_uploads: int = 4
@@ -84,6 +87,9 @@ class ProviderLimits:
     max_requests_per_second: float = 50.0
     max_job_queue: int = 8
     max_workers: int = 16            # gRPC server threads
+    reserved_workers: int = 4        # ... that long-lived streams never take: unary calls and health always find one
+    max_streams_per_client: int = 4  # UploadExpert and WatchJob streams one client holds open at once (TOO_MANY_STREAMS)
+    upload_header_timeout_s: float = 30.0   # an UploadExpert stream that sends no header within this long is cancelled
     callback_timeout_s: float = 10.0  # delivering a job result to a client
     max_jobs_per_client: int = 2      # connector jobs a client may have queued or running
     max_upload_streams_per_client: int = 2   # UploadExpert streams of one client open at once
@@ -125,6 +131,9 @@ class ProviderLimits:
         if out.max_message_bytes > GRPC_MAX_MESSAGE_BYTES:
             raise ConfigError("BAD_CONFIG", f"[limits] max_message_bytes must be at most {GRPC_MAX_MESSAGE_BYTES} (gRPC's limit), "
                               f"got {out.max_message_bytes}")
+        if out.reserved_workers >= out.max_workers:
+            raise ConfigError("BAD_CONFIG", f"[limits] reserved_workers ({out.reserved_workers}) must be below max_workers ({out.max_workers}): "
+                              "the difference is how many UploadExpert/WatchJob streams may be open at once")
         if out.max_chunk_bytes + 64 * 1024 > out.max_message_bytes:
             raise ConfigError("BAD_CONFIG", "[limits] max_chunk_bytes + 64 KiB must fit in max_message_bytes")
         if out.batch_max_queued_rows < 2 * out.max_batch_questions:
@@ -167,7 +176,7 @@ def positive_number(v: Any, where: str) -> float:
 
 
 def check_id(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not ID_RE.match(value):
+    if not isinstance(value, str) or not ID_RE.fullmatch(value):
         raise ConfigError("BAD_CONFIG", f"{what} {value!r} must match {ID_RE.pattern} (it names folders and certificates)")
     return value
 

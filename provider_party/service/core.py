@@ -346,8 +346,13 @@ class ProviderParty:
         schema = job.payload
         model, trained_now = self.connectors.get_or_train(base, schema, self.preset(job.preset), seed=0, progress=False,
                                                           retrain=job.retrain, on_progress=progress)
-        with self._cache_lock:
-            self._models[schema.digest] = model
+        with self.ledger_lock:   # Forget holds it: either Forget sees these connectors, or this sees Forget's deletion
+            if trained_now and not any(e.schema_digest == schema.digest for e in self.experts.live()):
+                self.connectors.delete(self.base_model_id(), schema.digest)
+                raise RpcError("EXPERT_NOT_FOUND", "every expert of this schema was forgotten while its connectors trained; the connectors "
+                               "were deleted too, as Forget promises", rule="forget removes unused connectors")
+            with self._cache_lock:
+                self._models[schema.digest] = model
         return (not trained_now), dict(model.config.metrics or {})
 
     # --- calls ------------------------------------------------------------------------------------------
@@ -442,9 +447,21 @@ class ProviderParty:
             if not q.strip() or len(q) > lim.max_question_chars:
                 raise RpcError("BAD_REQUEST", f"question {i} must be 1..{lim.max_question_chars} characters (got {len(q)})", rule="max_question_chars")
 
+    def check_question_tokens(self, questions: list[str]) -> None:
+        """Each question within `max_question_tokens` of the base LLM's tokenizer: the character limit alone let a question
+        of 4-byte letters cost twelve times the tokens of ordinary text."""
+        limit = self.config.limits.max_question_tokens
+        tokenizer = self.ensure_base().tokenizer
+        for i, q in enumerate(questions):
+            n = len(tokenizer(q, add_special_tokens=False)["input_ids"])
+            if n > limit:
+                raise RpcError("BAD_REQUEST", f"question {i} is {n} tokens of the base LLM; the limit is {limit} (max_question_tokens): "
+                               "shorten it", rule="max_question_tokens")
+
     def tenant_queries(self, client: RegisteredClient, questions: list[str], artifact_digest: str = "") -> tuple[list[TenantQuery], StoredExpert]:
         """The rows a client's questions add to a (possibly mixed) batch: its schema's connectors and its verified expert."""
         self.check_questions(questions)
+        self.check_question_tokens(questions)
         stored = self.live_expert(client, artifact_digest)
         expert, schema = self.expert_for(client, stored)
         model = self.model_for(schema)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 import time
@@ -53,11 +54,14 @@ class StoredExpert:
         return self.folder / ARTIFACT_SUBDIR
 
 
+ARTIFACT_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+
+
 def _hex(digest: str) -> str:
-    h = digest.split(":", 1)[-1]
-    if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
-        raise ValueError(f"not a sha256 digest: {digest!r}")
-    return h
+    """The hex of an artifact digest in its one wire form, `sha256:<64 hex>` (Forget compares that exact string too)."""
+    if not isinstance(digest, str) or not ARTIFACT_DIGEST_RE.fullmatch(digest):
+        raise ValueError(f"not a sha256 digest: {digest[:80]!r}")
+    return digest[len("sha256:"):]
 
 
 class ExpertStore:

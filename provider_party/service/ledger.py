@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from protocol.canonical import LEGACY, RFC8785, digest_json, sha256_hex
+from protocol.canonical import LEGACY, RFC8785, digest_json, parse_json, sha256_hex
 from protocol.crashpoints import crashpoint
 from protocol.durable_db import describe_tables, read_only_store
 from protocol.errors import BudgetError, LedgerError, ReceiptError
@@ -181,7 +181,7 @@ class LedgerEntry:
         try:
             for c in ("epsilon", "spent_before", "spent_after", "budget", "delta_budget"):
                 d[c] = _from_db(d[c])
-            d["receipt"] = json.loads(d["receipt"])
+            d["receipt"] = parse_json(d["receipt"])
         except (ValueError, TypeError, OverflowError) as e:
             raise LedgerError("LEDGER_CORRUPT", f"ledger row seq {d.get('seq')} cannot be read ({type(e).__name__}: {e}): the file was "
                               "altered; `Ledger.verify_chain` (or `llamdex audit --ledger`) names every altered row", rule="ledger rows") from None
@@ -681,10 +681,10 @@ class Ledger:
             try:
                 tok = json.loads(base64.urlsafe_b64decode(page_token.encode("ascii")))
                 after = int(tok["after"])
-                if after < 0 or tok.get("client") != client_id:
+                if not 0 <= after < 2**63 or tok.get("client") != client_id:   # SQLite's integers are 64-bit
                     raise ValueError
-            except (ValueError, KeyError, TypeError, UnicodeError, json.JSONDecodeError, OverflowError):
-                raise LedgerError("BAD_PAGE_TOKEN", f"page token {page_token!r} is invalid for this query") from None
+            except (ValueError, KeyError, TypeError, UnicodeError, json.JSONDecodeError, OverflowError, RecursionError):
+                raise LedgerError("BAD_PAGE_TOKEN", f"page token {page_token[:80]!r} is invalid for this query") from None
         q, args = f"SELECT * FROM entries WHERE seq > ? AND kind IN ({','.join('?' for _ in kinds)})", [after, *kinds]
         if client_id is not None:
             q += " AND client_id = ?"
@@ -788,7 +788,7 @@ class Ledger:
             out.append(Discrepancy(seq, f"kind {d['kind']!r} is not a ledger entry kind of this format"))
             return in_force
         try:
-            env = json.loads(d["receipt"])
+            env = parse_json(d["receipt"])
             rdig = receipt_digest(env)
         except (ValueError, ReceiptError) as e:
             out.append(Discrepancy(seq, f"receipt is unreadable: {e}"))

@@ -21,7 +21,7 @@ from protocol.rpc.llamdex.v1 import client_pb2, client_pb2_grpc, common_pb2, pro
 from protocol.rpc_errors import RpcError, guard, guard_stream
 from protocol.tls import open_channel
 from protocol.wire import JOB_STATES, UPLOAD_DIGESTS, job_result_message, receipt_message
-from provider_party.service.admission import AskGate
+from provider_party.service.admission import AskGate, StreamSlots
 from provider_party.service.config import ProviderConfig, RegisteredClient
 from provider_party.service.core import AskResult, ProviderParty
 from provider_party.service.jobs import Job
@@ -40,6 +40,18 @@ def _next(it: Any) -> Any:
         return None
 
 
+def _first_message(it: Any, context: Any, timeout_s: float) -> Any:
+    """The stream's first message, or the call cancelled after `timeout_s`: a stream that never sends one would hold its
+    server thread (and its client's stream place) for as long as its client keeps the connection open."""
+    timer = threading.Timer(timeout_s, context.cancel)
+    timer.daemon = True
+    timer.start()
+    try:
+        return _next(it)
+    finally:
+        timer.cancel()
+
+
 class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
     def __init__(self, config: ProviderConfig, party: ProviderParty | None = None):
         self.config = config
@@ -47,6 +59,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         self.auth = self.party.auth
         lim = config.limits
         self.ask_gate = AskGate(lim.max_concurrent_asks, lim.ask_admission_wait_s, lim.max_asks_per_client)
+        self.streams = StreamSlots(lim.max_workers - lim.reserved_workers, lim.max_streams_per_client)
 
     # --- job results to the clients' own services ---------------------------------------------------------
     def _deliver_result(self, job: Job) -> None:
@@ -81,7 +94,8 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
                 max_batch_questions=lim.max_batch_questions, max_question_chars=lim.max_question_chars,
                 signature_max_skew_ms=lim.signature_max_skew_ms, upload_ttl_s=lim.upload_ttl_s, max_open_uploads=lim.max_open_uploads,
                 max_page_size=lim.max_page_size, max_requests_per_second=lim.max_requests_per_second, max_job_queue=lim.max_job_queue,
-                upload_digests=list(UPLOAD_DIGESTS)),
+                upload_digests=list(UPLOAD_DIGESTS), max_question_tokens=lim.max_question_tokens,
+                max_streams_per_client=lim.max_streams_per_client),
             provider_public_key_pem=public_key_pem(party.key).decode("ascii"), provider_key_fingerprint=fingerprint(party.key),
             client_id=client.client_id, accountants=list(ACCOUNTANTS),
             receipt_keys_json=party.receipt_key_list.to_json() if party.receipt_key_list else "")
@@ -89,12 +103,13 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
     @guard
     def UploadExpert(self, request_iterator, context):
         client = self.auth.identify(context)
-        first = _next(request_iterator)
-        if first is None or first.WhichOneof("part") != "header":
-            raise RpcError("BAD_REQUEST", "the first UploadExpert message must be an UploadHeader", rule="header first")
-        # the chunks are received from here on, also while the core checks the header and commits its nonce and upload row
-        chunks = ReadAhead(request_iterator, max_messages=max(2, UPLOAD_READ_AHEAD_BYTES // self.config.limits.max_chunk_bytes))
-        out = self.party.receive_upload(client, first.header, chunks, stop=chunks.stop, stream_errors=(grpc.RpcError,), cancel=context.cancel)
+        with self.streams.hold(client.client_id, "UploadExpert"):
+            first = _first_message(request_iterator, context, self.config.limits.upload_header_timeout_s)
+            if first is None or first.WhichOneof("part") != "header":
+                raise RpcError("BAD_REQUEST", "the first UploadExpert message must be an UploadHeader", rule="header first")
+            # the chunks are received from here on, also while the core checks the header and commits its nonce and upload row
+            chunks = ReadAhead(request_iterator, max_messages=max(2, UPLOAD_READ_AHEAD_BYTES // self.config.limits.max_chunk_bytes))
+            out = self.party.receive_upload(client, first.header, chunks, stop=chunks.stop, stream_errors=(grpc.RpcError,), cancel=context.cancel)
         if not out.complete:
             return provider_pb2.UploadResponse(upload_id=out.record.upload_id, complete=False, received_bytes=out.received_bytes)
         return self._upload_response(out.record, out.checks, out.verify_seconds)
@@ -128,12 +143,13 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         client = self.auth.identify(context)
         jobs = self.party.jobs
         job = jobs.get(request.job_id, client.client_id)
-        for ev in jobs.watch(job, context.is_active):
-            msg = common_pb2.JobEvent(job_id=job.job_id, state=JOB_STATES[ev.state], stage=ev.stage, fraction=ev.fraction,
-                                      message=ev.message, time_ms=ev.time_ms)
-            if ev.state in ("SUCCEEDED", "FAILED"):
-                msg.result.CopyFrom(job_result_message({**job.result_dict(), "client_id": client.client_id}))
-            yield msg
+        with self.streams.hold(client.client_id, "WatchJob"):
+            for ev in jobs.watch(job, context.is_active):
+                msg = common_pb2.JobEvent(job_id=job.job_id, state=JOB_STATES[ev.state], stage=ev.stage, fraction=ev.fraction,
+                                          message=ev.message, time_ms=ev.time_ms)
+                if ev.state in ("SUCCEEDED", "FAILED"):
+                    msg.result.CopyFrom(job_result_message({**job.result_dict(), "client_id": client.client_id}))
+                yield msg
 
     @guard
     def Ask(self, request, context):

@@ -137,7 +137,7 @@ class UploadSession:
         if alg not in UPLOAD_DIGESTS:
             raise RpcError("BAD_REQUEST", f"chunk digest {alg!r} is not supported; use one of {list(UPLOAD_DIGESTS)} (Hello: upload_digests)",
                            rule="chunk digest")
-        if not HEX64_RE.match(digest_hex or ""):
+        if not HEX64_RE.fullmatch(digest_hex or ""):
             raise RpcError("BAD_REQUEST", f"the chunk's {alg} must be 64 lowercase hex digits", rule="chunk digest")
 
     def write(self, offset: int, data: Any, digest_hex: str, max_chunk: int, alg: str = "sha256") -> None:
@@ -311,7 +311,7 @@ class UploadManager:
 
     # --- opening a stream ------------------------------------------------------------------------------
     def validate_header(self, h: Any) -> None:
-        if not UPLOAD_ID_RE.match(h.upload_id or ""):
+        if not UPLOAD_ID_RE.fullmatch(h.upload_id or ""):
             raise RpcError("BAD_REQUEST", f"upload_id {h.upload_id!r} must be 16..64 of [A-Za-z0-9_-]", rule="upload_id")
         for name in ("dataset_id", "artifact_name"):
             check_wire_name(getattr(h, name), name)
@@ -321,7 +321,7 @@ class UploadManager:
                            rule="tar digest")
         if b3 and "blake3" not in UPLOAD_DIGESTS:
             raise RpcError("BAD_REQUEST", "this provider does not support BLAKE3; send artifact_sha256", rule="tar digest")
-        if not HEX64_RE.match(sha or b3):
+        if not HEX64_RE.fullmatch(sha or b3):
             name = "artifact_sha256" if sha else "artifact_blake3"
             raise RpcError("BAD_REQUEST", f"{name} must be 64 lowercase hex digits (the digest of the whole tar)", rule=name)
         if h.total_bytes <= 0:
@@ -412,7 +412,7 @@ class UploadManager:
 
     # --- finishing ---------------------------------------------------------------------------------------
     def _fail(self, rec: UploadRecord, err: CodedError) -> None:
-        self._exec("UPDATE uploads SET state='failed', error=?, updated_at=? WHERE upload_id=?", (f"[{err.code}] {err}"[:2000], time.time(), rec.upload_id))
+        self._exec("UPDATE uploads SET state='failed', error=?, updated_at=? WHERE upload_id=?", (str(err)[:2000], time.time(), rec.upload_id))
         self.part_path(rec.client_id, rec.upload_id).unlink(missing_ok=True)
 
     def finalize(self, rec: UploadRecord, client: RegisteredClient, ledger: Ledger, experts: ExpertStore, ledger_lock: threading.Lock) -> FinalizedUpload:
@@ -451,7 +451,7 @@ class UploadManager:
         try:
             unpack_artifact(data, tmp, max_bytes=self.limits.max_artifact_bytes)
             checks.append("tar layout (plain names, allowed files, no links, sizes)")
-            verified = ArtifactVerifier([client.public_key]).verify(tmp)
+            verified = ArtifactVerifier([client.public_key]).verify(tmp, name=f"artifact {rec.artifact_name}")
             checks += ["signature (client's registered key)", "file digests and sizes", "expert spec", "public schema",
                        "spec/schema/tensor-header consistency", "dp statement"]
             try:

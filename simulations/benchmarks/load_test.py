@@ -51,7 +51,7 @@ from simulations.two_party_demo import RunLayout, free_port, spawn, wait_healthy
 TINY = {"name": "tiny", "n_synthetic": 300, "encoder_questions": 16, "decoder_questions": 8, "val_questions": 8, "encoder_epochs": 1,
         "decoder_epochs": 1, "inject_candidates": [24], "surrogate_epochs": 1}
 SCHEMAS = ("titanic", "default")
-SHED_CODES = ("OVERLOADED", "TOO_MANY_UPLOADS", "RATE_LIMITED", "QUEUE_FULL")
+SHED_CODES = ("OVERLOADED", "TOO_MANY_UPLOADS", "TOO_MANY_STREAMS", "RATE_LIMITED", "QUEUE_FULL")
 CALL_TIMEOUT_S = 120.0
 
 

@@ -62,7 +62,7 @@ def _keygen(args: argparse.Namespace) -> int:
 
 def check_file_name(name: str | None, flag: str, files: str) -> str:
     """A party or key name becomes file names: letters, digits, '.', '_' and '-' only, so it cannot leave the folder."""
-    if not WIRE_NAME_RE.match(name or "") or ".." in (name or ""):
+    if not WIRE_NAME_RE.fullmatch(name or "") or ".." in (name or ""):
         raise UsageError(f"{flag} {name!r}: a name is a letter or digit followed by letters, digits, '.', '_' or '-' (it names the files "
                          f"{files})")
     return name

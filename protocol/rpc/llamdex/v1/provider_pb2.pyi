@@ -14,7 +14,7 @@ class HelloRequest(_message.Message):
     def __init__(self, client_version: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_message_bytes", "max_artifact_bytes", "max_chunk_bytes", "max_batch_questions", "max_question_chars", "signature_max_skew_ms", "upload_ttl_s", "max_open_uploads", "max_page_size", "max_requests_per_second", "max_job_queue", "upload_digests")
+    __slots__ = ("max_message_bytes", "max_artifact_bytes", "max_chunk_bytes", "max_batch_questions", "max_question_chars", "signature_max_skew_ms", "upload_ttl_s", "max_open_uploads", "max_page_size", "max_requests_per_second", "max_job_queue", "upload_digests", "max_question_tokens", "max_streams_per_client")
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_ARTIFACT_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,8 @@ class Limits(_message.Message):
     MAX_REQUESTS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     MAX_JOB_QUEUE_FIELD_NUMBER: _ClassVar[int]
     UPLOAD_DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUESTION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_STREAMS_PER_CLIENT_FIELD_NUMBER: _ClassVar[int]
     max_message_bytes: int
     max_artifact_bytes: int
     max_chunk_bytes: int
@@ -39,7 +41,9 @@ class Limits(_message.Message):
     max_requests_per_second: float
     max_job_queue: int
     upload_digests: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, max_message_bytes: _Optional[int] = ..., max_artifact_bytes: _Optional[int] = ..., max_chunk_bytes: _Optional[int] = ..., max_batch_questions: _Optional[int] = ..., max_question_chars: _Optional[int] = ..., signature_max_skew_ms: _Optional[int] = ..., upload_ttl_s: _Optional[int] = ..., max_open_uploads: _Optional[int] = ..., max_page_size: _Optional[int] = ..., max_requests_per_second: _Optional[float] = ..., max_job_queue: _Optional[int] = ..., upload_digests: _Optional[_Iterable[str]] = ...) -> None: ...
+    max_question_tokens: int
+    max_streams_per_client: int
+    def __init__(self, max_message_bytes: _Optional[int] = ..., max_artifact_bytes: _Optional[int] = ..., max_chunk_bytes: _Optional[int] = ..., max_batch_questions: _Optional[int] = ..., max_question_chars: _Optional[int] = ..., signature_max_skew_ms: _Optional[int] = ..., upload_ttl_s: _Optional[int] = ..., max_open_uploads: _Optional[int] = ..., max_page_size: _Optional[int] = ..., max_requests_per_second: _Optional[float] = ..., max_job_queue: _Optional[int] = ..., upload_digests: _Optional[_Iterable[str]] = ..., max_question_tokens: _Optional[int] = ..., max_streams_per_client: _Optional[int] = ...) -> None: ...
 
 class HelloResponse(_message.Message):
     __slots__ = ("protocol_version", "provider_id", "base_model_id", "schemas_ready", "accepts_any_schema", "limits", "provider_public_key_pem", "provider_key_fingerprint", "client_id", "accountants", "receipt_keys_json")
