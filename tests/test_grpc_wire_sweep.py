@@ -15,7 +15,6 @@ import secrets
 import tarfile
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import grpc
