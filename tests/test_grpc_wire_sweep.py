@@ -100,7 +100,7 @@ def _silent(release: threading.Event):
     """A request stream that sends nothing until released (not even the header)."""
     release.wait(30)
     return
-    yield  # noqa: unreachable - makes this a generator
+    yield  # unreachable: makes this a generator
 
 
 def test_streams_that_never_send_a_header_cannot_hold_every_server_thread(world):
