@@ -38,6 +38,9 @@ class Bundles:
     ca: Path
 
 
+CLIENT_PORT_OFFSET = 10   # the client's service listens next to the provider's port
+
+
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -70,16 +73,22 @@ def make_bundles(out: str | Path, provider_host: str, client_host: str, *, clien
                  budget: float = 4.0, preset: str = "quick", days: int = 365, force: bool = False) -> Bundles:
     """Keys, a CA, certificates and both configs (see the module doc); refuses to overwrite unless `force`."""
     from protocol.keys import generate_keypair
-    from protocol.tls import make_certs
+    from protocol.tls import MAX_DAYS, check_host, make_certs
     from provider_party.service.config import check_id
 
+    # every value checked before the first file is written: a refusal leaves no half bundle for the corrected rerun to trip on
     check_id(client_id, "--client-id")
+    check_host(provider_host)
+    check_host(client_host)
     if preset not in PRESET_CHOICES:
         raise ValueError(f"--preset {preset!r}: expected one of {PRESET_CHOICES}")
-    if not 0 < port < 65536:
-        raise ValueError(f"--port {port}: expected 1..65535")
-    if not budget > 0:
-        raise ValueError(f"--budget {budget}: the ε budget per dataset must be positive")
+    if not 0 < port <= 65535 - CLIENT_PORT_OFFSET:
+        raise ValueError(f"--port {port}: expected 1..{65535 - CLIENT_PORT_OFFSET} (the client listens on the port + {CLIENT_PORT_OFFSET})")
+    if not 0 < budget < float("inf"):
+        raise ValueError(f"--budget {budget}: the ε budget per dataset must be a positive finite number (an unbounded one is "
+                         "written by hand, `epsilon_budget = \"inf\"`, on purpose)")
+    if not 1 <= days <= MAX_DAYS:
+        raise ValueError(f"--days {days}: a certificate's validity must be 1 to {MAX_DAYS} days")
     out = Path(out)
     b = Bundles(out / "provider", out / "client", out / "monitor", out / "ca")
     existing = [str(p) for p in (b.provider, b.client, b.monitor, b.ca) if p.exists() and any(p.iterdir())]
@@ -112,7 +121,7 @@ def make_bundles(out: str | Path, provider_host: str, client_host: str, *, clien
     ]))
     (b.client / "client.toml").write_text(_toml("Llamdex client (written by `llamdex hosts bundle`; paths are relative to this file)", [
         ("[client]", {"id": client_id, "key": f"keys/{client_id}.key", "workspace": "workspace", "max_epsilon": float(budget),
-                      "listen": f"0.0.0.0:{port + 10}"}),
+                      "listen": f"0.0.0.0:{port + CLIENT_PORT_OFFSET}"}),
         ("[provider]", {"address": f"{_host_literal(provider_host)}:{port}", "public_key": "keys/provider.pub"}),
         ("[tls]", {"ca": "certs/ca.pem", "cert": f"certs/{client_id}.pem", "key": f"certs/{client_id}.key"}),
     ]))

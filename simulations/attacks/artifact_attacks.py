@@ -56,12 +56,17 @@ def load_records(path: str | Path, artifact_folder: str | Path, what: str) -> pd
     from client_party.datasets import TableRef
 
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(21, f"--{what} is a folder, not a file of records", str(path))
     if not path.is_file():
-        raise ValueError(f"--{what} {path}: no such file; give a CSV or Parquet file of records under the artifact's schema")
-    from protocol.errors import LlamdexError
+        raise FileNotFoundError(2, f"--{what}: no such file", str(path))
+    from protocol.errors import DataValidationError, LlamdexError
+    from protocol.rpc_errors import redacted_data_error
 
     try:
         df, _ = TableRef.parse(path, Path(artifact_folder) / "schema.json").load()
+    except DataValidationError as e:   # the records stay unprinted: counts, kinds and columns only
+        raise ValueError(f"--{what} {path} does not fit the artifact's schema: {str(redacted_data_error(e)).split('] ', 1)[-1]}") from None
     except (LlamdexError, ValueError) as e:
         raise ValueError(f"--{what} {path} does not fit the artifact's schema: {e}") from None
     if len(df) < MIN_RECORDS:

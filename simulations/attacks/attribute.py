@@ -93,6 +93,9 @@ def attribute_inference(model: Any, schema: Any, records: pd.DataFrame, is_membe
     column = column or (schema.sensitive_columns[0] if schema.sensitive_columns else None)
     if column is None:
         raise ValueError(f"schema {schema.name!r} declares no sensitive column; pass column=... or mark one 'sensitive': true")
+    if column not in schema.feature_names:   # the label is what the expert predicts, not a feature it reads
+        what = "the label" if column == schema.label.name else "not a column of the schema"
+        raise ValueError(f"column {column!r} is {what}; choose a categorical or boolean feature: {list(schema.feature_names)}")
     col = schema.column(column)
     if col.is_numeric:
         raise ValueError(f"column {column!r} is numeric; attribute inference supports categorical and boolean columns")

@@ -60,7 +60,7 @@ from simulations.benchmarks.results_md import (
     update_section,
     write_json,
 )
-from simulations.cli.common import add_data_args, add_out_arg, epsilon_list, add_threads_arg, set_threads
+from simulations.cli.common import add_data_args, add_out_arg, add_threads_arg, epsilon_list, non_negative_int_list, positive_int, set_threads
 
 METHODS = ("llamdex", "llamdex_calibrated", "expert_api", "icl_dp", "lora_dp_mst", "lora_dp_gan", "lora_real")
 LLAMDEX_METHODS = ("llamdex", "llamdex_calibrated")   # one unit runs several ε; the connectors are part of the method
@@ -321,7 +321,7 @@ def parser() -> argparse.ArgumentParser:
     add_data_args(ap, multiple=True, default=DATASETS)
     ap.add_argument("--methods", type=_methods, default=list(METHODS), help=f"comma-separated, from {', '.join(METHODS)} (default: all)")
     ap.add_argument("--epsilons", type=_finite_epsilons, default=[1.0, 4.0], help="ε of the per-ε tables (default 1,4)")
-    ap.add_argument("--seeds", type=lambda t: _csv(int, t), default=[0, 1, 2], help="seeds at --all-seeds-at (default 0,1,2); other ε use the first")
+    ap.add_argument("--seeds", type=lambda t: list(non_negative_int_list(t)), default=[0, 1, 2], help="seeds at --all-seeds-at (default 0,1,2); other ε use the first")
     ap.add_argument("--all-seeds-at", type=_finite_epsilons, default=[1.0], help="ε that run every seed (default 1)")
     ap.add_argument("--all-seeds-data", type=lambda t: _csv(str, t), default=["titanic"],
                     help="tables that run every seed at --all-seeds-at (default titanic: 3 seeds on every table do not fit 3 hours on 2 cores)")
@@ -335,7 +335,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--latency-only", action="store_true", help="only the latency runs (measures every method in --methods)")
     ap.add_argument("--latency-reps", type=int, default=40, help="questions per method in the latency runs (default 40: a ratio of medians near 1.1 needs more than a handful; about a minute per table)")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="default", help="sizes of every method (quick: a small subset for tests)")
-    ap.add_argument("--max-test", type=int, default=None, help="held-out questions per table (default: the preset's, 300)")
+    ap.add_argument("--max-test", type=positive_int, default=None, help="held-out questions per table (default: the preset's, 300)")
     ap.add_argument("--lora-questions", type=int, default=None, help="training questions per LoRA run (default: the preset's; LoRAConfig.questions = 960 in the default one)")
     ap.add_argument("--connectors", type=Path, default=None, help="connector store of the llamdex units (default $LLAMDEX_HOME/connectors)")
     ap.add_argument("--redo", action="store_true", help="rerun units already in compare.json")

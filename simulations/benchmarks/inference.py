@@ -22,7 +22,8 @@ import numpy as np
 
 from simulations.benchmarks.accuracy import DATASETS, table_order  # every registered table, as the accuracy benchmark
 from simulations.benchmarks.results_md import RESULTS_DIR, command_line, environment, results_md_path, update_section, write_json
-from simulations.cli.common import add_connectors_arg, add_data_args, add_out_arg, add_threads_arg, set_threads, table_refs
+from simulations.cli.common import (add_connectors_arg, add_data_args, add_out_arg, add_threads_arg, positive_int, positive_int_list, set_threads,
+                                    table_refs)
 
 
 def measure(table, batch_sizes: tuple[int, ...], reps: int, preset: str, connectors: Path | None, seed: int = 0) -> dict:
@@ -98,8 +99,8 @@ def markdown(payload: dict) -> str:
 def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The benchmark's options, shared by `python -m simulations.benchmarks.inference` and `llamdex bench inference`."""
     add_data_args(ap, multiple=True, default=",".join(DATASETS), aliases=("--datasets",))
-    ap.add_argument("--batch-sizes", default="1,16", help="comma-separated questions per pass to time (default 1,16)")
-    ap.add_argument("--reps", type=int, default=30, help="repetitions per batch size (batch 16 uses a third)")
+    ap.add_argument("--batch-sizes", type=positive_int_list, default=(1, 16), help="comma-separated questions per pass to time (default 1,16)")
+    ap.add_argument("--reps", type=positive_int, default=30, help="repetitions per batch size (batch 16 uses a third)")
     ap.add_argument("--preset", default="default", choices=["default", "quick"], help="preset used only if no connectors are stored yet")
     add_connectors_arg(ap, help="connector store (default $LLAMDEX_HOME/connectors)")
     add_threads_arg(ap)
@@ -110,7 +111,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, command: str) -> int:
     set_threads(args.threads)
-    sizes = tuple(int(s) for s in args.batch_sizes.split(","))
+    sizes = tuple(args.batch_sizes)
     env = environment()
     tables = table_refs(args)
     payload = kept_results(Path(args.out) / "inference.json", args.update)

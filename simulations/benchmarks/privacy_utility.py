@@ -538,29 +538,57 @@ def write(args: argparse.Namespace, cache: Cache, tables: list[str], argv: list[
     return data
 
 
+def _registered_tables(text: str) -> str:
+    """Registered table names only: the benchmark's splits and shadows are sized for them (a file is `llamdex attack`'s)."""
+    from client_party.datasets import DATASETS
+
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in names if t not in DATASETS]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"{', '.join(bad) or repr(text)}: name registered tables ({', '.join(sorted(DATASETS))}); "
+                                         "for a table file, use `llamdex attack mia|attribute|canary --data FILE`")
+    return text
+
+
+def _seats(text: str) -> str:
+    seats = [t.strip() for t in text.split(",") if t.strip()]
+    if not seats or set(seats) - {"provider", "query"}:
+        raise argparse.ArgumentTypeError(f"expected provider, query or provider,query, got {text!r}")
+    return text
+
+
+def _canary_count(text: str) -> int:
+    from simulations.cli.common import positive_int
+
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected 2 canaries or more (half inserted, half held out), got {text!r}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
-    from simulations.cli.common import add_alias, add_connectors_arg, epsilon_list, positive_int
+    from simulations.cli.common import add_alias, add_connectors_arg, epsilon_list, non_negative_int, positive_float, positive_int
 
     p = argparse.ArgumentParser(prog="python -m simulations.benchmarks.privacy_utility", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", dest="tables", default=",".join(DEFAULT_TABLES), help="comma-separated registered tables (default: %(default)s)")
+    p.add_argument("--data", dest="tables", type=_registered_tables, default=",".join(DEFAULT_TABLES), help="comma-separated registered tables (default: %(default)s)")
     add_alias(p, "--tables", "--data", dest="tables")
     p.add_argument("--epsilons", type=epsilon_list, default=epsilon_list(DEFAULT_EPSILONS), help="target ε list, 'none' = no DP (default: %(default)s)")
-    p.add_argument("--seats", default="provider,query", help="provider, query or provider,query (default: %(default)s)")
-    p.add_argument("--target-size", type=int, default=1000, help="client training-set size, smaller for small tables (default: %(default)s)")
-    p.add_argument("--challenge", type=int, default=500, help="members and non-members attacked, each (default: %(default)s)")
-    p.add_argument("--shadows", type=int, default=16, help="shadow experts (default: %(default)s)")
-    p.add_argument("--population", type=int, default=500, help="population records z for RMIA, provider seat (default: %(default)s)")
+    p.add_argument("--seats", type=_seats, default="provider,query", help="provider, query or provider,query (default: %(default)s)")
+    p.add_argument("--target-size", type=positive_int, default=1000, help="client training-set size, smaller for small tables (default: %(default)s)")
+    p.add_argument("--challenge", type=positive_int, default=500, help="members and non-members attacked, each (default: %(default)s)")
+    p.add_argument("--shadows", type=non_negative_int, default=16, help="shadow experts (default: %(default)s)")
+    p.add_argument("--population", type=positive_int, default=500, help="population records z for RMIA, provider seat (default: %(default)s)")
     p.add_argument("--query-epsilons", type=epsilon_list, default=epsilon_list("1,none"),
                    help="ε values attacked from the query seat (default: 1,none; on 2 cores titanic's questions take 2.4 "
                         "minutes through the LLM once, then each ε 1.4)")
-    p.add_argument("--query-records", type=int, default=500, help="members and non-members each attacked through the LLM (default: %(default)s)")
-    p.add_argument("--query-population", type=int, default=200, help="population records z for RMIA through the LLM (default: %(default)s)")
-    p.add_argument("--query-shadows", type=int, default=16, help="shadows pushed through the LLM (default: %(default)s)")
-    p.add_argument("--canaries", type=int, default=1000, help="canaries per one-run audit (default: %(default)s)")
-    p.add_argument("--canary-seeds", type=int, default=3, help="independent audit runs per ε and kind (default: %(default)s)")
-    p.add_argument("--broken-epsilon", type=float, default=1.0, help="claimed ε of the broken-DP-SGD check (default: %(default)s)")
-    p.add_argument("--broken-seeds", type=int, default=3, help="seeds of the broken-DP-SGD check per table (default: %(default)s)")
+    p.add_argument("--query-records", type=positive_int, default=500, help="members and non-members each attacked through the LLM (default: %(default)s)")
+    p.add_argument("--query-population", type=positive_int, default=200, help="population records z for RMIA through the LLM (default: %(default)s)")
+    p.add_argument("--query-shadows", type=positive_int, default=16, help="shadows pushed through the LLM (default: %(default)s)")
+    p.add_argument("--canaries", type=_canary_count, default=1000, help="canaries per one-run audit (default: %(default)s)")
+    p.add_argument("--canary-seeds", type=positive_int, default=3, help="independent audit runs per ε and kind (default: %(default)s)")
+    p.add_argument("--broken-epsilon", type=positive_float, default=1.0, help="claimed ε of the broken-DP-SGD check (default: %(default)s)")
+    p.add_argument("--broken-seeds", type=non_negative_int, default=3, help="seeds of the broken-DP-SGD check per table (default: %(default)s)")
     p.add_argument("--preset", default="default", choices=("default", "quick"), help="connector preset (default: %(default)s)")
     add_connectors_arg(p, help="connector store (default: $LLAMDEX_HOME/connectors); missing connectors are trained into it",
                        aliases=("--connector-root",))

@@ -535,6 +535,16 @@ def link_row(lk: dict[str, Any], mb: float) -> str:
             f"{u['ratio_transfer_paired']:.2f}, to the receipt {u['ratio_end_to_end']:.2f}; {target}) |")
 
 
+
+def _links(text: str) -> str:
+    """Link capacities in Mbit/s, comma-separated whole numbers of at least 1 ('' for none)."""
+    import argparse
+
+    for t in (x.strip() for x in text.split(",") if x.strip()):
+        if not t.isdigit() or int(t) < 1:
+            raise argparse.ArgumentTypeError(f"link {t!r} is not a capacity in Mbit/s (a whole number of at least 1); '' for none")
+    return text
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m simulations.benchmarks.protocol_bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -543,7 +553,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true", help="a ~17 MB artifact and fewer repetitions (smoke run)")
     ap.add_argument("--reps", type=int, default=9, help="uploads of distinct ~100 MB artifacts, each against a raw push and a raw "
                     "push + store (default 9; the machine is noisy)")
-    ap.add_argument("--links", default=",".join(map(str, LINKS_MBIT)), help="also measure uploads across links of these capacities "
+    ap.add_argument("--links", type=_links, default=",".join(map(str, LINKS_MBIT)), help="also measure uploads across links of these capacities "
                     "(Mbit/s, comma-separated) between two network namespaces (needs root and iproute2; skipped with the reason otherwise; "
                     "'' for none; default %(default)s)")
     ap.add_argument("--link-reps", type=int, default=5, help="repetitions per shaped link (default 5)")

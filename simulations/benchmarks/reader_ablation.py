@@ -28,7 +28,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from simulations.benchmarks.results_md import RESULTS_DIR, command_line, environment, results_md_path, update_section, write_json
-from simulations.cli.common import add_data_args, add_out_arg, add_threads_arg, set_threads, table_refs
+from protocol.errors import LlamdexError
+from simulations.cli.common import add_data_args, add_out_arg, add_threads_arg, positive_int, set_threads, table_refs
 
 THRESHOLD = 0.97
 # Runs stored before each variant recorded its layer all read the default preset's layer, which was 12 then
@@ -109,7 +110,8 @@ def measure_table(base, table, variants: list[Variant], *, seed: int, max_test: 
     fe = FeatureEncoder(schema)
     layers = sorted({layer or config.encoder_layer for _, _, layer in variants})
     if layers[-1] >= base.num_layers:
-        raise ValueError(f"{base.model_id} has {base.num_layers} layers: cannot read the states entering layer {layers[-1]}")
+        raise LlamdexError(f"{base.model_id} has {base.num_layers} layers: cannot read the states entering layer {layers[-1]}; "
+                           f"give --variants layers of at most {base.num_layers - 1}")
 
     t0 = time.perf_counter()
     enc_q, dec_q = p.questions_for(schema)
@@ -183,7 +185,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
                          "whose states the encoder reads (default: the preset's, 12); all layers come from one frozen pass "
                          "(default 5x2,9x2,13x2,5x3)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the split, the questions and every variant's initial weights (default 0)")
-    ap.add_argument("--max-test", type=int, default=500, help="stratified subsample of the held-out split (default 500)")
+    ap.add_argument("--max-test", type=positive_int, default=500, help="stratified subsample of the held-out split (default 500)")
     ap.add_argument("--questions", type=int, default=None,
                     help="synthetic training questions, and a quarter as many for validation (default: the default preset's counts for the schema)")
     add_threads_arg(ap)

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from simulations.cli.common import add_connectors_arg, add_data_args, add_json_arg, emit_json, non_negative_int, positive_int, table_refs
+from simulations.cli.common import (add_connectors_arg, add_data_args, add_json_arg, emit_json, non_negative_int, positive_float, positive_int,
+                                    probability, table_refs)
 
 DESCRIPTION = """\
 Measure what an expert reveals about the records it was trained on. Two ways to name the target:
@@ -73,13 +74,13 @@ examples:
 def _target_args(p: argparse.ArgumentParser, *, members_files: bool = True) -> None:
     sim = p.add_argument_group("simulated client (the command trains the target)")
     add_data_args(sim, default=None)
-    sim.add_argument("--epsilon", type=float, default=None, help="target ε of the client's DP-SGD; omit for no DP")
-    sim.add_argument("--target-size", type=int, default=1000, help="records in the client's training set (default: %(default)s)")
-    sim.add_argument("--n-members", type=int, default=500, help="members attacked (default: %(default)s)")
-    sim.add_argument("--n-nonmembers", type=int, default=500, help="non-members attacked (default: %(default)s)")
+    sim.add_argument("--epsilon", type=positive_float, default=None, help="target ε of the client's DP-SGD; omit for no DP")
+    sim.add_argument("--target-size", type=positive_int, default=1000, help="records in the client's training set (default: %(default)s)")
+    sim.add_argument("--n-members", type=positive_int, default=500, help="members attacked (default: %(default)s)")
+    sim.add_argument("--n-nonmembers", type=positive_int, default=500, help="non-members attacked (default: %(default)s)")
     sim.add_argument("--epochs", type=positive_int, default=None, help="override the recipe's epochs")
     sim.add_argument("--batch-size", type=positive_int, default=None, help="override the recipe's batch size")
-    sim.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
+    sim.add_argument("--lr", type=positive_float, default=None, help="override the recipe's learning rate")
     sim.add_argument("--no-early-stopping", dest="early_stopping", action="store_false", default=None,
                      help="without DP: train every epoch on every record (a deliberately overfit expert)")
     art = p.add_argument_group("a real artifact (verified first); --data is then an optional public table for shadows")
@@ -101,15 +102,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     m = asub.add_parser("mia", help="membership inference (score attacks, LiRA, RMIA) from the provider and query seats",
                         description=DESCRIPTION.split("\n\n")[0], epilog=MIA_EPILOG, formatter_class=fmt)
     _target_args(m)
-    m.add_argument("--shadows", type=int, default=16, help="shadow experts (default: %(default)s)")
-    m.add_argument("--population", type=int, default=500, help="population records z for RMIA (default: %(default)s)")
+    m.add_argument("--shadows", type=non_negative_int, default=16, help="shadow experts (default: %(default)s; 0: only the attacks without shadows)")
+    m.add_argument("--population", type=positive_int, default=500, help="population records z for RMIA (default: %(default)s)")
     m.add_argument("--attacks", default=None, help="comma-separated subset of: loss, confidence, entropy, modified_entropy, margin, "
                                                    "lira_online, lira_offline, rmia, rmia_offline (default: all)")
     q = m.add_argument_group("query seat")
-    q.add_argument("--query", type=int, default=None, metavar="N",
+    q.add_argument("--query", type=positive_int, default=None, metavar="N",
                    help="simulated: also attack through a local customized LLM with N members + N non-members; "
                         "artifact with --provider: ask about N members + N non-members (default: every attacked record)")
-    q.add_argument("--query-shadows", type=int, default=None, help="simulated: shadows pushed through the LLM (default: all)")
+    q.add_argument("--query-shadows", type=positive_int, default=None, help="simulated: shadows pushed through the LLM (default: all)")
     q.add_argument("--preset", default="quick", help="simulated: connector preset for the query seat (default: %(default)s)")
     add_connectors_arg(q, help="simulated: connector store (default: $LLAMDEX_HOME/connectors-quick)", aliases=("--connector-root",))
     from simulations.cli.client_protocol import _common as provider_flags
@@ -124,9 +125,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = asub.add_parser("canary", help="one-run canary audits (input-space and gradient canaries): empirical ε lower bound at 95 %%",
                         epilog=CANARY_EPILOG, formatter_class=fmt)
     _target_args(c, members_files=False)
-    c.add_argument("--canaries", type=int, default=1000, help="number of canaries m (default: %(default)s)")
-    c.add_argument("--seeds", type=int, default=1, help="independent audit runs (default: %(default)s)")
-    c.add_argument("--confidence", type=float, default=0.95, help="confidence of the bound (default: %(default)s)")
+    c.add_argument("--canaries", type=_at_least_two, default=1000, help="number of canaries m (default: %(default)s)")
+    c.add_argument("--seeds", type=positive_int, default=1, help="independent audit runs (default: %(default)s)")
+    c.add_argument("--confidence", type=probability, default=0.95, help="confidence of the bound (default: %(default)s)")
     c.set_defaults(func=_json_on_stdout_alone(_canary))
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
@@ -176,17 +177,46 @@ def _mode(args: argparse.Namespace, verb: str, need_nonmembers: bool = True) -> 
     return "simulated"
 
 
+def _at_least_two(text: str) -> int:
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected 2 canaries or more (half are inserted, half held out), got {text!r}")
+    return value
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Where the results go, checked before minutes of training rather than after."""
+    json_out = getattr(args, "json", None)
+    for path in filter(None, (Path(json_out) if json_out not in (None, "-") else None, getattr(args, "roc", None))):
+        if path.is_dir():
+            raise IsADirectoryError(21, "is a folder, not a file", str(path))
+        if not path.parent.is_dir():
+            raise FileNotFoundError(2, "folder does not exist", str(path.parent))
+    roc = getattr(args, "roc", None)
+    if roc is not None and roc.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise UsageError(f"--roc {roc}: name an image file ending in .png, .pdf or .svg")
+
+
 def _run(verb: str, fn, args: argparse.Namespace) -> int:
-    from protocol.errors import LlamdexError
+    """Exit 1 is the attack's own finding (canary: a bound above the claim); a bad flag is 2, and every other refusal
+    (a missing file, an artifact that fails verification, a table that breaks its schema) takes the status `llamdex`
+    gives it everywhere (README, exit status)."""
+    from protocol.errors import DataValidationError, LlamdexError
+    from protocol.rpc_errors import redacted_data_error
 
     try:
+        _check_outputs(args)
         return fn(args)
     except UsageError as e:
         print(f"llamdex attack {verb}: {e}", file=sys.stderr)
         return 2
-    except (ValueError, LlamdexError) as e:
-        print(f"llamdex attack {verb}: {e}", file=sys.stderr)
-        return 1
+    except DataValidationError as e:   # records the auditor holds break the schema: counts, kinds and columns, no value
+        raise redacted_data_error(e) from None
+    except ValueError as e:
+        if isinstance(e, LlamdexError):
+            raise
+        print(f"llamdex attack {verb}: {e}", file=sys.stderr)   # a value the attack cannot take (its rule in the message)
+        return 3
 
 
 def _population(args: argparse.Namespace):
@@ -201,7 +231,10 @@ def _print_results(results) -> None:
         mark = " *" if r.beats_chance else ""
         print(f"{r.seat:9} {r.attack:16} {r.auc:6.3f} [{r.auc_ci[0]:.3f}, {r.auc_ci[1]:.3f}]{mark:2} {t[0.001]:9.3f} "
               f"{t[0.01]:6.3f} [{ci[0.01][0]:.3f}, {ci[0.01][1]:.3f}] {t[0.1]:8.3f} {r.epsilon_lb or 0:5.2f} {r.n_members:8d} {r.n_nonmembers:7d}")
-    print("* the AUC's 95 % interval excludes 0.5 (before correcting for the number of attacks compared)")
+    if any(r.beats_chance for r in results):
+        print("* the AUC's 95 % interval excludes 0.5 (before correcting for the number of attacks compared)")
+    else:
+        print("no attack's AUC interval excludes 0.5")
 
 
 def _mia(args: argparse.Namespace) -> int:
@@ -215,6 +248,9 @@ def _mia_impl(args: argparse.Namespace) -> int:
     bad = set(attacks) - set(ALL_ATTACKS)
     if bad:
         raise UsageError(f"unknown attacks {sorted(bad)}; choose from {list(ALL_ATTACKS)}")
+    with_shadows = [a for a in attacks if a.startswith(("lira", "rmia"))]
+    if args.shadows == 0 and args.attacks and with_shadows:   # they would be dropped, and an empty table printed
+        raise UsageError(f"{', '.join(with_shadows)} need shadow experts: give --shadows 1 or more")
     if _mode(args, "mia") == "artifact":
         return _mia_artifact(args, attacks)
     df, schema = table_refs(args)[0].load()
@@ -326,7 +362,7 @@ def _attribute_impl(args: argparse.Namespace) -> int:
     print(f"{'most frequent value':28} {res.prior:22.3f} {res.prior:22.3f}")
     print(f"advantage over the population on members: {fmt(res.advantage, 'advantage')}; members − non-members: "
           f"{fmt(res.membership_gap, 'membership_gap')} ({res.n_members} members, {res.n_nonmembers} non-members): "
-          f"{'leaks (an interval excludes 0)' if res.to_dict()['leaks'] else 'no leakage shown (both intervals include 0)'}")
+          f"{'leaks (an interval lies above 0)' if res.to_dict()['leaks'] else 'no leakage shown (neither interval lies above 0)'}")
     _write_json(args, {"target": name, "dp": dp, **res.to_dict()})
     return 0
 

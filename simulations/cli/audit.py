@@ -84,8 +84,13 @@ def run(args: argparse.Namespace) -> int:
     _require_named_paths(args)
     canary = None
     if args.canary:
+        from protocol.errors import DataValidationError
+        from protocol.rpc_errors import redacted_data_error
+
         try:
             canary = _canary_spec(args)
+        except DataValidationError as e:   # the records behind an artifact: counts, kinds and columns, never a value
+            raise redacted_data_error(e) from None
         except (ValueError, argparse.ArgumentTypeError) as e:
             raise UsageError(f"--canary: {e}") from None
     elif args.data:

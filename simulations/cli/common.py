@@ -97,6 +97,30 @@ positive_float = _finite_number(True, "A duration or size given on the command l
 non_negative_float = _finite_number(False, "A share given on the command line (0 or more, finite), refused in a sentence otherwise.")
 
 
+def positive_int_list(text: str) -> tuple[int, ...]:
+    """Comma-separated counts (each 1 or more), at least one: `1,16`."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers of at least 1, got {text!r}")
+    return tuple(positive_int(t) for t in items)
+
+
+def non_negative_int_list(text: str) -> tuple[int, ...]:
+    """Comma-separated seeds (each 0 or more), at least one: `0,1,2`."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers of 0 or more, got {text!r}")
+    return tuple(non_negative_int(t) for t in items)
+
+
+def probability(text: str) -> float:
+    """A confidence level given on the command line, strictly between 0 and 1, refused in a sentence otherwise."""
+    value = positive_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 (e.g. 0.95), got {text!r}")
+    return value
+
+
 def add_threads_arg(p: argparse.ArgumentParser) -> None:
     """`--threads N`, read by `set_threads`: one wording for every benchmark that runs the LLM in its own process."""
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",

@@ -21,6 +21,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+from simulations.cli.common import non_negative_float, positive_float
+
 EXIT_SERVING, EXIT_NOT_SERVING, EXIT_NO_ANSWER = 0, 1, 7   # = EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE of simulations.cli.main
 
 
@@ -47,8 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--tls-key", type=Path, help="the key of --cert")
     g.add_argument("--server-name", help="name to check in the server's certificate (default: the host of ADDRESS)")
     g.add_argument("--plaintext", action="store_true", help="no TLS (loopback only, for development)")
-    h.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for one answer (default: %(default)s)")
-    h.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+    h.add_argument("--timeout", type=positive_float, default=5.0, help="seconds to wait for one answer (default: %(default)s)")
+    h.add_argument("--wait", type=non_negative_float, default=0.0, metavar="SECONDS",
                    help="keep asking (every second) until SERVING or this many seconds passed (default: %(default)s, ask once)")
     h.set_defaults(func=_health)
 
@@ -59,8 +61,8 @@ def tls_from_config(path: Path) -> tuple[object | None, bool]:
 
     try:
         t = tomllib.loads(path.read_text()).get("tls", {})
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise SystemExit(f"--config {path}: cannot read it: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SystemExit(f"--config {path}: cannot read it: {e}") from None   # a missing or unreadable file: exit 4, as everywhere
     if all(k in t for k in ("ca", "cert", "key")):
         return TLSFiles(path.parent / t["ca"], path.parent / t["cert"], path.parent / t["key"]), bool(t.get("plaintext", False))
     return None, bool(t.get("plaintext", False))

@@ -14,19 +14,25 @@ Exit status, the same for every verb (documented in the README):
     6    the other party refused the request (its gRPC status and reason are printed)
     7    the other party could not be reached in time (gRPC UNAVAILABLE or DEADLINE_EXCEEDED)
     70   internal error (a bug): rerun with --debug for the traceback
-    130  interrupted
+    130  interrupted (Ctrl-C)
+    143  terminated (SIGTERM): the command unwinds as on Ctrl-C (servers keep their own drain)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import signal
 import sys
+import threading
 import traceback
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from simulations.cli.bench import split_passthrough
 from simulations.cli.common import UsageError
@@ -77,6 +83,30 @@ exit status: 0 success, 1 the command found a failure, 2 bad usage, 3 invalid in
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INVALID, EXIT_MISSING_FILE = 0, 1, 2, 3, 4
 EXIT_VERIFICATION, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_INTERNAL, EXIT_INTERRUPTED = 5, 6, 7, 70, 130
+EXIT_TERMINATED = 143   # 128 + SIGTERM, as a shell reports a process the signal ended
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `timeout`, a service manager) raised where the command is, so that it unwinds as on Ctrl-C:
+    without it the process died at once and left its child servers running and its temporary key folders behind."""
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """Turns SIGTERM into `Terminated` for the command's life, unless someone already handles it (a server installs
+    its own drain); only the main thread can set a handler."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def on_term(_signum: int, _frame: Any) -> None:
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 # --- parser --------------------------------------------------------------------------------------------
@@ -193,6 +223,8 @@ def describe_error(e: BaseException) -> ErrorReport:
 
     from protocol.errors import BudgetError, CodedError, DataValidationError, LlamdexError, SchemaError, SpecError
 
+    if isinstance(e, Terminated):
+        return ErrorReport(EXIT_TERMINATED, "terminated (SIGTERM); what the command started was stopped as on Ctrl-C")
     if isinstance(e, KeyboardInterrupt):
         return ErrorReport(EXIT_INTERRUPTED, "interrupted")
     if isinstance(e, (UsageError, argparse.ArgumentTypeError, argparse.ArgumentError)):
@@ -283,7 +315,8 @@ def _main(argv: list[str] | None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        return int(args.func(args) or 0)
+        with _sigterm_unwinds():
+            return int(args.func(args) or 0)
     except SystemExit as e:
         if e.code is None or isinstance(e.code, int):
             raise
@@ -291,7 +324,7 @@ def _main(argv: list[str] | None) -> int:
     except BaseException as e:  # noqa: BLE001 - the one place that turns every error into a sentence
         error = e
     report = describe_error(error)
-    if args.debug and report.exit_code != EXIT_INTERRUPTED:
+    if args.debug and report.exit_code not in (EXIT_INTERRUPTED, EXIT_TERMINATED):
         traceback.print_exception(error)
     print(f"llamdex: error: {report.line}", file=sys.stderr)
     return report.exit_code
