@@ -557,17 +557,8 @@ def _seats(text: str) -> str:
     return text
 
 
-def _canary_count(text: str) -> int:
-    from simulations.cli.common import positive_int
-
-    value = positive_int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"expected 2 canaries or more (half inserted, half held out), got {text!r}")
-    return value
-
-
 def parser() -> argparse.ArgumentParser:
-    from simulations.cli.common import add_alias, add_connectors_arg, epsilon_list, non_negative_int, positive_float, positive_int
+    from simulations.cli.common import add_alias, add_connectors_arg, canary_count, epsilon_list, non_negative_int, positive_float, positive_int
 
     p = argparse.ArgumentParser(prog="python -m simulations.benchmarks.privacy_utility", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -585,7 +576,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--query-records", type=positive_int, default=500, help="members and non-members each attacked through the LLM (default: %(default)s)")
     p.add_argument("--query-population", type=positive_int, default=200, help="population records z for RMIA through the LLM (default: %(default)s)")
     p.add_argument("--query-shadows", type=positive_int, default=16, help="shadows pushed through the LLM (default: %(default)s)")
-    p.add_argument("--canaries", type=_canary_count, default=1000, help="canaries per one-run audit (default: %(default)s)")
+    p.add_argument("--canaries", type=canary_count, default=1000, help="canaries per one-run audit (default: %(default)s)")
     p.add_argument("--canary-seeds", type=positive_int, default=3, help="independent audit runs per ε and kind (default: %(default)s)")
     p.add_argument("--broken-epsilon", type=positive_float, default=1.0, help="claimed ε of the broken-DP-SGD check (default: %(default)s)")
     p.add_argument("--broken-seeds", type=non_negative_int, default=3, help="seeds of the broken-DP-SGD check per table (default: %(default)s)")

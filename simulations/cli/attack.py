@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from simulations.cli.common import (add_connectors_arg, add_data_args, add_json_arg, emit_json, non_negative_int, positive_float, positive_int,
+from simulations.cli.common import (add_connectors_arg, add_data_args, add_json_arg, canary_count, emit_json, non_negative_int, positive_float, positive_int,
                                     probability, table_refs)
 
 DESCRIPTION = """\
@@ -125,7 +125,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = asub.add_parser("canary", help="one-run canary audits (input-space and gradient canaries): empirical ε lower bound at 95 %%",
                         epilog=CANARY_EPILOG, formatter_class=fmt)
     _target_args(c, members_files=False)
-    c.add_argument("--canaries", type=_at_least_two, default=1000, help="number of canaries m (default: %(default)s)")
+    c.add_argument("--canaries", type=canary_count, default=1000, help="number of canaries m (default: %(default)s)")
     c.add_argument("--seeds", type=positive_int, default=1, help="independent audit runs (default: %(default)s)")
     c.add_argument("--confidence", type=probability, default=0.95, help="confidence of the bound (default: %(default)s)")
     c.set_defaults(func=_json_on_stdout_alone(_canary))
@@ -175,13 +175,6 @@ def _mode(args: argparse.Namespace, verb: str, need_nonmembers: bool = True) -> 
     if getattr(args, "provider_address", None):
         raise UsageError("--provider attacks a real artifact through a running provider: give --artifact (simulated: --query N)")
     return "simulated"
-
-
-def _at_least_two(text: str) -> int:
-    value = positive_int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"expected 2 canaries or more (half are inserted, half held out), got {text!r}")
-    return value
 
 
 def _check_outputs(args: argparse.Namespace) -> None:

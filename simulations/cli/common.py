@@ -113,6 +113,14 @@ def non_negative_int_list(text: str) -> tuple[int, ...]:
     return tuple(non_negative_int(t) for t in items)
 
 
+def canary_count(text: str) -> int:
+    """The canaries of a one-run audit: 2 or more (half are inserted, half held out)."""
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected 2 canaries or more (half are inserted, half held out), got {text!r}")
+    return value
+
+
 def probability(text: str) -> float:
     """A confidence level given on the command line, strictly between 0 and 1, refused in a sentence otherwise."""
     value = positive_float(text)
