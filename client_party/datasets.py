@@ -117,6 +117,17 @@ def load_schema(name_or_path: str | Path) -> PublicSchema:
     return PublicSchema.load(p)
 
 
+def schema_of_table_file(data_path: Path, schema_path: str | Path | None, how_to_get_one: str) -> PublicSchema:
+    """The schema named for a table file, or the one beside it. A named file that is missing is a missing file, as
+    everywhere; a table with none beside it is told `how_to_get_one`."""
+    sp = Path(schema_path) if schema_path is not None else default_schema_path(data_path)
+    if schema_path is not None and not sp.is_file():
+        raise FileNotFoundError(2, "schema file does not exist", str(sp))
+    if not sp.is_file():
+        raise SchemaError(f"no schema for {data_path}: {sp} does not exist; {how_to_get_one}")
+    return PublicSchema.load(sp)
+
+
 def default_schema_path(data_path: str | Path) -> Path:
     """The schema JSON expected beside a data file.
 
@@ -178,12 +189,7 @@ def load_table(
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"data file {p} does not exist")
-        sp = Path(schema_path) if schema_path is not None else default_schema_path(p)
-        if schema_path is not None and not sp.is_file():   # named by the caller: a missing file, as everywhere
-            raise FileNotFoundError(2, "schema file does not exist", str(sp))
-        if not sp.is_file():
-            raise SchemaError(f"no schema for {p}: {sp} does not exist; write one or pass schema_path=...")
-        schema = PublicSchema.load(sp)
+        schema = schema_of_table_file(p, schema_path, "write one or pass schema_path=...")
         raw = read_table_file(p)
         where = str(p)
     clean, problems = _check_table(raw, schema)
@@ -283,12 +289,7 @@ class TableRef:
     def schema(self) -> PublicSchema:
         if self.name is not None:
             return load_schema(self.schema_path if self.schema_path is not None else self.name)
-        sp = self.schema_path if self.schema_path is not None else default_schema_path(self.path)
-        if self.schema_path is not None and not Path(sp).is_file():   # named with --schema: a missing file
-            raise FileNotFoundError(2, "schema file does not exist", str(sp))
-        if not Path(sp).is_file():
-            raise SchemaError(f"no schema for {self.path}: {sp} does not exist; write one (`llamdex schema draft {self.path}`) or pass --schema")
-        return PublicSchema.load(sp)
+        return schema_of_table_file(self.path, self.schema_path, f"write one (`llamdex schema draft {self.path}`) or pass --schema")
 
     def load(self, on_invalid: str | None = None) -> tuple[pd.DataFrame, PublicSchema]:
         """The table under `on_invalid`, by default the policy this reference carries (see `load_table`)."""

@@ -92,6 +92,18 @@ def local_artifact_digest(tar: bytes) -> str:
     return "sha256:" + st["subject"][0]["digest"]["sha256"]
 
 
+def _pause_before_retry(e: grpc.RpcError, codes: tuple[str, ...], attempt: int, deadline: float, *, scale_s: float, cap_s: float,
+                        said: str) -> None:
+    """Sleeps a jittered pause growing with `attempt` (scale_s × 2^attempt, at most cap_s, at least half a scale) before the
+    call is made again, or raises `e` when its code is not one the provider sheds load with, or the pause would pass
+    `deadline`. Said once per call at warning level (the default): a user otherwise sees a stalled command."""
+    pause = secrets.SystemRandom().uniform(scale_s / 2, min(cap_s, scale_s * 2 ** attempt))
+    if error_code(e) not in codes or time.monotonic() + pause >= deadline:
+        raise e
+    (log.warning if attempt == 0 else log.debug)("%s", said)
+    time.sleep(pause)
+
+
 class ProviderClient:
     def __init__(self, address: str, client_id: str, signing_key: PrivateKey, *, tls: TLSFiles | None = None,
                  plaintext: bool = False, provider_public_key: Any = None, receipt_store: Any = None,
@@ -314,12 +326,8 @@ class ProviderClient:
             except StopIteration:
                 return
             except grpc.RpcError as e:
-                pause = secrets.SystemRandom().uniform(0.5, min(10.0, 2 ** attempt))
-                if error_code(e) != "TOO_MANY_STREAMS" or time.monotonic() + pause >= deadline:
-                    raise
-                (log.warning if attempt == 0 else log.debug)("provider holds its limit of streams; watching job %s again in %.1f s",
-                                                             job_id, pause)
-                time.sleep(pause)
+                _pause_before_retry(e, ("TOO_MANY_STREAMS",), attempt, deadline, scale_s=1.0, cap_s=10.0,
+                                    said=f"provider holds its limit of streams; watching job {job_id} again")
                 attempt += 1
                 continue
             yield first
@@ -343,13 +351,8 @@ class ProviderClient:
             try:
                 return self.stub.Ask(req, timeout=max(1.0, deadline - time.monotonic()), metadata=self.metadata)
             except grpc.RpcError as e:
-                pause = secrets.SystemRandom().uniform(0.05, min(2.0, 0.1 * 2 ** attempt))
-                if error_code(e) not in ("OVERLOADED", "QUEUE_FULL") or time.monotonic() + pause >= deadline:
-                    raise
-                # said once per call at warning level (the default): a user otherwise sees a stalled command
-                (log.warning if attempt == 0 else log.debug)("provider busy (%s); asking again for up to %.0f s more",
-                                                             error_code(e), deadline - time.monotonic())
-                time.sleep(pause)
+                _pause_before_retry(e, ("OVERLOADED", "QUEUE_FULL"), attempt, deadline, scale_s=0.1, cap_s=2.0,
+                                    said=f"provider busy ({error_code(e)}); asking again for up to {deadline - time.monotonic():.0f} s more")
                 attempt += 1
 
     @_explained

@@ -53,7 +53,7 @@ GENESIS_DIGEST = "sha256:" + "0" * 64
 KINDS = ("upload", "deletion")
 REL_TOL = 1e-3          # claimed vs recomputed ε, as protocol.dp.verify_statement
 ARITH_TOL = 1e-9        # budget arithmetic (relative)
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")   # every digest the protocol names: artifacts, receipts, schemas (fullmatch)
 _RFC3339_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
 _PARAM_KEYS = ("mechanism", "noise_multiplier", "sample_rate", "steps", "max_grad_norm")
 
@@ -194,7 +194,7 @@ def _check_semantics(r: Receipt) -> None:
         if not isinstance(v, str) or not v:
             raise bad(f"{name} must be a non-empty string", name)
     for name in ("artifact_digest", "previous_receipt_digest", "provider_key"):
-        if not isinstance(getattr(r, name), str) or not _DIGEST_RE.fullmatch(getattr(r, name)):
+        if not isinstance(getattr(r, name), str) or not DIGEST_RE.fullmatch(getattr(r, name)):
             raise bad(f"{name} {getattr(r, name)!r} is not 'sha256:<64 hex>'", name)
     if not isinstance(r.issued_at, str) or not _RFC3339_RE.fullmatch(r.issued_at):
         raise bad(f"issued_at {r.issued_at!r} is not an RFC 3339 UTC time (YYYY-MM-DDTHH:MM:SS[.frac]Z)", "issued_at")
@@ -459,7 +459,7 @@ def _check_event(kind: str, fields: dict[str, Any], where: str) -> None:
         if name in fields and (not isinstance(fields[name], str) or (name != "reason" and not fields[name])):
             raise bad(f"{name} must be a {'string' if name == 'reason' else 'non-empty string'}", name)
     for name in ("key_fingerprint", "previous_key_fingerprint"):
-        if name in fields and fields[name] is not None and (not isinstance(fields[name], str) or not _DIGEST_RE.fullmatch(fields[name])):
+        if name in fields and fields[name] is not None and (not isinstance(fields[name], str) or not DIGEST_RE.fullmatch(fields[name])):
             raise bad(f"{name} {fields[name]!r} is not 'sha256:<64 hex>'", name)
     if kind == "receipt_key" and fields["endorsement"] is not None and not isinstance(fields["endorsement"], dict):
         raise bad("endorsement must be a DSSE envelope object or null", "endorsement")

@@ -56,11 +56,9 @@ def check_port_file(port_file: str | Path | None) -> None:
     path = Path(port_file)
     if path.is_dir():
         raise IsADirectoryError(21, "is a folder, not a file", str(path))
-    existing = next(p for p in (*path.parents, Path(path.anchor or ".")) if p.exists())
-    if not existing.is_dir():
-        raise NotADirectoryError(20, "is not a folder", str(existing))
-    if existing != path.parent:
-        raise FileNotFoundError(2, "does not exist", str(path.parent))
+    if not path.parent.is_dir():
+        path.parent.stat()   # the OS says which: FileNotFoundError, or NotADirectoryError for a file further up
+        raise NotADirectoryError(20, "is not a folder", str(path.parent))
 
 
 def mark_ready(health: Any, service_name: str) -> None:

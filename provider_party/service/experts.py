@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import sqlite3
 import time
@@ -33,6 +32,7 @@ from typing import Any, Callable
 
 from protocol.artifact import ArtifactVerifier, VerifiedArtifact
 from protocol.durable_db import connect_durable
+from protocol.receipts import DIGEST_RE
 
 META_FILE = "provider.json"
 ARTIFACT_SUBDIR = "artifact"
@@ -54,12 +54,9 @@ class StoredExpert:
         return self.folder / ARTIFACT_SUBDIR
 
 
-ARTIFACT_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
-
-
 def _hex(digest: str) -> str:
     """The hex of an artifact digest in its one wire form, `sha256:<64 hex>` (Forget compares that exact string too)."""
-    if not isinstance(digest, str) or not ARTIFACT_DIGEST_RE.fullmatch(digest):
+    if not isinstance(digest, str) or not DIGEST_RE.fullmatch(digest):
         raise ValueError(f"not a sha256 digest: {digest[:80]!r}")
     return digest[len("sha256:"):]
 

@@ -679,11 +679,11 @@ class Ledger:
         after = 0
         if page_token:
             try:
-                tok = json.loads(base64.urlsafe_b64decode(page_token.encode("ascii")))
+                tok = parse_json(base64.urlsafe_b64decode(page_token.encode("ascii")))
                 after = int(tok["after"])
                 if not 0 <= after < 2**63 or tok.get("client") != client_id:   # SQLite's integers are 64-bit
                     raise ValueError
-            except (ValueError, KeyError, TypeError, UnicodeError, json.JSONDecodeError, OverflowError, RecursionError):
+            except (ValueError, KeyError, TypeError, UnicodeError, json.JSONDecodeError, OverflowError):
                 raise LedgerError("BAD_PAGE_TOKEN", f"page token {page_token[:80]!r} is invalid for this query") from None
         q, args = f"SELECT * FROM entries WHERE seq > ? AND kind IN ({','.join('?' for _ in kinds)})", [after, *kinds]
         if client_id is not None:

@@ -536,14 +536,15 @@ def link_row(lk: dict[str, Any], mb: float) -> str:
 
 
 
-def _links(text: str) -> str:
+def _links(text: str) -> tuple[int, ...]:
     """Link capacities in Mbit/s, comma-separated whole numbers of at least 1 ('' for none)."""
     import argparse
 
-    for t in (x.strip() for x in text.split(",") if x.strip()):
+    items = tuple(x.strip() for x in text.split(",") if x.strip())
+    for t in items:
         if not t.isdigit() or int(t) < 1:
             raise argparse.ArgumentTypeError(f"link {t!r} is not a capacity in Mbit/s (a whole number of at least 1); '' for none")
-    return text
+    return tuple(int(t) for t in items)
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m simulations.benchmarks.protocol_bench", description=__doc__,
@@ -572,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
         link_client(json.loads(argv[1]))
         return 0
     a = parser().parse_args(argv)
-    links = tuple(int(x) for x in a.links.split(",") if x.strip())
+    links = a.links
     if a.quick:
         run(a.out, artifact_mb=17, reps=2, ask_reps=4, skip_ask=a.skip_ask, threads=a.threads, links_mbit=links, link_reps=2)
     else:

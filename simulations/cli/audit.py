@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from simulations.cli.common import UsageError, add_data_args, add_json_arg, emit_json, table_refs
+from simulations.cli.common import UsageError, add_data_args, add_json_arg, canary_count, emit_json, positive_int, probability, table_refs
 
 DESCRIPTION = """\
 Verify, offline and from files only, what a client uploaded and what a provider recorded:
@@ -63,9 +63,9 @@ def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     c.add_argument("--split-seed", type=int, default=None, metavar="S",
                    help="use the training part of the client's 80/20 split with seed S (as `llamdex client train --seed S`); "
                         "default: every record of --data")
-    c.add_argument("--canaries", type=int, default=1000, help="canaries per run (default: %(default)s)")
-    c.add_argument("--canary-seeds", type=int, default=1, help="independent canary runs per artifact (default: %(default)s)")
-    c.add_argument("--confidence", type=float, default=0.95, help="confidence of the lower bound (default: %(default)s)")
+    c.add_argument("--canaries", type=canary_count, default=1000, help="canaries per run (default: %(default)s)")
+    c.add_argument("--canary-seeds", type=positive_int, default=1, help="independent canary runs per artifact (default: %(default)s)")
+    c.add_argument("--confidence", type=probability, default=0.95, help="confidence of the lower bound (default: %(default)s)")
     return p
 
 
@@ -120,8 +120,6 @@ def _canary_spec(args: argparse.Namespace):
         raise ValueError("give --data NAME|FILE: the records the artifact was trained on (and --split-seed S for the training part of a table)")
     if not args.artifact:
         raise ValueError("give --artifact DIR: the canary audit replays an artifact's DP statement")
-    if args.canaries < 2 or args.canary_seeds < 1 or not 0 < args.confidence < 1:
-        raise ValueError("--canaries must be >= 2, --canary-seeds >= 1 and --confidence in (0, 1)")
     refs = table_refs(args)
     if len(refs) != 1:
         raise ValueError("--canary takes one --data table")
