@@ -12,6 +12,7 @@ from simulations.benchmarks.compare import (
     main,
     merge_accuracy,
     merge_inference,
+    parse_args,
     parser,
     plan,
 )
@@ -25,7 +26,7 @@ def test_no_curve_means_no_table_runs_the_curve():
 
 
 def test_the_default_grid_is_three_seeds_at_epsilon_one_and_the_curve_on_titanic_one_seed_elsewhere():
-    a = parser().parse_args([])
+    a = parse_args([])
     units = plan(a.data.split(","), a.methods, a.epsilons, a.seeds, a.all_seeds_at, a.curve, a.curve_data, a.real_seeds, a.latency_epsilon,
                  all_seeds_data=a.all_seeds_data)
     by = {}
@@ -112,10 +113,11 @@ def test_merging_keeps_every_other_row_and_key(tmp_path):
     (["--methods", "llamdex,gpt"], "unknown method"),
     (["--epsilons", "1,none"], "finite"),
     (["--epsilons", "-1"], "positive"),
+    (["--curve-data", "titanik"], "not tables of this run"),
 ])
 def test_bad_options_are_refused_with_the_rule(argv, message, capsys):
     with pytest.raises(SystemExit):
-        parser().parse_args(argv)
+        parse_args(argv)
     assert message in capsys.readouterr().err
 
 

@@ -43,6 +43,18 @@ def run(argv: list[str], capsys) -> tuple[int, str]:
     (["bench", "compare", "--seeds", ","], "--seeds"),
     (["health", "127.0.0.1:1", "--plaintext", "--wait", "nan"], "--wait"),
     (["health", "127.0.0.1:1", "--plaintext", "--timeout", "-1"], "--timeout"),
+    (["bench", "compare", "--curve-data", "titanik", "--dry-run"], "not tables of this run"),
+    (["bench", "compare", "--data", "titanic", "--all-seeds-data", "credit", "--dry-run"], "not tables of this run"),
+    (["bench", "compare", "--latency-epsilon", "nan", "--dry-run"], "--latency-epsilon"),
+    (["bench", "compare", "--latency-reps", "0", "--dry-run"], "--latency-reps"),
+    (["hosts", "check", "--config", "c.toml", "--timeout", "nan"], "--timeout"),
+    (["demo", "--epsilon", "nan"], "--epsilon"),
+    (["client", "train", "--data", "titanic", "--delta", "0"], "--delta"),
+    (["client", "hello", "--wait", "-1"], "--wait"),
+    (["client", "round", "--epsilon", "0"], "--epsilon"),
+    (["client", "serve", "--max-epsilon", "inf"], "--max-epsilon"),
+    (["audit", "--receipts", ".", "--canaries", "5000"], "--canaries applies only to the canary audit"),
+    (["audit", "--receipts", ".", "--split-seed", "0", "--confidence", "0.9"], "--split-seed, --confidence apply only"),
 ])
 def test_a_flag_the_tool_cannot_take_is_usage_before_any_work(argv, said, capsys, tmp_path, monkeypatch):
     """Each of these was accepted and ended later as exit 70 (a torch, numpy or sklearn error), or as exit 1, or never."""
@@ -95,3 +107,41 @@ def test_sigterm_unwinds_a_command_as_ctrl_c_does_and_exits_143():
     assert cleaned and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     report = cli.describe_error(cli.Terminated())
     assert report.exit_code == 143 and "SIGTERM" in report.line
+
+
+def test_result_files_are_refused_inside_the_artifact_they_attack_or_audit(tmp_path, capsys):
+    """`--json` / `--roc` inside the artifact folder added a file its signature does not name, so every later
+    verification of that artifact failed."""
+    art = tmp_path / "art"
+    art.mkdir()
+    (tmp_path / "k.pub").write_text("")
+    for argv in (["audit", "--artifact", str(art), "--json", str(art / "report.json")],
+                 ["attack", "mia", "--artifact", str(art), "--client-key", str(tmp_path / "k.pub"), "--members", "m.csv",
+                  "--nonmembers", "n.csv", "--roc", f"{art}/./roc.png"]):
+        code, err = run(argv, capsys)
+        assert code == 2 and "which this command reads" in err, (code, err)
+    assert sorted(p.name for p in art.iterdir()) == []
+
+
+def test_attack_sizes_shrink_to_fit_a_small_table_unless_given():
+    """`attack mia|attribute --data titanic` (1309 rows), the help's own example, was refused at the default sizes."""
+    import numpy as np
+
+    from simulations.attacks.mia import DEFAULT_SIZES, balanced_inclusion, fitting_sizes, make_split
+
+    assert fitting_sizes(4454) == DEFAULT_SIZES and fitting_sizes(4454, (300, None, None)) == (300, 500, 500)
+    assert fitting_sizes(100, (300, None, 7)) == (300, 500, 7)   # chosen sizes are the caller's, even when they do not fit
+    for n_rows in (3, 10, 40, 344, 1309, 1999):
+        target, members, nonmembers = fitting_sizes(n_rows)
+        assert target < DEFAULT_SIZES[0] and members <= target
+        split = make_split(n_rows, target, members, nonmembers)
+        inc = balanced_inclusion(16, len(split.challenge), np.random.default_rng([0, 1]))
+        assert len(split.aux) >= target - inc.sum(1).min()   # every one of 16 shadows can be filled up to the target's size
+
+
+def test_a_table_too_small_for_the_query_seat_is_said_before_connectors_train(tmp_path, capsys, monkeypatch):
+    """`attack mia --query N` trained connectors (minutes) before the split was found not to fit the table."""
+    monkeypatch.setenv("LLAMDEX_HOME", str(tmp_path / "home"))
+    code, err = run(["attack", "mia", "--data", "penguins", "--target-size", "300", "--query", "5"], capsys)
+    assert code == 3 and "cannot exceed target_size" in err, (code, err)
+    assert not (tmp_path / "home").exists()

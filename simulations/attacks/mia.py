@@ -415,6 +415,31 @@ def make_split(n_rows: int, target_size: int, eval_members: int, eval_nonmembers
     return MIASplit(np.sort(train), np.sort(out), np.sort(aux), members, out.copy())
 
 
+DEFAULT_SIZES = (1000, 500, 500)   # records the target trains on, members and non-members attacked
+
+
+def fitting_sizes(n_rows: int, sizes: tuple[int | None, int | None, int | None] = (None, None, None)) -> tuple[int, int, int]:
+    """(target_size, eval_members, eval_nonmembers) with each size not given taken from `DEFAULT_SIZES`.
+    When none is given and the defaults need more rows than the table has, all three shrink in proportion, so
+    `--data titanic` (1309 rows) runs as a newcomer types it; sizes the caller chose are never changed (a table
+    too small for them is `make_split`'s error). The rows left for the attacker's population must fill every
+    shadow up to the target's size: a shadow holds about half the challenge records (`balanced_inclusion`), give
+    or take √c/2 for c of them, so the fit keeps four of those spreads (2√c rows) beyond the half."""
+    if any(v is not None for v in sizes):
+        return tuple(d if v is None else v for v, d in zip(sizes, DEFAULT_SIZES))  # type: ignore[return-value]
+
+    def fits(target: int, members: int, nonmembers: int) -> bool:
+        aux = n_rows - target - nonmembers
+        return aux >= max(1.0, target - (members + nonmembers) / 2 + 2 * math.sqrt(members + nonmembers))
+
+    target, members, nonmembers = DEFAULT_SIZES
+    while target > 1 and not fits(target, members, nonmembers):
+        target = max(1, int(target * 0.97))
+        members = max(1, target * DEFAULT_SIZES[1] // DEFAULT_SIZES[0])
+        nonmembers = max(1, target * DEFAULT_SIZES[2] // DEFAULT_SIZES[0])
+    return target, members, nonmembers
+
+
 def train_config(epsilon: float | None, *, epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
                  seed: int = 0, **overrides: Any):
     """The client's recipe: `TrainConfig()` without DP, `TrainConfig.private(ε)` with it, plus overrides."""

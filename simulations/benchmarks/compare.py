@@ -60,7 +60,8 @@ from simulations.benchmarks.results_md import (
     update_section,
     write_json,
 )
-from simulations.cli.common import add_data_args, add_out_arg, add_threads_arg, epsilon_list, non_negative_int_list, positive_int, set_threads
+from simulations.cli.common import (add_data_args, add_out_arg, add_threads_arg, epsilon_list, non_negative_int_list, positive_float,
+                                    positive_int, set_threads)
 
 METHODS = ("llamdex", "llamdex_calibrated", "expert_api", "icl_dp", "lora_dp_mst", "lora_dp_gan", "lora_real")
 LLAMDEX_METHODS = ("llamdex", "llamdex_calibrated")   # one unit runs several ε; the connectors are part of the method
@@ -323,20 +324,20 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--epsilons", type=_finite_epsilons, default=[1.0, 4.0], help="ε of the per-ε tables (default 1,4)")
     ap.add_argument("--seeds", type=lambda t: list(non_negative_int_list(t)), default=[0, 1, 2], help="seeds at --all-seeds-at (default 0,1,2); other ε use the first")
     ap.add_argument("--all-seeds-at", type=_finite_epsilons, default=[1.0], help="ε that run every seed (default 1)")
-    ap.add_argument("--all-seeds-data", type=lambda t: _csv(str, t), default=["titanic"],
-                    help="tables that run every seed at --all-seeds-at (default titanic: 3 seeds on every table do not fit 3 hours on 2 cores)")
+    ap.add_argument("--all-seeds-data", type=lambda t: _csv(str, t), default=None,
+                    help="tables of --data that run every seed at --all-seeds-at (default titanic: 3 seeds on every table do not fit 3 hours on 2 cores)")
     ap.add_argument("--curve", type=_finite_epsilons, default=[0.5, 1.0, 2.0, 4.0, 8.0], help="ε of the accuracy-vs-ε curve (default 0.5,1,2,4,8)")
-    ap.add_argument("--curve-data", type=lambda t: _csv(str, t), default=["titanic"], help="tables that run the curve (default titanic)")
+    ap.add_argument("--curve-data", type=lambda t: _csv(str, t), default=None, help="tables of --data that run the curve (default titanic)")
     ap.add_argument("--curve-methods", type=_methods, default=None, help="methods that run the curve's extra ε (default: all in --methods)")
     ap.add_argument("--no-curve", dest="curve_data", action="store_const", const=[], help="no table runs the curve (same as --curve-data '')")
-    ap.add_argument("--real-seeds", type=lambda t: _csv(int, t), default=[0], help="seeds of lora_real (default 0)")
-    ap.add_argument("--latency-epsilon", type=float, default=1.0, help="ε of the expert and synthetic rows in the latency runs (default 1)")
+    ap.add_argument("--real-seeds", type=lambda t: list(non_negative_int_list(t)), default=[0], help="seeds of lora_real (default 0)")
+    ap.add_argument("--latency-epsilon", type=positive_float, default=1.0, help="ε of the expert and synthetic rows in the latency runs (default 1)")
     ap.add_argument("--no-latency", action="store_true", help="skip the latency runs")
     ap.add_argument("--latency-only", action="store_true", help="only the latency runs (measures every method in --methods)")
-    ap.add_argument("--latency-reps", type=int, default=40, help="questions per method in the latency runs (default 40: a ratio of medians near 1.1 needs more than a handful; about a minute per table)")
+    ap.add_argument("--latency-reps", type=positive_int, default=40, help="questions per method in the latency runs (default 40: a ratio of medians near 1.1 needs more than a handful; about a minute per table)")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="default", help="sizes of every method (quick: a small subset for tests)")
     ap.add_argument("--max-test", type=positive_int, default=None, help="held-out questions per table (default: the preset's, 300)")
-    ap.add_argument("--lora-questions", type=int, default=None, help="training questions per LoRA run (default: the preset's; LoRAConfig.questions = 960 in the default one)")
+    ap.add_argument("--lora-questions", type=positive_int, default=None, help="training questions per LoRA run (default: the preset's; LoRAConfig.questions = 960 in the default one)")
     ap.add_argument("--connectors", type=Path, default=None, help="connector store of the llamdex units (default $LLAMDEX_HOME/connectors)")
     ap.add_argument("--redo", action="store_true", help="rerun units already in compare.json")
     ap.add_argument("--dry-run", action="store_true", help="run nothing: list the units still to run with an estimate of each from the stored ones")
@@ -349,8 +350,30 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _tables_of(ap: argparse.ArgumentParser, flag: str, given: list[str] | None, datasets: list[str]) -> list[str]:
+    """A table named by --curve-data or --all-seeds-data must be one of --data: a misspelt name would otherwise
+    leave that table out of the curve (or to one seed) without a word. The default, titanic, applies where run."""
+    if given is None:
+        return [d for d in ("titanic",) if d in datasets]
+    stray = [d for d in given if d not in datasets]
+    if stray:
+        ap.error(f"{flag} names {stray}, which are not tables of this run (--data: {', '.join(datasets)})")
+    return given
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags, with --curve-data and --all-seeds-data settled against --data (`_tables_of`)."""
+    ap = parser()
+    args = ap.parse_args(argv)
+    datasets = _csv(str, args.data)
+    if args.curve_data != []:   # [] is --no-curve
+        args.curve_data = _tables_of(ap, "--curve-data", args.curve_data, datasets)
+    args.all_seeds_data = _tables_of(ap, "--all-seeds-data", args.all_seeds_data, datasets)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parse_args(argv)
     from client_party.datasets import TableRef
 
     set_threads(args.threads)
@@ -369,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.latency_only and args.no_latency:
         raise SystemExit("llamdex bench compare: --latency-only and --no-latency exclude each other")
     units = plan(datasets, args.methods, args.epsilons, args.seeds, args.all_seeds_at, args.curve,
-                 [d for d in args.curve_data if d in datasets], args.real_seeds, None if args.no_latency else args.latency_epsilon,
+                 args.curve_data, args.real_seeds, None if args.no_latency else args.latency_epsilon,
                  latency_only=args.latency_only, curve_methods=args.curve_methods, all_seeds_data=args.all_seeds_data)
     meta = {"command": command, "preset": args.preset, "settings": asdict(settings), "settings_digest": digest,
             "connector_preset": connector_preset, "environment": environment(), "table_epsilons": args.epsilons,

@@ -75,9 +75,11 @@ def _target_args(p: argparse.ArgumentParser, *, members_files: bool = True) -> N
     sim = p.add_argument_group("simulated client (the command trains the target)")
     add_data_args(sim, default=None)
     sim.add_argument("--epsilon", type=positive_float, default=None, help="target ε of the client's DP-SGD; omit for no DP")
-    sim.add_argument("--target-size", type=positive_int, default=1000, help="records in the client's training set (default: %(default)s)")
-    sim.add_argument("--n-members", type=positive_int, default=500, help="members attacked (default: %(default)s)")
-    sim.add_argument("--n-nonmembers", type=positive_int, default=500, help="non-members attacked (default: %(default)s)")
+    sim.add_argument("--target-size", type=positive_int, default=None,
+                     help="records in the client's training set (default: 1000; when none of the three sizes is given and the "
+                          "table is too small for the defaults, all three shrink in proportion)")
+    sim.add_argument("--n-members", type=positive_int, default=None, help="members attacked (default: 500, or shrunk as above)")
+    sim.add_argument("--n-nonmembers", type=positive_int, default=None, help="non-members attacked (default: 500, or shrunk as above)")
     sim.add_argument("--epochs", type=positive_int, default=None, help="override the recipe's epochs")
     sim.add_argument("--batch-size", type=positive_int, default=None, help="override the recipe's batch size")
     sim.add_argument("--lr", type=positive_float, default=None, help="override the recipe's learning rate")
@@ -186,6 +188,12 @@ def _check_outputs(args: argparse.Namespace) -> None:
         if not path.parent.is_dir():
             raise FileNotFoundError(2, "folder does not exist", str(path.parent))
     roc = getattr(args, "roc", None)
+    from simulations.cli import common
+
+    try:
+        common.refuse_outputs_inside({"--json": json_out, "--roc": roc}, [args.artifact] if args.artifact else [])
+    except common.UsageError as e:
+        raise UsageError(str(e)) from None
     if roc is not None and roc.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise UsageError(f"--roc {roc}: name an image file ending in .png, .pdf or .svg")
 
@@ -212,6 +220,20 @@ def _run(verb: str, fn, args: argparse.Namespace) -> int:
         return 3
 
 
+def _load_simulated(args: argparse.Namespace):
+    """The simulated client's table, and the attack's sizes settled against it (`fitting_sizes`) before any training."""
+    from simulations.attacks.mia import DEFAULT_SIZES, fitting_sizes
+
+    df, schema = table_refs(args)[0].load()
+    given = (args.target_size, args.n_members, args.n_nonmembers)
+    args.target_size, args.n_members, args.n_nonmembers = fitting_sizes(len(df), given)
+    if given == (None, None, None) and (args.target_size, args.n_members, args.n_nonmembers) != DEFAULT_SIZES:
+        print(f"{args.data} has {len(df)} records, too few for the default sizes: the target trains on {args.target_size}, "
+              f"{args.n_members} members and {args.n_nonmembers} non-members are attacked (--target-size, --n-members, "
+              "--n-nonmembers set them)")
+    return df, schema
+
+
 def _population(args: argparse.Namespace):
     return table_refs(args)[0].load() if args.data else None
 
@@ -235,7 +257,7 @@ def _mia(args: argparse.Namespace) -> int:
 
 
 def _mia_impl(args: argparse.Namespace) -> int:
-    from simulations.attacks.mia import ALL_ATTACKS, MIAConfig, best_attack, run_mia
+    from simulations.attacks.mia import ALL_ATTACKS, MIAConfig, best_attack, make_split, run_mia
 
     attacks = tuple(a.strip() for a in args.attacks.split(",")) if args.attacks else ALL_ATTACKS
     bad = set(attacks) - set(ALL_ATTACKS)
@@ -246,7 +268,8 @@ def _mia_impl(args: argparse.Namespace) -> int:
         raise UsageError(f"{', '.join(with_shadows)} need shadow experts: give --shadows 1 or more")
     if _mode(args, "mia") == "artifact":
         return _mia_artifact(args, attacks)
-    df, schema = table_refs(args)[0].load()
+    df, schema = _load_simulated(args)
+    make_split(len(df), args.target_size, args.n_members, args.n_nonmembers, args.seed)   # a table too small: said before any training
     cfg = MIAConfig(target_size=args.target_size, eval_members=args.n_members, eval_nonmembers=args.n_nonmembers, n_shadows=args.shadows,
                     population=args.population, epsilon=args.epsilon, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                     early_stopping=args.early_stopping, seed=args.seed, attacks=attacks, query_members=args.query or 0,
@@ -341,7 +364,7 @@ def _attribute_impl(args: argparse.Namespace) -> int:
     else:
         from simulations.attacks.attribute import run_attribute
 
-        table = table_refs(args)[0].load()
+        table = _load_simulated(args)
         res, dp = run_attribute(table, column=args.column, epsilon=args.epsilon, target_size=args.target_size, eval_members=args.n_members,
                                 eval_nonmembers=args.n_nonmembers, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
         name = args.data
@@ -384,7 +407,7 @@ def _canary_impl(args: argparse.Namespace) -> int:
         name, eps = str(args.artifact), (float(va.dp.epsilon) if va.dp.is_private else None)
         x_test = y_test = None
     else:
-        df, schema = table_refs(args)[0].load()
+        df, schema = _load_simulated(args)
         x_all, y_all = encode_table(df, schema)
         if args.target_size >= len(df):
             raise UsageError(f"--target-size {args.target_size} must be below the table's {len(df)} records")

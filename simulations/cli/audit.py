@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from simulations.cli.common import UsageError, add_data_args, add_json_arg, canary_count, emit_json, positive_int, probability, table_refs
+from simulations.cli.common import (UsageError, add_data_args, add_json_arg, canary_count, emit_json, positive_int, probability, refuse_outputs_inside,
+                                    table_refs)
 
 DESCRIPTION = """\
 Verify, offline and from files only, what a client uploaded and what a provider recorded:
@@ -47,6 +48,11 @@ examples:
 """
 
 
+# Defaults of the canary group's flags, filled in only with --canary: given without it, a flag is refused rather
+# than ignored (an auditor who typed --canaries 5000 and forgot --canary would read a report with no canary check).
+CANARY_DEFAULTS = {"canaries": 1000, "canary_seeds": 1, "confidence": 0.95}
+
+
 def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--artifact", action="append", type=Path, default=[], metavar="DIR", help="an artifact folder (repeatable)")
     p.add_argument("--receipts", action="append", type=Path, default=[], metavar="PATH",
@@ -63,9 +69,10 @@ def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     c.add_argument("--split-seed", type=int, default=None, metavar="S",
                    help="use the training part of the client's 80/20 split with seed S (as `llamdex client train --seed S`); "
                         "default: every record of --data")
-    c.add_argument("--canaries", type=canary_count, default=1000, help="canaries per run (default: %(default)s)")
-    c.add_argument("--canary-seeds", type=positive_int, default=1, help="independent canary runs per artifact (default: %(default)s)")
-    c.add_argument("--confidence", type=probability, default=0.95, help="confidence of the lower bound (default: %(default)s)")
+    c.add_argument("--canaries", type=canary_count, default=None, help=f"canaries per run (default: {CANARY_DEFAULTS['canaries']})")
+    c.add_argument("--canary-seeds", type=positive_int, default=None,
+                   help=f"independent canary runs per artifact (default: {CANARY_DEFAULTS['canary_seeds']})")
+    c.add_argument("--confidence", type=probability, default=None, help=f"confidence of the lower bound (default: {CANARY_DEFAULTS['confidence']})")
     return p
 
 
@@ -82,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     if not (args.artifact or args.receipts or args.ledger):
         raise UsageError("give at least one of --artifact, --receipts, --ledger")
     _require_named_paths(args)
+    refuse_outputs_inside({"--json": args.json}, list(args.artifact))
     canary = None
     if args.canary:
         from protocol.errors import DataValidationError
@@ -93,8 +101,13 @@ def run(args: argparse.Namespace) -> int:
             raise redacted_data_error(e) from None
         except (ValueError, argparse.ArgumentTypeError) as e:
             raise UsageError(f"--canary: {e}") from None
-    elif args.data:
-        raise UsageError("--data is only used by --canary (the records an artifact was trained on)")
+    else:
+        stray = [flag for flag, v in (("--data", args.data), ("--split-seed", args.split_seed), ("--canaries", args.canaries),
+                                      ("--canary-seeds", args.canary_seeds), ("--confidence", args.confidence),
+                                      ("--schema", getattr(args, "schema", None))) if v is not None]
+        if stray:
+            raise UsageError(f"{', '.join(stray)} {'applies' if len(stray) == 1 else 'apply'} only to the canary audit: "
+                             f"add --canary (or leave {'it' if len(stray) == 1 else 'them'} out)")
     report = run_audit(artifacts=args.artifact, receipts=args.receipts, ledger=args.ledger,
                        client_keys=args.client_key or None, provider_key=args.provider_key, canary=canary)
     if not emit_json(args.json, report.to_dict()):
@@ -127,7 +140,8 @@ def _canary_spec(args: argparse.Namespace):
     if args.split_seed is not None:
         df, _ = split_table(df, schema, seed=args.split_seed)
     x, y = encode_table(df, schema)
-    return CanaryAuditSpec(x, y, schema, canaries=args.canaries, seeds=args.canary_seeds, confidence=args.confidence)
+    chosen = {k: CANARY_DEFAULTS[k] if getattr(args, k) is None else getattr(args, k) for k in CANARY_DEFAULTS}
+    return CanaryAuditSpec(x, y, schema, canaries=chosen["canaries"], seeds=chosen["canary_seeds"], confidence=chosen["confidence"])
 
 
 def main(argv: list[str] | None = None) -> int:

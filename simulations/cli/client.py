@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from simulations.cli.common import UsageError, add_data_args, non_negative_int, positive_int, table_ref
+from simulations.cli.common import UsageError, add_data_args, non_negative_int, positive_float, positive_int, table_ref
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,8 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_data_args(t, default=None, required=True, aliases=("--dataset",))
-    t.add_argument("--epsilon", type=float, default=None, help="target ε for DP-SGD; omit for no DP")
-    t.add_argument("--delta", type=float, default=None, help="target δ (default 1/(10 n), must be below 1/n)")
+    t.add_argument("--epsilon", type=positive_float, default=None, help="target ε for DP-SGD; omit for no DP")
+    t.add_argument("--delta", type=positive_float, default=None, help="target δ (default 1/(10 n), must be below 1/n)")
     t.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default: the trainer's)")
     t.add_argument("--seed", type=non_negative_int, default=0, help="training seed; also names the held-out split (default: %(default)s)")
     t.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from simulations.cli.common import add_alias, add_json_arg, emit_json, non_negative_int, positive_int, UsageError
+from simulations.cli.common import UsageError, add_alias, add_json_arg, emit_json, non_negative_float, non_negative_int, positive_float, positive_int
 
 CONFIG_HELP = "client TOML config ([client], [provider], [tls]); flags override its values"
 
@@ -32,7 +32,7 @@ def _common(p: argparse.ArgumentParser, *, serve: bool = False) -> None:
     if serve:
         g.add_argument("--listen", help="address of this client's ClientService (HOST:PORT; port 0 = any)")
         g.add_argument("--port-file", type=Path, help="write the bound address here once serving")
-        g.add_argument("--max-epsilon", type=float, help="refuse TrainExpert requests above this ε")
+        g.add_argument("--max-epsilon", type=positive_float, help="refuse TrainExpert requests above this ε")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -99,7 +99,7 @@ def register_actions(csub: argparse._SubParsersAction) -> None:
                         description="Call the provider's Hello over mutual TLS and print what it announces. The announced receipt key "
                         "must equal the pinned one (--provider-key). --wait retries until the provider answers.",
                         formatter_class=fmt, epilog="example:\n  llamdex client hello --config client.toml --wait 60")
-    h.add_argument("--wait", type=float, default=0.0, help="seconds to keep retrying while the provider is unreachable")
+    h.add_argument("--wait", type=non_negative_float, default=0.0, help="seconds to keep retrying while the provider is unreachable")
     _common(h)
     h.set_defaults(func=_hello)
 

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from simulations.cli.common import add_alias, add_json_arg, emit_json, non_negative_int, positive_int
+from simulations.cli.common import add_alias, add_json_arg, emit_json, non_negative_float, non_negative_int, positive_float, positive_int
 
 PHASES = ("ready", "train", "upload", "customize", "evaluate", "receipts")
 
@@ -41,8 +41,8 @@ def register_round(csub: argparse._SubParsersAction) -> None:
         "  llamdex client round --config client.toml --data loans.csv --schema loans.schema.json --epsilon 2 --max-test 100")
     g = r.add_argument_group("the round")
     add_data_args(g)
-    g.add_argument("--epsilon", type=float, default=1.0, help="target ε of DP-SGD (default: %(default)s; must fit the provider's budget)")
-    g.add_argument("--delta", type=float, default=None, help="target δ (default: 1/(10 n), below 1/n)")
+    g.add_argument("--epsilon", type=positive_float, default=1.0, help="target ε of DP-SGD (default: %(default)s; must fit the provider's budget)")
+    g.add_argument("--delta", type=positive_float, default=None, help="target δ (default: 1/(10 n), below 1/n)")
     g.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default: the trainer's)")
     g.add_argument("--seed", type=non_negative_int, default=0, help="training seed; also names the held-out split (default: %(default)s)")
     g.add_argument("--preset", default="", help="connector training preset asked of the provider (default: the provider's own)")
@@ -50,7 +50,7 @@ def register_round(csub: argparse._SubParsersAction) -> None:
     add_alias(g, "--max-questions", "--max-test", "max_test", type=non_negative_int)
     g.add_argument("--batch-size", type=positive_int, default=16, help="questions per Ask (default: %(default)s)")
     g.add_argument("--no-base", action="store_true", help="skip the base LLM's own answers (half the Ask cost)")
-    g.add_argument("--wait", type=float, default=120.0, metavar="SECONDS",
+    g.add_argument("--wait", type=non_negative_float, default=120.0, metavar="SECONDS",
                    help="how long to wait for the provider to report ready (default: %(default)s)")
     add_json_arg(g, "the round's record (always also kept in <workspace>/rounds/round-<time>.json)")
     _common(r)

@@ -223,3 +223,16 @@ def emit_json(target: str | Path | None, data: Any) -> bool:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return False
+
+
+def refuse_outputs_inside(outputs: dict[str, Path | str | None], folders: list[Path]) -> None:
+    """A result file written into a folder the verb reads (a signed artifact) would add a file its signature does not
+    name, and every later verification of that artifact would fail; refused before any work."""
+    for flag, out in outputs.items():
+        if out is None or str(out) == "-":
+            continue
+        target = Path(out).resolve()
+        for folder in folders:
+            if target.is_relative_to(folder.resolve()):
+                raise UsageError(f"{flag} {out} is inside {folder}, which this command reads; write the result elsewhere")
+

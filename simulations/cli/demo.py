@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from simulations.cli.common import add_alias, add_connectors_arg, add_data_args, add_out_arg, non_negative_int, positive_int, table_ref
+from simulations.cli.common import add_alias, add_connectors_arg, add_data_args, add_out_arg, non_negative_int, positive_float, positive_int, table_ref
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_data_args(p, aliases=("--dataset",))
-    p.add_argument("--epsilon", type=float, default=1.0, help="DP target ε of the client's expert (default 1)")
+    p.add_argument("--epsilon", type=positive_float, default=1.0, help="DP target ε of the client's expert (default 1)")
     p.add_argument("--preset", choices=["default", "quick"], default="quick",
                    help="connector-training preset when no connectors are stored for the schema yet (default: quick, ~5 min; "
                    "'default' is what the benchmarks use)")

@@ -19,7 +19,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from simulations.cli.common import positive_int
+from simulations.cli.common import positive_float, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "  llamdex hosts check --config llamdex/provider/provider.toml --offline")
     c.add_argument("--config", type=Path, required=True, help="provider.toml or client.toml")
     c.add_argument("--offline", action="store_true", help="check the files only; do not dial")
-    c.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the other party (default: %(default)s)")
+    c.add_argument("--timeout", type=positive_float, default=5.0, help="seconds to wait for the other party (default: %(default)s)")
     c.set_defaults(func=_check)
     h.set_defaults(func=lambda a: h.print_help() or 2)
 
