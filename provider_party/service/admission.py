@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from protocol.rpc_errors import RpcError
@@ -46,6 +46,22 @@ class GateStats:
     wait_s_total: float = 0.0
     busy_s_ewma: float = 0.0       # exponentially weighted service time of admitted calls (retry hint)
     per_client: dict[str, int] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def cancelled_after(seconds: float, cancel: Callable[[], None] | None) -> Iterator[None]:
+    """Runs the body with `cancel` (a call's `context.cancel`) armed to fire after `seconds`: a stream whose sender goes
+    quiet would otherwise hold its server thread, and its client's stream place, for as long as the connection stays
+    open. None arms nothing (a caller with no call to cancel, e.g. the in-process path)."""
+    timer = threading.Timer(seconds, cancel) if cancel is not None else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
+    try:
+        yield
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 class StreamSlots:

@@ -26,7 +26,7 @@ from protocol.schema import PublicSchema
 from provider_party.model.batching import MixedBatcher
 from provider_party.model.connector_store import ConnectorStore
 from provider_party.model.llamdex_model import LlamdexModel, RowAnswer, TenantQuery, answer_mixed
-from provider_party.service.admission import InteractiveFirst
+from provider_party.service.admission import InteractiveFirst, cancelled_after
 from provider_party.service.auth import Authenticator, apply_configured_revocations, load_key_list
 from provider_party.service.config import ProviderConfig, RegisteredClient
 from provider_party.service.experts import ExpertStore, ForgetJournal, StoredExpert
@@ -387,28 +387,27 @@ class ProviderParty:
         finally:
             uploads.end_stream(client.client_id)
 
+    @staticmethod
+    def _receive_chunks(session: Any, chunks: Iterable[Any], lim: Any) -> None:
+        for msg in chunks:
+            if msg.WhichOneof("part") != "chunk":
+                raise RpcError("BAD_REQUEST", "only UploadChunk messages may follow the header", rule="one header")
+            c = msg.chunk
+            alg = c.WhichOneof("digest")
+            if alg is None:
+                raise RpcError("BAD_REQUEST", f"chunk at offset {c.offset} carries no digest; set blake3 or sha256", rule="chunk digest")
+            session.write(c.offset, c.data, getattr(c, alg), lim.max_chunk_bytes, alg)
+
     def _receive_and_finalize(self, client: RegisteredClient, header: Any, opened: Any, chunks: Iterable[Any], stop: Callable[[], None] | None,
                               stream_errors: tuple[type[BaseException], ...], cancel: Callable[[], None] | None) -> UploadOutcome:
         uploads, lim = self.uploads, self.config.limits
         session, cut = opened, False
-        deadline = threading.Timer(lim.max_upload_stream_s, cancel) if cancel is not None else None
-        if deadline is not None:
-            deadline.daemon = True
-            deadline.start()
         try:
-            for msg in chunks:
-                if msg.WhichOneof("part") != "chunk":
-                    raise RpcError("BAD_REQUEST", "only UploadChunk messages may follow the header", rule="one header")
-                c = msg.chunk
-                alg = c.WhichOneof("digest")
-                if alg is None:
-                    raise RpcError("BAD_REQUEST", f"chunk at offset {c.offset} carries no digest; set blake3 or sha256", rule="chunk digest")
-                session.write(c.offset, c.data, getattr(c, alg), lim.max_chunk_bytes, alg)
+            with cancelled_after(lim.max_upload_stream_s, cancel):
+                self._receive_chunks(session, chunks, lim)
         except stream_errors:
             cut = True  # the sender went away; what arrived is kept for a resume
         finally:
-            if deadline is not None:
-                deadline.cancel()
             if stop is not None:
                 stop()
             session.close()

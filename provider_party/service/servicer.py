@@ -21,7 +21,7 @@ from protocol.rpc.llamdex.v1 import client_pb2, client_pb2_grpc, common_pb2, pro
 from protocol.rpc_errors import RpcError, guard, guard_stream
 from protocol.tls import open_channel
 from protocol.wire import JOB_STATES, UPLOAD_DIGESTS, job_result_message, receipt_message
-from provider_party.service.admission import AskGate, StreamSlots
+from provider_party.service.admission import AskGate, StreamSlots, cancelled_after
 from provider_party.service.config import ProviderConfig, RegisteredClient
 from provider_party.service.core import AskResult, ProviderParty
 from provider_party.service.jobs import Job
@@ -43,13 +43,8 @@ def _next(it: Any) -> Any:
 def _first_message(it: Any, context: Any, timeout_s: float) -> Any:
     """The stream's first message, or the call cancelled after `timeout_s`: a stream that never sends one would hold its
     server thread (and its client's stream place) for as long as its client keeps the connection open."""
-    timer = threading.Timer(timeout_s, context.cancel)
-    timer.daemon = True
-    timer.start()
-    try:
+    with cancelled_after(timeout_s, context.cancel):
         return _next(it)
-    finally:
-        timer.cancel()
 
 
 class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
