@@ -12,8 +12,12 @@ only the schema's feature columns and the label, with types converted:
 - the label: `object` strings from the schema's classes.
 
 Validation never looks at statistics of the data, and nothing here logs private cell values: a
-`DataValidationError` names the offending value of a problem cell (the owner needs it to fix the
-table), warnings give only counts per column and kind.
+`DataValidationError`'s message names the offending value of a problem cell, for the owner's own code
+and for `llamdex schema check` (the owner's tool for fixing the table); every other command prints
+only its counts per column and kind (`DataValidationError.kinds`), and warnings give only those.
+
+A CSV cell holding a missing-value marker (`NA`, `null`, `None`, ... : `MISSING_MARKERS`) is missing,
+unless the schema names that text as a level or class of its column: then it is that level.
 """
 
 from __future__ import annotations
@@ -36,6 +40,20 @@ SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 ON_INVALID = ("reject", "drop", "clip")
 MAX_LISTED_PROBLEMS = 10
 _DATA_SUFFIXES = (".csv.gz", ".csv.bz2", ".csv.zip", ".csv", ".parquet", ".pq")
+# Cell texts read as "no value" (the markers spreadsheets, R and pandas write), unless the schema names the text as a
+# level or class of that column: `NA` is missing in a column of ages but North America in a column of regions.
+MISSING_MARKERS = frozenset({"NA", "N/A", "n/a", "#N/A", "#N/A N/A", "#NA", "<NA>", "NaN", "nan", "-NaN", "-nan", "NULL", "null",
+                             "None", "1.#IND", "-1.#IND", "1.#QNAN", "-1.#QNAN"})
+
+
+def is_missing_cell(value: Any, levels: tuple[str, ...] | list[str] = ()) -> bool:
+    """A cell with no value: empty, NaN/None, or a missing-value marker (`MISSING_MARKERS`) that is not one of `levels`."""
+    if is_missing(value):
+        return True
+    if not isinstance(value, str):
+        return False
+    text = value.strip()
+    return text == "" or (text in MISSING_MARKERS and text not in levels)
 
 
 @dataclass(frozen=True)
@@ -124,7 +142,9 @@ def schema_of_table_file(data_path: Path, schema_path: str | Path | None, how_to
     if schema_path is not None and not sp.is_file():
         raise FileNotFoundError(2, "schema file does not exist", str(sp))
     if not sp.is_file():
-        raise SchemaError(f"no schema for {data_path}: {sp} does not exist; {how_to_get_one}")
+        beside = Path(data_path).with_name(Path(data_path).name + ".schema.json")   # what `llamdex schema draft` writes
+        looked = f"neither {beside} nor {sp} exists" if beside != sp else f"{sp} does not exist"
+        raise SchemaError(f"no schema for {data_path}: {looked}; {how_to_get_one}")
     return PublicSchema.load(sp)
 
 
@@ -214,9 +234,12 @@ def read_table_file(p: Path) -> pd.DataFrame:
         if low.endswith((".parquet", ".pq")):
             return pd.read_parquet(p)
         if any(low.endswith(s) for s in (".csv", ".csv.gz", ".csv.bz2", ".csv.zip")):
-            # Everything as text: types are converted (and violations reported) against the schema.
-            df = pd.read_csv(p, dtype=object)
-            _refuse_repeated_names(p, pd.read_csv(p, header=None, nrows=1, dtype=object).iloc[0].tolist())
+            # Everything as text, markers such as "NA" included: types are converted (and violations reported)
+            # against the schema, which says whether "NA" is a missing value or a level (`is_missing_cell`).
+            df = pd.read_csv(p, dtype=object, keep_default_na=False, na_values=[""])
+            header = pd.read_csv(p, header=None, nrows=1, dtype=object, keep_default_na=False).iloc[0].tolist()
+            _refuse_repeated_names(p, header)
+            _refuse_other_separators(p, header)
             return df
     except TableReadError:
         raise
@@ -232,6 +255,19 @@ def read_table_file(p: Path) -> pd.DataFrame:
         raise TableReadError(f"{p} cannot be read as {'Parquet' if low.endswith(('.parquet', '.pq')) else 'CSV'}: "
                              f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
     raise TableReadError(f"{p}: unsupported file type; use .csv (optionally .gz/.bz2/.zip) or .parquet")
+
+
+def _refuse_other_separators(p: Path, header: list) -> None:
+    """A header read as one column that holds semicolons (or tabs) is a file written with another separator (Excel's
+    default where the decimal point is a comma): said as such, rather than as a table whose one column is
+    "age;income;home;status"."""
+    if len(header) != 1 or not isinstance(header[0], str):
+        return
+    for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "vertical bars")):
+        if sep in header[0]:
+            raise TableReadError(f"{p}: the header is one column whose name holds {header[0].count(sep)} {name}: the file looks "
+                                 f"separated by {name}, not commas; save it as comma-separated CSV (with a decimal point, not a "
+                                 "decimal comma)")
 
 
 def _refuse_repeated_names(p: Path, header: list) -> None:
@@ -293,6 +329,7 @@ class TableRef:
 
     def load(self, on_invalid: str | None = None) -> tuple[pd.DataFrame, PublicSchema]:
         """The table under `on_invalid`, by default the policy this reference carries (see `load_table`)."""
+        self.schema()   # a missing schema is told the command-line way (`schema draft`, --schema), not load_table's Python way
         return load_table(self.name, path=self.path, schema_path=self.schema_path, on_invalid=on_invalid or self.on_invalid)
 
     def read_raw(self) -> pd.DataFrame:
@@ -341,7 +378,7 @@ def _check_table(raw: pd.DataFrame, schema: PublicSchema) -> tuple[pd.DataFrame,
 def _convert_numeric(col: ColumnSpec, values: np.ndarray, problems: list[Problem]) -> np.ndarray:
     out = np.full(len(values), np.nan, dtype=np.float64)
     for i, v in enumerate(values):
-        if is_missing(v) or (isinstance(v, str) and v.strip() == ""):
+        if is_missing_cell(v):
             if not col.nullable:
                 problems.append(Problem(i, col.name, "missing value in a column that is not nullable", "missing_value"))
             continue
@@ -370,7 +407,7 @@ def _to_float(v: Any) -> float | None:
 def _convert_level(col: ColumnSpec, values: np.ndarray, problems: list[Problem]) -> np.ndarray:
     out = np.full(len(values), np.nan, dtype=object)
     for i, v in enumerate(values):
-        if is_missing(v) or (isinstance(v, str) and v.strip() == ""):
+        if is_missing_cell(v, col.categories if col.type == "category" else ()):
             if not col.nullable:
                 problems.append(Problem(i, col.name, "missing value in a column that is not nullable", "missing_value"))
             continue
@@ -404,7 +441,7 @@ def _match_level(v: Any, levels: tuple[str, ...] | list[str]) -> str | None:
 def _convert_label(name: str, classes: list[str], values: np.ndarray, problems: list[Problem]) -> np.ndarray:
     out = np.full(len(values), np.nan, dtype=object)
     for i, v in enumerate(values):
-        if is_missing(v) or (isinstance(v, str) and v.strip() == ""):
+        if is_missing_cell(v, classes):
             problems.append(Problem(i, name, "missing label", "missing_label"))
             continue
         level = _match_level(v, classes)

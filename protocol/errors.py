@@ -18,6 +18,17 @@ class DataValidationError(LlamdexError, ValueError):
         super().__init__(message)
         self.problems = problems or []
 
+    def kinds(self) -> str:
+        """The problems as public facts only: per column the kinds of problem and their counts ("age (out_of_range: 1)"),
+        never a cell value or a row. What is printed or sent anywhere but the owner's own `llamdex schema check`."""
+        by_column: dict[str, dict[str, int]] = {}
+        for p in self.problems:   # `client_party.datasets.Problem`s, or (row, column, message) triples
+            column, kind = (p[1], "invalid") if isinstance(p, tuple) else (p.column, p.kind)
+            counts = by_column.setdefault(str(column), {})
+            counts[str(kind)] = counts.get(str(kind), 0) + 1
+        return "; ".join(f"{c} ({', '.join(f'{k}: {n}' for k, n in sorted(ks.items()))})" for c, ks in sorted(by_column.items())) \
+            or "no problem listed"
+
 
 class TableReadError(LlamdexError, ValueError):
     """A table file cannot be read as the table its name says (empty, not UTF-8 text, not Parquet, an unknown type)."""

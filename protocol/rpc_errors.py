@@ -92,13 +92,7 @@ def redacted_data_error(e: DataValidationError) -> CodedError:
     """What a remote caller learns when the served party's own table violates its schema: how many problems of which
     kinds in which (public) columns, never a cell value, a row number or a file name. The values are private data;
     the data owner sees them locally (`llamdex schema check`)."""
-    problems = list(getattr(e, "problems", []) or [])
-    by_column: dict[str, set[str]] = {}
-    for p in problems:   # `client_party.datasets.Problem`s, or (row, column, message) triples
-        column, kind = (p[1], "invalid") if isinstance(p, tuple) else (p.column, p.kind)
-        by_column.setdefault(str(column), set()).add(str(kind))
-    where = "; ".join(f"{c} ({', '.join(sorted(k))})" for c, k in sorted(by_column.items())) or "no problem listed"
-    return CodedError("DATA_INVALID", f"the party's own table violates its schema: {len(problems)} problem(s) in: {where}. The values stay "
+    return CodedError("DATA_INVALID", f"the party's own table violates its schema: {len(e.problems)} problem(s) in: {e.kinds()}. The values stay "
                       "with the data owner: `llamdex schema check` on its host names them", rule="private values never leave")
 
 

@@ -204,7 +204,7 @@ def _cases():
         (SystemExit("--party 'x': expected NAME=HOST"), 2, "--party"),
         (SchemaError("schema s.json: column 'age': numeric column needs a finite number 'min'"), 3, "llamdex schema check"),
         (DataValidationError("t.csv violates schema 't': 2 problem(s) in 2 record(s):\n  row 3, column 'age': -4 is outside\n  row 9, ...\nfix",
-                             [(3, "age", "-4 is outside")]), 3, "(first: (3, 'age', '-4 is outside'))"),
+                             [(3, "age", "-4 is outside")]), 3, "2 problem(s) in 2 record(s): age (invalid: 1); fix the table or the schema"),
         (ConfigError("BAD_CONFIG", "c.toml [tls]: missing key"), 3, "[tls]: missing key"),
         (KeyMaterialError("KEY_PERMISSIONS", "k.key is readable by others; chmod 600 k.key"), 3, "chmod 600"),
         (BudgetError("target_delta 0.5 must be in (0, 1/n)"), 3, "target_delta"),
@@ -242,7 +242,7 @@ def test_exit_statuses_are_distinct_and_documented():
     from pathlib import Path
 
     codes = [cli.EXIT_OK, cli.EXIT_FAILED, cli.EXIT_USAGE, cli.EXIT_INVALID, cli.EXIT_MISSING_FILE, cli.EXIT_VERIFICATION, cli.EXIT_REFUSED,
-             cli.EXIT_UNREACHABLE, cli.EXIT_INTERNAL, cli.EXIT_INTERRUPTED]
+             cli.EXIT_UNREACHABLE, cli.EXIT_INTERNAL, cli.EXIT_INTERRUPTED, cli.EXIT_READER_GONE, cli.EXIT_TERMINATED]
     assert len(set(codes)) == len(codes)
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for c in codes:
@@ -256,13 +256,13 @@ def test_a_missing_table_is_one_line_and_a_traceback_only_under_debug(tmp_path, 
     assert code == 4 and "Traceback (most recent call last)" in err and err.rstrip().splitlines()[-1].startswith("llamdex: error: ")
 
 
-def test_a_table_that_violates_its_schema_is_refused_in_one_line_naming_row_and_column(tmp_path, capsys):
+def test_a_table_that_violates_its_schema_is_refused_in_one_line_naming_column_and_kind_not_the_value(tmp_path, capsys):
     csv = tmp_path / "people.csv"
     csv.write_text("sex,age,passengerClass,survived\nfemale,29,1st,yes\nmale,-4,3rd,no\n")
     (tmp_path / "people.csv.schema.json").write_text((__import__("client_party.datasets", fromlist=["x"]).SCHEMA_DIR / "titanic.json").read_text())
     code, _, err = run_main(["client", "train", "--data", str(csv), "--out", str(tmp_path / "o")], capsys)
     assert code == 3 and err.count("\n") == 1
-    assert "row 1" in err and "'age'" in err and "--on-invalid drop or clip" in err
+    assert "age (out_of_range: 1)" in err and "--on-invalid drop or clip" in err and "-4" not in err
 
 
 def test_every_verb_that_loads_a_table_offers_on_invalid_and_hands_it_to_the_table(tmp_path):

@@ -91,14 +91,16 @@ def attribute_inference(model: Any, schema: Any, records: pd.DataFrame, is_membe
     from simulations.attacks.mia import log_probs
 
     column = column or (schema.sensitive_columns[0] if schema.sensitive_columns else None)
+    choices = [c.name for c in schema.columns if not c.is_numeric]
     if column is None:
-        raise ValueError(f"schema {schema.name!r} declares no sensitive column; pass column=... or mark one 'sensitive': true")
+        raise ValueError(f"schema {schema.name!r} declares no sensitive column; name the column to infer (--column on the command "
+                         f"line, column= in Python) from {choices}, or mark one 'sensitive': true in the schema")
     if column not in schema.feature_names:   # the label is what the expert predicts, not a feature it reads
         what = "the label" if column == schema.label.name else "not a column of the schema"
-        raise ValueError(f"column {column!r} is {what}; choose a categorical or boolean feature: {list(schema.feature_names)}")
+        raise ValueError(f"column {column!r} is {what}; choose a categorical or boolean feature: {choices}")
     col = schema.column(column)
     if col.is_numeric:
-        raise ValueError(f"column {column!r} is numeric; attribute inference supports categorical and boolean columns")
+        raise ValueError(f"column {column!r} is numeric; attribute inference supports categorical and boolean columns: {choices}")
     levels = list(col.levels)
     fe = FeatureEncoder(schema)
     label = schema.label.name

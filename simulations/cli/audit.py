@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from simulations.cli.common import (UsageError, add_data_args, add_json_arg, canary_count, emit_json, positive_int, probability, refuse_outputs_inside,
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     refuse_outputs_inside({"--json": args.json}, list(args.artifact))
     canary = None
     if args.canary:
-        from protocol.errors import DataValidationError
+        from protocol.errors import DataValidationError, LlamdexError
         from protocol.rpc_errors import redacted_data_error
 
         try:
@@ -100,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         except DataValidationError as e:   # the records behind an artifact: counts, kinds and columns, never a value
             raise redacted_data_error(e) from None
         except (ValueError, argparse.ArgumentTypeError) as e:
+            if isinstance(e, LlamdexError):   # a schema or a table file the command cannot take: exit 3, as everywhere
+                raise
             raise UsageError(f"--canary: {e}") from None
     else:
         stray = [flag for flag, v in (("--data", args.data), ("--split-seed", args.split_seed), ("--canaries", args.canaries),
@@ -136,12 +139,28 @@ def _canary_spec(args: argparse.Namespace):
     refs = table_refs(args)
     if len(refs) != 1:
         raise ValueError("--canary takes one --data table")
-    df, schema = refs[0].load()
+    df, schema = _with_artifact_schema(refs[0], args.artifact[0]).load()
     if args.split_seed is not None:
         df, _ = split_table(df, schema, seed=args.split_seed)
     x, y = encode_table(df, schema)
     chosen = {k: CANARY_DEFAULTS[k] if getattr(args, k) is None else getattr(args, k) for k in CANARY_DEFAULTS}
     return CanaryAuditSpec(x, y, schema, canaries=chosen["canaries"], seeds=chosen["canary_seeds"], confidence=chosen["confidence"])
+
+
+def _with_artifact_schema(ref, artifact: Path):
+    """A table file with no schema named and none beside it is read under the audited artifact's own schema.json: the
+    records it was trained on follow that schema by definition (and the audit checks the artifact's digests)."""
+    import dataclasses
+
+    from client_party.datasets import default_schema_path
+    from protocol.artifact import SCHEMA_FILE
+
+    if ref.path is None or ref.schema_path is not None:
+        return ref
+    if default_schema_path(ref.path).is_file() or not (artifact / SCHEMA_FILE).is_file():
+        return ref
+    print(f"--canary: {ref.path} is read under {artifact / SCHEMA_FILE} (no schema beside it; --schema names another)", file=sys.stderr)
+    return dataclasses.replace(ref, schema_path=artifact / SCHEMA_FILE)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,6 +84,7 @@ exit status: 0 success, 1 the command found a failure, 2 bad usage, 3 invalid in
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INVALID, EXIT_MISSING_FILE = 0, 1, 2, 3, 4
 EXIT_VERIFICATION, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_INTERNAL, EXIT_INTERRUPTED = 5, 6, 7, 70, 130
 EXIT_TERMINATED = 143   # 128 + SIGTERM, as a shell reports a process the signal ended
+EXIT_READER_GONE = 141  # 128 + SIGPIPE: what `cmd | head -1` gives a tool that writes past the reader's exit
 
 
 class Terminated(KeyboardInterrupt):
@@ -207,14 +208,17 @@ def one_line(text: str, limit: int = 600) -> str:
 
 
 def _data_error_line(e: Exception) -> str:
+    """Counts and kinds per column, never a cell value: the line lands in terminals, service logs and CI output.
+    `llamdex schema check`, the owner's own tool, names each row and value."""
     problems = list(getattr(e, "problems", []) or [])
     head = str(e).splitlines()[0].rstrip(":")
-    first = f" (first: {problems[0]})" if problems else ""
+    kinds = f": {e.kinds()}" if problems and hasattr(e, "kinds") else ""
+    check = "`llamdex schema check TABLE` lists each row and value"
     if any(getattr(p, "row", 0) is None for p in problems):   # a whole column: no record policy helps
-        return f"{head}{first}; a column the schema names is not in the table: check that the schema is this table's (`llamdex schema check`)"
+        return f"{head}{kinds}; a column the schema names is not in the table: check that the schema is this table's ({check})"
     if "no valid record left" in head:                        # --on-invalid drop or clip was given, and nothing survived it
-        return f"{head}{first}; every record violates the schema: check that the schema is this table's (`llamdex schema check`)"
-    return f"{head}{first}; fix the table or the schema, or pass --on-invalid drop or clip"
+        return f"{head}{kinds}; every record violates the schema: check that the schema is this table's ({check})"
+    return f"{head}{kinds}; fix the table or the schema ({check}), or pass --on-invalid drop or clip"
 
 
 def describe_error(e: BaseException) -> ErrorReport:
@@ -259,7 +263,7 @@ def describe_error(e: BaseException) -> ErrorReport:
             return ErrorReport(EXIT_VERIFICATION, f"verification failed: {one_line(str(e))} — do not use it; `llamdex audit` gives the full report")
         return ErrorReport(EXIT_INVALID, one_line(str(e)))
     if isinstance(e, SchemaError):
-        hint = "" if "schema check" in str(e) else " — fix the schema (check it with `llamdex schema check`)"
+        hint = "" if "llamdex schema" in str(e) else " — fix the schema (check it with `llamdex schema check`)"
         return ErrorReport(EXIT_INVALID, f"{one_line(str(e))}{hint}")
     if isinstance(e, (SpecError, BudgetError, LlamdexError)):
         return ErrorReport(EXIT_INVALID, one_line(str(e)))
@@ -298,6 +302,26 @@ def show_warning(message: Warning | str, category: type[Warning], filename: str,
         out.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
+def _stdout_reader_gone() -> bool:
+    """Whether standard output is a pipe nobody reads any more (poll reports an error on its write end); if so it is
+    pointed at /dev/null, so the interpreter's last flush at exit does not raise the same error again."""
+    import os
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        gone = any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):   # no real file descriptor (a test's capture): not a pipe of ours
+        return False
+    if gone:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    return gone
+
+
 def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():      # restored on return, for callers that run main() in their own process (tests)
         warnings.showwarning = show_warning
@@ -321,6 +345,10 @@ def _main(argv: list[str] | None) -> int:
         if e.code is None or isinstance(e.code, int):
             raise
         error: BaseException = e
+    except BrokenPipeError as e:
+        if _stdout_reader_gone():   # `llamdex ... | head -1`: the reader has what it wanted; not an error of ours
+            return EXIT_READER_GONE
+        error = e
     except BaseException as e:  # noqa: BLE001 - the one place that turns every error into a sentence
         error = e
     report = describe_error(error)

@@ -33,7 +33,7 @@ one position, in one forward pass). Exit status 0 when all pass, 3 when somethin
 
 CHECK_EPILOG = """\
 examples:
-  llamdex schema check --data loans.csv                       # schema: loans.csv.schema.json beside it
+  llamdex schema check loans.csv                              # schema: loans.csv.schema.json beside it
   llamdex schema check --data loans.csv --schema schemas/loans.json --json
   llamdex schema check --data penguins                        # a registered table and its bundled schema
 """
@@ -55,7 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=_draft)
     c = ssub.add_parser("check", help="validate a schema, a table against it, and the label's answer words",
                         description=CHECK_DESCRIPTION, epilog=CHECK_EPILOG, formatter_class=fmt)
-    add_data_args(c, default=None, required=True, on_invalid=False)
+    c.add_argument("table", nargs="?", default=None, metavar="TABLE", help="the table, as `schema draft FILE` names it (same as --data)")
+    add_data_args(c, default=None, on_invalid=False)
     c.add_argument("--base-model", default="embedded", help="whose tokenizer reads the answer words (default: the embedded SmolLM2)")
     c.add_argument("--no-tokenizer", action="store_true", help="skip the answer-word check (no base LLM is loaded)")
     add_json_arg(c, "the check's findings")
@@ -89,6 +90,11 @@ def _check(args: argparse.Namespace) -> int:
     from client_party.datasets import validate_table
     from protocol.errors import SchemaError
 
+    if args.table is not None and args.data is not None and args.table != args.data:
+        raise UsageError(f"name the table once: {args.table} and --data {args.data} differ")
+    args.data = args.data or args.table
+    if args.data is None:
+        raise UsageError("name the table: llamdex schema check FILE|NAME (or --data FILE|NAME)")
     ref = table_ref(args)
     findings: dict = {"data": str(ref), "schema": None, "records": None, "problems": [], "answer_words": None}
     schema = ref.schema()  # a SchemaError here names the key and the fix (exit 3)
