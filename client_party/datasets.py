@@ -96,8 +96,9 @@ DATASETS: dict[str, DatasetInfo] = {
 class Problem:
     """One violation of the schema.
 
-    `row` is the 0-based position of the record in the input table (for a CSV file: data line
-    `row + 1`, not counting the header), or None for a problem of the whole column. `kind` is one
+    `row` is the 0-based position of the record in the input table, or None for a problem of the whole
+    column; printed, it is "record row + 1", counted from 1 as a person counts the records below the
+    header (in a CSV file where no field spans lines, the record on file line row + 2). `kind` is one
     of: missing_column, missing_value, non_numeric, non_integer, out_of_range, unknown_category,
     not_boolean, missing_label, unknown_label.
     """
@@ -108,7 +109,7 @@ class Problem:
     kind: str = "invalid"
 
     def __str__(self) -> str:
-        where = f"row {self.row}, column {self.column!r}" if self.row is not None else f"column {self.column!r}"
+        where = f"record {self.row + 1}, column {self.column!r}" if self.row is not None else f"column {self.column!r}"
         return f"{where}: {self.message}"
 
     def __iter__(self) -> Iterator[Any]:
@@ -187,7 +188,7 @@ def load_table(
 
     on_invalid decides what happens to records that violate the schema:
       "reject" (default): raise `DataValidationError`; its message lists the first problems as
-        'row R, column C: message' with the total count, and `.problems` holds every `Problem`;
+        'record R, column C: message' (R counted from 1) with the total count, and `.problems` holds every `Problem`;
       "drop": drop every record with a problem and warn with the count;
       "clip": clip out-of-range numbers to the schema's range, drop records with any other
         problem, and warn with both counts.

@@ -119,8 +119,8 @@ def test_reject_raises_listing_problems_with_rows_and_columns(toy_csv):
         load_table(path=toy_csv)
     msg = str(e.value)
     assert "9 problem(s) in 9 record(s)" in msg
-    assert "row 1, column 'age': 130 is outside the schema range [0, 100]" in msg
-    assert "row 4, column 'colour': unknown category 'green'" in msg
+    assert "record 2, column 'age': 130 is outside the schema range [0, 100]" in msg   # rows 1 and 4, counted from 1
+    assert "record 5, column 'colour': unknown category 'green'" in msg
     assert "--on-invalid drop" in msg and "on_invalid in Python" in msg
     assert [(p.row, p.column, p.kind) for p in e.value.problems] == EXPECTED
 

@@ -27,9 +27,9 @@ examples:
 CHECK_DESCRIPTION = """\
 Validate a public schema and a table against it: the schema's rules (types, ranges filled in,
 categories, label), every record of the table (unknown categories, out-of-range values, missing
-values where a column is not nullable, unknown labels; listed by row and column), and that the base
-LLM can read the label's answer words apart (their first tokens must differ: the answer is read at
-one position, in one forward pass). Exit status 0 when all pass, 3 when something must be fixed."""
+values where a column is not nullable, unknown labels; listed by record, counted from 1 below the
+header, and column), and that the base LLM can read the label's answer words apart (their first
+tokens must differ: the answer is read at one position, in one forward pass). Exit status 0 when all pass, 3 when something must be fixed."""
 
 CHECK_EPILOG = """\
 examples:
