@@ -273,6 +273,17 @@ def _parse_label(d: Any, column_names: set[str]) -> LabelSpec:
     return LabelSpec(name=name, classes=classes, verbalizers=verbs, question=q, description=d.get("description", ""))
 
 
+def _refuse_unfilled_bounds(cols_raw: list) -> None:
+    """Every numeric bound that is still text (a draft's placeholder) in one refusal: a drafted 500-column table has
+    1000 of them, and naming only the first would take as many rounds of edit and check."""
+    unfilled = [f"{c['name']}.{k}" for c in cols_raw if isinstance(c, dict) and isinstance(c.get("name"), str)
+                and c.get("type") in ("int", "float") for k in ("min", "max") if isinstance(c.get(k), str)]
+    if len(unfilled) > 1:
+        shown = ", ".join(unfilled[:40]) + (f", … ({len(unfilled) - 40} more)" if len(unfilled) > 40 else "")
+        raise SchemaError(f"{len(unfilled)} numeric range bounds are still text, not numbers: {shown}; write public bounds there "
+                          "(physical, legal or documented ranges; ranges come from public knowledge, not from the data)")
+
+
 def _parse_schema(data: Any, where: str = "schema") -> PublicSchema:
     try:
         _need(isinstance(data, dict), f"{where}: top level must be a JSON object")
@@ -285,6 +296,7 @@ def _parse_schema(data: Any, where: str = "schema") -> PublicSchema:
             _need(isinstance(data.get(k), str) and data[k].strip() != "", f"{where}: '{k}' must be a non-empty string")
         cols_raw = data.get("columns")
         _need(isinstance(cols_raw, list) and len(cols_raw) > 0, f"{where}: 'columns' must be a non-empty list")
+        _refuse_unfilled_bounds(cols_raw)
         cols = tuple(_parse_column(c, i, fmt) for i, c in enumerate(cols_raw))
         names = [c.name for c in cols]
         dup = sorted({n for n in names if names.count(n) > 1})

@@ -97,7 +97,14 @@ def _check(args: argparse.Namespace) -> int:
         raise UsageError("name the table: llamdex schema check FILE|NAME (or --data FILE|NAME)")
     ref = table_ref(args)
     findings: dict = {"data": str(ref), "schema": None, "records": None, "problems": [], "answer_words": None}
-    schema = ref.schema()  # a SchemaError here names the key and the fix (exit 3)
+    try:
+        schema = ref.schema()  # a SchemaError here names the key and the fix (exit 3)
+    except SchemaError as e:
+        if args.json is None:
+            raise
+        findings["schema_error"] = str(e)   # --json: the finding on standard output (or in the file), as for the table's
+        emit_json(args.json, findings)
+        return 3
     findings["schema"] = {"name": schema.name, "digest": schema.digest, "columns": len(schema.columns), "classes": list(schema.label.classes)}
     raw = ref.read_raw()
     problems = validate_table(raw, schema)
