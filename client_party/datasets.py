@@ -40,6 +40,7 @@ SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 ON_INVALID = ("reject", "drop", "clip")
 MAX_LISTED_PROBLEMS = 10
 _DATA_SUFFIXES = (".csv.gz", ".csv.bz2", ".csv.zip", ".csv", ".parquet", ".pq")
+_UNSUPPORTED = "unsupported file type; use .csv (optionally .gz/.bz2/.zip) or .parquet"
 # Cell texts read as "no value" (the markers spreadsheets, R and pandas write), unless the schema names the text as a
 # level or class of that column: `NA` is missing in a column of ages but North America in a column of regions.
 MISSING_MARKERS = frozenset({"NA", "N/A", "n/a", "#N/A", "#N/A N/A", "#NA", "<NA>", "NaN", "nan", "-NaN", "-nan", "NULL", "null",
@@ -255,7 +256,7 @@ def read_table_file(p: Path) -> pd.DataFrame:
             raise
         raise TableReadError(f"{p} cannot be read as {'Parquet' if low.endswith(('.parquet', '.pq')) else 'CSV'}: "
                              f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
-    raise TableReadError(f"{p}: unsupported file type; use .csv (optionally .gz/.bz2/.zip) or .parquet")
+    raise TableReadError(f"{p}: {_UNSUPPORTED}")
 
 
 def _refuse_other_separators(p: Path, header: list) -> None:
@@ -309,8 +310,12 @@ class TableRef:
         if t in DATASETS and not Path(t).exists():
             return cls(name=t, schema_path=Path(schema) if schema else None, on_invalid=on_invalid)
         p = Path(t)
+        if p.is_dir():
+            raise IsADirectoryError(21, "is a folder, not a table file", str(p))
         if not p.is_file():
             raise FileNotFoundError(f"{t!r} is neither a registered table ({', '.join(sorted(DATASETS))}) nor an existing CSV/Parquet file")
+        if not p.name.lower().endswith(_DATA_SUFFIXES):   # said before the schema is looked for beside it
+            raise TableReadError(f"{p}: {_UNSUPPORTED}")
         return cls(path=p, schema_path=Path(schema) if schema else None, on_invalid=on_invalid)
 
     @property

@@ -157,3 +157,14 @@ def test_every_unfilled_bound_is_named_at_once_and_json_carries_the_schema_error
     assert code == 3 and "3 numeric range bounds are still text" in err and "age.min, age.max, income.max" in err, (code, err)
     code, out, _ = run(["schema", "check", str(path), "--no-tokenizer", "--json"], capsys)
     assert code == 3 and "age.min, age.max, income.max" in json.loads(out)["schema_error"]
+
+
+@pytest.mark.parametrize("name, code, said", [("folder.csv", 4, "is a folder"), ("loans.txt", 3, "unsupported file type")])
+def test_a_table_path_says_what_is_wrong_with_it_before_looking_for_a_schema(tmp_path, capsys, name, code, said):
+    """A folder was "neither a registered table nor an existing file"; a .txt table was "no schema for loans.txt"."""
+    if name.endswith(".csv"):
+        (tmp_path / name).mkdir()
+    else:
+        _table().to_csv(tmp_path / name, index=False)
+    got, _, err = run(["client", "train", "--data", str(tmp_path / name), "--out", str(tmp_path / "run")], capsys)
+    assert got == code and said in err, (got, err)

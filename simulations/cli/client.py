@@ -47,6 +47,7 @@ def _train(args: argparse.Namespace) -> int:
     from client_party.datasets import encode_table, split_table
     from client_party.expert_training import TrainConfig, predict_proba, train_expert
     from protocol.expert_spec import save_expert
+    from simulations.attacks.metrics import clopper_pearson
 
     if args.delta is not None and args.epsilon is None:
         raise UsageError("--delta is the δ of DP training: give it with --epsilon (without --epsilon the expert trains without DP)")
@@ -64,7 +65,8 @@ def _train(args: argparse.Namespace) -> int:
     x, y = encode_table(train, schema)
     trained = train_expert(x, y, schema, cfg, progress=True)
     xt, yt = encode_table(test, schema)
-    acc = float((predict_proba(trained.model, xt).argmax(1) == yt).mean())
+    right = int((predict_proba(trained.model, xt).argmax(1) == yt).sum())
+    acc = right / len(yt)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".partial-{out.name}-", dir=out.parent))   # the folder appears whole, or not at all
     try:
@@ -81,7 +83,8 @@ def _train(args: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     eps = "no DP" if args.epsilon is None else f"ε={trained.dp.epsilon:.3f}, δ={trained.dp.delta:.2e}"
-    print(f"expert saved to {out} ({eps}); held-out accuracy {acc:.3f} on {len(test)} records")
+    lo, hi = clopper_pearson(right, len(yt))   # a small table's accuracy is a wide interval, and says so
+    print(f"expert saved to {out} ({eps}); held-out accuracy {acc:.3f} [95 % interval {lo:.3f}, {hi:.3f}] on {len(test)} records")
     return 0
 
 
