@@ -10,18 +10,15 @@ check or fill in. Nothing here prints or logs a cell value except category names
 publishes anyway and which the notes ask the owner to review, and texts that are not numbers
 (missing-value markers such as "NA", junk such as "?" in a column of numbers).
 
-A CSV reaches the draft as text, markers such as "NA" included (`read_table_file`); the draft reads a
-marker as a missing value, as the loader does for a column whose schema does not list the marker as a
+A CSV reaches the draft as text, markers such as "NA" included (`read_table_file`); how cells are written
+(markers, numbers, formatted numbers, dates) is read by `cell_forms.py`. The draft reads a marker as a missing value, as the loader does for a column whose schema does not list the marker as a
 level, and the note says how many cells held which marker, for the owner to decide.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import functools
 import math
 import re
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +27,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from client_party.datasets import MISSING_MARKERS
-from protocol.encoding import bool_level, is_missing
-from protocol.errors import LlamdexError, SchemaError
-from protocol.schema import SCHEMA_FORMAT, PublicSchema
+from client_party.cell_forms import (UNIT_KEY, as_number, as_numbers, case_clashes, column_decimals, control_levels, date_time_kind, markers_in,
+                                     number_form, present_cells)
+from protocol.encoding import bool_level
+from protocol.errors import LlamdexError
+from protocol.schema import MAX_DECIMALS, SCHEMA_FORMAT
 
 PLACEHOLDER = "FILL IN: a public {bound} bound of {column} (not the data's {extreme})"
 MAX_CATEGORIES = 30          # more distinct texts than this: free text or an identifier, left out
@@ -46,23 +44,7 @@ UNIT_SUFFIXES = {"mm": "mm", "cm": "cm", "m": "meters", "km": "km", "g": "grams"
                  "years": "years", "yrs": "years", "months": "months", "days": "days", "hours": "hours", "usd": "dollars",
                  "dollars": "dollars", "eur": "euros", "pct": "percent", "percent": "percent"}
 
-# Dates and times as tables write them: ISO (2020-01-31, 2020-01-31T12:00:00Z), with slashes or dots (31/01/2020,
-# 2020/1/31, 31.01.2020), with a month name (31 Jan 2020, January 31, 2020), and times of day (12:00, 9:30 pm).
-_MONTH = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?"
-_DATE = (rf"\d{{4}}[-/.]\d{{1,2}}[-/.]\d{{1,2}}|\d{{1,2}}[-/.]\d{{1,2}}[-/.]\d{{4}}|\d{{1,2}}/\d{{1,2}}/\d{{2}}"
-         rf"|\d{{1,2}}[ -]{_MONTH}[ -,]*\d{{4}}|{_MONTH} \d{{1,2}},? \d{{4}}")
-_TIME = r"\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:[ap]\.?m\.?)?"
-_ZONE = r"(?:\s*(?:z|utc|gmt|[+-]\d{2}:?\d{2}))?"
-_DATE_TIME = re.compile(rf"(?:{_DATE})(?:(?:t|\s+){_TIME}{_ZONE})?|{_TIME}{_ZONE}", re.IGNORECASE)
 
-# A number as people format it: a currency symbol, thousands separators, a decimal comma, a percent sign or a unit.
-_CURRENCIES = "$€£¥₹"
-_FORMATTED = re.compile(rf"([+-]?)\s*([{_CURRENCIES}]?)\s*([+-]?)\s*(\d(?:[\d,.'\u00a0\u202f ]*\d)?)\s*([{_CURRENCIES}%]|[^\W\d_]{{1,12}}\.?)?")
-_PLAIN = re.compile(r"\d+(?:\.\d+)?")
-_THOUSANDS = re.compile(r"\d{1,3}([,'\u00a0\u202f ])\d{3}(?:\1\d{3})*(?:\.\d+)?|\d{1,3}(?:\.\d{3}){2,}")
-_DECIMAL_COMMA = re.compile(r"\d+,\d+|\d{1,3}([.'\u00a0\u202f ])\d{3}(?:\1\d{3})*,\d+")
-_UNIT_KEY = "unit "   # how `_number_form` marks the letters after a number
-_WRITTEN_NUMBER = re.compile(r"[+-]?\d*(?:\.(\d*))?(?:e([+-]?\d+))?", re.IGNORECASE)
 _UNNAMED = re.compile(r"Unnamed: \d+(?:_level_\d+)?")   # what pandas calls a column with an empty header name
 
 
@@ -111,62 +93,13 @@ def verbalizer_for(level: str) -> str:
 def _number_text(level: Any) -> str | None:
     """A finite number's text as an answer word: integral ones as integers ('1.0' -> '1'), others as written; None for a
     text that is not a number. A label read as floats (a CSV written from a float column) thus drafts like an integer one."""
-    x = _number(level)
+    x = as_number(level)
     if x is None or not math.isfinite(x):
         return None
     return str(int(x)) if x.is_integer() else str(level).strip()
 
 
-# --- cells: missing, markers, numbers -----------------------------------------------------------
-
-
-def _marker_of(value: Any) -> str | None:
-    """The missing-value marker a cell holds ('NA', 'null', ...: `MISSING_MARKERS`), or None."""
-    if isinstance(value, str) and value.strip() in MISSING_MARKERS:
-        return value.strip()
-    return None
-
-
-def _is_empty(value: Any) -> bool:
-    return is_missing(value) or (isinstance(value, str) and value.strip() == "")
-
-
-def _present(values: pd.Series) -> pd.Series:
-    """The cells with a value: not empty, not NaN/None, not a marker (the loader reads a marker as missing unless the
-    schema lists it as a level; the note offers that)."""
-    return values[[not (_is_empty(v) or _marker_of(v)) for v in values]]
-
-
-def _markers(values: pd.Series) -> Counter[str]:
-    """How many cells hold each missing-value marker."""
-    return Counter(m for m in map(_marker_of, values) if m is not None)
-
-
-def _number(value: Any) -> float | None:
-    """`value` as a float ("inf" included), or None: not a number, or a NaN text that is no marker ("NAN"), which the
-    loader refuses in a number column like any other text."""
-    if isinstance(value, (bool, np.bool_)):
-        return None
-    try:
-        x = float(value.strip() if isinstance(value, str) else value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(x) else x
-
-
-def _as_numbers(values: pd.Series) -> np.ndarray | None:
-    """Every value as a float ("inf" and "-Infinity" included), or None when a value is not a number.
-
-    A column of numbers with one "inf" is still a numeric column with one bad record: drafted as text, it became a
-    category of every distinct number, or was left out as free text."""
-    out = []
-    for v in values:
-        x = _number(v)
-        if x is None:
-            return None
-        out.append(x)
-    numbers = np.asarray(out, dtype=np.float64)
-    return numbers if np.isfinite(numbers).any() else None
+# --- words ----------------------------------------------------------------------------------------
 
 
 def _levels(values: pd.Series) -> list[str]:
@@ -183,52 +116,6 @@ def _plural(n: int, word: str) -> str:
 
 
 # --- decimals -----------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=1)
-def max_decimals() -> int:
-    """The most decimals a schema allows, asked of the schema validator (protocol/schema.py names no constant for it),
-    so that a draft follows the format's rule rather than a copy of it."""
-    def valid(n: int) -> bool:
-        col = {"name": "x", "type": "float", "description": "x", "min": 0, "max": 1, "decimals": n}
-        lab = {"name": "y", "classes": ["a", "b"], "verbalizers": ["A", "B"], "question": "Which?"}
-        try:
-            PublicSchema.from_dict({"format": SCHEMA_FORMAT, "name": "p", "version": "1", "description": "p", "subject": "p",
-                                    "columns": [col], "label": lab})
-        except SchemaError:
-            return False
-        return True
-
-    n = 0
-    while n < 64 and valid(n + 1):
-        n += 1
-    return n
-
-
-def _written_decimals(value: Any, precision: int = 15) -> int:
-    """Decimals a value needs as the file writes it (formatting, not a statistic): '2.50' needs 1, '8.800e-06' needs 9
-    (the mantissa's 3 digits after the point plus the exponent's shift of 6), '1.5e3' none. A float that is not text is
-    written as its type writes it (`precision` significant digits; a float32 value widened to float64 as the float32),
-    so 0.1 + 0.2 needs 1, not 17, and a float32 age of 0.1667 needs 4, not 9."""
-    if isinstance(value, str):
-        text = value.strip()
-    elif precision >= 15 and math.isfinite(x := float(value)) and float(np.float32(x)) == x:
-        text = str(np.float32(x))
-    else:
-        text = format(float(value), f".{precision}g")
-    m = _WRITTEN_NUMBER.fullmatch(text)
-    if m is None:
-        return 0
-    fraction, exponent = m.group(1) or "", m.group(2)
-    if exponent is None:
-        return len(fraction.rstrip("0"))
-    return max(0, len(fraction) - int(exponent))
-
-
-def _decimals(values: pd.Series) -> int:
-    """The most decimals any value of the column is written with (uncapped)."""
-    precision = np.finfo(values.dtype).precision if isinstance(values.dtype, np.dtype) and values.dtype.kind == "f" else 15
-    return max((_written_decimals(v, precision) for v in values), default=0)
 
 
 def _decimals_note(numbers: np.ndarray, written: int, cap: int) -> str:
@@ -250,29 +137,6 @@ def _decimals_note(numbers: np.ndarray, written: int, cap: int) -> str:
 # --- what a column is: dates, a single value, numbers written as text ---------------------------
 
 
-def _date_time_kind(values: pd.Series, present: pd.Series) -> str | None:
-    """'a date/time' or 'a duration' when the column is one (a datetime dtype, or most cells written as dates or times),
-    else None. A date published as category levels names the records' days; a number derived from it is public."""
-    if pd.api.types.is_datetime64_any_dtype(values.dtype):
-        return "a date/time"
-    if pd.api.types.is_timedelta64_dtype(values.dtype):
-        return "a duration"
-    if values.dtype.kind in "biufc":   # a column of numbers holds no date text
-        return None
-    kinds = Counter(k for k in map(_date_time_of, present) if k is not None)
-    return kinds.most_common(1)[0][0] if 2 * sum(kinds.values()) > len(present) else None
-
-
-def _date_time_of(value: Any) -> str | None:
-    if isinstance(value, (dt.timedelta, np.timedelta64)):
-        return "a duration"
-    if isinstance(value, (dt.date, dt.time, np.datetime64)):
-        return "a date/time"
-    if isinstance(value, str) and _DATE_TIME.fullmatch(value.strip()):
-        return "a date/time"
-    return None
-
-
 def _date_time_note(kind: str) -> str:
     if kind == "a duration":
         return "a duration: write it as a number in a unit (e.g. days) in the table by hand"
@@ -286,31 +150,10 @@ def _single_value(present: pd.Series, numbers: np.ndarray | None) -> bool:
     return len({str(v).strip().casefold() for v in present}) == 1
 
 
-def _number_form(text: str) -> list[str] | None:
-    """How a formatted number is written ("$1,200" -> ["'$'", 'thousands separators']), or None for a text that is no
-    formatted number. Read, never converted: '1,200' may be a thousand two hundred or one point two."""
-    m = _FORMATTED.fullmatch(text)
-    if m is None or (m.group(1) and m.group(3)):
-        return None
-    symbol, body, suffix = m.group(2), m.group(4), m.group(5) or ""
-    forms = [repr(symbol)] if symbol else []
-    if _THOUSANDS.fullmatch(body):
-        forms.append("thousands separators")
-    elif _DECIMAL_COMMA.fullmatch(body):
-        forms.append("decimal commas")
-    elif not _PLAIN.fullmatch(body):
-        return None
-    if suffix and (suffix in _CURRENCIES or suffix == "%"):
-        forms.append(repr(suffix))
-    elif suffix:
-        forms.append(_UNIT_KEY + suffix)
-    return forms or None
-
-
 def _forms_text(forms: list[str]) -> str:
     """"'$' and thousands separators", "a unit after the number ('kg')"."""
-    units = [f[len(_UNIT_KEY):] for f in forms if f.startswith(_UNIT_KEY)]
-    parts = [f for f in forms if not f.startswith(_UNIT_KEY)]
+    units = [f[len(UNIT_KEY):] for f in forms if f.startswith(UNIT_KEY)]
+    parts = [f for f in forms if not f.startswith(UNIT_KEY)]
     if units:
         parts.append(f"{'a unit' if len(units) == 1 else 'units'} after the number ({', '.join(map(repr, units))})")
     return _and(parts)
@@ -331,11 +174,11 @@ def _number_like_reason(present: pd.Series) -> str | None:
     or a few other texts ('?', 'unknown'). None when most cells are not numbers. The draft does not convert: the owner
     does, in the table, and a category of number-like levels would publish the data's values."""
     texts = [str(v).strip() for v in present]
-    is_number = [_number(v) is not None for v in present]
-    form_of = {t: _number_form(t) for t, n in zip(texts, is_number) if not n}
-    units = {f for form in form_of.values() if form for f in form if f.startswith(_UNIT_KEY)}
+    is_number = [as_number(v) is not None for v in present]
+    form_of = {t: number_form(t) for t, n in zip(texts, is_number) if not n}
+    units = {f for form in form_of.values() if form for f in form if f.startswith(UNIT_KEY)}
     if len(units) > MAX_UNITS:   # '3B', '4C', '12A': codes, not a quantity with a unit
-        form_of = {t: None if form and any(f.startswith(_UNIT_KEY) for f in form) else form for t, form in form_of.items()}
+        form_of = {t: None if form and any(f.startswith(UNIT_KEY) for f in form) else form for t, form in form_of.items()}
     forms = list(dict.fromkeys(f for t, n in zip(texts, is_number) if not n and form_of[t] for f in form_of[t]))
     formatted = sum(1 for t, n in zip(texts, is_number) if not n and form_of[t])
     others = Counter(t for t, n in zip(texts, is_number) if not n and not form_of[t])
@@ -352,26 +195,8 @@ def _number_like_reason(present: pd.Series) -> str | None:
             "them with empty cells to draft it as a number (nullable), or add it by hand as a category if the numbers are codes")
 
 
-def _has_control(text: str) -> bool:
-    """A line break, tab, NUL or other control character: it would break the one-line prompts, notes and answer words."""
-    return any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in text)
-
-
-def _control_levels(levels: list[str]) -> list[str]:
-    return [lv for lv in levels if _has_control(lv)]
-
-
-def _case_clashes(levels: list[str]) -> list[list[str]]:
-    """Groups of levels that differ only by case ('Yes', 'yes'): surrounding blanks are stripped already. Numbers
-    ('1e5', '1E5') are no levels to merge, and a note never prints one."""
-    groups: dict[str, list[str]] = {}
-    for lv in (lv for lv in levels if _number(lv) is None):
-        groups.setdefault(lv.casefold(), []).append(lv)
-    return [g for g in groups.values() if len(g) > 1]
-
-
 def _case_note(levels: list[str]) -> str:
-    clashes = _case_clashes(levels)
+    clashes = case_clashes(levels)
     return "".join(f"; levels {_and([repr(lv) for lv in g])} differ only by case: merge them in the table" for g in clashes)
 
 
@@ -439,7 +264,7 @@ def _numeric_column(name: str, col: dict[str, Any], present: pd.Series, numbers:
     col["max"] = PLACEHOLDER.format(bound="upper", column=name, extreme="maximum")
     decimals_note = ""
     if not integral:
-        written, cap = _decimals(present), max_decimals()
+        written, cap = column_decimals(present), MAX_DECIMALS
         col["decimals"] = min(written, cap)
         decimals_note = _decimals_note(numbers, written, cap)
     if unit:
@@ -473,7 +298,7 @@ def _text_left_out(name: str, present: pd.Series, levels: list[str]) -> str | No
         return f"{name}: left out: every value is distinct (an identifier or free text?); add it by hand if it is a feature"
     if len(levels) > MAX_CATEGORIES:
         return f"{name}: left out: {len(levels)} distinct texts (free text?); add it as a category by hand if it is one"
-    bad = _control_levels(levels)
+    bad = control_levels(levels)
     if bad:
         return (f"{name}: left out: {_plural(len(bad), 'level')} hold{'s' if len(bad) == 1 else ''} a line break or another control "
                 f"character ({', '.join(map(repr, bad[:MAX_SHOWN]))}{', ...' if len(bad) > MAX_SHOWN else ''}): clean "
@@ -483,18 +308,18 @@ def _text_left_out(name: str, present: pd.Series, levels: list[str]) -> str | No
 
 def draft_column(name: str, values: pd.Series) -> tuple[dict[str, Any] | None, str]:
     """One column's draft (None when it is left out) and its note."""
-    present = _present(values)
-    markers = _markers(values)
+    present = present_cells(values)
+    markers = markers_in(values)
     missing = len(values) - len(present)
     empty = missing - sum(markers.values())
     base, unit = unit_of(name)
     col: dict[str, Any] = {"name": str(name), "description": f"The {base}.", "aliases": [base]}
     if len(present) == 0:
         return None, f"{name}: left out: it has no value at all" + _marker_note(name, markers, "", [], empty)
-    kind = _date_time_kind(values, present)
+    kind = date_time_kind(values, present)
     if kind:
         return None, f"{name}: left out: {_date_time_note(kind)}" + _marker_note(name, markers, "", [], empty)
-    levels, numbers = _levels(present), _as_numbers(present)
+    levels, numbers = _levels(present), as_numbers(present)
     if _single_value(present, numbers):
         return None, _single_note(name, levels, empty, markers)
     if _is_bool(levels):
@@ -541,7 +366,7 @@ def _refuse_unusable_classes(name: str, levels: list[str], markers: Counter[str]
     if len(levels) > MAX_CATEGORIES:
         raise DraftError(f"label column {name!r} has {len(levels)} distinct values; a label is a class with at most {MAX_CATEGORIES} values "
                          "(bin a numeric target first, or choose another --label)")
-    bad = _control_levels(levels)
+    bad = control_levels(levels)
     if bad:
         raise DraftError(f"label column {name!r}: {_plural(len(bad), 'class')} hold{'s' if len(bad) == 1 else ''} a line break or another control character "
                          f"({', '.join(map(repr, bad[:MAX_SHOWN]))}): clean the label in the table, then draft again")
@@ -562,8 +387,8 @@ def _refuse_clashing_verbalizers(name: str, levels: list[str], verbalizers: list
 
 
 def draft_label(name: str, values: pd.Series, subject: str) -> tuple[dict[str, Any], str]:
-    present = _present(values)
-    markers = _markers(values)
+    present = present_cells(values)
+    markers = markers_in(values)
     levels = _levels(present)
     _refuse_unusable_classes(name, levels, markers)
     words = words_of(name)
@@ -629,5 +454,5 @@ def default_draft_path(data_path: Path) -> Path:
     return data_path.with_name(data_path.name + ".schema.json")
 
 
-__all__ = ["Draft", "PLACEHOLDER", "default_draft_path", "draft_column", "draft_label", "draft_schema", "max_decimals", "unit_of",
+__all__ = ["Draft", "PLACEHOLDER", "default_draft_path", "draft_column", "draft_label", "draft_schema", "unit_of",
            "verbalizer_for", "words_of"]

@@ -26,6 +26,7 @@ SCHEMA_FORMATS = {"llamdex.schema/v1": LEGACY, "llamdex.schema/v2": RFC8785, SCH
 # Formats that may carry `level_phrases` (added in v3; an older reader would refuse the key).
 LEVEL_PHRASE_FORMATS = (SCHEMA_FORMAT,)
 COLUMN_TYPES = ("int", "float", "category", "bool")
+MAX_DECIMALS = 6   # a float column's `decimals`: the verbalizer writes at most this many digits after the point
 _COLUMN_KEYS = {"name", "type", "description", "min", "max", "categories", "aliases", "unit", "nullable", "sensitive", "decimals", "level_phrases"}
 _LABEL_KEYS = {"name", "classes", "verbalizers", "question", "description"}
 _SCHEMA_KEYS = {"format", "name", "version", "description", "subject", "columns", "label"}
@@ -232,7 +233,8 @@ def _parse_column(d: Any, i: int, fmt: str = SCHEMA_FORMAT) -> ColumnSpec:
         _need(lo < hi, f"{where}: 'min' ({lo}) must be below 'max' ({hi})")
         _need("categories" not in d, f"{where}: a {typ} column has no 'categories'")
         if decimals is not None:
-            _need(isinstance(decimals, int) and 0 <= decimals <= 6, f"{where}: 'decimals' must be an integer 0..6")
+            _need(isinstance(decimals, int) and not isinstance(decimals, bool) and 0 <= decimals <= MAX_DECIMALS,
+                  f"{where}: 'decimals' must be an integer 0..{MAX_DECIMALS}")
     else:
         _need(lo is None and hi is None, f"{where}: a {typ} column has no 'min'/'max'")
         if typ == "category":

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from client_party.datasets import load_table, read_table_file
-from client_party.schema_draft import draft_schema, max_decimals, unit_of, verbalizer_for, words_of
+from client_party.schema_draft import draft_schema, unit_of, verbalizer_for, words_of
 from protocol.errors import SchemaError
-from protocol.schema import PublicSchema
+from protocol.schema import MAX_DECIMALS, PublicSchema
 
 # Values of the numeric columns, extremes included: "records" the draft must not publish.
 SECRET_VALUES = ("17.25", "203.75", "20000", "1234567", "3141592", "7.125", "271828", "1.5")
@@ -223,7 +223,7 @@ def test_missing_markers_read_as_missing_and_the_note_says_which_cells_held_whic
 def test_decimals_count_e_notation_up_to_the_schema_cap_and_tiny_values_are_told_to_rescale():
     """'8.8e-06' needed no decimal and the cap was 4: every value printed as 0. Decimals follow the text (mantissa
     digits plus the exponent's shift), capped where `PublicSchema` caps them; no value is printed."""
-    assert max_decimals() == 6
+    assert MAX_DECIMALS == 6
     status = pd.Series(["a", "b"] * 15)
     micro = [f"{8.8 + i / 10:.3f}e-06" for i in range(30)]                        # 8.800e-06 needs 9 decimals: cut to 6
     tiny = [f"{8.8 + i / 10:.1f}e-{8 + i % 2:02d}" for i in range(30)]            # 0 at 6 decimals
