@@ -24,6 +24,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -172,6 +173,22 @@ def _tokenizer(source: str, **kwargs):
     return tok
 
 
+def _source(name_or_path: str) -> tuple[str, str, dict[str, Any]]:
+    """(where from_pretrained reads, the model id, its keyword arguments) for the embedded model or a local/hub name."""
+    if name_or_path == EMBEDDED:
+        cache = embedded_source()
+        return str(cache), f"{EMBEDDED_NAME}@{cache.name.rsplit('-', 1)[-1]}", {"local_files_only": True}
+    return name_or_path, name_or_path, {}
+
+
+def load_tokenizer(name_or_path: str = EMBEDDED):
+    """The base LLM's tokenizer alone, without its weights: what reading answer words apart needs (`schema check`)."""
+    if name_or_path.startswith(RANDOM_INIT):   # the benchmarking model speaks the embedded tokenizer
+        name_or_path = EMBEDDED
+    source, _, kwargs = _source(name_or_path)
+    return _tokenizer(source, **kwargs)
+
+
 def load_base_llm(name_or_path: str = EMBEDDED, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> BaseLLM:
     """Loads the base LLM frozen (eval mode, no gradients) onto `device` (`cpu`, `cuda`, `cuda:N`).
 
@@ -184,11 +201,7 @@ def load_base_llm(name_or_path: str = EMBEDDED, device: str | torch.device = "cp
     target = resolve_device(device)
     if name_or_path.startswith(RANDOM_INIT):
         return random_init_llm(name_or_path[len(RANDOM_INIT):], device=target, dtype=dtype)
-    if name_or_path == EMBEDDED:
-        cache = embedded_source()
-        source, model_id, kwargs = str(cache), f"{EMBEDDED_NAME}@{cache.name.rsplit('-', 1)[-1]}", {"local_files_only": True}
-    else:
-        source, model_id, kwargs = name_or_path, name_or_path, {}
+    source, model_id, kwargs = _source(name_or_path)
     tok = _tokenizer(source, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     model.to(target)

@@ -112,12 +112,12 @@ def _check(args: argparse.Namespace) -> int:
     findings["problems"] = [str(p) for p in problems]
     words_error = None
     if not args.no_tokenizer:
-        from provider_party.model.base_llm import load_base_llm
+        from provider_party.model.base_llm import load_tokenizer
         from provider_party.model.prompting import PromptBuilder
 
         print(f"reading the answer words with {args.base_model}'s tokenizer…", file=sys.stderr, flush=True)
         try:
-            ids = PromptBuilder(load_base_llm(args.base_model).tokenizer, schema).verbalizer_ids
+            ids = PromptBuilder(load_tokenizer(args.base_model), schema).verbalizer_ids
             findings["answer_words"] = {"ok": True, "first_tokens": dict(zip(schema.label.verbalizers, ids))}
         except SchemaError as e:
             words_error = str(e)
