@@ -118,7 +118,7 @@ def test_records_under_another_schema_are_refused(artifact, tmp_path, capsys):
     rc = main(["attack", "mia", "--artifact", str(artifact["art"]), "--client-key", str(artifact["pub"]), "--members", str(other),
                "--nonmembers", str(artifact["nonmembers"]), "--shadows", "0"])
     err = capsys.readouterr().err
-    assert rc == 3 and "--members" in err and "survived (missing_column)" in err   # invalid input, no record value shown
+    assert rc == 3 and "--members" in err and "survived (missing_column: 1)" in err   # invalid input, no record value shown
 
 
 @pytest.mark.slow
