@@ -422,7 +422,10 @@ def _unnamed_note(name: Any, position: int) -> str:
 def draft_schema(df: pd.DataFrame, *, label: str, name: str, subject: str = "record", source: str = "the table") -> Draft:
     """A draft of the public schema of `df` with `label` as the prediction target (see the module docstring)."""
     if label not in df.columns:
-        raise DraftError(f"--label {label!r} is not a column of {source}; columns: {', '.join(map(str, df.columns))}")
+        near = [c for c in map(str, df.columns) if c.strip().casefold() == label.strip().casefold()]
+        hint = f"; did you mean {near[0]!r}? (a column name keeps its blanks and case)" if near else ""
+        listed = [repr(c) if c != c.strip() else c for c in map(str, df.columns)]   # a blank at either end made visible
+        raise DraftError(f"--label {label!r} is not a column of {source}{hint}; columns: {', '.join(listed)}")
     columns, notes = [], []
     for position, col_name in enumerate(df.columns, start=1):
         if col_name == label:

@@ -329,3 +329,10 @@ def test_a_column_without_a_header_name_is_told(tmp_path):
     csv.write_text("age,,status\n" + "".join(f"{20 + i},{['x', 'y'][i % 2]},{['a', 'b'][i % 3 % 2]}\n" for i in range(30)))
     draft = draft_schema(read_table_file(csv), label="status", name="t")
     assert any("column 2 has no name in the header" in n and n.startswith("Unnamed: 1: ") for n in draft.notes)
+
+
+def test_a_label_name_that_differs_by_blanks_or_case_is_pointed_at():
+    """A header ' status' was refused with "columns: age,  status": the blank was invisible."""
+    frame = pd.DataFrame({"age": ["30", "40"] * 20, " Status": ["good", "bad"] * 20})
+    with pytest.raises(Exception, match=r"did you mean ' Status'\?.*columns: age, ' Status'"):
+        draft_schema(frame, label="status", name="t")
