@@ -242,6 +242,7 @@ def read_table_file(p: Path) -> pd.DataFrame:
             header = pd.read_csv(p, header=None, nrows=1, dtype=object, keep_default_na=False).iloc[0].tolist()
             _refuse_repeated_names(p, header)
             _refuse_other_separators(p, header)
+            _warn_short_records(p, len(header))
             return df
     except TableReadError:
         raise
@@ -257,6 +258,36 @@ def read_table_file(p: Path) -> pd.DataFrame:
         raise TableReadError(f"{p} cannot be read as {'Parquet' if low.endswith(('.parquet', '.pq')) else 'CSV'}: "
                              f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
     raise TableReadError(f"{p}: {_UNSUPPORTED}")
+
+
+def _warn_short_records(p: Path, fields: int) -> None:
+    """Records with fewer fields than the header (a broken export, a line cut short): pandas fills the cells they
+    lack as missing without a word, and the owner then met only "missing label" for that record."""
+    import bz2
+    import csv
+    import gzip
+    import io
+
+    opener = {".gz": gzip.open, ".bz2": bz2.open}.get(p.suffix.lower(), open) if p.suffix.lower() != ".zip" else None
+    if opener is None:
+        return
+    short, lines_before = [], 1   # record positions (0-based) and their first file line
+    with io.TextIOWrapper(opener(p, "rb"), encoding="utf-8-sig", newline="") as text:
+        rows = csv.reader(text)
+        next(rows, None)   # the header
+        record = 0
+        for row in rows:
+            line = lines_before + 1
+            lines_before = rows.line_num
+            if not row:       # a blank line: pandas skips it, and so does the record count
+                continue
+            if len(row) < fields:
+                short.append((record, line))
+            record += 1
+    if short:
+        first = ", ".join(f"record {r + 1} (line {ln})" for r, ln in short[:3])
+        warnings.warn(f"{p}: {len(short)} record(s) have fewer fields than the header's {fields} ({first}"
+                      f"{', …' if len(short) > 3 else ''}); their last cells read as missing: check the export", stacklevel=3)
 
 
 def _refuse_other_separators(p: Path, header: list) -> None:
