@@ -145,3 +145,15 @@ def test_a_table_too_small_for_the_query_seat_is_said_before_connectors_train(tm
     code, err = run(["attack", "mia", "--data", "penguins", "--target-size", "300", "--query", "5"], capsys)
     assert code == 3 and "cannot exceed target_size" in err, (code, err)
     assert not (tmp_path / "home").exists()
+
+
+def test_an_attack_on_a_handful_of_records_is_refused_rather_than_reported(tmp_path, capsys):
+    """On a 10-record table the sizes shrank to 1 member and 1 non-member, and the bootstrap's zero-width interval
+    reported "leaks (an interval lies above 0)"."""
+    from client_party.datasets import load_table
+
+    df, schema = load_table("titanic")
+    df.head(40).to_csv(tmp_path / "few.csv", index=False)
+    schema.save(tmp_path / "few.csv.schema.json")
+    code, err = run(["attack", "attribute", "--data", str(tmp_path / "few.csv")], capsys)
+    assert code == 3 and "at least 10 of each are needed" in err, (code, err)

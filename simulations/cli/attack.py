@@ -134,6 +134,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
+FEW_ATTACKED = 50   # fewer members or non-members than this: the command says its intervals will be wide
+MIN_ATTACKED = 10   # fewer than this: refused, since a bootstrap interval over a handful of records is no interval
+
+
 class UsageError(Exception):
     """Bad flags: printed with the verb's name, exit status 2."""
 
@@ -220,8 +224,9 @@ def _run(verb: str, fn, args: argparse.Namespace) -> int:
         return 3
 
 
-def _load_simulated(args: argparse.Namespace):
-    """The simulated client's table, and the attack's sizes settled against it (`fitting_sizes`) before any training."""
+def _load_simulated(args: argparse.Namespace, *, attacks_records: bool = True):
+    """The simulated client's table, and the attack's sizes settled against it (`fitting_sizes`) before any training.
+    `attacks_records`: members and non-members are what the attack scores (mia, attribute; canary scores canaries)."""
     from simulations.attacks.mia import DEFAULT_SIZES, fitting_sizes
 
     df, schema = table_refs(args)[0].load()
@@ -231,6 +236,15 @@ def _load_simulated(args: argparse.Namespace):
         print(f"{args.data} has {len(df)} records, too few for the default sizes: the target trains on {args.target_size}, "
               f"{args.n_members} members and {args.n_nonmembers} non-members are attacked (--target-size, --n-members, "
               "--n-nonmembers set them)")
+    if not attacks_records:
+        return df, schema
+    if min(args.n_members, args.n_nonmembers) < MIN_ATTACKED:   # a bootstrap over one record gives a zero-width interval
+        raise ValueError(f"{args.data} gives {args.n_members} member(s) and {args.n_nonmembers} non-member(s) to attack; at least "
+                         f"{MIN_ATTACKED} of each are needed for an interval to mean anything (a larger table, or --n-members and "
+                         "--n-nonmembers)")
+    if min(args.n_members, args.n_nonmembers) < FEW_ATTACKED:
+        print(f"only {min(args.n_members, args.n_nonmembers)} members or non-members are attacked: every interval below is wide, "
+              "and 'no leakage shown' says little", file=sys.stderr)
     return df, schema
 
 
@@ -407,7 +421,7 @@ def _canary_impl(args: argparse.Namespace) -> int:
         name, eps = str(args.artifact), (float(va.dp.epsilon) if va.dp.is_private else None)
         x_test = y_test = None
     else:
-        df, schema = _load_simulated(args)
+        df, schema = _load_simulated(args, attacks_records=False)
         x_all, y_all = encode_table(df, schema)
         if args.target_size >= len(df):
             raise UsageError(f"--target-size {args.target_size} must be below the table's {len(df)} records")
