@@ -156,4 +156,4 @@ def test_an_attack_on_a_handful_of_records_is_refused_rather_than_reported(tmp_p
     df.head(40).to_csv(tmp_path / "few.csv", index=False)
     schema.save(tmp_path / "few.csv.schema.json")
     code, err = run(["attack", "attribute", "--data", str(tmp_path / "few.csv")], capsys)
-    assert code == 3 and "at least 10 of each are needed" in err, (code, err)
+    assert code == 3 and "at least 20 of each are needed" in err, (code, err)

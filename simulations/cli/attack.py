@@ -135,7 +135,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 FEW_ATTACKED = 50   # fewer members or non-members than this: the command says its intervals will be wide
-MIN_ATTACKED = 10   # fewer than this: refused, since a bootstrap interval over a handful of records is no interval
 
 
 class UsageError(Exception):
@@ -238,9 +237,11 @@ def _load_simulated(args: argparse.Namespace, *, attacks_records: bool = True):
               "--n-nonmembers set them)")
     if not attacks_records:
         return df, schema
-    if min(args.n_members, args.n_nonmembers) < MIN_ATTACKED:   # a bootstrap over one record gives a zero-width interval
+    from simulations.attacks.artifact_attacks import MIN_RECORDS   # the artifact mode's floor for its record files, too
+
+    if min(args.n_members, args.n_nonmembers) < MIN_RECORDS:   # a bootstrap over one record gives a zero-width interval
         raise ValueError(f"{args.data} gives {args.n_members} member(s) and {args.n_nonmembers} non-member(s) to attack; at least "
-                         f"{MIN_ATTACKED} of each are needed for an interval to mean anything (a larger table, or --n-members and "
+                         f"{MIN_RECORDS} of each are needed for an interval to mean anything (a larger table, or --n-members and "
                          "--n-nonmembers)")
     if min(args.n_members, args.n_nonmembers) < FEW_ATTACKED:
         print(f"only {min(args.n_members, args.n_nonmembers)} members or non-members are attacked: every interval below is wide, "
