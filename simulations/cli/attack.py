@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from simulations.cli.common import UsageError as CommonUsageError
 from simulations.cli.common import (add_connectors_arg, add_data_args, add_json_arg, canary_count, emit_json, non_negative_int, positive_float, positive_int,
-                                    probability, table_refs)
+                                    probability, refuse_outputs_inside, table_refs)
 
 DESCRIPTION = """\
 Measure what an expert reveals about the records it was trained on. Two ways to name the target:
@@ -191,11 +192,9 @@ def _check_outputs(args: argparse.Namespace) -> None:
         if not path.parent.is_dir():
             raise FileNotFoundError(2, "folder does not exist", str(path.parent))
     roc = getattr(args, "roc", None)
-    from simulations.cli import common
-
     try:
-        common.refuse_outputs_inside({"--json": json_out, "--roc": roc}, [args.artifact] if args.artifact else [])
-    except common.UsageError as e:
+        refuse_outputs_inside({"--json": json_out, "--roc": roc}, [args.artifact] if args.artifact else [])
+    except CommonUsageError as e:   # said with the verb's name, as this verb's other usage errors
         raise UsageError(str(e)) from None
     if roc is not None and roc.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise UsageError(f"--roc {roc}: name an image file ending in .png, .pdf or .svg")
