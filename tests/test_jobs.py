@@ -186,3 +186,26 @@ def test_the_progress_fraction_never_goes_back_even_when_the_runner_reports_less
     events = list(jobs.watch(job, is_active=lambda: True))
     assert [(e.stage, e.fraction) for e in events][2:] == [("encoder", 0.6), ("encoder, weak columns again", 0.6), ("decoder", 0.8), ("done", 1.0)]
     jobs.stop()
+
+
+def test_a_drain_stops_the_running_job_at_its_next_progress_report_and_skips_queued_ones():
+    """SIGTERM during connector training: the worker was joined for 5 s, then the interpreter exited with the job
+    thread still inside torch, and the C++ runtime aborted the provider (exit 134)."""
+    started, steps = threading.Event(), []
+
+    def training(job, progress):
+        started.set()
+        for i in range(10_000):   # a long job that reports progress every few milliseconds, as connector training does
+            progress("encoder", i / 10_000)
+            steps.append(i)
+            time.sleep(0.005)
+        return False, {}
+
+    jobs = JobManager(training)
+    running = jobs.submit("alice", SCHEMA_A, BASE, "quick", False, None)
+    queued = jobs.submit("bob", SCHEMA_B, BASE, "quick", False, None)
+    assert started.wait(10)
+    t0 = time.monotonic()
+    assert jobs.stop(timeout_s=10) is True and time.monotonic() - t0 < 5
+    assert running.state == FAILED and "stopped" in running.error and len(steps) < 10_000
+    assert queued.state == FAILED and "before this job started" in queued.error

@@ -522,9 +522,14 @@ class ProviderParty:
         self.auth.revocations = self.ledger.revocations()
         return rev
 
-    def close(self) -> None:
+    def close(self) -> bool:
+        """Drains the question batcher and stops the connector job worker; False when that worker is still inside a job
+        (the caller must then leave with os._exit: see `JobManager.stop`)."""
         self.batcher.close(drain=True, timeout_s=self.config.limits.ask_deadline_s)
-        self.jobs.stop()
+        stopped = self.jobs.stop()
+        if not stopped:
+            log.warning("the connector job worker did not stop within a minute; it is recorded FAILED at the next start")
+        return stopped
 
 
 def _receipt_predicate(envelope: dict[str, Any]) -> dict[str, Any]:

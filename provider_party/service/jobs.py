@@ -164,6 +164,10 @@ class JobStore:
 Runner = Callable[[Job, Callable[[str, float], None]], tuple[bool, dict]]
 
 
+class JobStopped(RuntimeError):
+    """Raised inside a running job when the provider stops (drain): the job ends at its next progress report."""
+
+
 class JobManager:
     def __init__(self, runner: Runner, max_queue: int = 8, on_done: Callable[[Job], None] | None = None, store: JobStore | None = None,
                  max_per_client: int | None = None):
@@ -177,6 +181,7 @@ class JobManager:
         self.jobs: dict[str, Job] = {}
         self._queue: "queue.Queue[Job | None]" = queue.Queue()
         self._cond = threading.Condition()
+        self._stopping = threading.Event()
         self._worker = threading.Thread(target=self._work, name="llamdex-connector-jobs", daemon=True)
         self._worker.start()
 
@@ -208,6 +213,8 @@ class JobManager:
             log.warning("job %s: could not save its record", job.job_id, exc_info=True)
 
     def _progress(self, job: Job, stage: str, fraction: float) -> None:
+        if self._stopping.is_set():   # the provider is draining: the job ends at its next progress report
+            raise JobStopped("the provider was stopped while this job ran; call Customize again once it is back")
         self._event(job, RUNNING, stage, fraction)
         crashpoint("job.progress")
 
@@ -272,6 +279,10 @@ class JobManager:
             job = self._queue.get()
             if job is None:
                 return
+            if self._stopping.is_set():   # queued before the drain: not started now, recorded FAILED like a running one
+                job.error, job.finished = "JobStopped: the provider was stopped before this job started; call Customize again", time.time()
+                self._event(job, FAILED, "failed", 0.0, job.error)
+                continue
             job.started = time.time()
             self._event(job, RUNNING, "starting", 0.0)
             try:
@@ -280,7 +291,10 @@ class JobManager:
                 job.finished = time.time()
                 self._event(job, SUCCEEDED, "done", 1.0, "connectors reused" if reused else f"connectors trained in {job.seconds:.0f} s")
             except Exception as e:  # noqa: BLE001 - a failed job is reported, the worker goes on
-                log.error("connector job %s failed: %s", job.job_id, traceback.format_exc())
+                if isinstance(e, JobStopped):
+                    log.warning("connector job %s stopped by the drain; its client calls Customize again", job.job_id)
+                else:
+                    log.error("connector job %s failed: %s", job.job_id, traceback.format_exc())
                 job.error, job.finished = f"{type(e).__name__}: {e}", time.time()
                 self._event(job, FAILED, "failed", job.events[-1].fraction if job.events else 0.0, job.error)
             if self.on_done is not None:
@@ -289,9 +303,14 @@ class JobManager:
                 except Exception:  # noqa: BLE001
                     log.warning("job %s: result delivery failed", job.job_id, exc_info=True)
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 60.0) -> bool:
+        """Ends the worker: a running job stops at its next progress report (recorded FAILED, with the reason) and a
+        queued one is not started. Returns whether the worker ended within `timeout_s`. Why wait for it: a job thread
+        still inside torch when the interpreter exits makes the C++ runtime abort the process (exit 134)."""
+        self._stopping.set()
         self._queue.put(None)
-        self._worker.join(timeout=5)
+        self._worker.join(timeout=timeout_s)
+        return not self._worker.is_alive()
 
 
-__all__ = ["FAILED", "Job", "JobEventRecord", "JobManager", "JobStore", "QUEUED", "RUNNING", "SUCCEEDED"]
+__all__ = ["FAILED", "Job", "JobEventRecord", "JobManager", "JobStopped", "JobStore", "QUEUED", "RUNNING", "SUCCEEDED"]

@@ -107,7 +107,7 @@ class ProviderServer:
             log.warning("stopping with connector job(s) %s unfinished: they are recorded FAILED at the next start; clients call Customize again",
                         ", ".join(running))
         self.server.stop(grace).wait(grace + 1)
-        self.servicer.party.close()
+        self.stopped_cleanly = self.servicer.party.close()
 
     def stop_now(self) -> None:
         self.server.stop(0)

@@ -114,4 +114,8 @@ def _serve(args: argparse.Namespace) -> int:
           f"{len(cfg.clients)} registered client(s); ledger {server.servicer.party.ledger.count()} entries, chain verified"
           + (f"; recovered {rec}" if rec else ""), flush=True)
     serve_forever(server, cfg.drain_grace_s, name=f"provider {cfg.provider_id}")
+    if not getattr(server, "stopped_cleanly", True):   # a job thread still inside torch: a normal exit would abort (134)
+        logging.shutdown()
+        print("", end="", flush=True)
+        os._exit(0)
     return 0
