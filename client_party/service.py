@@ -32,7 +32,7 @@ from protocol.request_guard import MalformedRequestInterceptor
 from protocol.rpc.llamdex.v1 import client_pb2, client_pb2_grpc, common_pb2
 from protocol.crashpoints import crashpoint
 from protocol.rpc_errors import RpcError, error_code, guard, guard_stream
-from protocol.serving import announce_serving, check_port_file
+from protocol.serving import EXCLUSIVE_PORT, announce_serving, check_port_file
 from protocol.tls import add_port, peer_identity
 from protocol.wire import JOB_STATE_NAMES, check_job_id, check_wire_name, receipt_envelope, receipt_message
 
@@ -429,7 +429,8 @@ class ClientServer:
         check_port_file(config.port_file)
         self.party = party or ClientParty(config)
         self.server = grpc.server(ThreadPoolExecutor(max_workers=8, thread_name_prefix="llamdex-client"),
-                                  interceptors=[MalformedRequestInterceptor()], options=[("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 8 << 20)])
+                                  interceptors=[MalformedRequestInterceptor()], options=[("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 8 << 20),
+                                                                                 EXCLUSIVE_PORT])
         client_pb2_grpc.add_ClientServiceServicer_to_server(ClientServicer(self.party), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

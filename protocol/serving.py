@@ -66,6 +66,12 @@ def mark_ready(health: Any, service_name: str) -> None:
     health.set(service_name, SERVING)
 
 
+# gRPC turns SO_REUSEPORT on by default, so a second server started on a busy port binds it too and the kernel splits
+# the clients between two processes with two ledgers (measured: 6 Hellos went 4 to one provider, 2 to the other).
+# Every llamdex server takes its port alone: the second start is refused "port in use".
+EXCLUSIVE_PORT = ("grpc.so_reuseport", 0)
+
+
 def serve_forever(server: Any, grace_s: float = DEFAULT_GRACE_S, name: str = "server") -> int:
     """Runs until SIGINT/SIGTERM, then drains `server` (its `stop(grace_s)`): one log line when the drain
     starts and one when it ends. Returns the signal number that stopped it."""
@@ -98,4 +104,4 @@ def serve_forever(server: Any, grace_s: float = DEFAULT_GRACE_S, name: str = "se
     return got[0]
 
 
-__all__ = ["DEFAULT_GRACE_S", "LIVENESS", "announce_serving", "check_port_file", "mark_ready", "serve_forever"]
+__all__ = ["DEFAULT_GRACE_S", "EXCLUSIVE_PORT", "LIVENESS", "announce_serving", "check_port_file", "mark_ready", "serve_forever"]

@@ -274,3 +274,21 @@ def test_a_state_path_below_a_file_names_the_file_in_the_way(world, capsys):
     code, err = serve(["--config", config(world, state="plain/state")], capsys)
     assert code == 4 and f"{world / 'plain'} is not a folder" in err, (code, err)
     assert (world / "plain").read_text() == "x"
+
+
+def test_a_port_another_grpc_server_holds_is_refused_not_shared(world, capsys):
+    """gRPC binds with SO_REUSEPORT by default: a second provider on a busy port started and shared it, and the kernel
+    split the clients between two processes with two ledgers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    held = grpc.server(ThreadPoolExecutor(max_workers=1))   # a server as gRPC makes it by default, port sharing on
+    port = held.add_insecure_port("127.0.0.1:0")
+    held.start()
+    try:
+        code, err = serve(["--config", config(world, listen=f"127.0.0.1:{port}")], capsys)
+    finally:
+        held.stop(0)
+    assert code == 3 and "[BAD_ADDRESS]" in err and "in use" in err, (code, err)
+    assert not (world / "state").exists()

@@ -22,7 +22,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from protocol.request_guard import MalformedRequestInterceptor
 from protocol.rpc.llamdex.v1 import provider_pb2_grpc
-from protocol.serving import announce_serving, check_port_file, mark_ready
+from protocol.serving import EXCLUSIVE_PORT, announce_serving, check_port_file, mark_ready
 from protocol.tls import add_port
 from provider_party.service.config import ProviderConfig
 from provider_party.service.core import WarmUp
@@ -43,7 +43,7 @@ class ProviderServer:
         self.server = grpc.server(ThreadPoolExecutor(max_workers=lim.max_workers, thread_name_prefix="llamdex-provider"),
                                   interceptors=[self.calls, MalformedRequestInterceptor()],
                                   options=[("grpc.max_receive_message_length", lim.max_message_bytes),
-                                           ("grpc.max_send_message_length", lim.max_message_bytes)])
+                                           ("grpc.max_send_message_length", lim.max_message_bytes), EXCLUSIVE_PORT])
         # bound before any state is opened: a bad address, a busy port or bad TLS files leave no state folder behind
         check_port_file(config.port_file)
         self.port = add_port(self.server, config.listen, config.tls, plaintext=config.plaintext)
