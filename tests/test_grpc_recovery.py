@@ -17,6 +17,7 @@ import pytest
 from protocol.artifact import pack_artifact
 from protocol.request_auth import UPLOAD_METHOD, sign_request, upload_body
 from protocol.rpc.llamdex.v1 import common_pb2, provider_pb2
+from protocol.toml_config import ConfigError
 from provider_party.service.ledger import Ledger
 from provider_party.service.core import ProviderParty
 from tests._grpc_fixtures import make_artifact, make_parties, provider_client, provider_config
@@ -377,9 +378,10 @@ def test_a_budget_changed_in_the_configuration_applies_at_restart_unless_below_t
     assert raised.ledger.budget("alice", "titanic").epsilon_budget == 3.0
     assert raised.budget_changes == ["applied: budget of client 'alice' dataset 'titanic': ε 2 → 3, δ inf → inf"]
 
-    with caplog.at_level("ERROR", logger="provider_party.service.core"):
-        lowered = ProviderParty(provider_config(p, budgets={"alice": spent / 2}))   # below what was spent: kept
-    b = lowered.ledger.budget("alice", "titanic")
-    assert (b.epsilon_budget, b.epsilon_spent) == (3.0, spent)
-    assert lowered.budget_changes[0].startswith("refused:") and "NOT applied" in caplog.text
-    assert lowered.ledger.verify_chain() == []
+    # below what was spent: the start is refused. It used to log one ERROR line and keep charging the old budget of 3.
+    with pytest.raises(ConfigError, match=r"client 'alice' dataset 'titanic': ε [0-9.]+, δ inf is below the ε [0-9.]+, δ [0-9.e-]+ already spent"):
+        ProviderParty(provider_config(p, budgets={"alice": spent / 2}))
+    again = ProviderParty(provider_config(p, budgets={"alice": 3.0}))   # nothing was changed by the refused start
+    b = again.ledger.budget("alice", "titanic")
+    assert (b.epsilon_budget, b.epsilon_spent) == (3.0, spent) and again.budget_changes == []
+    assert again.ledger.verify_chain() == []

@@ -10,6 +10,7 @@ receipts an expert with the same code. Every refusal is a `CodedError` with the 
 from __future__ import annotations
 
 import json
+import math
 import logging
 import threading
 import time
@@ -21,6 +22,7 @@ from typing import Any, Callable, Iterable
 from protocol.errors import BudgetError, LedgerError
 from protocol.keys import load_private_key
 from protocol.request_auth import UPLOAD_METHOD, upload_body
+from protocol.toml_config import ConfigError
 from protocol.rpc_errors import RpcError
 from protocol.schema import PublicSchema
 from provider_party.model.batching import MixedBatcher
@@ -172,8 +174,16 @@ class ProviderParty:
     def _apply_configured_budgets(self) -> list[str]:
         """The configuration is where an operator sets budgets, but a dataset's budget enters the ledger at
         its first upload; a later change of `[[clients]]` budgets is applied here, at start, so that it
-        does not go unnoticed. A budget below what the dataset already spent is not applied: the ledger
-        keeps its budget and the start-up log says so. A change shows in the next receipt's `budget`."""
+        does not go unnoticed. A budget below what a dataset already spent refuses the start, before any
+        budget changes: applying it would leave the ledger over budget (which `llamdex audit` fails), and
+        keeping the old, looser one (as before) went on charging a budget the operator had lowered.
+        A change shows in the next receipt's `budget`."""
+        below = [f"client {c.client_id!r} dataset {b.dataset_id!r}: ε {eps:g}, δ {delta:g} is below the ε {_up(b.epsilon_spent)}, δ "
+                 f"{_up(b.delta_spent)} already spent" for c in self.config.clients for b in self.ledger.budgets(c.client_id)
+                 for eps, delta in [c.budget_for(b.dataset_id)] if b.epsilon_spent > eps or b.delta_spent > delta]
+        if below:
+            raise ConfigError("BAD_CONFIG", f"[[clients]] budgets below what the ledger has spent ({'; '.join(below)}): a spent budget cannot be "
+                              "taken back; set each to at least what is spent (exactly that stops the dataset's uploads)")
         changes = []
         for client in self.config.clients:
             for b in self.ledger.budgets(client.client_id):
@@ -530,6 +540,14 @@ class ProviderParty:
         if not stopped:
             log.warning("the connector job worker did not stop within a minute; it is recorded FAILED at the next start")
         return stopped
+
+
+def _up(x: float) -> str:
+    """A spent amount rounded up to 6 significant digits: a budget set to the printed figure is never below it."""
+    if not math.isfinite(x) or x == 0:
+        return f"{x:g}"
+    scale = 10.0 ** (math.floor(math.log10(abs(x))) - 5)
+    return f"{math.ceil(x / scale - 1e-9) * scale:.6g}"
 
 
 def _receipt_predicate(envelope: dict[str, Any]) -> dict[str, Any]:
