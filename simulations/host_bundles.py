@@ -69,6 +69,9 @@ def _copy_private(src: Path, dst: Path) -> None:
     dst.chmod(0o600)
 
 
+RESERVED_NAMES = ("provider", "monitor", "ca")
+
+
 def make_bundles(out: str | Path, provider_host: str, client_host: str, *, client_id: str = "alice", port: int = 50051,
                  budget: float = 4.0, preset: str = "quick", days: int = 365, force: bool = False) -> Bundles:
     """Keys, a CA, certificates and both configs (see the module doc); refuses to overwrite unless `force`."""
@@ -78,6 +81,9 @@ def make_bundles(out: str | Path, provider_host: str, client_host: str, *, clien
 
     # every value checked before the first file is written: a refusal leaves no half bundle for the corrected rerun to trip on
     check_id(client_id, "--client-id")
+    if client_id in RESERVED_NAMES:   # the bundle's own file and certificate names: the client's would overwrite them
+        raise ValueError(f"--client-id {client_id!r} is a name the bundles use themselves ({', '.join(RESERVED_NAMES)}: the provider's, the "
+                         "monitor's and the certificate authority's files and certificates); choose another id")
     check_host(provider_host)
     check_host(client_host)
     if preset not in PRESET_CHOICES:

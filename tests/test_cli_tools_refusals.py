@@ -78,7 +78,12 @@ def test_attack_refusals_take_the_status_every_verb_gives_them(tmp_path, capsys)
 
 
 @pytest.mark.parametrize("flags, said", [(["--provider-host", "bad host"], "BAD_HOST"), (["--port", "65530"], "expected 1..65525"),
-                                         (["--budget", "inf"], "positive finite")])
+                                         (["--budget", "inf"], "positive finite"),
+                                         # the client's certificate overwrote the provider's (or the monitor's): both parties
+                                         # shared one TLS key; 'ca' was refused only after keys were written
+                                         (["--client-id", "provider"], "a name the bundles use themselves"),
+                                         (["--client-id", "monitor"], "a name the bundles use themselves"),
+                                         (["--client-id", "ca"], "a name the bundles use themselves")])
 def test_a_refused_host_bundle_writes_nothing(tmp_path, capsys, flags, said):
     """A bad host came after the keys were written, so the corrected rerun was refused ("already exist"); port 65530
     gave the client port 65540 and `inf` an unbounded budget, both written into the configs."""
