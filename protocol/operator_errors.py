@@ -59,6 +59,16 @@ def tls_cert_refused(address: str, cert_file: str, subject: str, issuer: str, al
             "certificates of the CA in its own [tls] ca; use the certificate and key of your bundle (--cert and --tls-key / [tls] cert and key)")
 
 
+def tls_own_cert_not_yet_valid(cert_file: str, not_before: _dt.datetime) -> str:
+    return (f"this party's TLS certificate {cert_file} (--cert / [tls] cert) is valid only from {_when(not_before)}, and this host's clock "
+            "says it is earlier: the clock of this host or of the CA's machine is wrong (set both by NTP), or wait until then")
+
+
+def tls_peer_cert_not_yet_valid(address: str, subject: str, not_before: _dt.datetime) -> str:
+    return (f"the TLS certificate of {address} ({subject}) is valid only from {_when(not_before)}, and this host's clock says it is "
+            "earlier: the clock of this host, of the other party's or of the CA's machine is wrong (set them by NTP)")
+
+
 def tls_own_cert_expired(cert_file: str, not_after: _dt.datetime) -> str:
     return (f"this party's TLS certificate {cert_file} (--cert / [tls] cert) expired on {_when(not_after)}: re-issue it "
             "(`llamdex certs --out CA_FOLDER --party NAME=HOST`, on the CA's machine) and replace --cert and --tls-key")

@@ -80,6 +80,9 @@ def check_own_files(tls: TLSFiles, *, expiry: bool = True) -> TransportError | N
         return TransportError("TLS_FILE_INVALID", f"{tls.ca} holds a certificate that is not a CA's ({leaf.subject.rfc4514_string()}); "
                               "the CA file is ca.pem of the `llamdex certs` (or `hosts bundle`) folder, not a party's NAME.pem",
                               file=str(tls.ca))
+    if expiry and cert.not_valid_before_utc > _now():   # a clock behind the CA's: the other party refuses it with a bare alert
+        return TransportError("TLS_OWN_CERT_NOT_YET_VALID", msg.tls_own_cert_not_yet_valid(str(tls.cert), cert.not_valid_before_utc),
+                              file=str(tls.cert))
     if expiry and cert.not_valid_after_utc < _now():
         return TransportError("TLS_OWN_CERT_EXPIRED", msg.tls_own_cert_expired(str(tls.cert), cert.not_valid_after_utc), file=str(tls.cert))
     if not any(_issued_by(cert, ca) for ca in cas):
@@ -162,6 +165,8 @@ def diagnose_connection(address: str, tls: TLSFiles | None, *, server_name: str 
         peer = _peer_certificate(host, port, tls, timeout_s)
         subject = _subject(peer) if peer is not None else "?"
         code = getattr(e, "verify_code", None)
+        if code == 9 and peer is not None:                        # X509_V_ERR_CERT_NOT_YET_VALID: a clock is wrong
+            return TransportError("TLS_PEER_CERT_NOT_YET_VALID", msg.tls_peer_cert_not_yet_valid(address, subject, peer.not_valid_before_utc))
         if code == 10 and peer is not None:                       # X509_V_ERR_CERT_HAS_EXPIRED
             return TransportError("TLS_PEER_CERT_EXPIRED", msg.tls_peer_cert_expired(address, subject, peer.not_valid_after_utc))
         if code in (62, 64):                                      # hostname / IP address mismatch

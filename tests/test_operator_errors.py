@@ -46,16 +46,17 @@ def world(tmp_path_factory):
     server.stop(0)
 
 
-def _expired_cert(root: Path, ca: Path, ca_key: Path, name: str) -> TLSFiles:
-    """A certificate of the CA that expired yesterday (issue_cert never makes one)."""
+def _expired_cert(root: Path, ca: Path, ca_key: Path, name: str, *, days: tuple[int, int] = (-10, -1)) -> TLSFiles:
+    """A certificate of the CA valid from `days[0]` to `days[1]` days from now: by default one that expired yesterday
+    (issue_cert never makes one); (1, 30) is one whose validity starts tomorrow, as a CA whose clock runs ahead makes."""
     ca_cert = x509.load_pem_x509_certificate(ca.read_bytes())
     key, now = generate_private_key(), dt.datetime.now(dt.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])).issuer_name(ca_cert.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=10)).not_valid_after(now - dt.timedelta(days=1))
+            .not_valid_before(now + dt.timedelta(days=days[0])).not_valid_after(now + dt.timedelta(days=days[1]))
             .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
             .sign(load_private_key(ca_key), hashes.SHA256()))
-    folder = root / f"expired-{name}"
+    folder = root / f"window{days[0]}{days[1]}-{name}"
     folder.mkdir(exist_ok=True)
     (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     save_private_key(key, folder / f"{name}.key", overwrite=True)
@@ -166,6 +167,25 @@ def test_an_expired_certificate_on_either_side_is_named_with_its_date_and_the_fi
         old.stop(0)
     msg = one_line(str(err))
     assert err.code == "TLS_PEER_CERT_EXPIRED" and "CN=provider" in msg and "expired on" in msg and "re-issues" in msg
+
+
+def test_a_certificate_not_yet_valid_on_either_side_is_named_as_a_clock_problem(world, tmp_path):
+    """A clock behind the CA's: the client's own was refused with TLS_CERT_REFUSED ("use the certificate of your
+    bundle"), the provider's named TLS_PEER_UNTRUSTED ("not signed by the CA"), both false."""
+    p, server, root = world
+    own = _expired_cert(tmp_path, Path(p.tls["alice"].ca), root / "certs" / "ca.key", "alice", days=(1, 30))
+    err = _hello_refused(p, server.address, own)
+    msg = one_line(str(err))
+    assert err.code == "TLS_OWN_CERT_NOT_YET_VALID" and str(own.cert) in msg and "valid only from" in msg and "NTP" in msg
+
+    early = _expired_cert(tmp_path, Path(p.tls["provider"].ca), root / "certs" / "ca.key", "provider", days=(1, 30))
+    ahead = ProviderServer(provider_config(p, preload=False, tls=early, state=tmp_path / "state3")).start()
+    try:
+        err = _hello_refused(p, ahead.address, p.tls["alice"])
+    finally:
+        ahead.stop(0)
+    msg = one_line(str(err))
+    assert err.code == "TLS_PEER_CERT_NOT_YET_VALID" and "CN=provider" in msg and "valid only from" in msg and "clock" in msg
 
 
 def test_a_certificate_and_a_ca_of_different_bundles_are_named_before_dialing(world, tmp_path):

@@ -292,3 +292,12 @@ def test_a_port_another_grpc_server_holds_is_refused_not_shared(world, capsys):
         held.stop(0)
     assert code == 3 and "[BAD_ADDRESS]" in err and "in use" in err, (code, err)
     assert not (world / "state").exists()
+
+
+def test_a_registered_clients_certificate_is_refused_as_the_providers(world, capsys):
+    """With alice's certificate and key in [tls] (a slip between bundles) the provider started, and alice's Hello
+    succeeded: a client checks only that the certificate is its CA's and names the address it dials."""
+    make_certs(world / "certs", {"alice": ["127.0.0.1"]})
+    code, err = serve(["--config", config(world, tls={"cert": "certs/alice.pem", "key": "certs/alice.key"})], capsys)
+    assert code == 3 and "registered client 'alice''s certificate" in err and "provider's bundle" in err, (code, err)
+    assert not (world / "state").exists()

@@ -16,6 +16,7 @@ import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
@@ -32,6 +33,26 @@ from provider_party.service.servicer import SERVICE_NAME, ProviderServicer
 log = logging.getLogger(__name__)
 
 
+def _refuse_a_clients_certificate(config: ProviderConfig) -> None:
+    """A provider serving with a registered client's certificate (a copy-paste slip between bundles) is refused: the
+    clients verify only that the certificate is their CA's and names the address they dial, so it would serve them as
+    the provider while claiming, at the TLS layer, to be that client."""
+    if config.plaintext or config.tls is None or not Path(config.tls.cert).is_file():
+        return
+    from cryptography import x509
+
+    from protocol.tls import common_name
+    from protocol.toml_config import ConfigError
+
+    try:
+        name = common_name(x509.load_pem_x509_certificate(Path(config.tls.cert).read_bytes()))
+    except ValueError:   # not a PEM certificate: `add_port`'s file checks name it
+        return
+    if name in {c.client_id for c in config.clients}:
+        raise ConfigError("BAD_CONFIG", f"[tls] cert {config.tls.cert} is registered client {name!r}'s certificate (CN={name}), not the "
+                          "provider's: take provider.pem and provider.key from the provider's bundle")
+
+
 class ProviderServer:
     """The provider's gRPC server: ProviderService plus gRPC health checking, on mutual TLS by default."""
 
@@ -46,6 +67,7 @@ class ProviderServer:
                                            ("grpc.max_send_message_length", lim.max_message_bytes), EXCLUSIVE_PORT])
         # bound before any state is opened: a bad address, a busy port or bad TLS files leave no state folder behind
         check_port_file(config.port_file)
+        _refuse_a_clients_certificate(config)
         self.port = add_port(self.server, config.listen, config.tls, plaintext=config.plaintext)
         try:
             self.servicer = ProviderServicer(config)
