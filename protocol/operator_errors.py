@@ -59,6 +59,11 @@ def tls_cert_refused(address: str, cert_file: str, subject: str, issuer: str, al
             "certificates of the CA in its own [tls] ca; use the certificate and key of your bundle (--cert and --tls-key / [tls] cert and key)")
 
 
+def not_tls(address: str, reason: str) -> str:
+    return (f"{address} does not answer in TLS ({reason}): something else listens on that port (a web server, a plaintext "
+            "server, another program); check the address and port of the other party")
+
+
 def tls_own_cert_not_yet_valid(cert_file: str, not_before: _dt.datetime) -> str:
     return (f"this party's TLS certificate {cert_file} (--cert / [tls] cert) is valid only from {_when(not_before)}, and this host's clock "
             "says it is earlier: the clock of this host or of the CA's machine is wrong (set both by NTP), or wait until then")

@@ -45,7 +45,7 @@ class TransportError(CodedError):
     """A transport setting is unsafe or incomplete, or the other host cannot be reached over it (codes:
     PLAINTEXT_NOT_LOOPBACK, TLS_FILES_MISSING, BAD_ADDRESS; from `protocol.tls_diagnosis`: UNREACHABLE,
     TLS_NAME_MISMATCH, TLS_PEER_UNTRUSTED, TLS_PEER_CERT_EXPIRED, TLS_PEER_CERT_NOT_YET_VALID, TLS_CERT_REFUSED,
-    TLS_OWN_CERT_EXPIRED, TLS_OWN_CERT_NOT_YET_VALID, TLS_OWN_CERT_NOT_FROM_CA, TLS_KEY_MISMATCH). Messages come from `protocol.operator_errors`."""
+    TLS_OWN_CERT_EXPIRED, TLS_OWN_CERT_NOT_YET_VALID, TLS_OWN_CERT_NOT_FROM_CA, TLS_KEY_MISMATCH, NOT_TLS). Messages come from `protocol.operator_errors`."""
 
 
 @dataclass(frozen=True)

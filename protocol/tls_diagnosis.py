@@ -54,6 +54,12 @@ def _names(cert: x509.Certificate) -> list[str]:
     return [str(n) for n in san.get_values_for_type(x509.DNSName)] + [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
 
 
+# OpenSSL's reasons when the answer to a ClientHello is not TLS at all (an HTTP server, a plaintext gRPC server, another
+# protocol): reported as such, not as a refused certificate.
+NOT_TLS_REASONS = frozenset({"WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL", "HTTP_REQUEST", "HTTPS_PROXY_REQUEST", "PACKET_LENGTH_TOO_LONG",
+                             "RECORD_LENGTH_MISMATCH"})
+
+
 def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
 
@@ -174,6 +180,8 @@ def diagnose_connection(address: str, tls: TLSFiles | None, *, server_name: str 
         return TransportError("TLS_PEER_UNTRUSTED", msg.tls_peer_untrusted(address, subject, _issuer(peer) if peer is not None else "?",
                                                                           str(tls.ca)), file=str(tls.ca))
     except ssl.SSLError as e:
+        if e.reason in NOT_TLS_REASONS:   # the bytes back were no TLS record: something else listens there
+            return TransportError("NOT_TLS", msg.not_tls(address, (e.reason or "").lower().replace("_", " ")))
         own = x509.load_pem_x509_certificate(Path(tls.cert).read_bytes())
         alert = (e.reason or str(e)).lower().replace("_", " ")
         return TransportError("TLS_CERT_REFUSED", msg.tls_cert_refused(address, str(tls.cert), _subject(own), _issuer(own), alert),

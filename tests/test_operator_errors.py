@@ -246,3 +246,30 @@ def test_hosts_check_names_a_key_readable_by_others_and_the_chmod_that_fixes_it(
     out = capsys.readouterr().out
     assert f"FAIL TLS key ([tls] key) {b.client / 'certs' / 'alice.key'}: mode 0o644; run `chmod 600" in out
     assert "FAIL pinned provider key ([provider] public_key)" in out and "2 check(s) failed" in out
+
+
+def test_a_port_where_no_tls_server_listens_is_named_as_such(world):
+    """An HTTP server on the dialed port was reported as "refused this party's TLS certificate ... use the certificate
+    of your bundle"; the certificates were fine."""
+    import socket
+    import threading
+
+    from protocol.tls_diagnosis import diagnose_connection
+
+    p, _, _ = world
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer_like_http() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.0 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    t = threading.Thread(target=answer_like_http, daemon=True)
+    t.start()
+    try:
+        err = diagnose_connection(f"127.0.0.1:{port}", p.tls["alice"], timeout_s=5)
+    finally:
+        listener.close()
+    assert err is not None and err.code == "NOT_TLS" and "does not answer in TLS" in str(err) and "certificate" not in str(err)

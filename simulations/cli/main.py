@@ -187,7 +187,7 @@ class ErrorReport:
 
 VERIFICATION_ERRORS = ("SignatureError", "ArtifactError", "ReceiptError", "LedgerError")
 # Codes raised locally whose kind is not "invalid input": the peer cannot be reached, a file the user named is missing
-CODE_EXITS = {"UNREACHABLE": EXIT_UNREACHABLE, "TLS_FILES_MISSING": EXIT_MISSING_FILE, "KEY_NOT_FOUND": EXIT_MISSING_FILE}
+CODE_EXITS = {"UNREACHABLE": EXIT_UNREACHABLE, "NOT_TLS": EXIT_UNREACHABLE, "TLS_FILES_MISSING": EXIT_MISSING_FILE, "KEY_NOT_FOUND": EXIT_MISSING_FILE}
 GRPC_HINTS = {
     "UNAVAILABLE": "check that the server is running at that address and that both sides trust the same CA (mutual TLS)",
     "DEADLINE_EXCEEDED": "the call took longer than its deadline; retry, or check the server's load and log",
