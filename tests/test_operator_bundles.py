@@ -152,3 +152,50 @@ def test_a_table_trained_with_invalid_records_dropped_rebuilds_the_same_held_out
     with pytest.warns(UserWarning, match="dropped 5"):
         questions, _, y, _ = party.heldout_questions(info)
     assert len(questions) == len(y) == art.n_test
+
+
+def test_hosts_check_names_setups_whose_round_would_fail_at_once(tmp_path, capsys):
+    """`hosts check --offline` said "all checks passed" for each of these; the first round then failed (or, for the
+    pinned key, read like an attack)."""
+    import tomllib
+
+    from protocol.tls import make_certs
+    from simulations.cli.main import main
+
+    b = make_bundles(tmp_path / "b", "127.0.0.1", "127.0.0.1", preset="tiny")
+    client_toml, provider_toml = b.client / "client.toml", b.provider / "provider.toml"
+
+    def check(config: Path) -> tuple[int, str]:
+        code = main(["hosts", "check", "--config", str(config), "--offline"])
+        return code, capsys.readouterr().out
+
+    def swapped(path: Path, content: bytes):
+        original = path.read_bytes()
+        path.write_bytes(content)
+        return lambda: path.write_bytes(original)
+
+    assert check(client_toml)[0] == 0 and check(provider_toml)[0] == 0
+    restore = swapped(b.client / "keys" / "provider.pub", (b.client / "keys" / "alice.pub").read_bytes())
+    assert "is this client's own signing key, not the provider's" in check(client_toml)[1]
+    (b.client / "keys" / "provider.pub").write_text("not a key\n")
+    assert "is not a public key" in check(client_toml)[1]
+    restore()
+
+    listen = tomllib.loads(client_toml.read_text())["client"]["listen"].rsplit(":", 1)[-1]
+    text = client_toml.read_text()
+    restore = swapped(client_toml, "\n".join(f'address = "127.0.0.1:{listen}"' if line.startswith("address = ") else line
+                                             for line in text.splitlines()).encode())
+    assert "is this client's own service" in check(client_toml)[1]
+    restore()
+
+    make_certs(b.ca, {"bob": ["127.0.0.1"]})   # the same CA's certificate of another client
+    restore_cert = swapped(b.client / "certs" / "alice.pem", (b.ca / "bob.pem").read_bytes())
+    restore_key = swapped(b.client / "certs" / "alice.key", (b.ca / "bob.key").read_bytes())
+    code, out = check(client_toml)
+    assert code == 1 and "names CN=bob, not this client's id 'alice'" in out
+    restore_cert(), restore_key()
+
+    swapped(b.provider / "certs" / "provider.pem", (b.client / "certs" / "alice.pem").read_bytes())
+    swapped(b.provider / "certs" / "provider.key", (b.client / "certs" / "alice.key").read_bytes())
+    code, out = check(provider_toml)
+    assert code == 1 and "names CN=alice, a registered client's" in out

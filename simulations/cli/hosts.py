@@ -118,21 +118,67 @@ def _check(args: argparse.Namespace) -> int:
         if all(Path(p).is_file() for p in (tls.ca, tls.cert, tls.key)):
             problem = check_own_files(tls)
             report(problem is None, str(problem) if problem else f"{tls.cert} is valid, issued by {tls.ca} and matches {tls.key}")
+            if problem is None:
+                _check_identity(role, data, Path(tls.cert), report)
     else:
         report(False, "[tls] needs ca, cert and key (mutual TLS between hosts)")
     if role == "client":
         pub = data.get("provider", {}).get("public_key")
         report(bool(pub) and (base / pub).is_file(), f"pinned provider key ([provider] public_key) {base / pub if pub else '(not set)'}"
                + ("" if pub and (base / pub).is_file() else ": every receipt is verified under it; copy provider.pub from the provider's bundle"))
+        if pub and (base / pub).is_file():
+            _check_public_key(base / pub, "[provider] public_key", report, own_key=base / section.get("key", "client.key"))
+        provider_at = str(data.get("provider", {}).get("address", ""))
+        if provider_at and provider_at.rsplit(":", 1)[-1] == str(section.get("listen", "")).rsplit(":", 1)[-1] \
+                and provider_at.rsplit(":", 1)[0] in ("127.0.0.1", "localhost", str(section.get("listen", "")).rsplit(":", 1)[0]):
+            report(False, f"[provider] address {provider_at} is this client's own service ([client] listen): give the provider's")
     else:
         for i, c in enumerate(data.get("clients", [])):
             pk = c.get("public_key", "")
             report(bool(pk) and (base / pk).is_file(), f"[[clients]] #{i + 1} {c.get('id')!r}: public key {base / pk if pk else '(not set)'}"
                    + ("" if pk and (base / pk).is_file() else ": copy the client's .pub here"))
+            if pk and (base / pk).is_file():
+                _check_public_key(base / pk, f"[[clients]] #{i + 1} public_key", report)
     if not args.offline and tls is not None and not failed:
         _check_peer(role, data, tls, base, args.timeout, report)
     print(f"{'all checks passed' if not failed else f'{failed} check(s) failed'}")
     return 1 if failed else 0
+
+
+def _check_identity(role: str, data: dict, cert: Path, report) -> None:
+    """The certificate names this party: a client's CN is its id (the provider knows a client by it), and a provider
+    does not serve with a registered client's certificate (a slip between bundles)."""
+    from cryptography import x509
+
+    from protocol.tls import common_name
+
+    cn = common_name(x509.load_pem_x509_certificate(cert.read_bytes()))
+    if role == "client":
+        own = str(data.get("client", {}).get("id", ""))
+        report(cn == own, f"{cert} names CN={cn}" + ("" if cn == own else f", not this client's id {own!r} ([client] id): the provider "
+                                                                          "knows a client by its certificate's CN; take the certificate of this client's bundle"))
+    else:
+        clients = {str(c.get("id")) for c in data.get("clients", [])}
+        report(cn not in clients, f"{cert} names CN={cn}" + (", a registered client's: take provider.pem and provider.key from the "
+                                                             "provider's bundle" if cn in clients else ""))
+
+
+def _check_public_key(path: Path, what: str, report, *, own_key: Path | None = None) -> None:
+    """A public signing key file that loads, and (for the pinned provider key) is not this party's own."""
+    from protocol.keys import fingerprint, load_private_key, load_public_key
+
+    try:
+        key = load_public_key(path)
+    except Exception as e:  # noqa: BLE001 - any reason it does not load is the line's finding
+        report(False, f"{what} {path} is not a public key ({type(e).__name__}: {' '.join(str(e).split())[:120]})")
+        return
+    if own_key is not None and own_key.is_file():
+        try:
+            same = fingerprint(load_private_key(own_key, check_permissions=False)) == fingerprint(key)
+        except Exception:  # noqa: BLE001 - the signing key's own line reports it
+            return
+        if same:
+            report(False, f"{what} {path} is this client's own signing key, not the provider's: copy provider.pub from the provider's bundle")
 
 
 def _check_peer(role: str, data: dict, tls: object, base: Path, timeout_s: float, report) -> None:
