@@ -487,7 +487,7 @@ def balancing_log_prior(log_prior: torch.Tensor, counts: torch.Tensor, count_noi
 
     Dividing by the prior lifts a class by -log p. For a class the schema names but the table never shows (a public
     outcome absent from this client's records, a skewed federated partition) p is its count's floor, and the lift
-    is so large that the expert answers that class for every record (measured: accuracy 0.000 in 4 of 6 DP runs on
+    is so large that the expert answers that class for every record (measured: accuracy 0.000 in 3 of 6 DP runs on
     a two-class table with a third, empty class). So:
     - with DP, no count is taken below the standard deviation of its noise (`count_noise_std`): a noisy count
       there cannot be told from an empty class, and its lift stays at most log(total/σ). Counts above it, every
