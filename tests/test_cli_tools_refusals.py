@@ -162,3 +162,36 @@ def test_an_attack_on_a_handful_of_records_is_refused_rather_than_reported(tmp_p
     schema.save(tmp_path / "few.csv.schema.json")
     code, err = run(["attack", "attribute", "--data", str(tmp_path / "few.csv")], capsys)
     assert code == 3 and "at least 20 of each are needed" in err, (code, err)
+
+
+def test_a_provider_lost_during_customize_names_the_job_and_how_to_follow_it_again(monkeypatch, capsys):
+    """A provider killed mid-job gave "UNAVAILABLE: Stream removed — check ... both sides trust the same CA", naming no
+    job; rerunning `client round`, the obvious next step, spends ε again. The provider side is faked here: the part
+    under test is what the command says when the stream breaks."""
+    import grpc
+
+    from protocol.wire import JOB_STATE_NAMES
+    from simulations.cli import client_protocol
+
+    running = next(k for k, v in JOB_STATE_NAMES.items() if v == "RUNNING")
+
+    class Event:
+        job_id, state, stage, fraction = "53d3feed", running, "stage 1: encoder", 0.42
+
+    class Broken(grpc.RpcError):
+        def code(self):
+            return grpc.StatusCode.UNAVAILABLE
+
+    class Party:
+        def __init__(self, config):
+            pass
+
+        def customize(self, digest, preset):
+            yield Event()
+            raise Broken()
+
+    monkeypatch.setattr("client_party.service.ClientParty", Party)
+    monkeypatch.setattr(client_protocol, "config_from_args", lambda args: None)
+    code, err = run(["client", "customize", "--config", "client.toml"], capsys)
+    assert code == 7 and "connector job 53d3feed" in err and "llamdex client customize --config client.toml" in err, (code, err)
+    assert "no ε is spent" in err and "same CA" not in err

@@ -166,6 +166,8 @@ def _upload(args: argparse.Namespace) -> int:
 
 
 def _customize(args: argparse.Namespace) -> int:
+    import grpc
+
     from protocol.progress import progress_bar as tqdm   # one line per update in a file or pipe
 
     from client_party.service import ClientParty
@@ -173,12 +175,29 @@ def _customize(args: argparse.Namespace) -> int:
 
     party = ClientParty(config_from_args(args))
     last = None
-    with tqdm(total=100, desc="customize", unit="%", bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}") as bar:
-        for ev in party.customize(args.artifact_digest, args.preset):
-            bar.n = int(round(100 * ev.fraction))
-            bar.set_postfix_str(f"{JOB_STATE_NAMES.get(ev.state, '?').lower()}: {ev.stage}", refresh=False)
-            bar.refresh()
-            last = ev
+    try:
+        with tqdm(total=100, desc="customize", unit="%", bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}") as bar:
+            for ev in party.customize(args.artifact_digest, args.preset):
+                bar.n = int(round(100 * ev.fraction))
+                bar.set_postfix_str(f"{JOB_STATE_NAMES.get(ev.state, '?').lower()}: {ev.stage}", refresh=False)
+                bar.refresh()
+                last = ev
+    except (grpc.RpcError, KeyboardInterrupt) as e:
+        if last is None or JOB_STATE_NAMES.get(last.state) in ("SUCCEEDED", "FAILED"):
+            raise
+        again = (f"`llamdex client customize{' --config ' + str(args.config) if getattr(args, 'config', None) else ''}` follows it again: the "
+                 "uploaded expert is kept and no ε is spent (a new `client round` would train and upload another expert)")
+        if isinstance(e, KeyboardInterrupt):   # the job is the provider's: it goes on without this watcher
+            print(f"connector job {last.job_id} keeps running at the provider ({last.stage}, {100 * last.fraction:.0f} %); {again}",
+                  file=sys.stderr)
+            raise
+        if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+            raise
+        from protocol.tls import TransportError
+
+        raise TransportError("UNREACHABLE", f"the provider went away during connector job {last.job_id} ({last.stage}, "
+                             f"{100 * last.fraction:.0f} %; {e.code().name}): a job cut off is recorded FAILED at the provider's next "
+                             f"start; once it is back, {again}") from None
     if last is None or JOB_STATE_NAMES.get(last.state) != "SUCCEEDED":
         print(f"job failed: {last.result.error if last is not None else 'no events'}", file=sys.stderr)
         return 1
