@@ -301,3 +301,19 @@ def test_a_registered_clients_certificate_is_refused_as_the_providers(world, cap
     code, err = serve(["--config", config(world, tls={"cert": "certs/alice.pem", "key": "certs/alice.key"})], capsys)
     assert code == 3 and "registered client 'alice''s certificate" in err and "provider's bundle" in err, (code, err)
     assert not (world / "state").exists()
+
+
+@pytest.mark.parametrize("slip", ["readable by others", "a folder"])
+def test_a_signing_key_the_provider_cannot_use_is_refused_before_any_state(world, capsys, slip):
+    """Only the TLS key was checked before the state: a signing key readable by others, or a folder in its place, was
+    refused after `state/provider.lock` had been made."""
+    import os
+
+    if slip == "a folder":
+        (world / "keys" / "provider.key").unlink()
+        (world / "keys" / "provider.key").mkdir()
+    else:
+        os.chmod(world / "keys" / "provider.key", 0o644)
+    code, err = serve(["--config", config(world)], capsys)
+    assert code in (3, 4) and "provider.key" in err, (code, err)
+    assert not (world / "state").exists()

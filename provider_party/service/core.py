@@ -96,13 +96,13 @@ class ProviderParty:
         self.config = config
         self.connectors = ConnectorStore(config.connectors)
         self.connectors.check_writable()   # before the state is opened: a refused start leaves none
+        self.key = load_private_key(config.key)   # a key that is a folder or readable by others: refused before the state too
+        self.receipt_key_list = load_key_list(config.receipt_keys, self.key)
         state = Path(config.state)
         if state.exists() and not state.is_dir():
             raise NotADirectoryError(20, "the state folder is a file, not a folder", str(state))
         state.mkdir(parents=True, exist_ok=True)
         hold_state_lock(state)   # before recovery: a second process would recover the first's live uploads and jobs
-        self.key = load_private_key(config.key)
-        self.receipt_key_list = load_key_list(config.receipt_keys, self.key)
         self.ledger = Ledger(state / "ledger.db", signing_key=self.key,
                              endorsement=self.receipt_key_list.endorsement_for(self.key) if self.receipt_key_list else None,
                              trusted_keys=[k.public_key for k in self.receipt_key_list.keys] if self.receipt_key_list else None)
