@@ -46,7 +46,7 @@ def world(tmp_path_factory):
     server.stop(0)
 
 
-def _expired_cert(root: Path, ca: Path, ca_key: Path, name: str, *, days: tuple[int, int] = (-10, -1)) -> TLSFiles:
+def _cert_valid(root: Path, ca: Path, ca_key: Path, name: str, *, days: tuple[int, int] = (-10, -1)) -> TLSFiles:
     """A certificate of the CA valid from `days[0]` to `days[1]` days from now: by default one that expired yesterday
     (issue_cert never makes one); (1, 30) is one whose validity starts tomorrow, as a CA whose clock runs ahead makes."""
     ca_cert = x509.load_pem_x509_certificate(ca.read_bytes())
@@ -61,6 +61,15 @@ def _expired_cert(root: Path, ca: Path, ca_key: Path, name: str, *, days: tuple[
     (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     save_private_key(key, folder / f"{name}.key", overwrite=True)
     return TLSFiles(ca, folder / f"{name}.pem", folder / f"{name}.key")
+
+
+def _hello_to_a_provider_with(p, tls: TLSFiles, state: Path) -> TransportError:
+    """Alice's refused Hello to a provider that serves with `tls` (its own state folder)."""
+    server = ProviderServer(provider_config(p, preload=False, tls=tls, state=state)).start()
+    try:
+        return _hello_refused(p, server.address, p.tls["alice"])
+    finally:
+        server.stop(0)
 
 
 def _hello_refused(p, address: str, tls: TLSFiles, **kw) -> TransportError:
@@ -154,18 +163,13 @@ def test_dialing_the_provider_by_a_name_its_certificate_lacks_names_the_address_
 
 def test_an_expired_certificate_on_either_side_is_named_with_its_date_and_the_fix(world, tmp_path):
     p, server, root = world
-    own = _expired_cert(tmp_path, Path(p.tls["alice"].ca), root / "certs" / "ca.key", "alice")
+    own = _cert_valid(tmp_path, Path(p.tls["alice"].ca), root / "certs" / "ca.key", "alice")
     err = _hello_refused(p, server.address, own)
     msg = one_line(str(err))
     assert err.code == "TLS_OWN_CERT_EXPIRED" and str(own.cert) in msg and "expired on" in msg and "llamdex certs" in msg and "--cert" in msg
 
-    expired_provider = _expired_cert(tmp_path, Path(p.tls["provider"].ca), root / "certs" / "ca.key", "provider")
-    old = ProviderServer(provider_config(p, preload=False, tls=expired_provider, state=tmp_path / "state2")).start()
-    try:
-        err = _hello_refused(p, old.address, p.tls["alice"])
-    finally:
-        old.stop(0)
-    msg = one_line(str(err))
+    expired_provider = _cert_valid(tmp_path, Path(p.tls["provider"].ca), root / "certs" / "ca.key", "provider")
+    msg = one_line(str(err := _hello_to_a_provider_with(p, expired_provider, tmp_path / "state2")))
     assert err.code == "TLS_PEER_CERT_EXPIRED" and "CN=provider" in msg and "expired on" in msg and "re-issues" in msg
 
 
@@ -173,18 +177,13 @@ def test_a_certificate_not_yet_valid_on_either_side_is_named_as_a_clock_problem(
     """A clock behind the CA's: the client's own was refused with TLS_CERT_REFUSED ("use the certificate of your
     bundle"), the provider's named TLS_PEER_UNTRUSTED ("not signed by the CA"), both false."""
     p, server, root = world
-    own = _expired_cert(tmp_path, Path(p.tls["alice"].ca), root / "certs" / "ca.key", "alice", days=(1, 30))
+    own = _cert_valid(tmp_path, Path(p.tls["alice"].ca), root / "certs" / "ca.key", "alice", days=(1, 30))
     err = _hello_refused(p, server.address, own)
     msg = one_line(str(err))
     assert err.code == "TLS_OWN_CERT_NOT_YET_VALID" and str(own.cert) in msg and "valid only from" in msg and "NTP" in msg
 
-    early = _expired_cert(tmp_path, Path(p.tls["provider"].ca), root / "certs" / "ca.key", "provider", days=(1, 30))
-    ahead = ProviderServer(provider_config(p, preload=False, tls=early, state=tmp_path / "state3")).start()
-    try:
-        err = _hello_refused(p, ahead.address, p.tls["alice"])
-    finally:
-        ahead.stop(0)
-    msg = one_line(str(err))
+    early = _cert_valid(tmp_path, Path(p.tls["provider"].ca), root / "certs" / "ca.key", "provider", days=(1, 30))
+    msg = one_line(str(err := _hello_to_a_provider_with(p, early, tmp_path / "state3")))
     assert err.code == "TLS_PEER_CERT_NOT_YET_VALID" and "CN=provider" in msg and "valid only from" in msg and "clock" in msg
 
 
