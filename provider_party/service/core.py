@@ -10,8 +10,8 @@ receipts an expert with the same code. Every refusal is a `CodedError` with the 
 from __future__ import annotations
 
 import json
-import math
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from protocol.errors import BudgetError, LedgerError
+from protocol.errors import LedgerError
 from protocol.keys import load_private_key
 from protocol.request_auth import UPLOAD_METHOD, upload_body
-from protocol.toml_config import ConfigError
 from protocol.rpc_errors import RpcError
 from protocol.schema import PublicSchema
+from protocol.toml_config import ConfigError
 from provider_party.model.batching import MixedBatcher
 from provider_party.model.connector_store import ConnectorStore
 from provider_party.model.llamdex_model import LlamdexModel, RowAnswer, TenantQuery, answer_mixed
@@ -178,27 +178,20 @@ class ProviderParty:
         budget changes: applying it would leave the ledger over budget (which `llamdex audit` fails), and
         keeping the old, looser one (as before) went on charging a budget the operator had lowered.
         A change shows in the next receipt's `budget`."""
-        below = [f"client {c.client_id!r} dataset {b.dataset_id!r}: ε {eps:g}, δ {delta:g} is below the ε {_up(b.epsilon_spent)}, δ "
-                 f"{_up(b.delta_spent)} already spent" for c in self.config.clients for b in self.ledger.budgets(c.client_id)
-                 for eps, delta in [c.budget_for(b.dataset_id)] if b.epsilon_spent > eps or b.delta_spent > delta]
+        configured = [(c.client_id, b, *c.budget_for(b.dataset_id)) for c in self.config.clients for b in self.ledger.budgets(c.client_id)]
+        below = [f"client {cid!r} dataset {b.dataset_id!r}: ε {eps:g}, δ {delta:g} is below the ε {_up(b.epsilon_spent)}, δ "
+                 f"{_up(b.delta_spent)} already spent" for cid, b, eps, delta in configured if b.epsilon_spent > eps or b.delta_spent > delta]
         if below:
             raise ConfigError("BAD_CONFIG", f"[[clients]] budgets below what the ledger has spent ({'; '.join(below)}): a spent budget cannot be "
                               "taken back; set each to at least what is spent (exactly that stops the dataset's uploads)")
         changes = []
-        for client in self.config.clients:
-            for b in self.ledger.budgets(client.client_id):
-                eps, delta = client.budget_for(b.dataset_id)
-                if (eps, delta) == (b.epsilon_budget, b.delta_budget):
-                    continue
-                what = f"budget of client {client.client_id!r} dataset {b.dataset_id!r}: ε {b.epsilon_budget:g} → {eps:g}, δ {b.delta_budget:g} → {delta:g}"
-                try:
-                    self.ledger.set_budget(client.client_id, b.dataset_id, eps, delta)
-                except BudgetError as e:
-                    log.error("configured %s NOT applied: %s; the ledger keeps ε %g, δ %g", what, e, b.epsilon_budget, b.delta_budget)
-                    changes.append(f"refused: {what}")
-                    continue
-                log.warning("configured %s applied (it shows in the next receipt of that dataset)", what)
-                changes.append(f"applied: {what}")
+        for cid, b, eps, delta in configured:
+            if (eps, delta) == (b.epsilon_budget, b.delta_budget):
+                continue
+            what = f"budget of client {cid!r} dataset {b.dataset_id!r}: ε {b.epsilon_budget:g} → {eps:g}, δ {b.delta_budget:g} → {delta:g}"
+            self.ledger.set_budget(cid, b.dataset_id, eps, delta)   # never below the spend: refused above
+            log.warning("configured %s applied (it shows in the next receipt of that dataset)", what)
+            changes.append(f"applied: {what}")
         return changes
 
     def _finish_forgets(self) -> dict[str, int]:
