@@ -176,6 +176,7 @@ def load_table(
     path: str | Path | None = None,
     schema_path: str | Path | None = None,
     on_invalid: str = "reject",
+    missing_schema_hint: str = "write one or pass schema_path=...",
 ) -> tuple[pd.DataFrame, PublicSchema]:
     """Loads a table, keeps the schema's features and label, converts types and validates it.
 
@@ -211,7 +212,7 @@ def load_table(
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"data file {p} does not exist")
-        schema = schema_of_table_file(p, schema_path, "write one or pass schema_path=...")
+        schema = schema_of_table_file(p, schema_path, missing_schema_hint)
         raw = read_table_file(p)
         where = str(p)
     clean, problems = _check_table(raw, schema)
@@ -362,12 +363,17 @@ class TableRef:
     def schema(self) -> PublicSchema:
         if self.name is not None:
             return load_schema(self.schema_path if self.schema_path is not None else self.name)
-        return schema_of_table_file(self.path, self.schema_path, f"write one (`llamdex schema draft {self.path}`) or pass --schema")
+        return schema_of_table_file(self.path, self.schema_path, self._missing_schema_hint)
+
+    @property
+    def _missing_schema_hint(self) -> str:
+        """A missing schema told the command-line way (`schema draft`, --schema), not load_table's Python way."""
+        return f"write one (`llamdex schema draft {self.path}`) or pass --schema"
 
     def load(self, on_invalid: str | None = None) -> tuple[pd.DataFrame, PublicSchema]:
         """The table under `on_invalid`, by default the policy this reference carries (see `load_table`)."""
-        self.schema()   # a missing schema is told the command-line way (`schema draft`, --schema), not load_table's Python way
-        return load_table(self.name, path=self.path, schema_path=self.schema_path, on_invalid=on_invalid or self.on_invalid)
+        return load_table(self.name, path=self.path, schema_path=self.schema_path, on_invalid=on_invalid or self.on_invalid,
+                          missing_schema_hint=self._missing_schema_hint)
 
     def read_raw(self) -> pd.DataFrame:
         """The table as stored, before any conversion or validation (for `validate_table` and schema drafts)."""
