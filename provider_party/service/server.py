@@ -39,13 +39,10 @@ def _refuse_a_clients_certificate(config: ProviderConfig) -> None:
     the provider while claiming, at the TLS layer, to be that client."""
     if config.plaintext or config.tls is None or not Path(config.tls.cert).is_file():
         return
-    from cryptography import x509
-
-    from protocol.tls import common_name
     from protocol.toml_config import ConfigError
 
     try:
-        name = common_name(x509.load_pem_x509_certificate(Path(config.tls.cert).read_bytes()))
+        name = config.tls.identity()
     except ValueError:   # not a PEM certificate: `add_port`'s file checks name it
         return
     if name in {c.client_id for c in config.clients}:

@@ -119,7 +119,7 @@ def _check(args: argparse.Namespace) -> int:
             problem = check_own_files(tls)
             report(problem is None, str(problem) if problem else f"{tls.cert} is valid, issued by {tls.ca} and matches {tls.key}")
             if problem is None:
-                _check_identity(role, data, Path(tls.cert), report)
+                _check_identity(role, data, tls, report)
     else:
         report(False, "[tls] needs ca, cert and key (mutual TLS between hosts)")
     if role == "client":
@@ -145,14 +145,10 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _check_identity(role: str, data: dict, cert: Path, report) -> None:
+def _check_identity(role: str, data: dict, tls, report) -> None:
     """The certificate names this party: a client's CN is its id (the provider knows a client by it), and a provider
     does not serve with a registered client's certificate (a slip between bundles)."""
-    from cryptography import x509
-
-    from protocol.tls import common_name
-
-    cn = common_name(x509.load_pem_x509_certificate(cert.read_bytes()))
+    cert, cn = tls.cert, tls.identity()
     if role == "client":
         own = str(data.get("client", {}).get("id", ""))
         report(cn == own, f"{cert} names CN={cn}" + ("" if cn == own else f", not this client's id {own!r} ([client] id): the provider "

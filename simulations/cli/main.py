@@ -212,7 +212,7 @@ def _data_error_line(e: Exception) -> str:
     `llamdex schema check`, the owner's own tool, names each row and value."""
     problems = list(getattr(e, "problems", []) or [])
     head = str(e).splitlines()[0].rstrip(":")
-    kinds = f": {e.kinds()}" if problems and hasattr(e, "kinds") else ""
+    kinds = f": {e.kinds()}" if problems else ""
     check = "`llamdex schema check TABLE` lists each row and value"
     if any(getattr(p, "row", 0) is None for p in problems):   # a whole column: no record policy helps
         return f"{head}{kinds}; a column the schema names is not in the table: check that the schema is this table's ({check})"

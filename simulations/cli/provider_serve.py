@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 
 LOG_ENV = "LLAMDEX_LOG_LEVEL"
@@ -116,6 +117,6 @@ def _serve(args: argparse.Namespace) -> int:
     serve_forever(server, cfg.drain_grace_s, name=f"provider {cfg.provider_id}")
     if not getattr(server, "stopped_cleanly", True):   # a job thread still inside torch: a normal exit would abort (134)
         logging.shutdown()
-        print("", end="", flush=True)
+        sys.stdout.flush()
         os._exit(0)
     return 0
