@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from client_party.datasets import MISSING_MARKERS
-from protocol.encoding import is_missing
+from client_party.datasets import MISSING_MARKERS, is_missing_cell
 
 # Dates and times as tables write them: ISO (2020-01-31, 2020-01-31T12:00:00Z), with slashes or dots (31/01/2020,
 # 2020/1/31, 31.01.2020), with a month name (31 Jan 2020, January 31, 2020), and times of day (12:00, 9:30 pm).
@@ -46,14 +45,10 @@ def marker_of(value: Any) -> str | None:
     return None
 
 
-def is_empty(value: Any) -> bool:
-    return is_missing(value) or (isinstance(value, str) and value.strip() == "")
-
-
 def present_cells(values: pd.Series) -> pd.Series:
-    """The cells with a value: not empty, not NaN/None, not a marker (the loader reads a marker as missing unless the
-    schema lists it as a level; the note offers that)."""
-    return values[[not (is_empty(v) or marker_of(v)) for v in values]]
+    """The cells with a value: not empty, not NaN/None, not a marker (`is_missing_cell` with no level: the loader reads
+    a marker as missing unless the schema lists it as a level; the note offers that)."""
+    return values[[not is_missing_cell(v) for v in values]]
 
 
 def markers_in(values: pd.Series) -> Counter[str]:
