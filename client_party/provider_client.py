@@ -25,6 +25,7 @@ import grpc
 from protocol.artifact import pack_artifact
 from protocol.crashpoints import crashpoint
 from protocol.errors import ReceiptError
+from protocol.hello_proof import new_challenge, verify_hello_proof
 from protocol.keys import PrivateKey, fingerprint, load_public_key
 from protocol.receipts import Receipt, verify_receipt
 from protocol.request_auth import FORGET_METHOD, UPLOAD_METHOD, forget_body, sign_request, upload_body
@@ -146,17 +147,38 @@ class ProviderClient:
     # --- hello and receipts ------------------------------------------------------------------------------
     @_explained
     def hello(self) -> provider_pb2.HelloResponse:
-        self._hello = self.stub.Hello(provider_pb2.HelloRequest(client_version="llamdex-client/0.1"), timeout=self.timeout_s, metadata=self.metadata)
+        """Greets the provider and checks, before anything else is sent, that the party answering holds the receipt
+        key this client trusts: the announced key must be the pinned one (or endorsed from it through the key list),
+        and the provider must sign this connection's fresh challenge with it, for this client (`protocol.hello_proof`).
+        Nothing is kept (a first key, a rotated key list) until the proof checks."""
+        challenge = new_challenge()
+        hello = self.stub.Hello(provider_pb2.HelloRequest(client_version="llamdex-client/0.1", challenge=challenge),
+                                timeout=self.timeout_s, metadata=self.metadata)
+        key_list, trusted = None, None
         if self.provider_key is None:
-            log.warning("no pinned provider key: trusting the key the provider announced (%s)", self._hello.provider_key_fingerprint)
-            self.provider_key = load_public_key(self._hello.provider_public_key_pem.encode("ascii"))
-        elif fingerprint(self.provider_key) != self._hello.provider_key_fingerprint:
-            self._accept_rotation(self._hello)
-        return self._hello
+            pinned = load_public_key(hello.provider_public_key_pem.encode("ascii"))
+        else:
+            pinned = self.provider_key
+            if fingerprint(pinned) != hello.provider_key_fingerprint:
+                key_list, trusted = self._rotation(hello)
+        announced = [k for k in (trusted or [pinned]) if fingerprint(k) == hello.provider_key_fingerprint]
+        if not announced:   # a first contact whose key and fingerprint disagree
+            raise ReceiptError("PROVIDER_NOT_PROVEN", f"the provider announces key fingerprint {hello.provider_key_fingerprint}, but the "
+                               f"key it sends is {fingerprint(pinned)}", rule="hello proof")
+        verify_hello_proof(hello.hello_proof, announced, client_id=self.client_id, challenge=challenge)
+        if self.provider_key is None:
+            log.warning("no pinned provider key: trusting the key the provider announced and proved (%s)", hello.provider_key_fingerprint)
+            self.provider_key = pinned
+        if key_list is not None:
+            self.trusted_keys = self.receipt_store.trust_key_list(key_list) if self.receipt_store is not None else trusted
+            log.info("provider receipt key rotated: %s -> %s (endorsed through its key list)", fingerprint(pinned), hello.provider_key_fingerprint)
+        self._hello = hello
+        return hello
 
-    def _accept_rotation(self, hello: provider_pb2.HelloResponse) -> None:
-        """The provider announces another receipt key than the pinned one: accepted only through its key list, in
-        which the pinned key endorsed (step by step) the announced one; the receipt store keeps the list."""
+    def _rotation(self, hello: provider_pb2.HelloResponse) -> tuple[Any, list[Any]]:
+        """The provider announces another receipt key than the pinned one: trusted only through its key list, in
+        which the pinned key endorsed (step by step) the announced one. Returns the list and the keys it trusts;
+        the receipt store keeps the list once the provider has proved it holds the announced key."""
         announced, pinned = hello.provider_key_fingerprint, fingerprint(self.provider_key)
         if not hello.receipt_keys_json:
             raise ReceiptError("UNTRUSTED_KEY", f"the provider announces key {announced}, but the pinned key is {pinned} and it "
@@ -164,12 +186,11 @@ class ProviderClient:
         from protocol.receipt_keys import KeyList
 
         kl = KeyList.from_json(hello.receipt_keys_json)
-        trusted = self.receipt_store.trust_key_list(kl) if self.receipt_store is not None else kl.trusted_keys(self.provider_key)
+        trusted = kl.trusted_keys(self.receipt_store.provider_key if self.receipt_store is not None else self.provider_key)
         if announced not in [fingerprint(k) for k in trusted]:
             raise ReceiptError("UNTRUSTED_KEY", f"the provider announces key {announced}, which its key list does not endorse from the "
                                f"pinned key {pinned}", rule="pinned provider key")
-        log.info("provider receipt key rotated: %s -> %s (endorsed through its key list)", pinned, announced)
-        self.trusted_keys = trusted
+        return kl, trusted
 
     def _greeted(self) -> provider_pb2.HelloResponse:
         """This connection's Hello, made once before the first call that is charged or answered with a receipt. The

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from protocol.dp import ACCOUNTANTS
+from protocol.hello_proof import sign_hello_proof
 from protocol.keys import fingerprint, public_key_pem
 from protocol.request_auth import FORGET_METHOD, forget_body
 from protocol.rpc.llamdex.v1 import client_pb2, client_pb2_grpc, common_pb2, provider_pb2, provider_pb2_grpc
@@ -81,6 +82,12 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
     def Hello(self, request, context):
         client = self.auth.identify(context)
         lim, party = self.config.limits, self.party
+        proof = ""
+        if request.challenge:   # signed for the caller as identified above, so a relayed challenge names the relay
+            try:
+                proof = sign_hello_proof(party.key, provider_id=self.config.provider_id, client_id=client.client_id, challenge=request.challenge)
+            except ValueError as e:
+                raise RpcError("BAD_REQUEST", str(e), rule="hello challenge") from None
         return provider_pb2.HelloResponse(
             protocol_version=PROTOCOL_VERSION, provider_id=self.config.provider_id, base_model_id=party.base_model_id(),
             schemas_ready=party.schemas_ready(), accepts_any_schema=True,
@@ -93,7 +100,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
                 max_streams_per_client=lim.max_streams_per_client),
             provider_public_key_pem=public_key_pem(party.key).decode("ascii"), provider_key_fingerprint=fingerprint(party.key),
             client_id=client.client_id, accountants=list(ACCOUNTANTS),
-            receipt_keys_json=party.receipt_key_list.to_json() if party.receipt_key_list else "")
+            receipt_keys_json=party.receipt_key_list.to_json() if party.receipt_key_list else "", hello_proof=proof)
 
     @guard
     def UploadExpert(self, request_iterator, context):

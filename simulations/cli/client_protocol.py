@@ -291,7 +291,7 @@ def _hello(args: argparse.Namespace) -> int:
                 time.sleep(1.0)
     lim = h.limits
     print(f"provider {h.provider_id} at {cfg.provider_address} ({h.protocol_version}) knows this client as {h.client_id!r}")
-    print(f"base model {h.base_model_id}; connectors ready for {len(h.schemas_ready)} schema(s); receipt key {h.provider_key_fingerprint} (matches the pinned key)")
+    print(f"base model {h.base_model_id}; connectors ready for {len(h.schemas_ready)} schema(s); receipt key {h.provider_key_fingerprint} (the pinned key; the provider proved it holds it)")
     print(f"limits: artifact {lim.max_artifact_bytes} B, chunk {lim.max_chunk_bytes} B, {lim.max_batch_questions} questions/Ask, "
           f"{lim.max_requests_per_second:g} requests/s, signature window ±{lim.signature_max_skew_ms / 1000:g} s")
     return 0

@@ -136,7 +136,7 @@ def run_round(args: argparse.Namespace) -> dict[str, Any]:
     pc = party.provider()
     clock.run("ready", lambda: _ready(cfg, pc, args.wait),
               lambda h: f"provider {h.provider_id} at {cfg.provider_address} knows this client as {h.client_id!r}; "
-                        f"base model {h.base_model_id}; receipt key {h.provider_key_fingerprint} matches the pinned key")
+                        f"base model {h.base_model_id}; receipt key {h.provider_key_fingerprint} pinned and proved")
     art = clock.run("train", lambda: party.train(ref, args.epsilon, delta=args.delta, epochs=args.epochs, seed=args.seed, progress=True),
                     lambda a: f"expert on {a.dataset_id} ({a.n_train} records; "
                               f"{'ε=%.3f, δ=%.1e' % (a.dp.epsilon, a.dp.delta) if a.dp.is_private else 'no DP'}); "

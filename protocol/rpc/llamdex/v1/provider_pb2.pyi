@@ -8,10 +8,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class HelloRequest(_message.Message):
-    __slots__ = ("client_version",)
+    __slots__ = ("client_version", "challenge")
     CLIENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGE_FIELD_NUMBER: _ClassVar[int]
     client_version: str
-    def __init__(self, client_version: _Optional[str] = ...) -> None: ...
+    challenge: bytes
+    def __init__(self, client_version: _Optional[str] = ..., challenge: _Optional[bytes] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_message_bytes", "max_artifact_bytes", "max_chunk_bytes", "max_batch_questions", "max_question_chars", "signature_max_skew_ms", "upload_ttl_s", "max_open_uploads", "max_page_size", "max_requests_per_second", "max_job_queue", "upload_digests", "max_question_tokens", "max_streams_per_client")
@@ -46,7 +48,7 @@ class Limits(_message.Message):
     def __init__(self, max_message_bytes: _Optional[int] = ..., max_artifact_bytes: _Optional[int] = ..., max_chunk_bytes: _Optional[int] = ..., max_batch_questions: _Optional[int] = ..., max_question_chars: _Optional[int] = ..., signature_max_skew_ms: _Optional[int] = ..., upload_ttl_s: _Optional[int] = ..., max_open_uploads: _Optional[int] = ..., max_page_size: _Optional[int] = ..., max_requests_per_second: _Optional[float] = ..., max_job_queue: _Optional[int] = ..., upload_digests: _Optional[_Iterable[str]] = ..., max_question_tokens: _Optional[int] = ..., max_streams_per_client: _Optional[int] = ...) -> None: ...
 
 class HelloResponse(_message.Message):
-    __slots__ = ("protocol_version", "provider_id", "base_model_id", "schemas_ready", "accepts_any_schema", "limits", "provider_public_key_pem", "provider_key_fingerprint", "client_id", "accountants", "receipt_keys_json")
+    __slots__ = ("protocol_version", "provider_id", "base_model_id", "schemas_ready", "accepts_any_schema", "limits", "provider_public_key_pem", "provider_key_fingerprint", "client_id", "accountants", "receipt_keys_json", "hello_proof")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_ID_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +60,7 @@ class HelloResponse(_message.Message):
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNTANTS_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_KEYS_JSON_FIELD_NUMBER: _ClassVar[int]
+    HELLO_PROOF_FIELD_NUMBER: _ClassVar[int]
     protocol_version: str
     provider_id: str
     base_model_id: str
@@ -69,7 +72,8 @@ class HelloResponse(_message.Message):
     client_id: str
     accountants: _containers.RepeatedScalarFieldContainer[str]
     receipt_keys_json: str
-    def __init__(self, protocol_version: _Optional[str] = ..., provider_id: _Optional[str] = ..., base_model_id: _Optional[str] = ..., schemas_ready: _Optional[_Iterable[str]] = ..., accepts_any_schema: _Optional[bool] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., provider_public_key_pem: _Optional[str] = ..., provider_key_fingerprint: _Optional[str] = ..., client_id: _Optional[str] = ..., accountants: _Optional[_Iterable[str]] = ..., receipt_keys_json: _Optional[str] = ...) -> None: ...
+    hello_proof: str
+    def __init__(self, protocol_version: _Optional[str] = ..., provider_id: _Optional[str] = ..., base_model_id: _Optional[str] = ..., schemas_ready: _Optional[_Iterable[str]] = ..., accepts_any_schema: _Optional[bool] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., provider_public_key_pem: _Optional[str] = ..., provider_key_fingerprint: _Optional[str] = ..., client_id: _Optional[str] = ..., accountants: _Optional[_Iterable[str]] = ..., receipt_keys_json: _Optional[str] = ..., hello_proof: _Optional[str] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
     __slots__ = ("upload_id", "dataset_id", "artifact_name", "total_bytes", "artifact_sha256", "artifact_blake3", "resume_offset", "auth")
