@@ -30,6 +30,7 @@ def plaintext_not_loopback(address: str) -> str:
 
 
 def tls_files_missing(address: str, missing: list[str] | None = None) -> str:
+    """`missing`: each path, with " (a folder, not a file)" where a folder stands at it."""
     what = f"TLS files not found: {missing}" if missing else f"no TLS files for {address!r}"
     return f"{what}: give {TLS_FLAGS}, made by `llamdex hosts bundle` or `llamdex certs`; --plaintext only on a loopback address"
 

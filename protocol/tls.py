@@ -63,7 +63,7 @@ class TLSFiles:
         return cls(folder / "ca.pem", folder / f"{name}.pem", folder / f"{name}.key")
 
     def read(self) -> tuple[bytes, bytes, bytes]:
-        missing = [str(p) for p in (self.ca, self.cert, self.key) if not Path(p).is_file()]
+        missing = [str(p) + (" (a folder, not a file)" if Path(p).is_dir() else "") for p in (self.ca, self.cert, self.key) if not Path(p).is_file()]
         if missing:
             raise TransportError("TLS_FILES_MISSING", operator_errors.tls_files_missing("", missing), rule="mutual TLS")
         key = load_private_key(self.key)  # refuses a key readable by group/others
@@ -217,6 +217,9 @@ def split_address(address: str) -> tuple[str, int]:
             raise ValueError
     except ValueError:
         raise TransportError("BAD_ADDRESS", f"address {address!r} is not HOST:PORT", rule="HOST:PORT") from None
+    if ":" in host and not address.startswith("["):   # "::1:50051" would be dialed or bound as host "::1", or "::" on port 1
+        raise TransportError("BAD_ADDRESS", f"address {address!r}: an IPv6 address is written in brackets, [{host}]:{port} "
+                             "(if the last number is the port)", rule="HOST:PORT")
     return host, p
 
 

@@ -26,6 +26,21 @@ def fail(where: str, message: str) -> ConfigError:
     return ConfigError("BAD_CONFIG", f"{where}: {message}")
 
 
+def _finite_unless_inf(text: str) -> float:
+    """TOML's float parser, except that a number too large for a float (`1e400`) is refused instead of becoming
+    infinity: a budget written that way would silently mean "unbounded". TOML's own `inf` still means infinity."""
+    value = float(text)
+    if math.isinf(value) and text.lstrip("+-") != "inf":
+        raise _TooLarge(text)
+    return value
+
+
+class _TooLarge(ValueError):
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.text = text
+
+
 def read_toml(path: str | Path, what: str) -> dict[str, Any]:
     """The parsed file; a missing file is a FileNotFoundError, an unreadable or malformed one a ConfigError naming it."""
     path = Path(path)
@@ -34,7 +49,12 @@ def read_toml(path: str | Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(2, f"{what} config file not found", str(path))
     try:
-        return tomllib.loads(path.read_text())
+        text = path.read_text()
+        return tomllib.loads(text, parse_float=_finite_unless_inf)
+    except _TooLarge as e:
+        line = next((i for i, ln in enumerate(text.splitlines(), 1) if e.text in ln), "?")
+        raise ConfigError("BAD_CONFIG", f"cannot read {what} config {path}: line {line}: {e.text} is too large for a float (the largest is "
+                                        "about 1.8e308); write inf if you mean no bound") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ConfigError("BAD_CONFIG", f"cannot read {what} config {path}: {e}") from None
     except RecursionError:

@@ -168,6 +168,8 @@ def test_a_full_provider_config_loads_with_paths_relative_to_its_folder(folder):
     assert (alice.client_id, alice.epsilon_budget, alice.delta_budget, alice.callback) == ("alice", 2.0, 1e-5, "127.0.0.1:50061")
     assert alice.budget_for("titanic") == (1.0, 1e-5) and alice.budget_for("credit") == (2.0, 1e-5)
     assert math.isinf(bob.epsilon_budget) and bob.callback is None
+    bob_unbounded = load_provider_config(write(folder, PROVIDER_FULL.replace('epsilon_budget = "inf"', 'epsilon_budget = inf'))).clients[1]
+    assert math.isinf(bob_unbounded.epsilon_budget)   # TOML's own inf means no bound, as "inf" does
 
 
 def test_an_inline_preset_table_is_a_preset(folder):
@@ -203,6 +205,7 @@ CLIENT_OK = '[[clients]]\nid = "alice"\npublic_key = "keys/alice.pub"\n'
     (CLIENT_OK + 'delta_budget = 1\n', ["(alice) delta_budget must be below 1"]),
     (CLIENT_OK + 'callback = "not an address"\n', ["(alice) callback must be the client's HOST:PORT"]),
     (CLIENT_OK + 'revoked_keys = ["keys/alice.pub"]\n', ["(alice) public_key is also in its revoked_keys"]),
+    (CLIENT_OK + 'epsilon_budget = 1e400\n', ["line 4: 1e400 is too large for a float", "write inf if you mean no bound"]),
 ])
 def test_a_bad_provider_config_is_refused_naming_the_key(folder, text, names):
     path = write(folder, text)

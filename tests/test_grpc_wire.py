@@ -65,6 +65,20 @@ def test_plaintext_is_refused_off_loopback_and_tls_is_the_default():
         open_channel("127.0.0.1:1", None)
     assert ei.value.code == "TLS_FILES_MISSING"
     assert split_address("[::1]:50051") == ("::1", 50051)
+    with pytest.raises(TransportError) as ei:
+        split_address("::1:50051")
+    assert ei.value.code == "BAD_ADDRESS" and "[::1]:50051" in str(ei.value)
+
+
+def test_a_folder_where_a_tls_file_belongs_is_named_as_a_folder(tmp_path):
+    from protocol.tls import TLSFiles
+
+    (tmp_path / "ca.pem").write_text("x")
+    (tmp_path / "me.key").mkdir()
+    with pytest.raises(TransportError) as ei:
+        TLSFiles(tmp_path / "ca.pem", tmp_path / "me.pem", tmp_path / "me.key").read()
+    assert ei.value.code == "TLS_FILES_MISSING"
+    assert f"{tmp_path / 'me.key'} (a folder, not a file)" in str(ei.value) and f"{tmp_path / 'me.pem'}'" in str(ei.value)
 
 
 def test_every_error_code_maps_to_a_specific_status():
