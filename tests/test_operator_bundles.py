@@ -105,10 +105,33 @@ def test_hosts_check_on_each_host_reaches_the_running_provider_through_its_bundl
             assert main(["hosts", "check", "--config", str(config)]) == 0
             out = capsys.readouterr().out
             assert f"ok   127.0.0.1:{port} liveness: SERVING" in out and f"ok   127.0.0.1:{port} readiness (llamdex.v1.ProviderService): SERVING" in out
+            hello = f"ok   127.0.0.1:{port} Hello: provider 'provider' knows this client as 'alice' and proved it holds the pinned"
+            assert (hello in out) == (config.name == "client.toml"), out
     finally:
         server.stop(0)
     assert main(["hosts", "check", "--config", str(b.client / "client.toml")]) == 1
     assert f"FAIL 127.0.0.1:{port} liveness: [UNREACHABLE]" in capsys.readouterr().out
+
+
+def test_hosts_check_says_when_the_provider_does_not_know_this_client(tmp_path, capsys):
+    """Liveness and readiness pass for any caller with a certificate of the CA; the Hello is what a round needs."""
+    from dataclasses import replace
+
+    from provider_party.service.server import ProviderServer
+    from simulations.cli.main import main
+    from simulations.two_party_demo import free_port
+
+    port = free_port()
+    b = make_bundles(tmp_path / "b", "127.0.0.1", "127.0.0.1", port=port, preset="tiny")
+    cfg = load_provider_config(b.provider / "provider.toml")
+    server = ProviderServer(replace(cfg, listen=f"127.0.0.1:{port}", preload=False,
+                                    clients=tuple(c for c in cfg.clients if c.client_id != "alice"))).start()
+    try:
+        assert main(["hosts", "check", "--config", str(b.client / "client.toml")]) == 1
+        out = capsys.readouterr().out
+        assert f"ok   127.0.0.1:{port} readiness" in out and f"FAIL 127.0.0.1:{port} Hello: [UNREGISTERED_CLIENT]" in out, out
+    finally:
+        server.stop(0)
 
 
 def test_the_rounds_client_trains_on_a_table_file_and_rebuilds_its_held_out_questions_from_it(tmp_path):

@@ -50,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = hsub.add_parser("check", help="check one host's keys, certificates and config, then reach the other party",
                         description="Checks, one line each: the files named by the config exist (private keys mode 0600), the "
                         "TLS certificate is valid, issued by the trusted CA and matches its key, a client's pinned provider key "
-                        "exists; then (unless --offline) dials the other party and asks its health. Exit status 1 if any check fails.",
+                        "exists; then (unless --offline) dials the other party and asks its health, and a client greets the provider (Hello): "
+                        "the provider knows this client, and proves it holds the pinned receipt key. Exit status 1 if any check fails.",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         epilog="examples:\n  llamdex hosts check --config llamdex/client/client.toml\n"
                         "  llamdex hosts check --config llamdex/provider/provider.toml --offline")
@@ -194,3 +195,31 @@ def _check_peer(role: str, data: dict, tls: object, base: Path, timeout_s: float
             report(False, f"{address} {what}: {e}")
             return
         report(ans.serving, f"{address} {ans.what}: {ans.status}" + ("" if ans.serving else " (starting, warming up or draining: see its log)"))
+    if role == "client":
+        _check_hello(data, tls, base, address, server_name, timeout_s, report)
+
+
+def _check_hello(data: dict, tls: object, base: Path, address: str, server_name: str | None, timeout_s: float, report) -> None:
+    """Hello, as a round begins: the provider knows this client's certificate, and the party answering proves it holds
+    the pinned receipt key (`protocol.hello_proof`). Nothing is signed or sent beyond the Hello."""
+    import grpc
+
+    from client_party.provider_client import ProviderClient
+    from protocol.errors import CodedError
+    from protocol.rpc_errors import error_code
+
+    pub = data.get("provider", {}).get("public_key")
+    client_id = str(data.get("client", {}).get("id", ""))
+    try:
+        with ProviderClient(address, client_id, None, tls=tls, provider_public_key=base / pub, server_name=server_name,
+                            timeout_s=timeout_s) as pc:
+            h = pc.hello()
+    except grpc.RpcError as e:
+        code = error_code(e) or e.code().name
+        report(False, f"{address} Hello: [{code}] {' '.join((e.details() or '').split())}")
+        return
+    except CodedError as e:
+        report(False, f"{address} Hello: {e}")
+        return
+    report(True, f"{address} Hello: provider {h.provider_id!r} knows this client as {h.client_id!r} and proved it holds the pinned "
+                 f"receipt key {h.provider_key_fingerprint[:19]}…")
