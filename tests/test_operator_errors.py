@@ -153,6 +153,25 @@ def test_a_provider_certificate_from_another_ca_is_named_with_the_ca_flag(world,
     assert err.code == "TLS_PEER_UNTRUSTED" and str(other["alice"].ca) in msg and "--ca" in msg and "CN=provider" in msg
 
 
+def test_the_command_line_prints_its_one_line_without_grpc_cores_own_handshake_lines(world, tmp_path):
+    """gRPC's C core logs "I… ssl_transport_security.cc … Handshake failed" to stderr; the CLI's line says it better."""
+    import os
+    import subprocess
+    import sys
+
+    p, server, _ = world
+    other = make_certs(tmp_path / "other-ca", {"alice": ["localhost"]})
+    cmd = [sys.executable, "-m", "simulations.cli.main", "client", "hello", "--id", "alice", "--key", str(p.root / "keys" / "alice.key"),
+           "--workspace", str(tmp_path / "ws"), "--provider", server.address, "--provider-key", str(p.pubs["provider"]),
+           "--ca", str(other["alice"].ca), "--cert", str(other["alice"].cert), "--tls-key", str(other["alice"].key)]
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 3 and "[TLS_PEER_UNTRUSTED]" in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines() == [next(ln for ln in r.stderr.splitlines() if "TLS_PEER_UNTRUSTED" in ln)], r.stderr
+    r = subprocess.run(cmd + ["--log-level", "info"], capture_output=True, text=True, timeout=120, env=env)
+    assert "Handshake failed" in r.stderr, r.stderr   # asked for: gRPC's own lines too
+
+
 def test_dialing_the_provider_by_a_name_its_certificate_lacks_names_the_address_and_server_name_flags(world):
     p, server, _ = world
     err = _hello_refused(p, server.address, p.tls["alice"], server_name="provider.example.org")

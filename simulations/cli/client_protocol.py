@@ -59,7 +59,7 @@ def register_actions(csub: argparse._SubParsersAction) -> None:
                         "The private tables are read here and never sent.", formatter_class=fmt,
                         epilog="example:\n  llamdex client serve --config client.toml\n  llamdex client serve --config client.toml --listen 127.0.0.1:0 --port-file client.addr")
     _common(s, serve=True)
-    s.set_defaults(func=_serve)
+    s.set_defaults(func=_serve, grpc_core_logs=True)   # a failed handshake leaves no other trace on the server's side
 
     u = csub.add_parser("upload", help="upload a signed artifact to the provider and keep its verified receipt",
                         description="Pack the artifact folder (deterministic tar), upload it in chunks (resuming after a broken "
@@ -97,7 +97,8 @@ def register_actions(csub: argparse._SubParsersAction) -> None:
 
     h = csub.add_parser("hello", help="check the provider: identity, base model, limits, receipt key (optionally wait for it)",
                         description="Call the provider's Hello over mutual TLS and print what it announces. The announced receipt key "
-                        "must equal the pinned one (--provider-key). --wait retries until the provider answers.",
+                        "must be the pinned one (--provider-key), or one it endorsed, and the provider must sign this call's random challenge "
+                        "with it: a party that only copies the provider's public key is refused. --wait retries until the provider answers.",
                         formatter_class=fmt, epilog="example:\n  llamdex client hello --config client.toml --wait 60")
     h.add_argument("--wait", type=non_negative_float, default=0.0, help="seconds to keep retrying while the provider is unreachable")
     _common(h)

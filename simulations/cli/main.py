@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -322,6 +323,21 @@ def _stdout_reader_gone() -> bool:
     return gone
 
 
+GRPC_VERBOSITY_VAR = "GRPC_VERBOSITY"
+
+
+def _quiet_grpc_core(args: argparse.Namespace) -> None:
+    """gRPC's C core writes its own lines to stderr ("I1204 … ssl_transport_security.cc … Handshake failed"),
+    which only repeat, less clearly, the one line this CLI prints for the same failure (`protocol.tls_diagnosis`).
+    They are shown with -v, --debug or --log-level info/debug, by the two servers (`provider serve`, `client serve`:
+    a refused handshake leaves no other trace there), and a GRPC_VERBOSITY the user set is kept. gRPC reads the
+    variable when it is first imported, which the verbs do after this."""
+    if GRPC_VERBOSITY_VAR in os.environ or getattr(args, "grpc_core_logs", False):
+        return
+    chatty = args.verbose or args.debug or (args.log_level or "warning").lower() in ("info", "debug")
+    os.environ[GRPC_VERBOSITY_VAR] = "INFO" if chatty else "ERROR"
+
+
 def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():      # restored on return, for callers that run main() in their own process (tests)
         warnings.showwarning = show_warning
@@ -335,6 +351,7 @@ def _main(argv: list[str] | None) -> int:
     if passthrough is not None:
         args.rest = passthrough
     logging.basicConfig(level=logging.DEBUG if args.verbose else getattr(logging, (args.log_level or "warning").upper()), format="%(levelname)s %(name)s: %(message)s")
+    _quiet_grpc_core(args)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE

@@ -50,7 +50,7 @@ def register_serve(psub: argparse._SubParsersAction) -> None:
                    help="skip the warm-up: ready at once, the base LLM loads at the first call that needs it (default: warm up, then ready)")
     s.add_argument("--grace", type=float, default=None, metavar="SECONDS",
                    help="on SIGTERM/SIGINT, how long running calls get to finish (default: [provider] drain_grace_s, else 10)")
-    s.set_defaults(func=_serve)
+    s.set_defaults(func=_serve, grpc_core_logs=True)   # a failed handshake leaves no other trace on the server's side
 
 
 def config_from_args(args: argparse.Namespace):
