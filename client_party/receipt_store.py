@@ -96,8 +96,11 @@ class ReceiptStore:
                 con.execute("ROLLBACK")
                 if same["digest"] == r.digest:
                     return False, r
+                held = con.execute("SELECT MAX(sequence) AS top FROM receipts").fetchone()["top"]
                 raise ReceiptError("CHAIN_BROKEN", f"receipt {r.receipt_id!r} reuses sequence {r.sequence} with different content "
-                                   f"({r.digest} != held {same['digest']}): the provider signed two histories; keep both as evidence",
+                                   f"({r.digest} != held {same['digest']}): the provider signed two histories; keep both as evidence. "
+                                   f"A provider whose state was restored from a backup does this too: its ledger no longer holds "
+                                   f"receipts {r.sequence}-{held} that this client holds, nor the ε they charged; ask its operator",
                                    file=r.receipt_id, rule="one receipt per sequence")
             last = con.execute("SELECT sequence, envelope FROM receipts ORDER BY sequence DESC LIMIT 1").fetchone()
             previous = verify_receipt(json.loads(last["envelope"]), self.keys) if last else None

@@ -196,3 +196,19 @@ def test_a_v1_receipt_made_before_rfc8785_still_verifies_and_v2_requires_rfc8785
     mixed = sign_envelope(canonical_json(st, LEGACY), INTOTO_PAYLOAD_TYPE, key)   # v2 type, old bytes: ambiguous
     with pytest.raises(ReceiptError, match="canonical"):
         verify_receipt(mixed, key.public_key())
+
+
+def test_a_store_refuses_a_second_history_and_says_a_restored_provider_makes_one_too(key, tmp_path):
+    """A provider restored from a backup signs sequence 2 again for another upload: the store keeps what it holds, and
+    the refusal names the receipts (and so the ε) the provider's ledger forgot, besides the attack it may be."""
+    from client_party.receipt_store import ReceiptStore
+
+    store = ReceiptStore(tmp_path / "r.db", "alice", key.public_key())
+    held = chain(key, 3)
+    assert store.add_many([e.to_dict() for e in held]) == 3
+    forked = upload(key, 2, receipt_digest(held[0]), spent_before=1.0, art=ART2)
+    with pytest.raises(ReceiptError) as ei:
+        store.add(forked.to_dict())
+    assert ei.value.code == "CHAIN_BROKEN"
+    assert "two histories" in str(ei.value) and "restored from a backup" in str(ei.value) and "receipts 2-3" in str(ei.value)
+    assert [e["payload"] for e in store.envelopes()] == [e.to_dict()["payload"] for e in held]
