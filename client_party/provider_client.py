@@ -358,6 +358,8 @@ class ProviderClient:
     @_explained
     def ask(self, questions: Sequence[str], artifact_digest: str = "", include_base: bool = False, batch_size: int = 16,
             timeout_s: float | None = None) -> list[provider_pb2.Answer]:
+        """Questions may carry what end users tell about themselves: they go only to a provider that proved its key."""
+        self._greeted()
         out: list[provider_pb2.Answer] = []
         for s in range(0, len(questions), batch_size):
             req = provider_pb2.AskRequest(questions=list(questions[s:s + batch_size]), artifact_digest=artifact_digest, include_base=include_base)
@@ -378,6 +380,7 @@ class ProviderClient:
 
     @_explained
     def ask_raw(self, questions: Sequence[str], artifact_digest: str = "", include_base: bool = False) -> provider_pb2.AskResponse:
+        self._greeted()
         return self.stub.Ask(provider_pb2.AskRequest(questions=list(questions), artifact_digest=artifact_digest, include_base=include_base),
                              timeout=self.timeout_s, metadata=self.metadata)
 

@@ -80,25 +80,24 @@ def test_the_provider_refuses_a_challenge_of_the_wrong_size_and_signs_none_witho
 
 def _impostor(p, monkeypatch, hello) -> ProviderServer:
     """A provider server run by someone else with a certificate from the same CA (the monitor's), whose Hello is
-    `hello(servicer, request, context)`; it counts the uploads that reach it."""
+    `hello(servicer, request, context)`; it records the uploads and questions that reach it."""
     impostor_key = p.root / "keys" / "impostor.key"
     save_private_key(generate_private_key(), impostor_key)
     monkeypatch.setattr(ProviderServicer, "Hello", hello)
-    uploads: list[str] = []
-    real_upload = ProviderServicer.UploadExpert
+    reached: list[str] = []
+    for name in ("UploadExpert", "Ask"):
+        def counted(self, request, context, _name=name, _real=getattr(ProviderServicer, name)):
+            reached.append(_name)
+            return _real(self, request, context)
 
-    def counted(self, it, context):
-        uploads.append("UploadExpert")
-        return real_upload(self, it, context)
-
-    monkeypatch.setattr(ProviderServicer, "UploadExpert", counted)
+        monkeypatch.setattr(ProviderServicer, name, counted)
     server = ProviderServer(replace(provider_config(p), key=impostor_key, tls=p.tls["orchestrator"],
                                     state=p.root / "impostor-state")).start()
-    server.uploads = uploads
+    server.reached = reached
     return server
 
 
-def test_an_impostor_announcing_the_providers_public_key_is_refused_before_anything_is_uploaded(parties, monkeypatch):
+def test_an_impostor_announcing_the_providers_public_key_is_refused_before_anything_is_uploaded_or_asked(parties, monkeypatch):
     p = parties
     genuine_hello = ProviderServicer.Hello
 
@@ -113,7 +112,9 @@ def test_an_impostor_announcing_the_providers_public_key_is_refused_before_anyth
         with provider_client(p, server.address) as pc:
             assert "signature" in _refused(pc.hello)
             _refused(lambda: pc.upload(make_artifact(p.root / "a", p.keys["alice"]), "titanic"))
-        assert server.uploads == [] and server.servicer.party.ledger.receipts("alice") == []
+            _refused(lambda: pc.ask(["A 34-year-old man in second class: did he survive?"]))   # questions carry end users' data
+            _refused(lambda: pc.ask_raw(["A 34-year-old man in second class: did he survive?"]))
+        assert server.reached == [] and server.servicer.party.ledger.receipts("alice") == []
     finally:
         server.stop()
 
@@ -135,7 +136,7 @@ def test_an_impostor_relaying_the_challenge_to_the_real_provider_is_refused(part
         with provider_client(p, server.address) as pc:
             assert "relaying" in _refused(pc.hello)
             _refused(lambda: pc.upload(make_artifact(p.root / "a", p.keys["alice"]), "titanic"))
-        assert server.uploads == []
+        assert server.reached == []
         with provider_client(p, real.address) as pc:   # the real provider proves itself to alice
             assert pc.hello().hello_proof
     finally:

@@ -168,6 +168,7 @@ class _BusyStub:
 
 def test_the_client_asks_again_when_the_provider_sheds_and_gives_up_at_its_timeout(parties, caplog):
     with provider_client(parties, "127.0.0.1:1") as pc:
+        pc._hello = provider_pb2.HelloResponse()   # greeted already: the Hello and its proof are tested in test_hello_proof.py
         pc.stub = _BusyStub(busy=3)
         with caplog.at_level(logging.WARNING, logger="client_party.provider_client"):
             assert [a.answer for a in pc.ask(["q1", "q2"], timeout_s=30)] == ["yes", "yes"] and pc.stub.calls == 4
