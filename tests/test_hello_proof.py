@@ -97,6 +97,18 @@ def _impostor(p, monkeypatch, hello) -> ProviderServer:
     return server
 
 
+def _nothing_reaches(p, server: ProviderServer, says: str) -> None:
+    """Alice's Hello, upload and questions to `server` are each refused (the Hello's reason naming `says`), and no
+    upload or question reaches it."""
+    question = "A 34-year-old man in second class: did he survive?"   # questions carry what end users tell
+    with provider_client(p, server.address) as pc:
+        assert says in _refused(pc.hello)
+        _refused(lambda: pc.upload(make_artifact(p.root / "a", p.keys["alice"]), "titanic"))
+        _refused(lambda: pc.ask([question]))
+        _refused(lambda: pc.ask_raw([question]))
+    assert server.reached == [] and server.servicer.party.ledger.receipts("alice") == []
+
+
 def test_an_impostor_announcing_the_providers_public_key_is_refused_before_anything_is_uploaded_or_asked(parties, monkeypatch):
     p = parties
     genuine_hello = ProviderServicer.Hello
@@ -109,12 +121,7 @@ def test_an_impostor_announcing_the_providers_public_key_is_refused_before_anyth
 
     server = _impostor(p, monkeypatch, announce_the_real_key)
     try:
-        with provider_client(p, server.address) as pc:
-            assert "signature" in _refused(pc.hello)
-            _refused(lambda: pc.upload(make_artifact(p.root / "a", p.keys["alice"]), "titanic"))
-            _refused(lambda: pc.ask(["A 34-year-old man in second class: did he survive?"]))   # questions carry end users' data
-            _refused(lambda: pc.ask_raw(["A 34-year-old man in second class: did he survive?"]))
-        assert server.reached == [] and server.servicer.party.ledger.receipts("alice") == []
+        _nothing_reaches(p, server, "signature")
     finally:
         server.stop()
 
@@ -133,10 +140,7 @@ def test_an_impostor_relaying_the_challenge_to_the_real_provider_is_refused(part
 
     server = _impostor(p, monkeypatch, relay)
     try:
-        with provider_client(p, server.address) as pc:
-            assert "relaying" in _refused(pc.hello)
-            _refused(lambda: pc.upload(make_artifact(p.root / "a", p.keys["alice"]), "titanic"))
-        assert server.reached == []
+        _nothing_reaches(p, server, "relaying")
         with provider_client(p, real.address) as pc:   # the real provider proves itself to alice
             assert pc.hello().hello_proof
     finally:
