@@ -222,3 +222,22 @@ def test_hosts_check_names_setups_whose_round_would_fail_at_once(tmp_path, capsy
     swapped(b.provider / "certs" / "provider.key", (b.client / "certs" / "alice.key").read_bytes())
     code, out = check(provider_toml)
     assert code == 1 and "names CN=alice, a registered client's" in out
+
+
+def test_a_second_client_round_in_one_workspace_is_refused_before_it_spends_anything(tmp_path, capsys):
+    """Each round spends ε: one started while another runs (another terminal, a retry) is refused, naming the first."""
+    import os
+
+    from client_party.config import load_client_config
+    from protocol.folder_lock import holding
+    from simulations.cli.client_round import ROUND_LOCK
+    from simulations.cli.main import main
+
+    b = make_bundles(tmp_path / "b", "127.0.0.1", "127.0.0.1", preset="tiny")
+    workspace = load_client_config(b.client / "client.toml").workspace
+    workspace.mkdir(parents=True, exist_ok=True)
+    with holding(workspace / ROUND_LOCK):   # the first round, still running
+        assert main(["client", "round", "--config", str(b.client / "client.toml"), "--wait", "0"]) == 3
+    err = capsys.readouterr().err
+    assert "[ROUND_IN_PROGRESS]" in err and f"(pid {os.getpid()})" in err and "spend ε again" in err, err
+    assert not (workspace / "artifacts").exists() and not (workspace / "rounds").exists()

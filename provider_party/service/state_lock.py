@@ -1,18 +1,16 @@
 """One provider process per state folder.
 
 Two processes serving one state folder would each run start-up recovery on the other's uploads and jobs (an
-upload still streaming to the first looks abandoned to the second). The lock is an advisory `flock` on
-`provider.lock` in the folder, held until the process exits (the operating system releases it on a crash, so
-nothing stale is left to clear by hand); the file holds the holder's pid for the message. Parties opened again
-in the same process (a restart in tests, the Flower ServerApp's runs) share the one lock.
+upload still streaming to the first looks abandoned to the second). The lock is `protocol.folder_lock`'s on
+`provider.lock` in the folder, held until the process exits. Parties opened again in the same process (a restart
+in tests, the Flower ServerApp's runs) share the one lock.
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
 from pathlib import Path
 
+from protocol.folder_lock import FolderInUse, take_lock
 from protocol.toml_config import ConfigError
 
 LOCK_NAME = "provider.lock"
@@ -24,17 +22,11 @@ def hold_state_lock(state: Path) -> None:
     folder = Path(state).resolve()
     if folder in _HELD:
         return
-    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise ConfigError("STATE_IN_USE", f"another provider process (pid {holder}) serves from the state folder {folder}; stop it first, "
+        _HELD[folder] = take_lock(folder / LOCK_NAME)
+    except FolderInUse as e:
+        raise ConfigError("STATE_IN_USE", f"another provider process (pid {e.holder}) serves from the state folder {folder}; stop it first, "
                           "or give this one its own --state") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    _HELD[folder] = fd
 
 
 __all__ = ["LOCK_NAME", "hold_state_lock"]

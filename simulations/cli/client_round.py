@@ -3,13 +3,14 @@
 One command runs, in order, what an operator would type one by one, and times each phase:
 
   1. ready      wait until the provider's health reports readiness (`--wait`), then Hello: the
-                provider knows this client, and its receipt key equals the pinned one
+                provider knows this client and proves it holds the pinned receipt key
   2. train      DP-SGD on the private table (`--data`, `--epsilon`); the table never leaves this host
   3. upload     the signed artifact, chunked and resumable; the privacy receipt is verified and kept
   4. customize  the provider trains (or reuses) the schema's connectors; one progress line per update
   5. evaluate   the held-out questions through Ask (`--max-test`), scored here
   6. receipts   the client's ledger page by page (GetLedger) and the receipt chain, verified
 
+One round runs at a time per workspace (each spends ε): a second is refused (ROUND_IN_PROGRESS) before it trains.
 It prints one line per phase and writes the phase times, the scores and the receipts' file to
 `<workspace>/rounds/round-<time>.json` (or `--json`). Everything it reads is in client.toml
 (`llamdex hosts bundle` writes one) or a flag.
@@ -123,13 +124,32 @@ def _evaluate(party: Any, digest: str, args: argparse.Namespace) -> dict[str, An
             bar.close()
 
 
+ROUND_LOCK = "round.lock"
+
+
 def run_round(args: argparse.Namespace) -> dict[str, Any]:
-    from client_party.receipt_store import describe
-    from client_party.service import ClientParty, format_scores
+    """One round at a time per workspace: each spends ε, so a second one started by mistake (another terminal, a
+    retry while the first still runs) is refused before it trains, naming the first's pid."""
+    from protocol.errors import CodedError
+    from protocol.folder_lock import FolderInUse, holding
     from simulations.cli.client_protocol import config_from_args
-    from simulations.cli.common import table_refs
 
     cfg = config_from_args(args)
+    Path(cfg.workspace).mkdir(parents=True, exist_ok=True)
+    try:
+        with holding(Path(cfg.workspace) / ROUND_LOCK):
+            return _run_round(args, cfg)
+    except FolderInUse as e:
+        raise CodedError("ROUND_IN_PROGRESS", f"another `llamdex client round` (pid {e.holder}) runs in the workspace {cfg.workspace}; "
+                         "a second round would spend ε again: wait for it, or give this one its own workspace ([client] workspace, "
+                         "--workspace)") from None
+
+
+def _run_round(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
+    from client_party.receipt_store import describe
+    from client_party.service import ClientParty, format_scores
+    from simulations.cli.common import table_refs
+
     ref = table_refs(args)[0]
     party = ClientParty(cfg)
     clock = PhaseClock()
