@@ -135,9 +135,10 @@ class ProviderClient:
         grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
 
     def transport_problem(self, err: grpc.RpcError) -> TransportError | None:
-        """For an UNAVAILABLE call under TLS: the transport fault that explains it, if there is one. A peer
-        that is merely not (yet) listening is not one: callers that wait for the provider keep retrying."""
-        if self.plaintext or self.tls is None or err.code() != grpc.StatusCode.UNAVAILABLE:
+        """For an UNAVAILABLE call under TLS, or one past its deadline (a peer that accepts and then stays silent): the
+        transport fault that explains it, if there is one. A peer that is merely not (yet) listening is not one:
+        callers that wait for the provider keep retrying."""
+        if self.plaintext or self.tls is None or err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             return None
         from protocol.tls_diagnosis import diagnose_connection
 

@@ -60,6 +60,12 @@ def tls_cert_refused(address: str, cert_file: str, subject: str, issuer: str, al
             "certificates of the CA in its own [tls] ca; use the certificate and key of your bundle (--cert and --tls-key / [tls] cert and key)")
 
 
+def silent_peer(address: str, timeout_s: float) -> str:
+    return (f"{address} accepted the connection but did not answer the TLS handshake within {timeout_s:g} s: the program listening "
+            "there is not a Llamdex party (a Llamdex server answers a handshake even while busy), or it hangs; check the address "
+            "and port of the other party, and what listens there")
+
+
 def not_tls(address: str, reason: str) -> str:
     return (f"{address} does not answer in TLS ({reason}): something else listens on that port (a web server, a plaintext "
             "server, another program); check the address and port of the other party")

@@ -186,6 +186,8 @@ def diagnose_connection(address: str, tls: TLSFiles | None, *, server_name: str 
         alert = (e.reason or str(e)).lower().replace("_", " ")
         return TransportError("TLS_CERT_REFUSED", msg.tls_cert_refused(address, str(tls.cert), _subject(own), _issuer(own), alert),
                               file=str(tls.cert))
+    except TimeoutError:   # connected, and then silence: the handshake's own timeout (the reply's is handled above)
+        return TransportError("NOT_TLS", msg.silent_peer(address, timeout_s))
     except (ConnectionResetError, BrokenPipeError) as e:
         own = x509.load_pem_x509_certificate(Path(tls.cert).read_bytes())
         return TransportError("TLS_CERT_REFUSED", msg.tls_cert_refused(address, str(tls.cert), _subject(own), _issuer(own),

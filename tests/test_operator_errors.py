@@ -291,3 +291,29 @@ def test_a_port_where_no_tls_server_listens_is_named_as_such(world):
     finally:
         listener.close()
     assert err is not None and err.code == "NOT_TLS" and "does not answer in TLS" in str(err) and "certificate" not in str(err)
+
+
+def test_a_port_that_accepts_and_stays_silent_is_named_within_the_wait_asked(world, tmp_path, capsys):
+    """A program that accepts TCP and never answers the handshake: `client hello --wait 2` took 25 s (gRPC's own
+    handshake timeout) and then said only UNAVAILABLE "check that both sides trust the same CA"."""
+    import socket
+
+    from protocol.tls_diagnosis import diagnose_connection
+    from simulations.cli.main import main
+
+    p, _, _ = world
+    listener = socket.create_server(("127.0.0.1", 0))   # the kernel accepts into the backlog; nobody ever answers
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        err = diagnose_connection(address, p.tls["alice"], timeout_s=1)
+        assert err is not None and err.code == "NOT_TLS" and "did not answer the TLS handshake within 1 s" in str(err), err
+        t = time.monotonic()
+        code = main(["client", "hello", "--id", "alice", "--key", str(p.root / "keys" / "alice.key"), "--workspace", str(tmp_path / "ws"),
+                     "--provider", address, "--provider-key", str(p.pubs["provider"]), "--ca", str(p.tls["alice"].ca),
+                     "--cert", str(p.tls["alice"].cert), "--tls-key", str(p.tls["alice"].key), "--wait", "2"])
+        took = time.monotonic() - t
+    finally:
+        listener.close()
+    err = capsys.readouterr().err
+    assert code == 7 and "[NOT_TLS]" in err and "did not answer the TLS handshake" in err, err
+    assert took < 12, took   # the wait (2 s) and the diagnosis's handshake (5 s), not gRPC's 20 s

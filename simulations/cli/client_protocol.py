@@ -282,7 +282,10 @@ def _hello(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     deadline = time.monotonic() + args.wait
     with cfg.provider_client(with_store=False) as pc:
+        call_timeout_s = pc.timeout_s
         while True:
+            if args.wait:   # each try ends by the deadline: a peer that accepts and then stays silent would hold one for 20 s or more
+                pc.timeout_s = max(1.0, min(call_timeout_s, deadline - time.monotonic()))
             try:
                 h = pc.hello()
                 break
