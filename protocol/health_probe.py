@@ -66,7 +66,9 @@ def check_health(address: str, tls: TLSFiles | None, *, service: str | None = LI
             except grpc.RpcError as e:
                 if e.code() == grpc.StatusCode.NOT_FOUND:
                     continue
-                raise _transport_error(e, address, tls, plaintext, server_name, timeout_s) from None
+                # the diagnosis gets what is left of the timeout (at least 1 s): a silent peer took 2x the time asked
+                left = max(1.0, timeout_s - (time.perf_counter() - t))
+                raise _transport_error(e, address, tls, plaintext, server_name, min(timeout_s, left)) from None
             return HealthAnswer(address, name, STATUS_NAMES.get(resp.status, str(resp.status)), time.perf_counter() - t)
     return HealthAnswer(address, names[-1] if len(names) == 1 else "/".join(names), "SERVICE_UNKNOWN", time.perf_counter() - t)
 

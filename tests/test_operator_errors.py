@@ -298,6 +298,7 @@ def test_a_port_that_accepts_and_stays_silent_is_named_within_the_wait_asked(wor
     handshake timeout) and then said only UNAVAILABLE "check that both sides trust the same CA"."""
     import socket
 
+    from protocol.health_probe import check_health
     from protocol.tls_diagnosis import diagnose_connection
     from simulations.cli.main import main
 
@@ -307,6 +308,10 @@ def test_a_port_that_accepts_and_stays_silent_is_named_within_the_wait_asked(wor
     try:
         err = diagnose_connection(address, p.tls["alice"], timeout_s=1)
         assert err is not None and err.code == "NOT_TLS" and "did not answer the TLS handshake within 1 s" in str(err), err
+        t = time.monotonic()
+        with pytest.raises(TransportError) as ei:   # `llamdex health` and `hosts check`: the check, then a diagnosis in what is left
+            check_health(address, p.tls["alice"], timeout_s=2)
+        assert ei.value.code == "NOT_TLS" and time.monotonic() - t < 3.5, (ei.value, time.monotonic() - t)   # was 2 + 2 s
         t = time.monotonic()
         code = main(["client", "hello", "--id", "alice", "--key", str(p.root / "keys" / "alice.key"), "--workspace", str(tmp_path / "ws"),
                      "--provider", address, "--provider-key", str(p.pubs["provider"]), "--ca", str(p.tls["alice"].ca),
