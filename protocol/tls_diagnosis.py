@@ -64,6 +64,10 @@ def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
 
 
+# what `check_own_files` reports: this party's own files are at fault, whatever the other party does
+OWN_FILE_CODES = ("TLS_FILE_INVALID", "TLS_KEY_MISMATCH", "TLS_OWN_CERT_NOT_YET_VALID", "TLS_OWN_CERT_EXPIRED", "TLS_OWN_CERT_NOT_FROM_CA")
+
+
 def check_own_files(tls: TLSFiles, *, expiry: bool = True) -> TransportError | None:
     """This party's files: each a PEM of its kind; the certificate not expired (unless `expiry` is False), issued by
     the CA it trusts, matching its key."""
@@ -196,4 +200,4 @@ def diagnose_connection(address: str, tls: TLSFiles | None, *, server_name: str 
         return TransportError("UNREACHABLE", msg.unreachable(address, e.strerror or str(e)))
 
 
-__all__ = ["check_own_files", "diagnose_connection"]
+__all__ = ["OWN_FILE_CODES", "check_own_files", "diagnose_connection"]

@@ -476,6 +476,13 @@ def test_a_missing_artifact_or_tls_file_is_a_missing_file_and_a_refused_upload_r
     code, _, err = run_main(["health", "127.0.0.1:1", "--live", "--plaintext", "--timeout", "1"], capsys)
     assert code == 7, err
 
+    from protocol.tls import make_certs
+
+    a, b = make_certs(tmp_path / "ca-a", {"alice": ["localhost"]})["alice"], make_certs(tmp_path / "ca-b", {"alice": ["localhost"]})["alice"]
+    code, _, err = run_main(["health", "127.0.0.1:1", "--live", "--ca", str(a.ca), "--cert", str(a.cert), "--tls-key", str(b.key),
+                             "--timeout", "1"], capsys)                   # this host's own files disagree: invalid input, not "no answer"
+    assert code == 3 and "TLS_KEY_MISMATCH" in err, (code, err)
+
 
 def test_the_advice_fits_the_problem_a_table_has(tmp_path, capsys):
     """--on-invalid drop or clip is offered only where a record policy helps: not for a table without records, nor for

@@ -229,6 +229,15 @@ def test_simulate_refuses_a_bad_run_config_with_a_message_and_starts_nothing(fla
     assert not (tmp_path / "run").exists()
 
 
+def test_simulate_names_a_missing_table_as_a_missing_file(tmp_path, capsys):
+    """Exit 4, as `client train` says the same table is missing (it was 2, bad usage)."""
+    from simulations.cli.main import main
+
+    assert main(["simulate", "--data", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "run")]) == 4
+    assert "nope.csv' is neither a registered table" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_csv_table_with_its_schema_joins_a_registered_table_in_one_run(tmp_path):
     """Several schemas at once: client 0 holds part of titanic, client 1 the whole of a CSV file described by the schema beside it."""
     from client_party.datasets import DATASETS, load_table

@@ -89,10 +89,12 @@ def _health(args: argparse.Namespace) -> int:
         ans = wait_for(args.address, tls, service=service, wait_s=args.wait, plaintext=plaintext, server_name=args.server_name,
                        timeout_s=args.timeout, on_wait=waiting if args.wait else None)
     except CodedError as e:
-        from simulations.cli.main import EXIT_MISSING_FILE, EXIT_USAGE
+        from protocol.tls_diagnosis import OWN_FILE_CODES
+        from simulations.cli.main import EXIT_INVALID, EXIT_MISSING_FILE, EXIT_USAGE
 
         print(f"{args.address}: {e}", file=sys.stderr)
-        # no answer (7) only when something was asked; missing TLS files or a malformed address are the caller's (4, 2)
-        return {"TLS_FILES_MISSING": EXIT_MISSING_FILE, "BAD_ADDRESS": EXIT_USAGE, "PLAINTEXT_NOT_LOOPBACK": EXIT_USAGE}.get(e.code, EXIT_NO_ANSWER)
+        # no answer (7) only when something was asked; missing or invalid own TLS files and a malformed address are the caller's (4, 3, 2)
+        return {"TLS_FILES_MISSING": EXIT_MISSING_FILE, "BAD_ADDRESS": EXIT_USAGE, "PLAINTEXT_NOT_LOOPBACK": EXIT_USAGE,
+                **dict.fromkeys(OWN_FILE_CODES, EXIT_INVALID)}.get(e.code, EXIT_NO_ANSWER)
     print(f"{args.address} {ans.what}: {ans.status} ({1000 * ans.seconds:.0f} ms)")
     return EXIT_SERVING if ans.serving else EXIT_NOT_SERVING

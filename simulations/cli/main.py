@@ -80,7 +80,7 @@ examples:
 
 exit status: 0 success, 1 the command found a failure, 2 bad usage, 3 invalid input, 4 missing file,
 5 verification failed, 6 refused by the other party, 7 other party unreachable, 70 internal error
-(rerun with --debug), 130 interrupted."""
+(rerun with --debug), 130 interrupted, 141 standard output's reader went away (| head), 143 terminated (SIGTERM)."""
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INVALID, EXIT_MISSING_FILE = 0, 1, 2, 3, 4
 EXIT_VERIFICATION, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_INTERNAL, EXIT_INTERRUPTED = 5, 6, 7, 70, 130

@@ -94,8 +94,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         rc = run_config_from_args(args)
     except (ScenarioError, FileNotFoundError, argparse.ArgumentTypeError) as e:
+        from simulations.cli.main import EXIT_MISSING_FILE, EXIT_USAGE
+
         print(f"llamdex simulate: {e}", file=sys.stderr)
-        return 2
+        return EXIT_MISSING_FILE if isinstance(e, FileNotFoundError) else EXIT_USAGE   # as `client train` says a missing table
     out = (args.out or Path("runs") / time.strftime("simulate-%Y%m%d-%H%M%S")).resolve()
     bars = ProgressBars()
 
