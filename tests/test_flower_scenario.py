@@ -66,6 +66,94 @@ def test_a_launcher_refuses_a_bad_run_config_before_starting_anything(launcher, 
     assert started == [] and not (tmp_path / "run").exists()
 
 
+def _earlier_run(folder):
+    """The files a completed run leaves (the ones a rerun destroyed): its provider key and its report."""
+    (folder / "provider" / "keys").mkdir(parents=True)
+    (folder / "provider" / "keys" / "provider.key").write_text("the earlier run's key")
+    (folder / "report.json").write_text('{"status": "completed", "run_id": "earlier"}')
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("launcher", ["simulation", "deployment"])
+def test_a_launcher_refuses_the_folder_of_an_earlier_run_and_changes_nothing_in_it(launcher, tmp_path, monkeypatch):
+    """A rerun into one --out replaced the provider key (its ledger then read as LEDGER_CORRUPT) and the report; killed
+    early, it passed the earlier report off as its own with exit 0."""
+    from simulations.flower import deployment, launcher as sim_launcher
+
+    before = _earlier_run(tmp_path)
+    started = []
+    monkeypatch.setattr(sim_launcher, "stream_process", lambda *a, **k: started.append(a))
+    monkeypatch.setattr(deployment.subprocess, "Popen", lambda *a, **k: started.append(a))
+    run = sim_launcher.run_simulation if launcher == "simulation" else deployment.run_deployment
+    with pytest.raises(ScenarioError) as e:
+        run({"data": "titanic"}, clients=2, out_dir=tmp_path)
+    assert e.value.code == "OUT_DIR_IN_USE" and "an earlier run" in str(e.value)
+    assert started == [] and {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_the_server_app_refuses_an_earlier_runs_folder_but_not_its_launchers_own_files(tmp_path):
+    """`flwr run .` with an out-dir of an earlier run reaches the ServerApp, which starts after the launcher wrote its
+    run-config.toml, flwr.log and flwr-home there."""
+    from simulations.flower.scenario import refuse_an_earlier_run
+
+    (tmp_path / "run-config.toml").write_text("clients = 3\n")
+    (tmp_path / "flwr-home").mkdir()
+    refuse_an_earlier_run(tmp_path, any_file=False)
+    with pytest.raises(ScenarioError, match="already holds"):
+        refuse_an_earlier_run(tmp_path, any_file=True)
+    _earlier_run(tmp_path)
+    with pytest.raises(ScenarioError, match="an earlier run"):
+        refuse_an_earlier_run(tmp_path, any_file=False)
+
+
+def test_simulate_refuses_a_used_out_folder_before_it_starts(tmp_path, capsys, monkeypatch):
+    from simulations.cli.main import main
+    from simulations.flower import launcher
+
+    before = _earlier_run(tmp_path / "run")
+    monkeypatch.setattr(launcher, "stream_process", lambda *a, **k: pytest.fail("a Flower process was started"))
+    assert main(["simulate", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "[OUT_DIR_IN_USE]" in err and "give each run a new folder" in err, err
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
+
+
+def test_a_run_stopped_at_its_timeout_says_so_at_once_and_does_not_pass_for_finished(tmp_path, capsys, monkeypatch):
+    """`--timeout 10` returned after 1 min 48 s (waits for a report and an orderly shutdown that could not come) and
+    said only "the run wrote no report"."""
+    import time
+
+    from simulations.cli.main import main
+    from simulations.flower import launcher
+
+    def killed_at_the_limit(cmd, env, log_path, on_line, timeout_s, cwd=None):
+        log_path.write_text("[llamdex] phase=connect done=3 total=3\n[llamdex] phase=register done=0 total=3\n")
+        time.sleep(timeout_s + 0.1)
+        return -9
+
+    monkeypatch.setattr(launcher, "stream_process", killed_at_the_limit)
+    t = time.monotonic()
+    assert main(["simulate", "--out", str(tmp_path / "run"), "--timeout", "1"]) == 1
+    assert time.monotonic() - t < 20   # the stopping of leftovers (none here), not 30 s for a report and 60 s for Ray
+    err = capsys.readouterr().err
+    assert "reached --timeout 1 s in phase register and was stopped" in err and "no report" not in err, err
+
+
+def test_an_interrupted_run_names_its_phase_and_what_its_folder_keeps(tmp_path, capsys, monkeypatch):
+    """SIGTERM or Ctrl-C mid-run: the ServerApp is stopped before it writes a report, so the command says where it was."""
+    from simulations.cli.main import Terminated, main
+    from simulations.flower import launcher
+
+    def terminated_in_train(cmd, env, log_path, on_line, timeout_s, cwd=None):
+        log_path.write_text("[llamdex] phase=register done=3 total=3\n[llamdex] phase=train done=1 total=3\n")
+        raise Terminated()
+
+    monkeypatch.setattr(launcher, "stream_process", terminated_in_train)
+    assert main(["simulate", "--out", str(tmp_path / "run")]) == 143
+    err = capsys.readouterr().err
+    assert "stopped in phase train; the run wrote no report" in err and "llamdex audit --ledger" in err, err
+
+
 def test_a_federation_must_name_a_table_of_the_run_with_two_clients():
     assert Scenario.from_run_config({"clients": 3, "federated": "all"}).federated_tables() == [0]
     with pytest.raises(ScenarioError, match="is not one of the run's tables"):

@@ -65,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", choices=("simulation", "deployment"), default="simulation",
                    help="simulation: `flwr run` on the simulation engine (default); deployment: flower-superlink and one "
                    "flower-supernode per client as processes on loopback")
-    p.add_argument("--out", type=Path, default=None, help="the run's folder (default runs/simulate-<time>)")
+    p.add_argument("--out", type=Path, default=None, help="the run's folder, new or empty (default runs/simulate-<time>)")
     p.add_argument("--timeout", type=positive_float, default=6 * 3600, help="wall-clock limit of the whole run in seconds (default 6 h)")
     p.set_defaults(func=run)
 
@@ -87,18 +87,30 @@ def run_config_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return rc
 
 
+def _launch(args: argparse.Namespace, rc: dict, out: Path, on_line: Any) -> Any:
+    if args.engine == "simulation":
+        from simulations.flower.launcher import run_simulation
+
+        return run_simulation(rc, clients=args.clients, out_dir=out, num_cpus=args.num_cpus, num_gpus=args.num_gpus, on_line=on_line,
+                              timeout_s=args.timeout)
+    from simulations.flower.deployment import run_deployment
+
+    return run_deployment(rc, clients=args.clients, out_dir=out, on_line=on_line, timeout_s=args.timeout)
+
+
 def run(args: argparse.Namespace) -> int:
     from simulations.flower.progress import ProgressBars
-    from simulations.flower.scenario import ScenarioError
+    from simulations.flower.scenario import ScenarioError, refuse_an_earlier_run
 
+    out = (args.out or Path("runs") / time.strftime("simulate-%Y%m%d-%H%M%S")).resolve()
     try:
         rc = run_config_from_args(args)
+        refuse_an_earlier_run(out, any_file=True)
     except (ScenarioError, FileNotFoundError, argparse.ArgumentTypeError) as e:
         from simulations.cli.main import EXIT_MISSING_FILE, EXIT_USAGE
 
         print(f"llamdex simulate: {e}", file=sys.stderr)
         return EXIT_MISSING_FILE if isinstance(e, FileNotFoundError) else EXIT_USAGE   # as `client train` says a missing table
-    out = (args.out or Path("runs") / time.strftime("simulate-%Y%m%d-%H%M%S")).resolve()
     bars = ProgressBars()
 
     def on_line(line: str) -> None:
@@ -107,19 +119,24 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"{args.engine} engine: {args.clients} clients on {rc['data']}; log and report in {out}", file=sys.stderr)
     try:
-        if args.engine == "simulation":
-            from simulations.flower.launcher import run_simulation
+        result = _launch(args, rc, out, on_line)
+    except KeyboardInterrupt:   # Ctrl-C or SIGTERM: the run's processes are stopped, and its ServerApp writes no report
+        from simulations.flower.launcher import last_phase
 
-            result = run_simulation(rc, clients=args.clients, out_dir=out, num_cpus=args.num_cpus, num_gpus=args.num_gpus, on_line=on_line,
-                                    timeout_s=args.timeout)
-        else:
-            from simulations.flower.deployment import run_deployment
-
-            result = run_deployment(rc, clients=args.clients, out_dir=out, on_line=on_line, timeout_s=args.timeout)
+        print(f"llamdex simulate: stopped in phase {last_phase(out / 'flwr.log')}; the run wrote no report, and its folder {out} keeps "
+              "what it did (uploads already received are charged in provider/state's ledger; `llamdex audit --ledger "
+              f"{out / 'provider' / 'state' / 'ledger.db'} --provider-key {out / 'provider' / 'keys' / 'provider.pub'}` checks them)",
+              file=sys.stderr)
+        raise
     finally:
         bars.close()
     if result.leftovers:
         print(f"WARNING: processes of the run still alive after stopping: {result.leftovers}", file=sys.stderr)
+    if result.timed_out:
+        print(f"llamdex simulate: the run reached --timeout {args.timeout:g} s in phase {result.last_phase()} and was stopped "
+              f"({result.seconds:.0f} s in all); what it wrote is in {out} (its log: {result.log_path}); give a longer --timeout",
+              file=sys.stderr)
+        return 1
     try:
         report = result.report()
     except FileNotFoundError as e:

@@ -38,6 +38,7 @@ from simulations.flower.launcher import (
     stream_process,
 )
 from simulations.flower.scenario import checked_run_config, run_config_toml
+from simulations.flower.watchdog import start_watchdog, stop_watchdog
 
 CONNECTION = "deploy"
 
@@ -97,7 +98,8 @@ def run_deployment(run_config: dict[str, Any], *, clients: int, out_dir: Path, h
     logs = out_dir / "logs"
     logs.mkdir(exist_ok=True)
     t0 = time.perf_counter()
-    code, started = -1, []
+    code, started, timed_out = -1, [], False
+    watchdog = start_watchdog(token)   # stops the run if this process is killed outright
     try:
         started.append(_start([*superlink_prefix, *superlink_command(host, port, files)], env, logs / "superlink.log"))
         wait_reachable(host, port, superlink_prefix, env, 120.0)
@@ -105,14 +107,18 @@ def run_deployment(run_config: dict[str, Any], *, clients: int, out_dir: Path, h
             started.append(_start([*supernode_prefix, *supernode_command(f"{host}:{port}", i, clients, 39400 + i if supernode_prefix else free_port(), ca)],
                    env, logs / f"supernode-{i}.log"))
         cmd = [*superlink_prefix, flower_bin("flwr"), "run", str(app_dir), CONNECTION, "--run-config", str(rc_path), "--stream"]
+        t_run = time.perf_counter()
         code = stream_process(cmd, env, out_dir / "flwr.log", on_line, timeout_s)
-        _wait_for_report(out_dir / "report.json", 30.0)
-        _wait_for_exit(token, ("flwr-serverapp", "flwr-clientapp"), 60.0)
+        timed_out = time.perf_counter() - t_run >= timeout_s   # killed at the limit: no report is coming
+        if not timed_out:
+            _wait_for_report(out_dir / "report.json", 30.0)
+            _wait_for_exit(token, ("flwr-serverapp", "flwr-clientapp"), 60.0)
     finally:
         stopped, left = stop_run_processes(token)
         for p in started:   # reaped: no zombie of ours stays in the process table
             p.wait(timeout=10)
-    return FlowerRun(code, out_dir, out_dir / "flwr.log", time.perf_counter() - t0, token, stopped, left)
+        stop_watchdog(watchdog)
+    return FlowerRun(code, out_dir, out_dir / "flwr.log", time.perf_counter() - t0, token, stopped, left, timed_out)
 
 
 def _start(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:

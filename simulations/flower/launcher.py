@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from simulations.flower.scenario import checked_run_config, run_config_toml
+from simulations.flower.watchdog import start_watchdog, stop_watchdog
 
 RUN_TOKEN_ENV = "LLAMDEX_FLWR_RUN"
 ROOT = Path(__file__).resolve().parents[2]   # the project: its pyproject.toml is the Flower app's
@@ -46,10 +47,14 @@ class FlowerRun:
     token: str
     stopped: list[str] = field(default_factory=list)     # processes of the run that were still alive and were stopped
     leftovers: list[str] = field(default_factory=list)   # processes of the run alive after stopping (must be empty)
+    timed_out: bool = False                              # stopped at its wall-clock limit (`timeout_s`), before it ended
 
     @property
     def report_path(self) -> Path:
         return self.out_dir / "report.json"
+
+    def last_phase(self) -> str:
+        return last_phase(self.log_path)
 
     def report(self) -> dict[str, Any]:
         import json
@@ -57,6 +62,20 @@ class FlowerRun:
         if not self.report_path.is_file():
             raise FileNotFoundError(f"the run wrote no report at {self.report_path}; see its log {self.log_path}")
         return json.loads(self.report_path.read_text())
+
+
+def last_phase(log_path: Path) -> str:
+    """The last phase a run's log names (its progress lines), "start" before the first."""
+    from simulations.flower.progress import LINE_RE
+
+    phase = "start"
+    try:
+        for line in Path(log_path).read_text(errors="replace").splitlines():
+            m = LINE_RE.search(line.strip())
+            phase = m.group("phase") if m else phase
+    except OSError:
+        pass
+    return phase
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -169,13 +188,18 @@ def run_simulation(run_config: dict[str, Any], *, clients: int, out_dir: Path, n
     cmd = [flower_bin("flwr"), "run", str(app_dir), "--run-config", str(rc_path), "--federation-config", federation, "--stream"]
     log_path = out_dir / "flwr.log"
     t0 = time.perf_counter()
+    timed_out = False
+    watchdog = start_watchdog(token)   # stops the run if this process is killed outright
     try:
         code = stream_process(cmd, env, log_path, on_line, timeout_s)
-        _wait_for_report(out_dir / "report.json", 30.0)   # the stream can end a moment before the ServerApp's last write
-        _wait_for_exit(token, ("flwr-simulation", "flwr-serverapp", "ray::", "raylet", "gcs_server"), 60.0)   # let the run shut Ray down itself
+        timed_out = time.perf_counter() - t0 >= timeout_s   # the timer killed it: no report is coming, and no orderly shutdown
+        if not timed_out:
+            _wait_for_report(out_dir / "report.json", 30.0)   # the stream can end a moment before the ServerApp's last write
+            _wait_for_exit(token, ("flwr-simulation", "flwr-serverapp", "ray::", "raylet", "gcs_server"), 60.0)   # let the run shut Ray down itself
     finally:
         stopped, left = stop_run_processes(token)
-    return FlowerRun(code, out_dir, log_path, time.perf_counter() - t0, token, stopped, left)
+        stop_watchdog(watchdog)
+    return FlowerRun(code, out_dir, log_path, time.perf_counter() - t0, token, stopped, left, timed_out)
 
 
 def _wait_for_exit(token: str, names: tuple[str, ...], timeout_s: float) -> None:

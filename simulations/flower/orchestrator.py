@@ -35,7 +35,7 @@ from flwr.serverapp import Grid
 
 from simulations.flower.progress import report_progress
 from simulations.flower.report import ClientRecord, FederationRecord, RunReport, SchemaRecord
-from simulations.flower.scenario import Scenario, ScenarioError
+from simulations.flower.scenario import Scenario, ScenarioError, refuse_an_earlier_run
 
 log = logging.getLogger(__name__)
 POLL_S = 0.25
@@ -47,6 +47,7 @@ class ProviderOrchestrator:
         self.grid, self.run_id = grid, context.run_id
         self.s = Scenario.from_run_config(dict(context.run_config))
         self.out = self.s.out_path(self.run_id)
+        refuse_an_earlier_run(self.out, any_file=False)   # `flwr run .` with an out-dir of an earlier run: its files stay as they are
         self.out.mkdir(parents=True, exist_ok=True)
         engine = "simulation" if "flwr-simulation" in Path(sys.argv[0]).name else "deployment"
         self.report = RunReport(engine, str(self.run_id), self.s.to_dict(), code_from=str(Path(__file__).resolve().parent))
@@ -166,8 +167,8 @@ class ProviderOrchestrator:
         keys = self.out / "provider" / "keys"
         keys.mkdir(parents=True, exist_ok=True)
         self.provider_key = generate_private_key()
-        save_private_key(self.provider_key, keys / "provider.key", overwrite=True)
-        save_public_key(self.provider_key, keys / "provider.pub")
+        save_private_key(self.provider_key, keys / "provider.key")   # never over another run's key
+        save_public_key(self.provider_key, keys / "provider.pub", overwrite=False)
 
     def _wait_for_nodes(self) -> list[int]:
         deadline = time.monotonic() + self.s.timeout_s

@@ -23,7 +23,25 @@ FAULTS = ("crash", "timeout", "tamper", "over-budget")
 
 
 class ScenarioError(CodedError):
-    """A run-config value is invalid (code BAD_RUN_CONFIG); the message names the key, the rule and the fix."""
+    """A run-config value is invalid (code BAD_RUN_CONFIG), or its out-dir holds an earlier run (OUT_DIR_IN_USE); the
+    message names the key, the rule and the fix."""
+
+
+RUN_FILES = ("report.json", "provider")   # what a run's ServerApp writes first and last into its out-dir
+
+
+def refuse_an_earlier_run(out_dir: Path, *, any_file: bool) -> None:
+    """Each run makes its own provider key and ledger: one started in a folder of an earlier run replaced that run's key
+    (so its ledger and receipts no longer verified against the folder) and its report, or, killed before it wrote one,
+    passed the earlier report off as its own. `any_file`: the launchers want a new or empty folder; the ServerApp,
+    started after the launcher wrote its own files there, looks for an earlier run's files."""
+    out_dir = Path(out_dir)
+    held = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    earlier = [n for n in held if n in RUN_FILES]
+    if earlier or (any_file and held):
+        raise ScenarioError("OUT_DIR_IN_USE", f"the run folder {out_dir} already holds {(earlier or held)[:5]}"
+                            f"{' (an earlier run)' if earlier else ''}; give each run a new folder (--out / run config 'out-dir'), "
+                            "or delete this one", rule="out-dir")
 
 
 def _bad(key: str, value: Any, rule: str, fix: str) -> ScenarioError:
@@ -280,6 +298,7 @@ def checked_run_config(run_config: dict[str, Any], out_dir: Path, clients: int) 
     any SuperLink starts, with the ScenarioError the ServerApp would otherwise write to flwr.log minutes later."""
     rc = {**run_config, "out-dir": str(out_dir), "clients": clients}
     check_run_config(rc)
+    refuse_an_earlier_run(out_dir, any_file=True)
     return rc
 
 
@@ -298,4 +317,4 @@ def run_config_toml(values: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["FAULTS", "PARTITIONS", "Scenario", "ScenarioError", "run_config_toml"]
+__all__ = ["FAULTS", "PARTITIONS", "Scenario", "ScenarioError", "refuse_an_earlier_run", "run_config_toml"]
