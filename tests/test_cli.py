@@ -262,7 +262,8 @@ def test_a_table_that_violates_its_schema_is_refused_in_one_line_naming_column_a
     (tmp_path / "people.csv.schema.json").write_text((__import__("client_party.datasets", fromlist=["x"]).SCHEMA_DIR / "titanic.json").read_text())
     code, _, err = run_main(["client", "train", "--data", str(csv), "--out", str(tmp_path / "o")], capsys)
     assert code == 3 and err.count("\n") == 1
-    assert "age (out_of_range: 1)" in err and "--on-invalid drop or clip" in err and "-4" not in err
+    assert "age (out_of_range: 1)" in err and "--on-invalid drop or clip" in err
+    assert "-4" not in err.replace(str(tmp_path), "TABLE")   # the value; pytest's folder (".../pytest-41/...") may hold those characters
 
 
 def test_every_verb_that_loads_a_table_offers_on_invalid_and_hands_it_to_the_table(tmp_path):
