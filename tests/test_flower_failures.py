@@ -44,3 +44,16 @@ def test_the_other_clients_finish(report):
         c = _client(report, cid)
         assert c["excluded"] is None and c["receipt_verified"] and "llamdex" in c["scores"]
     assert sorted(e["client"] for e in report["excluded"]) == ["client-002", "client-003"]
+
+
+def test_a_run_in_which_every_client_is_excluded_is_not_completed(tmp_path_factory, base_llm, titanic_schema, tiny_connectors):
+    """It reported "completed" and `llamdex simulate` exited 0 with nothing measured."""
+    from provider_party.model.connector_store import ConnectorStore
+    from simulations.flower.launcher import run_simulation
+
+    store = tmp_path_factory.mktemp("connectors-all-crash")
+    ConnectorStore(store).save(base_llm, titanic_schema, tiny_connectors)
+    rc = {"data": "titanic", "epochs": 3, "max-test": 8, "connectors": str(store), "timeout-s": TIMEOUT_S, "faults": "0=crash,1=crash"}
+    report = run_simulation(rc, clients=2, out_dir=tmp_path_factory.mktemp("flower-all-crash"), timeout_s=900).report()
+    assert report["status"] == "failed" and "no client finished the run: all 2 were excluded" in report["error"], report["error"]
+    assert all(c["excluded"].startswith("crashed in phase train") for c in report["clients"])

@@ -425,3 +425,12 @@ def test_simulate_refuses_values_that_used_to_reach_a_run(flags, said, tmp_path,
     err = capsys.readouterr().err
     assert code == 2 and said in err and "Traceback" not in err, (code, err)
     assert not (tmp_path / "run").exists()
+
+
+def test_an_ask_batch_above_the_providers_limit_is_refused_before_any_client_spends():
+    """Every client was excluded at evaluation (the provider takes 64 questions per Ask), after its ε was charged."""
+    from simulations.flower.scenario import check_run_config
+
+    check_run_config({"ask-batch": 64})
+    with pytest.raises(ScenarioError, match="'ask-batch' = 65: is above the provider's 64 questions per Ask"):
+        check_run_config({"ask-batch": 65})

@@ -85,6 +85,9 @@ class ProviderOrchestrator:
                 problems = self.party.ledger.verify_chain()
                 self.report.ledger_verified = not problems
                 self.report.ledger_problems = [f"seq {p.seq}: {p.reason}" for p in problems]
+            if not self._active():   # a run in which every client was excluded measured nothing: it is not "completed"
+                reasons = sorted({r.excluded for r in self.records.values() if r.excluded})
+                raise RuntimeError(f"no client finished the run: all {len(self.records)} were excluded ({'; '.join(reasons)[:300]})")
             self.report.status = "completed"
         except Exception as e:  # noqa: BLE001 - the report says which phase failed and why
             self.report.status, self.report.error = "failed", f"phase {self._current}: {type(e).__name__}: {e}"

@@ -264,9 +264,14 @@ def _faults(text: str, clients: int) -> dict[int, str]:
 def check_run_config(rc: dict[str, Any]) -> Scenario:
     """Every check the ServerApp makes of a run config before its first phase (values, preset, federations), so that a
     caller can refuse a bad one before any Flower process starts; raises ScenarioError."""
+    from provider_party.service.config import ProviderLimits
+
     scenario = Scenario.from_run_config(rc)
     scenario.preset_value()
     scenario.federated_tables()
+    most = ProviderLimits().max_batch_questions   # the run's provider keeps its default limits
+    if scenario.ask_batch > most:   # every client would be excluded at evaluation, after its ε was spent
+        raise _bad("ask-batch", scenario.ask_batch, f"is above the provider's {most} questions per Ask", f"give at most {most}")
     for ref in scenario.table_refs():   # a table file without its schema (or with a broken one) fails here, not in every ClientApp
         try:
             ref.schema()
