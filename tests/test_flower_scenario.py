@@ -434,3 +434,19 @@ def test_an_ask_batch_above_the_providers_limit_is_refused_before_any_client_spe
     check_run_config({"ask-batch": 64})
     with pytest.raises(ScenarioError, match="'ask-batch' = 65: is above the provider's 64 questions per Ask"):
         check_run_config({"ask-batch": 65})
+
+
+def test_two_tables_of_one_dataset_id_are_refused(tmp_path):
+    """Two files named loans.csv in two folders were one table: their federations mixed, and the figures were wrong."""
+    from client_party.datasets import load_table
+    from simulations.flower.scenario import check_run_config
+
+    df, schema = load_table("titanic")
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        df.iloc[:200].to_csv(tmp_path / folder / "loans.csv", index=False)
+        schema.save(tmp_path / folder / "loans.csv.schema.json")
+    check_run_config({"data": f"{tmp_path / 'a' / 'loans.csv'},titanic", "clients": 2})
+    for data in (f"{tmp_path / 'a' / 'loans.csv'},{tmp_path / 'b' / 'loans.csv'}", "titanic,titanic"):
+        with pytest.raises(ScenarioError, match="are both dataset"):
+            check_run_config({"data": data, "clients": 2})

@@ -272,6 +272,12 @@ def check_run_config(rc: dict[str, Any]) -> Scenario:
     most = ProviderLimits().max_batch_questions   # the run's provider keeps its default limits
     if scenario.ask_batch > most:   # every client would be excluded at evaluation, after its ε was spent
         raise _bad("ask-batch", scenario.ask_batch, f"is above the provider's {most} questions per Ask", f"give at most {most}")
+    seen: dict[str, str] = {}
+    for given, ref in zip(scenario.data, scenario.table_refs()):   # the dataset id keys a table's budget, federation and report rows
+        if ref.id in seen:
+            raise _bad("data", ",".join(scenario.data), f"{seen[ref.id]!r} and {given!r} are both dataset {ref.id!r}",
+                       "give each table once, and tables of one name distinct file names")
+        seen[ref.id] = given
     for ref in scenario.table_refs():   # a table file without its schema (or with a broken one) fails here, not in every ClientApp
         try:
             ref.schema()
