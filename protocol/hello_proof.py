@@ -21,6 +21,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from protocol.canonical import parse_json
 from protocol.dsse import b64decode_strict, b64encode, sign_envelope, verify_envelope
 from protocol.errors import ReceiptError, SignatureError
 from protocol.keys import PrivateKey, fingerprint
@@ -73,7 +74,7 @@ def verify_hello_proof(proof_json: str, trusted_keys: Any, *, client_id: str, ch
     except SignatureError as e:
         raise _refused(f"the proof's signature: {e}") from None
     try:
-        p = json.loads(v.payload)
+        p = parse_json(v.payload)   # it crossed the wire
         kind, signed_for, signed_challenge = p["type"], p["client_id"], b64decode_strict(p["challenge"], "challenge")
         provider_id = p["provider_id"]
     except (ValueError, KeyError, TypeError, SignatureError) as e:

@@ -273,13 +273,12 @@ def check_run_config(rc: dict[str, Any]) -> Scenario:
     if scenario.ask_batch > most:   # every client would be excluded at evaluation, after its ε was spent
         raise _bad("ask-batch", scenario.ask_batch, f"is above the provider's {most} questions per Ask", f"give at most {most}")
     seen: dict[str, str] = {}
-    for given, ref in zip(scenario.data, scenario.table_refs()):   # the dataset id keys a table's budget, federation and report rows
-        if ref.id in seen:
+    for given, ref in zip(scenario.data, scenario.table_refs()):
+        if ref.id in seen:   # the dataset id keys a table's budget, federation and report rows
             raise _bad("data", ",".join(scenario.data), f"{seen[ref.id]!r} and {given!r} are both dataset {ref.id!r}",
                        "give each table once, and tables of one name distinct file names")
         seen[ref.id] = given
-    for ref in scenario.table_refs():   # a table file without its schema (or with a broken one) fails here, not in every ClientApp
-        try:
+        try:   # a table file without its schema (or with a broken one) fails here, not in every ClientApp
             ref.schema()
         except (OSError, ValueError) as e:   # FileNotFoundError, SchemaError, a file that is not UTF-8
             key = "schema" if scenario.schema else "data"
